@@ -1,0 +1,296 @@
+//! Image folders in the folder-per-class layout (Keras
+//! `flow_from_directory`, torchvision `ImageFolder`): class names are the
+//! sorted sub-folder names. Images are decoded in parallel once, squashed to
+//! the recipe's `image_size` (as Keras' `target_size` does) and kept in memory
+//! as RGB bytes; augmentation and normalisation happen per batch.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::augment::{Augmenter, Image, Rng};
+use crate::error::{Error, Result};
+use crate::recipe::DataConfig;
+
+/// File extensions handed to the decoder; anything else is skipped and counted.
+const IMAGE_EXTENSIONS: &[&str] =
+    &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pnm", "pbm"];
+
+/// Decoded images of one split.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub paths: Vec<PathBuf>,
+    pub labels: Vec<usize>,
+    /// RGB bytes, `size × size × 3` per image.
+    pub pixels: Vec<Vec<u8>>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Both splits, their classes, and what was skipped on the way.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub classes: Vec<String>,
+    pub size: u32,
+    pub train: Split,
+    pub valid: Split,
+    /// Files that were not images, or failed to decode, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Dataset {
+    /// Loads the recipe's data. `seed` drives the stratified validation split.
+    pub fn load(cfg: &DataConfig, seed: u64) -> Result<Self> {
+        let mut skipped = Vec::new();
+        let train_files = scan(&cfg.train, &mut skipped)?;
+        let classes: Vec<String> = train_files.iter().map(|(c, _)| c.clone()).collect();
+        let (mut train_list, mut valid_list) = (Vec::new(), Vec::new());
+        match &cfg.valid {
+            Some(valid_dir) => {
+                for (label, (_, files)) in train_files.into_iter().enumerate() {
+                    train_list.extend(cap(files, cfg.max_per_class).into_iter().map(|f| (f, label)));
+                }
+                for (class, files) in scan(valid_dir, &mut skipped)? {
+                    let label = classes.iter().position(|c| *c == class).ok_or_else(|| {
+                        Error::data(
+                            valid_dir.join(&class),
+                            format!(
+                                "class `{class}` is in the validation folder but not in the training folder {}",
+                                cfg.train.display()
+                            ),
+                        )
+                    })?;
+                    valid_list.extend(files.into_iter().map(|f| (f, label)));
+                }
+            }
+            None => {
+                // Stratified: each class contributes the same fraction.
+                let mut rng = Rng::derive(seed, 0x5EED_5917);
+                for (label, (_, files)) in train_files.into_iter().enumerate() {
+                    let mut files = cap(files, cfg.max_per_class);
+                    rng.shuffle(&mut files);
+                    let n_valid = ((files.len() as f64) * cfg.valid_split).round() as usize;
+                    let n_valid = n_valid.clamp(usize::from(files.len() >= 2), files.len().saturating_sub(1));
+                    for (i, f) in files.into_iter().enumerate() {
+                        if i < n_valid {
+                            valid_list.push((f, label))
+                        } else {
+                            train_list.push((f, label))
+                        }
+                    }
+                }
+                train_list.sort();
+                valid_list.sort();
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.workers.unwrap_or(0))
+            .build()
+            .map_err(|e| Error::Invalid(format!("cannot start decode threads: {e}")))?;
+        let train = pool.install(|| decode_all(train_list, cfg.image_size, &mut skipped));
+        let valid = pool.install(|| decode_all(valid_list, cfg.image_size, &mut skipped));
+        for (label, class) in classes.iter().enumerate() {
+            if !train.labels.contains(&label) {
+                return Err(Error::data(
+                    cfg.train.join(class),
+                    format!("class `{class}` has no readable training images"),
+                ));
+            }
+        }
+        if valid.is_empty() {
+            let dir = cfg.valid.clone().unwrap_or_else(|| cfg.train.clone());
+            return Err(Error::data(dir, "no validation images (add a valid folder or more images per class)"));
+        }
+        Ok(Dataset { classes, size: cfg.image_size, train, valid, skipped })
+    }
+
+    /// Pixels (HWC, 0..=255 as f32) of `indices` from `split`, augmented when
+    /// `aug` is given. Each image's randomness comes from its own stream
+    /// `(seed, index)`, so the result does not depend on thread scheduling.
+    pub fn batch_pixels(&self, split: &Split, indices: &[usize], aug: Option<(&Augmenter, u64)>) -> Vec<f32> {
+        let s = self.size;
+        let per = (s * s * 3) as usize;
+        let mut out = vec![0f32; indices.len() * per];
+        out.par_chunks_mut(per).zip(indices.par_iter()).for_each(|(dst, &i)| {
+            let src = &split.pixels[i];
+            match aug {
+                Some((augmenter, seed)) if !augmenter.is_identity() => {
+                    let img = Image::from_rgb8(s, s, src);
+                    let mut rng = Rng::derive(seed, i as u64);
+                    dst.copy_from_slice(&augmenter.apply(&img, &mut rng).data);
+                }
+                _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = f32::from(v)),
+            }
+        });
+        out
+    }
+}
+
+fn cap(mut files: Vec<PathBuf>, max: Option<usize>) -> Vec<PathBuf> {
+    if let Some(m) = max {
+        files.truncate(m);
+    }
+    files
+}
+
+/// Class folders of `dir` (sorted) with their image files (sorted).
+fn scan(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(Error::data(dir, "expected a folder with one sub-folder per class"));
+    }
+    let mut classes = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let mut files = Vec::new();
+            for f in std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))? {
+                let f = f.map_err(|e| Error::io(&path, e))?.path();
+                if !f.is_file() {
+                    continue;
+                }
+                let ext = f.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                match ext {
+                    Some(e) if IMAGE_EXTENSIONS.contains(&e.as_str()) => files.push(f),
+                    _ => skipped.push((f, "not an image file".into())),
+                }
+            }
+            if files.is_empty() {
+                return Err(Error::data(&path, format!("class folder `{name}` contains no images")));
+            }
+            files.sort();
+            classes.push((name, files));
+        }
+    }
+    if classes.is_empty() {
+        return Err(Error::data(dir, "no class sub-folders found (expected DIR/<class>/<image files>)"));
+    }
+    if classes.len() < 2 {
+        return Err(Error::data(
+            dir,
+            format!("only one class (`{}`) found; a classifier needs at least two", classes[0].0),
+        ));
+    }
+    classes.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(classes)
+}
+
+fn decode_all(list: Vec<(PathBuf, usize)>, size: u32, skipped: &mut Vec<(PathBuf, String)>) -> Split {
+    let decoded: Vec<(PathBuf, usize, std::result::Result<Vec<u8>, String>)> = list
+        .into_par_iter()
+        .map(|(path, label)| {
+            let r = decode(&path, size);
+            (path, label, r)
+        })
+        .collect();
+    let mut split = Split::default();
+    for (path, label, r) in decoded {
+        match r {
+            Ok(px) => {
+                split.paths.push(path);
+                split.labels.push(label);
+                split.pixels.push(px);
+            }
+            Err(e) => skipped.push((path, e)),
+        }
+    }
+    split
+}
+
+/// Decodes any format `image` supports, converts grey/alpha to RGB and
+/// resizes to `size × size` (bilinear).
+pub fn decode(path: &Path, size: u32) -> std::result::Result<Vec<u8>, String> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .decode()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let rgb = img.to_rgb8();
+    let rgb = if rgb.width() == size && rgb.height() == size {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, size, size, image::imageops::FilterType::Triangle)
+    };
+    Ok(rgb.into_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_png(path: &Path, shade: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(8, 8, image::Luma([shade])).save(path).unwrap();
+    }
+
+    fn cfg(train: PathBuf) -> DataConfig {
+        DataConfig {
+            train,
+            valid: None,
+            valid_split: 0.25,
+            image_size: 16,
+            batch_size: 4,
+            max_per_class: None,
+            workers: Some(1),
+        }
+    }
+
+    #[test]
+    fn stratified_split_and_grey_to_rgb() {
+        let dir = tempdir("split");
+        for c in ["b", "a"] {
+            for i in 0..8 {
+                write_png(&dir.join(c).join(format!("{i}.png")), 10 * i);
+            }
+        }
+        std::fs::write(dir.join("a/readme.txt"), "x").unwrap();
+        let ds = Dataset::load(&cfg(dir.clone()), 1).unwrap();
+        assert_eq!(ds.classes, vec!["a", "b"]);
+        assert_eq!(ds.valid.len(), 4);
+        assert_eq!(ds.valid.labels.iter().filter(|&&l| l == 0).count(), 2, "stratified");
+        assert_eq!(ds.train.pixels[0].len(), 16 * 16 * 3);
+        assert_eq!(ds.skipped.len(), 1);
+        // Same seed, same split.
+        let again = Dataset::load(&cfg(dir.clone()), 1).unwrap();
+        assert_eq!(again.valid.paths, ds.valid.paths);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_images_are_skipped_and_empty_class_is_an_error() {
+        let dir = tempdir("corrupt");
+        for i in 0..4 {
+            write_png(&dir.join("a").join(format!("{i}.png")), 1);
+        }
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        std::fs::write(dir.join("b/0.png"), b"not a png").unwrap();
+        let err = Dataset::load(&cfg(dir.clone()), 1).unwrap_err().to_string();
+        assert!(err.contains("class `b` has no readable training images"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_folder_names_the_path() {
+        let err = Dataset::load(&cfg(PathBuf::from("/nonexistent/tlab")), 1).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/tlab"), "{err}");
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tlab-data-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+}

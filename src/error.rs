@@ -1,0 +1,61 @@
+//! The library's error type. Every variant names the file, key or step it is
+//! about, so the CLI can print one clear line (`anyhow` lives only in main.rs).
+
+use std::path::PathBuf;
+
+/// Errors raised by the tlab engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Recipe(#[from] crate::recipe::RecipeError),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A weights file that cannot be read as any supported format.
+    #[error("{path}: {message}")]
+    Weights { path: PathBuf, message: String },
+
+    /// A weights file that was read but does not fit the architecture.
+    #[error("{source_name}: {message}")]
+    Mismatch { source_name: String, message: String },
+
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
+
+    #[error("unknown backbone `{name}`{hint}; expected one of: {known}")]
+    UnknownBackbone { name: String, hint: String, known: String },
+
+    #[error("step {step} ({kind}): {message}")]
+    Step { step: usize, kind: &'static str, message: String },
+
+    #[error("training diverged: {0}")]
+    Diverged(String),
+
+    #[error("cancelled")]
+    Cancelled,
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn weights(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Weights { path: path.into(), message: message.into() }
+    }
+    pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), message: message.into() }
+    }
+}

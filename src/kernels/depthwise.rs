@@ -1,0 +1,346 @@
+//! Direct depthwise convolution (groups = channels) as a candle custom op.
+//!
+//! candle runs a grouped convolution as one full convolution per group, so a
+//! depthwise 3×3 over 960 channels becomes 960 tiny im2col + GEMM calls. Here
+//! each (image, channel) plane is one independent task: for every kernel tap
+//! the valid output span of a row is a single fused multiply-add loop over
+//! contiguous memory (for stride 1), which the compiler vectorises. Forward,
+//! input gradient and weight gradient are all direct, and parallel over planes
+//! (forward, input gradient) or channels (weight gradient), so no two threads
+//! ever write the same element.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Geometry of a depthwise convolution. Padding is given per side because TF
+/// "SAME" padding (EfficientNet-Lite) is asymmetric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DwGeometry {
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub pad_bottom: usize,
+    pub pad_right: usize,
+}
+
+/// Sizes shared by the three kernels.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl DwGeometry {
+    fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let ph = h + self.pad_top + self.pad_bottom;
+        let pw = w + self.pad_left + self.pad_right;
+        if ph < kh || pw < kw || self.stride == 0 {
+            return None;
+        }
+        Some(((ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1))
+    }
+
+    /// For output index `o` and tap `k`, the input index, if inside the image.
+    #[inline]
+    fn src(&self, o: usize, k: usize, pad: usize, len: usize) -> Option<usize> {
+        (o * self.stride + k).checked_sub(pad).filter(|&i| i < len)
+    }
+
+    /// The output columns `[lo, hi)` whose input column for tap `kx` is inside the row.
+    #[inline]
+    fn valid_cols(&self, kx: usize, w: usize, ow: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.pad_left.saturating_sub(kx).div_ceil(s);
+        // ox*s + kx - pad_left <= w-1  ⇔  ox <= (w-1+pad_left-kx)/s
+        let hi = match (w + self.pad_left).checked_sub(kx + 1) {
+            Some(v) => (v / s + 1).min(ow),
+            None => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("depthwise conv: {what} must be contiguous"),
+    }
+}
+
+fn dims(geo: &DwGeometry, input: &Layout, weight: &Layout) -> Result<Dims> {
+    let (n, c, h, w) = input.shape().dims4()?;
+    let (wc, one, kh, kw) = weight.shape().dims4()?;
+    if wc != c || one != 1 {
+        candle_core::bail!("depthwise conv: weight {:?} does not fit input {:?}", weight.shape(), input.shape())
+    }
+    let Some((oh, ow)) = geo.out_size(h, w, kh, kw) else {
+        candle_core::bail!("depthwise conv: input {h}x{w} is smaller than the {kh}x{kw} kernel")
+    };
+    Ok(Dims { n, c, h, w, kh, kw, oh, ow })
+}
+
+/// `conv2d(input, weight, groups = C)` with weight `[C, 1, kh, kw]`.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseConv(pub DwGeometry);
+
+impl CustomOp2 for DepthwiseConv {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.0;
+        let d = dims(&geo, l1, l2)?;
+        let x = contiguous(s1, l1, "input")?;
+        let k = contiguous(s2, l2, "weight")?;
+        let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
+        out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
+            let ch = plane % d.c;
+            let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
+            let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
+            for oy in 0..d.oh {
+                let orow = &mut o[oy * d.ow..(oy + 1) * d.ow];
+                for ky in 0..d.kh {
+                    let Some(iy) = geo.src(oy, ky, geo.pad_top, d.h) else { continue };
+                    let irow = &xin[iy * d.w..(iy + 1) * d.w];
+                    for kx in 0..d.kw {
+                        let wv = ker[ky * d.kw + kx];
+                        let (lo, hi) = geo.valid_cols(kx, d.w, d.ow);
+                        if geo.stride == 1 {
+                            let start = lo + kx - geo.pad_left;
+                            for (ov, iv) in orow[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                                *ov += wv * iv;
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                orow[ox] += wv * irow[ox * geo.stride + kx - geo.pad_left];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // Only compute what somebody needs: a frozen input gets no gradient.
+        let gi = if input.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                weight,
+                &DepthwiseInputGrad { geo: self.0, input_hw: (input.dim(2)?, input.dim(3)?) },
+            )?)
+        } else {
+            None
+        };
+        let gw = if weight.track_op() {
+            Some(input.apply_op2_no_bwd(
+                &grad,
+                &DepthwiseWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
+            )?)
+        } else {
+            None
+        };
+        Ok((gi, gw))
+    }
+}
+
+/// Gradient with respect to the input: scatter each output gradient back
+/// through the kernel taps (per plane, so writes never collide).
+#[derive(Debug, Clone, Copy)]
+struct DepthwiseInputGrad {
+    geo: DwGeometry,
+    input_hw: (usize, usize),
+}
+
+impl CustomOp2 for DepthwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.geo;
+        let (n, c, oh, ow) = l1.shape().dims4()?;
+        let (_, _, kh, kw) = l2.shape().dims4()?;
+        let (h, w) = self.input_hw;
+        let g = contiguous(s1, l1, "gradient")?;
+        let k = contiguous(s2, l2, "weight")?;
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
+            let ch = plane % c;
+            let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
+            let ker = &k[ch * kh * kw..(ch + 1) * kh * kw];
+            for oy in 0..oh {
+                let grow = &gout[oy * ow..(oy + 1) * ow];
+                for ky in 0..kh {
+                    let Some(iy) = geo.src(oy, ky, geo.pad_top, h) else { continue };
+                    let irow = &mut gin[iy * w..(iy + 1) * w];
+                    for kx in 0..kw {
+                        let wv = ker[ky * kw + kx];
+                        let (lo, hi) = geo.valid_cols(kx, w, ow);
+                        if geo.stride == 1 {
+                            let start = lo + kx - geo.pad_left;
+                            for (iv, gv) in irow[start..start + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                                *iv += wv * gv;
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                irow[ox * geo.stride + kx - geo.pad_left] += wv * grow[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Gradient with respect to the weight: per channel, correlate the input with
+/// the output gradient over every image of the batch.
+#[derive(Debug, Clone, Copy)]
+struct DepthwiseWeightGrad {
+    geo: DwGeometry,
+    kernel: (usize, usize),
+}
+
+impl CustomOp2 for DepthwiseWeightGrad {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.geo;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (_, _, oh, ow) = l2.shape().dims4()?;
+        let (kh, kw) = self.kernel;
+        let x = contiguous(s1, l1, "input")?;
+        let g = contiguous(s2, l2, "gradient")?;
+        let mut out = vec![0f32; c * kh * kw];
+        out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
+            for img in 0..n {
+                let plane = img * c + ch;
+                let xin = &x[plane * h * w..(plane + 1) * h * w];
+                let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let (lo, hi) = geo.valid_cols(kx, w, ow);
+                        let mut acc = 0f32;
+                        for oy in 0..oh {
+                            let Some(iy) = geo.src(oy, ky, geo.pad_top, h) else { continue };
+                            let irow = &xin[iy * w..(iy + 1) * w];
+                            let grow = &gout[oy * ow..(oy + 1) * ow];
+                            if geo.stride == 1 {
+                                let start = lo + kx - geo.pad_left;
+                                acc += grow[lo..hi]
+                                    .iter()
+                                    .zip(&irow[start..start + (hi - lo)])
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f32>();
+                            } else {
+                                for ox in lo..hi {
+                                    acc += grow[ox] * irow[ox * geo.stride + kx - geo.pad_left];
+                                }
+                            }
+                        }
+                        gk[ky * kw + kx] += acc;
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((c, 1, kh, kw))))
+    }
+}
+
+/// Depthwise convolution of `x` `[N, C, H, W]` with `weight` `[C, 1, kh, kw]`.
+pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, geo: DwGeometry) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    if x.track_op() || weight.track_op() {
+        x.apply_op2(&weight, DepthwiseConv(geo))
+    } else {
+        x.apply_op2_no_bwd(&weight, &DepthwiseConv(geo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn reference(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Tensor {
+        let c = x.dim(1).unwrap();
+        x.conv2d(w, pad, stride, 1, c).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn matches_candle_conv2d_forward_and_gradients() {
+        let dev = Device::Cpu;
+        for &(n, c, h, w, k, stride, pad) in &[
+            (2, 3, 7, 9, 3, 1, 1),
+            (1, 4, 8, 8, 3, 2, 1),
+            (3, 2, 5, 6, 5, 1, 2),
+            (2, 5, 9, 7, 5, 2, 2),
+            (1, 3, 6, 6, 3, 1, 0),
+            (2, 2, 7, 7, 1, 2, 0),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, k, k), &dev).unwrap()).unwrap();
+            let geo = DwGeometry { stride, pad_top: pad, pad_left: pad, pad_bottom: pad, pad_right: pad };
+            let ours = depthwise_conv2d(x.as_tensor(), wt.as_tensor(), geo).unwrap();
+            let theirs = reference(x.as_tensor(), wt.as_tensor(), stride, pad);
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-4, "forward {n} {c} {h} {w} k{k} s{stride} p{pad}");
+
+            // Same upstream gradient through both: loss = sum(out * r).
+            let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &wt] {
+                let a = g1.get(v.as_tensor()).unwrap();
+                let b = g2.get(v.as_tensor()).unwrap();
+                assert!(max_diff(a, b) < 1e-3, "grad {n} {c} {h} {w} k{k} s{stride} p{pad}");
+            }
+        }
+    }
+
+    #[test]
+    fn asymmetric_same_padding() {
+        // TF SAME for a stride-2 3×3 on an even size pads 0 before and 1 after.
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (1, 2, 6, 6), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (2, 1, 3, 3), &dev).unwrap();
+        let geo = DwGeometry { stride: 2, pad_top: 0, pad_left: 0, pad_bottom: 1, pad_right: 1 };
+        let ours = depthwise_conv2d(&x, &w, geo).unwrap();
+        let padded = x.pad_with_zeros(2, 0, 1).unwrap().pad_with_zeros(3, 0, 1).unwrap();
+        let theirs = padded.conv2d(&w, 0, 2, 1, 2).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    #[test]
+    fn kernel_larger_than_input_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((1, 1, 5, 5), candle_core::DType::F32, &dev).unwrap();
+        let geo = DwGeometry { stride: 1, pad_top: 0, pad_left: 0, pad_bottom: 0, pad_right: 0 };
+        assert!(depthwise_conv2d(&x, &w, geo).is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! The engine behind every front end: a [`Lab`] holds a recipe and the state
+//! its steps build up (data, model, augmentation, history), runs steps one at
+//! a time, and keeps each step's result. `tlab run`, the TUI and notebooks all
+//! drive this same type.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::augment::Augmenter;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::models::layers::ParamLoader;
+use crate::models::{self, Classifier, Head, Snapshot};
+use crate::recipe::{self, AugmentConfig, Recipe, StepKind, WeightsSource};
+use crate::report::{self, HeadCard, ModelCard};
+use crate::train::{self, EpochRecord, Evaluation, FineTuneOutcome, Observer};
+
+/// What one step produced.
+#[derive(Debug, Clone)]
+pub enum StepOutput {
+    Backbone {
+        arch: String,
+        source: String,
+        blocks: usize,
+        classes: Vec<String>,
+        train_images: usize,
+        valid_images: usize,
+        skipped: usize,
+    },
+    Freeze {
+        frozen_blocks: usize,
+        total_blocks: usize,
+        trainable_params: usize,
+    },
+    Augment {
+        config: AugmentConfig,
+    },
+    FineTune(FineTuneOutcome),
+    Evaluate(Box<Evaluation>),
+}
+
+/// A finished step.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub index: usize,
+    pub kind: &'static str,
+    pub summary: String,
+    pub seconds: f64,
+    pub output: StepOutput,
+}
+
+/// State after a step, so a later step can be re-run without redoing earlier ones.
+#[derive(Clone)]
+struct State {
+    model: Option<Snapshot>,
+    augment: Option<AugmentConfig>,
+    history_len: usize,
+}
+
+pub struct Lab {
+    recipe: Recipe,
+    data: Option<Arc<Dataset>>,
+    model: Option<Classifier>,
+    augment: Option<AugmentConfig>,
+    history: Vec<(usize, EpochRecord)>,
+    results: Vec<Option<StepResult>>,
+    states: Vec<Option<State>>,
+}
+
+impl Lab {
+    /// Opens a recipe file (validating it fully).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self::new(recipe::load(path.as_ref())?))
+    }
+
+    pub fn new(recipe: Recipe) -> Self {
+        let n = recipe.steps.len();
+        Lab {
+            recipe,
+            data: None,
+            model: None,
+            augment: None,
+            history: Vec::new(),
+            results: vec![None; n],
+            states: vec![None; n],
+        }
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    pub fn data(&self) -> Option<&Dataset> {
+        self.data.as_deref()
+    }
+
+    pub fn model(&self) -> Option<&Classifier> {
+        self.model.as_ref()
+    }
+
+    pub fn augmenter(&self) -> Option<Augmenter> {
+        self.augment.clone().map(Augmenter::new)
+    }
+
+    pub fn history(&self) -> &[(usize, EpochRecord)] {
+        &self.history
+    }
+
+    pub fn result(&self, step: usize) -> Option<&StepResult> {
+        self.results.get(step).and_then(Option::as_ref)
+    }
+
+    pub fn results(&self) -> impl Iterator<Item = &StepResult> {
+        self.results.iter().flatten()
+    }
+
+    /// Index of the first step that has not run (or all steps ran: `None`).
+    pub fn next_step(&self) -> Option<usize> {
+        self.results.iter().position(Option::is_none)
+    }
+
+    /// The last evaluation in recipe order, if any step evaluated.
+    pub fn last_evaluation(&self) -> Option<&Evaluation> {
+        self.results.iter().rev().flatten().find_map(|r| match &r.output {
+            StepOutput::Evaluate(e) => Some(e.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Runs step `index`, first running any earlier step that has not run.
+    pub fn run_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<&StepResult> {
+        if index >= self.recipe.steps.len() {
+            return Err(Error::Invalid(format!(
+                "the recipe has {} steps; there is no step {}",
+                self.recipe.steps.len(),
+                index + 1
+            )));
+        }
+        for i in 0..index {
+            if self.results[i].is_none() {
+                self.run_one(i, obs)?;
+            }
+        }
+        // Re-running a step starts from the state the previous step left.
+        if self.results[index].is_some() {
+            self.rewind_to(index)?;
+        }
+        self.run_one(index, obs)?;
+        Ok(self.results[index].as_ref().expect("just set"))
+    }
+
+    /// Runs every remaining step in order.
+    pub fn run_all(&mut self, obs: &mut dyn Observer) -> Result<()> {
+        while let Some(i) = self.next_step() {
+            self.run_one(i, obs)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the results of `index` and later, restoring the state the
+    /// step before `index` left behind.
+    pub fn rewind_to(&mut self, index: usize) -> Result<()> {
+        for r in &mut self.results[index..] {
+            *r = None;
+        }
+        for s in &mut self.states[index..] {
+            *s = None;
+        }
+        match index.checked_sub(1).and_then(|i| self.states[i].clone()) {
+            Some(state) => {
+                self.augment = state.augment;
+                self.history.truncate(state.history_len);
+                match (state.model, &mut self.model) {
+                    (Some(snap), Some(model)) => model.restore(&snap)?,
+                    (None, _) => self.model = None,
+                    (Some(_), None) => return Err(Error::Invalid("internal: snapshot without a model".into())),
+                }
+            }
+            None => {
+                self.model = None;
+                self.augment = None;
+                self.history.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn step_error(&self, index: usize, message: impl Into<String>) -> Error {
+        Error::Step { step: index + 1, kind: self.recipe.steps[index].kind.name(), message: message.into() }
+    }
+
+    fn run_one(&mut self, index: usize, obs: &mut dyn Observer) -> Result<()> {
+        let step = self.recipe.steps[index].clone();
+        let started = Instant::now();
+        let output = match &step.kind {
+            StepKind::Backbone(b) => {
+                let data = self.load_data(obs)?;
+                let (tensors, source) = match &b.weights {
+                    None => (None, "random init".to_string()),
+                    Some(WeightsSource::Path(p)) => {
+                        obs.event(train::Event::Log(format!("loading {}", p.display())));
+                        (Some(crate::weights::load(p)?), p.display().to_string())
+                    }
+                    Some(other) => return Err(self.step_error(index, format!("weights source {other:?} needs network access, which this build does not support; download the file and give its path"))),
+                };
+                let backbone = match tensors {
+                    None => models::build_backbone(&b.arch, &mut ParamLoader::random(self.recipe.seed), false)?,
+                    Some(t) => {
+                        let mut p = ParamLoader::from_tensors(source.clone(), t);
+                        let backbone = models::build_backbone(&b.arch, &mut p, false);
+                        let backbone = backbone?;
+                        p.skip_prefix(backbone.classifier_prefix());
+                        p.finish(b.strict, None)?;
+                        backbone
+                    }
+                };
+                let in_features = head_inputs(backbone.as_ref(), &b.head, data.size)?;
+                let head = Head::new(&b.head, in_features, data.classes.len(), self.recipe.seed)?;
+                let blocks = backbone.num_blocks();
+                self.model = Some(Classifier::new(backbone, head));
+                StepOutput::Backbone {
+                    arch: b.arch.clone(),
+                    source,
+                    blocks,
+                    classes: data.classes.clone(),
+                    train_images: data.train.len(),
+                    valid_images: data.valid.len(),
+                    skipped: data.skipped.len(),
+                }
+            }
+            StepKind::Freeze(f) => {
+                let model =
+                    self.model.as_mut().ok_or_else(|| Error::Invalid("freeze needs a backbone step first".into()))?;
+                let names = model.backbone.block_names();
+                let n = models::frozen_block_count(&f.up_to, &names)?;
+                model.freeze(n, f.train_bn)?;
+                let trainable_params = model.trainable_vars().iter().map(|v| v.elem_count()).sum();
+                StepOutput::Freeze { frozen_blocks: n, total_blocks: names.len(), trainable_params }
+            }
+            StepKind::Augment(a) => {
+                self.augment = Some(a.clone());
+                StepOutput::Augment { config: a.clone() }
+            }
+            StepKind::FineTune(cfg) => {
+                let data = self.load_data(obs)?;
+                let batch = cfg.batch_size.unwrap_or(self.recipe.data.batch_size);
+                let aug = self.augmenter();
+                let seed = self.recipe.seed.wrapping_add(index as u64 * 7919);
+                let model = self
+                    .model
+                    .as_mut()
+                    .ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
+                let outcome =
+                    train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs).map_err(|e| match e {
+                        Error::Step { .. } => e,
+                        other => Error::Step { step: index + 1, kind: "fine_tune", message: other.to_string() },
+                    })?;
+                self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
+                StepOutput::FineTune(outcome)
+            }
+            StepKind::Evaluate(cfg) => {
+                let data = self.load_data(obs)?;
+                let model =
+                    self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
+                StepOutput::Evaluate(Box::new(train::evaluate(model, &data, cfg, self.recipe.data.batch_size)?))
+            }
+        };
+        self.states[index] = Some(State {
+            model: self.model.as_ref().map(Classifier::snapshot).transpose()?,
+            augment: self.augment.clone(),
+            history_len: self.history.len(),
+        });
+        self.results[index] = Some(StepResult {
+            index,
+            kind: step.kind.name(),
+            summary: step.kind.summary(),
+            seconds: started.elapsed().as_secs_f64(),
+            output,
+        });
+        Ok(())
+    }
+
+    fn load_data(&mut self, obs: &mut dyn Observer) -> Result<Arc<Dataset>> {
+        if let Some(d) = &self.data {
+            return Ok(d.clone());
+        }
+        let t = Instant::now();
+        let data = Arc::new(Dataset::load(&self.recipe.data, self.recipe.seed)?);
+        obs.event(train::Event::Log(format!(
+            "decoded {} train + {} valid images of {} classes at {}px in {:.1}s ({} skipped)",
+            data.train.len(),
+            data.valid.len(),
+            data.classes.len(),
+            data.size,
+            t.elapsed().as_secs_f64(),
+            data.skipped.len()
+        )));
+        for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
+            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", path.display())));
+        }
+        self.data = Some(data.clone());
+        Ok(data)
+    }
+
+    /// Writes the run directory: metrics.json, predictions.csv (from the last
+    /// evaluate step), history.csv, report.md, model.safetensors + model.json.
+    pub fn write_reports(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+            let p = dir.join(name);
+            report::atomic_write(&p, bytes)?;
+            written.push(p);
+            Ok(())
+        };
+        let classes: Vec<String> = self.data.as_ref().map(|d| d.classes.clone()).unwrap_or_default();
+        if let Some(eval) = self.last_evaluation() {
+            put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
+            put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
+        }
+        put("history.csv", report::history_csv(&self.history).as_bytes())?;
+        let steps: Vec<String> =
+            self.recipe.steps.iter().map(|s| format!("{}: {}", s.kind.name(), s.kind.summary())).collect();
+        let eval = self.last_evaluation();
+        let md = report::report_markdown(
+            &self.recipe.name,
+            &steps,
+            &self.history,
+            eval.map(|e| &e.metrics),
+            eval.map(|e| e.mistakes.as_slice()).unwrap_or(&[]),
+            &classes,
+        );
+        put("report.md", md.as_bytes())?;
+        if let (Some(model), Some(data)) = (&self.model, &self.data) {
+            let backbone_step = self.recipe.steps.iter().find_map(|s| match &s.kind {
+                StepKind::Backbone(b) => Some(b.clone()),
+                _ => None,
+            });
+            if let Some(b) = backbone_step {
+                let card = ModelCard {
+                    backbone: b.arch.clone(),
+                    classes: data.classes.clone(),
+                    image_size: data.size,
+                    preprocess: model.backbone.preprocess(),
+                    head: HeadCard::from(&b.head),
+                    recipe: self.recipe.path.display().to_string(),
+                };
+                let tensors: Vec<_> =
+                    model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
+                let p = dir.join("model.safetensors");
+                crate::weights::save_safetensors(&tensors, candle_core::DType::F32, &p)?;
+                written.push(p);
+                let json = serde_json::to_string_pretty(&card).map_err(|e| Error::Invalid(e.to_string()))?;
+                let p = dir.join("model.json");
+                report::atomic_write(&p, json.as_bytes())?;
+                written.push(p);
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Width of the head's input: channels for average pooling, the whole
+/// feature map for flatten (found with one forward pass at the data's size).
+fn head_inputs(backbone: &dyn models::Backbone, head: &recipe::HeadConfig, size: u32) -> Result<usize> {
+    match head.pooling {
+        recipe::Pooling::Avg => Ok(backbone.feature_channels()),
+        recipe::Pooling::Flatten => {
+            let s = size as usize;
+            let x = candle_core::Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            let y = backbone.forward_blocks(&x, 0..backbone.num_blocks(), models::layers::Mode { training: false })?;
+            Ok(y.elem_count())
+        }
+    }
+}

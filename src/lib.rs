@@ -1,0 +1,34 @@
+//! tlab — a transfer-learning lab for the terminal.
+//!
+//! Adapt a pretrained CNN to your own folders of images from a recipe file:
+//! load a backbone, freeze, augment, fine-tune, evaluate. The same engine
+//! ([`lab::Lab`]) drives the headless runner (`tlab run`), the terminal UI
+//! and notebooks.
+//!
+//! Where things live:
+//! - [`recipe`]: the TOML recipe format and its validation;
+//! - [`data`]: folder-per-class image loading;
+//! - [`augment`]: seeded image augmentation (Keras `ImageDataGenerator` parity);
+//! - [`models`]: architectures, the new head, freezing;
+//! - [`weights`]: safetensors and PyTorch checkpoint reading/writing;
+//! - [`kernels`]: fast CPU convolution kernels;
+//! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
+//! - [`metrics`]: accuracy, confusion matrix, per-class report;
+//! - [`report`]: the run directory;
+//! - [`predict`]: classifying images with a trained or ImageNet model.
+
+pub mod augment;
+pub mod data;
+pub mod error;
+pub mod kernels;
+pub mod lab;
+pub mod metrics;
+pub mod models;
+pub mod predict;
+pub mod recipe;
+pub mod report;
+pub mod train;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use lab::Lab;

@@ -1,0 +1,366 @@
+//! The `tlab` command line. Library errors are typed; here at the edge they
+//! become one or two readable lines and an exit code.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use tlab::lab::{Lab, StepOutput};
+use tlab::train::{Event, Observer};
+
+#[derive(Parser)]
+#[command(name = "tlab", version, about = "A transfer-learning lab for the terminal")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every step of a recipe headless and write a run directory of reports.
+    Run {
+        recipe: PathBuf,
+        /// Run directory (default: runs/<name>-<timestamp>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Validate a recipe without running it (exit 1 on errors).
+    Check { recipes: Vec<PathBuf> },
+    /// Convert weights (safetensors, .pth zip or legacy) to safetensors.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+        dtype: String,
+    },
+    /// List the tensors of a weights file and the architectures it fits.
+    Inspect { file: PathBuf },
+    /// Classify images with a trained model (--model RUN_DIR) or an ImageNet checkpoint (--imagenet).
+    Predict {
+        /// Run directory written by `tlab run`.
+        #[arg(long, conflicts_with = "imagenet")]
+        model: Option<PathBuf>,
+        /// Use an ImageNet checkpoint with its own classifier (default: the shipped MobileNetV2).
+        #[arg(long)]
+        imagenet: bool,
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        /// ImageNet weights file (default: assets/weights/mobilenet_v2.safetensors).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Class names, one per line (default: assets/weights/imagenet_classes.txt).
+        #[arg(long)]
+        classes: Option<PathBuf>,
+        /// How many classes to print per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { recipe, out } => run(&recipe, out),
+        Command::Check { recipes } => check(&recipes),
+        Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
+        Command::Inspect { file } => inspect(&file),
+        Command::Predict { model, imagenet, backbone, weights, classes, top, images } => {
+            predict(model, imagenet, &backbone, weights, classes, top, &images)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // The chain on one line; a backtrace only when asked for.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", dedup_chain(&chain).join(": "));
+            if std::env::var_os("RUST_BACKTRACE").is_some() {
+                eprintln!("{}", e.backtrace());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Drops chain links already contained in the previous one (thiserror
+/// messages often embed their source).
+fn dedup_chain(chain: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in chain {
+        if !out.last().is_some_and(|prev| prev.contains(c.as_str())) {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
+fn check(recipes: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    if recipes.is_empty() {
+        bail!("give at least one recipe file");
+    }
+    let mut failed = false;
+    for path in recipes {
+        match tlab::recipe::load(path) {
+            Ok(r) => println!("{}: ok ({} steps)", path.display(), r.steps.len()),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Progress bars on a terminal, plain lines otherwise; every line also goes to the run log.
+struct Progress {
+    bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
+    log: Vec<String>,
+    step_label: String,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bars = std::io::stdout().is_terminal().then(|| {
+            let multi = MultiProgress::new();
+            let epoch = multi.add(ProgressBar::new(0));
+            epoch.set_style(
+                ProgressStyle::with_template("{prefix:>12} epoch {pos}/{len} [{bar:30}] {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            let batch = multi.add(ProgressBar::new(0));
+            batch.set_style(
+                ProgressStyle::with_template("{prefix:>12} batch {pos}/{len} [{bar:30}] eta {eta} {msg}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            (multi, epoch, batch)
+        });
+        Progress { bars, log: Vec::new(), step_label: String::new() }
+    }
+
+    fn line(&mut self, s: String) {
+        match &self.bars {
+            Some((multi, _, _)) => {
+                let _ = multi.println(&s);
+            }
+            None => println!("{s}"),
+        }
+        self.log.push(s);
+    }
+}
+
+impl Observer for Progress {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Log(s) => self.line(format!("  {s}")),
+            Event::EpochStart { epoch, epochs, batches } => {
+                if let Some((_, e, b)) = &self.bars {
+                    e.set_length(epochs as u64);
+                    e.set_position(epoch as u64 - 1);
+                    e.set_prefix(self.step_label.clone());
+                    b.set_length(batches as u64);
+                    b.set_position(0);
+                    b.reset_eta();
+                }
+            }
+            Event::Batch { batch, loss, accuracy, .. } => {
+                if let Some((_, _, b)) = &self.bars {
+                    b.set_position(batch as u64);
+                    b.set_message(format!("loss {loss:.4} acc {accuracy:.3}"));
+                }
+            }
+            Event::Epoch(r) => {
+                if let Some((_, e, _)) = &self.bars {
+                    e.set_position(r.epoch as u64);
+                    e.set_message(format!("valid acc {:.3}", r.valid_accuracy));
+                }
+                self.line(format!(
+                    "  epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s",
+                    r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.lr, r.seconds
+                ));
+            }
+        }
+    }
+}
+
+fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let recipe = match tlab::recipe::load(recipe_path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let dir = out.unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let mut lab = Lab::new(recipe);
+    let mut progress = Progress::new();
+    progress.line(format!("tlab run {} → {}", recipe_path.display(), dir.display()));
+    let steps = lab.recipe().steps.len();
+    let mut failure = None;
+    for i in 0..steps {
+        let step = &lab.recipe().steps[i];
+        progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
+        progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
+        match lab.run_step(i, &mut progress) {
+            Ok(result) => {
+                let text = describe(&result.output);
+                let secs = result.seconds;
+                for l in text {
+                    progress.line(format!("  {l}"));
+                }
+                progress.line(format!("  ✓ {:.1}s", secs));
+            }
+            Err(e) => {
+                progress.line(format!("  ✗ {e}"));
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some((multi, e, b)) = &progress.bars {
+        e.finish_and_clear();
+        b.finish_and_clear();
+        let _ = multi.clear();
+    }
+    let written = lab.write_reports(&dir).context("writing reports")?;
+    progress.line(format!(
+        "wrote {} files to {} in {:.1}s total",
+        written.len() + 1,
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    tlab::report::atomic_write(&dir.join("log.txt"), (progress.log.join("\n") + "\n").as_bytes())?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => {
+            if let Some(eval) = lab.last_evaluation() {
+                println!(
+                    "accuracy {:.4}  top-{} {:.4}",
+                    eval.metrics.accuracy, eval.metrics.top_k, eval.metrics.top_k_accuracy
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A few lines about a finished step for the log.
+fn describe(output: &StepOutput) -> Vec<String> {
+    match output {
+        StepOutput::Backbone { arch, source, blocks, classes, train_images, valid_images, skipped } => vec![
+            format!("{arch} ({blocks} blocks) from {source}"),
+            format!("{} classes, {train_images} train / {valid_images} valid images, {skipped} skipped", classes.len()),
+        ],
+        StepOutput::Freeze { frozen_blocks, total_blocks, trainable_params } => {
+            vec![format!("{frozen_blocks}/{total_blocks} blocks frozen, {trainable_params} trainable parameters")]
+        }
+        StepOutput::Augment { .. } => vec![],
+        StepOutput::FineTune(o) => {
+            let mut v = vec![format!("stopped: {:?} after {} epoch(s)", o.stop, o.history.len())];
+            if let Some(b) = o.best_epoch {
+                v.push(format!("weights from epoch {b}"));
+            }
+            v
+        }
+        StepOutput::Evaluate(e) => {
+            let m = &e.metrics;
+            vec![format!(
+                "accuracy {:.4}, top-{} {:.4}, macro F1 {:.4}, {} mistakes of {}",
+                m.accuracy,
+                m.top_k,
+                m.top_k_accuracy,
+                m.macro_avg.f1,
+                e.predictions.iter().filter(|p| p.truth != p.predicted).count(),
+                m.count
+            )]
+        }
+    }
+}
+
+fn convert(input: &Path, output: &Path, dtype: &str) -> anyhow::Result<ExitCode> {
+    let dtype = if dtype == "f16" { candle_core::DType::F16 } else { candle_core::DType::F32 };
+    let tensors = tlab::weights::load_ordered(input)?;
+    tlab::weights::save_safetensors(&tensors, dtype, output)?;
+    let params: usize = tensors.iter().map(|(_, t)| t.elem_count()).sum();
+    println!("{} → {}: {} tensors, {} values", input.display(), output.display(), tensors.len(), params);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
+    let format = tlab::weights::detect(file)?;
+    let tensors = tlab::weights::load_ordered(file)?;
+    println!("{}: {} with {} tensors", file.display(), format.name(), tensors.len());
+    let mut total = 0usize;
+    for (name, t) in &tensors {
+        println!(
+            "  {name:<50} {:<5} {:<20} {}",
+            format!("{:?}", t.dtype()).to_lowercase(),
+            format!("{:?}", t.dims()),
+            t.elem_count()
+        );
+        total += t.elem_count();
+    }
+    println!("total {total} values");
+    let map: std::collections::HashMap<_, _> = tensors.into_iter().collect();
+    let mut fits = Vec::new();
+    for arch in tlab::models::ARCHITECTURES {
+        for with_classifier in [true, false] {
+            let mut p = tlab::models::layers::ParamLoader::from_tensors(file.display().to_string(), map.clone());
+            if let Ok(b) = tlab::models::build_backbone(arch, &mut p, with_classifier) {
+                if !with_classifier {
+                    p.skip_prefix(b.classifier_prefix());
+                }
+                if p.finish(true, None).is_ok() {
+                    fits.push(format!(
+                        "{arch}{}",
+                        if with_classifier { " (with ImageNet classifier)" } else { " (backbone only)" }
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    if fits.is_empty() {
+        println!("fits no known architecture ({})", tlab::models::ARCHITECTURES.join(", "));
+    } else {
+        println!("fits: {}", fits.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn predict(
+    model: Option<PathBuf>,
+    imagenet: bool,
+    backbone: &str,
+    weights: Option<PathBuf>,
+    classes: Option<PathBuf>,
+    top: usize,
+    images: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let predictor = match (model, imagenet) {
+        (Some(dir), false) => tlab::predict::Predictor::from_run_dir(&dir)?,
+        (None, true) => {
+            let weights = weights.unwrap_or_else(tlab::predict::shipped_imagenet_weights);
+            let classes = classes.unwrap_or_else(tlab::predict::shipped_imagenet_classes);
+            tlab::predict::Predictor::imagenet(backbone, &weights, &classes)?
+        }
+        _ => bail!("give either --model RUN_DIR or --imagenet"),
+    };
+    for ranked in predictor.top_k(images, top)? {
+        println!("{}", ranked.path.display());
+        for (class, p) in ranked.top {
+            println!("  {p:>7.4}  {class}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,538 @@
+//! Building blocks shared by the architectures: parameter loading with
+//! precise mismatch errors, convolution + BatchNorm + activation, linear.
+//!
+//! Freezing works per layer. A frozen layer reads its `Var`s through
+//! `as_detached_tensor`, so candle records no graph for it and spends no
+//! gradient work on it; a frozen conv + BatchNorm pair is folded into one
+//! convolution with a bias (BatchNorm in eval mode is an affine map per
+//! channel), and frozen BatchNorm never uses batch statistics — the
+//! Keras#9214 pitfall, where "frozen" BN layers kept updating their moments.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::augment::Rng;
+use crate::error::{Error, Result};
+use crate::kernels::{self, Padding};
+
+/// How a parameter is initialised when no checkpoint provides it.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// torchvision's conv init: kaiming normal, fan-out, ReLU gain.
+    KaimingFanOut,
+    /// `nn.Linear`'s default: uniform in ±1/√fan_in.
+    LinearUniform {
+        fan_in: usize,
+    },
+    Const(f32),
+}
+
+/// Hands out parameters by their state-dict name, either from a checkpoint or
+/// freshly initialised, and gathers every mismatch so one error lists them all.
+pub struct ParamLoader {
+    source: String,
+    tensors: HashMap<String, Tensor>,
+    used: HashSet<String>,
+    problems: Vec<String>,
+    rng: Rng,
+    from_checkpoint: bool,
+}
+
+impl ParamLoader {
+    /// Parameters from a checkpoint; `source` names it in error messages.
+    pub fn from_tensors(source: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
+        ParamLoader {
+            source: source.into(),
+            tensors,
+            used: HashSet::new(),
+            problems: Vec::new(),
+            rng: Rng::new(0),
+            from_checkpoint: true,
+        }
+    }
+
+    /// Randomly initialised parameters (seeded, reproducible).
+    pub fn random(seed: u64) -> Self {
+        ParamLoader {
+            source: "random init".into(),
+            tensors: HashMap::new(),
+            used: HashSet::new(),
+            problems: Vec::new(),
+            rng: Rng::new(seed),
+            from_checkpoint: false,
+        }
+    }
+
+    /// Fresh parameters that no checkpoint provides (a new head), always random.
+    pub fn fresh(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        self.init_var(name, shape, init)
+    }
+
+    fn init_var(&mut self, _name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        let numel: usize = shape.iter().product();
+        let data: Vec<f32> = match init {
+            Init::Const(v) => vec![v; numel],
+            Init::KaimingFanOut => {
+                let fan_out = shape[0] * shape[2..].iter().product::<usize>();
+                let std = (2.0 / fan_out.max(1) as f64).sqrt();
+                (0..numel).map(|_| (standard_normal(&mut self.rng) * std) as f32).collect()
+            }
+            Init::LinearUniform { fan_in } => {
+                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                (0..numel).map(|_| self.rng.uniform(-bound, bound) as f32).collect()
+            }
+        };
+        Ok(Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu)?)?)
+    }
+
+    /// The parameter called `name` with the given shape.
+    pub fn get(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        if !self.from_checkpoint {
+            return self.init_var(name, shape, init);
+        }
+        match self.tensors.get(name) {
+            Some(t) if t.dims() == shape => {
+                self.used.insert(name.to_owned());
+                Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?)
+            }
+            Some(t) => {
+                self.used.insert(name.to_owned());
+                self.problems.push(format!("`{name}` has shape {:?}, expected {:?}", t.dims(), shape));
+                self.init_var(name, shape, init)
+            }
+            None => {
+                let hint = closest_names(name, self.tensors.keys().map(String::as_str));
+                self.problems.push(format!("missing `{name}` (shape {shape:?}){hint}"));
+                self.init_var(name, shape, init)
+            }
+        }
+    }
+
+    /// Marks names that the architecture knows but does not need (e.g.
+    /// `num_batches_tracked`) as consumed.
+    pub fn skip(&mut self, name: &str) {
+        self.used.insert(name.to_owned());
+    }
+
+    /// Marks every tensor under `prefix` as consumed (a classifier that the
+    /// new head replaces).
+    pub fn skip_prefix(&mut self, prefix: &str) {
+        let names: Vec<String> = self.tensors.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        self.used.extend(names);
+    }
+
+    /// Ends loading. `strict` turns unused tensors into errors; with
+    /// `optional_prefix`, missing tensors under it (the ImageNet classifier)
+    /// are not an error, which is how a headless checkpoint loads as a backbone.
+    pub fn finish(mut self, strict: bool, optional_prefix: Option<&str>) -> Result<()> {
+        if !self.from_checkpoint {
+            return Ok(());
+        }
+        if let Some(prefix) = optional_prefix {
+            self.problems.retain(|p| !p.starts_with(&format!("missing `{prefix}")));
+        }
+        if strict {
+            let mut unused: Vec<&String> = self.tensors.keys().filter(|k| !self.used.contains(*k)).collect();
+            unused.sort();
+            for name in unused.into_iter().take(8) {
+                self.problems.push(format!("unexpected `{name}`"));
+            }
+        }
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        let total = self.problems.len();
+        let mut message = format!("checkpoint does not fit the architecture ({total} problem(s)): ");
+        message.push_str(&self.problems.iter().take(6).cloned().collect::<Vec<_>>().join("; "));
+        if total > 6 {
+            message.push_str(&format!("; … {} more", total - 6));
+        }
+        Err(Error::Mismatch { source_name: self.source, message })
+    }
+}
+
+/// " (closest in the file: `a`, `b`)" for a missing key, recognising the
+/// usual culprits: a DataParallel `module.` prefix, timm-style renames.
+fn closest_names<'a>(name: &str, keys: impl Iterator<Item = &'a str>) -> String {
+    let keys: Vec<&str> = keys.collect();
+    if keys.iter().any(|k| k.strip_prefix("module.") == Some(name)) {
+        return " (the file has it as `module.…`: saved from DataParallel; strip the prefix)".into();
+    }
+    let mut scored: Vec<(usize, &str)> = keys.iter().map(|k| (levenshtein(name, k), *k)).collect();
+    scored.sort();
+    let close: Vec<String> =
+        scored.iter().take(2).filter(|(d, _)| *d <= name.len() / 2).map(|(_, k)| format!("`{k}`")).collect();
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!(" (closest in the file: {})", close.join(", "))
+    }
+}
+
+/// Box–Muller on the shared [`Rng`], so initialisation is seeded like the rest.
+fn standard_normal(rng: &mut Rng) -> f64 {
+    let u1 = rng.f64().max(f64::MIN_POSITIVE);
+    let u2 = rng.f64();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Activation after a conv + BN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Act {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Act::None => x.clone(),
+            Act::Relu => x.relu()?,
+            Act::Relu6 => x.clamp(0f32, 6f32)?,
+        })
+    }
+}
+
+/// How a layer takes part in the current forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode {
+    /// True during fine-tuning (dropout on, trainable BN uses batch statistics).
+    pub training: bool,
+}
+
+/// The freeze state of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Freeze {
+    pub frozen: bool,
+    /// fastai's `train_bn`: BatchNorm stays trainable inside a frozen block.
+    pub train_bn: bool,
+}
+
+/// Reads a parameter for the forward pass: tracked when trainable, detached
+/// (so no graph and no gradient) when frozen.
+fn read(v: &Var, trainable: bool) -> Tensor {
+    if trainable {
+        v.as_tensor().clone()
+    } else {
+        v.as_detached_tensor()
+    }
+}
+
+/// BatchNorm2d with torchvision's names and semantics (biased batch variance
+/// for normalising, unbiased for the running estimate).
+pub struct BatchNorm {
+    prefix: String,
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    pub fn load(p: &mut ParamLoader, prefix: &str, channels: usize, eps: f64) -> Result<Self> {
+        let c = [channels];
+        let bn = BatchNorm {
+            weight: p.get(&format!("{prefix}.weight"), &c, Init::Const(1.0))?,
+            bias: p.get(&format!("{prefix}.bias"), &c, Init::Const(0.0))?,
+            running_mean: p.get(&format!("{prefix}.running_mean"), &c, Init::Const(0.0))?,
+            running_var: p.get(&format!("{prefix}.running_var"), &c, Init::Const(1.0))?,
+            prefix: prefix.to_owned(),
+            eps,
+            momentum: 0.1,
+        };
+        p.skip(&format!("{prefix}.num_batches_tracked"));
+        Ok(bn)
+    }
+
+    /// Per-channel `(scale, shift)` of the eval-mode transform.
+    fn eval_affine(&self, affine_trainable: bool) -> Result<(Tensor, Tensor)> {
+        let inv_std = (self.running_var.as_detached_tensor() + self.eps)?.sqrt()?.recip()?;
+        let scale = read(&self.weight, affine_trainable).mul(&inv_std)?;
+        let shift = read(&self.bias, affine_trainable).sub(&(self.running_mean.as_detached_tensor() * &scale)?)?;
+        Ok((scale, shift))
+    }
+
+    /// `use_batch_stats`: normalise with this batch's moments and update the
+    /// running estimates (train mode); otherwise use the running estimates.
+    pub fn forward(&self, x: &Tensor, use_batch_stats: bool, affine_trainable: bool) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        if !use_batch_stats {
+            let (scale, shift) = self.eval_affine(affine_trainable)?;
+            return Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)?);
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
+        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
+        let scale = read(&self.weight, affine_trainable).reshape((1, c, 1, 1))?.broadcast_mul(&inv_std)?;
+        let y =
+            centred.broadcast_mul(&scale)?.broadcast_add(&read(&self.bias, affine_trainable).reshape((1, c, 1, 1))?)?;
+        // Running estimates: detached, torch's momentum convention.
+        let m = self.momentum;
+        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
+        let new_mean = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+        let new_var = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        Ok(y)
+    }
+
+    fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+        for (n, v) in [
+            ("weight", &self.weight),
+            ("bias", &self.bias),
+            ("running_mean", &self.running_mean),
+            ("running_var", &self.running_var),
+        ] {
+            out.push((format!("{}.{n}", self.prefix), v.clone()));
+        }
+    }
+}
+
+/// Convolution (no bias) → BatchNorm → activation, the unit every
+/// architecture here is built from.
+pub struct ConvBnAct {
+    conv_name: String,
+    weight: Var,
+    pub bn: BatchNorm,
+    pub act: Act,
+    stride: usize,
+    pad: Padding,
+    groups: usize,
+    freeze: Freeze,
+    /// BN folded into the conv while frozen: `(weight, bias)`.
+    folded: Option<(Tensor, Tensor)>,
+}
+
+/// Shape of a convolution for [`ConvBnAct::load`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: Padding,
+    pub groups: usize,
+}
+
+impl ConvBnAct {
+    pub fn load(
+        p: &mut ParamLoader,
+        conv_name: &str,
+        bn_prefix: &str,
+        spec: ConvSpec,
+        bn_eps: f64,
+        act: Act,
+    ) -> Result<Self> {
+        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel, spec.kernel];
+        let weight = p.get(&format!("{conv_name}.weight"), &shape, Init::KaimingFanOut)?;
+        let bn = BatchNorm::load(p, bn_prefix, spec.cout, bn_eps)?;
+        Ok(ConvBnAct {
+            conv_name: conv_name.to_owned(),
+            weight,
+            bn,
+            act,
+            stride: spec.stride,
+            pad: spec.pad,
+            groups: spec.groups,
+            freeze: Freeze::default(),
+            folded: None,
+        })
+    }
+
+    pub fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
+        self.freeze = freeze;
+        self.folded = if freeze.frozen && !freeze.train_bn {
+            let (scale, shift) = self.bn.eval_affine(false)?;
+            let c = scale.dim(0)?;
+            let w = self.weight.as_detached_tensor().broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
+            Some((w, shift.reshape((1, c, 1, 1))?))
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some((w, b)) = &self.folded {
+            let y = kernels::conv2d(x, w, self.stride, self.pad, self.groups)?.broadcast_add(b)?;
+            return self.act.apply(&y);
+        }
+        let trainable = !self.freeze.frozen;
+        let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, self.pad, self.groups)?;
+        let bn_trainable = trainable || self.freeze.train_bn;
+        let y = self.bn.forward(&y, mode.training && bn_trainable, bn_trainable)?;
+        self.act.apply(&y)
+    }
+
+    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+        if !self.freeze.frozen {
+            out.push(self.weight.clone());
+        }
+        if !self.freeze.frozen || self.freeze.train_bn {
+            out.push(self.bn.weight.clone());
+            out.push(self.bn.bias.clone());
+        }
+    }
+
+    pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.conv_name), self.weight.clone()));
+        self.bn.named_vars(out);
+    }
+}
+
+/// Fully connected layer, `y = x Wᵀ + b`, torchvision names.
+pub struct Linear {
+    prefix: String,
+    weight: Var,
+    bias: Var,
+    pub frozen: bool,
+}
+
+impl Linear {
+    pub fn load(p: &mut ParamLoader, prefix: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+        let init = Init::LinearUniform { fan_in };
+        Ok(Linear {
+            weight: p.get(&format!("{prefix}.weight"), &[fan_out, fan_in], init)?,
+            bias: p.get(&format!("{prefix}.bias"), &[fan_out], init)?,
+            prefix: prefix.to_owned(),
+            frozen: false,
+        })
+    }
+
+    /// A freshly initialised layer (a new head), never read from a checkpoint.
+    pub fn fresh(p: &mut ParamLoader, prefix: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+        let init = Init::LinearUniform { fan_in };
+        Ok(Linear {
+            weight: p.fresh(&format!("{prefix}.weight"), &[fan_out, fan_in], init)?,
+            bias: p.fresh(&format!("{prefix}.bias"), &[fan_out], init)?,
+            prefix: prefix.to_owned(),
+            frozen: false,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let trainable = !self.frozen;
+        Ok(x.matmul(&read(&self.weight, trainable).t()?)?.broadcast_add(&read(&self.bias, trainable))?)
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+        if !self.frozen {
+            out.push(self.weight.clone());
+            out.push(self.bias.clone());
+        }
+    }
+
+    pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.prefix), self.weight.clone()));
+        out.push((format!("{}.bias", self.prefix), self.bias.clone()));
+    }
+}
+
+/// Inverted dropout with an explicit seed, so a run is reproducible.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.f64() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Global average pooling `[N, C, H, W]` → `[N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn folded_frozen_conv_equals_unfolded_eval() {
+        let mut p = ParamLoader::random(3);
+        let spec = ConvSpec { cin: 4, cout: 6, kernel: 3, stride: 2, pad: Padding::same(1), groups: 1 };
+        let mut layer = ConvBnAct::load(&mut p, "c", "bn", spec, 1e-5, Act::Relu6).unwrap();
+        // Give BN non-trivial statistics.
+        layer.bn.running_mean.set(&Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5, -1.0], &Device::Cpu).unwrap()).unwrap();
+        layer.bn.running_var.set(&Tensor::new(&[1.5f32, 0.2, 0.9, 2.0, 0.7, 1.1], &Device::Cpu).unwrap()).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &Device::Cpu).unwrap();
+        let eval = layer.forward(&x, Mode { training: false }).unwrap();
+        layer.set_freeze(Freeze { frozen: true, train_bn: false }).unwrap();
+        let folded = layer.forward(&x, Mode { training: true }).unwrap();
+        assert!(max_diff(&eval, &folded) < 1e-4);
+    }
+
+    #[test]
+    fn frozen_layers_yield_no_trainable_vars() {
+        let mut p = ParamLoader::random(1);
+        let spec = ConvSpec { cin: 2, cout: 2, kernel: 1, stride: 1, pad: Padding::default(), groups: 1 };
+        let mut layer = ConvBnAct::load(&mut p, "c", "bn", spec, 1e-5, Act::None).unwrap();
+        let mut vars = Vec::new();
+        layer.trainable_vars(&mut vars);
+        assert_eq!(vars.len(), 3);
+        layer.set_freeze(Freeze { frozen: true, train_bn: true }).unwrap();
+        vars.clear();
+        layer.trainable_vars(&mut vars);
+        assert_eq!(vars.len(), 2, "train_bn keeps the BN affine parameters");
+        layer.set_freeze(Freeze { frozen: true, train_bn: false }).unwrap();
+        vars.clear();
+        layer.trainable_vars(&mut vars);
+        assert!(vars.is_empty());
+    }
+
+    #[test]
+    fn train_mode_bn_updates_running_stats() {
+        let mut p = ParamLoader::random(1);
+        let bn = BatchNorm::load(&mut p, "bn", 3, 1e-5).unwrap();
+        let x = (Tensor::randn(0f32, 1., (4, 3, 5, 5), &Device::Cpu).unwrap() + 2.0).unwrap();
+        let y = bn.forward(&x, true, true).unwrap();
+        let mean = y.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(mean.abs() < 1e-4);
+        let rm = bn.running_mean.as_tensor().to_vec1::<f32>().unwrap();
+        assert!(rm.iter().all(|v| (v - 0.2).abs() < 0.1), "{rm:?}");
+    }
+
+    #[test]
+    fn mismatch_errors_name_key_shapes_and_closest() {
+        let mut map = HashMap::new();
+        map.insert("module.fc.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        map.insert("fc.bias".to_string(), Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap());
+        let mut p = ParamLoader::from_tensors("x.safetensors", map);
+        let _ = Linear::load(&mut p, "fc", 3, 2).unwrap();
+        let err = p.finish(true, None).unwrap_err().to_string();
+        assert!(err.contains("x.safetensors"), "{err}");
+        assert!(err.contains("missing `fc.weight`") && err.contains("module."), "{err}");
+        assert!(err.contains("`fc.bias` has shape [5], expected [2]"), "{err}");
+        assert!(err.contains("unexpected `module.fc.weight`"), "{err}");
+    }
+}

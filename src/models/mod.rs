@@ -1,0 +1,313 @@
+//! Architectures (one file each), the new classification head, freezing, and
+//! each backbone's preprocessing.
+//!
+//! A backbone is a sequence of named blocks (`features.0` … for MobileNetV2).
+//! Blocks are the freeze points: `freeze up_to = "features.14"` freezes every
+//! block before `features.14`, like Keras' `layers[:14]`.
+
+pub mod layers;
+pub mod mobilenet_v2;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Rng;
+use crate::error::{Error, Result};
+use crate::recipe::{FreezePoint, HeadConfig, Pooling};
+use layers::{Freeze, Linear, Mode, ParamLoader};
+
+/// Every architecture tlab can build.
+pub const ARCHITECTURES: &[&str] = &["mobilenet_v2"];
+
+/// A pretrained feature extractor.
+pub trait Backbone: Send {
+    fn arch(&self) -> &'static str;
+    /// The freeze points, in forward order.
+    fn block_names(&self) -> Vec<String>;
+    /// Runs blocks `range` on `x` (the output of block `range.start - 1`).
+    fn forward_blocks(&self, x: &Tensor, range: Range<usize>, mode: Mode) -> Result<Tensor>;
+    /// Channels of the last block's output.
+    fn feature_channels(&self) -> usize;
+    fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()>;
+    fn trainable_vars(&self, out: &mut Vec<Var>);
+    /// Every parameter and buffer, with the reference state-dict names.
+    fn named_vars(&self, out: &mut Vec<(String, Var)>);
+    /// The original ImageNet classifier, when it was loaded.
+    fn imagenet_classifier(&self) -> Option<&Linear>;
+    /// Key prefix of the ImageNet classifier (optional when loading a backbone).
+    fn classifier_prefix(&self) -> &'static str;
+    fn preprocess(&self) -> Preprocess;
+
+    fn num_blocks(&self) -> usize {
+        self.block_names().len()
+    }
+}
+
+/// How pixels become the network's input; comes from the backbone, never the
+/// recipe, because it must match how the weights were trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    /// Training resolution of the published weights (ImageNet eval uses it).
+    pub input_size: u32,
+    /// Short-side resize before the centre crop in ImageNet evaluation (256 for 224).
+    pub resize_size: u32,
+    /// Per-channel mean and std applied to values in [0, 1].
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// torchvision's ImageNet normalisation.
+    pub fn imagenet_torchvision(input_size: u32) -> Self {
+        Preprocess {
+            input_size,
+            resize_size: (input_size as f32 / 0.875).round() as u32,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    /// Packs RGB pixels (HWC, 0..=255) of `n` equally sized images into a
+    /// normalised `[n, 3, h, w]` tensor.
+    pub fn to_tensor(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Tensor> {
+        let mut out = vec![0f32; n * 3 * h * w];
+        let plane = h * w;
+        for img in 0..n {
+            let src = &pixels[img * plane * 3..(img + 1) * plane * 3];
+            let dst = &mut out[img * 3 * plane..(img + 1) * 3 * plane];
+            for c in 0..3 {
+                let scale = 1.0 / (255.0 * self.std[c]);
+                let shift = self.mean[c] / self.std[c];
+                for (i, d) in dst[c * plane..(c + 1) * plane].iter_mut().enumerate() {
+                    *d = src[i * 3 + c] * scale - shift;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (n, 3, h, w), &Device::Cpu)?)
+    }
+}
+
+/// Builds `arch` with parameters from `p`.
+pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) -> Result<Box<dyn Backbone>> {
+    match arch {
+        "mobilenet_v2" => Ok(Box::new(mobilenet_v2::MobileNetV2::load(p, with_classifier)?)),
+        other => Err(unknown_backbone(other)),
+    }
+}
+
+pub fn unknown_backbone(name: &str) -> Error {
+    let best =
+        ARCHITECTURES.iter().min_by_key(|a| layers::levenshtein(name, a)).filter(|a| layers::levenshtein(name, a) <= 3);
+    Error::UnknownBackbone {
+        name: name.to_owned(),
+        hint: best.map(|b| format!(" (did you mean `{b}`?)")).unwrap_or_default(),
+        known: ARCHITECTURES.join(", "),
+    }
+}
+
+/// Resolves a freeze point to the number of leading blocks to freeze.
+pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize> {
+    match point {
+        FreezePoint::All => Ok(names.len()),
+        FreezePoint::None => Ok(0),
+        FreezePoint::Index(i) if *i <= names.len() => Ok(*i),
+        FreezePoint::Index(i) => {
+            Err(Error::Invalid(format!("freeze up_to = {i}: the backbone has only {} blocks", names.len())))
+        }
+        FreezePoint::Block(name) => names.iter().position(|n| n == name).ok_or_else(|| {
+            let close: Vec<&String> = names.iter().filter(|n| layers::levenshtein(n, name) <= 2).collect();
+            let hint = match close.first() {
+                Some(c) => format!("did you mean `{c}`? "),
+                None => String::new(),
+            };
+            Error::Invalid(format!(
+                "freeze up_to = \"{name}\": no such block; {hint}blocks are {} … {}",
+                names.first().map(String::as_str).unwrap_or(""),
+                names.last().map(String::as_str).unwrap_or("")
+            ))
+        }),
+    }
+}
+
+/// The new head: pooling, optional hidden layers (ReLU + dropout), then a
+/// linear layer sized to the classes found.
+pub struct Head {
+    pub config: HeadConfig,
+    hidden: Vec<Linear>,
+    fc: Linear,
+}
+
+impl Head {
+    pub fn new(config: &HeadConfig, in_features: usize, classes: usize, seed: u64) -> Result<Self> {
+        let mut p = ParamLoader::random(seed);
+        Self::build(config, in_features, classes, &mut p, false)
+    }
+
+    /// Loads a head saved by `tlab run` (names `head.hidden.N`, `head.fc`).
+    pub fn load(config: &HeadConfig, in_features: usize, classes: usize, p: &mut ParamLoader) -> Result<Self> {
+        Self::build(config, in_features, classes, p, true)
+    }
+
+    fn build(
+        config: &HeadConfig,
+        in_features: usize,
+        classes: usize,
+        p: &mut ParamLoader,
+        from_file: bool,
+    ) -> Result<Self> {
+        let mut hidden = Vec::new();
+        let mut fan_in = in_features;
+        for (i, &units) in config.hidden.iter().enumerate() {
+            let name = format!("head.hidden.{i}");
+            hidden.push(if from_file {
+                Linear::load(p, &name, fan_in, units)?
+            } else {
+                Linear::fresh(p, &name, fan_in, units)?
+            });
+            fan_in = units;
+        }
+        let fc = if from_file {
+            Linear::load(p, "head.fc", fan_in, classes)?
+        } else {
+            Linear::fresh(p, "head.fc", fan_in, classes)?
+        };
+        Ok(Head { config: config.clone(), hidden, fc })
+    }
+
+    pub fn forward(&self, features: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
+        let mut x = match self.config.pooling {
+            Pooling::Avg => layers::global_avg_pool(features)?,
+            Pooling::Flatten => features.flatten_from(1)?,
+        };
+        for layer in &self.hidden {
+            x = layer.forward(&x)?.relu()?;
+            if mode.training {
+                x = layers::dropout(&x, self.config.dropout, rng)?;
+            }
+        }
+        if mode.training && self.hidden.is_empty() {
+            x = layers::dropout(&x, self.config.dropout, rng)?;
+        }
+        self.fc.forward(&x)
+    }
+
+    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+        for l in &self.hidden {
+            l.trainable_vars(out);
+        }
+        self.fc.trainable_vars(out);
+    }
+
+    pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+        for l in &self.hidden {
+            l.named_vars(out);
+        }
+        self.fc.named_vars(out);
+    }
+
+    pub fn classes(&self) -> usize {
+        self.fc.out_features()
+    }
+}
+
+/// A backbone with a new head: the model that tlab fine-tunes.
+pub struct Classifier {
+    pub backbone: Box<dyn Backbone>,
+    pub head: Head,
+    /// Leading blocks that are frozen.
+    frozen_blocks: usize,
+    train_bn: bool,
+}
+
+impl Classifier {
+    pub fn new(backbone: Box<dyn Backbone>, head: Head) -> Self {
+        Classifier { backbone, head, frozen_blocks: 0, train_bn: false }
+    }
+
+    /// Freezes the first `n` blocks (and unfreezes the rest).
+    pub fn freeze(&mut self, n: usize, train_bn: bool) -> Result<()> {
+        for b in 0..self.backbone.num_blocks() {
+            let freeze = Freeze { frozen: b < n, train_bn: b < n && train_bn };
+            self.backbone.set_block_freeze(b, freeze)?;
+        }
+        self.frozen_blocks = n;
+        self.train_bn = train_bn;
+        Ok(())
+    }
+
+    pub fn frozen_blocks(&self) -> usize {
+        self.frozen_blocks
+    }
+
+    /// The number of leading blocks whose output never changes during
+    /// training (frozen, and BN not trainable): their output can be cached.
+    pub fn constant_prefix(&self) -> usize {
+        if self.train_bn {
+            0
+        } else {
+            self.frozen_blocks
+        }
+    }
+
+    /// Logits for a batch, optionally starting from a cached prefix output.
+    pub fn forward_from(&self, x: &Tensor, start_block: usize, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
+        let n = self.backbone.num_blocks();
+        let features = self.backbone.forward_blocks(x, start_block..n, mode)?;
+        self.head.forward(&features, mode, rng)
+    }
+
+    /// Output of the first `blocks` blocks (no graph: they must be frozen).
+    pub fn prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
+        Ok(self.backbone.forward_blocks(x, 0..blocks, Mode { training: false })?.detach())
+    }
+
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        let mut vars = Vec::new();
+        self.backbone.trainable_vars(&mut vars);
+        self.head.trainable_vars(&mut vars);
+        vars
+    }
+
+    /// Every parameter and buffer by name (backbone with reference names,
+    /// head under `head.`).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.backbone.named_vars(&mut out);
+        self.head.named_vars(&mut out);
+        out
+    }
+
+    /// A deep copy of every weight and the freeze state. `Var::set` writes in
+    /// place, so a snapshot must copy, not share, the storage.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let tensors = self
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_detached_tensor().copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Snapshot { tensors, frozen_blocks: self.frozen_blocks, train_bn: self.train_bn })
+    }
+
+    /// Puts a snapshot back (weights, running statistics and freeze state).
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
+        let by_name: HashMap<&str, &Tensor> = snap.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, var) in self.named_vars() {
+            if let Some(t) = by_name.get(name.as_str()) {
+                var.set(t)?;
+            }
+        }
+        // Re-fold frozen layers from the restored weights.
+        self.freeze(snap.frozen_blocks, snap.train_bn)
+    }
+}
+
+/// Saved weights of a [`Classifier`], for early stopping and step snapshots.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub tensors: Vec<(String, Tensor)>,
+    pub frozen_blocks: usize,
+    pub train_bn: bool,
+}

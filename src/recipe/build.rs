@@ -1,0 +1,1091 @@
+//! The recipe schema: walks the parsed TOML and builds a [`Recipe`], applying
+//! defaults and reporting the first problem found.
+//!
+//! Within each table unknown keys are checked first (a misspelt key is the
+//! likeliest cause of any later "missing key" error), then values in a fixed
+//! order, then rules that relate several values.
+
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ImDocument, TomlError};
+
+use super::summary::fingerprint;
+use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
+use super::{
+    AugmentConfig, BackboneStep, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvaluateConfig, FillMode,
+    FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, Monitor, Optimizer, Pooling, Recipe, RecipeError, Schedule,
+    Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
+};
+
+const TOP_KEYS: &[&str] = &["name", "seed", "data", "step"];
+const DATA_KEYS: &[&str] = &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers"];
+const BACKBONE_KEYS: &[&str] = &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "head"];
+const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout"];
+const FREEZE_KEYS: &[&str] = &["kind", "up_to", "train_bn"];
+const AUGMENT_KEYS: &[&str] = &[
+    "kind",
+    "rotation_range",
+    "width_shift_range",
+    "height_shift_range",
+    "shear_range",
+    "zoom_range",
+    "horizontal_flip",
+    "vertical_flip",
+    "fill_mode",
+    "cval",
+    "brightness_range",
+    "random_resized_crop",
+    "color_jitter",
+];
+const CROP_KEYS: &[&str] = &["scale", "ratio"];
+const JITTER_KEYS: &[&str] = &["brightness", "contrast", "saturation", "hue"];
+const FINE_TUNE_KEYS: &[&str] = &[
+    "kind",
+    "epochs",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "batch_size",
+    "label_smoothing",
+    "schedule",
+    "warmup_epochs",
+    "step_size",
+    "gamma",
+    "min_lr",
+    "patience",
+    "monitor",
+    "restore_best",
+    "time_limit",
+];
+const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes"];
+
+/// The document start: where errors about the document as a whole point.
+const DOC_START: Option<std::ops::Range<usize>> = Some(0..0);
+
+/// Parses `text` (from `path`) into a validated recipe.
+pub(super) fn build(text: &str, path: &Path) -> Result<Recipe> {
+    let src = Source { text, path };
+    let doc = ImDocument::parse(text).map_err(|e| syntax_error(src, &e))?;
+    let root = Section::new(src, doc.as_table(), DOC_START, "at top level");
+    root.check_keys(TOP_KEYS)?;
+
+    let name = run_name(&root.require("name")?)?;
+    let seed = root.int_as::<u64>("seed", Bounds::at_least(0))?.unwrap_or(0);
+    // Relative paths are anchored at the recipe's folder, as Cargo does.
+    let base = path.parent().unwrap_or(Path::new(""));
+    let data_field = root
+        .field("data")
+        .ok_or_else(|| src.error_at(&DOC_START, "missing table `[data]` (it must set at least `train`)"))?;
+    let data = data(src, &data_field, base)?;
+    let step_field = root.field("step").ok_or_else(|| src.error_at(&DOC_START, "recipe has no [[step]]"))?;
+    let steps = steps(src, &step_field, base)?;
+    Ok(Recipe { path: path.to_path_buf(), name, seed, data, steps })
+}
+
+/// A TOML syntax error at the parser's position, its message on one line.
+fn syntax_error(src: Source<'_>, e: &TomlError) -> RecipeError {
+    let message = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let message = if message.is_empty() { "invalid TOML syntax".to_string() } else { message };
+    src.error_at(&e.span(), message)
+}
+
+/// `base.join(p)`: relative paths become relative to the recipe's folder,
+/// absolute ones are kept. No lexical `..` folding, which would be wrong
+/// across symlinks.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    base.join(p)
+}
+
+/// The run name, restricted because it becomes a folder name.
+fn run_name(f: &Field<'_>) -> Result<String> {
+    let name = f.non_empty_str()?;
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(f.error(format!(
+            "`name` may only contain letters, digits, `_`, `.` and `-` (it names the run folder), found {bad:?} in {}",
+            f.found()
+        )));
+    }
+    if name.chars().all(|c| c == '.') {
+        return Err(f.error(format!("`name` cannot consist only of dots, found {}", f.found())));
+    }
+    Ok(name.to_string())
+}
+
+fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
+    let table = f.as_table().ok_or_else(|| f.type_error("a table ([data])"))?;
+    let s = Section::new(src, table, f.span().clone(), "in [data]");
+    s.check_keys(DATA_KEYS)?;
+    let train = resolve(base, s.require("train")?.non_empty_str()?);
+    let valid = s.field("valid").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
+    let valid_split = s.number("valid_split", Bounds::open(0.0, 1.0))?;
+    if let (Some(_), Some(split)) = (&valid, s.field("valid_split")) {
+        return Err(split.key_error(
+            "`valid_split` cannot be combined with `valid`: the split only applies when there is no validation folder; remove one",
+        ));
+    }
+    Ok(DataConfig {
+        train,
+        valid,
+        valid_split: valid_split.unwrap_or(0.2),
+        image_size: s.int_as("image_size", Bounds::within(16, 1024))?.unwrap_or(224),
+        batch_size: s.int_as("batch_size", Bounds::within(1, 4096))?.unwrap_or(32),
+        max_per_class: s.int_as("max_per_class", Bounds::at_least(1))?,
+        workers: s.int_as("workers", Bounds::at_least(1))?,
+    })
+}
+
+/// All `[[step]]`s, in order, each checked against the steps before it.
+fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<Vec<Step>> {
+    let tables = f.tables("an array of tables ([[step]])")?;
+    if tables.is_empty() {
+        return Err(f.error("recipe has no [[step]]"));
+    }
+    let mut seen_backbone = false;
+    let mut steps = Vec::with_capacity(tables.len());
+    for (i, (table, span)) in tables.into_iter().enumerate() {
+        let line = src.line_of(&span);
+        let s = Section::new(src, table, span, format!("in step #{}", i + 1));
+        let kind_field = s.require("kind")?;
+        let kind_name = kind_field.str()?;
+        let Some(&kind_name) = STEP_KINDS.iter().find(|k| **k == kind_name) else {
+            let hint = suggest(kind_name, STEP_KINDS).map(|k| format!(" did you mean `{k}`?")).unwrap_or_default();
+            return Err(kind_field
+                .error(format!("unknown step kind `{kind_name}`;{hint} expected one of: {}", STEP_KINDS.join(", "))));
+        };
+        if kind_name == "backbone" {
+            seen_backbone = true;
+        } else if !seen_backbone && kind_name != "augment" {
+            return Err(kind_field.error(format!("{kind_name} step needs a backbone step before it")));
+        }
+        let s = s.with_context(format!("in {kind_name} step"));
+        let kind = match kind_name {
+            "backbone" => StepKind::Backbone(backbone(&s, base)?),
+            "freeze" => StepKind::Freeze(freeze(&s)?),
+            "augment" => StepKind::Augment(augment(&s)?),
+            "fine_tune" => StepKind::FineTune(fine_tune(&s)?),
+            _ => StepKind::Evaluate(evaluate(&s)?),
+        };
+        let fingerprint = fingerprint(&kind);
+        steps.push(Step { kind, line, fingerprint });
+    }
+    Ok(steps)
+}
+
+fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
+    s.check_keys(BACKBONE_KEYS)?;
+    let arch_field = s.require("arch")?;
+    let arch = arch_field.non_empty_str()?;
+    if !KNOWN_ARCHS.contains(&arch) {
+        let hint = suggest(arch, KNOWN_ARCHS).map(|a| format!(" did you mean `{a}`?")).unwrap_or_default();
+        return Err(
+            arch_field.error(format!("unknown arch `{arch}`;{hint} expected one of: {}", KNOWN_ARCHS.join(", ")))
+        );
+    }
+    let weights = s.field("weights").map(|f| weights(&f, base)).transpose()?;
+    let strict = s.bool("strict")?.unwrap_or(true);
+
+    // Head settings may sit flat on the step (the natural form inside
+    // [[step]]) or in a `head` table; saying the same thing twice is an error
+    // rather than a silent precedence rule.
+    let head = s.field("head").map(|f| f.section(s.context())).transpose()?;
+    if let Some(head) = &head {
+        head.check_keys(HEAD_KEYS)?;
+    }
+    let pick = |key: &str| -> Result<Option<Field<'_>>> {
+        match (s.field(key), head.as_ref().and_then(|h| h.field(key))) {
+            (Some(_), Some(nested)) => Err(nested.key_error(format!(
+                "`{}` repeats `{key}` set directly on the step; set it in one place only",
+                nested.name()
+            ))),
+            (flat, nested) => Ok(flat.or(nested)),
+        }
+    };
+    let pooling = match pick("pooling")? {
+        Some(f) => f.choice(&[("avg", Pooling::Avg), ("flatten", Pooling::Flatten)])?,
+        None => Pooling::Avg,
+    };
+    let hidden = match pick("hidden")? {
+        Some(f) => f
+            .elements("an array of positive integers")?
+            .iter()
+            .map(|e| e.int_as::<usize>(Bounds::at_least(1)))
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let dropout = match pick("dropout")? {
+        Some(f) => f.number(Bounds::closed_open(0.0, 1.0))?,
+        None => 0.2,
+    };
+    Ok(BackboneStep { arch: arch.to_string(), weights, strict, head: HeadConfig { pooling, hidden, dropout } })
+}
+
+/// `hf:ORG/REPO[:FILE]`, an http(s) URL, or a path relative to the recipe.
+fn weights(f: &Field<'_>, base: &Path) -> Result<WeightsSource> {
+    let s = f.str()?;
+    if s.is_empty() {
+        return Err(f.error("`weights` must not be empty; omit it for random initialisation"));
+    }
+    if let Some(rest) = s.strip_prefix("hf:") {
+        let (repo, file) = match rest.split_once(':') {
+            Some((repo, file)) => (repo, Some(file)),
+            None => (rest, None),
+        };
+        let part_ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let repo_ok = repo.split_once('/').is_some_and(|(org, name)| part_ok(org) && part_ok(name));
+        let file_ok = file.is_none_or(|f| !f.is_empty() && !f.chars().any(char::is_whitespace));
+        if !repo_ok || !file_ok {
+            return Err(f.error(format!(
+                "`weights` hub reference must look like \"hf:ORG/REPO\" or \"hf:ORG/REPO:FILE\", found {}",
+                f.found()
+            )));
+        }
+        return Ok(WeightsSource::Hub { repo: repo.to_string(), file: file.map(str::to_string) });
+    }
+    if let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
+        if rest.is_empty() || rest.chars().any(char::is_whitespace) {
+            return Err(f.error(format!("`weights` URL is malformed, found {}", f.found())));
+        }
+        return Ok(WeightsSource::Url(s.to_string()));
+    }
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(f.error(format!(
+            "`weights` URL scheme `{scheme}` is not supported; use http(s)://, hf:ORG/REPO[:FILE] or a file path"
+        )));
+    }
+    Ok(WeightsSource::Path(resolve(base, s)))
+}
+
+fn freeze(s: &Section<'_>) -> Result<FreezeStep> {
+    s.check_keys(FREEZE_KEYS)?;
+    let up_to = match s.field("up_to") {
+        None => FreezePoint::All,
+        Some(f) if f.as_integer().is_some() => FreezePoint::Index(f.int_as(Bounds::at_least(0))?),
+        Some(f) => match f.str() {
+            Ok("all") => FreezePoint::All,
+            Ok("none") => FreezePoint::None,
+            Ok(block) if !block.trim().is_empty() => FreezePoint::Block(block.to_string()),
+            _ => {
+                return Err(f.type_error(
+                    "\"all\", \"none\", a block name such as \"features.14\", or a block count (integer >= 0)",
+                ))
+            }
+        },
+    };
+    Ok(FreezeStep { up_to, train_bn: s.bool("train_bn")?.unwrap_or(false) })
+}
+
+fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
+    s.check_keys(AUGMENT_KEYS)?;
+    let d = AugmentConfig::default();
+    let zoom_range = match s.field("zoom_range") {
+        None => d.zoom_range,
+        Some(f) if f.is_array() => f.pair(Bounds::above(0.0))?,
+        Some(f) if f.is_number() => {
+            let z = f.number(Bounds::closed_open(0.0, 1.0))?;
+            (1.0 - z, 1.0 + z)
+        }
+        Some(f) => return Err(f.type_error("a number z (zoom 1-z..1+z) or a 2-element array [lo, hi]")),
+    };
+    let fill_modes = [
+        ("nearest", FillMode::Nearest),
+        ("reflect", FillMode::Reflect),
+        ("wrap", FillMode::Wrap),
+        ("constant", FillMode::Constant),
+    ];
+    Ok(AugmentConfig {
+        rotation_range: s.number("rotation_range", Bounds::within(0.0, 360.0))?.unwrap_or(d.rotation_range),
+        width_shift_range: s.number("width_shift_range", Bounds::within(0.0, 1.0))?.unwrap_or(d.width_shift_range),
+        height_shift_range: s.number("height_shift_range", Bounds::within(0.0, 1.0))?.unwrap_or(d.height_shift_range),
+        shear_range: s.number("shear_range", Bounds::within(0.0, 90.0))?.unwrap_or(d.shear_range),
+        zoom_range,
+        horizontal_flip: s.bool("horizontal_flip")?.unwrap_or(d.horizontal_flip),
+        vertical_flip: s.bool("vertical_flip")?.unwrap_or(d.vertical_flip),
+        fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
+        cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
+        brightness_range: s.pair("brightness_range", Bounds::at_least(0.0))?,
+        random_resized_crop: s.field("random_resized_crop").map(|f| crop(s, &f)).transpose()?.flatten(),
+        color_jitter: s.field("color_jitter").map(|f| color_jitter(s, &f)).transpose()?,
+    })
+}
+
+/// `random_resized_crop = true | false | { scale = [..], ratio = [..] }`.
+fn crop(parent: &Section<'_>, f: &Field<'_>) -> Result<Option<CropConfig>> {
+    if f.as_table().is_none() {
+        return f
+            .bool()
+            .map(|on| on.then(CropConfig::default))
+            .map_err(|_| f.type_error("true, false or a table { scale = [lo, hi], ratio = [lo, hi] }"));
+    }
+    let s = f.section(parent.context())?;
+    s.check_keys(CROP_KEYS)?;
+    let d = CropConfig::default();
+    Ok(Some(CropConfig {
+        scale: s.pair("scale", Bounds::open_closed(0.0, 1.0))?.unwrap_or(d.scale),
+        ratio: s.pair("ratio", Bounds::above(0.0))?.unwrap_or(d.ratio),
+    }))
+}
+
+/// `color_jitter = { brightness, contrast, saturation, hue }`, missing = 0.
+fn color_jitter(parent: &Section<'_>, f: &Field<'_>) -> Result<ColorJitter> {
+    if f.as_table().is_none() {
+        return Err(f.type_error("a table such as { brightness = 0.2, contrast = 0.2, saturation = 0.2, hue = 0.05 }"));
+    }
+    let s = f.section(parent.context())?;
+    s.check_keys(JITTER_KEYS)?;
+    let strength = |key| s.number(key, Bounds::at_least(0.0)).map(Option::unwrap_or_default);
+    Ok(ColorJitter {
+        brightness: strength("brightness")?,
+        contrast: strength("contrast")?,
+        saturation: strength("saturation")?,
+        hue: s.number("hue", Bounds::within(0.0, 0.5))?.unwrap_or_default(),
+    })
+}
+
+fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
+    s.check_keys(FINE_TUNE_KEYS)?;
+    let epochs = s.int_as("epochs", Bounds::at_least(1).at_most(100_000))?.unwrap_or(5);
+    let optimizer = s
+        .choice("optimizer", &[("sgd", Optimizer::Sgd), ("adam", Optimizer::Adam), ("adamw", Optimizer::AdamW)])?
+        .unwrap_or(Optimizer::Adam);
+    let lr = s.number("lr", Bounds::above(0.0).at_most(10.0))?.unwrap_or(1e-3);
+    let momentum = s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9);
+    let nesterov = s.bool("nesterov")?.unwrap_or(false);
+    let default_decay = if optimizer == Optimizer::AdamW { 0.01 } else { 0.0 };
+    let weight_decay = s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(default_decay);
+    let beta1 = s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9);
+    let beta2 = s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.999);
+    let batch_size = s.int_as("batch_size", Bounds::at_least(1))?;
+    let label_smoothing = s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0);
+    let schedule = s
+        .choice(
+            "schedule",
+            &[("constant", Schedule::Constant), ("step", Schedule::Step), ("cosine", Schedule::Cosine)],
+        )?
+        .unwrap_or(Schedule::Constant);
+    let warmup_epochs = s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0);
+    let step_size = s.int_as("step_size", Bounds::at_least(1))?.unwrap_or((epochs / 3).max(1));
+    let gamma = s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(0.1);
+    let min_lr = s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(0.0);
+    let patience = s.int_as("patience", Bounds::at_least(1))?;
+    let monitor =
+        s.choice("monitor", &[("valid_loss", Monitor::ValidLoss), ("valid_accuracy", Monitor::ValidAccuracy)])?;
+    let restore_best = s.bool("restore_best")?;
+    let time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
+
+    // Rules that relate several settings, reported at the setting that would
+    // most likely be edited to fix them.
+    if let Some(f) = s.field("nesterov").filter(|_| nesterov) {
+        if optimizer != Optimizer::Sgd {
+            return Err(f.error("`nesterov = true` requires optimizer = \"sgd\""));
+        }
+        if momentum == 0.0 {
+            return Err(f.error("`nesterov = true` requires momentum > 0"));
+        }
+    }
+    if let Some(f) = s.field("warmup_epochs").filter(|_| warmup_epochs >= epochs) {
+        return Err(f.error(format!("`warmup_epochs` must be < epochs ({epochs}), found {warmup_epochs}")));
+    }
+    if let Some(f) = s.field("min_lr").filter(|_| min_lr >= lr) {
+        return Err(f.error(format!("`min_lr` must be < lr ({lr:e}), found {min_lr:e}")));
+    }
+    if patience.is_none() {
+        if let Some(f) = s.field("monitor").or_else(|| s.field("restore_best")) {
+            return Err(
+                f.key_error(format!("`{}` only applies to early stopping; add `patience = N` to enable it", f.name()))
+            );
+        }
+    }
+    let early_stopping = patience.map(|patience| EarlyStopping {
+        patience,
+        monitor: monitor.unwrap_or(Monitor::ValidLoss),
+        restore_best: restore_best.unwrap_or(true),
+    });
+    Ok(FineTuneConfig {
+        epochs,
+        optimizer,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        beta1,
+        beta2,
+        batch_size,
+        label_smoothing,
+        schedule,
+        warmup_epochs,
+        step_size,
+        gamma,
+        min_lr,
+        early_stopping,
+        time_limit_secs,
+    })
+}
+
+fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
+    s.check_keys(EVALUATE_KEYS)?;
+    Ok(EvaluateConfig {
+        top_k: s.int_as("top_k", Bounds::at_least(1))?,
+        mistakes: s.int_as("mistakes", Bounds::at_least(0))?.unwrap_or(25),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::parse;
+
+    const PATH: &str = "/x/y/recipe.toml";
+    /// Lines 1-3: a minimal valid preamble.
+    const HEAD: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n";
+    /// Lines 4-6: a backbone step, so later steps may follow it.
+    const BACKBONE: &str = "[[step]]\nkind = \"backbone\"\narch = \"resnet18\"\n";
+
+    fn ok(text: &str) -> Recipe {
+        parse(text, Path::new(PATH)).unwrap_or_else(|e| panic!("expected success, got: {e}"))
+    }
+
+    /// `(line, col, message)` of the error `text` must produce.
+    fn err(text: &str) -> (usize, usize, String) {
+        match parse(text, Path::new(PATH)) {
+            Ok(r) => panic!("expected an error, parsed: {r:?}"),
+            Err(RecipeError::Invalid { path, line, col, message }) => {
+                assert_eq!(path, Path::new(PATH));
+                (line, col, message)
+            }
+            Err(e) => panic!("unexpected error kind: {e}"),
+        }
+    }
+
+    /// A recipe with the preamble, a backbone and then `step` (from line 7).
+    fn with_step(step: &str) -> String {
+        format!("{HEAD}{BACKBONE}{step}")
+    }
+
+    /// The single step after the backbone.
+    fn second_step(step: &str) -> StepKind {
+        ok(&with_step(step)).steps.swap_remove(1).kind
+    }
+
+    fn tune(body: &str) -> FineTuneConfig {
+        match second_step(&format!("[[step]]\nkind = \"fine_tune\"\n{body}")) {
+            StepKind::FineTune(t) => t,
+            other => panic!("not fine_tune: {other:?}"),
+        }
+    }
+
+    fn aug(body: &str) -> AugmentConfig {
+        match second_step(&format!("[[step]]\nkind = \"augment\"\n{body}")) {
+            StepKind::Augment(a) => a,
+            other => panic!("not augment: {other:?}"),
+        }
+    }
+
+    fn backbone_step(body: &str) -> BackboneStep {
+        let text = format!("{HEAD}[[step]]\nkind = \"backbone\"\n{body}");
+        match ok(&text).steps.swap_remove(0).kind {
+            StepKind::Backbone(b) => b,
+            other => panic!("not backbone: {other:?}"),
+        }
+    }
+
+    const QUICKSTART: &str = r#"name = "quickstart"      # required
+seed = 42
+[data]
+train = "../data/fashion-mnist-mini/train"
+valid = "../data/fashion-mnist-mini/valid"
+image_size = 96
+batch_size = 32
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+weights = "../assets/weights/mobilenet_v2.safetensors"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "augment"
+horizontal_flip = true
+rotation_range = 10
+[[step]]
+kind = "fine_tune"
+epochs = 8
+lr = 1e-3
+[[step]]
+kind = "evaluate"
+"#;
+
+    #[test]
+    fn quickstart_parses_with_defaults() {
+        let r = ok(QUICKSTART);
+        assert_eq!(r.path, Path::new(PATH));
+        assert_eq!(r.name, "quickstart");
+        assert_eq!(r.seed, 42);
+        assert_eq!(
+            r.data,
+            DataConfig {
+                train: PathBuf::from("/x/y/../data/fashion-mnist-mini/train"),
+                valid: Some(PathBuf::from("/x/y/../data/fashion-mnist-mini/valid")),
+                valid_split: 0.2,
+                image_size: 96,
+                batch_size: 32,
+                max_per_class: None,
+                workers: None,
+            }
+        );
+        let kinds: Vec<_> = r.steps.iter().map(|s| s.kind.name()).collect();
+        assert_eq!(kinds, STEP_KINDS);
+        let lines: Vec<_> = r.steps.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [8, 12, 14, 18, 22]);
+        assert_eq!(
+            r.steps[0].kind,
+            StepKind::Backbone(BackboneStep {
+                arch: "mobilenet_v2".into(),
+                weights: Some(WeightsSource::Path(PathBuf::from("/x/y/../assets/weights/mobilenet_v2.safetensors"))),
+                strict: true,
+                head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+            })
+        );
+        assert_eq!(r.steps[1].kind, StepKind::Freeze(FreezeStep { up_to: FreezePoint::All, train_bn: false }));
+        assert_eq!(
+            r.steps[2].kind,
+            StepKind::Augment(AugmentConfig {
+                horizontal_flip: true,
+                rotation_range: 10.0,
+                ..AugmentConfig::default()
+            })
+        );
+        assert_eq!(
+            r.steps[3].kind,
+            StepKind::FineTune(FineTuneConfig {
+                epochs: 8,
+                optimizer: Optimizer::Adam,
+                lr: 1e-3,
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+                beta1: 0.9,
+                beta2: 0.999,
+                batch_size: None,
+                label_smoothing: 0.0,
+                schedule: Schedule::Constant,
+                warmup_epochs: 0,
+                step_size: 2,
+                gamma: 0.1,
+                min_lr: 0.0,
+                early_stopping: None,
+                time_limit_secs: None,
+            })
+        );
+        assert_eq!(r.steps[4].kind, StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }));
+    }
+
+    #[test]
+    fn data_defaults() {
+        let r = ok(&format!("{HEAD}{BACKBONE}"));
+        assert_eq!(r.seed, 0);
+        assert_eq!(r.data.train, PathBuf::from("/x/y/d"));
+        assert_eq!(r.data.valid, None);
+        assert_eq!(r.data.valid_split, 0.2);
+        assert_eq!(r.data.image_size, 224);
+        assert_eq!(r.data.batch_size, 32);
+    }
+
+    #[test]
+    fn data_settings_and_path_resolution() {
+        let text = format!(
+            "name = \"a.b-c_1\"\n[data]\ntrain = \"/abs/train\"\nvalid_split = 0.25\nmax_per_class = 10\nworkers = 3\n{BACKBONE}"
+        );
+        let r = ok(&text);
+        assert_eq!(r.name, "a.b-c_1");
+        assert_eq!(r.data.train, PathBuf::from("/abs/train"));
+        assert_eq!(r.data.valid_split, 0.25);
+        assert_eq!(r.data.max_per_class, Some(10));
+        assert_eq!(r.data.workers, Some(3));
+        // A bare file name resolves against the current directory.
+        let r = parse(&format!("{HEAD}{BACKBONE}"), Path::new("recipe.toml")).expect("valid");
+        assert_eq!(r.data.train, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn data_inline_table_is_accepted() {
+        let r = ok(&format!("name = \"t\"\ndata = {{ train = \"d\", image_size = 64 }}\n{BACKBONE}"));
+        assert_eq!(r.data.image_size, 64);
+    }
+
+    #[test]
+    fn malformed_toml_points_at_parser_position() {
+        assert_eq!(err("name = \"t\"\nseed = [1,\n"), (3, 1, "invalid array; expected `]`".into()));
+        let (line, col, msg) = err("name = \"t\"\nname = \"u\"\n");
+        assert_eq!((line, col), (2, 1));
+        assert!(msg.contains("duplicate key `name`"), "{msg}");
+        assert!(!msg.contains('\n'));
+        assert_eq!(err("a = "), (1, 5, "invalid TOML syntax".into()));
+    }
+
+    #[test]
+    fn unknown_keys_suggest_or_list() {
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"augment\"\nrotaton_range = 10\n"));
+        assert_eq!((line, col), (9, 1));
+        assert_eq!(msg, "unknown key `rotaton_range` in augment step; did you mean `rotation_range`?");
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\n  bogus = 1\n"));
+        assert_eq!((line, col), (9, 3));
+        assert_eq!(msg, "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes");
+        let (line, col, msg) = err(&format!("nmae = \"x\"\n{HEAD}"));
+        assert_eq!((line, col), (1, 1));
+        assert_eq!(msg, "unknown key `nmae` at top level; did you mean `name`?");
+        let (line, col, msg) = err(&format!("{HEAD}image_sise = 64\n{BACKBONE}"));
+        assert_eq!((line, col), (4, 1));
+        assert_eq!(msg, "unknown key `image_sise` in [data]; did you mean `image_size`?");
+        let (_, _, msg) = err(&format!(
+            "{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\nhead = {{ pooling = \"avg\", hiden = [1] }}\n"
+        ));
+        assert_eq!(msg, "unknown key `head.hiden` in backbone step; did you mean `head.hidden`?");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"augment\"\ncolor_jitter = { hues = 0.1 }\n"));
+        assert_eq!(msg, "unknown key `color_jitter.hues` in augment step; did you mean `color_jitter.hue`?");
+    }
+
+    #[test]
+    fn wrong_types_point_at_the_value() {
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nlr = \"fast\"\n"));
+        assert_eq!((line, col), (9, 6));
+        assert_eq!(msg, "`lr` must be a number, found string \"fast\"");
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nepochs = 8.0\n"));
+        assert_eq!((line, col), (9, 10));
+        assert_eq!(msg, "`epochs` must be an integer, found float 8.0");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"augment\"\nhorizontal_flip = \"yes\"\n"));
+        assert_eq!(msg, "`horizontal_flip` must be a boolean (true or false), found string \"yes\"");
+        let (line, col, msg) = err("name = 3\n");
+        assert_eq!((line, col), (1, 8));
+        assert_eq!(msg, "`name` must be a string, found integer 3");
+        let (_, _, msg) = err(&format!("{HEAD}batch_size = [32]\n{BACKBONE}"));
+        assert_eq!(msg, "`batch_size` must be an integer, found array [32]");
+        let (_, _, msg) = err("name = \"t\"\ndata = 1\n");
+        assert_eq!(msg, "`data` must be a table ([data]), found integer 1");
+        let (_, _, msg) = err(&format!("step = 1\n{HEAD}"));
+        assert_eq!(msg, "`step` must be an array of tables ([[step]]), found integer 1");
+        let (_, _, msg) = err(&format!("step = [1]\n{HEAD}"));
+        assert_eq!(msg, "`step[0]` must be a table, found integer 1");
+    }
+
+    #[test]
+    fn out_of_range_values() {
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nlr = -0.1\n"));
+        assert_eq!((line, col), (9, 6));
+        assert_eq!(msg, "`lr` must be > 0, found -0.1");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nlr = 50\n"));
+        assert_eq!(msg, "`lr` must be <= 10, found 50");
+        let (line, col, msg) = err(&format!("{HEAD}valid_split = 1.5\n{BACKBONE}"));
+        assert_eq!((line, col), (4, 15));
+        assert_eq!(msg, "`valid_split` must be in (0, 1), found 1.5");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"augment\"\nrotation_range = 400\n"));
+        assert_eq!(msg, "`rotation_range` must be within 0..=360, found 400");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nepochs = 0\n"));
+        assert_eq!(msg, "`epochs` must be >= 1, found 0");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nepochs = 1000000\n"));
+        assert_eq!(msg, "`epochs` must be <= 100000, found 1000000");
+        let (_, _, msg) = err(&format!("{HEAD}image_size = 8\n{BACKBONE}"));
+        assert_eq!(msg, "`image_size` must be within 16..=1024, found 8");
+        let (_, _, msg) = err(&format!("seed = -1\n{HEAD}"));
+        assert_eq!(msg, "`seed` must be >= 0, found -1");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nlr = inf\n"));
+        assert_eq!(msg, "`lr` must be a finite number, found inf");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"augment\"\ncolor_jitter = { hue = 0.6 }\n"));
+        assert_eq!(msg, "`color_jitter.hue` must be within 0..=0.5, found 0.6");
+        let (_, _, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\nhidden = [128, 0]\n"));
+        assert_eq!(msg, "`hidden[1]` must be >= 1, found 0");
+        let (_, _, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\ndropout = 1\n"));
+        assert_eq!(msg, "`dropout` must be in [0, 1), found 1");
+    }
+
+    #[test]
+    fn missing_required_keys() {
+        assert_eq!(err("seed = 1\n"), (1, 1, "missing key `name` at top level".into()));
+        assert_eq!(err("name = \"t\"\n"), (1, 1, "missing table `[data]` (it must set at least `train`)".into()));
+        assert_eq!(err("name = \"t\"\n\n[data]\nvalid = \"v\"\n"), (3, 1, "missing key `train` in [data]".into()));
+        let (line, col, msg) = err(&format!("{HEAD}\n[[step]]\nkind = \"backbone\"\n"));
+        assert_eq!((line, col), (5, 1));
+        assert_eq!(msg, "missing key `arch` in backbone step");
+        let (line, col, msg) = err(&with_step("[[step]]\nepochs = 3\n"));
+        assert_eq!((line, col), (7, 1));
+        assert_eq!(msg, "missing key `kind` in step #2");
+    }
+
+    #[test]
+    fn missing_or_empty_steps() {
+        assert_eq!(err(HEAD), (1, 1, "recipe has no [[step]]".into()));
+        assert_eq!(err("name = \"t\"\nstep = []\n[data]\ntrain = \"d\"\n"), (2, 8, "recipe has no [[step]]".into()));
+    }
+
+    #[test]
+    fn unknown_step_kind() {
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"finetune\"\n"));
+        assert_eq!((line, col), (8, 8));
+        assert_eq!(
+            msg,
+            "unknown step kind `finetune`; did you mean `fine_tune`? expected one of: backbone, freeze, augment, fine_tune, evaluate"
+        );
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"zzz\"\n"));
+        assert_eq!(msg, "unknown step kind `zzz`; expected one of: backbone, freeze, augment, fine_tune, evaluate");
+    }
+
+    #[test]
+    fn steps_before_backbone_are_rejected() {
+        for kind in ["freeze", "fine_tune", "evaluate"] {
+            let (line, col, msg) = err(&format!("{HEAD}[[step]]\nkind = \"{kind}\"\n{BACKBONE}"));
+            assert_eq!((line, col), (5, 8), "{kind}");
+            assert_eq!(msg, format!("{kind} step needs a backbone step before it"));
+        }
+        // Augmentation is about data, not the model, so it may come first;
+        // evaluating without fine-tuning is allowed too.
+        let r = ok(&format!("{HEAD}[[step]]\nkind = \"augment\"\n{BACKBONE}[[step]]\nkind = \"evaluate\"\n"));
+        assert_eq!(r.steps.len(), 3);
+    }
+
+    #[test]
+    fn inline_array_of_step_tables() {
+        let r = ok(&format!(
+            "step = [{{ kind = \"backbone\", arch = \"vgg19\" }}, {{ kind = \"evaluate\", top_k = 3 }}]\n{HEAD}"
+        ));
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(r.steps[1].kind, StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25 }));
+    }
+
+    #[test]
+    fn run_name_rules() {
+        let (line, col, msg) = err("name = \"my run\"\n");
+        assert_eq!((line, col), (1, 8));
+        assert!(msg.starts_with("`name` may only contain letters, digits"), "{msg}");
+        assert_eq!(err("name = \"\"\n").2, "`name` must not be empty");
+        assert_eq!(err("name = \"..\"\n").2, "`name` cannot consist only of dots, found string \"..\"");
+    }
+
+    #[test]
+    fn valid_and_valid_split_conflict() {
+        let (line, col, msg) = err(&format!("{HEAD}valid = \"v\"\nvalid_split = 0.1\n{BACKBONE}"));
+        assert_eq!((line, col), (5, 1));
+        assert!(msg.starts_with("`valid_split` cannot be combined with `valid`"), "{msg}");
+    }
+
+    #[test]
+    fn backbone_arch_and_weights() {
+        let (line, col, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"mobilenetv2\"\n"));
+        assert_eq!((line, col), (6, 8));
+        assert!(
+            msg.starts_with("unknown arch `mobilenetv2`; did you mean `mobilenet_v2`? expected one of: mobilenet_v2,"),
+            "{msg}"
+        );
+        let b = backbone_step("arch = \"resnet50\"\nweights = \"hf:timm/resnet50.a1_in1k\"\nstrict = false\n");
+        assert_eq!(b.weights, Some(WeightsSource::Hub { repo: "timm/resnet50.a1_in1k".into(), file: None }));
+        assert!(!b.strict);
+        let b = backbone_step("arch = \"resnet50\"\nweights = \"hf:org/repo:model.safetensors\"\n");
+        assert_eq!(
+            b.weights,
+            Some(WeightsSource::Hub { repo: "org/repo".into(), file: Some("model.safetensors".into()) })
+        );
+        let b = backbone_step("arch = \"resnet50\"\nweights = \"https://example.com/w.safetensors\"\n");
+        assert_eq!(b.weights, Some(WeightsSource::Url("https://example.com/w.safetensors".into())));
+        let b = backbone_step("arch = \"resnet50\"\nweights = \"w/r50.safetensors\"\n");
+        assert_eq!(b.weights, Some(WeightsSource::Path(PathBuf::from("/x/y/w/r50.safetensors"))));
+        assert_eq!(backbone_step("arch = \"resnet50\"\n").weights, None);
+        for bad in ["hf:", "hf:org", "hf:/repo", "hf:org/", "hf:a/b/c", "hf:org/repo:"] {
+            let (line, col, msg) =
+                err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\nweights = \"{bad}\"\n"));
+            assert_eq!((line, col), (7, 11), "{bad}");
+            assert!(msg.starts_with("`weights` hub reference must look like"), "{bad}: {msg}");
+        }
+        let (_, _, msg) =
+            err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\nweights = \"s3://b/w\"\n"));
+        assert!(msg.starts_with("`weights` URL scheme `s3` is not supported"), "{msg}");
+        let (_, _, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\nweights = \"\"\n"));
+        assert!(msg.starts_with("`weights` must not be empty"), "{msg}");
+    }
+
+    #[test]
+    fn backbone_head_flat_or_nested() {
+        let b = backbone_step("arch = \"vgg16\"\npooling = \"flatten\"\nhidden = [256, 128]\ndropout = 0.5\n");
+        assert_eq!(b.head, HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 128], dropout: 0.5 });
+        let b = backbone_step("arch = \"vgg16\"\nhead = { pooling = \"flatten\", hidden = [64] }\n");
+        assert_eq!(b.head, HeadConfig { pooling: Pooling::Flatten, hidden: vec![64], dropout: 0.2 });
+        let b = backbone_step("arch = \"vgg16\"\n[step.head]\ndropout = 0\n");
+        assert_eq!(b.head.dropout, 0.0);
+        let (line, col, msg) = err(&format!(
+            "{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\ndropout = 0.1\nhead = {{ dropout = 0.3 }}\n"
+        ));
+        assert_eq!((line, col), (8, 10));
+        assert_eq!(msg, "`head.dropout` repeats `dropout` set directly on the step; set it in one place only");
+        let (_, _, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\npooling = \"max\"\n"));
+        assert_eq!(msg, "`pooling` must be one of \"avg\", \"flatten\", found string \"max\"");
+    }
+
+    #[test]
+    fn freeze_variants() {
+        let up_to = |body: &str| match second_step(&format!("[[step]]\nkind = \"freeze\"\n{body}")) {
+            StepKind::Freeze(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(up_to("up_to = \"none\"\n").up_to, FreezePoint::None);
+        assert_eq!(up_to("up_to = \"all\"\ntrain_bn = true\n"), FreezeStep { up_to: FreezePoint::All, train_bn: true });
+        assert_eq!(up_to("up_to = \"features.14\"\n").up_to, FreezePoint::Block("features.14".into()));
+        assert_eq!(up_to("up_to = 0\n").up_to, FreezePoint::Index(0));
+        assert_eq!(up_to("up_to = 7\n").up_to, FreezePoint::Index(7));
+        let (line, col, msg) = err(&with_step("[[step]]\nkind = \"freeze\"\nup_to = -1\n"));
+        assert_eq!((line, col), (9, 9));
+        assert_eq!(msg, "`up_to` must be >= 0, found -1");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"freeze\"\nup_to = 1.5\n"));
+        assert!(msg.starts_with("`up_to` must be \"all\", \"none\", a block name"), "{msg}");
+        assert!(msg.ends_with("found float 1.5"), "{msg}");
+    }
+
+    #[test]
+    fn augment_defaults_and_settings() {
+        assert_eq!(aug(""), AugmentConfig::default());
+        assert_eq!(aug("").zoom_range, (1.0, 1.0));
+        let a = aug("width_shift_range = 0.1\nheight_shift_range = 0.2\nshear_range = 10\nzoom_range = 0.25\n\
+             vertical_flip = true\nfill_mode = \"constant\"\ncval = 255\nbrightness_range = [0.5, 1.5]\n\
+             random_resized_crop = true\ncolor_jitter = { brightness = 0.2, hue = 0.05 }\n");
+        assert_eq!(a.width_shift_range, 0.1);
+        assert_eq!(a.height_shift_range, 0.2);
+        assert_eq!(a.shear_range, 10.0);
+        assert_eq!(a.zoom_range, (0.75, 1.25));
+        assert!(a.vertical_flip);
+        assert_eq!(a.fill_mode, FillMode::Constant);
+        assert_eq!(a.cval, 255.0);
+        assert_eq!(a.brightness_range, Some((0.5, 1.5)));
+        assert_eq!(a.random_resized_crop, Some(CropConfig { scale: (0.08, 1.0), ratio: (0.75, 4.0 / 3.0) }));
+        assert_eq!(a.color_jitter, Some(ColorJitter { brightness: 0.2, contrast: 0.0, saturation: 0.0, hue: 0.05 }));
+        assert_eq!(aug("zoom_range = [0.8, 1.2]\n").zoom_range, (0.8, 1.2));
+        assert_eq!(aug("random_resized_crop = false\n").random_resized_crop, None);
+        assert_eq!(
+            aug("random_resized_crop = { scale = [0.5, 1] }\n").random_resized_crop,
+            Some(CropConfig { scale: (0.5, 1.0), ratio: (0.75, 4.0 / 3.0) })
+        );
+        assert_eq!(
+            aug("[step.random_resized_crop]\nratio = [1, 1]\n").random_resized_crop,
+            Some(CropConfig { scale: (0.08, 1.0), ratio: (1.0, 1.0) })
+        );
+    }
+
+    #[test]
+    fn augment_errors() {
+        let e = |body: &str| err(&with_step(&format!("[[step]]\nkind = \"augment\"\n{body}")));
+        assert_eq!(
+            e("zoom_range = [1.2, 0.8]\n"),
+            (9, 14, "`zoom_range` must satisfy lo <= hi, found [1.2, 0.8]".into())
+        );
+        assert_eq!(e("zoom_range = [0, 1]\n"), (9, 15, "`zoom_range[0]` must be > 0, found 0".into()));
+        assert_eq!(e("zoom_range = 1\n").2, "`zoom_range` must be in [0, 1), found 1");
+        assert_eq!(
+            e("zoom_range = \"big\"\n").2,
+            "`zoom_range` must be a number z (zoom 1-z..1+z) or a 2-element array [lo, hi], found string \"big\""
+        );
+        assert_eq!(e("shear_range = 91\n").2, "`shear_range` must be within 0..=90, found 91");
+        assert_eq!(e("width_shift_range = 1.1\n").2, "`width_shift_range` must be within 0..=1, found 1.1");
+        assert_eq!(e("cval = 256\n").2, "`cval` must be within 0..=255, found 256");
+        assert_eq!(
+            e("fill_mode = \"reflct\"\n").2,
+            "`fill_mode` must be one of \"nearest\", \"reflect\", \"wrap\", \"constant\", found string \"reflct\"; did you mean \"reflect\"?"
+        );
+        assert_eq!(
+            e("brightness_range = [1.5, 0.5]\n").2,
+            "`brightness_range` must satisfy lo <= hi, found [1.5, 0.5]"
+        );
+        assert_eq!(e("brightness_range = [-1, 0.5]\n").2, "`brightness_range[0]` must be >= 0, found -1");
+        assert_eq!(
+            e("random_resized_crop = { scale = [0.5, 1.5] }\n").2,
+            "`random_resized_crop.scale[1]` must be in (0, 1], found 1.5"
+        );
+        assert!(e("random_resized_crop = 1\n").2.starts_with("`random_resized_crop` must be true, false or a table"));
+        assert!(e("color_jitter = true\n").2.starts_with("`color_jitter` must be a table such as"));
+        assert_eq!(e("color_jitter = { contrast = -0.1 }\n").2, "`color_jitter.contrast` must be >= 0, found -0.1");
+    }
+
+    #[test]
+    fn fine_tune_settings_and_defaults() {
+        let t = tune("optimizer = \"adamw\"\nepochs = 12\nschedule = \"cosine\"\nmin_lr = 1e-6\nwarmup_epochs = 2\n");
+        assert_eq!(t.optimizer, Optimizer::AdamW);
+        assert_eq!(t.weight_decay, 0.01);
+        assert_eq!(t.schedule, Schedule::Cosine);
+        assert_eq!(t.step_size, 4);
+        assert_eq!(t.min_lr, 1e-6);
+        assert_eq!(t.warmup_epochs, 2);
+        let t = tune("optimizer = \"sgd\"\nmomentum = 0.8\nnesterov = true\nweight_decay = 5e-4\nbatch_size = 16\n");
+        assert_eq!((t.optimizer, t.momentum, t.nesterov, t.weight_decay), (Optimizer::Sgd, 0.8, true, 5e-4));
+        assert_eq!(t.batch_size, Some(16));
+        let t = tune("epochs = 1\nschedule = \"step\"\ngamma = 0.5\n");
+        assert_eq!((t.step_size, t.gamma), (1, 0.5));
+        let t = tune("patience = 3\n");
+        assert_eq!(
+            t.early_stopping,
+            Some(EarlyStopping { patience: 3, monitor: Monitor::ValidLoss, restore_best: true })
+        );
+        let t = tune("patience = 2\nmonitor = \"valid_accuracy\"\nrestore_best = false\ntime_limit = 90\nlabel_smoothing = 0.1\n");
+        assert_eq!(
+            t.early_stopping,
+            Some(EarlyStopping { patience: 2, monitor: Monitor::ValidAccuracy, restore_best: false })
+        );
+        assert_eq!(t.time_limit_secs, Some(90.0));
+        assert_eq!(t.label_smoothing, 0.1);
+        assert_eq!(tune("").early_stopping, None);
+    }
+
+    #[test]
+    fn fine_tune_cross_field_rules() {
+        let e = |body: &str| err(&with_step(&format!("[[step]]\nkind = \"fine_tune\"\n{body}")));
+        assert_eq!(e("nesterov = true\n"), (9, 12, "`nesterov = true` requires optimizer = \"sgd\"".into()));
+        assert_eq!(
+            e("optimizer = \"sgd\"\nmomentum = 0\nnesterov = true\n"),
+            (11, 12, "`nesterov = true` requires momentum > 0".into())
+        );
+        assert_eq!(
+            e("epochs = 3\nwarmup_epochs = 3\n"),
+            (10, 17, "`warmup_epochs` must be < epochs (3), found 3".into())
+        );
+        assert_eq!(e("lr = 1e-3\nmin_lr = 1e-2\n"), (10, 10, "`min_lr` must be < lr (1e-3), found 1e-2".into()));
+        assert_eq!(
+            e("monitor = \"valid_loss\"\n"),
+            (9, 1, "`monitor` only applies to early stopping; add `patience = N` to enable it".into())
+        );
+        assert_eq!(
+            e("restore_best = true\n").2,
+            "`restore_best` only applies to early stopping; add `patience = N` to enable it"
+        );
+        assert_eq!(e("gamma = 0\n").2, "`gamma` must be in (0, 1], found 0");
+        assert_eq!(e("time_limit = 0\n").2, "`time_limit` must be > 0, found 0");
+        assert_eq!(e("beta2 = 1\n").2, "`beta2` must be in [0, 1), found 1");
+        assert_eq!(
+            e("optimizer = \"Adam\"\n").2,
+            "`optimizer` must be one of \"sgd\", \"adam\", \"adamw\", found string \"Adam\"; did you mean \"adam\"?"
+        );
+    }
+
+    #[test]
+    fn evaluate_settings() {
+        assert_eq!(
+            second_step("[[step]]\nkind = \"evaluate\"\ntop_k = 3\nmistakes = 0\n"),
+            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0 })
+        );
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntop_k = 0\n"));
+        assert_eq!(msg, "`top_k` must be >= 1, found 0");
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        // The two-byte "é" in the comment must count as one column.
+        let (line, col, _) = err(&with_step("[[step]]\nkind = \"fine_tune\"\n\"é\" = 1\n"));
+        assert_eq!((line, col), (9, 1));
+        let (line, col, _) = err(&with_step("[[step]]\nkind = \"fine_tune\"\n  lr = \"é\" \n"));
+        assert_eq!((line, col), (9, 8));
+        let (line, col, _) = err("name = \"t\" # é é é\nseed = \"x\"\n");
+        assert_eq!((line, col), (2, 8));
+        let (_, col, _) = err("name = \"t\"\nseed = \"é\"; x\n");
+        assert_eq!(col, 11);
+    }
+
+    #[test]
+    fn fingerprints_ignore_formatting_but_not_values() {
+        let a = ok(QUICKSTART);
+        let reformatted = QUICKSTART
+            .replace("kind = \"fine_tune\"\nepochs = 8\nlr = 1e-3", "lr=0.001   # same\nkind='fine_tune'\n\n  epochs=8")
+            .replace("rotation_range = 10", "rotation_range = 10.0")
+            .replace("seed = 42", "seed = 42 # comment");
+        let b = ok(&reformatted);
+        assert_ne!(a.steps[4].line, b.steps[4].line);
+        for (x, y) in a.steps.iter().zip(&b.steps) {
+            assert_eq!(x.fingerprint, y.fingerprint, "{}", x.kind.name());
+        }
+        // Spelling out a default changes nothing either.
+        let c = ok(&QUICKSTART.replace("kind = \"freeze\"", "kind = \"freeze\"\nup_to = \"all\"\ntrain_bn = false"));
+        assert_eq!(a.steps[1].fingerprint, c.steps[1].fingerprint);
+        let d = ok(&QUICKSTART.replace("epochs = 8", "epochs = 9"));
+        assert_ne!(a.steps[3].fingerprint, d.steps[3].fingerprint);
+        assert_eq!(a.steps[2].fingerprint, d.steps[2].fingerprint);
+    }
+
+    #[test]
+    fn first_change_detection() {
+        let a = ok(QUICKSTART);
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("seed = 42", "seed=42"))), None);
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("lr = 1e-3", "lr = 2e-3"))), Some(3));
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("rotation_range = 10", ""))), Some(2));
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("seed = 42", "seed = 1"))), Some(0));
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("image_size = 96", ""))), Some(0));
+        assert_eq!(a.step_index_of_first_change(&ok(&QUICKSTART.replace("\"quickstart\"", "\"other\""))), Some(0));
+        let longer = ok(&format!("{QUICKSTART}[[step]]\nkind = \"evaluate\"\ntop_k = 1\n"));
+        assert_eq!(a.step_index_of_first_change(&longer), Some(5));
+        assert_eq!(longer.step_index_of_first_change(&a), Some(5));
+        let shorter = ok(QUICKSTART.trim_end().trim_end_matches("[[step]]\nkind = \"evaluate\""));
+        assert_eq!(a.step_index_of_first_change(&shorter), Some(4));
+    }
+
+    /// Pseudo-random TOML-ish text must produce `Ok` or `Err`, never a panic.
+    /// Half the inputs are raw fragment soup (mostly syntax errors); the other
+    /// half are well-formed `key = value` lines under random headers, which
+    /// reach the schema checks with every kind of wrong value.
+    #[test]
+    fn garbage_never_panics() {
+        #[rustfmt::skip]
+        const KEYS: &[&str] = &[
+            "name", "seed", "data", "step", "train", "valid", "valid_split", "image_size", "batch_size",
+            "max_per_class", "workers", "kind", "arch", "weights", "strict", "pooling", "hidden", "dropout",
+            "head", "up_to", "train_bn", "rotation_range", "zoom_range", "fill_mode", "cval",
+            "brightness_range", "random_resized_crop", "color_jitter", "epochs", "optimizer", "lr",
+            "momentum", "nesterov", "schedule", "warmup_epochs", "min_lr", "patience", "monitor",
+            "restore_best", "time_limit", "top_k", "mistakes", "head.dropout", "\"é\"", "rotaton_range",
+        ];
+        #[rustfmt::skip]
+        const VALUES: &[&str] = &[
+            "\"t\"", "\"\"", "\"backbone\"", "\"fine_tune\"", "\"augment\"", "\"freeze\"", "\"evaluate\"",
+            "\"vgg16\"", "\"hf:\"", "\"hf:a/b:c\"", "\"https://\"", "\"x://y\"", "\"all\"", "\"sgd\"",
+            "\"cosine\"", "1", "0", "-1", "9223372036854775807", "1e308", "-0.0", "nan", "inf", "0.5",
+            "true", "[]", "[1]", "[1, 2]", "[2, 1]", "[0.5, \"x\"]", "[[1], [2]]", "{}",
+            "{ scale = [2, 1] }", "{ hue = 0.6 }", "{ kind = \"backbone\" }", "1979-05-27", "'''é'''",
+        ];
+        #[rustfmt::skip]
+        const FRAGMENTS: &[&str] = &[
+            "=", "[data]", "[[step]]", "[step.head]", "\n", " ", "#", "[", "]", "{", "}", ",", ".", "'",
+            "\"\"\"", "é", "\u{0}", "\r\n", "name", "\"t\"", "kind", "\"backbone\"", "1e309", "[1, 2]",
+        ];
+        const HEADERS: &[&str] = &["[data]", "[[step]]", "[step.head]", "[step.color_jitter]", "[other]"];
+
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: usize| {
+            // Knuth's MMIX LCG; the high bits are the good ones.
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let valid_prefix = format!("{HEAD}{BACKBONE}");
+        let (mut oks, mut well_formed) = (0, 0);
+        for i in 0..800 {
+            let mut text = if next(2) == 0 { String::new() } else { valid_prefix.clone() };
+            for _ in 0..next(30) {
+                if i % 2 == 0 {
+                    text.push_str(FRAGMENTS[next(FRAGMENTS.len())]);
+                } else if next(6) == 0 {
+                    text.push_str(HEADERS[next(HEADERS.len())]);
+                    text.push('\n');
+                } else {
+                    let line = format!("{} = {}\n", KEYS[next(KEYS.len())], VALUES[next(VALUES.len())]);
+                    text.push_str(&line);
+                }
+            }
+            if ImDocument::parse(text.as_str()).is_ok() {
+                well_formed += 1;
+            }
+            match parse(&text, Path::new(PATH)) {
+                Ok(_) => oks += 1,
+                Err(e) => {
+                    let (line, col) = e.line_col().expect("parse errors carry a position");
+                    assert!(line >= 1 && col >= 1);
+                    assert!(line <= text.lines().count().max(1) + 1, "line {line} past the end of {text:?}");
+                    let message = e.to_string();
+                    assert!(!message.contains('\n'), "multi-line message for {text:?}: {message}");
+                }
+            }
+        }
+        // The generator must actually reach past the TOML parser.
+        assert!(oks > 10 && well_formed > 100, "ok {oks}, well-formed {well_formed}");
+    }
+}

@@ -1,0 +1,407 @@
+//! Recipes: the TOML files that describe a transfer-learning run.
+//!
+//! A recipe names the run, points at the data and lists `[[step]]`s
+//! (backbone → freeze → augment → fine_tune → evaluate). This module turns
+//! the file into a fully validated [`Recipe`] with every default filled in,
+//! so the rest of the program never re-checks a setting. Every mistake is
+//! reported as `FILE:LINE:COL: message` pointing at the offending key or value,
+//! because a recipe is hand-edited and often hot-reloaded: the user should be
+//! able to jump straight to the problem.
+//!
+//! ```toml
+//! name = "quickstart"
+//! seed = 42
+//! [data]
+//! train = "../data/train"
+//! [[step]]
+//! kind = "backbone"
+//! arch = "mobilenet_v2"
+//! [[step]]
+//! kind = "fine_tune"
+//! epochs = 8
+//! ```
+
+mod build;
+mod error;
+mod summary;
+mod toml_reader;
+
+use std::path::{Path, PathBuf};
+
+pub use error::RecipeError;
+
+/// Architectures a backbone step may name. Checked at parse time so a typo is
+/// caught with a suggestion before any weights are downloaded or loaded.
+pub const KNOWN_ARCHS: &[&str] = &[
+    "mobilenet_v2",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg16",
+    "vgg19",
+];
+
+/// The valid values of a step's `kind`, in the order they usually appear.
+pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "fine_tune", "evaluate"];
+
+/// Reads and parses the recipe at `path`.
+pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.to_path_buf(), source })?;
+    parse(&text, path)
+}
+
+/// Parses recipe `text`. `path` is used in error messages and as the anchor
+/// for relative paths inside the recipe (resolved against its folder, like
+/// Cargo does for `Cargo.toml`), so a recipe works from any current directory.
+pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+    build::build(text, path)
+}
+
+/// A fully validated recipe with all defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Run name; only `[A-Za-z0-9_.-]` because it becomes a folder name.
+    pub name: String,
+    /// Seed for every random choice (splits, init, augmentation, shuffling).
+    pub seed: u64,
+    pub data: DataConfig,
+    pub steps: Vec<Step>,
+}
+
+impl Recipe {
+    /// The index of the first step whose result may differ between `self` and
+    /// `other`, for hot reload: everything before it can be reused.
+    ///
+    /// A change to the name, seed or data invalidates everything (`Some(0)`).
+    /// Otherwise steps are compared by fingerprint in order; a step added or
+    /// removed at the end counts as a change at that index. `None` means the
+    /// recipes are equivalent (formatting, comments and key order are ignored).
+    pub fn step_index_of_first_change(&self, other: &Recipe) -> Option<usize> {
+        if self.name != other.name || self.seed != other.seed || self.data != other.data {
+            return Some(0);
+        }
+        let common = self.steps.len().min(other.steps.len());
+        (0..common)
+            .find(|&i| self.steps[i].fingerprint != other.steps[i].fingerprint)
+            .or_else(|| (self.steps.len() != other.steps.len()).then_some(common))
+    }
+}
+
+/// Where the images come from and how they are batched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataConfig {
+    /// Folder of class sub-folders; resolved against the recipe's folder.
+    pub train: PathBuf,
+    /// Optional separate validation folder; resolved likewise.
+    pub valid: Option<PathBuf>,
+    /// Fraction of `train` held out when `valid` is `None`; in (0, 1).
+    pub valid_split: f64,
+    /// Side of the square network input, 16..=1024.
+    pub image_size: u32,
+    /// 1..=4096.
+    pub batch_size: usize,
+    /// Optional cap of images per class (>= 1), for quick experiments.
+    pub max_per_class: Option<usize>,
+    /// Optional number of decode threads (>= 1).
+    pub workers: Option<usize>,
+}
+
+/// One `[[step]]` of the recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub kind: StepKind,
+    /// 1-based line of the step's header, for messages.
+    pub line: usize,
+    /// FNV-1a 64 of the step's effective settings (see [`StepKind`]'s
+    /// `Debug`), so formatting-only edits keep it and any real change alters it.
+    pub fingerprint: u64,
+}
+
+/// What a step does, with all its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Backbone(BackboneStep),
+    Freeze(FreezeStep),
+    Augment(AugmentConfig),
+    FineTune(FineTuneConfig),
+    Evaluate(EvaluateConfig),
+}
+
+impl StepKind {
+    /// The `kind` string that selects this step in a recipe.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Backbone(_) => "backbone",
+            StepKind::Freeze(_) => "freeze",
+            StepKind::Augment(_) => "augment",
+            StepKind::FineTune(_) => "fine_tune",
+            StepKind::Evaluate(_) => "evaluate",
+        }
+    }
+
+    /// A one-line human description, e.g. `adamw lr 1e-3 × 8 epochs, cosine`.
+    pub fn summary(&self) -> String {
+        summary::summary(self)
+    }
+}
+
+/// Load a pretrained network and put a new classification head on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneStep {
+    /// One of [`KNOWN_ARCHS`].
+    pub arch: String,
+    /// `None` means random initialisation.
+    pub weights: Option<WeightsSource>,
+    /// Whether every weight tensor must be present and match (default true).
+    pub strict: bool,
+    pub head: HeadConfig,
+}
+
+/// Where backbone weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSource {
+    /// A local file, resolved against the recipe's folder.
+    Path(PathBuf),
+    /// `hf:ORG/REPO` or `hf:ORG/REPO:FILE`.
+    Hub { repo: String, file: Option<String> },
+    /// An `http://` or `https://` URL.
+    Url(String),
+}
+
+/// The new classifier head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadConfig {
+    pub pooling: Pooling,
+    /// Sizes of hidden layers between the features and the output layer.
+    pub hidden: Vec<usize>,
+    /// Dropout before each head layer, in [0, 1).
+    pub dropout: f64,
+}
+
+/// How backbone feature maps are reduced to a vector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pooling {
+    Avg,
+    Flatten,
+}
+
+/// Freeze part of the backbone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreezeStep {
+    pub up_to: FreezePoint,
+    /// Keep batch-norm layers trainable inside the frozen part.
+    pub train_bn: bool,
+}
+
+/// How much of the backbone to freeze.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FreezePoint {
+    /// The whole backbone (the head stays trainable).
+    All,
+    /// Nothing: unfreeze everything.
+    None,
+    /// Every block up to and including the named one, e.g. `features.14`.
+    Block(String),
+    /// The first N blocks, like Keras `layers[:N]`.
+    Index(usize),
+}
+
+/// Training-time augmentation, named after Keras' `ImageDataGenerator`
+/// (plus two torchvision favourites). The default is no augmentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AugmentConfig {
+    /// Degrees, 0..=360.
+    pub rotation_range: f64,
+    /// Fraction of width, 0..=1.
+    pub width_shift_range: f64,
+    /// Fraction of height, 0..=1.
+    pub height_shift_range: f64,
+    /// Degrees, 0..=90.
+    pub shear_range: f64,
+    /// Scale factor range; `(1, 1)` means no zoom.
+    pub zoom_range: (f64, f64),
+    pub horizontal_flip: bool,
+    pub vertical_flip: bool,
+    pub fill_mode: FillMode,
+    /// Fill value for `FillMode::Constant`, 0..=255.
+    pub cval: f64,
+    pub brightness_range: Option<(f64, f64)>,
+    pub random_resized_crop: Option<CropConfig>,
+    pub color_jitter: Option<ColorJitter>,
+}
+
+impl Default for AugmentConfig {
+    /// No augmentation: what an augment step without keys means. Written by
+    /// hand because a derived default would zoom by 0, not 1.
+    fn default() -> Self {
+        Self {
+            rotation_range: 0.0,
+            width_shift_range: 0.0,
+            height_shift_range: 0.0,
+            shear_range: 0.0,
+            zoom_range: (1.0, 1.0),
+            horizontal_flip: false,
+            vertical_flip: false,
+            fill_mode: FillMode::Nearest,
+            cval: 0.0,
+            brightness_range: None,
+            random_resized_crop: None,
+            color_jitter: None,
+        }
+    }
+}
+
+/// How pixels outside the source image are filled after a transform.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum FillMode {
+    #[default]
+    Nearest,
+    Reflect,
+    Wrap,
+    Constant,
+}
+
+/// torchvision `RandomResizedCrop` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CropConfig {
+    /// Fraction of the image area, 0 < lo <= hi <= 1.
+    pub scale: (f64, f64),
+    /// Aspect ratio range, 0 < lo <= hi.
+    pub ratio: (f64, f64),
+}
+
+impl Default for CropConfig {
+    /// torchvision's defaults.
+    fn default() -> Self {
+        Self { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
+    }
+}
+
+/// torchvision `ColorJitter` strengths (0 = off).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ColorJitter {
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    /// In [0, 0.5].
+    pub hue: f64,
+}
+
+/// Train the unfrozen parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneConfig {
+    pub epochs: usize,
+    pub optimizer: Optimizer,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Overrides `data.batch_size` for this step.
+    pub batch_size: Option<usize>,
+    pub label_smoothing: f64,
+    pub schedule: Schedule,
+    pub warmup_epochs: usize,
+    /// Epochs between decays for `Schedule::Step`.
+    pub step_size: usize,
+    /// Decay factor for `Schedule::Step`.
+    pub gamma: f64,
+    /// Floor for `Schedule::Cosine`.
+    pub min_lr: f64,
+    pub early_stopping: Option<EarlyStopping>,
+    /// Stop after the epoch in which this many seconds have passed.
+    pub time_limit_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Optimizer {
+    Sgd,
+    Adam,
+    AdamW,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    Step,
+    Cosine,
+}
+
+/// Stop when the monitored metric has not improved for `patience` epochs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStopping {
+    pub patience: usize,
+    pub monitor: Monitor,
+    /// Restore the best epoch's weights when stopping.
+    pub restore_best: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Monitor {
+    ValidLoss,
+    ValidAccuracy,
+}
+
+/// Evaluate on the validation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluateConfig {
+    /// `None`: decided later as min(5, number of classes).
+    pub top_k: Option<usize>,
+    /// How many misclassified images to list.
+    pub mistakes: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_reports_unreadable_files() {
+        let path = std::env::temp_dir().join("tlab-recipe-test-does-not-exist/recipe.toml");
+        let err = load(&path).expect_err("missing file");
+        assert!(matches!(err, RecipeError::Io { .. }));
+        assert!(err.to_string().starts_with(&format!("{}: cannot read recipe: ", path.display())));
+        assert_eq!(err.line_col(), None);
+    }
+
+    #[test]
+    fn load_reads_and_resolves_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("tlab-recipe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("r.toml");
+        let text = "name = \"t\"\n[data]\ntrain = \"imgs\"\n[[step]]\nkind = \"backbone\"\narch = \"resnet34\"\n";
+        std::fs::write(&path, text).expect("write recipe");
+        let loaded = load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        let recipe = loaded.expect("valid recipe");
+        assert_eq!(recipe.path, path);
+        assert_eq!(recipe.data.train, dir.join("imgs"));
+        assert_eq!(recipe.steps[0].kind.name(), "backbone");
+    }
+
+    #[test]
+    fn errors_render_as_file_line_col() {
+        let err = parse("name = \"t\"\nseed = \"x\"\n", Path::new("cfg/r.toml")).expect_err("bad seed");
+        assert_eq!(err.to_string(), "cfg/r.toml:2:8: `seed` must be an integer, found string \"x\"");
+        assert_eq!(err.line_col(), Some((2, 8)));
+    }
+
+    #[test]
+    fn step_names_match_kinds() {
+        let kinds = [
+            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }),
+            StepKind::Augment(AugmentConfig::default()),
+            StepKind::Freeze(FreezeStep { up_to: FreezePoint::All, train_bn: false }),
+        ];
+        for kind in kinds {
+            assert!(STEP_KINDS.contains(&kind.name()));
+        }
+    }
+}

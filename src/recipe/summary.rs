@@ -1,0 +1,279 @@
+//! How steps are described: one-line summaries for people, and content
+//! fingerprints for hot reload.
+
+use super::{
+    AugmentConfig, BackboneStep, FillMode, FineTuneConfig, FreezePoint, FreezeStep, Monitor, Optimizer, Pooling,
+    Schedule, StepKind, WeightsSource,
+};
+
+/// FNV-1a 64 of the step's `Debug` form. `Debug` covers every effective
+/// setting (defaults included) and nothing about formatting, so equal
+/// settings give equal fingerprints. FNV is used instead of `DefaultHasher`
+/// because the latter may change between Rust releases, and fingerprints
+/// should stay comparable across builds.
+pub(super) fn fingerprint(kind: &StepKind) -> u64 {
+    fnv1a64(format!("{kind:?}").as_bytes())
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
+pub(super) fn summary(kind: &StepKind) -> String {
+    match kind {
+        StepKind::Backbone(b) => backbone(b),
+        StepKind::Freeze(f) => freeze(f),
+        StepKind::Augment(a) => augment(a),
+        StepKind::FineTune(t) => fine_tune(t),
+        StepKind::Evaluate(e) => match e.top_k {
+            Some(k) => format!("evaluate top-{k}"),
+            None => "evaluate".to_string(),
+        },
+    }
+}
+
+/// A number rounded to 4 decimals without trailing zeros (`0.9`, not
+/// `0.8999999999999999`).
+fn num(x: f64) -> String {
+    let rounded = (x * 1e4).round() / 1e4;
+    format!("{}", rounded + 0.0) // `+ 0.0` turns -0 into 0
+}
+
+fn backbone(b: &BackboneStep) -> String {
+    let mut s = match &b.weights {
+        None => format!("{} (random init)", b.arch),
+        Some(WeightsSource::Path(p)) => format!("{} ← {}", b.arch, p.display()),
+        Some(WeightsSource::Hub { repo, file: None }) => format!("{} ← hf:{repo}", b.arch),
+        Some(WeightsSource::Hub { repo, file: Some(file) }) => format!("{} ← hf:{repo}:{file}", b.arch),
+        Some(WeightsSource::Url(url)) => format!("{} ← {url}", b.arch),
+    };
+    if !b.strict {
+        s.push_str(", non-strict");
+    }
+    if b.head.pooling == Pooling::Flatten {
+        s.push_str(", flatten");
+    }
+    if !b.head.hidden.is_empty() {
+        let sizes: Vec<String> = b.head.hidden.iter().map(usize::to_string).collect();
+        s.push_str(&format!(", head {}", sizes.join("→")));
+    }
+    if b.head.dropout != 0.2 {
+        s.push_str(&format!(", dropout {}", num(b.head.dropout)));
+    }
+    s
+}
+
+fn freeze(f: &FreezeStep) -> String {
+    let mut s = match &f.up_to {
+        FreezePoint::All => "freeze all".to_string(),
+        FreezePoint::None => "unfreeze all".to_string(),
+        FreezePoint::Block(block) => format!("freeze up to {block}"),
+        FreezePoint::Index(n) => format!("freeze first {n} blocks"),
+    };
+    if f.train_bn {
+        s.push_str(" (train_bn)");
+    }
+    s
+}
+
+fn augment(a: &AugmentConfig) -> String {
+    let mut parts = Vec::new();
+    match (a.horizontal_flip, a.vertical_flip) {
+        (true, true) => parts.push("flip h+v".to_string()),
+        (true, false) => parts.push("flip h".to_string()),
+        (false, true) => parts.push("flip v".to_string()),
+        (false, false) => {}
+    }
+    if a.rotation_range > 0.0 {
+        parts.push(format!("rotate ±{}°", num(a.rotation_range)));
+    }
+    if a.width_shift_range > 0.0 || a.height_shift_range > 0.0 {
+        parts.push(format!("shift {}×{}", num(a.width_shift_range), num(a.height_shift_range)));
+    }
+    if a.shear_range > 0.0 {
+        parts.push(format!("shear {}°", num(a.shear_range)));
+    }
+    if a.zoom_range != (1.0, 1.0) {
+        parts.push(format!("zoom {}–{}", num(a.zoom_range.0), num(a.zoom_range.1)));
+    }
+    if let Some((lo, hi)) = a.brightness_range {
+        parts.push(format!("brightness {}–{}", num(lo), num(hi)));
+    }
+    if let Some(crop) = &a.random_resized_crop {
+        parts.push(format!("crop {}–{}", num(crop.scale.0), num(crop.scale.1)));
+    }
+    if let Some(j) = &a.color_jitter {
+        parts.push(format!("jitter {}/{}/{}/{}", num(j.brightness), num(j.contrast), num(j.saturation), num(j.hue)));
+    }
+    match a.fill_mode {
+        FillMode::Nearest => {}
+        FillMode::Reflect => parts.push("fill reflect".to_string()),
+        FillMode::Wrap => parts.push("fill wrap".to_string()),
+        FillMode::Constant => parts.push(format!("fill {}", num(a.cval))),
+    }
+    if parts.is_empty() {
+        "no augmentation".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn fine_tune(t: &FineTuneConfig) -> String {
+    let optimizer = match t.optimizer {
+        Optimizer::Sgd if t.nesterov => "sgd+nesterov",
+        Optimizer::Sgd => "sgd",
+        Optimizer::Adam => "adam",
+        Optimizer::AdamW => "adamw",
+    };
+    let unit = if t.epochs == 1 { "epoch" } else { "epochs" };
+    let mut s = format!("{optimizer} lr {:e} × {} {unit}", t.lr, t.epochs);
+    match t.schedule {
+        Schedule::Constant => {}
+        Schedule::Step => s.push_str(&format!(", step ×{} every {}", num(t.gamma), t.step_size)),
+        Schedule::Cosine => s.push_str(", cosine"),
+    }
+    if t.warmup_epochs > 0 {
+        s.push_str(&format!(", warmup {}", t.warmup_epochs));
+    }
+    if let Some(es) = &t.early_stopping {
+        let monitor = match es.monitor {
+            Monitor::ValidLoss => "valid_loss",
+            Monitor::ValidAccuracy => "valid_accuracy",
+        };
+        s.push_str(&format!(", patience {} on {monitor}", es.patience));
+    }
+    if let Some(secs) = t.time_limit_secs {
+        s.push_str(&format!(", ≤ {}s", num(secs)));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::{ColorJitter, CropConfig, EarlyStopping, EvaluateConfig, HeadConfig};
+    use std::path::PathBuf;
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    fn tune() -> FineTuneConfig {
+        FineTuneConfig {
+            epochs: 8,
+            optimizer: Optimizer::AdamW,
+            lr: 1e-3,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            batch_size: None,
+            label_smoothing: 0.0,
+            schedule: Schedule::Cosine,
+            warmup_epochs: 0,
+            step_size: 2,
+            gamma: 0.1,
+            min_lr: 0.0,
+            early_stopping: None,
+            time_limit_secs: None,
+        }
+    }
+
+    #[test]
+    fn summaries_match_documented_examples() {
+        let backbone = StepKind::Backbone(BackboneStep {
+            arch: "mobilenet_v2".into(),
+            weights: Some(WeightsSource::Path(PathBuf::from("assets/weights/mobilenet_v2.safetensors"))),
+            strict: true,
+            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+        });
+        assert_eq!(backbone.summary(), "mobilenet_v2 ← assets/weights/mobilenet_v2.safetensors");
+        let freeze = StepKind::Freeze(FreezeStep { up_to: FreezePoint::Block("features.14".into()), train_bn: true });
+        assert_eq!(freeze.summary(), "freeze up to features.14 (train_bn)");
+        let augment = StepKind::Augment(AugmentConfig {
+            horizontal_flip: true,
+            rotation_range: 15.0,
+            zoom_range: (1.0 - 0.1, 1.0 + 0.1),
+            ..AugmentConfig::default()
+        });
+        assert_eq!(augment.summary(), "flip h, rotate ±15°, zoom 0.9–1.1");
+        assert_eq!(StepKind::FineTune(tune()).summary(), "adamw lr 1e-3 × 8 epochs, cosine");
+        let eval = StepKind::Evaluate(EvaluateConfig { top_k: Some(5), mistakes: 25 });
+        assert_eq!(eval.summary(), "evaluate top-5");
+    }
+
+    #[test]
+    fn summaries_of_other_variants() {
+        let backbone = StepKind::Backbone(BackboneStep {
+            arch: "resnet18".into(),
+            weights: Some(WeightsSource::Hub { repo: "timm/resnet18".into(), file: Some("m.safetensors".into()) }),
+            strict: false,
+            head: HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 64], dropout: 0.5 },
+        });
+        assert_eq!(
+            backbone.summary(),
+            "resnet18 ← hf:timm/resnet18:m.safetensors, non-strict, flatten, head 256→64, dropout 0.5"
+        );
+        let random = StepKind::Backbone(BackboneStep {
+            arch: "vgg16".into(),
+            weights: None,
+            strict: true,
+            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+        });
+        assert_eq!(random.summary(), "vgg16 (random init)");
+        assert_eq!(
+            StepKind::Freeze(FreezeStep { up_to: FreezePoint::Index(3), train_bn: false }).summary(),
+            "freeze first 3 blocks"
+        );
+        assert_eq!(
+            StepKind::Freeze(FreezeStep { up_to: FreezePoint::None, train_bn: false }).summary(),
+            "unfreeze all"
+        );
+        assert_eq!(StepKind::Augment(AugmentConfig::default()).summary(), "no augmentation");
+        let busy = AugmentConfig {
+            vertical_flip: true,
+            width_shift_range: 0.1,
+            shear_range: 5.0,
+            brightness_range: Some((0.8, 1.2)),
+            random_resized_crop: Some(CropConfig::default()),
+            color_jitter: Some(ColorJitter { brightness: 0.2, ..ColorJitter::default() }),
+            fill_mode: FillMode::Constant,
+            cval: 128.0,
+            ..AugmentConfig::default()
+        };
+        assert_eq!(
+            StepKind::Augment(busy).summary(),
+            "flip v, shift 0.1×0, shear 5°, brightness 0.8–1.2, crop 0.08–1, jitter 0.2/0/0/0, fill 128"
+        );
+        let sgd = FineTuneConfig {
+            optimizer: Optimizer::Sgd,
+            nesterov: true,
+            epochs: 1,
+            lr: 0.01,
+            schedule: Schedule::Step,
+            warmup_epochs: 0,
+            early_stopping: Some(EarlyStopping { patience: 3, monitor: Monitor::ValidAccuracy, restore_best: true }),
+            time_limit_secs: Some(60.0),
+            ..tune()
+        };
+        assert_eq!(
+            StepKind::FineTune(sgd).summary(),
+            "sgd+nesterov lr 1e-2 × 1 epoch, step ×0.1 every 2, patience 3 on valid_accuracy, ≤ 60s"
+        );
+        assert_eq!(StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }).summary(), "evaluate");
+    }
+
+    #[test]
+    fn fingerprint_follows_settings() {
+        let a = StepKind::FineTune(tune());
+        let b = StepKind::FineTune(FineTuneConfig { epochs: 9, ..tune() });
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+    }
+}

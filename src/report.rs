@@ -1,0 +1,232 @@
+//! The run directory: every file a run leaves behind, each written atomically
+//! (temp file + fsync + rename), so a crash never leaves a half-written report.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::models::Preprocess;
+use crate::recipe::HeadConfig;
+use crate::train::EpochRecord;
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one,
+/// never a prefix: write a sibling temp file, fsync it, rename over `path`.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// What `tlab predict --model DIR` needs to rebuild the model (`model.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub backbone: String,
+    pub classes: Vec<String>,
+    pub image_size: u32,
+    pub preprocess: Preprocess,
+    pub head: HeadCard,
+    pub recipe: String,
+}
+
+/// The head's shape, serialisable (mirrors [`HeadConfig`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeadCard {
+    pub pooling: String,
+    pub hidden: Vec<usize>,
+    pub dropout: f64,
+}
+
+impl From<&HeadConfig> for HeadCard {
+    fn from(h: &HeadConfig) -> Self {
+        HeadCard {
+            pooling: match h.pooling {
+                crate::recipe::Pooling::Avg => "avg".into(),
+                crate::recipe::Pooling::Flatten => "flatten".into(),
+            },
+            hidden: h.hidden.clone(),
+            dropout: h.dropout,
+        }
+    }
+}
+
+impl HeadCard {
+    pub fn to_config(&self) -> Result<HeadConfig> {
+        let pooling = match self.pooling.as_str() {
+            "avg" => crate::recipe::Pooling::Avg,
+            "flatten" => crate::recipe::Pooling::Flatten,
+            other => {
+                return Err(Error::Invalid(format!("model.json: unknown pooling `{other}`, expected avg or flatten")))
+            }
+        };
+        Ok(HeadConfig { pooling, hidden: self.hidden.clone(), dropout: self.dropout })
+    }
+}
+
+/// One validation image's outcome, for `predictions.csv` and the mistakes list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prediction {
+    pub path: PathBuf,
+    pub truth: usize,
+    pub predicted: usize,
+    pub confidence: f32,
+    /// Cross-entropy of the true class: mistakes are sorted by it, worst first.
+    pub loss: f32,
+}
+
+/// `history.csv`: one row per epoch of every fine_tune step.
+pub fn history_csv(rows: &[(usize, EpochRecord)]) -> String {
+    let mut s = String::from("step,epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,lr,seconds\n");
+    for (step, r) in rows {
+        s.push_str(&format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.8},{:.3}\n",
+            step, r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.lr, r.seconds
+        ));
+    }
+    s
+}
+
+/// `predictions.csv`: `path,true,predicted,confidence` for every validation image.
+pub fn predictions_csv(preds: &[Prediction], classes: &[String]) -> String {
+    let mut s = String::from("path,true,predicted,confidence\n");
+    for p in preds {
+        s.push_str(&format!(
+            "{},{},{},{:.6}\n",
+            csv_field(&p.path.to_string_lossy()),
+            csv_field(&classes[p.truth]),
+            csv_field(&classes[p.predicted]),
+            p.confidence
+        ));
+    }
+    s
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `metrics.json` as the spine specifies it.
+pub fn metrics_json(m: &Metrics) -> Result<String> {
+    serde_json::to_string_pretty(m).map_err(|e| Error::Invalid(format!("cannot serialise metrics: {e}")))
+}
+
+/// `report.md`: a human-readable summary of the whole run.
+pub fn report_markdown(
+    name: &str,
+    steps: &[String],
+    history: &[(usize, EpochRecord)],
+    metrics: Option<&Metrics>,
+    mistakes: &[Prediction],
+    classes: &[String],
+) -> String {
+    let mut s = format!("# tlab run `{name}`\n\n## Steps\n\n");
+    for (i, step) in steps.iter().enumerate() {
+        s.push_str(&format!("{}. {step}\n", i + 1));
+    }
+    if !history.is_empty() {
+        s.push_str("\n## Training history\n\n| step | epoch | train loss | train acc | valid loss | valid acc | lr | s |\n|---|---|---|---|---|---|---|---|\n");
+        for (step, r) in history {
+            s.push_str(&format!(
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.2e} | {:.1} |\n",
+                step + 1,
+                r.epoch,
+                r.train_loss,
+                r.train_accuracy,
+                r.valid_loss,
+                r.valid_accuracy,
+                r.lr,
+                r.seconds
+            ));
+        }
+    }
+    if let Some(m) = metrics {
+        s.push_str("\n## Evaluation\n\n");
+        s.push_str(&m.to_markdown());
+    }
+    if !mistakes.is_empty() {
+        s.push_str("\n## Worst mistakes\n\n| image | true | predicted | confidence |\n|---|---|---|---|\n");
+        for p in mistakes {
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.3} |\n",
+                p.path.display(),
+                classes[p.truth],
+                classes[p.predicted],
+                p.confidence
+            ));
+        }
+    }
+    s
+}
+
+/// `runs/<name>-<UTC timestamp>` next to the working directory.
+pub fn default_run_dir(name: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("{name}-{}", utc_stamp(secs)))
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, H. Hinnant's algorithm).
+fn utc_stamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_is_civil_utc() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(1_795_876_496), "20261128-143456");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("tlab-atomic-{}", std::process::id()));
+        let f = dir.join("a.json");
+        atomic_write(&f, b"one").unwrap();
+        atomic_write(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn csv_quotes_commas() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}

@@ -1,0 +1,363 @@
+//! Fine-tuning and evaluation loops.
+//!
+//! Blocks that are frozen (and whose BatchNorm is not trainable) compute the
+//! same function every epoch, so their output is computed once per image and
+//! cached whenever their input does not change: always for the validation
+//! split, and for the training split when no augmentation is active. Only the
+//! trainable tail then runs per batch.
+
+pub mod optim;
+pub mod schedule;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{Augmenter, Rng};
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::models::layers::Mode;
+use crate::models::{Classifier, Preprocess};
+use crate::recipe::{EvaluateConfig, FineTuneConfig, Monitor};
+use crate::report::Prediction;
+
+/// One epoch of a fine_tune step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub valid_loss: f64,
+    pub valid_accuracy: f64,
+    pub lr: f64,
+    pub seconds: f64,
+}
+
+/// Progress reported while a step runs (to progress bars, the TUI, a notebook).
+#[derive(Debug, Clone)]
+pub enum Event {
+    Log(String),
+    EpochStart { epoch: usize, epochs: usize, batches: usize },
+    Batch { epoch: usize, batch: usize, batches: usize, loss: f64, accuracy: f64 },
+    Epoch(EpochRecord),
+}
+
+/// Receives [`Event`]s and can ask the loop to stop after the current batch.
+pub trait Observer {
+    fn event(&mut self, event: Event);
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {
+    fn event(&mut self, _: Event) {}
+}
+
+/// Why a fine_tune step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stop {
+    Completed,
+    EarlyStopped,
+    TimeLimit,
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct FineTuneOutcome {
+    pub history: Vec<EpochRecord>,
+    pub stop: Stop,
+    /// Epoch (1-based) whose weights the model holds at the end.
+    pub best_epoch: Option<usize>,
+    pub trainable_params: usize,
+}
+
+/// Mean cross-entropy with label smoothing ε: `(1-ε)·NLL + ε·mean(-log p)`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    if smoothing <= 0.0 {
+        return Ok(nll);
+    }
+    let uniform = log_p.mean(D::Minus1)?.neg()?.mean_all()?;
+    Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
+}
+
+/// Normalised input tensor for images `idx` of `split`.
+fn input(
+    data: &Dataset,
+    split: &Split,
+    idx: &[usize],
+    pre: &Preprocess,
+    aug: Option<(&Augmenter, u64)>,
+) -> Result<Tensor> {
+    let s = data.size as usize;
+    let px = data.batch_pixels(split, idx, aug);
+    pre.to_tensor(&px, idx.len(), s, s)
+}
+
+fn labels_tensor(split: &Split, idx: &[usize]) -> Result<Tensor> {
+    let l: Vec<u32> = idx.iter().map(|&i| split.labels[i] as u32).collect();
+    Ok(Tensor::from_vec(l, idx.len(), &Device::Cpu)?)
+}
+
+/// Output of the model's constant prefix for every image of `split` (unaugmented).
+fn prefix_cache(model: &Classifier, data: &Dataset, split: &Split, blocks: usize, batch: usize) -> Result<Tensor> {
+    let pre = model.backbone.preprocess();
+    let all: Vec<usize> = (0..split.len()).collect();
+    let parts = all
+        .chunks(batch)
+        .map(|idx| model.prefix(&input(data, split, idx, &pre, None)?, blocks))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Logits for every image of `split` in eval mode, reusing `cache` when given.
+fn predict_split(
+    model: &Classifier,
+    data: &Dataset,
+    split: &Split,
+    cache: Option<(&Tensor, usize)>,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let pre = model.backbone.preprocess();
+    let mode = Mode { training: false };
+    let mut rng = Rng::new(0);
+    let mut out = Vec::with_capacity(split.len() * model.head.classes());
+    let all: Vec<usize> = (0..split.len()).collect();
+    for idx in all.chunks(batch) {
+        let logits = match cache {
+            Some((c, k)) => model.forward_from(&c.narrow(0, idx[0], idx.len())?, k, mode, &mut rng)?,
+            None => model.forward_from(&input(data, split, idx, &pre, None)?, 0, mode, &mut rng)?,
+        };
+        out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Loss and accuracy of `split`, from logits.
+fn loss_and_accuracy(logits: &[f32], labels: &[usize], classes: usize) -> (f64, f64) {
+    let probs = metrics::softmax_rows(logits, classes);
+    let n = labels.len().max(1) as f64;
+    let mut loss = 0.0;
+    let mut correct = 0usize;
+    for (row, &y) in probs.chunks(classes).zip(labels) {
+        loss -= f64::from(row[y].max(1e-12)).ln();
+        correct += usize::from(metrics::argmax(row) == y);
+    }
+    (loss / n, correct as f64 / n)
+}
+
+/// Trains the model's trainable parameters on `data.train`, validating on
+/// `data.valid` after each epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn fine_tune(
+    model: &mut Classifier,
+    data: &Dataset,
+    aug: Option<&Augmenter>,
+    cfg: &FineTuneConfig,
+    batch_size: usize,
+    seed: u64,
+    obs: &mut dyn Observer,
+) -> Result<FineTuneOutcome> {
+    let started = Instant::now();
+    let pre = model.backbone.preprocess();
+    let classes = data.classes.len();
+    let aug = aug.filter(|a| !a.is_identity());
+    let k = model.constant_prefix();
+    if k > 0 {
+        obs.event(Event::Log(format!("caching the output of {k} frozen block(s) for the validation split")));
+    }
+    let valid_cache = if k > 0 { Some(prefix_cache(model, data, &data.valid, k, batch_size)?) } else { None };
+    let train_cache = if k > 0 && aug.is_none() {
+        obs.event(Event::Log("no augmentation: caching frozen features for the training split too".into()));
+        Some(prefix_cache(model, data, &data.train, k, batch_size)?)
+    } else {
+        None
+    };
+    let vars = model.trainable_vars();
+    if vars.is_empty() {
+        return Err(Error::Invalid("nothing to train: every parameter is frozen".into()));
+    }
+    let mut opt = optim::Optimizer::new(vars, cfg);
+    let trainable_params = opt.num_params();
+    obs.event(Event::Log(format!("training {trainable_params} parameters on {} images", data.train.len())));
+    let schedule = schedule::LrSchedule::new(cfg);
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, crate::models::Snapshot)> = None;
+    let mut since_best = 0usize;
+    let mut stop = Stop::Completed;
+    let n = data.train.len();
+    let batches = n.div_ceil(batch_size);
+    let mut dropout_rng = Rng::derive(seed, 0xD209);
+
+    'epochs: for epoch in 0..cfg.epochs {
+        let t0 = Instant::now();
+        obs.event(Event::EpochStart { epoch: epoch + 1, epochs: cfg.epochs, batches });
+        let last_good = model.snapshot()?;
+        let mut order: Vec<usize> = (0..n).collect();
+        Rng::derive(seed, 0x0DE5 ^ (epoch as u64) << 8).shuffle(&mut order);
+        let aug_seed = seed ^ ((epoch as u64 + 1) << 32);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        let mut lr = cfg.lr;
+        for (b, idx) in order.chunks(batch_size).enumerate() {
+            lr = schedule.lr(epoch, b, batches);
+            let labels = labels_tensor(&data.train, idx)?;
+            let mode = Mode { training: true };
+            let logits = match &train_cache {
+                Some(cache) => {
+                    let ids =
+                        Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
+                    model.forward_from(&cache.index_select(&ids, 0)?, k, mode, &mut dropout_rng)?
+                }
+                None => {
+                    let x = input(data, &data.train, idx, &pre, aug.map(|a| (a, aug_seed)))?;
+                    let x = if k > 0 { model.prefix(&x, k)? } else { x };
+                    model.forward_from(&x, k, mode, &mut dropout_rng)?
+                }
+            };
+            let loss = cross_entropy(&logits, &labels, cfg.label_smoothing)?;
+            let loss_value = f64::from(loss.to_scalar::<f32>()?);
+            if !loss_value.is_finite() {
+                model.restore(&last_good)?;
+                return Err(Error::Diverged(format!(
+                    "loss became {loss_value} at epoch {} batch {}; weights restored to the start of that epoch (try a lower lr)",
+                    epoch + 1,
+                    b + 1
+                )));
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads, lr)?;
+            let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            correct += preds.iter().zip(idx).filter(|(p, &i)| **p as usize == data.train.labels[i]).count();
+            loss_sum += loss_value * idx.len() as f64;
+            seen += idx.len();
+            obs.event(Event::Batch {
+                epoch: epoch + 1,
+                batch: b + 1,
+                batches,
+                loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+            });
+            if obs.cancelled() {
+                stop = Stop::Cancelled;
+                break;
+            }
+        }
+        if stop == Stop::Cancelled && seen < n {
+            // A partial epoch is not recorded; the weights so far are kept (or the best, below).
+            break 'epochs;
+        }
+        let logits = predict_split(model, data, &data.valid, valid_cache.as_ref().map(|c| (c, k)), batch_size)?;
+        let (valid_loss, valid_accuracy) = loss_and_accuracy(&logits, &data.valid.labels, classes);
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            valid_loss,
+            valid_accuracy,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        obs.event(Event::Epoch(record.clone()));
+        history.push(record);
+        if let Some(es) = &cfg.early_stopping {
+            let score = match es.monitor {
+                Monitor::ValidLoss => -valid_loss,
+                Monitor::ValidAccuracy => valid_accuracy,
+            };
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, epoch + 1, model.snapshot()?));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if since_best >= es.patience {
+                    obs.event(Event::Log(format!("early stopping: no improvement for {} epoch(s)", es.patience)));
+                    stop = Stop::EarlyStopped;
+                    break;
+                }
+            }
+        }
+        if stop == Stop::Cancelled {
+            break;
+        }
+        if cfg.time_limit_secs.is_some_and(|t| started.elapsed().as_secs_f64() > t) {
+            obs.event(Event::Log("time limit reached".into()));
+            stop = Stop::TimeLimit;
+            break;
+        }
+    }
+    let mut best_epoch = history.last().map(|r| r.epoch);
+    if let (Some(es), Some((_, epoch, snap))) = (&cfg.early_stopping, &best) {
+        if es.restore_best && Some(*epoch) != best_epoch {
+            model.restore(snap)?;
+            obs.event(Event::Log(format!("restored the best weights (epoch {epoch})")));
+        }
+        if es.restore_best {
+            best_epoch = Some(*epoch);
+        }
+    }
+    Ok(FineTuneOutcome { history, stop, best_epoch, trainable_params })
+}
+
+/// Everything the evaluate step produces.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub metrics: Metrics,
+    /// Every validation image, in split order.
+    pub predictions: Vec<Prediction>,
+    /// Misclassified images, worst (highest loss) first, at most `cfg.mistakes`.
+    pub mistakes: Vec<Prediction>,
+}
+
+/// Evaluates the model on the validation split.
+pub fn evaluate(model: &Classifier, data: &Dataset, cfg: &EvaluateConfig, batch_size: usize) -> Result<Evaluation> {
+    let classes = data.classes.len();
+    let logits = predict_split(model, data, &data.valid, None, batch_size)?;
+    let probs = metrics::softmax_rows(&logits, classes);
+    let top_k = cfg.top_k.unwrap_or(5).min(classes);
+    let m = metrics::compute(&probs, &data.valid.labels, &data.classes, top_k);
+    let predictions: Vec<Prediction> = probs
+        .chunks(classes)
+        .enumerate()
+        .map(|(i, row)| {
+            let predicted = metrics::argmax(row);
+            let truth = data.valid.labels[i];
+            Prediction {
+                path: data.valid.paths[i].clone(),
+                truth,
+                predicted,
+                confidence: row[predicted],
+                loss: -row[truth].max(1e-12).ln(),
+            }
+        })
+        .collect();
+    let mut mistakes: Vec<Prediction> = predictions.iter().filter(|p| p.truth != p.predicted).cloned().collect();
+    mistakes.sort_by(|a, b| b.loss.total_cmp(&a.loss));
+    mistakes.truncate(cfg.mistakes);
+    Ok(Evaluation { metrics: m, predictions, mistakes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_hand_computation() {
+        let logits = Tensor::new(&[[2.0f32, 0.0, -1.0], [0.5, 0.5, 0.5]], &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+        let ce = cross_entropy(&logits, &labels, 0.0).unwrap().to_scalar::<f32>().unwrap();
+        let lse0 = (2f32.exp() + 1.0 + (-1f32).exp()).ln();
+        let expected = ((lse0 - 2.0) + 3f32.ln()) / 2.0;
+        assert!((ce - expected).abs() < 1e-5);
+        // Smoothing ε=1 is the mean over all classes of -log p.
+        let s = cross_entropy(&logits, &labels, 1.0).unwrap().to_scalar::<f32>().unwrap();
+        let row0 = (3.0 * lse0 - (2.0 + 0.0 - 1.0)) / 3.0;
+        let expected = (row0 + 3f32.ln()) / 2.0;
+        assert!((s - expected).abs() < 1e-5);
+    }
+}
