@@ -64,7 +64,21 @@ enum Command {
     },
 }
 
+/// candle allocates a fresh buffer for every op. With glibc's defaults,
+/// buffers over the (dynamic) mmap threshold are mmapped and page-faulted anew
+/// on every op; keeping them on the heap and not trimming it makes inference
+/// markedly faster (measured in issue 7: ResNet-18 1.57×, EfficientNet-B0 1.77×).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 * 1024 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { recipe, out } => run(&recipe, out),
