@@ -5,7 +5,9 @@
 //! * 1×1, stride 1, no padding: a plain batched GEMM, no im2col copy;
 //! * everything else: candle's own `conv2d`.
 
+pub mod batchnorm;
 pub mod depthwise;
+pub mod elementwise;
 
 use candle_core::{Result, Tensor};
 
@@ -54,7 +56,7 @@ fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, cin, h, wd) = x.dims4()?;
     let cout = w.dim(0)?;
     let x = x.contiguous()?.reshape((n, cin, h * wd))?;
-    let w = w.reshape((cout, cin))?.broadcast_left(n)?;
+    let w = elementwise::broadcast_left(&w.reshape((cout, cin))?, n)?;
     w.matmul(&x)?.reshape((n, cout, h, wd))
 }
 

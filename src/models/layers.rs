@@ -203,7 +203,7 @@ impl Act {
         Ok(match self {
             Act::None => x.clone(),
             Act::Relu => x.relu()?,
-            Act::Relu6 => x.clamp(0f32, 6f32)?,
+            Act::Relu6 => kernels::elementwise::relu6(x)?,
         })
     }
 }
@@ -279,17 +279,16 @@ impl BatchNorm {
         }
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
-        let mean = (x.sum_keepdim((0, 2, 3))? / count)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = (centred.sqr()?.sum_keepdim((0, 2, 3))? / count)?;
-        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
-        let scale = read(&self.weight, affine_trainable).reshape((1, c, 1, 1))?.broadcast_mul(&inv_std)?;
-        let y =
-            centred.broadcast_mul(&scale)?.broadcast_add(&read(&self.bias, affine_trainable).reshape((1, c, 1, 1))?)?;
-        // Running estimates: detached, torch's momentum convention.
+        let (y, mean, var) = kernels::batchnorm::batch_norm_train(
+            x,
+            &read(&self.weight, affine_trainable),
+            &read(&self.bias, affine_trainable),
+            self.eps,
+        )?;
+        // Running estimates use torch's momentum convention and the unbiased variance.
         let m = self.momentum;
-        let unbiased = (var.detach().flatten_all()? * (count / (count - 1.0).max(1.0)))?;
-        let new_mean = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?;
+        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
+        let new_mean = ((self.running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?;
         let new_var = ((self.running_var.as_detached_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&new_mean)?;
         self.running_var.set(&new_var)?;
