@@ -1,0 +1,237 @@
+//! The `tlab` binary end to end: a tiny recipe through `run`, the reports it
+//! writes, `predict` on the saved model, and the errors of `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tlab(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlab")).args(args).output().expect("run tlab");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("panicked"), "tlab panicked:\n{text}");
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tlab-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Three colour classes of noisy squares: easy enough that one short epoch
+/// on ImageNet features separates them.
+fn make_data(root: &Path) {
+    let mut state = 12345u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    for (split, n) in [("train", 12), ("valid", 6)] {
+        for (c, name) in ["blue", "green", "red"].iter().enumerate() {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(20, 20, |_, _| {
+                    let mut px = [next() / 4, next() / 4, next() / 4];
+                    px[2 - c] = 160 + next() / 3;
+                    image::Rgb(px)
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+const TINY: &str = r#"
+name = "tiny"
+seed = 7
+[data]
+train = "data/train"
+valid = "data/valid"
+image_size = 32
+batch_size = 8
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+weights = "WEIGHTS"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "augment"
+horizontal_flip = true
+rotation_range = 10
+[[step]]
+kind = "fine_tune"
+epochs = 3
+lr = 0.01
+[[step]]
+kind = "freeze"
+up_to = "features.17"
+[[step]]
+kind = "fine_tune"
+epochs = 1
+optimizer = "sgd"
+lr = 0.001
+[[step]]
+kind = "evaluate"
+"#;
+
+#[test]
+fn tiny_recipe_runs_end_to_end_and_the_model_predicts() {
+    let dir = tempdir("e2e");
+    make_data(&dir.join("data"));
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(dir.join("tiny.toml"), TINY.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+    let run_dir = dir.join("run");
+    // Run from another working directory: data paths resolve against the recipe.
+    let out = tlab(&["run", dir.join("tiny.toml").to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+
+    for f in
+        ["metrics.json", "predictions.csv", "history.csv", "report.md", "model.safetensors", "model.json", "log.txt"]
+    {
+        assert!(run_dir.join(f).is_file(), "missing {f}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["classes"], serde_json::json!(["blue", "green", "red"]));
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(m["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 18);
+    assert_eq!(m["per_class"].as_array().unwrap().len(), 3);
+    for key in ["precision", "recall", "f1", "support"] {
+        assert!(m["macro"][key].is_number() && m["weighted"][key].is_number(), "{key}");
+    }
+    assert_eq!(m["top_k"], 3);
+    assert_eq!(m["top_k_accuracy"], 1.0);
+    let accuracy = m["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.6, "colour classes should be learnt, got accuracy {accuracy}");
+
+    // predictions.csv agrees with metrics.json.
+    let csv = std::fs::read_to_string(run_dir.join("predictions.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 18);
+    let correct = rows.iter().filter(|r| r[1] == r[2]).count();
+    assert!((correct as f64 / 18.0 - accuracy).abs() < 1e-9);
+    let diag: u64 = (0..3).map(|i| confusion[i][i]).sum();
+    assert_eq!(diag as usize, correct);
+
+    // history.csv: 3 + 1 epochs.
+    let history = std::fs::read_to_string(run_dir.join("history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 1 + 4);
+
+    // The saved model reproduces the evaluation's prediction for an image.
+    let first = &rows[0];
+    let out = tlab(&["predict", "--model", run_dir.to_str().unwrap(), "--top", "1", first[0]]);
+    assert!(out.status.success(), "predict failed: {}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().nth(1).unwrap().trim().ends_with(first[2]), "{stdout} vs {first:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_reports_file_line_col_and_did_you_mean() {
+    let dir = tempdir("check");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"augment\"\nrotaton_range = 10\n").unwrap();
+    let out = tlab(&["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}:9:1:", bad.display())), "{err}");
+    assert!(err.contains("did you mean `rotation_range`"), "{err}");
+
+    // The same error from `run`, before any work.
+    let out = tlab(&["run", bad.to_str().unwrap(), "--out", dir.join("r").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(":9:1:"));
+
+    let order = dir.join("order.toml");
+    std::fs::write(&order, "name = \"x\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"fine_tune\"\n").unwrap();
+    let out = tlab(&["check", order.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("needs a backbone step before it"), "{}", stderr(&out));
+
+    let range = dir.join("range.toml");
+    std::fs::write(&range, "name = \"x\"\n[data]\ntrain = \"d\"\nvalid_split = 1.5\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n").unwrap();
+    let out = tlab(&["check", range.to_str().unwrap()]);
+    assert!(stderr(&out).contains(":4:15:") && stderr(&out).contains("valid_split"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn every_shipped_recipe_checks() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut recipes: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    recipes.sort();
+    assert!(!recipes.is_empty());
+    let args: Vec<&str> = std::iter::once("check").chain(recipes.iter().map(String::as_str)).collect();
+    let out = tlab(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = tempdir("bad");
+    // Missing data folder.
+    let r = dir.join("missing.toml");
+    std::fs::write(
+        &r,
+        "name = \"x\"\n[data]\ntrain = \"nowhere\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n",
+    )
+    .unwrap();
+    let out = tlab(&["run", r.to_str().unwrap(), "--out", dir.join("r1").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+
+    // A weights file that is not one.
+    make_data(&dir.join("data"));
+    std::fs::write(dir.join("junk.safetensors"), "hello").unwrap();
+    let r = dir.join("junk.toml");
+    std::fs::write(&r, "name = \"x\"\n[data]\ntrain = \"data/train\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"junk.safetensors\"\n").unwrap();
+    let out = tlab(&["run", r.to_str().unwrap(), "--out", dir.join("r2").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("junk.safetensors") && stderr(&out).contains("not a weights file"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Predicting with a run directory that has no model.
+    let out = tlab(&["predict", "--model", dir.to_str().unwrap(), "x.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("model.json"), "{}", stderr(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Real photos get the right ImageNet class from the shipped weights. The
+/// photos come from Debian's opencv-doc, which the test script installs.
+#[test]
+fn imagenet_predict_names_real_photos() {
+    let data = Path::new("/usr/share/doc/opencv-doc/examples/data");
+    if !data.join("orange.jpg").exists() {
+        assert!(std::env::var_os("CI").is_none(), "opencv-doc is missing under CI (apt-get install opencv-doc)");
+        eprintln!("skipped: opencv-doc not installed");
+        return;
+    }
+    let out = tlab(&[
+        "predict",
+        "--imagenet",
+        "--top",
+        "1",
+        data.join("orange.jpg").to_str().unwrap(),
+        data.join("baboon.jpg").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[1].trim().ends_with("orange"), "{stdout}");
+    assert!(lines[3].trim().ends_with("baboon"), "{stdout}");
+}
