@@ -158,6 +158,31 @@ impl Lab {
         Ok(())
     }
 
+    /// Replaces the recipe after an edit. Steps before the first changed one
+    /// keep their results and state; that step and all after it are reset
+    /// (and the data is reloaded if `[data]`, `name` or `seed` changed).
+    /// Returns the first changed step, or `None` when nothing changed.
+    pub fn set_recipe(&mut self, recipe: Recipe) -> Result<Option<usize>> {
+        let Some(first) = self.recipe.step_index_of_first_change(&recipe) else {
+            self.recipe = recipe;
+            return Ok(None);
+        };
+        let data_changed = self.recipe.data != recipe.data || self.recipe.seed != recipe.seed;
+        let n = recipe.steps.len();
+        // Reset from `first` with the old bookkeeping, then resize to the new step count.
+        let keep = first.min(self.results.len());
+        self.rewind_to(keep)?;
+        self.results.resize(n, None);
+        self.states.resize(n, None);
+        self.results.truncate(n);
+        self.states.truncate(n);
+        if data_changed {
+            self.data = None;
+        }
+        self.recipe = recipe;
+        Ok(Some(first))
+    }
+
     /// Forgets the results of `index` and later, restoring the state the
     /// step before `index` left behind.
     pub fn rewind_to(&mut self, index: usize) -> Result<()> {

@@ -15,7 +15,9 @@
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
 //! - [`report`]: the run directory;
-//! - [`predict`]: classifying images with a trained or ImageNet model.
+//! - [`predict`]: classifying images with a trained or ImageNet model;
+//! - [`preview`]: grids of augmented samples;
+//! - `tui`: the terminal UI (feature `tui`).
 
 pub mod augment;
 pub mod data;
@@ -25,9 +27,12 @@ pub mod lab;
 pub mod metrics;
 pub mod models;
 pub mod predict;
+pub mod preview;
 pub mod recipe;
 pub mod report;
 pub mod train;
+#[cfg(feature = "tui")]
+pub mod tui;
 pub mod weights;
 
 pub use error::{Error, Result};

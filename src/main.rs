@@ -29,6 +29,21 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Step through a recipe in the terminal UI (hot-reloads the file on edit).
+    #[cfg(feature = "tui")]
+    Tui { recipe: PathBuf },
+    /// Print a grid of augmented training samples and exit.
+    Preview {
+        recipe: PathBuf,
+        /// Save the grid as a PNG instead of (as well as) printing it.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Number of samples.
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Validate a recipe without running it (exit 1 on errors).
     Check { recipes: Vec<PathBuf> },
     /// Convert weights (safetensors, .pth zip or legacy) to safetensors.
@@ -83,6 +98,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { recipe, out } => run(&recipe, out),
         Command::Check { recipes } => check(&recipes),
+        #[cfg(feature = "tui")]
+        Command::Tui { recipe } => tlab::tui::run(&recipe).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
         Command::Predict { model, imagenet, backbone, weights, classes, top, images } => {
@@ -299,6 +317,44 @@ fn describe(output: &StepOutput) -> Vec<String> {
             )]
         }
     }
+}
+
+/// Loads the data, applies every augment step up to the first fine_tune, and
+/// shows a grid of samples: in the terminal (half-blocks via viuer) and/or as PNG.
+fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<u64>) -> anyhow::Result<ExitCode> {
+    let recipe = match tlab::recipe::load(recipe_path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let seed = seed.unwrap_or(recipe.seed);
+    let augment = recipe
+        .steps
+        .iter()
+        .take_while(|s| !matches!(s.kind, tlab::recipe::StepKind::FineTune(_)))
+        .filter_map(|s| match &s.kind {
+            tlab::recipe::StepKind::Augment(a) => Some(a.clone()),
+            _ => None,
+        })
+        .last();
+    let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
+    let aug = augment.map(tlab::augment::Augmenter::new);
+    let (grid, tiles) = tlab::preview::sample_grid(&data, aug.as_ref(), seed, count);
+    if let Some(p) = &png {
+        let mut bytes = Vec::new();
+        grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+        tlab::report::atomic_write(p, &bytes)?;
+        println!("wrote {} ({}×{}, {} samples)", p.display(), grid.width(), grid.height(), tiles.len());
+    }
+    if png.is_none() || std::io::stdout().is_terminal() {
+        let conf = viuer::Config { absolute_offset: false, width: Some(64), ..Default::default() };
+        viuer::print(&image::DynamicImage::ImageRgb8(grid), &conf).context("printing the preview")?;
+        let names: Vec<String> = tiles.iter().map(|t| t.class.clone()).collect();
+        println!("{}", names.join(" · "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn convert(input: &Path, output: &Path, dtype: &str) -> anyhow::Result<ExitCode> {

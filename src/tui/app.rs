@@ -1,0 +1,670 @@
+//! The TUI's state and its transitions: key → [`Action`] → state change and
+//! commands for the worker. Pure (no terminal, no threads), so it is unit-tested.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::lab::{StepOutput, StepResult};
+use crate::recipe::Recipe;
+use crate::train::{EpochRecord, Event};
+
+/// What a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Up,
+    Down,
+    RunToSelected,
+    RunNext,
+    RunAll,
+    Rerun,
+    Cancel,
+    NextTab,
+    PrevTab,
+    Edit,
+    Resample,
+    ToggleAutorun,
+    ToggleNormalised,
+    CycleSort,
+    Help,
+    Quit,
+}
+
+impl Action {
+    /// The key map (the help popup lists the same table).
+    pub fn from_key(key: KeyEvent) -> Option<Action> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Some(Action::Quit);
+        }
+        Some(match key.code {
+            KeyCode::Char('k') | KeyCode::Up => Action::Up,
+            KeyCode::Char('j') | KeyCode::Down => Action::Down,
+            KeyCode::Enter => Action::RunToSelected,
+            KeyCode::Char('n') => Action::RunNext,
+            KeyCode::Char('a') => Action::RunAll,
+            KeyCode::Char('r') => Action::Rerun,
+            KeyCode::Char('c') | KeyCode::Esc => Action::Cancel,
+            KeyCode::Tab => Action::NextTab,
+            KeyCode::BackTab => Action::PrevTab,
+            KeyCode::Char('e') => Action::Edit,
+            KeyCode::Char('p') => Action::Resample,
+            KeyCode::Char('w') => Action::ToggleAutorun,
+            KeyCode::Char('v') => Action::ToggleNormalised,
+            KeyCode::Char('s') => Action::CycleSort,
+            KeyCode::Char('?') => Action::Help,
+            KeyCode::Char('q') => Action::Quit,
+            _ => return None,
+        })
+    }
+}
+
+/// The key table shown by `?`.
+pub const KEYS: &[(&str, &str)] = &[
+    ("j / k, ↓ / ↑", "select a step"),
+    ("Enter", "run up to the selected step"),
+    ("n", "run the next step"),
+    ("a", "run all steps"),
+    ("r", "re-run the selected step"),
+    ("c / Esc", "cancel the running step (after the current batch)"),
+    ("Tab / Shift-Tab", "switch output tab"),
+    ("e", "edit the recipe in $EDITOR"),
+    ("p", "re-sample the augmentation preview"),
+    ("w", "toggle auto-run of stale steps"),
+    ("v", "confusion matrix: counts / row-normalised"),
+    ("s", "report: cycle the sort column"),
+    ("?", "this help"),
+    ("q", "quit (asks while a step runs)"),
+];
+
+/// Commands for the engine thread.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Run these steps in order (stop at the first failure or a cancel).
+    Run(Vec<usize>),
+    SetRecipe(Box<Recipe>),
+    Preview { step: usize, seed: u64 },
+    Cancel,
+}
+
+/// Side effects the loop performs for an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send(CommandKind),
+    OpenEditor,
+    Quit,
+}
+
+/// [`Command`] without its payload (for tests and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandKind {
+    Run(Vec<usize>),
+    Preview(usize),
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Pending,
+    Running { since: Instant },
+    Done { seconds: f64, cancelled: bool },
+    Failed(String),
+}
+
+/// Live training progress of a fine_tune step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub batches: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub epoch_started: Option<Instant>,
+}
+
+impl Progress {
+    /// Estimated time left in the step, from the pace of the current epoch.
+    pub fn eta(&self, now: Instant) -> Option<Duration> {
+        let started = self.epoch_started?;
+        if self.batch == 0 || self.batches == 0 {
+            return None;
+        }
+        let per_batch = now.duration_since(started).as_secs_f64() / self.batch as f64;
+        let left = (self.batches - self.batch) + (self.epochs - self.epoch) * self.batches;
+        Some(Duration::from_secs_f64(per_batch * left as f64))
+    }
+}
+
+/// One recipe step as a notebook cell.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub kind: &'static str,
+    pub summary: String,
+    pub fingerprint: u64,
+    pub status: Status,
+    /// Outputs are from a recipe version that has since changed.
+    pub stale: bool,
+    pub log: Vec<String>,
+    pub progress: Progress,
+    pub history: Vec<EpochRecord>,
+    pub result: Option<StepResult>,
+}
+
+impl Cell {
+    fn new(kind: &'static str, summary: String, fingerprint: u64) -> Self {
+        Cell {
+            kind,
+            summary,
+            fingerprint,
+            status: Status::Pending,
+            stale: false,
+            log: Vec::new(),
+            progress: Progress::default(),
+            history: Vec::new(),
+            result: None,
+        }
+    }
+
+    pub fn tabs(&self) -> &'static [Tab] {
+        match self.kind {
+            "augment" => &[Tab::Preview, Tab::Log],
+            "fine_tune" => &[Tab::Progress, Tab::Charts, Tab::Log],
+            "evaluate" => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
+            _ => &[Tab::Log],
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.status, Status::Done { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Log,
+    Progress,
+    Charts,
+    Preview,
+    Confusion,
+    Report,
+    Mistakes,
+}
+
+impl Tab {
+    pub fn title(self) -> &'static str {
+        match self {
+            Tab::Log => "Log",
+            Tab::Progress => "Progress",
+            Tab::Charts => "Charts",
+            Tab::Preview => "Preview",
+            Tab::Confusion => "Confusion",
+            Tab::Report => "Report",
+            Tab::Mistakes => "Mistakes",
+        }
+    }
+}
+
+/// How the recipe file relates to what is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReloadState {
+    Watching,
+    Reloaded { at: Instant, first_changed: Option<usize> },
+    /// The file does not parse (or is gone): the last good recipe stays.
+    Error(String),
+}
+
+/// Report table sort column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortBy {
+    #[default]
+    Class,
+    Precision,
+    Recall,
+    F1,
+    Support,
+}
+
+impl SortBy {
+    fn next(self) -> Self {
+        match self {
+            SortBy::Class => SortBy::Precision,
+            SortBy::Precision => SortBy::Recall,
+            SortBy::Recall => SortBy::F1,
+            SortBy::F1 => SortBy::Support,
+            SortBy::Support => SortBy::Class,
+        }
+    }
+    pub fn title(self) -> &'static str {
+        match self {
+            SortBy::Class => "class",
+            SortBy::Precision => "precision",
+            SortBy::Recall => "recall",
+            SortBy::F1 => "F1",
+            SortBy::Support => "support",
+        }
+    }
+}
+
+pub struct App {
+    /// The last recipe that parsed: what the cells show.
+    pub recipe: Recipe,
+    pub recipe_path: PathBuf,
+    pub log_path: PathBuf,
+    pub cells: Vec<Cell>,
+    pub selected: usize,
+    pub tab: usize,
+    pub autorun: bool,
+    pub normalised: bool,
+    pub sort: SortBy,
+    pub help: bool,
+    pub confirm_quit: bool,
+    pub reload: ReloadState,
+    pub running: Option<usize>,
+    /// A run was requested and the worker has not reported idle since.
+    pub pending: bool,
+    pub preview_seed: u64,
+    /// Redraw durations, for the status bar and the log.
+    pub frame_times: Vec<Duration>,
+    pub should_quit: bool,
+}
+
+impl App {
+    pub fn new(recipe: &Recipe, log_path: PathBuf) -> Self {
+        App {
+            recipe: recipe.clone(),
+            recipe_path: recipe.path.clone(),
+            log_path,
+            cells: recipe.steps.iter().map(|s| Cell::new(s.kind.name(), s.kind.summary(), s.fingerprint)).collect(),
+            selected: 0,
+            tab: 0,
+            autorun: false,
+            normalised: false,
+            sort: SortBy::default(),
+            help: false,
+            confirm_quit: false,
+            reload: ReloadState::Watching,
+            running: None,
+            pending: false,
+            preview_seed: recipe.seed,
+            frame_times: Vec::new(),
+            should_quit: false,
+        }
+    }
+
+    pub fn selected_cell(&self) -> Option<&Cell> {
+        self.cells.get(self.selected)
+    }
+
+    pub fn current_tab(&self) -> Tab {
+        let tabs = self.cells.get(self.selected).map(Cell::tabs).unwrap_or(&[Tab::Log]);
+        tabs[self.tab.min(tabs.len() - 1)]
+    }
+
+    /// Steps still to run to reach `target`, in order.
+    fn pending_through(&self, target: usize) -> Vec<usize> {
+        (0..=target.min(self.cells.len().saturating_sub(1))).filter(|&i| !self.cells[i].is_done() || self.cells[i].stale).collect()
+    }
+
+    /// Applies an action; returns what the loop must do.
+    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+        if self.confirm_quit {
+            self.confirm_quit = false;
+            if action == Action::Quit {
+                self.should_quit = true;
+                return vec![Effect::Send(CommandKind::Cancel), Effect::Quit];
+            }
+            return vec![];
+        }
+        if self.help && action != Action::Quit {
+            self.help = false;
+            if action == Action::Help {
+                return vec![];
+            }
+        }
+        let last = self.cells.len().saturating_sub(1);
+        match action {
+            Action::Up => {
+                self.selected = self.selected.saturating_sub(1);
+                self.tab = 0;
+            }
+            Action::Down => {
+                self.selected = (self.selected + 1).min(last);
+                self.tab = 0;
+            }
+            Action::NextTab => {
+                let n = self.selected_cell().map(|c| c.tabs().len()).unwrap_or(1);
+                self.tab = (self.tab + 1) % n;
+            }
+            Action::PrevTab => {
+                let n = self.selected_cell().map(|c| c.tabs().len()).unwrap_or(1);
+                self.tab = (self.tab + n - 1) % n;
+            }
+            Action::RunToSelected => return self.run(self.pending_through(self.selected)),
+            Action::RunAll => return self.run(self.pending_through(last)),
+            Action::RunNext => {
+                let next = self.cells.iter().position(|c| !c.is_done() || c.stale);
+                return match next {
+                    Some(i) => self.run(self.pending_through(i)),
+                    None => vec![],
+                };
+            }
+            Action::Rerun => {
+                let mut steps = self.pending_through(self.selected);
+                if !steps.contains(&self.selected) {
+                    steps.push(self.selected);
+                }
+                return self.run(steps);
+            }
+            Action::Cancel => {
+                if self.running.is_some() {
+                    return vec![Effect::Send(CommandKind::Cancel)];
+                }
+            }
+            Action::Edit => return vec![Effect::OpenEditor],
+            Action::Resample => {
+                self.preview_seed = self.preview_seed.wrapping_add(1);
+                if let Some(i) = self.preview_step() {
+                    return vec![Effect::Send(CommandKind::Preview(i))];
+                }
+            }
+            Action::ToggleAutorun => {
+                self.autorun = !self.autorun;
+                if self.autorun {
+                    return self.autorun_effects();
+                }
+            }
+            Action::ToggleNormalised => self.normalised = !self.normalised,
+            Action::CycleSort => self.sort = self.sort.next(),
+            Action::Help => self.help = true,
+            Action::Quit => {
+                if self.running.is_some() {
+                    self.confirm_quit = true;
+                } else {
+                    self.should_quit = true;
+                    return vec![Effect::Quit];
+                }
+            }
+        }
+        vec![]
+    }
+
+    fn run(&mut self, steps: Vec<usize>) -> Vec<Effect> {
+        if steps.is_empty() || self.running.is_some() || self.pending {
+            return vec![];
+        }
+        self.pending = true;
+        vec![Effect::Send(CommandKind::Run(steps))]
+    }
+
+    /// The augment step whose preview is shown: the selected one, else the
+    /// last done augment step.
+    fn preview_step(&self) -> Option<usize> {
+        if self.cells.get(self.selected).is_some_and(|c| c.kind == "augment" && c.is_done()) {
+            return Some(self.selected);
+        }
+        self.cells.iter().rposition(|c| c.kind == "augment" && c.is_done())
+    }
+
+    /// With auto-run on: re-run stale steps (up to the last stale one).
+    fn autorun_effects(&mut self) -> Vec<Effect> {
+        match self.cells.iter().rposition(|c| c.stale) {
+            Some(last) if self.running.is_none() => self.run(self.pending_through(last)),
+            _ => vec![],
+        }
+    }
+
+    /// A step started on the worker.
+    pub fn on_step_started(&mut self, step: usize) {
+        self.running = Some(step);
+        if let Some(c) = self.cells.get_mut(step) {
+            c.status = Status::Running { since: Instant::now() };
+            c.stale = false;
+            c.log.clear();
+            c.progress = Progress::default();
+            c.history.clear();
+            c.result = None;
+        }
+    }
+
+    /// A progress event from the worker.
+    pub fn on_event(&mut self, step: usize, event: Event) {
+        let Some(c) = self.cells.get_mut(step) else { return };
+        match event {
+            Event::Log(s) => c.log.push(s),
+            Event::EpochStart { epoch, epochs, batches } => {
+                c.progress =
+                    Progress { epoch, epochs, batch: 0, batches, epoch_started: Some(Instant::now()), ..c.progress.clone() };
+            }
+            Event::Batch { epoch, batch, batches, loss, accuracy } => {
+                c.progress.epoch = epoch;
+                c.progress.batch = batch;
+                c.progress.batches = batches;
+                c.progress.loss = loss;
+                c.progress.accuracy = accuracy;
+            }
+            Event::Epoch(r) => {
+                c.log.push(format!(
+                    "epoch {}: train loss {:.4} acc {:.4} · valid loss {:.4} acc {:.4} · {:.1}s",
+                    r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.seconds
+                ));
+                c.history.push(r);
+            }
+        }
+    }
+
+    pub fn on_step_done(&mut self, result: StepResult) {
+        let i = result.index;
+        self.running = None;
+        if let Some(c) = self.cells.get_mut(i) {
+            let cancelled = matches!(&result.output, StepOutput::FineTune(o) if o.stop == crate::train::Stop::Cancelled);
+            c.status = Status::Done { seconds: result.seconds, cancelled };
+            c.stale = false;
+            c.summary = result.summary.clone();
+            c.result = Some(result);
+        }
+    }
+
+    pub fn on_step_failed(&mut self, step: usize, message: String) {
+        self.running = None;
+        if let Some(c) = self.cells.get_mut(step) {
+            c.log.push(format!("✗ {message}"));
+            c.status = Status::Failed(message);
+        }
+    }
+
+    /// The worker finished a command (or aborted it for a reload).
+    pub fn on_idle(&mut self) -> Vec<Effect> {
+        self.running = None;
+        self.pending = false;
+        if self.autorun {
+            self.autorun_effects()
+        } else {
+            vec![]
+        }
+    }
+
+    /// A new version of the recipe parsed: cells from the first changed one
+    /// on turn stale (their outputs stay, dimmed); added steps are pending.
+    pub fn on_recipe_changed(&mut self, recipe: &Recipe) -> (Option<usize>, Vec<Effect>) {
+        let first = self.recipe.step_index_of_first_change(recipe);
+        self.recipe = recipe.clone();
+        self.reload = ReloadState::Reloaded { at: Instant::now(), first_changed: first };
+        self.recipe_path = recipe.path.clone();
+        let Some(first) = first else { return (None, vec![]) };
+        let mut cells: Vec<Cell> = Vec::with_capacity(recipe.steps.len());
+        for (i, step) in recipe.steps.iter().enumerate() {
+            let fresh = Cell::new(step.kind.name(), step.kind.summary(), step.fingerprint);
+            match self.cells.get(i) {
+                Some(old) if i < first => cells.push(old.clone()),
+                Some(old) if old.kind == fresh.kind => {
+                    // Same kind: keep the old outputs to show (dimmed) until re-run.
+                    let had_output = !matches!(old.status, Status::Pending);
+                    cells.push(Cell { summary: fresh.summary, fingerprint: fresh.fingerprint, stale: had_output, ..old.clone() });
+                }
+                _ => cells.push(fresh),
+            }
+        }
+        self.cells = cells;
+        self.selected = self.selected.min(self.cells.len().saturating_sub(1));
+        let effects = if self.autorun && self.running.is_none() { self.autorun_effects() } else { vec![] };
+        (Some(first), effects)
+    }
+
+    pub fn on_recipe_error(&mut self, message: String) {
+        self.reload = ReloadState::Error(message);
+    }
+
+    pub fn record_frame(&mut self, d: Duration) {
+        if self.frame_times.len() >= 10_000 {
+            self.frame_times.remove(0);
+        }
+        self.frame_times.push(d);
+    }
+
+    /// (median, max) redraw time over the session.
+    pub fn frame_stats(&self) -> Option<(Duration, Duration)> {
+        if self.frame_times.is_empty() {
+            return None;
+        }
+        let mut v = self.frame_times.clone();
+        v.sort();
+        Some((v[v.len() / 2], *v.last().expect("non-empty")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const RECIPE: &str = r#"
+name = "t"
+[data]
+train = "d"
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "augment"
+horizontal_flip = true
+[[step]]
+kind = "fine_tune"
+epochs = 2
+[[step]]
+kind = "evaluate"
+"#;
+
+    fn recipe(text: &str) -> Recipe {
+        crate::recipe::parse(text, Path::new("/tmp/r.toml")).unwrap()
+    }
+
+    fn key(c: char) -> Action {
+        Action::from_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)).unwrap()
+    }
+
+    fn done(app: &mut App, i: usize) {
+        app.on_step_started(i);
+        let kind = app.cells[i].kind;
+        let output = crate::lab::StepOutput::Augment { config: Default::default() };
+        app.on_step_done(StepResult { index: i, kind, summary: "s".into(), seconds: 1.0, output });
+    }
+
+    #[test]
+    fn run_keys_ask_for_the_right_steps() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        assert_eq!(app.update(key('n')), vec![Effect::Send(CommandKind::Run(vec![0]))]);
+        assert!(app.update(key('a')).is_empty(), "one run at a time");
+        app.on_idle();
+        app.update(key('j'));
+        app.update(key('j'));
+        assert_eq!(app.update(Action::RunToSelected), vec![Effect::Send(CommandKind::Run(vec![0, 1, 2]))]);
+        app.on_idle();
+        assert_eq!(app.update(key('a')), vec![Effect::Send(CommandKind::Run(vec![0, 1, 2, 3, 4]))]);
+        app.on_idle();
+        done(&mut app, 0);
+        done(&mut app, 1);
+        assert_eq!(app.update(key('a')), vec![Effect::Send(CommandKind::Run(vec![2, 3, 4]))]);
+        app.on_idle();
+        // Re-running a done step runs just it.
+        app.selected = 1;
+        assert_eq!(app.update(key('r')), vec![Effect::Send(CommandKind::Run(vec![1]))]);
+    }
+
+    #[test]
+    fn nothing_new_starts_while_running_and_quit_asks() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        app.on_step_started(0);
+        assert!(app.update(key('a')).is_empty());
+        assert_eq!(app.update(Action::Cancel), vec![Effect::Send(CommandKind::Cancel)]);
+        assert!(app.update(key('q')).is_empty());
+        assert!(app.confirm_quit && !app.should_quit);
+        assert_eq!(app.update(key('q')), vec![Effect::Send(CommandKind::Cancel), Effect::Quit]);
+        assert!(app.should_quit);
+    }
+
+    #[test]
+    fn tabs_fit_the_step_and_wrap() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        app.selected = 4;
+        assert_eq!(app.current_tab(), Tab::Confusion);
+        app.update(Action::NextTab);
+        assert_eq!(app.current_tab(), Tab::Report);
+        app.update(Action::PrevTab);
+        app.update(Action::PrevTab);
+        assert_eq!(app.current_tab(), Tab::Log);
+        app.update(key('k'));
+        assert_eq!(app.current_tab(), Tab::Progress, "selecting another step resets the tab");
+    }
+
+    #[test]
+    fn editing_augment_makes_it_and_later_steps_stale_and_autorun_reruns() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        for i in 0..5 {
+            done(&mut app, i);
+        }
+        app.update(key('w'));
+        assert!(app.autorun);
+        let edited = recipe(&RECIPE.replace("horizontal_flip = true", "horizontal_flip = true\nrotation_range = 10"));
+        let (first, effects) = app.on_recipe_changed(&edited);
+        assert_eq!(first, Some(2));
+        let stale: Vec<bool> = app.cells.iter().map(|c| c.stale).collect();
+        assert_eq!(stale, vec![false, false, true, true, true]);
+        assert!(app.cells[3].result.is_some(), "stale outputs are kept");
+        assert_eq!(effects, vec![Effect::Send(CommandKind::Run(vec![2, 3, 4]))]);
+    }
+
+    #[test]
+    fn unchanged_reload_and_errors_keep_state() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        done(&mut app, 0);
+        let reformatted = recipe(&RECIPE.replace("epochs = 2", "epochs   =   2   # same"));
+        assert_eq!(app.on_recipe_changed(&reformatted).0, None);
+        assert!(app.cells.iter().all(|c| !c.stale));
+        app.on_recipe_error("r.toml:3:1: bad".into());
+        assert!(matches!(app.reload, ReloadState::Error(_)));
+        assert!(app.cells[0].is_done());
+    }
+
+    #[test]
+    fn epoch_events_build_history_and_eta() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        app.on_step_started(3);
+        app.on_event(3, Event::EpochStart { epoch: 1, epochs: 2, batches: 10 });
+        app.on_event(3, Event::Batch { epoch: 1, batch: 5, batches: 10, loss: 0.5, accuracy: 0.8 });
+        assert!(app.cells[3].progress.eta(Instant::now() + Duration::from_secs(5)).unwrap() >= Duration::from_secs(14));
+        let r = EpochRecord {
+            epoch: 1,
+            train_loss: 1.0,
+            train_accuracy: 0.5,
+            valid_loss: 0.9,
+            valid_accuracy: 0.6,
+            lr: 1e-3,
+            seconds: 2.0,
+        };
+        app.on_event(3, Event::Epoch(r));
+        assert_eq!(app.cells[3].history.len(), 1);
+    }
+}

@@ -1,0 +1,289 @@
+//! `tlab tui RECIPE`: a notebook-like terminal UI whose cells are recipe steps.
+//!
+//! Threads and channels:
+//! * the **engine** thread ([`worker`]) owns the `Lab` and runs steps;
+//! * an **input** thread turns terminal events into messages;
+//! * **notify** reports edits of the recipe file ([`watch`]);
+//! * one **encoder** thread per shown image resizes and encodes it;
+//! * the **UI** thread (here) owns the terminal: it receives every message on
+//!   one channel, updates [`app::App`] and redraws. It never waits on work.
+//!
+//! Nothing is printed behind ratatui's back: the engine's messages go to the
+//! cells and to `tui.log` in the run directory. A panic hook restores the
+//! terminal before the panic message is printed.
+
+pub mod app;
+pub mod views;
+pub mod watch;
+pub mod worker;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, Event as TermEvent, KeyEventKind};
+use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::ExecutableCommand;
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+use ratatui_image::picker::Picker;
+use ratatui_image::thread::ResizeResponse;
+
+use crate::error::{Error, Result};
+use crate::lab::Lab;
+use app::{Action, App, Command, CommandKind, Effect};
+use views::images::{ImageKey, Images};
+use worker::FromWorker;
+
+/// Everything the UI thread reacts to.
+enum AppEvent {
+    Input(TermEvent),
+    Worker(FromWorker),
+    FileChanged,
+    Resized(ImageKey, ResizeResponse),
+}
+
+/// How long the watcher waits for an editor's burst of writes to settle.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+type Term = Terminal<CrosstermBackend<std::io::Stdout>>;
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::io("terminal", e)
+}
+
+fn enter_terminal() -> Result<Term> {
+    enable_raw_mode().map_err(io_err)?;
+    std::io::stdout().execute(EnterAlternateScreen).map_err(io_err)?;
+    let mut t = Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(io_err)?;
+    t.clear().map_err(io_err)?;
+    Ok(t)
+}
+
+fn leave_terminal() {
+    let _ = disable_raw_mode();
+    let _ = std::io::stdout().execute(LeaveAlternateScreen);
+    let _ = std::io::stdout().execute(crossterm::cursor::Show);
+}
+
+/// Restores the terminal before the default panic message prints, so the
+/// message is readable and the shell is usable afterwards.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        leave_terminal();
+        default(info);
+    }));
+}
+
+/// Runs the TUI on `recipe_path` until the user quits.
+pub fn run(recipe_path: &Path) -> Result<()> {
+    let recipe = crate::recipe::load(recipe_path)?;
+    let run_dir = crate::report::default_run_dir(&format!("{}-tui", recipe.name));
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    let log_path = run_dir.join("tui.log");
+    let mut app = App::new(&recipe, log_path.clone());
+
+    let (tx, rx) = mpsc::channel::<AppEvent>();
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command>();
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let tx = tx.clone();
+        let cancel = cancel.clone();
+        let lab = Lab::new(recipe.clone());
+        let log_path = log_path.clone();
+        std::thread::Builder::new()
+            .name("tlab-engine".into())
+            .spawn(move || worker::run(lab, cmd_rx, move |m| drop(tx.send(AppEvent::Worker(m))), cancel, log_path))
+            .map_err(|e| Error::io("engine thread", e))?;
+    }
+    let watcher = {
+        let tx = tx.clone();
+        watch::watch(&recipe.path, move || drop(tx.send(AppEvent::FileChanged)))
+    };
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    if let Err(e) = &watcher {
+        let _ = writeln!(log, "hot reload disabled: cannot watch {}: {e}", recipe.path.display());
+    }
+
+    install_panic_hook();
+    let mut terminal = enter_terminal()?;
+    // Query the terminal's graphics support once, in raw mode, before the input thread reads stdin.
+    let picker = Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
+    let deliver_tx = tx.clone();
+    let mut images = Images::new(picker, Arc::new(move |key, resp| drop(deliver_tx.send(AppEvent::Resized(key, resp)))));
+    let _ = writeln!(log, "tui started on {} (images: {})", recipe.path.display(), images.protocol_name());
+
+    let paused = Arc::new(AtomicBool::new(false));
+    spawn_input(tx.clone(), paused.clone());
+
+    let result = event_loop(&mut terminal, &mut app, &mut images, &rx, &cmd_tx, &cancel, &paused, &mut log);
+    leave_terminal();
+    if let Some((median, max)) = app.frame_stats() {
+        let _ = writeln!(
+            log,
+            "frames: {} drawn, median {:.2} ms, max {:.2} ms",
+            app.frame_times.len(),
+            median.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+    }
+    cancel.store(true, Ordering::Relaxed);
+    drop(watcher);
+    result
+}
+
+/// Reads terminal events on its own thread; `paused` lets an external editor have stdin.
+fn spawn_input(tx: Sender<AppEvent>, paused: Arc<AtomicBool>) {
+    std::thread::spawn(move || loop {
+        if paused.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(30));
+            continue;
+        }
+        match event::poll(Duration::from_millis(50)) {
+            Ok(true) => match event::read() {
+                Ok(ev) => {
+                    if tx.send(AppEvent::Input(ev)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            Ok(false) => {}
+            Err(_) => return,
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event_loop(
+    terminal: &mut Term,
+    app: &mut App,
+    images: &mut Images,
+    rx: &mpsc::Receiver<AppEvent>,
+    cmd_tx: &Sender<Command>,
+    cancel: &AtomicBool,
+    paused: &AtomicBool,
+    log: &mut std::fs::File,
+) -> Result<()> {
+    let mut reload_due: Option<Instant> = None;
+    loop {
+        let t0 = Instant::now();
+        terminal.draw(|f| views::draw(f, app, images)).map_err(io_err)?;
+        app.record_frame(t0.elapsed());
+
+        // Wait for something to happen; tick for spinners and the reload debounce.
+        let timeout = reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
+        let mut effects = Vec::new();
+        let mut handle = |ev: AppEvent, app: &mut App, images: &mut Images, reload_due: &mut Option<Instant>| match ev {
+            AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
+                if let Some(a) = Action::from_key(k) {
+                    effects.extend(app.update(a));
+                } else if app.help || app.confirm_quit {
+                    // Any key closes the help popup or keeps the app open.
+                    effects.extend(app.update(Action::Help));
+                    app.help = false;
+                }
+            }
+            AppEvent::Input(_) => {}
+            AppEvent::Worker(m) => match m {
+                FromWorker::Started(i) => app.on_step_started(i),
+                FromWorker::Event(i, e) => app.on_event(i, e),
+                FromWorker::Done(r) => app.on_step_done(*r),
+                FromWorker::Failed(i, msg) => app.on_step_failed(i, msg),
+                FromWorker::Idle => effects.extend(app.on_idle()),
+                FromWorker::Image { step, kind, image, captions } => images.set(step, kind, image, captions),
+            },
+            AppEvent::FileChanged => *reload_due = Some(Instant::now() + DEBOUNCE),
+            AppEvent::Resized(key, resp) => images.update(key, resp),
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(ev) => {
+                handle(ev, app, images, &mut reload_due);
+                // Drain what else is queued before redrawing (batch events).
+                while let Ok(ev) = rx.try_recv() {
+                    handle(ev, app, images, &mut reload_due);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if reload_due.is_some_and(|d| Instant::now() >= d) {
+            reload_due = None;
+            effects.extend(reload(app, images, cmd_tx, cancel, log));
+        }
+        for effect in effects {
+            match effect {
+                Effect::Send(CommandKind::Run(steps)) => {
+                    let _ = writeln!(log, "run steps {:?}", steps.iter().map(|s| s + 1).collect::<Vec<_>>());
+                    let _ = cmd_tx.send(Command::Run(steps));
+                }
+                Effect::Send(CommandKind::Preview(step)) => {
+                    let _ = cmd_tx.send(Command::Preview { step, seed: app.preview_seed });
+                }
+                Effect::Send(CommandKind::Cancel) => cancel.store(true, Ordering::Relaxed),
+                Effect::OpenEditor => open_editor(terminal, &app.recipe_path, paused, log)?,
+                Effect::Quit => return Ok(()),
+            }
+        }
+        if app.should_quit {
+            return Ok(());
+        }
+    }
+}
+
+/// Re-reads the recipe after an edit. A recipe that does not parse (or a
+/// deleted file) shows a banner and keeps the last good recipe and state.
+fn reload(app: &mut App, images: &mut Images, cmd_tx: &Sender<Command>, cancel: &AtomicBool, log: &mut std::fs::File) -> Vec<Effect> {
+    let path = app.recipe_path.clone();
+    let t0 = Instant::now();
+    match crate::recipe::load(&path) {
+        Err(e) => {
+            let _ = writeln!(log, "reload failed: {e}");
+            app.on_recipe_error(e.to_string());
+            vec![]
+        }
+        Ok(recipe) => {
+            let running = app.running;
+            let (first, effects) = app.on_recipe_changed(&recipe);
+            let _ = writeln!(
+                log,
+                "reloaded in {:.1} ms: first changed step {:?}",
+                t0.elapsed().as_secs_f64() * 1e3,
+                first.map(|f| f + 1)
+            );
+            if let Some(first) = first {
+                images.clear_from(first);
+                // A running step that the edit invalidates stops after its current batch.
+                if running.is_some_and(|r| r >= first) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                let _ = cmd_tx.send(Command::SetRecipe(Box::new(recipe)));
+            }
+            effects
+        }
+    }
+}
+
+/// Suspends the TUI, runs `$EDITOR` (or `vi`) on the recipe, and resumes.
+fn open_editor(terminal: &mut Term, path: &PathBuf, paused: &AtomicBool, log: &mut std::fs::File) -> Result<()> {
+    paused.store(true, Ordering::Relaxed);
+    // Let the input thread finish its current poll before the editor takes stdin.
+    std::thread::sleep(Duration::from_millis(60));
+    leave_terminal();
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let mut parts = editor.split_whitespace();
+    let program = parts.next().unwrap_or("vi");
+    let status = std::process::Command::new(program).args(parts).arg(path).status();
+    if let Err(e) = &status {
+        let _ = writeln!(log, "cannot start editor `{editor}`: {e}");
+    }
+    enable_raw_mode().map_err(io_err)?;
+    std::io::stdout().execute(EnterAlternateScreen).map_err(io_err)?;
+    terminal.clear().map_err(io_err)?;
+    paused.store(false, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Charts tab: train/valid loss and accuracy per epoch, live while training.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::Span;
+use ratatui::widgets::{Axis, Block, Chart, Dataset, GraphType, Paragraph};
+use ratatui::Frame;
+
+use crate::tui::app::Cell;
+
+pub fn render(frame: &mut Frame, area: Rect, cell: &Cell) {
+    if cell.history.is_empty() {
+        frame.render_widget(Paragraph::new("charts appear after the first epoch"), area);
+        return;
+    }
+    let [loss_area, acc_area] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let series = |f: fn(&crate::train::EpochRecord) -> f64| -> Vec<(f64, f64)> {
+        cell.history.iter().map(|r| (r.epoch as f64, f(r))).collect()
+    };
+    let train_loss = series(|r| r.train_loss);
+    let valid_loss = series(|r| r.valid_loss);
+    let train_acc = series(|r| r.train_accuracy);
+    let valid_acc = series(|r| r.valid_accuracy);
+    let max_epoch = cell.history.len().max(cell.progress.epochs).max(2) as f64;
+    let max_loss = train_loss.iter().chain(&valid_loss).map(|p| p.1).fold(0.0f64, f64::max).max(1e-6) * 1.1;
+    chart(frame, loss_area, " loss ", &train_loss, &valid_loss, max_epoch, (0.0, max_loss), cell.stale);
+    chart(frame, acc_area, " accuracy ", &train_acc, &valid_acc, max_epoch, (0.0, 1.0), cell.stale);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chart(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    train: &[(f64, f64)],
+    valid: &[(f64, f64)],
+    max_epoch: f64,
+    y: (f64, f64),
+    stale: bool,
+) {
+    let datasets = vec![
+        Dataset::default()
+            .name("train")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(train),
+        Dataset::default()
+            .name("valid")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Yellow))
+            .data(valid),
+    ];
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(title))
+        .style(super::output_style(stale))
+        .x_axis(
+            Axis::default()
+                .title("epoch")
+                .bounds([1.0, max_epoch])
+                .labels(vec![Span::raw("1"), Span::raw(format!("{}", max_epoch as usize))]),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([y.0, y.1])
+                .labels(vec![Span::raw(format!("{:.2}", y.0)), Span::raw(format!("{:.2}", y.1))]),
+        );
+    frame.render_widget(chart, area);
+}

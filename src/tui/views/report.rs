@@ -1,0 +1,48 @@
+//! Report tab: per-class precision, recall, F1 and support with macro and
+//! weighted rows; `s` cycles the sort column.
+
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::widgets::{Block, Paragraph, Row, Table};
+use ratatui::Frame;
+
+use crate::lab::StepOutput;
+use crate::metrics::ClassReport;
+use crate::tui::app::{Cell, SortBy};
+
+/// The per-class rows in the requested order (metrics descending, classes ascending).
+pub fn sorted(rows: &[ClassReport], by: SortBy) -> Vec<ClassReport> {
+    let mut v = rows.to_vec();
+    match by {
+        SortBy::Class => v.sort_by(|a, b| a.class.cmp(&b.class)),
+        SortBy::Precision => v.sort_by(|a, b| b.precision.total_cmp(&a.precision)),
+        SortBy::Recall => v.sort_by(|a, b| b.recall.total_cmp(&a.recall)),
+        SortBy::F1 => v.sort_by(|a, b| b.f1.total_cmp(&a.f1)),
+        SortBy::Support => v.sort_by(|a, b| b.support.cmp(&a.support)),
+    }
+    v
+}
+
+pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
+    let Some(StepOutput::Evaluate(eval)) = cell.result.as_ref().map(|r| &r.output) else {
+        frame.render_widget(Paragraph::new("run the evaluate step to see the classification report"), area);
+        return;
+    };
+    let m = &eval.metrics;
+    let row = |name: &str, p: f64, r: f64, f: f64, s: usize| {
+        Row::new(vec![name.to_string(), format!("{p:.4}"), format!("{r:.4}"), format!("{f:.4}"), s.to_string()])
+    };
+    let mut rows: Vec<Row> = sorted(&m.per_class, sort).iter().map(|c| row(&c.class, c.precision, c.recall, c.f1, c.support)).collect();
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    rows.push(row("macro avg", m.macro_avg.precision, m.macro_avg.recall, m.macro_avg.f1, m.macro_avg.support).style(bold));
+    rows.push(row("weighted avg", m.weighted.precision, m.weighted.recall, m.weighted.f1, m.weighted.support).style(bold));
+    let header = Row::new(vec!["class", "precision", "recall", "f1", "support"]).style(bold);
+    let table = Table::new(
+        rows,
+        [Constraint::Min(14), Constraint::Length(10), Constraint::Length(10), Constraint::Length(10), Constraint::Length(8)],
+    )
+    .header(header)
+    .block(Block::default().title(format!(" sorted by {} (s cycles) ", sort.title())))
+    .style(super::output_style(cell.stale));
+    frame.render_widget(table, area);
+}

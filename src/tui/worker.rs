@@ -1,0 +1,182 @@
+//! The engine thread: owns the [`Lab`], runs steps on request and reports
+//! through a channel, so the UI never waits on training.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+use image::RgbImage;
+
+use super::app::Command;
+use crate::lab::{Lab, StepOutput, StepResult};
+use crate::train::{Event, Observer};
+
+/// Messages from the engine thread to the UI.
+pub enum FromWorker {
+    Started(usize),
+    Event(usize, Event),
+    Done(Box<StepResult>),
+    Failed(usize, String),
+    /// The current command finished (or was cut short by a reload).
+    Idle,
+    /// An image for a step's Preview or Mistakes tab.
+    Image { step: usize, kind: ImageKind, image: RgbImage, captions: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImageKind {
+    Preview,
+    Mistakes,
+}
+
+/// Forwards training events to the UI (and the log file) and relays cancels.
+struct Forward<'a> {
+    step: usize,
+    tx: &'a dyn Fn(FromWorker),
+    cancel: &'a AtomicBool,
+    log: &'a mut Option<std::fs::File>,
+}
+
+impl Observer for Forward<'_> {
+    fn event(&mut self, event: Event) {
+        if let Some(f) = self.log.as_mut() {
+            match &event {
+                Event::Log(s) => {
+                    let _ = writeln!(f, "[step {}] {s}", self.step + 1);
+                }
+                Event::Epoch(r) => {
+                    let _ = writeln!(f, "[step {}] epoch {} {:?}", self.step + 1, r.epoch, r);
+                }
+                _ => {}
+            }
+        }
+        (self.tx)(FromWorker::Event(self.step, event));
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the worker loop until the command channel closes.
+pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel: Arc<AtomicBool>, log_path: PathBuf) {
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+    let mut queue: std::collections::VecDeque<Command> = Default::default();
+    loop {
+        let cmd = match queue.pop_front() {
+            Some(c) => c,
+            None => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        match cmd {
+            // Cancels act through the shared flag; a queued one is stale.
+            Command::Cancel => {}
+            Command::SetRecipe(recipe) => {
+                if let Err(e) = lab.set_recipe(*recipe) {
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "reload failed: {e}");
+                    }
+                }
+            }
+            Command::Preview { step, seed } => send_preview(&lab, step, seed, &tx),
+            Command::Run(steps) => {
+                cancel.store(false, Ordering::Relaxed);
+                'steps: for step in steps {
+                    // A reload between steps aborts the rest of the list.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Command::Cancel) => break 'steps,
+                            Ok(c @ Command::SetRecipe(_)) => {
+                                queue.push_back(c);
+                                break 'steps;
+                            }
+                            Ok(other) => queue.push_back(other),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                    if cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tx(FromWorker::Started(step));
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "[step {}] started", step + 1);
+                    }
+                    let result = {
+                        let mut obs = Forward { step, tx: &tx, cancel: &cancel, log: &mut log };
+                        lab.run_step(step, &mut obs).map(|r| r.clone())
+                    };
+                    match result {
+                        Ok(r) => {
+                            let cancelled = cancel.load(Ordering::Relaxed);
+                            if let Some(f) = log.as_mut() {
+                                let _ = writeln!(f, "[step {}] done in {:.1}s", step + 1, r.seconds);
+                            }
+                            let is_augment = matches!(r.output, StepOutput::Augment { .. });
+                            let mistakes = match &r.output {
+                                StepOutput::Evaluate(e) => Some(e.mistakes.clone()),
+                                _ => None,
+                            };
+                            tx(FromWorker::Done(Box::new(r)));
+                            if is_augment {
+                                send_preview(&lab, step, lab.recipe().seed, &tx);
+                            }
+                            if let Some(m) = mistakes {
+                                send_mistakes(&lab, step, &m, &tx);
+                            }
+                            if cancelled {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(f) = log.as_mut() {
+                                let _ = writeln!(f, "[step {}] failed: {e}", step + 1);
+                            }
+                            tx(FromWorker::Failed(step, e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                tx(FromWorker::Idle);
+            }
+        }
+    }
+}
+
+fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
+    let Some(data) = lab.data() else { return };
+    let aug = lab.augmenter();
+    let (image, tiles) = crate::preview::sample_grid(data, aug.as_ref(), seed, 16);
+    let captions = tiles.into_iter().map(|t| t.class).collect();
+    tx(FromWorker::Image { step, kind: ImageKind::Preview, image, captions });
+}
+
+fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction], tx: &dyn Fn(FromWorker)) {
+    let Some(data) = lab.data() else { return };
+    let shown: Vec<_> = mistakes.iter().take(12).collect();
+    if shown.is_empty() {
+        return;
+    }
+    let s = data.size;
+    let cols = shown.len().min(4) as u32;
+    let rows = (shown.len() as u32).div_ceil(cols);
+    let gap = 2;
+    let mut grid = RgbImage::from_pixel(cols * (s + gap) - gap, rows * (s + gap) - gap, image::Rgb([24, 24, 24]));
+    let mut captions = Vec::new();
+    for (k, p) in shown.iter().enumerate() {
+        let Some(i) = data.valid.paths.iter().position(|q| *q == p.path) else { continue };
+        let px = &data.valid.pixels[i];
+        let (x0, y0) = ((k as u32 % cols) * (s + gap), (k as u32 / cols) * (s + gap));
+        for y in 0..s {
+            for x in 0..s {
+                let o = ((y * s + x) * 3) as usize;
+                grid.put_pixel(x0 + x, y0 + y, image::Rgb([px[o], px[o + 1], px[o + 2]]));
+            }
+        }
+        captions.push(format!("{} → {} ({:.2})", data.classes[p.truth], data.classes[p.predicted], p.confidence));
+    }
+    tx(FromWorker::Image { step, kind: ImageKind::Mistakes, image: grid, captions });
+}
