@@ -83,7 +83,10 @@ pub enum Command {
     /// Run these steps in order (stop at the first failure or a cancel).
     Run(Vec<usize>),
     SetRecipe(Box<Recipe>),
-    Preview { step: usize, seed: u64 },
+    Preview {
+        step: usize,
+        seed: u64,
+    },
     Cancel,
 }
 
@@ -209,7 +212,10 @@ impl Tab {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReloadState {
     Watching,
-    Reloaded { at: Instant, first_changed: Option<usize> },
+    Reloaded {
+        at: Instant,
+        first_changed: Option<usize>,
+    },
     /// The file does not parse (or is gone): the last good recipe stays.
     Error(String),
 }
@@ -303,7 +309,9 @@ impl App {
 
     /// Steps still to run to reach `target`, in order.
     fn pending_through(&self, target: usize) -> Vec<usize> {
-        (0..=target.min(self.cells.len().saturating_sub(1))).filter(|&i| !self.cells[i].is_done() || self.cells[i].stale).collect()
+        (0..=target.min(self.cells.len().saturating_sub(1)))
+            .filter(|&i| !self.cells[i].is_done() || self.cells[i].stale)
+            .collect()
     }
 
     /// Applies an action; returns what the loop must do.
@@ -433,8 +441,14 @@ impl App {
         match event {
             Event::Log(s) => c.log.push(s),
             Event::EpochStart { epoch, epochs, batches } => {
-                c.progress =
-                    Progress { epoch, epochs, batch: 0, batches, epoch_started: Some(Instant::now()), ..c.progress.clone() };
+                c.progress = Progress {
+                    epoch,
+                    epochs,
+                    batch: 0,
+                    batches,
+                    epoch_started: Some(Instant::now()),
+                    ..c.progress.clone()
+                };
             }
             Event::Batch { epoch, batch, batches, loss, accuracy } => {
                 c.progress.epoch = epoch;
@@ -457,7 +471,8 @@ impl App {
         let i = result.index;
         self.running = None;
         if let Some(c) = self.cells.get_mut(i) {
-            let cancelled = matches!(&result.output, StepOutput::FineTune(o) if o.stop == crate::train::Stop::Cancelled);
+            let cancelled =
+                matches!(&result.output, StepOutput::FineTune(o) if o.stop == crate::train::Stop::Cancelled);
             c.status = Status::Done { seconds: result.seconds, cancelled };
             c.stale = false;
             c.summary = result.summary.clone();
@@ -500,7 +515,12 @@ impl App {
                 Some(old) if old.kind == fresh.kind => {
                     // Same kind: keep the old outputs to show (dimmed) until re-run.
                     let had_output = !matches!(old.status, Status::Pending);
-                    cells.push(Cell { summary: fresh.summary, fingerprint: fresh.fingerprint, stale: had_output, ..old.clone() });
+                    cells.push(Cell {
+                        summary: fresh.summary,
+                        fingerprint: fresh.fingerprint,
+                        stale: had_output,
+                        ..old.clone()
+                    });
                 }
                 _ => cells.push(fresh),
             }

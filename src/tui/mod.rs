@@ -104,17 +104,18 @@ pub fn run(recipe_path: &Path) -> Result<()> {
         let tx = tx.clone();
         watch::watch(&recipe.path, move || drop(tx.send(AppEvent::FileChanged)))
     };
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let mut log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     if let Err(e) = &watcher {
         let _ = writeln!(log, "hot reload disabled: cannot watch {}: {e}", recipe.path.display());
     }
 
     install_panic_hook();
     let mut terminal = enter_terminal()?;
-    // Query the terminal's graphics support once, in raw mode, before the input thread reads stdin.
-    let picker = Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
+    let picker = pick_image_protocol();
     let deliver_tx = tx.clone();
-    let mut images = Images::new(picker, Arc::new(move |key, resp| drop(deliver_tx.send(AppEvent::Resized(key, resp)))));
+    let mut images =
+        Images::new(picker, Arc::new(move |key, resp| drop(deliver_tx.send(AppEvent::Resized(key, resp)))));
     let _ = writeln!(log, "tui started on {} (images: {})", recipe.path.display(), images.protocol_name());
 
     let paused = Arc::new(AtomicBool::new(false));
@@ -134,6 +135,26 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     cancel.store(true, Ordering::Relaxed);
     drop(watcher);
     result
+}
+
+/// Chooses how images are drawn: kitty, sixel or iTerm2 when the terminal
+/// answers ratatui-image's capability query, half-blocks otherwise.
+///
+/// The query runs on a helper thread that keeps reading stdin when a terminal
+/// never answers (a detached tmux pane, the Linux console), swallowing the
+/// user's next key. So it is only sent where an answer is expected;
+/// `TLAB_IMAGES=query` forces it and `TLAB_IMAGES=halfblocks` skips it.
+fn pick_image_protocol() -> Picker {
+    let forced = std::env::var("TLAB_IMAGES").ok();
+    let term = std::env::var("TERM").unwrap_or_default();
+    let likely_silent = std::env::var_os("TMUX").is_some() || term.is_empty() || term == "dumb" || term == "linux";
+    match forced.as_deref() {
+        Some("halfblocks") => Picker::halfblocks(),
+        Some("query") => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+        _ if likely_silent => Picker::halfblocks(),
+        // In raw mode, before the input thread starts reading stdin.
+        _ => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+    }
 }
 
 /// Reads terminal events on its own thread; `paused` lets an external editor have stdin.
@@ -176,7 +197,8 @@ fn event_loop(
         app.record_frame(t0.elapsed());
 
         // Wait for something to happen; tick for spinners and the reload debounce.
-        let timeout = reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
+        let timeout =
+            reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
         let mut effects = Vec::new();
         let mut handle = |ev: AppEvent, app: &mut App, images: &mut Images, reload_due: &mut Option<Instant>| match ev {
             AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
@@ -237,7 +259,13 @@ fn event_loop(
 
 /// Re-reads the recipe after an edit. A recipe that does not parse (or a
 /// deleted file) shows a banner and keeps the last good recipe and state.
-fn reload(app: &mut App, images: &mut Images, cmd_tx: &Sender<Command>, cancel: &AtomicBool, log: &mut std::fs::File) -> Vec<Effect> {
+fn reload(
+    app: &mut App,
+    images: &mut Images,
+    cmd_tx: &Sender<Command>,
+    cancel: &AtomicBool,
+    log: &mut std::fs::File,
+) -> Vec<Effect> {
     let path = app.recipe_path.clone();
     let t0 = Instant::now();
     match crate::recipe::load(&path) {

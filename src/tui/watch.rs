@@ -13,6 +13,11 @@ pub fn watch(recipe: &Path, on_change: impl Fn() + Send + 'static) -> notify::Re
     let dir: PathBuf = recipe.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
+            // Reading the recipe ourselves produces access events: ignore them,
+            // or every reload would trigger the next one.
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             if event.paths.iter().any(|p| p.file_name() == file_name.as_deref()) {
                 on_change();
             }

@@ -22,7 +22,12 @@ pub enum FromWorker {
     /// The current command finished (or was cut short by a reload).
     Idle,
     /// An image for a step's Preview or Mistakes tab.
-    Image { step: usize, kind: ImageKind, image: RgbImage, captions: Vec<String> },
+    Image {
+        step: usize,
+        kind: ImageKind,
+        image: RgbImage,
+        captions: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

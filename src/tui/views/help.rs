@@ -11,10 +11,12 @@ pub fn render(frame: &mut Frame, area: Rect) {
     let h = (KEYS.len() as u16 + 2).min(area.height);
     let w = 64.min(area.width);
     let [_, mid, _] = Layout::vertical([Constraint::Fill(1), Constraint::Length(h), Constraint::Fill(1)]).areas(area);
-    let [_, popup, _] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(w), Constraint::Fill(1)]).areas(mid);
+    let [_, popup, _] =
+        Layout::horizontal([Constraint::Fill(1), Constraint::Length(w), Constraint::Fill(1)]).areas(mid);
     frame.render_widget(Clear, popup);
     let rows = KEYS.iter().map(|(k, what)| Row::new(vec![*k, *what]));
-    let table = Table::new(rows, [Constraint::Length(18), Constraint::Min(10)])
-        .block(Block::bordered().title(" keys (any key closes) ").title_style(Style::new().add_modifier(Modifier::BOLD)));
+    let table = Table::new(rows, [Constraint::Length(18), Constraint::Min(10)]).block(
+        Block::bordered().title(" keys (any key closes) ").title_style(Style::new().add_modifier(Modifier::BOLD)),
+    );
     frame.render_widget(table, popup);
 }

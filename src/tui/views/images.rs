@@ -83,13 +83,17 @@ impl Images {
             return;
         };
         let caption_w = 30.min(area.width / 3);
-        let [img_area, text_area] = Layout::horizontal([Constraint::Min(10), Constraint::Length(caption_w)]).areas(area);
+        let [img_area, text_area] =
+            Layout::horizontal([Constraint::Min(10), Constraint::Length(caption_w)]).areas(area);
         frame.render_stateful_widget(StatefulImage::default().resize(Resize::Fit(None)), img_area, &mut shown.protocol);
         let mut lines: Vec<Line> = Vec::new();
         if stale {
             lines.push(Line::raw("(stale)"));
         }
         lines.extend(shown.captions.iter().enumerate().map(|(i, c)| Line::raw(format!("{:>2} {c}", i + 1))));
-        frame.render_widget(Paragraph::new(lines).style(super::output_style(stale)).wrap(Wrap { trim: true }), text_area);
+        frame.render_widget(
+            Paragraph::new(lines).style(super::output_style(stale)).wrap(Wrap { trim: true }),
+            text_area,
+        );
     }
 }

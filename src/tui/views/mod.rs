@@ -80,3 +80,124 @@ pub fn output_style(stale: bool) -> Style {
         Style::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+    use ratatui_image::picker::Picker;
+
+    use super::*;
+    use crate::lab::{StepOutput, StepResult};
+    use crate::metrics;
+    use crate::train::{Evaluation, Event};
+    use crate::tui::app::Action;
+
+    const RECIPE: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\n[[step]]\nkind = \"evaluate\"\n";
+
+    fn app() -> App {
+        let r = crate::recipe::parse(RECIPE, Path::new("/tmp/r.toml")).unwrap();
+        App::new(&r, "/tmp/log".into())
+    }
+
+    fn render(app: &App, w: u16, h: u16) -> String {
+        let mut images = Images::new(Picker::halfblocks(), Arc::new(|_, _| {}));
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| draw(f, app, &mut images)).unwrap();
+        let buf = t.backend().buffer().clone();
+        (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n").collect()
+    }
+
+    fn evaluation() -> StepResult {
+        let classes = vec!["cat".to_string(), "dog".to_string()];
+        let probs = [0.9f32, 0.1, 0.2, 0.8, 0.6, 0.4];
+        let m = metrics::compute(&probs, &[0, 1, 1], &classes, 2);
+        let eval = Evaluation { metrics: m, predictions: vec![], mistakes: vec![] };
+        StepResult {
+            index: 2,
+            kind: "evaluate",
+            summary: "evaluate".into(),
+            seconds: 0.5,
+            output: StepOutput::Evaluate(Box::new(eval)),
+        }
+    }
+
+    #[test]
+    fn steps_show_status_marks_at_80x24() {
+        let mut a = app();
+        a.on_step_started(0);
+        a.on_step_done(StepResult {
+            index: 0,
+            kind: "backbone",
+            summary: "mobilenet_v2".into(),
+            seconds: 1.25,
+            output: StepOutput::Augment { config: Default::default() },
+        });
+        a.on_step_started(1);
+        let screen = render(&a, 80, 24);
+        assert!(screen.contains("1. backbone  ✓ 1.2s") || screen.contains("1. backbone  ✓ 1.3s"), "{screen}");
+        assert!(screen.contains("2. fine_tune"), "{screen}");
+        assert!(screen.contains("watching"), "{screen}");
+    }
+
+    #[test]
+    fn confusion_and_report_tabs_show_the_numbers() {
+        let mut a = app();
+        a.on_step_started(2);
+        a.on_step_done(evaluation());
+        a.selected = 2;
+        let screen = render(&a, 100, 24);
+        assert!(screen.contains("true \\ pred"), "{screen}");
+        assert!(screen.contains("accuracy 0.6667"), "{screen}");
+        a.update(Action::ToggleNormalised);
+        assert!(render(&a, 100, 24).contains("0.50"), "row-normalised");
+        a.update(Action::NextTab);
+        let screen = render(&a, 100, 24);
+        assert!(screen.contains("macro avg") && screen.contains("weighted avg"), "{screen}");
+    }
+
+    #[test]
+    fn charts_progress_help_and_error_banner() {
+        let mut a = app();
+        a.on_step_started(1);
+        a.on_event(1, Event::EpochStart { epoch: 1, epochs: 2, batches: 4 });
+        a.on_event(1, Event::Batch { epoch: 1, batch: 2, batches: 4, loss: 0.7, accuracy: 0.5 });
+        a.selected = 1;
+        let screen = render(&a, 100, 30);
+        assert!(screen.contains("1 / 2") && screen.contains("2 / 4") && screen.contains("loss 0.7000"), "{screen}");
+        a.on_event(
+            1,
+            Event::Epoch(crate::train::EpochRecord {
+                epoch: 1,
+                train_loss: 0.7,
+                train_accuracy: 0.5,
+                valid_loss: 0.6,
+                valid_accuracy: 0.6,
+                lr: 1e-3,
+                seconds: 1.0,
+            }),
+        );
+        a.update(Action::NextTab);
+        assert!(render(&a, 100, 30).contains("accuracy"));
+        a.update(Action::Help);
+        assert!(render(&a, 100, 30).contains("re-run the selected step"));
+        a.on_recipe_error("/tmp/r.toml:3:1: unknown key".into());
+        let screen = render(&a, 100, 30);
+        assert!(screen.contains("reload failed") && screen.contains("3:1"), "{screen}");
+    }
+
+    #[test]
+    fn renders_at_tiny_sizes_without_panicking() {
+        let mut a = app();
+        a.on_step_done(evaluation());
+        for (w, h) in [(20, 5), (80, 24), (40, 10), (200, 60)] {
+            for s in 0..3 {
+                a.selected = s;
+                let _ = render(&a, w, h);
+            }
+        }
+    }
+}

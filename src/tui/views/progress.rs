@@ -32,7 +32,9 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell) {
         batch_area,
     );
     let eta = match cell.status {
-        Status::Running { .. } => p.eta(Instant::now()).map(|d| format!("{}s", d.as_secs())).unwrap_or_else(|| "…".into()),
+        Status::Running { .. } => {
+            p.eta(Instant::now()).map(|d| format!("{}s", d.as_secs())).unwrap_or_else(|| "…".into())
+        }
         _ => "—".into(),
     };
     let text = if p.epochs == 0 {

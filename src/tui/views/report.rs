@@ -32,14 +32,25 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
     let row = |name: &str, p: f64, r: f64, f: f64, s: usize| {
         Row::new(vec![name.to_string(), format!("{p:.4}"), format!("{r:.4}"), format!("{f:.4}"), s.to_string()])
     };
-    let mut rows: Vec<Row> = sorted(&m.per_class, sort).iter().map(|c| row(&c.class, c.precision, c.recall, c.f1, c.support)).collect();
+    let mut rows: Vec<Row> =
+        sorted(&m.per_class, sort).iter().map(|c| row(&c.class, c.precision, c.recall, c.f1, c.support)).collect();
     let bold = Style::new().add_modifier(Modifier::BOLD);
-    rows.push(row("macro avg", m.macro_avg.precision, m.macro_avg.recall, m.macro_avg.f1, m.macro_avg.support).style(bold));
-    rows.push(row("weighted avg", m.weighted.precision, m.weighted.recall, m.weighted.f1, m.weighted.support).style(bold));
+    rows.push(
+        row("macro avg", m.macro_avg.precision, m.macro_avg.recall, m.macro_avg.f1, m.macro_avg.support).style(bold),
+    );
+    rows.push(
+        row("weighted avg", m.weighted.precision, m.weighted.recall, m.weighted.f1, m.weighted.support).style(bold),
+    );
     let header = Row::new(vec!["class", "precision", "recall", "f1", "support"]).style(bold);
     let table = Table::new(
         rows,
-        [Constraint::Min(14), Constraint::Length(10), Constraint::Length(10), Constraint::Length(10), Constraint::Length(8)],
+        [
+            Constraint::Min(14),
+            Constraint::Length(10),
+            Constraint::Length(10),
+            Constraint::Length(10),
+            Constraint::Length(8),
+        ],
     )
     .header(header)
     .block(Block::default().title(format!(" sorted by {} (s cycles) ", sort.title())))

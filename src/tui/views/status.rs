@@ -11,9 +11,10 @@ use crate::tui::app::{App, ReloadState};
 pub fn render(frame: &mut Frame, area: Rect, app: &App) {
     let reload = match &app.reload {
         ReloadState::Watching => Span::styled("watching", Style::new().fg(Color::Green)),
-        ReloadState::Reloaded { at, first_changed: Some(i) } => {
-            Span::styled(format!("reloaded {}s ago (from step {})", at.elapsed().as_secs(), i + 1), Style::new().fg(Color::Cyan))
-        }
+        ReloadState::Reloaded { at, first_changed: Some(i) } => Span::styled(
+            format!("reloaded {}s ago (from step {})", at.elapsed().as_secs(), i + 1),
+            Style::new().fg(Color::Cyan),
+        ),
         ReloadState::Reloaded { at, first_changed: None } => {
             Span::styled(format!("reloaded {}s ago (no change)", at.elapsed().as_secs()), Style::new().fg(Color::Green))
         }
@@ -25,9 +26,16 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled(format!(" {} ", app.recipe_path.display()), Style::new().bg(Color::Blue).fg(Color::White)),
         Span::raw(" "),
         reload,
-        Span::raw(format!(" · cpu ({} threads) · auto-run {} · frame {frame_ms} · ", rayon::current_num_threads(), if app.autorun { "on" } else { "off" })),
+        Span::raw(format!(
+            " · cpu ({} threads) · auto-run {} · frame {frame_ms} · ",
+            rayon::current_num_threads(),
+            if app.autorun { "on" } else { "off" }
+        )),
         Span::styled(quit, Style::new().bg(Color::Red).fg(Color::White)),
-        Span::styled("Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · ? help · q quit", Style::new().fg(Color::DarkGray)),
+        Span::styled(
+            "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · ? help · q quit",
+            Style::new().fg(Color::DarkGray),
+        ),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }

@@ -23,11 +23,16 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
                     let k = (since.elapsed().as_millis() / 100) as usize % SPINNER.len();
                     (SPINNER[k].to_string(), Style::new().fg(Color::Yellow))
                 }
-                Status::Done { seconds, cancelled: false } => (format!("✓ {}", secs(*seconds)), Style::new().fg(Color::Green)),
-                Status::Done { seconds, cancelled: true } => (format!("✓ {} (cancelled)", secs(*seconds)), Style::new().fg(Color::Yellow)),
+                Status::Done { seconds, cancelled: false } => {
+                    (format!("✓ {}", secs(*seconds)), Style::new().fg(Color::Green))
+                }
+                Status::Done { seconds, cancelled: true } => {
+                    (format!("✓ {} (cancelled)", secs(*seconds)), Style::new().fg(Color::Yellow))
+                }
                 Status::Failed(_) => ("✗".to_string(), Style::new().fg(Color::Red)),
             };
-            let (mark, style) = if c.stale { (format!("~ stale ({mark})"), Style::new().fg(Color::Magenta)) } else { (mark, style) };
+            let (mark, style) =
+                if c.stale { (format!("~ stale ({mark})"), Style::new().fg(Color::Magenta)) } else { (mark, style) };
             let head = Line::from(vec![
                 Span::styled(format!("{:>2}. {:<9} ", i + 1, c.kind), Style::new().add_modifier(Modifier::BOLD)),
                 Span::styled(mark, style),

@@ -1,0 +1,192 @@
+//! The TUI in a real terminal: tmux runs `tlab tui` on a tiny recipe,
+//! `send-keys` drives it and `capture-pane -p` reads the screen. Needs tmux
+//! (the test script installs it); under CI its absence is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Session {
+    name: String,
+}
+
+impl Session {
+    fn start(dir: &Path, recipe: &Path) -> Session {
+        let name = format!("tlab-test-{}", std::process::id());
+        let cmd = format!("{} tui {}", env!("CARGO_BIN_EXE_tlab"), recipe.display());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "36", "-c"])
+            .arg(dir)
+            .arg(cmd)
+            .status()
+            .expect("tmux")
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Session { name }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.name.as_str()];
+        args.extend(keys);
+        assert!(Command::new("tmux").args(&args).status().expect("send-keys").success());
+    }
+
+    /// Polls the screen until `pred` holds; panics with the screen on timeout.
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > timeout {
+                panic!("timed out waiting for {what}; screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ =
+            Command::new("tmux").args(["kill-session", "-t", &self.name]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+fn tmux_available() -> bool {
+    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+fn make_data(root: &Path) {
+    let mut state = 99u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    for (split, n) in [("train", 10), ("valid", 5)] {
+        for (c, name) in ["blue", "green", "red"].iter().enumerate() {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let img = image::RgbImage::from_fn(16, 16, |_, _| {
+                    let mut px = [next() / 4, next() / 4, next() / 4];
+                    px[2 - c] = 160 + next() / 3;
+                    image::Rgb(px)
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+const RECIPE: &str = r#"name = "tmux"
+seed = 3
+[data]
+train = "data/train"
+valid = "data/valid"
+image_size = 32
+batch_size = 10
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+weights = "WEIGHTS"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "augment"
+horizontal_flip = true
+[[step]]
+kind = "fine_tune"
+epochs = 2
+lr = 0.01
+[[step]]
+kind = "evaluate"
+"#;
+
+fn count_done(screen: &str) -> usize {
+    screen.lines().filter(|l| l.contains('✓') && !l.contains("stale")).count()
+}
+
+#[test]
+fn tui_runs_steps_shows_confusion_and_reruns_stale_steps_after_an_edit() {
+    if !tmux_available() {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing under CI (.ci/test installs it)");
+        eprintln!("skipped: tmux not installed");
+        return;
+    }
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-tmux-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    make_data(&dir.join("data"));
+    let recipe = dir.join("tmux.toml");
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+
+    let s = Session::start(&dir, &recipe);
+    s.wait_for("the UI", Duration::from_secs(30), |sc| sc.contains("steps") && sc.contains("watching"));
+    // Auto-run on, then run all. A key sent while the terminal answers the
+    // start-up graphics query can be swallowed, so repeat until something runs.
+    s.keys(&["w"]);
+    s.wait_for("auto-run on", Duration::from_secs(10), |sc| sc.contains("auto-run on"));
+    let t0 = Instant::now();
+    loop {
+        s.keys(&["a"]);
+        std::thread::sleep(Duration::from_millis(700));
+        let sc = s.screen();
+        if count_done(&sc) > 0 || sc.contains('⠋') || sc.chars().any(|c| ('⠁'..='⣿').contains(&c)) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "run all never started:\n{sc}");
+    }
+    s.wait_for("all five steps done", Duration::from_secs(180), |sc| count_done(sc) == 5);
+
+    // The evaluate cell shows the confusion matrix.
+    s.keys(&["j", "j", "j", "j"]);
+    let sc = s.screen();
+    s.wait_for("the confusion matrix", Duration::from_secs(10), |sc| {
+        sc.contains("true \\ pred") && sc.contains("blue") && sc.contains("green") && sc.contains("red")
+    });
+    assert!(sc.contains("5. evaluate"));
+
+    // Edit the augment step: it and the later steps turn stale, then re-run by themselves.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, text.replace("horizontal_flip = true", "horizontal_flip = true\nrotation_range = 12"))
+        .unwrap();
+    let to_stale = s.wait_for("stale marks", Duration::from_secs(10), |sc| sc.contains("stale") || sc.contains('⠋'));
+    eprintln!("save → first redraw showing the edit: {} ms", to_stale.as_millis());
+    s.wait_for("the re-run", Duration::from_secs(180), |sc| {
+        count_done(sc) == 5 && !sc.contains("stale") && sc.contains("rotate ±12°")
+    });
+
+    // The backbone was loaded once: the re-run resumed from the freeze step's state.
+    let log = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("tui.log"))
+        .find(|p| p.exists())
+        .expect("tui.log in the run directory");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert_eq!(log.matches("[step 1] started").count(), 1, "{log}");
+    assert_eq!(log.matches("[step 3] started").count(), 2, "{log}");
+    assert_eq!(log.matches("[step 4] started").count(), 2, "{log}");
+
+    // A broken edit shows a banner and keeps the state.
+    std::fs::write(&recipe, "name = \"tmux\"\n[data\n").unwrap();
+    s.wait_for("the error banner", Duration::from_secs(10), |sc| sc.contains("reload failed"));
+    assert_eq!(count_done(&s.screen()), 5);
+
+    s.keys(&["q"]);
+    s.wait_for("exit", Duration::from_secs(10), |_| {
+        !Command::new("tmux")
+            .args(["has-session", "-t", &s.name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
