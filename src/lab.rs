@@ -329,8 +329,9 @@ impl Lab {
     }
 
     /// Writes the run directory: metrics.json, predictions.csv (from the last
-    /// evaluate step), history.csv, report.md, model.safetensors + model.json.
-    pub fn write_reports(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+    /// evaluate step), history.csv, report.md, model.safetensors + model.json,
+    /// and status.json saying whether every step completed.
+    pub fn write_reports(&self, dir: &Path, complete: bool) -> Result<Vec<PathBuf>> {
         let mut written = Vec::new();
         let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
             let p = dir.join(name);
@@ -339,6 +340,14 @@ impl Lab {
             Ok(())
         };
         let classes: Vec<String> = self.data.as_ref().map(|d| d.classes.clone()).unwrap_or_default();
+        let done: Vec<usize> = self.results().map(|r| r.index + 1).collect();
+        let status = serde_json::json!({
+            "complete": complete,
+            "steps": self.recipe.steps.len(),
+            "steps_done": done,
+            "recipe": self.recipe.path.display().to_string(),
+        });
+        put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
         if let Some(eval) = self.last_evaluation() {
             put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
             put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
@@ -347,7 +356,11 @@ impl Lab {
         let steps: Vec<String> =
             self.recipe.steps.iter().map(|s| format!("{}: {}", s.kind.name(), s.kind.summary())).collect();
         let eval = self.last_evaluation();
-        let md = report::report_markdown(
+        let mut md = String::new();
+        if !complete {
+            md.push_str("> **Incomplete run**: not every step finished (see status.json and log.txt).\n\n");
+        }
+        md += &report::report_markdown(
             &self.recipe.name,
             &steps,
             &self.history,

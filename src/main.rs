@@ -4,6 +4,8 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -155,6 +157,8 @@ struct Progress {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
     log: Vec<String>,
     step_label: String,
+    /// Set by SIGINT/SIGTERM: stop after the current batch.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -175,7 +179,7 @@ impl Progress {
             );
             (multi, epoch, batch)
         });
-        Progress { bars, log: Vec::new(), step_label: String::new() }
+        Progress { bars, log: Vec::new(), step_label: String::new(), interrupted: Arc::new(AtomicBool::new(false)) }
     }
 
     fn line(&mut self, s: String) {
@@ -190,6 +194,10 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    fn cancelled(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
     fn event(&mut self, event: Event) {
         match event {
             Event::Log(s) => self.line(format!("  {s}")),
@@ -236,10 +244,19 @@ fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let mut lab = Lab::new(recipe);
     let mut progress = Progress::new();
+    // First Ctrl-C (or SIGTERM): finish the current batch, write the reports
+    // marked incomplete, exit 130. A second one exits at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, progress.interrupted.clone())?;
+        signal_hook::flag::register(sig, progress.interrupted.clone())?;
+    }
     progress.line(format!("tlab run {} → {}", recipe_path.display(), dir.display()));
     let steps = lab.recipe().steps.len();
     let mut failure = None;
     for i in 0..steps {
+        if progress.interrupted.load(Ordering::Relaxed) {
+            break;
+        }
         let step = &lab.recipe().steps[i];
         progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
         progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
@@ -264,7 +281,11 @@ fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         b.finish_and_clear();
         let _ = multi.clear();
     }
-    let written = lab.write_reports(&dir).context("writing reports")?;
+    let interrupted = progress.interrupted.load(Ordering::Relaxed);
+    if interrupted {
+        progress.line("interrupted: stopped after the current batch; the reports below are incomplete".into());
+    }
+    let written = lab.write_reports(&dir, !interrupted && failure.is_none()).context("writing reports")?;
     progress.line(format!(
         "wrote {} files to {} in {:.1}s total",
         written.len() + 1,
@@ -272,6 +293,10 @@ fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     ));
     tlab::report::atomic_write(&dir.join("log.txt"), (progress.log.join("\n") + "\n").as_bytes())?;
+    if interrupted {
+        eprintln!("interrupted: partial reports in {}", dir.display());
+        return Ok(ExitCode::from(130));
+    }
     match failure {
         Some(e) => Err(e.into()),
         None => {
