@@ -360,3 +360,72 @@ pub struct Snapshot {
     pub frozen_blocks: usize,
     pub train_bn: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(arch: &str, with_classifier: bool) -> HashMap<String, Tensor> {
+        let b = build_backbone(arch, &mut ParamLoader::random(0), with_classifier).unwrap();
+        let mut vars = Vec::new();
+        b.named_vars(&mut vars);
+        if let Some(fc) = b.imagenet_classifier() {
+            fc.named_vars(&mut vars);
+        }
+        vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
+    }
+
+    #[test]
+    fn every_architecture_builds_and_names_its_blocks() {
+        for arch in ARCHITECTURES {
+            let b = build_backbone(arch, &mut ParamLoader::random(0), false).unwrap();
+            assert_eq!(b.arch(), *arch);
+            let names = b.block_names();
+            assert!(names.len() >= 5, "{arch}: {names:?}");
+            let unique: std::collections::HashSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{arch}: duplicate block names");
+        }
+        assert!(build_backbone("resnet101", &mut ParamLoader::random(0), false).is_err());
+        let err = build_backbone("resnet5O", &mut ParamLoader::random(0), false).err().unwrap().to_string();
+        assert!(err.contains("did you mean `resnet50`"), "{err}");
+    }
+
+    #[test]
+    fn timm_style_names_get_a_closest_name_hint() {
+        // timm saves EfficientNet-Lite's stem as `conv_stem`/`bn1`, this port as `_conv_stem`/`_bn0`.
+        let mut t = checkpoint("efficientnet_lite0", false);
+        let w = t.remove("_conv_stem.weight").unwrap();
+        t.insert("conv_stem.weight".into(), w);
+        let mut p = ParamLoader::from_tensors("timm.safetensors", t);
+        build_backbone("efficientnet_lite0", &mut p, false).unwrap();
+        let err = p.finish(true, None).unwrap_err().to_string();
+        assert!(
+            err.contains("missing `_conv_stem.weight` (shape [32, 3, 3, 3]) (closest in the file: `conv_stem.weight`"),
+            "{err}"
+        );
+        assert!(err.contains("unexpected `conv_stem.weight`"), "{err}");
+    }
+
+    #[test]
+    fn headless_checkpoints_and_extra_tensors_load_as_backbones_when_not_strict() {
+        // As the backbone step loads: no classifier wanted, the file's classifier skipped.
+        let load = |t: HashMap<String, Tensor>, strict: bool| {
+            let mut p = ParamLoader::from_tensors("ckpt", t);
+            let b = build_backbone("resnet18", &mut p, false).unwrap();
+            p.skip_prefix(b.classifier_prefix());
+            p.finish(strict, None)
+        };
+        load(checkpoint("resnet18", false), true).unwrap();
+        load(checkpoint("resnet18", true), true).unwrap();
+        let mut extra = checkpoint("resnet18", false);
+        extra.insert("aux_head.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        let err = load(extra.clone(), true).unwrap_err().to_string();
+        assert!(err.contains("unexpected `aux_head.weight`"), "{err}");
+        load(extra, false).unwrap();
+        // A missing backbone tensor is an error even when not strict.
+        let mut short = checkpoint("resnet18", false);
+        short.remove("layer4.1.bn2.running_var");
+        let err = load(short, false).unwrap_err().to_string();
+        assert!(err.contains("missing `layer4.1.bn2.running_var`"), "{err}");
+    }
+}
