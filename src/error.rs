@@ -20,6 +20,10 @@ pub enum Error {
     #[error("{path}: {message}")]
     Weights { path: PathBuf, message: String },
 
+    /// Remote weights (`hf:…` or a URL) that could not be fetched.
+    #[error("{source_name}: {message}")]
+    Download { source_name: String, message: String },
+
     /// A weights file that was read but does not fit the architecture.
     #[error("{source_name}: {message}")]
     Mismatch { source_name: String, message: String },

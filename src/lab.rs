@@ -227,7 +227,20 @@ impl Lab {
                         obs.event(train::Event::Log(format!("loading {}", p.display())));
                         (Some(crate::weights::load(p)?), p.display().to_string())
                     }
-                    Some(other) => return Err(self.step_error(index, format!("weights source {other:?} needs network access, which this build does not support; download the file and give its path"))),
+                    Some(remote) => {
+                        let name = match remote {
+                            WeightsSource::Hub { repo, file } => {
+                                format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
+                            }
+                            WeightsSource::Url(url) => url.clone(),
+                            WeightsSource::Path(p) => p.display().to_string(),
+                        };
+                        obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
+                        let path = crate::weights::resolve_source(remote)
+                            .map_err(|e| self.step_error(index, e.to_string()))?;
+                        obs.event(train::Event::Log(format!("loading {}", path.display())));
+                        (Some(crate::weights::load(&path)?), name)
+                    }
                 };
                 let backbone = match tensors {
                     None => models::build_backbone(&b.arch, &mut ParamLoader::random(self.recipe.seed), false)?,

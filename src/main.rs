@@ -95,6 +95,13 @@ fn tune_allocator() {
 }
 
 fn main() -> ExitCode {
+    // `tlab inspect FILE | head` should end quietly, not panic on EPIPE.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of a signal at startup,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 
 use crate::augment::Rng;
 use crate::error::{Error, Result};
-use crate::models::layers::{self, Mode, ParamLoader};
+use crate::models::layers::{Mode, ParamLoader};
 use crate::models::{self, Backbone, Classifier, Head, Preprocess};
 use crate::report::ModelCard;
 
@@ -52,7 +52,7 @@ impl Predictor {
         p.finish(true, None)?;
         let text = std::fs::read_to_string(classes_file).map_err(|e| Error::io(classes_file, e))?;
         let classes: Vec<String> = text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
-        let n = backbone.imagenet_classifier().map(|c| c.out_features()).unwrap_or(0);
+        let n = backbone.imagenet_outputs().unwrap_or(0);
         if classes.len() != n {
             return Err(Error::data(
                 classes_file,
@@ -105,10 +105,7 @@ impl Predictor {
         let logits = match &self.kind {
             Kind::Imagenet(b) => {
                 let f = b.forward_blocks(&x, 0..b.num_blocks(), mode)?;
-                let pooled = layers::global_avg_pool(&f)?;
-                b.imagenet_classifier()
-                    .ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))?
-                    .forward(&pooled)?
+                b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))?
             }
             Kind::Trained(m) => m.forward_from(&x, 0, mode, &mut Rng::new(0))?,
         };

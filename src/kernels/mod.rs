@@ -8,6 +8,7 @@
 pub mod batchnorm;
 pub mod depthwise;
 pub mod elementwise;
+pub mod maxpool;
 
 use candle_core::{Result, Tensor};
 
@@ -26,6 +27,19 @@ impl Padding {
     pub fn same(p: usize) -> Self {
         Padding { top: p, left: p, bottom: p, right: p }
     }
+    /// TensorFlow's "SAME" padding for a `k`×`k` kernel with `stride` on an
+    /// `h`×`w` input: the output is `ceil(size / stride)` and any odd total
+    /// padding goes after (bottom/right), so it depends on the input size.
+    pub fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Self {
+        let side = |n: usize| {
+            let out = n.div_ceil(stride.max(1));
+            let total = ((out.max(1) - 1) * stride + k).saturating_sub(n);
+            (total / 2, total - total / 2)
+        };
+        let ((top, bottom), (left, right)) = (side(h), side(w));
+        Padding { top, left, bottom, right }
+    }
+
     fn is_symmetric(&self) -> bool {
         self.top == self.bottom && self.left == self.right && self.top == self.left
     }
@@ -64,6 +78,15 @@ fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn tf_same_padding_puts_the_odd_pixel_after() {
+        // A stride-2 3×3 on an even size pads 0 before and 1 after.
+        assert_eq!(Padding::tf_same(224, 224, 3, 2), Padding { top: 0, left: 0, bottom: 1, right: 1 });
+        assert_eq!(Padding::tf_same(67, 66, 3, 2), Padding { top: 1, left: 0, bottom: 1, right: 1 });
+        assert_eq!(Padding::tf_same(28, 28, 5, 2), Padding { top: 1, left: 1, bottom: 2, right: 2 });
+        assert_eq!(Padding::tf_same(14, 14, 5, 1), Padding::same(2));
+    }
 
     #[test]
     fn pointwise_matches_candle_with_gradients() {

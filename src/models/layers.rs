@@ -99,12 +99,12 @@ impl ParamLoader {
             Some(t) => {
                 self.used.insert(name.to_owned());
                 self.problems.push(format!("`{name}` has shape {:?}, expected {:?}", t.dims(), shape));
-                self.init_var(name, shape, init)
+                placeholder(shape)
             }
             None => {
                 let hint = closest_names(name, self.tensors.keys().map(String::as_str));
                 self.problems.push(format!("missing `{name}` (shape {shape:?}){hint}"));
-                self.init_var(name, shape, init)
+                placeholder(shape)
             }
         }
     }
@@ -150,6 +150,14 @@ impl ParamLoader {
         }
         Err(Error::Mismatch { source_name: self.source, message })
     }
+}
+
+/// Stands in for a tensor the checkpoint lacks or has misshapen, so loading
+/// can go on and report every problem at once: [`ParamLoader::finish`] fails
+/// anyway. Zeros, not a random init: `tlab inspect` tries every architecture
+/// on a file, and drawing VGG's 138 M random numbers per try took seconds.
+fn placeholder(shape: &[usize]) -> Result<Var> {
+    Ok(Var::from_tensor(&Tensor::zeros(shape, DType::F32, &Device::Cpu)?)?)
 }
 
 /// " (closest in the file: `a`, `b`)" for a missing key, recognising the
@@ -317,6 +325,8 @@ pub struct ConvBnAct {
     stride: usize,
     pad: Padding,
     groups: usize,
+    /// TensorFlow "SAME" padding, computed from each input's size (`pad` unused).
+    tf_same: bool,
     freeze: Freeze,
     /// BN folded into the conv while frozen: `(weight, bias)`.
     folded: Option<(Tensor, Tensor)>,
@@ -353,9 +363,25 @@ impl ConvBnAct {
             stride: spec.stride,
             pad: spec.pad,
             groups: spec.groups,
+            tf_same: false,
             freeze: Freeze::default(),
             folded: None,
         })
+    }
+
+    /// Switches to TensorFlow's "SAME" padding (ported TF models such as
+    /// EfficientNet-Lite): asymmetric, and recomputed for every input size.
+    pub fn with_tf_same_padding(mut self) -> Self {
+        self.tf_same = true;
+        self
+    }
+
+    fn padding(&self, x: &Tensor) -> Result<Padding> {
+        if !self.tf_same {
+            return Ok(self.pad);
+        }
+        let (_, _, h, w) = x.dims4()?;
+        Ok(Padding::tf_same(h, w, self.weight.dim(2)?, self.stride))
     }
 
     pub fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
@@ -372,12 +398,13 @@ impl ConvBnAct {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let pad = self.padding(x)?;
         if let Some((w, b)) = &self.folded {
-            let y = kernels::conv2d(x, w, self.stride, self.pad, self.groups)?.broadcast_add(b)?;
+            let y = kernels::conv2d(x, w, self.stride, pad, self.groups)?.broadcast_add(b)?;
             return self.act.apply(&y);
         }
         let trainable = !self.freeze.frozen;
-        let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, self.pad, self.groups)?;
+        let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, pad, self.groups)?;
         let bn_trainable = trainable || self.freeze.train_bn;
         let y = self.bn.forward(&y, mode.training && bn_trainable, bn_trainable)?;
         self.act.apply(&y)
@@ -396,6 +423,62 @@ impl ConvBnAct {
     pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
         out.push((format!("{}.weight", self.conv_name), self.weight.clone()));
         self.bn.named_vars(out);
+    }
+}
+
+/// Convolution with a bias and an activation, no BatchNorm (VGG). Frozen, it
+/// reads its weights detached, so candle records no graph for it.
+pub struct Conv {
+    name: String,
+    weight: Var,
+    bias: Var,
+    pub act: Act,
+    stride: usize,
+    pad: Padding,
+    groups: usize,
+    frozen: bool,
+}
+
+impl Conv {
+    /// Loads `{name}.weight` and `{name}.bias`.
+    pub fn load(p: &mut ParamLoader, name: &str, spec: ConvSpec, act: Act) -> Result<Self> {
+        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel, spec.kernel];
+        Ok(Conv {
+            weight: p.get(&format!("{name}.weight"), &shape, Init::KaimingFanOut)?,
+            // torchvision initialises conv biases to zero.
+            bias: p.get(&format!("{name}.bias"), &[spec.cout], Init::Const(0.0))?,
+            name: name.to_owned(),
+            act,
+            stride: spec.stride,
+            pad: spec.pad,
+            groups: spec.groups,
+            frozen: false,
+        })
+    }
+
+    pub fn set_frozen(&mut self, frozen: bool) {
+        self.frozen = frozen;
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let trainable = !self.frozen;
+        let w = read(&self.weight, trainable);
+        let c = self.bias.dim(0)?;
+        let b = read(&self.bias, trainable).reshape((1, c, 1, 1))?;
+        let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?.broadcast_add(&b)?;
+        self.act.apply(&y)
+    }
+
+    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+        if !self.frozen {
+            out.push(self.weight.clone());
+            out.push(self.bias.clone());
+        }
+    }
+
+    pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+        out.push((format!("{}.weight", self.name), self.weight.clone()));
+        out.push((format!("{}.bias", self.name), self.bias.clone()));
     }
 }
 
@@ -468,6 +551,29 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
 }
 
+/// PyTorch's `AdaptiveAvgPool2d((oh, ow))`: output cell `i` averages input
+/// rows `floor(i·H/oh) .. ceil((i+1)·H/oh)` (windows overlap or repeat when
+/// the input is smaller than the output).
+pub fn adaptive_avg_pool(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if (h, w) == (oh, ow) {
+        return Ok(x.clone());
+    }
+    let window = |i: usize, n: usize, o: usize| (i * n / o, ((i + 1) * n).div_ceil(o));
+    let mut rows = Vec::with_capacity(oh);
+    for i in 0..oh {
+        let (y0, y1) = window(i, h, oh);
+        let band = x.narrow(2, y0, y1 - y0)?.mean_keepdim(2)?;
+        let mut cells = Vec::with_capacity(ow);
+        for j in 0..ow {
+            let (x0, x1) = window(j, w, ow);
+            cells.push(band.narrow(3, x0, x1 - x0)?.mean_keepdim(3)?);
+        }
+        rows.push(Tensor::cat(&cells, 3)?);
+    }
+    Ok(Tensor::cat(&rows, 2)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +625,19 @@ mod tests {
         assert!(mean.abs() < 1e-4);
         let rm = bn.running_mean.as_tensor().to_vec1::<f32>().unwrap();
         assert!(rm.iter().all(|v| (v - 0.2).abs() < 0.1), "{rm:?}");
+    }
+
+    #[test]
+    fn adaptive_avg_pool_matches_pytorch_windows() {
+        // 3 → 2: windows [0, 2) and [1, 3), as torch computes them.
+        let x = Tensor::new(&[[[[1f32, 2., 4.], [0., 0., 0.], [3., 3., 3.]]]], &Device::Cpu).unwrap();
+        let y = adaptive_avg_pool(&x, 2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y, vec![0.75, 1.5, 1.5, 1.5]);
+        // 2 → 3 repeats cells (the middle one averages both).
+        let x = Tensor::new(&[[[[0f32, 6.], [0., 6.]]]], &Device::Cpu).unwrap();
+        let y = adaptive_avg_pool(&x, 3, 3).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 3, 3]);
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap()[..3], [0., 3., 6.]);
     }
 
     #[test]

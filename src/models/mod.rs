@@ -1,12 +1,16 @@
 //! Architectures (one file each), the new classification head, freezing, and
 //! each backbone's preprocessing.
 //!
-//! A backbone is a sequence of named blocks (`features.0` … for MobileNetV2).
-//! Blocks are the freeze points: `freeze up_to = "features.14"` freezes every
-//! block before `features.14`, like Keras' `layers[:14]`.
+//! A backbone is a sequence of named blocks (`features.0` … for MobileNetV2,
+//! `stem`, `layer1` … for ResNet). Blocks are the freeze points:
+//! `freeze up_to = "features.14"` freezes every block before `features.14`,
+//! like Keras' `layers[:14]`.
 
+pub mod efficientnet_lite;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod resnet;
+pub mod vgg;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -20,7 +24,19 @@ use crate::recipe::{FreezePoint, HeadConfig, Pooling};
 use layers::{Freeze, Linear, Mode, ParamLoader};
 
 /// Every architecture tlab can build.
-pub const ARCHITECTURES: &[&str] = &["mobilenet_v2"];
+/// Every architecture tlab can build (the same list as
+/// [`crate::recipe::KNOWN_ARCHS`], which checks recipes).
+pub const ARCHITECTURES: &[&str] = &[
+    "mobilenet_v2",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg16",
+    "vgg19",
+];
 
 /// A pretrained feature extractor.
 pub trait Backbone: Send {
@@ -35,7 +51,9 @@ pub trait Backbone: Send {
     fn trainable_vars(&self, out: &mut Vec<Var>);
     /// Every parameter and buffer, with the reference state-dict names.
     fn named_vars(&self, out: &mut Vec<(String, Var)>);
-    /// The original ImageNet classifier, when it was loaded.
+    /// The original ImageNet classifier when it was loaded and is a single
+    /// linear layer on globally average-pooled features (VGG's is not: use
+    /// [`Backbone::imagenet_logits`], which works for every architecture).
     fn imagenet_classifier(&self) -> Option<&Linear>;
     /// Key prefix of the ImageNet classifier (optional when loading a backbone).
     fn classifier_prefix(&self) -> &'static str;
@@ -43,6 +61,20 @@ pub trait Backbone: Send {
 
     fn num_blocks(&self) -> usize {
         self.block_names().len()
+    }
+
+    /// Logits of the original ImageNet classifier for the last block's
+    /// output `features`; `None` when the classifier was not loaded.
+    fn imagenet_logits(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        match self.imagenet_classifier() {
+            Some(fc) => Ok(Some(fc.forward(&layers::global_avg_pool(features)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of ImageNet classes of the loaded classifier.
+    fn imagenet_outputs(&self) -> Option<usize> {
+        self.imagenet_classifier().map(Linear::out_features)
     }
 }
 
@@ -70,6 +102,14 @@ impl Preprocess {
         }
     }
 
+    /// TensorFlow's Lite-model normalisation `(pixel − 127) / 128` (mean
+    /// 127/255, std 128/255 on [0, 1]) with TF's evaluation crop of
+    /// `input / (input + 32)` of the short side.
+    pub fn tf_lite(input_size: u32) -> Self {
+        let (mean, std) = (127.0 / 255.0, 128.0 / 255.0);
+        Preprocess { input_size, resize_size: input_size + 32, mean: [mean; 3], std: [std; 3] }
+    }
+
     /// Packs RGB pixels (HWC, 0..=255) of `n` equally sized images into a
     /// normalised `[n, 3, h, w]` tensor.
     pub fn to_tensor(&self, pixels: &[f32], n: usize, h: usize, w: usize) -> Result<Tensor> {
@@ -92,10 +132,19 @@ impl Preprocess {
 
 /// Builds `arch` with parameters from `p`.
 pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) -> Result<Box<dyn Backbone>> {
-    match arch {
-        "mobilenet_v2" => Ok(Box::new(mobilenet_v2::MobileNetV2::load(p, with_classifier)?)),
-        other => Err(unknown_backbone(other)),
+    fn boxed<B: Backbone + 'static>(b: Option<B>) -> Option<Box<dyn Backbone>> {
+        b.map(|b| Box::new(b) as Box<dyn Backbone>)
     }
+    let backbone = match arch {
+        "mobilenet_v2" => boxed(Some(mobilenet_v2::MobileNetV2::load(p, with_classifier)?)),
+        a if a.starts_with("resnet") => boxed(resnet::ResNet::load(arch, p, with_classifier)?),
+        a if a.starts_with("vgg") => boxed(vgg::Vgg::load(arch, p, with_classifier)?),
+        a if a.starts_with("efficientnet_lite") => {
+            boxed(efficientnet_lite::EfficientNetLite::load(arch, p, with_classifier)?)
+        }
+        _ => None,
+    };
+    backbone.ok_or_else(|| unknown_backbone(arch))
 }
 
 pub fn unknown_backbone(name: &str) -> Error {
@@ -310,4 +359,73 @@ pub struct Snapshot {
     pub tensors: Vec<(String, Tensor)>,
     pub frozen_blocks: usize,
     pub train_bn: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(arch: &str, with_classifier: bool) -> HashMap<String, Tensor> {
+        let b = build_backbone(arch, &mut ParamLoader::random(0), with_classifier).unwrap();
+        let mut vars = Vec::new();
+        b.named_vars(&mut vars);
+        if let Some(fc) = b.imagenet_classifier() {
+            fc.named_vars(&mut vars);
+        }
+        vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
+    }
+
+    #[test]
+    fn every_architecture_builds_and_names_its_blocks() {
+        for arch in ARCHITECTURES {
+            let b = build_backbone(arch, &mut ParamLoader::random(0), false).unwrap();
+            assert_eq!(b.arch(), *arch);
+            let names = b.block_names();
+            assert!(names.len() >= 5, "{arch}: {names:?}");
+            let unique: std::collections::HashSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{arch}: duplicate block names");
+        }
+        assert!(build_backbone("resnet101", &mut ParamLoader::random(0), false).is_err());
+        let err = build_backbone("resnet5O", &mut ParamLoader::random(0), false).err().unwrap().to_string();
+        assert!(err.contains("did you mean `resnet50`"), "{err}");
+    }
+
+    #[test]
+    fn timm_style_names_get_a_closest_name_hint() {
+        // timm saves EfficientNet-Lite's stem as `conv_stem`/`bn1`, this port as `_conv_stem`/`_bn0`.
+        let mut t = checkpoint("efficientnet_lite0", false);
+        let w = t.remove("_conv_stem.weight").unwrap();
+        t.insert("conv_stem.weight".into(), w);
+        let mut p = ParamLoader::from_tensors("timm.safetensors", t);
+        build_backbone("efficientnet_lite0", &mut p, false).unwrap();
+        let err = p.finish(true, None).unwrap_err().to_string();
+        assert!(
+            err.contains("missing `_conv_stem.weight` (shape [32, 3, 3, 3]) (closest in the file: `conv_stem.weight`"),
+            "{err}"
+        );
+        assert!(err.contains("unexpected `conv_stem.weight`"), "{err}");
+    }
+
+    #[test]
+    fn headless_checkpoints_and_extra_tensors_load_as_backbones_when_not_strict() {
+        // As the backbone step loads: no classifier wanted, the file's classifier skipped.
+        let load = |t: HashMap<String, Tensor>, strict: bool| {
+            let mut p = ParamLoader::from_tensors("ckpt", t);
+            let b = build_backbone("resnet18", &mut p, false).unwrap();
+            p.skip_prefix(b.classifier_prefix());
+            p.finish(strict, None)
+        };
+        load(checkpoint("resnet18", false), true).unwrap();
+        load(checkpoint("resnet18", true), true).unwrap();
+        let mut extra = checkpoint("resnet18", false);
+        extra.insert("aux_head.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+        let err = load(extra.clone(), true).unwrap_err().to_string();
+        assert!(err.contains("unexpected `aux_head.weight`"), "{err}");
+        load(extra, false).unwrap();
+        // A missing backbone tensor is an error even when not strict.
+        let mut short = checkpoint("resnet18", false);
+        short.remove("layer4.1.bn2.running_var");
+        let err = load(short, false).unwrap_err().to_string();
+        assert!(err.contains("missing `layer4.1.bn2.running_var`"), "{err}");
+    }
 }

@@ -1,10 +1,15 @@
 //! Reading and writing weight files: safetensors (memory-mapped) and PyTorch
-//! checkpoints in both the zip and the legacy format ([`pth`]).
+//! checkpoints in both the zip and the legacy format ([`pth`]); fetching
+//! remote ones ([`hub`], with the `hub` feature).
 
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod pth;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::recipe::WeightsSource;
 
 use candle_core::{DType, Tensor};
 
@@ -51,6 +56,22 @@ pub fn detect(path: &Path) -> Result<Format> {
         return Err(Error::weights(path, "file is empty"));
     }
     Err(Error::weights(path, "not a weights file: expected safetensors or a PyTorch checkpoint (.pth/.pt)"))
+}
+
+/// The local file of a weights source: a path as is; `hf:` and URL sources
+/// fetched into their cache first (see [`hub`]).
+pub fn resolve_source(source: &WeightsSource) -> Result<PathBuf> {
+    #[cfg(feature = "hub")]
+    {
+        hub::resolve(source, &hub::FetchOptions::from_env())
+    }
+    #[cfg(not(feature = "hub"))]
+    match source {
+        WeightsSource::Path(p) => Ok(p.clone()),
+        other => Err(Error::Invalid(format!(
+            "weights source {other:?} needs network access, which this build does not have (the `hub` feature is off); download the file and give its path"
+        ))),
+    }
 }
 
 /// Every tensor of a weights file, by name.
