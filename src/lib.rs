@@ -20,6 +20,7 @@
 //! - `tui`: the terminal UI (feature `tui`).
 
 pub mod augment;
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod kernels;

@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Measure throughput (random weights); prints one JSON line.
+    Bench {
+        #[command(subcommand)]
+        case: BenchCase,
+    },
     /// Validate a recipe without running it (exit 1 on errors).
     Check { recipes: Vec<PathBuf> },
     /// Convert weights (safetensors, .pth zip or legacy) to safetensors.
@@ -94,6 +99,39 @@ fn tune_allocator() {
     }
 }
 
+#[derive(Subcommand)]
+enum BenchCase {
+    /// Forward pass of the whole backbone (frozen, eval mode).
+    Forward {
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// One training step: forward, backward and Adam update, blocks before --freeze frozen.
+    TrainStep {
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        /// Freeze point: all, none, a block name or a block count.
+        #[arg(long, default_value = "all")]
+        freeze: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+}
+
 fn main() -> ExitCode {
     // `tlab inspect FILE | head` should end quietly, not panic on EPIPE.
     #[cfg(unix)]
@@ -107,6 +145,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { recipe, out } => run(&recipe, out),
         Command::Check { recipes } => check(&recipes),
+        Command::Bench { case } => bench(case),
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tlab::tui::run(&recipe).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
@@ -386,6 +425,19 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
         let names: Vec<String> = tiles.iter().map(|t| t.class.clone()).collect();
         println!("{}", names.join(" · "));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(case: BenchCase) -> anyhow::Result<ExitCode> {
+    let result = match case {
+        BenchCase::Forward { backbone, batch, size, iters, warmup } => {
+            tlab::bench::forward(&backbone, batch, size, iters.max(1), warmup)?
+        }
+        BenchCase::TrainStep { backbone, freeze, batch, size, iters, warmup } => {
+            tlab::bench::train_step(&backbone, &freeze, batch, size, iters.max(1), warmup)?
+        }
+    };
+    println!("{}", serde_json::to_string(&result)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -235,3 +235,52 @@ fn imagenet_predict_names_real_photos() {
     assert!(lines[1].trim().ends_with("orange"), "{stdout}");
     assert!(lines[3].trim().ends_with("baboon"), "{stdout}");
 }
+
+/// Ctrl-C during training: stop after the current batch, reports marked
+/// incomplete, exit 130.
+#[test]
+fn sigint_stops_after_the_batch_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir("sigint");
+    make_data(&dir.join("data"));
+    let weights = tlab::predict::shipped_imagenet_weights();
+    let recipe = TINY
+        .replace("WEIGHTS", &weights.display().to_string())
+        .replace("epochs = 3\nlr = 0.01", "epochs = 500\nlr = 0.01")
+        .replace("batch_size = 8", "batch_size = 2");
+    std::fs::write(dir.join("long.toml"), recipe).unwrap();
+    let run_dir = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlab"))
+        .args(["run", dir.join("long.toml").to_str().unwrap(), "--out", run_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once training is under way (the first epoch line).
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("epoch   1") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("epoch   1"), "{seen}");
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(!rest.contains("panicked"));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("status.json")).unwrap()).unwrap();
+    assert_eq!(s["complete"], false);
+    let history = std::fs::read_to_string(run_dir.join("history.csv")).unwrap();
+    let epochs = history.lines().count() - 1;
+    assert!((1..500).contains(&epochs), "stopped early with whole epochs recorded: {epochs}");
+    assert!(std::fs::read_to_string(run_dir.join("report.md")).unwrap().contains("Incomplete run"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

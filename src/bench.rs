@@ -1,0 +1,148 @@
+//! `tlab bench`: throughput of a backbone's forward pass or of one training
+//! step, on random weights and inputs, as the median over timed iterations
+//! after warm-up. `benches/side_by_side.py` runs the same cases in PyTorch
+//! and reports the ratio; no test asserts on time.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::augment::Rng;
+use crate::error::Result;
+use crate::models::layers::{Mode, ParamLoader};
+use crate::models::{self, Classifier, Head};
+use crate::recipe::{FineTuneConfig, FreezePoint, HeadConfig, Optimizer, Pooling, Schedule};
+
+/// One benchmark's settings and result (printed as one JSON line).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub case: String,
+    pub backbone: String,
+    pub batch: usize,
+    pub size: usize,
+    pub freeze: Option<String>,
+    pub iters: usize,
+    pub warmup: usize,
+    pub median_seconds: f64,
+    pub images_per_sec: f64,
+    pub threads: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn input(batch: usize, size: usize) -> Result<Tensor> {
+    Ok(Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?)
+}
+
+/// Forward pass of the backbone (all blocks, frozen = eval mode, folded BN).
+pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usize) -> Result<BenchResult> {
+    let mut p = ParamLoader::random(0);
+    let mut backbone = models::build_backbone(arch, &mut p, false)?;
+    for b in 0..backbone.num_blocks() {
+        backbone.set_block_freeze(b, models::layers::Freeze { frozen: true, train_bn: false })?;
+    }
+    let x = input(batch, size)?;
+    let n = backbone.num_blocks();
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        let y = backbone.forward_blocks(&x, 0..n, Mode { training: false })?;
+        let _ = y.sum_all()?.to_scalar::<f32>()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let m = median(times);
+    Ok(BenchResult {
+        case: "forward".into(),
+        backbone: arch.into(),
+        batch,
+        size,
+        freeze: None,
+        iters,
+        warmup,
+        median_seconds: m,
+        images_per_sec: batch as f64 / m,
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// One training step (forward, backward, Adam update) with the blocks before
+/// `freeze` frozen and a new 10-class head.
+pub fn train_step(
+    arch: &str,
+    freeze: &str,
+    batch: usize,
+    size: usize,
+    iters: usize,
+    warmup: usize,
+) -> Result<BenchResult> {
+    let mut p = ParamLoader::random(0);
+    let backbone = models::build_backbone(arch, &mut p, false)?;
+    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
+    let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
+    let mut model = Classifier::new(backbone, head);
+    let point = match freeze {
+        "all" => FreezePoint::All,
+        "none" => FreezePoint::None,
+        other => match other.parse::<usize>() {
+            Ok(i) => FreezePoint::Index(i),
+            Err(_) => FreezePoint::Block(other.to_owned()),
+        },
+    };
+    let k = models::frozen_block_count(&point, &model.backbone.block_names())?;
+    model.freeze(k, false)?;
+    let cfg = FineTuneConfig {
+        epochs: 1,
+        optimizer: Optimizer::Adam,
+        lr: 1e-4,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+        beta1: 0.9,
+        beta2: 0.999,
+        batch_size: None,
+        label_smoothing: 0.0,
+        schedule: Schedule::Constant,
+        warmup_epochs: 0,
+        step_size: 1,
+        gamma: 0.1,
+        min_lr: 0.0,
+        early_stopping: None,
+        time_limit_secs: None,
+    };
+    let mut opt = crate::train::optim::Optimizer::new(model.trainable_vars(), &cfg);
+    let x = input(batch, size)?;
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu)?;
+    let mut rng = Rng::new(0);
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        let h = if k > 0 { model.prefix(&x, k)? } else { x.clone() };
+        let logits = model.forward_from(&h, k, Mode { training: true }, &mut rng)?;
+        let loss = crate::train::cross_entropy(&logits, &labels, 0.0)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-4)?;
+        let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let m = median(times);
+    Ok(BenchResult {
+        case: "train-step".into(),
+        backbone: arch.into(),
+        batch,
+        size,
+        freeze: Some(freeze.into()),
+        iters,
+        warmup,
+        median_seconds: m,
+        images_per_sec: batch as f64 / m,
+        threads: rayon::current_num_threads(),
+    })
+}
