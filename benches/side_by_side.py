@@ -81,7 +81,7 @@ TORCH_CASE = textwrap.dedent('''
             with torch.no_grad(): h = frozen(x)
             out = head(tail(h).mean((2, 3)))
             loss = torch.nn.functional.cross_entropy(out, y)
-            opt.zero_grad(); loss.backward(); opt.step(); float(loss)
+            opt.zero_grad(); loss.backward(); opt.step(); float(loss.detach())
             dt = time.perf_counter() - t0
             if i >= warmup: times.append(dt)
     med = statistics.median(times)
