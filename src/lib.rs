@@ -15,16 +15,23 @@
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
 //! - [`report`]: the run directory;
+//! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
+//! - [`preview`]: grids of (augmented) sample images;
+//! - `notebook` (feature `notebook`): rich display in Jupyter's evcxr kernel;
 //! - [`predict`]: classifying images with a trained or ImageNet model.
 
 pub mod augment;
+pub mod cells;
 pub mod data;
 pub mod error;
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
 pub mod models;
+#[cfg(feature = "notebook")]
+pub mod notebook;
 pub mod predict;
+pub mod preview;
 pub mod recipe;
 pub mod report;
 pub mod train;
