@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lab::{Lab, StepOutput, StepResult};
+use crate::recipe::{Recipe, StepKind};
 use crate::train::{EpochRecord, Evaluation, Event, Observer};
 
 /// Whether a step has run.
@@ -134,6 +135,39 @@ pub fn outcome_line(result: &StepResult) -> String {
             e.metrics.top_k_accuracy,
             e.mistakes.len()
         ),
+    }
+}
+
+/// Explicit budgets for quick runs (notebooks, CI, smoke tests): each caps a
+/// recipe's settings without raising any of them.
+impl Recipe {
+    /// Every fine_tune step trains at most `epochs` epochs (at least 1).
+    pub fn limit_epochs(mut self, epochs: usize) -> Self {
+        for step in &mut self.steps {
+            if let StepKind::FineTune(f) = &mut step.kind {
+                f.epochs = f.epochs.min(epochs.max(1));
+                // Keep the recipe valid: warm-up must stay shorter than training.
+                f.warmup_epochs = f.warmup_epochs.min(f.epochs - 1);
+            }
+        }
+        self
+    }
+
+    /// At most `n` training images per class (at least 1).
+    pub fn limit_images(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.data.max_per_class = Some(self.data.max_per_class.map_or(n, |m| m.min(n)));
+        self
+    }
+
+    /// Every fine_tune step stops after the epoch in which `seconds` have passed.
+    pub fn limit_time(mut self, seconds: f64) -> Self {
+        for step in &mut self.steps {
+            if let StepKind::FineTune(f) = &mut step.kind {
+                f.time_limit_secs = Some(f.time_limit_secs.map_or(seconds, |t| t.min(seconds)));
+            }
+        }
+        self
     }
 }
 
@@ -331,6 +365,31 @@ mod tests {
         };
         let line = p.format(&Event::Epoch(r)).unwrap();
         assert!(line.contains("valid loss 0.7500 acc 0.6250") && line.contains("1.00e-3"), "{line}");
+    }
+
+    #[test]
+    fn budgets_only_lower_settings() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/quickstart.toml");
+        let r = crate::recipe::load(&path).unwrap().limit_epochs(2).limit_images(10).limit_time(60.0);
+        let epochs: Vec<usize> = r
+            .steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                StepKind::FineTune(f) => {
+                    assert_eq!(f.time_limit_secs, Some(60.0));
+                    Some(f.epochs)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(epochs, vec![2, 2]);
+        assert_eq!(r.data.max_per_class, Some(10));
+        let r = r.limit_epochs(100).limit_images(1000).limit_time(1e9);
+        assert_eq!(r.data.max_per_class, Some(10), "never raised");
+        assert!(r.steps.iter().all(|s| match &s.kind {
+            StepKind::FineTune(f) => f.epochs == 2 && f.time_limit_secs == Some(60.0),
+            _ => true,
+        }));
     }
 
     #[test]
