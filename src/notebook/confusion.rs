@@ -61,6 +61,19 @@ impl ConfusionMatrix {
         }
     }
 
+    /// The `n` largest off-diagonal cells as `(count, true class, predicted
+    /// class)`, largest first (ties: true class, then predicted, in class order).
+    pub fn most_confused(&self, n: usize) -> Vec<(usize, String, String)> {
+        let mut pairs: Vec<(usize, usize, usize)> = (0..self.n())
+            .flat_map(|t| (0..self.n()).map(move |p| (t, p)))
+            .filter(|&(t, p)| t != p)
+            .map(|(t, p)| (self.count(t, p), t, p))
+            .filter(|&(c, _, _)| c > 0)
+            .collect();
+        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        pairs.into_iter().take(n).map(|(c, t, p)| (c, self.classes[t].clone(), self.classes[p].clone())).collect()
+    }
+
     /// The heat-map: `n × n` cells of 30 px, counts written in, class indices
     /// along the top (predicted) and left (true).
     pub fn to_png(&self) -> RgbImage {
@@ -178,6 +191,8 @@ mod tests {
         let (x, y) = centre(2, 0);
         assert_eq!(png.get_pixel(x, y), &shade(0.0));
         assert!((m.share(0, 1) - 0.2).abs() < 1e-12);
+        assert_eq!(m.most_confused(5), vec![(2, "cat".into(), "dog".into()), (1, "dog".into(), "cat".into())]);
+        assert_eq!(m.most_confused(1).len(), 1);
     }
 
     #[test]

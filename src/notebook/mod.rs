@@ -13,7 +13,8 @@
 //! only the last block of each MIME type per cell, so every view prints *one*
 //! combined block per type: a `text/html` that holds everything (images are
 //! embedded as `data:` URIs, which Jupyter and GitHub both render), plus a
-//! `text/plain` fallback for consoles. Pure pictures also print `image/png`.
+//! `text/plain` fallback for consoles ([`Block::png`] makes an `image/png`
+//! block for views that want one).
 //!
 //! Views (one file each): [`Steps`](crate::cells::Steps) and
 //! [`StepResult`](crate::lab::StepResult) (step summaries), [`HistoryChart`],

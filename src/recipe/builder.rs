@@ -215,8 +215,9 @@ impl RecipeBuilder {
     }
 
     /// The folder relative paths resolve against, as a recipe file's folder
-    /// does. Default: the current directory when [`build`](Self::build) runs
-    /// (a notebook's own folder under Jupyter).
+    /// does. Default: none, so relative paths stay relative and are used from
+    /// the current directory (a notebook's own folder under Jupyter) — which
+    /// also keeps machine-specific absolute paths out of saved outputs.
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = Some(dir.into());
         self
@@ -330,13 +331,14 @@ impl RecipeBuilder {
     }
 
     /// The path a built recipe reports in errors and resolves paths against:
-    /// `<base dir>/<name>.toml` (no file is written).
+    /// `<base dir>/<name>.toml`, or `<name>.toml` without a base dir (no file
+    /// is written).
     pub fn virtual_path(&self) -> PathBuf {
-        let base = match &self.base_dir {
-            Some(d) => d.clone(),
-            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-        };
-        base.join(format!("{}.toml", self.name))
+        let file = format!("{}.toml", self.name);
+        match &self.base_dir {
+            Some(d) => d.join(file),
+            None => PathBuf::from(file),
+        }
     }
 
     /// Validates the recipe exactly as a file with [`to_toml`](Self::to_toml)'s
@@ -411,6 +413,14 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(msg.contains("did you mean `epochs`"), "{msg}");
+    }
+
+    #[test]
+    fn without_a_base_dir_paths_stay_relative() {
+        let r = RecipeBuilder::new("rel").data(|d| d.train("../data/train")).random_backbone("mobilenet_v2").build();
+        let r = r.expect("valid");
+        assert_eq!(r.data.train, PathBuf::from("../data/train"));
+        assert_eq!(r.path, PathBuf::from("rel.toml"));
     }
 
     #[test]
