@@ -270,7 +270,6 @@ pub struct Progress {
     every: usize,
     deadline: Option<Instant>,
     budget: Option<Duration>,
-    quiet_batches: bool,
 }
 
 impl Default for Progress {
@@ -282,13 +281,12 @@ impl Default for Progress {
 impl Progress {
     /// Prints logs, every epoch, and the running loss every 10 batches.
     pub fn new() -> Self {
-        Progress { every: 10, deadline: None, budget: None, quiet_batches: false }
+        Progress { every: 10, deadline: None, budget: None }
     }
 
     /// Prints the running loss every `n` batches (`0`: never).
     pub fn every(mut self, n: usize) -> Self {
         self.every = n;
-        self.quiet_batches = n == 0;
         self
     }
 
@@ -312,10 +310,9 @@ impl Progress {
         match event {
             Event::Log(s) => Some(s.clone()),
             Event::EpochStart { epoch, epochs, batches } => Some(format!("epoch {epoch}/{epochs} ({batches} batches)")),
-            Event::Batch { batch, batches, loss, accuracy, .. } => {
-                (!self.quiet_batches && self.every > 0 && (batch % self.every == 0 || batch == batches))
-                    .then(|| format!("  batch {batch:>4}/{batches}  loss {loss:.4}  acc {accuracy:.3}"))
-            }
+            Event::Batch { batch, batches, loss, accuracy, .. } => (self.every > 0
+                && (batch % self.every == 0 || batch == batches))
+                .then(|| format!("  batch {batch:>4}/{batches}  loss {loss:.4}  acc {accuracy:.3}")),
             Event::Epoch(r) => Some(format!(
                 "epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s",
                 r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.lr, r.seconds

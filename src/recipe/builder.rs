@@ -4,22 +4,6 @@
 //! which then goes through [`super::parse`] — so a built recipe is validated
 //! exactly like a file (same defaults, ranges, step-order checks and messages),
 //! and [`RecipeBuilder::to_toml`] shows the equivalent file to save.
-//!
-//! ```
-//! use tlab::recipe::RecipeBuilder;
-//! let recipe = RecipeBuilder::new("nb")
-//!     .base_dir(env!("CARGO_MANIFEST_DIR"))
-//!     .seed(42)
-//!     .data(|d| d.train("data/fashion-mnist-mini/train").valid("data/fashion-mnist-mini/valid").image_size(96))
-//!     .backbone("mobilenet_v2", "assets/weights/mobilenet_v2.safetensors")
-//!     .freeze_all()
-//!     .augment(|a| a.horizontal_flip(true))
-//!     .fine_tune(|f| f.epochs(2).lr(1e-3))
-//!     .evaluate()
-//!     .build()?;
-//! assert_eq!(recipe.steps.len(), 5);
-//! # Ok::<(), tlab::recipe::RecipeError>(())
-//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -187,7 +171,25 @@ keys!(FineTuneBuilder {
 pub struct EvaluateBuilder(Keys);
 keys!(EvaluateBuilder { top_k: usize, mistakes: usize });
 
-/// Builds a recipe in code; see the [module docs](self).
+/// Builds a recipe in code. Its methods mirror the TOML keys; [`build`](Self::build)
+/// validates the generated text exactly as a file, and [`to_toml`](Self::to_toml)
+/// shows that text.
+///
+/// ```
+/// use tlab::recipe::RecipeBuilder;
+/// let recipe = RecipeBuilder::new("nb")
+///     .base_dir(env!("CARGO_MANIFEST_DIR"))
+///     .seed(42)
+///     .data(|d| d.train("data/fashion-mnist-mini/train").valid("data/fashion-mnist-mini/valid").image_size(96))
+///     .backbone("mobilenet_v2", "assets/weights/mobilenet_v2.safetensors")
+///     .freeze_all()
+///     .augment(|a| a.horizontal_flip(true))
+///     .fine_tune(|f| f.epochs(2).lr(1e-3))
+///     .evaluate()
+///     .build()?;
+/// assert_eq!(recipe.steps.len(), 5);
+/// # Ok::<(), tlab::recipe::RecipeError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct RecipeBuilder {
     name: String,
