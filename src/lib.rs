@@ -15,18 +15,24 @@
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
 //! - [`report`]: the run directory;
+//! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
+//! - [`preview`]: grids of (augmented) sample images;
 //! - [`predict`]: classifying images with a trained or ImageNet model;
-//! - [`preview`]: grids of augmented samples;
-//! - `tui`: the terminal UI (feature `tui`).
+//! - [`bench`]: `tlab bench` throughput measurements;
+//! - `notebook` (feature `notebook`): rich display in Jupyter's evcxr kernel;
+//! - `tui` (feature `tui`): the terminal UI.
 
 pub mod augment;
 pub mod bench;
+pub mod cells;
 pub mod data;
 pub mod error;
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
 pub mod models;
+#[cfg(feature = "notebook")]
+pub mod notebook;
 pub mod predict;
 pub mod preview;
 pub mod recipe;

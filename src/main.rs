@@ -412,7 +412,7 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
         .last();
     let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
     let aug = augment.map(tlab::augment::Augmenter::new);
-    let (grid, tiles) = tlab::preview::sample_grid(&data, aug.as_ref(), seed, count);
+    let (grid, tiles) = tlab::preview::labelled_grid(&data, aug.as_ref(), seed, count);
     if let Some(p) = &png {
         let mut bytes = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;

@@ -1,66 +1,182 @@
-//! A grid of (augmented) training samples with their class, as one RGB
-//! image: what `tlab preview`, the TUI's Preview tab and notebooks show.
+//! Pictures of the data, shared by every front end (notebook views, the TUI):
+//! grids of augmented training samples and thumbnails of single images.
+//!
+//! Everything here works on the decoded pixels a [`Dataset`] keeps in memory
+//! and never panics: an empty split or a request for zero images gives an
+//! empty (1×1 background) grid.
 
-use image::RgbImage;
+use image::{Rgb, RgbImage};
 
 use crate::augment::{Augmenter, Image, Rng};
-use crate::data::Dataset;
+use crate::data::{Dataset, Split};
 
-/// One picked sample: its index in the training split and its class.
+/// Background between tiles.
+pub const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
+/// Gap between tiles, in pixels.
+pub const GAP: u32 = 2;
+
+/// Image `index` of `split` as an RGB image, or `None` if out of range or malformed.
+pub fn thumbnail(split: &Split, size: u32, index: usize) -> Option<RgbImage> {
+    let px = split.pixels.get(index)?;
+    RgbImage::from_raw(size, size, px.clone())
+}
+
+/// `n` training images spread over the whole split (hence over the classes,
+/// which are stored in order), each augmented as training would with `seed`:
+/// image `i` uses the stream `(seed, i)`, the same scheme as a training batch.
+/// Tiles are laid out in a near-square grid.
+pub fn sample_grid(data: &Dataset, aug: &Augmenter, seed: u64, n: usize) -> RgbImage {
+    let picks = spread(data.train.len(), n);
+    let tiles: Vec<RgbImage> = picks.iter().filter_map(|&i| augmented(data, aug, seed, i)).collect();
+    let cols = (tiles.len() as f64).sqrt().ceil() as u32;
+    tile(&tiles, cols.max(1))
+}
+
+/// One row per image (`images` of them, spread over the training split): the
+/// original first, then `variants` augmented versions (seeds `seed`, `seed+1`, …),
+/// so the effect of each setting is easy to judge.
+pub fn variants_grid(data: &Dataset, aug: &Augmenter, seed: u64, images: usize, variants: usize) -> RgbImage {
+    let mut tiles = Vec::new();
+    for i in spread(data.train.len(), images) {
+        let Some(original) = thumbnail(&data.train, data.size, i) else { continue };
+        tiles.push(original);
+        for v in 0..variants as u64 {
+            tiles.extend(augmented(data, aug, seed.wrapping_add(v), i));
+        }
+    }
+    tile(&tiles, variants as u32 + 1)
+}
+
+fn augmented(data: &Dataset, aug: &Augmenter, seed: u64, index: usize) -> Option<RgbImage> {
+    let src = data.train.pixels.get(index)?;
+    let s = data.size;
+    if src.len() != (s * s * 3) as usize {
+        return None;
+    }
+    let out = aug.apply(&Image::from_rgb8(s, s, src), &mut Rng::derive(seed, index as u64));
+    RgbImage::from_raw(out.width, out.height, out.to_rgb8())
+}
+
+/// One tile of [`labelled_grid`]: its index in the training split and its class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tile {
     pub index: usize,
     pub class: String,
 }
 
-/// `n` training images picked with `seed` (spread over the classes), each
-/// passed through `aug` when given, laid out in a near-square grid with a
-/// 2-pixel gutter. Returns the image and the tiles in row-major order.
-pub fn sample_grid(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> (RgbImage, Vec<Tile>) {
-    let n = n.min(data.train.len()).max(1);
-    let mut rng = Rng::derive(seed, 0x9E1);
-    // Round-robin over classes so every class shows up.
-    let classes = data.classes.len();
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
-    for (i, &l) in data.train.labels.iter().enumerate() {
-        by_class[l].push(i);
-    }
-    for list in &mut by_class {
-        rng.shuffle(list);
-    }
-    let mut picks = Vec::with_capacity(n);
-    let mut round = 0;
-    while picks.len() < n && by_class.iter().any(|l| l.len() > round) {
-        for list in &by_class {
-            if picks.len() < n {
-                if let Some(&i) = list.get(round) {
-                    picks.push(i);
-                }
-            }
-        }
-        round += 1;
-    }
-    let cols = (picks.len() as f64).sqrt().ceil().max(1.0) as u32;
-    let rows = (picks.len() as u32).div_ceil(cols);
-    let s = data.size;
-    let gap = 2;
-    let mut grid = RgbImage::from_pixel(cols * (s + gap) - gap, rows * (s + gap) - gap, image::Rgb([24, 24, 24]));
+/// Like [`sample_grid`] (same picks, same augmentation streams) but also
+/// returns each tile's class, for captions in the TUI and `tlab preview`.
+/// Without an augmenter the images are shown as decoded.
+pub fn labelled_grid(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> (RgbImage, Vec<Tile>) {
+    let identity = Augmenter::new(crate::recipe::AugmentConfig::default());
+    let aug = aug.unwrap_or(&identity);
+    let picks = spread(data.train.len(), n);
+    let mut images = Vec::with_capacity(picks.len());
     let mut tiles = Vec::with_capacity(picks.len());
-    for (k, &i) in picks.iter().enumerate() {
-        let src = Image::from_rgb8(s, s, &data.train.pixels[i]);
-        let img = match aug {
-            Some(a) if !a.is_identity() => a.apply(&src, &mut Rng::derive(seed, i as u64)),
-            _ => src,
-        };
-        let px = img.to_rgb8();
-        let (x0, y0) = ((k as u32 % cols) * (s + gap), (k as u32 / cols) * (s + gap));
-        for y in 0..s {
-            for x in 0..s {
-                let o = ((y * s + x) * 3) as usize;
-                grid.put_pixel(x0 + x, y0 + y, image::Rgb([px[o], px[o + 1], px[o + 2]]));
+    for i in picks {
+        if let Some(img) = augmented(data, aug, seed, i) {
+            images.push(img);
+            let class = data.train.labels.get(i).and_then(|&l| data.classes.get(l)).cloned().unwrap_or_default();
+            tiles.push(Tile { index: i, class });
+        }
+    }
+    let cols = (images.len() as f64).sqrt().ceil() as u32;
+    (tile(&images, cols.max(1)), tiles)
+}
+
+/// `n` indices spread evenly over `0..len` (all of them when `n >= len`).
+fn spread(len: usize, n: usize) -> Vec<usize> {
+    if len == 0 || n == 0 {
+        return Vec::new();
+    }
+    let n = n.min(len);
+    (0..n).map(|k| k * len / n).collect()
+}
+
+/// Lays `tiles` out row by row, `cols` per row, with [`GAP`] pixels between
+/// them; cells are as large as the largest tile.
+pub fn tile(tiles: &[RgbImage], cols: u32) -> RgbImage {
+    if tiles.is_empty() || cols == 0 {
+        return RgbImage::from_pixel(1, 1, BACKGROUND);
+    }
+    let cw = tiles.iter().map(RgbImage::width).max().unwrap_or(1);
+    let ch = tiles.iter().map(RgbImage::height).max().unwrap_or(1);
+    let cols = cols.min(tiles.len() as u32);
+    let rows = (tiles.len() as u32).div_ceil(cols);
+    let mut out = RgbImage::from_pixel(cols * cw + (cols - 1) * GAP, rows * ch + (rows - 1) * GAP, BACKGROUND);
+    for (k, t) in tiles.iter().enumerate() {
+        let (c, r) = (k as u32 % cols, k as u32 / cols);
+        image::imageops::replace(&mut out, t, i64::from(c * (cw + GAP)), i64::from(r * (ch + GAP)));
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::recipe::AugmentConfig;
+
+    /// A dataset of `n` solid-colour `size`² images per class (2 classes).
+    pub(crate) fn tiny_dataset(n: usize, size: u32) -> Dataset {
+        let mut split = Split::default();
+        for label in 0..2 {
+            for i in 0..n {
+                let v = (label * 100 + i * 10) as u8;
+                split.paths.push(format!("/d/{label}/{i}.png").into());
+                split.labels.push(label);
+                split.pixels.push(vec![v; (size * size * 3) as usize]);
             }
         }
-        tiles.push(Tile { index: i, class: data.classes[data.train.labels[i]].clone() });
+        Dataset { classes: vec!["a".into(), "b".into()], size, train: split.clone(), valid: split, skipped: vec![] }
     }
-    (grid, tiles)
+
+    #[test]
+    fn grid_has_the_expected_size_and_pixels() {
+        let data = tiny_dataset(5, 8);
+        let identity = Augmenter::new(AugmentConfig::default());
+        let g = sample_grid(&data, &identity, 1, 4);
+        assert_eq!(g.dimensions(), (2 * 8 + GAP, 2 * 8 + GAP));
+        // Unaugmented tiles are the source images: indices 0, 2, 5, 7 of the split.
+        assert_eq!(g.get_pixel(0, 0), &Rgb([0, 0, 0]));
+        assert_eq!(g.get_pixel(8 + GAP, 0), &Rgb([20, 20, 20]));
+        assert_eq!(g.get_pixel(8, 0), &BACKGROUND, "gap");
+        // More than there are: every image once.
+        assert_eq!(sample_grid(&data, &identity, 1, 100).dimensions(), (4 * 8 + 3 * GAP, 3 * 8 + 2 * GAP));
+    }
+
+    #[test]
+    fn augmentation_is_seeded() {
+        let mut data = tiny_dataset(2, 16);
+        // A gradient so flips and shifts change pixels.
+        for px in &mut data.train.pixels {
+            for (k, v) in px.iter_mut().enumerate() {
+                *v = (k % 251) as u8;
+            }
+        }
+        let aug = Augmenter::new(AugmentConfig { rotation_range: 30.0, horizontal_flip: true, ..Default::default() });
+        let a = sample_grid(&data, &aug, 3, 4);
+        assert_eq!(a, sample_grid(&data, &aug, 3, 4));
+        assert_ne!(a, sample_grid(&data, &aug, 4, 4));
+        let v = variants_grid(&data, &aug, 3, 2, 3);
+        assert_eq!(v.dimensions(), (4 * 16 + 3 * GAP, 2 * 16 + GAP));
+    }
+
+    #[test]
+    fn labelled_grid_matches_sample_grid_and_names_classes() {
+        let data = tiny_dataset(3, 8);
+        let identity = Augmenter::new(AugmentConfig::default());
+        let (g, tiles) = labelled_grid(&data, None, 5, 4);
+        assert_eq!(g, sample_grid(&data, &identity, 5, 4));
+        let classes: Vec<&str> = tiles.iter().map(|t| t.class.as_str()).collect();
+        assert_eq!(classes, vec!["a", "a", "b", "b"]);
+    }
+
+    #[test]
+    fn empty_inputs_give_a_blank_image() {
+        let data = tiny_dataset(0, 8);
+        let aug = Augmenter::new(AugmentConfig::default());
+        assert_eq!(sample_grid(&data, &aug, 0, 4).dimensions(), (1, 1));
+        assert_eq!(sample_grid(&tiny_dataset(3, 8), &aug, 0, 0).dimensions(), (1, 1));
+        assert!(thumbnail(&data.train, 8, 0).is_none());
+    }
 }

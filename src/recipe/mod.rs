@@ -22,12 +22,16 @@
 //! ```
 
 mod build;
+mod builder;
 mod error;
 mod summary;
 mod toml_reader;
 
 use std::path::{Path, PathBuf};
 
+pub use builder::{
+    AugmentBuilder, BackboneBuilder, DataBuilder, EvaluateBuilder, FineTuneBuilder, RecipeBuilder, Setting,
+};
 pub use error::RecipeError;
 
 /// Architectures a backbone step may name. Checked at parse time so a typo is

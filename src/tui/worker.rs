@@ -154,7 +154,7 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
 fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
     let Some(data) = lab.data() else { return };
     let aug = lab.augmenter();
-    let (image, tiles) = crate::preview::sample_grid(data, aug.as_ref(), seed, 16);
+    let (image, tiles) = crate::preview::labelled_grid(data, aug.as_ref(), seed, 16);
     let captions = tiles.into_iter().map(|t| t.class).collect();
     tx(FromWorker::Image { step, kind: ImageKind::Preview, image, captions });
 }
@@ -165,23 +165,14 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction],
     if shown.is_empty() {
         return;
     }
-    let s = data.size;
-    let cols = shown.len().min(4) as u32;
-    let rows = (shown.len() as u32).div_ceil(cols);
-    let gap = 2;
-    let mut grid = RgbImage::from_pixel(cols * (s + gap) - gap, rows * (s + gap) - gap, image::Rgb([24, 24, 24]));
+    let mut thumbs = Vec::new();
     let mut captions = Vec::new();
-    for (k, p) in shown.iter().enumerate() {
+    for p in shown {
         let Some(i) = data.valid.paths.iter().position(|q| *q == p.path) else { continue };
-        let px = &data.valid.pixels[i];
-        let (x0, y0) = ((k as u32 % cols) * (s + gap), (k as u32 / cols) * (s + gap));
-        for y in 0..s {
-            for x in 0..s {
-                let o = ((y * s + x) * 3) as usize;
-                grid.put_pixel(x0 + x, y0 + y, image::Rgb([px[o], px[o + 1], px[o + 2]]));
-            }
-        }
+        let Some(t) = crate::preview::thumbnail(&data.valid, data.size, i) else { continue };
+        thumbs.push(t);
         captions.push(format!("{} → {} ({:.2})", data.classes[p.truth], data.classes[p.predicted], p.confidence));
     }
+    let grid = crate::preview::tile(&thumbs, thumbs.len().min(4) as u32);
     tx(FromWorker::Image { step, kind: ImageKind::Mistakes, image: grid, captions });
 }

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Executes Jupyter notebooks with a real client (nbclient) on the evcxr Rust
+kernel and fails loudly on anything that looks like an error.
+
+A notebook fails when
+  * the kernel cannot start, dies, or a cell times out;
+  * any cell has an `error` output (evcxr reports compile errors and a dead
+    child process — e.g. a panic under the aborting hook — this way);
+  * any cell writes "panicked at" or "Error" to its stderr stream (errors that
+    were printed but did not stop the cell).
+
+Each notebook runs from its own folder, so `:dep tlab = { path = ".." }` and
+relative data paths resolve as they do for a reader. With --write the executed
+notebook (outputs included) replaces the file. Prints the wall time of every
+cell; exit status 0 only if every notebook passed.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+ERROR_WORDS = ("panicked at", "Error")
+
+
+def problems_in(nb):
+    """Every error output or error-looking stderr text, as readable lines."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"cell {index}: {out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = out.get("text", "")
+                if any(word in text for word in ERROR_WORDS):
+                    found.append(f"cell {index}: stderr: {text.strip()[:2000]}")
+    return found
+
+
+def run(path, args):
+    nb = nbformat.read(path, as_version=4)
+    folder = os.path.dirname(os.path.abspath(path))
+    timings = {}
+    started = {}
+
+    def on_start(cell, cell_index):
+        started[cell_index] = time.monotonic()
+
+    def on_done(cell, cell_index, execute_reply=None):
+        timings[cell_index] = time.monotonic() - started.get(cell_index, time.monotonic())
+        first = cell.source.splitlines()[0] if cell.source else ""
+        print(f"  cell {cell_index:>2}  {timings[cell_index]:7.1f}s  {first[:70]}", flush=True)
+
+    client = NotebookClient(
+        nb,
+        kernel_name=args.kernel,
+        timeout=args.cell_timeout,
+        startup_timeout=args.startup_timeout,
+        allow_errors=False,
+        record_timing=False,
+        resources={"metadata": {"path": folder}},
+        on_cell_start=on_start,
+        on_cell_executed=on_done,
+    )
+    t0 = time.monotonic()
+    failure = None
+    try:
+        client.execute()
+    except CellTimeoutError as e:
+        failure = f"cell timed out after {args.cell_timeout}s: {str(e)[:500]}"
+    except DeadKernelError as e:
+        failure = f"kernel died: {e}"
+    except CellExecutionError as e:
+        failure = f"cell failed: {str(e)[-3000:]}"
+    except Exception as e:  # kernel start-up and protocol problems
+        failure = f"{type(e).__name__}: {e}"
+    total = time.monotonic() - t0
+    problems = problems_in(nb)
+    if failure:
+        problems.insert(0, failure)
+    if args.write and not problems:
+        nbformat.write(nb, path)
+    return problems, total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="+")
+    parser.add_argument("--kernel", default="rust")
+    parser.add_argument("--write", action="store_true", help="save executed notebooks with their outputs")
+    # A cold first cell compiles candle and tlab; training cells run for minutes on 2 cores.
+    parser.add_argument("--cell-timeout", type=int, default=1500)
+    parser.add_argument("--startup-timeout", type=int, default=180)
+    args = parser.parse_args()
+
+    failed = []
+    for path in args.notebooks:
+        print(f"== {path}", flush=True)
+        problems, total = run(path, args)
+        status = "FAILED" if problems else "ok"
+        print(f"== {path}: {status} in {total:.1f}s", flush=True)
+        for p in problems:
+            print(f"   {p}", flush=True)
+        if problems:
+            failed.append(path)
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+//! A grid of augmented training samples ([`crate::preview`]), to check that an
+//! augmentation setting does what was meant before training with it.
+
+use image::RgbImage;
+
+use super::{img_tag, Block};
+use crate::augment::Augmenter;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::lab::Lab;
+use crate::preview;
+
+/// A picture of training samples and what it shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    pub image: RgbImage,
+    pub caption: String,
+}
+
+impl Lab {
+    /// `n` training images as the current augmentation (the last augment step
+    /// run) transforms them with `seed`. Needs the data: run the backbone step first.
+    pub fn augmented_samples(&self, n: usize, seed: u64) -> Result<Samples> {
+        let data =
+            self.data().ok_or_else(|| Error::Invalid("no data loaded yet; run the backbone step first".into()))?;
+        let aug = self.augmenter().ok_or_else(|| Error::Invalid("no augment step has run yet".into()))?;
+        Ok(Samples::grid(data, &aug, seed, n))
+    }
+
+    /// Each of `images` training images beside `variants` augmented versions.
+    pub fn augmentation_preview(&self, images: usize, variants: usize, seed: u64) -> Result<Samples> {
+        let data =
+            self.data().ok_or_else(|| Error::Invalid("no data loaded yet; run the backbone step first".into()))?;
+        let aug = self.augmenter().ok_or_else(|| Error::Invalid("no augment step has run yet".into()))?;
+        Ok(Samples::variants(data, &aug, seed, images, variants))
+    }
+}
+
+impl Samples {
+    /// See [`preview::sample_grid`].
+    pub fn grid(data: &Dataset, aug: &Augmenter, seed: u64, n: usize) -> Self {
+        Samples {
+            image: preview::sample_grid(data, aug, seed, n),
+            caption: format!("{n} augmented training images (seed {seed})"),
+        }
+    }
+
+    /// See [`preview::variants_grid`].
+    pub fn variants(data: &Dataset, aug: &Augmenter, seed: u64, images: usize, variants: usize) -> Self {
+        Samples {
+            image: preview::variants_grid(data, aug, seed, images, variants),
+            caption: format!("each row: an original training image, then {variants} augmented versions"),
+        }
+    }
+
+    pub fn to_html(&self) -> Result<String> {
+        Ok(format!(
+            "<figure>{}<figcaption>{}</figcaption></figure>",
+            img_tag(&self.image, &self.caption)?,
+            super::escape(&self.caption)
+        ))
+    }
+
+    /// Text and HTML only: an `image/png` block as well would store the
+    /// picture twice in a saved notebook, and front ends prefer the HTML.
+    pub fn blocks(&self) -> Result<Vec<Block>> {
+        Ok(vec![
+            Block::text(format!("{} ({}×{} px)", self.caption, self.image.width(), self.image.height())),
+            Block::html(self.to_html()?),
+        ])
+    }
+}
+
+super::evcxr_display!(Samples);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notebook::tests::{decode_base64, first_png};
+    use crate::preview::tests::tiny_dataset;
+    use crate::recipe::AugmentConfig;
+
+    #[test]
+    fn samples_embed_the_grid() {
+        let data = tiny_dataset(4, 8);
+        let aug = Augmenter::new(AugmentConfig { horizontal_flip: true, ..Default::default() });
+        let s = Samples::grid(&data, &aug, 1, 4);
+        let blocks = s.blocks().unwrap();
+        assert_eq!(blocks.iter().map(|b| b.mime).collect::<Vec<_>>(), ["text/plain", "text/html"]);
+        let png = Block::png(&s.image).unwrap();
+        let decoded = image::load_from_memory(&decode_base64(&png.content)).unwrap().to_rgb8();
+        assert_eq!(decoded, s.image);
+        assert_eq!(first_png(&s.to_html().unwrap()).dimensions(), (2 * 8 + preview::GAP, 2 * 8 + preview::GAP));
+    }
+}

@@ -1,0 +1,96 @@
+//! The notebook-cell API end to end on a tiny data set: a recipe built in
+//! code, stepping through it with owned results, and every notebook view of a
+//! real run (the views' own details are unit-tested in `src/notebook/`).
+
+use std::path::{Path, PathBuf};
+
+use tlab::cells::{Progress, StepStatus};
+use tlab::lab::StepOutput;
+use tlab::recipe::RecipeBuilder;
+use tlab::Lab;
+
+fn make_data(root: &Path) {
+    for (split, n) in [("train", 6), ("valid", 3)] {
+        for (c, name) in ["dark", "light"].iter().enumerate() {
+            let dir = root.join(split).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let v = 40 + 150 * c as u8 + 5 * i as u8;
+                image::RgbImage::from_fn(20, 20, |x, _| image::Rgb([v, v.wrapping_add(x as u8), v]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tlab-cells-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn step_through_a_built_recipe() {
+    let dir = tempdir("steps");
+    make_data(&dir);
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/weights/mobilenet_v2.safetensors");
+    let builder = RecipeBuilder::new("cells")
+        .base_dir(&dir)
+        .seed(3)
+        .data(|d| d.train("train").valid("valid").image_size(32).batch_size(4))
+        .backbone("mobilenet_v2", weights.as_path())
+        .freeze_all()
+        .augment(|a| a.horizontal_flip(true).rotation_range(10.0))
+        .fine_tune(|f| f.epochs(2).lr(1e-3))
+        .evaluate_with(|e| e.mistakes(3));
+    assert!(builder.to_toml().contains("kind = \"fine_tune\"\nepochs = 2"), "{}", builder.to_toml());
+    let mut lab = Lab::new(builder.build().expect("valid recipe"));
+
+    let steps = lab.steps();
+    assert_eq!(steps.steps.len(), 5);
+    assert!(steps.steps.iter().all(|s| s.status == StepStatus::Pending));
+    assert!(lab.evaluation().is_err(), "nothing evaluated yet");
+    assert!(lab.augmented_samples(4, 0).is_err(), "no data yet");
+
+    let mut quiet = Progress::new().every(0);
+    let first = lab.run_next(&mut quiet).expect("backbone");
+    assert!(matches!(first.output, StepOutput::Backbone { ref classes, .. } if classes.len() == 2));
+    let to_augment = lab.run_to(2, &mut quiet).expect("freeze and augment");
+    assert_eq!(to_augment.iter().map(|r| r.kind).collect::<Vec<_>>(), ["freeze", "augment"]);
+    assert_eq!(lab.steps().next(), Some(3));
+
+    let rest = lab.run_rest(&mut quiet).expect("train and evaluate");
+    assert_eq!(rest.len(), 2);
+    assert!(lab.run_next(&mut quiet).is_err(), "every step ran");
+    assert_eq!(lab.history_rows().len(), 2);
+    let eval = lab.evaluation().expect("evaluated");
+    assert_eq!(eval.metrics.count, 6);
+    assert!(lab.evaluation_of(4).is_ok() && lab.evaluation_of(3).is_err());
+    let text = lab.steps().to_string();
+    assert!(text.contains("✓  5. evaluate") && text.contains("accuracy"), "{text}");
+
+    // Re-running a step replaces its result and forgets later ones.
+    let again = lab.rerun(3, &mut quiet).expect("rerun fine_tune");
+    assert_eq!(again.index, 3);
+    assert!(lab.step_result(4).is_none());
+    assert_eq!(lab.history_rows().len(), 2, "the old epochs are gone");
+
+    #[cfg(feature = "notebook")]
+    {
+        lab.run_rest(&mut quiet).expect("evaluate again");
+        let chart = lab.history_chart().to_html().unwrap();
+        assert!(chart.contains("data:image/png;base64,"));
+        let confusion = lab.confusion().unwrap();
+        assert_eq!(confusion.counts.iter().flatten().sum::<usize>(), 6);
+        assert!(lab.class_report().unwrap().to_html().contains("dark"));
+        let mistakes = lab.mistakes(10).unwrap();
+        assert!(mistakes.items.iter().all(|m| m.image.as_ref().is_some_and(|i| i.dimensions() == (32, 32))));
+        let samples = lab.augmented_samples(4, 1).unwrap();
+        assert_eq!(samples.image.dimensions(), (2 * 32 + tlab::preview::GAP, 2 * 32 + tlab::preview::GAP));
+        assert!(lab.augmentation_preview(2, 3, 1).unwrap().image.width() > samples.image.width());
+        assert!(lab.step_result(3).unwrap().to_html().unwrap().contains("Step 4 · fine_tune"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
