@@ -1,6 +1,8 @@
 //! The `tlab` binary end to end: a tiny recipe through `run`, the reports it
 //! writes, `predict` on the saved model, and the errors of `check`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -25,25 +27,7 @@ fn tempdir(tag: &str) -> PathBuf {
 /// Three colour classes of noisy squares: easy enough that one short epoch
 /// on ImageNet features separates them.
 fn make_data(root: &Path) {
-    let mut state = 12345u64;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
-    for (split, n) in [("train", 12), ("valid", 6)] {
-        for (c, name) in ["blue", "green", "red"].iter().enumerate() {
-            let dir = root.join(split).join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(20, 20, |_, _| {
-                    let mut px = [next() / 4, next() / 4, next() / 4];
-                    px[2 - c] = 160 + next() / 3;
-                    image::Rgb(px)
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    common::colour_squares(root, 12345, 20, 12, 6);
 }
 
 const TINY: &str = r#"

@@ -2,6 +2,8 @@
 //! `send-keys` drives it and `capture-pane -p` reads the screen. Needs tmux
 //! (the test script installs it); under CI its absence is a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -64,25 +66,7 @@ fn tmux_available() -> bool {
 }
 
 fn make_data(root: &Path) {
-    let mut state = 99u64;
-    let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (state >> 33) as u8
-    };
-    for (split, n) in [("train", 10), ("valid", 5)] {
-        for (c, name) in ["blue", "green", "red"].iter().enumerate() {
-            let dir = root.join(split).join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            for i in 0..n {
-                let img = image::RgbImage::from_fn(16, 16, |_, _| {
-                    let mut px = [next() / 4, next() / 4, next() / 4];
-                    px[2 - c] = 160 + next() / 3;
-                    image::Rgb(px)
-                });
-                img.save(dir.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
+    common::colour_squares(root, 99, 16, 10, 5);
 }
 
 const RECIPE: &str = r#"name = "tmux"

@@ -23,20 +23,9 @@ use crate::error::{Error, Result};
 use crate::recipe::{FreezePoint, HeadConfig, Pooling};
 use layers::{Freeze, Linear, Mode, ParamLoader};
 
-/// Every architecture tlab can build.
-/// Every architecture tlab can build (the same list as
-/// [`crate::recipe::KNOWN_ARCHS`], which checks recipes).
-pub const ARCHITECTURES: &[&str] = &[
-    "mobilenet_v2",
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "vgg16",
-    "vgg19",
-];
+/// Every architecture tlab can build: the list the recipe validator checks
+/// against, so the two can never disagree.
+pub const ARCHITECTURES: &[&str] = crate::recipe::KNOWN_ARCHS;
 
 /// A pretrained feature extractor.
 pub trait Backbone: Send {
