@@ -42,6 +42,74 @@ CASES = [
      dict(kind="train", arch="resnet18", batch=32, size=128, trainable_from="layer4")),
 ]
 
+# One fine-tune epoch of the quickstart data without augmentation: tlab caches
+# the frozen backbone's features, the PyTorch loop recomputes them every epoch
+# (as the Keras tutorial does). Both train a new head with Adam, batch 32, 96 px.
+EPOCH_RECIPE = """name = "bench-epoch"
+seed = 1
+[data]
+train = "{root}/data/fashion-mnist-mini/train"
+valid = "{root}/data/fashion-mnist-mini/valid"
+image_size = 96
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+weights = "{root}/assets/weights/mobilenet_v2.safetensors"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "fine_tune"
+epochs = {epochs}
+"""
+
+TORCH_EPOCH = textwrap.dedent('''
+    import glob, json, os, sys, time, numpy as np, torch, torchvision
+    from PIL import Image
+    root, threads, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(threads)
+    classes = sorted(os.listdir(f"{root}/data/fashion-mnist-mini/train"))
+    def load(split):
+        xs, ys = [], []
+        for c, name in enumerate(classes):
+            for f in sorted(glob.glob(f"{root}/data/fashion-mnist-mini/{split}/{name}/*.png")):
+                im = Image.open(f).convert("RGB").resize((96, 96), Image.BILINEAR)
+                xs.append(np.asarray(im, dtype=np.float32) / 255.0); ys.append(c)
+        x = torch.tensor(np.stack(xs)).permute(0, 3, 1, 2)
+        m = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1); s = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        return (x - m) / s, torch.tensor(ys)
+    xt, yt = load("train"); xv, yv = load("valid")
+    net = torchvision.models.mobilenet_v2().features.eval()
+    for p in net.parameters(): p.requires_grad_(False)
+    head = torch.nn.Linear(1280, len(classes)); opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    times = []
+    for e in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 32):
+            idx = perm[i:i + 32]
+            with torch.no_grad(): f = net(xt[idx]).mean((2, 3))
+            loss = torch.nn.functional.cross_entropy(head(f), yt[idx]); opt.zero_grad(); loss.backward(); opt.step()
+        with torch.no_grad():
+            for i in range(0, len(xv), 32): head(net(xv[i:i + 32]).mean((2, 3)))
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"epoch_seconds": sorted(times)[len(times) // 2], "first_epoch_seconds": times[0]}))
+''')
+
+
+def tlab_epoch(epochs):
+    """Median seconds per fine-tune epoch of tlab on the quickstart data (no augmentation)."""
+    import csv
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        recipe = os.path.join(d, "epoch.toml")
+        with open(recipe, "w") as f:
+            f.write(EPOCH_RECIPE.format(root=ROOT, epochs=epochs))
+        subprocess.check_output([TLAB, "run", recipe, "--out", os.path.join(d, "run")])
+        with open(os.path.join(d, "run", "history.csv")) as f:
+            secs = [float(r["seconds"]) for r in csv.DictReader(f)]
+    return statistics.median(secs), secs[0]
+
+
 TORCH_CASE = textwrap.dedent('''
     import json, statistics, sys, time, torch, torchvision
     case = json.loads(sys.argv[1]); threads = int(sys.argv[2]); iters = int(sys.argv[3]); warmup = int(sys.argv[4])
@@ -107,13 +175,17 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="only the first two cases")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains this text")
     args = ap.parse_args()
     if not os.path.exists(TLAB):
         sys.exit("build tlab first: cargo build --release")
     py = torch_python()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     rows = []
-    for name, targs, tcase in (CASES[:2] if args.quick else CASES):
+    cases = CASES[:2] if args.quick else CASES
+    if args.only:
+        cases = [c for c in cases if args.only in c[0]]
+    for name, targs, tcase in cases:
         ours, theirs = [], []
         for _ in range(args.rounds):  # alternate A/B so drift hits both
             out = subprocess.check_output([TLAB, "bench", *targs, "--iters", str(args.iters), "--warmup", str(args.warmup)], env=env)
@@ -123,9 +195,21 @@ def main():
         ratio = statistics.median(a / b for a, b in zip(ours, theirs))
         rows.append((name, statistics.median(ours), statistics.median(theirs), ratio))
         print(f"{name:<44} tlab {rows[-1][1]:8.1f} img/s   torch {rows[-1][2]:8.1f} img/s   ratio {ratio:.2f}", flush=True)
-    print("\n| case | tlab img/s | PyTorch img/s | tlab / PyTorch |\n|---|---|---|---|")
+    if not args.quick and (args.only is None or args.only in "quickstart epoch"):
+        epochs = 3
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(tlab_epoch(epochs)[0])
+            out = subprocess.check_output([py, "-c", TORCH_EPOCH, ROOT, str(args.threads), str(epochs)])
+            theirs.append(json.loads(out)["epoch_seconds"])
+        # Here the ratio is PyTorch seconds / tlab seconds (higher is better for tlab).
+        ratio = statistics.median(b / a for a, b in zip(ours, theirs))
+        name = "quickstart epoch, head only, no augmentation (s/epoch)"
+        rows.append((name, statistics.median(ours), statistics.median(theirs), ratio))
+        print(f"{name:<44} tlab {rows[-1][1]:8.2f} s   torch {rows[-1][2]:8.2f} s   speed-up {ratio:.2f}", flush=True)
+    print("\n| case | tlab | PyTorch | tlab / PyTorch (speed) |\n|---|---|---|---|")
     for name, a, b, r in rows:
-        print(f"| {name} | {a:.1f} | {b:.1f} | {r:.2f}× |")
+        print(f"| {name} | {a:.2f} | {b:.2f} | {r:.2f}× |")
 
 
 if __name__ == "__main__":
