@@ -22,8 +22,8 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     }
 }
 
-/// Calls `f(channel, plane)` for every `H·W` plane of `channel`.
-fn planes<'a>(x: &'a [f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &'a [f32]> {
+/// Every image's `H·W` plane of channel `ch`.
+fn planes(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = &[f32]> {
     (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw])
 }
 

@@ -112,7 +112,7 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
                     }
                     let result = {
                         let mut obs = Forward { step, tx: &tx, cancel: &cancel, log: &mut log };
-                        lab.run_step(step, &mut obs).map(|r| r.clone())
+                        lab.run_step(step, &mut obs).cloned()
                     };
                     match result {
                         Ok(r) => {

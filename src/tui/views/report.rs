@@ -18,7 +18,7 @@ pub fn sorted(rows: &[ClassReport], by: SortBy) -> Vec<ClassReport> {
         SortBy::Precision => v.sort_by(|a, b| b.precision.total_cmp(&a.precision)),
         SortBy::Recall => v.sort_by(|a, b| b.recall.total_cmp(&a.recall)),
         SortBy::F1 => v.sort_by(|a, b| b.f1.total_cmp(&a.f1)),
-        SortBy::Support => v.sort_by(|a, b| b.support.cmp(&a.support)),
+        SortBy::Support => v.sort_by_key(|c| std::cmp::Reverse(c.support)),
     }
     v
 }
