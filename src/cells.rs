@@ -118,6 +118,7 @@ pub fn outcome_line(result: &StepResult) -> String {
             format!("{frozen_blocks} of {total_blocks} blocks frozen, {trainable_params} trainable parameters")
         }
         StepOutput::Augment { .. } => "augmentation set".to_string(),
+        StepOutput::Restored { note } => note.clone(),
         StepOutput::FineTune(o) => match o.history.last() {
             Some(r) => format!(
                 "{} epoch(s), {:?}; valid loss {:.4}, valid acc {:.4}",

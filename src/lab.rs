@@ -38,6 +38,10 @@ pub enum StepOutput {
     },
     FineTune(FineTuneOutcome),
     Evaluate(Box<Evaluation>),
+    /// A step taken over from an interrupted run (`tlab run --resume`).
+    Restored {
+        note: String,
+    },
 }
 
 /// A finished step.
@@ -66,6 +70,8 @@ pub struct Lab {
     history: Vec<(usize, EpochRecord)>,
     results: Vec<Option<StepResult>>,
     states: Vec<Option<State>>,
+    /// A fine_tune step to continue from a checkpoint instead of starting afresh.
+    pending_resume: Option<(usize, train::Resume)>,
 }
 
 impl Lab {
@@ -84,6 +90,7 @@ impl Lab {
             history: Vec::new(),
             results: vec![None; n],
             states: vec![None; n],
+            pending_resume: None,
         }
     }
 
@@ -154,6 +161,78 @@ impl Lab {
     pub fn run_all(&mut self, obs: &mut dyn Observer) -> Result<()> {
         while let Some(i) = self.next_step() {
             self.run_one(i, obs)?;
+        }
+        Ok(())
+    }
+
+    /// Prepares to continue an interrupted run from a checkpoint taken in
+    /// fine_tune step `step`: replays the cheap steps before it (backbone,
+    /// freeze, augment), takes finished fine_tune steps' histories from
+    /// `history` without training, skips earlier evaluate steps, loads the
+    /// checkpoint's weights, and arms `resume` for step `step`. When
+    /// `finished`, step `step` itself is complete and the run continues after it.
+    pub fn resume_from(
+        &mut self,
+        step: usize,
+        finished: bool,
+        history: Vec<(usize, EpochRecord)>,
+        weights: &std::collections::HashMap<String, candle_core::Tensor>,
+        resume: train::Resume,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
+            return Err(Error::Invalid(format!("checkpoint names step {}, which is not a fine_tune step", step + 1)));
+        }
+        let upto = if finished { step + 1 } else { step };
+        for i in 0..upto {
+            match &self.recipe.steps[i].kind {
+                StepKind::FineTune(_) | StepKind::Evaluate(_) => {
+                    let is_fine_tune = matches!(self.recipe.steps[i].kind, StepKind::FineTune(_));
+                    let rows: Vec<EpochRecord> =
+                        history.iter().filter(|(s, _)| *s == i).map(|(_, r)| r.clone()).collect();
+                    self.history.extend(rows.iter().cloned().map(|r| (i, r)));
+                    let output = if is_fine_tune {
+                        StepOutput::FineTune(train::FineTuneOutcome {
+                            best_epoch: rows.last().map(|r| r.epoch),
+                            history: rows,
+                            stop: train::Stop::Completed,
+                            trainable_params: 0,
+                        })
+                    } else {
+                        StepOutput::Restored { note: "evaluated before the interruption; not repeated".into() }
+                    };
+                    self.results[i] = Some(StepResult {
+                        index: i,
+                        kind: self.recipe.steps[i].kind.name(),
+                        summary: self.recipe.steps[i].kind.summary(),
+                        seconds: 0.0,
+                        output,
+                    });
+                }
+                _ => self.run_one(i, obs)?,
+            }
+        }
+        let model = self.model.as_mut().ok_or_else(|| Error::Invalid("checkpoint without a backbone step".into()))?;
+        let snap = model.snapshot()?;
+        let tensors = snap
+            .tensors
+            .iter()
+            .map(|(name, t)| match weights.get(name) {
+                Some(w) if w.dims() == t.dims() => Ok((name.clone(), w.clone())),
+                _ => Err(Error::Invalid(format!("checkpoint has no tensor `{name}` of shape {:?}", t.dims()))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        model.restore(&Snapshot { tensors, ..snap })?;
+        // Later steps start from these weights.
+        if let Some(last) = upto.checked_sub(1) {
+            self.states[last] = Some(State {
+                model: Some(model.snapshot()?),
+                augment: self.augment.clone(),
+                history_len: self.history.len(),
+            });
+        }
+        if !finished {
+            self.pending_resume = Some((step, resume));
         }
         Ok(())
     }
@@ -285,15 +364,23 @@ impl Lab {
                 let batch = cfg.batch_size.unwrap_or(self.recipe.data.batch_size);
                 let aug = self.augmenter();
                 let seed = self.recipe.seed.wrapping_add(index as u64 * 7919);
+                let resume = match self.pending_resume.take() {
+                    Some((step, r)) if step == index => Some(r),
+                    other => {
+                        self.pending_resume = other;
+                        None
+                    }
+                };
                 let model = self
                     .model
                     .as_mut()
                     .ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
-                let outcome =
-                    train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs).map_err(|e| match e {
+                let outcome = train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs, resume).map_err(
+                    |e| match e {
                         Error::Step { .. } => e,
                         other => Error::Step { step: index + 1, kind: "fine_tune", message: other.to_string() },
-                    })?;
+                    },
+                )?;
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
             }

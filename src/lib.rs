@@ -25,6 +25,7 @@
 pub mod augment;
 pub mod bench;
 pub mod cells;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod kernels;

@@ -26,10 +26,15 @@ struct Cli {
 enum Command {
     /// Run every step of a recipe headless and write a run directory of reports.
     Run {
-        recipe: PathBuf,
+        /// The recipe (optional with --resume: the run directory remembers it).
+        #[arg(required_unless_present = "resume")]
+        recipe: Option<PathBuf>,
         /// Run directory (default: runs/<name>-<timestamp>).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         out: Option<PathBuf>,
+        /// Continue an interrupted run in DIR from its last completed epoch.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
     },
     /// Step through a recipe in the terminal UI (hot-reloads the file on edit).
     #[cfg(feature = "tui")]
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { recipe, out } => run(&recipe, out),
+        Command::Run { recipe, out, resume } => run(recipe, out, resume),
         Command::Check { recipes } => check(&recipes),
         Command::Bench { case } => bench(case),
         #[cfg(feature = "tui")]
@@ -205,6 +210,11 @@ struct Progress {
     step_label: String,
     /// Set by SIGINT/SIGTERM: stop after the current batch.
     interrupted: Arc<AtomicBool>,
+    /// Where epoch checkpoints go, with what they need: the recipe, the
+    /// running step and the history of the steps before it.
+    checkpoints: Option<(PathBuf, tlab::recipe::Recipe)>,
+    step: usize,
+    earlier: Vec<(usize, tlab::train::EpochRecord)>,
 }
 
 impl Progress {
@@ -225,7 +235,15 @@ impl Progress {
             );
             (multi, epoch, batch)
         });
-        Progress { bars, log: Vec::new(), step_label: String::new(), interrupted: Arc::new(AtomicBool::new(false)) }
+        Progress {
+            bars,
+            log: Vec::new(),
+            step_label: String::new(),
+            interrupted: Arc::new(AtomicBool::new(false)),
+            checkpoints: None,
+            step: 0,
+            earlier: Vec::new(),
+        }
     }
 
     fn line(&mut self, s: String) {
@@ -242,6 +260,13 @@ impl Progress {
 impl Observer for Progress {
     fn cancelled(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
+    }
+
+    fn checkpoint(&mut self, state: &tlab::train::Checkpoint<'_>) -> tlab::Result<()> {
+        match &self.checkpoints {
+            Some((dir, recipe)) => tlab::checkpoint::write(dir, recipe, self.step, &self.earlier, state),
+            None => Ok(()),
+        }
     }
 
     fn event(&mut self, event: Event) {
@@ -277,8 +302,27 @@ impl Observer for Progress {
     }
 }
 
-fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // With --resume, the run directory says which recipe it ran.
+    let saved_state = match &resume {
+        Some(dir) => tlab::checkpoint::read_state(dir)?,
+        None => None,
+    };
+    let recipe_path = match (recipe_path, &saved_state, &resume) {
+        (Some(p), _, _) => p,
+        (None, Some(s), _) => s.recipe.clone(),
+        (None, None, Some(dir)) => {
+            let status = dir.join("status.json");
+            let text = std::fs::read_to_string(&status).with_context(|| {
+                format!("{} is not a tlab run directory (no checkpoint, no status.json)", dir.display())
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", status.display()))?;
+            PathBuf::from(v["recipe"].as_str().context("status.json names no recipe")?)
+        }
+        (None, None, None) => bail!("give a recipe"),
+    };
+    let recipe_path = recipe_path.as_path();
     let recipe = match tlab::recipe::load(recipe_path) {
         Ok(r) => r,
         Err(e) => {
@@ -286,10 +330,24 @@ fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let dir = out.unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    let mut lab = Lab::new(recipe);
+    let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new();
+    progress.checkpoints = Some((dir.clone(), recipe.clone()));
+    let mut first_step = 0;
+    if let Some(state) = saved_state {
+        let saved = tlab::checkpoint::load(&dir, state, &recipe)?;
+        let (step, finished) = (saved.state.step, saved.state.finished);
+        progress.line(format!(
+            "resuming {} at step {} after epoch {}",
+            dir.display(),
+            step + 1,
+            saved.state.epochs_done
+        ));
+        lab.resume_from(step, finished, saved.state.history.clone(), &saved.weights, saved.resume, &mut progress)?;
+        first_step = if finished { step + 1 } else { step };
+    }
     // First Ctrl-C (or SIGTERM): finish the current batch, write the reports
     // marked incomplete, exit 130. A second one exits at once.
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -299,10 +357,12 @@ fn run(recipe_path: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     progress.line(format!("tlab run {} → {}", recipe_path.display(), dir.display()));
     let steps = lab.recipe().steps.len();
     let mut failure = None;
-    for i in 0..steps {
+    for i in first_step..steps {
         if progress.interrupted.load(Ordering::Relaxed) {
             break;
         }
+        progress.step = i;
+        progress.earlier = lab.history().to_vec();
         let step = &lab.recipe().steps[i];
         progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
         progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
@@ -368,6 +428,7 @@ fn describe(output: &StepOutput) -> Vec<String> {
             vec![format!("{frozen_blocks}/{total_blocks} blocks frozen, {trainable_params} trainable parameters")]
         }
         StepOutput::Augment { .. } => vec![],
+        StepOutput::Restored { note } => vec![note.clone()],
         StepOutput::FineTune(o) => {
             let mut v = vec![format!("stopped: {:?} after {} epoch(s)", o.stop, o.history.len())];
             if let Some(b) = o.best_epoch {

@@ -50,6 +50,36 @@ pub trait Observer {
     fn cancelled(&self) -> bool {
         false
     }
+    /// Called after every completed epoch and when the step ends, so a front
+    /// end can persist a resumable checkpoint. Default: nothing.
+    fn checkpoint(&mut self, _state: &Checkpoint<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where an interrupted fine_tune step picks up: the state after its last
+/// completed epoch.
+#[derive(Clone)]
+pub struct Resume {
+    /// Epochs already done (training continues with epoch `epochs_done + 1`).
+    pub epochs_done: usize,
+    pub history: Vec<EpochRecord>,
+    pub optimizer_t: i32,
+    pub optimizer: std::collections::HashMap<String, Tensor>,
+    /// Early stopping: best score, its epoch and weights, epochs since.
+    pub best: Option<(f64, usize, crate::models::Snapshot)>,
+    pub since_best: usize,
+}
+
+/// The state after an epoch, handed to [`Observer::checkpoint`].
+pub struct Checkpoint<'a> {
+    pub model: &'a Classifier,
+    pub optimizer: &'a optim::Optimizer,
+    pub history: &'a [EpochRecord],
+    pub best: Option<(f64, usize, &'a crate::models::Snapshot)>,
+    pub since_best: usize,
+    /// The step has ended (the weights are final, e.g. restored to the best epoch).
+    pub finished: bool,
 }
 
 /// Observer that ignores everything.
@@ -163,6 +193,7 @@ pub fn fine_tune(
     batch_size: usize,
     seed: u64,
     obs: &mut dyn Observer,
+    resume: Option<Resume>,
 ) -> Result<FineTuneOutcome> {
     let started = Instant::now();
     let pre = model.backbone.preprocess();
@@ -184,18 +215,23 @@ pub fn fine_tune(
         return Err(Error::Invalid("nothing to train: every parameter is frozen".into()));
     }
     let mut opt = optim::Optimizer::new(vars, cfg);
+    let (first_epoch, mut history, mut best, mut since_best) = match resume {
+        Some(r) => {
+            opt.load_state(r.optimizer_t, &r.optimizer)?;
+            obs.event(Event::Log(format!("resuming after epoch {}", r.epochs_done)));
+            (r.epochs_done, r.history, r.best, r.since_best)
+        }
+        None => (0, Vec::new(), None, 0),
+    };
     let trainable_params = opt.num_params();
     obs.event(Event::Log(format!("training {trainable_params} parameters on {} images", data.train.len())));
     let schedule = schedule::LrSchedule::new(cfg);
-    let mut history = Vec::new();
-    let mut best: Option<(f64, usize, crate::models::Snapshot)> = None;
-    let mut since_best = 0usize;
     let mut stop = Stop::Completed;
     let n = data.train.len();
     let batches = n.div_ceil(batch_size);
-    let mut dropout_rng = Rng::derive(seed, 0xD209);
-
-    'epochs: for epoch in 0..cfg.epochs {
+    'epochs: for epoch in first_epoch..cfg.epochs {
+        // Per-epoch streams, so a resumed run draws what an uninterrupted one would.
+        let mut dropout_rng = Rng::derive(seed, 0xD209 ^ ((epoch as u64) << 16));
         let t0 = Instant::now();
         obs.event(Event::EpochStart { epoch: epoch + 1, epochs: cfg.epochs, batches });
         let last_good = model.snapshot()?;
@@ -282,6 +318,18 @@ pub fn fine_tune(
                 }
             }
         }
+        // The last epoch and early stopping are followed by the final checkpoint below.
+        let ending = epoch + 1 == cfg.epochs || stop == Stop::EarlyStopped;
+        if !ending {
+            obs.checkpoint(&Checkpoint {
+                model,
+                optimizer: &opt,
+                history: &history,
+                best: best.as_ref().map(|(s, e, snap)| (*s, *e, snap)),
+                since_best,
+                finished: false,
+            })?;
+        }
         if stop == Stop::Cancelled {
             break;
         }
@@ -300,6 +348,16 @@ pub fn fine_tune(
         if es.restore_best {
             best_epoch = Some(*epoch);
         }
+    }
+    if stop != Stop::Cancelled {
+        obs.checkpoint(&Checkpoint {
+            model,
+            optimizer: &opt,
+            history: &history,
+            best: best.as_ref().map(|(s, e, snap)| (*s, *e, snap)),
+            since_best,
+            finished: true,
+        })?;
     }
     Ok(FineTuneOutcome { history, stop, best_epoch, trainable_params })
 }

@@ -43,6 +43,41 @@ impl Optimizer {
         }
     }
 
+    /// The moment buffers and step count, named `m.K` / `v.K` by slot, for a checkpoint.
+    pub fn state(&self) -> (i32, Vec<(String, Tensor)>) {
+        let mut out = Vec::new();
+        for (k, slot) in self.slots.iter().enumerate() {
+            if let Some(m) = &slot.m {
+                out.push((format!("m.{k}"), m.clone()));
+            }
+            if let Some(v) = &slot.v {
+                out.push((format!("v.{k}"), v.clone()));
+            }
+        }
+        (self.t, out)
+    }
+
+    /// Restores what [`Optimizer::state`] saved (same variables, same order).
+    pub fn load_state(&mut self, t: i32, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        for (k, slot) in self.slots.iter_mut().enumerate() {
+            for (name, dst) in [(format!("m.{k}"), &mut slot.m), (format!("v.{k}"), &mut slot.v)] {
+                *dst = match tensors.get(&name) {
+                    Some(t) if t.dims() == slot.var.dims() => Some(t.clone()),
+                    Some(t) => {
+                        return Err(crate::error::Error::Invalid(format!(
+                            "checkpoint optimizer state `{name}` has shape {:?}, expected {:?}",
+                            t.dims(),
+                            slot.var.dims()
+                        )))
+                    }
+                    None => None,
+                };
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
     pub fn num_params(&self) -> usize {
         self.slots.iter().map(|s| s.var.elem_count()).sum()
     }

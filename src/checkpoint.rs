@@ -1,0 +1,156 @@
+//! Epoch checkpoints in the run directory, so `tlab run --resume DIR`
+//! continues an interrupted run from its last completed epoch.
+//!
+//! Layout: `DIR/checkpoint/state.json` names the current generation `N`,
+//! whose tensors are `model-N.safetensors`, `optim-N.safetensors` and (with
+//! early stopping) `best-N.safetensors`. Every file is written atomically and
+//! `state.json` last, so a crash at any moment leaves either the previous
+//! generation or the new one complete; older generations are removed after.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::Snapshot;
+use crate::recipe::Recipe;
+use crate::train::{Checkpoint, EpochRecord, Resume};
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub generation: u64,
+    pub recipe: PathBuf,
+    /// Step fingerprints of the recipe that made the checkpoint: a resumed
+    /// run must use the same recipe.
+    pub fingerprints: Vec<u64>,
+    pub seed: u64,
+    /// The fine_tune step (0-based) and whether it had ended.
+    pub step: usize,
+    pub finished: bool,
+    pub epochs_done: usize,
+    /// Every epoch of every fine_tune step so far, `(step, record)`.
+    pub history: Vec<(usize, EpochRecord)>,
+    pub optimizer_t: i32,
+    pub best: Option<BestState>,
+    pub since_best: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BestState {
+    pub score: f64,
+    pub epoch: usize,
+    pub frozen_blocks: usize,
+    pub train_bn: bool,
+}
+
+fn folder(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoint")
+}
+
+/// Writes a new generation for `step` and removes the previous one.
+/// `earlier` holds the history of the fine_tune steps before `step`.
+pub fn write(
+    run_dir: &Path,
+    recipe: &Recipe,
+    step: usize,
+    earlier: &[(usize, EpochRecord)],
+    c: &Checkpoint<'_>,
+) -> Result<()> {
+    let dir = folder(run_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let previous = read_state(run_dir).ok().flatten().map(|s| s.generation);
+    let generation = previous.map_or(1, |g| g + 1);
+    let model: Vec<(String, Tensor)> =
+        c.model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
+    crate::weights::save_safetensors(&model, DType::F32, &dir.join(format!("model-{generation}.safetensors")))?;
+    let (optimizer_t, optim) = c.optimizer.state();
+    crate::weights::save_safetensors(&optim, DType::F32, &dir.join(format!("optim-{generation}.safetensors")))?;
+    let best = match c.best {
+        Some((score, epoch, snap)) => {
+            crate::weights::save_safetensors(
+                &snap.tensors,
+                DType::F32,
+                &dir.join(format!("best-{generation}.safetensors")),
+            )?;
+            Some(BestState { score, epoch, frozen_blocks: snap.frozen_blocks, train_bn: snap.train_bn })
+        }
+        None => None,
+    };
+    let mut history = earlier.to_vec();
+    history.extend(c.history.iter().cloned().map(|r| (step, r)));
+    let state = State {
+        generation,
+        recipe: recipe.path.clone(),
+        fingerprints: recipe.steps.iter().map(|s| s.fingerprint).collect(),
+        seed: recipe.seed,
+        step,
+        finished: c.finished,
+        epochs_done: c.history.len(),
+        history,
+        optimizer_t,
+        best,
+        since_best: c.since_best,
+    };
+    let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::report::atomic_write(&dir.join("state.json"), json.as_bytes())?;
+    if let Some(old) = previous {
+        for kind in ["model", "optim", "best"] {
+            let _ = std::fs::remove_file(dir.join(format!("{kind}-{old}.safetensors")));
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint state of `run_dir`, or `None` when it has none.
+pub fn read_state(run_dir: &Path) -> Result<Option<State>> {
+    let path = folder(run_dir).join("state.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::data(&path, format!("unreadable checkpoint state: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Everything needed to resume: the model's weights and the fine_tune state.
+pub struct Saved {
+    pub state: State,
+    pub weights: HashMap<String, Tensor>,
+    pub resume: Resume,
+}
+
+/// Loads the current generation and checks it was made by `recipe`.
+pub fn load(run_dir: &Path, state: State, recipe: &Recipe) -> Result<Saved> {
+    let fingerprints: Vec<u64> = recipe.steps.iter().map(|s| s.fingerprint).collect();
+    if fingerprints != state.fingerprints || recipe.seed != state.seed {
+        return Err(Error::Invalid(format!(
+            "{}: the recipe changed since the checkpoint in {} was written; resume needs the same recipe",
+            recipe.path.display(),
+            run_dir.display()
+        )));
+    }
+    let dir = folder(run_dir);
+    let g = state.generation;
+    let weights = crate::weights::load(&dir.join(format!("model-{g}.safetensors")))?;
+    let optimizer = crate::weights::load(&dir.join(format!("optim-{g}.safetensors")))?;
+    let best = match &state.best {
+        Some(b) => {
+            let tensors = crate::weights::load_ordered(&dir.join(format!("best-{g}.safetensors")))?;
+            Some((b.score, b.epoch, Snapshot { tensors, frozen_blocks: b.frozen_blocks, train_bn: b.train_bn }))
+        }
+        None => None,
+    };
+    let resume = Resume {
+        epochs_done: state.epochs_done,
+        history: state.history.iter().filter(|(s, _)| *s == state.step).map(|(_, r)| r.clone()).collect(),
+        optimizer_t: state.optimizer_t,
+        optimizer,
+        best,
+        since_best: state.since_best,
+    };
+    Ok(Saved { state, weights, resume })
+}
