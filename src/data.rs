@@ -90,6 +90,7 @@ impl Dataset {
                 valid_list.sort();
             }
         }
+        check_memory_budget(train_list.len() + valid_list.len(), cfg.image_size, &cfg.train)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers.unwrap_or(0))
             .build()
@@ -131,6 +132,40 @@ impl Dataset {
         });
         out
     }
+}
+
+/// Refuses to decode more than the memory budget holds, before decoding a
+/// single image: `TLAB_MEMORY_BUDGET_MB` when set, else half the machine's
+/// memory (from /proc/meminfo; no limit where that is unavailable).
+fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
+    let needed = images as u64 * u64::from(size) * u64::from(size) * 3;
+    let (budget, source) = match std::env::var("TLAB_MEMORY_BUDGET_MB").ok().and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(mb) => (mb * 1024 * 1024, "TLAB_MEMORY_BUDGET_MB"),
+        None => match total_memory() {
+            Some(total) => (total / 2, "half the machine's memory"),
+            None => return Ok(()),
+        },
+    };
+    if needed > budget {
+        return Err(Error::data(
+            dir,
+            format!(
+                "{images} images at {size}×{size} need {} MiB decoded, over the memory budget of {} MiB ({source}); \
+                 lower image_size or set max_per_class",
+                needed.div_ceil(1024 * 1024),
+                budget / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn cap(mut files: Vec<PathBuf>, max: Option<usize>) -> Vec<PathBuf> {

@@ -201,6 +201,28 @@ fn every_bad_input_fails_cleanly_with_a_clear_message() {
 }
 
 #[test]
+fn data_over_the_memory_budget_is_refused_before_decoding() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-budget-{}", std::process::id()));
+    data(&dir.join("data"));
+    let weights = tlab::predict::shipped_imagenet_weights();
+    let recipe =
+        BASE.replace("WEIGHTS", &weights.display().to_string()).replace("image_size = 32", "image_size = 1024");
+    std::fs::write(dir.join("big.toml"), recipe).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tlab"))
+        .args(["run", dir.join("big.toml").to_str().unwrap(), "--out", dir.join("run").to_str().unwrap()])
+        .env("TLAB_MEMORY_BUDGET_MB", "10")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("over the memory budget of 10 MiB (TLAB_MEMORY_BUDGET_MB)") && err.contains("48 MiB"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn non_image_files_are_skipped_and_counted() {
     let dir: PathBuf = std::env::temp_dir().join(format!("tlab-skip-{}", std::process::id()));
     data(&dir.join("data"));
