@@ -59,8 +59,16 @@ fn mutate(src: &[u8], rng: &mut Lcg) -> Vec<u8> {
     b
 }
 
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[test]
 fn corrupted_checkpoints_never_panic() {
+    // Count every panic, even one the reader catches internally: the reader
+    // should reject bad input before anything panics.
+    std::panic::set_hook(Box::new(|info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("panic: {info}");
+    }));
     let mut rng = Lcg(0x5eed);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut runs = 0usize;
@@ -81,6 +89,9 @@ fn corrupted_checkpoints_never_panic() {
             }
         }
     }
-    eprintln!("{runs} mutated checkpoints read without a panic ({ok} still parsed)");
+    let _ = std::panic::take_hook();
+    let panics = PANICS.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{runs} mutated checkpoints, {ok} still parsed, {panics} panics");
+    assert_eq!(panics, 0, "the reader panicked internally");
     assert!(runs >= 1000);
 }

@@ -183,7 +183,20 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, Strin
 fn parse_pickle(cursor: &mut Cursor<&[u8]>) -> std::result::Result<Object, String> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut stack = Stack::empty();
-        stack.read_loop(cursor)?;
+        // candle's `read_loop`, one opcode at a time, refusing a LONG1 wider
+        // than 8 bytes: candle shifts it into an i64, which overflows (a
+        // panic with overflow checks; found by the `pth` fuzz target).
+        loop {
+            let rest = &cursor.get_ref()[cursor.position() as usize..];
+            if let [0x8a, n, ..] = rest {
+                if *n > 8 {
+                    candle_core::bail!("integer of {n} bytes (LONG1) is out of range");
+                }
+            }
+            if stack.read(cursor)? {
+                break;
+            }
+        }
         stack.finalize()
     }));
     match result {

@@ -1,0 +1,9 @@
+//! Arbitrary bytes through the PyTorch checkpoint reader (zip and legacy):
+//! an error or tensors, never a panic, a hang or a huge allocation.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tlab::weights::pth::read_bytes(data);
+});
