@@ -149,11 +149,34 @@ impl Lab {
                 self.run_one(i, obs)?;
             }
         }
-        // Re-running a step starts from the state the previous step left.
+        // Re-running a step starts from the state the previous step left. If
+        // the re-run fails (a weights file replaced by a broken one, a data
+        // folder emptied), everything is put back as it was: never lose work.
         if self.results[index].is_some() {
-            self.rewind_to(index)?;
+            let results = self.results.clone();
+            let states = self.states.clone();
+            let history = self.history.clone();
+            let augment = self.augment.clone();
+            let snapshot = self.model.as_ref().map(Classifier::snapshot).transpose()?;
+            // Keep the model object itself: rewinding to the start drops it.
+            let parked = if index == 0 { self.model.take() } else { None };
+            let outcome = self.rewind_to(index).and_then(|_| self.run_one(index, obs));
+            if let Err(e) = outcome {
+                self.results = results;
+                self.states = states;
+                self.history = history;
+                self.augment = augment;
+                if parked.is_some() {
+                    self.model = parked;
+                }
+                if let (Some(model), Some(snap)) = (self.model.as_mut(), snapshot) {
+                    model.restore(&snap)?;
+                }
+                return Err(e);
+            }
+        } else {
+            self.run_one(index, obs)?;
         }
-        self.run_one(index, obs)?;
         Ok(self.results[index].as_ref().expect("just set"))
     }
 
