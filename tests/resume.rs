@@ -97,7 +97,7 @@ fn assert_same_result(a: &Path, b: &Path) {
     let ha = std::fs::read_to_string(a.join("history.csv")).unwrap();
     let hb = std::fs::read_to_string(b.join("history.csv")).unwrap();
     let cols =
-        |h: &str| -> Vec<String> { h.lines().map(|l| l.rsplitn(2, ',').nth(1).unwrap_or("").to_string()).collect() };
+        |h: &str| -> Vec<String> { h.lines().map(|l| l.rsplit_once(',').map_or("", |(a, _)| a).to_string()).collect() };
     assert_eq!(cols(&ha), cols(&hb), "history (without timings) differs");
 }
 
