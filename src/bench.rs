@@ -12,7 +12,7 @@ use crate::augment::Rng;
 use crate::error::Result;
 use crate::models::layers::{Mode, ParamLoader};
 use crate::models::{self, Classifier, Head};
-use crate::recipe::{FineTuneConfig, FreezePoint, HeadConfig, Optimizer, Pooling, Schedule};
+use crate::recipe::{FineTuneConfig, FreezePoint, HeadConfig, Pooling};
 
 /// One benchmark's settings and result (printed as one JSON line).
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +71,20 @@ pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usiz
     })
 }
 
+/// The recipe's fine_tune defaults (Adam, PyTorch's betas), taken from the
+/// recipe parser so they are defined in one place.
+fn default_fine_tune() -> Result<FineTuneConfig> {
+    let text = "name = \"bench\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\n";
+    let recipe = crate::recipe::parse(text, std::path::Path::new("bench.toml"))?;
+    match recipe.steps.into_iter().find_map(|s| match s.kind {
+        crate::recipe::StepKind::FineTune(c) => Some(c),
+        _ => None,
+    }) {
+        Some(c) => Ok(c),
+        None => Err(crate::error::Error::Invalid("bench: no fine_tune defaults".into())),
+    }
+}
+
 /// One training step (forward, backward, Adam update) with the blocks before
 /// `freeze` frozen and a new 10-class head.
 pub fn train_step(
@@ -96,25 +110,7 @@ pub fn train_step(
     };
     let k = models::frozen_block_count(&point, &model.backbone.block_names())?;
     model.freeze(k, false)?;
-    let cfg = FineTuneConfig {
-        epochs: 1,
-        optimizer: Optimizer::Adam,
-        lr: 1e-4,
-        momentum: 0.9,
-        nesterov: false,
-        weight_decay: 0.0,
-        beta1: 0.9,
-        beta2: 0.999,
-        batch_size: None,
-        label_smoothing: 0.0,
-        schedule: Schedule::Constant,
-        warmup_epochs: 0,
-        step_size: 1,
-        gamma: 0.1,
-        min_lr: 0.0,
-        early_stopping: None,
-        time_limit_secs: None,
-    };
+    let cfg = default_fine_tune()?;
     let mut opt = crate::train::optim::Optimizer::new(model.trainable_vars(), &cfg);
     let x = input(batch, size)?;
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu)?;
