@@ -65,6 +65,9 @@ struct State {
 pub struct Lab {
     recipe: Recipe,
     data: Option<Arc<Dataset>>,
+    /// The data folders changed on disk since `data` was decoded: the next
+    /// step that reads images decodes them again (keeping `data` if that fails).
+    data_changed: bool,
     model: Option<Classifier>,
     augment: Option<AugmentConfig>,
     history: Vec<(usize, EpochRecord)>,
@@ -85,6 +88,7 @@ impl Lab {
         Lab {
             recipe,
             data: None,
+            data_changed: false,
             model: None,
             augment: None,
             history: Vec::new(),
@@ -285,6 +289,16 @@ impl Lab {
         Ok(Some(first))
     }
 
+    /// Something the recipe reads changed on disk (a data folder, a weights
+    /// file). Results are kept (the last good state) until the affected
+    /// steps are re-run; returns the first of them, if any step reads `input`.
+    pub fn input_changed(&mut self, input: &recipe::Input) -> Option<usize> {
+        if matches!(input, recipe::Input::Data(_)) {
+            self.data_changed = true;
+        }
+        self.recipe.first_step_using(input)
+    }
+
     /// Forgets the results of `index` and later, restoring the state the
     /// step before `index` left behind.
     pub fn rewind_to(&mut self, index: usize) -> Result<()> {
@@ -430,7 +444,7 @@ impl Lab {
     }
 
     fn load_data(&mut self, obs: &mut dyn Observer) -> Result<Arc<Dataset>> {
-        if let Some(d) = &self.data {
+        if let Some(d) = self.data.as_ref().filter(|_| !self.data_changed) {
             return Ok(d.clone());
         }
         let t = Instant::now();
@@ -448,6 +462,7 @@ impl Lab {
             obs.event(train::Event::Log(format!("warning: skipped {}: {why}", path.display())));
         }
         self.data = Some(data.clone());
+        self.data_changed = false;
         Ok(data)
     }
 

@@ -332,6 +332,19 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     };
     let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    // A process killed mid-write leaves its temp file; never its target.
+    tlab::report::remove_stale_temps(&dir);
+    // Name the recipe at once, so a run killed before its first checkpoint
+    // can still be resumed (it starts over).
+    if !dir.join("status.json").exists() {
+        let status = serde_json::json!({
+            "complete": false,
+            "steps": recipe.steps.len(),
+            "steps_done": [],
+            "recipe": std::fs::canonicalize(&recipe.path).unwrap_or(recipe.path.clone()).display().to_string(),
+        });
+        tlab::report::atomic_write(&dir.join("status.json"), serde_json::to_string_pretty(&status)?.as_bytes())?;
+    }
     let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new();
     progress.checkpoints = Some((dir.clone(), recipe.clone()));

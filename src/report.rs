@@ -37,6 +37,29 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Removes the temp files [`atomic_write`] leaves behind when a process is
+/// killed between writing and renaming (`.NAME.PID.tmp`) in `dir` and its
+/// direct sub-folders. Call it before a new process writes into a run folder.
+pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let own = format!(".{}.tmp", std::process::id());
+    let mut folders = vec![dir.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        folders.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for path in entries.flatten().map(|e| e.path()) {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let stale = name.starts_with('.') && name.ends_with(".tmp") && !name.ends_with(&own);
+            if stale && path.is_file() && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed
+}
+
 /// What `tlab predict --model DIR` needs to rebuild the model (`model.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelCard {
@@ -211,6 +234,20 @@ mod tests {
     fn timestamp_is_civil_utc() {
         assert_eq!(utc_stamp(0), "19700101-000000");
         assert_eq!(utc_stamp(1_795_876_496), "20261128-143456");
+    }
+
+    #[test]
+    fn stale_temps_of_killed_writers_are_removed() {
+        let dir = std::env::temp_dir().join(format!("tlab-stale-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+        for f in [".a.json.1.tmp", "checkpoint/.state.json.2.tmp", "keep.tmp", "report.md"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let mut removed = remove_stale_temps(&dir);
+        removed.sort();
+        assert_eq!(removed, vec![dir.join(".a.json.1.tmp"), dir.join("checkpoint/.state.json.2.tmp")]);
+        assert!(dir.join("keep.tmp").exists() && dir.join("report.md").exists());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Interrupting a run and resuming it: after Ctrl-C (exit 130) or kill -9,
 //! `tlab run --resume DIR` continues from the last completed epoch and ends
-//! with the same weights and metrics as an uninterrupted run.
+//! with the same weights and metrics as an uninterrupted run. Then kill -9 at
+//! random moments, several times in a row: after each kill every file in the
+//! run directory parses, and the resumed run still ends the same.
 
 mod common;
 
@@ -111,8 +113,11 @@ fn resumed_runs_end_like_uninterrupted_ones() {
     std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
 
     let full = dir.join("full");
+    let started = std::time::Instant::now();
     let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let full_run = started.elapsed();
+    assert_every_file_parses(&full);
 
     for (name, epoch, signal, code) in [("sigint", 3, libc::SIGINT, Some(130)), ("kill9", 5, libc::SIGKILL, None)] {
         let run = dir.join(name);
@@ -125,5 +130,106 @@ fn resumed_runs_end_like_uninterrupted_ones() {
         assert!(text.contains("resuming"), "{text}");
         assert_same_result(&full, &run);
     }
+
+    random_kills(&recipe, &dir.join("random"), full_run);
+    assert_same_result(&full, &dir.join("random"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `tlab run RECIPE --resume DIR` (a fresh start while DIR has no
+/// checkpoint) and kills it with SIGKILL after a random delay, `KILLS` times;
+/// checks the directory after every kill, then lets the last resume finish.
+/// The seed is printed; `TLAB_KILL_SEED` replays a sequence.
+fn random_kills(recipe: &Path, run: &Path, full_run: std::time::Duration) {
+    const KILLS: usize = 8;
+    let seed = std::env::var("TLAB_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1
+    });
+    eprintln!("random kills: TLAB_KILL_SEED={seed}, an uninterrupted run takes {:.1}s", full_run.as_secs_f64());
+    let mut state = seed;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let resume = || {
+        let mut c = tlab();
+        c.args(["run", recipe.to_str().unwrap(), "--resume", run.to_str().unwrap()]);
+        c
+    };
+    for k in 0..KILLS {
+        // Within a window that shrinks as the run gets further: some kills
+        // land while loading, some mid-epoch, some while checkpoints or
+        // reports are written, a few after the end.
+        let delay = full_run.mul_f64(uniform() * (KILLS - k) as f64 / KILLS as f64);
+        let mut child = resume().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let at = tlab::checkpoint::read_state(run)
+            .unwrap_or_else(|e| panic!("kill {k}: the checkpoint does not read: {e}"))
+            .map_or("no checkpoint yet".to_string(), |s| {
+                format!("step {} epoch {}{}", s.step + 1, s.epochs_done, if s.finished { " (step done)" } else { "" })
+            });
+        eprintln!("kill {k} after {:.2}s{}: {at}", delay.as_secs_f64(), if finished { " (had finished)" } else { "" });
+        assert_every_file_parses(run);
+    }
+    let out = resume().output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_every_file_parses(run);
+    let leftovers: Vec<_> = walk(run).into_iter().filter(|p| p.extension().is_some_and(|e| e == "tmp")).collect();
+    assert!(leftovers.is_empty(), "temp files left after a clean finish: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every file in a run directory is complete: JSON and safetensors parse,
+/// CSV rows all have the header's column count, text ends with a newline.
+/// Hidden `.NAME.PID.tmp` files (a writer killed before its rename) are the
+/// only other files allowed; the next run removes them.
+fn assert_every_file_parses(dir: &Path) {
+    for path in walk(dir) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let what = path.display();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => {
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            Some("safetensors") => {
+                safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            Some("csv") => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(text.ends_with('\n'), "{what} is cut short");
+                let mut lines = text.lines();
+                let cols = lines.next().unwrap_or_default().split(',').count();
+                for l in lines {
+                    assert_eq!(l.split(',').count(), cols, "{what}: row `{l}`");
+                }
+            }
+            Some("md" | "txt") => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(text.ends_with('\n'), "{what} is cut short");
+            }
+            _ => panic!("unexpected file {what} in the run directory"),
+        }
+    }
 }

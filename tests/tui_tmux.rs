@@ -108,7 +108,9 @@ fn tui_runs_steps_shows_confusion_and_reruns_stale_steps_after_an_edit() {
     let _ = std::fs::remove_dir_all(&dir);
     make_data(&dir.join("data"));
     let recipe = dir.join("tmux.toml");
-    let weights = tlab::predict::shipped_imagenet_weights();
+    // A copy: the test replaces it on disk.
+    let weights = dir.join("weights.safetensors");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), &weights).unwrap();
     std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
 
     let s = Session::start(&dir, &recipe);
@@ -157,6 +159,28 @@ fn tui_runs_steps_shows_confusion_and_reruns_stale_steps_after_an_edit() {
     assert_eq!(log.matches("[step 1] started").count(), 1, "{log}");
     assert_eq!(log.matches("[step 3] started").count(), 2, "{log}");
     assert_eq!(log.matches("[step 4] started").count(), 2, "{log}");
+
+    // The weights file replaced by a broken one: a banner, a failed re-run of
+    // the backbone step, and its last good outputs stay on screen.
+    let good = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, b"not weights any more").unwrap();
+    s.wait_for("the failed re-run banner", Duration::from_secs(60), |sc| {
+        sc.contains("failed on re-run") && sc.contains('✗')
+    });
+    let sc = s.screen();
+    assert!(sc.contains("4. fine_tune") && sc.contains("stale"), "later steps stay (stale):\n{sc}");
+    // Put the good file back: everything re-runs by itself and the banner goes.
+    std::fs::write(&weights, &good).unwrap();
+    s.wait_for("the re-run after the weights came back", Duration::from_secs(180), |sc| {
+        count_done(sc) == 5 && !sc.contains("stale") && !sc.contains("changed on disk") && !sc.contains("re-run failed")
+    });
+    // A new image in the data folder: the steps that read the data re-run.
+    let extra = dir.join("data/train/red/extra.png");
+    image::RgbImage::from_pixel(16, 16, image::Rgb([250, 5, 5])).save(&extra).unwrap();
+    s.wait_for("the data banner", Duration::from_secs(30), |sc| sc.contains("data folder") || sc.contains('⠋'));
+    s.wait_for("the re-run after the data changed", Duration::from_secs(180), |sc| {
+        count_done(sc) == 5 && !sc.contains("stale")
+    });
 
     // A broken edit shows a banner and keeps the state.
     std::fs::write(&recipe, "name = \"tmux\"\n[data\n").unwrap();

@@ -78,6 +78,33 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The files and folders on disk a run of this recipe reads, besides the
+    /// recipe itself: the data folders and local weights files. The TUI
+    /// watches them so a change on disk marks the steps that read them stale.
+    pub fn inputs(&self) -> Vec<Input> {
+        let mut out = vec![Input::Data(self.data.train.clone())];
+        out.extend(self.data.valid.iter().cloned().map(Input::Data));
+        for step in &self.steps {
+            if let StepKind::Backbone(BackboneStep { weights: Some(WeightsSource::Path(p)), .. }) = &step.kind {
+                if !out.iter().any(|i| matches!(i, Input::Weights(q) if q == p)) {
+                    out.push(Input::Weights(p.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The first step whose result depends on `input`: for data, the first
+    /// step that reads images (backbone, fine_tune, evaluate); for a weights
+    /// file, the first backbone step that loads it. `None` if no step does.
+    pub fn first_step_using(&self, input: &Input) -> Option<usize> {
+        self.steps.iter().position(|s| match (input, &s.kind) {
+            (Input::Data(_), StepKind::Backbone(_) | StepKind::FineTune(_) | StepKind::Evaluate(_)) => true,
+            (Input::Weights(p), StepKind::Backbone(b)) => b.weights == Some(WeightsSource::Path(p.clone())),
+            _ => false,
+        })
+    }
+
     /// The index of the first step whose result may differ between `self` and
     /// `other`, for hot reload: everything before it can be reused.
     ///
@@ -93,6 +120,23 @@ impl Recipe {
         (0..common)
             .find(|&i| self.steps[i].fingerprint != other.steps[i].fingerprint)
             .or_else(|| (self.steps.len() != other.steps.len()).then_some(common))
+    }
+}
+
+/// Something on disk that a recipe reads (see [`Recipe::inputs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A data folder (train or valid), read recursively.
+    Data(PathBuf),
+    /// A local weights file.
+    Weights(PathBuf),
+}
+
+impl Input {
+    pub fn path(&self) -> &Path {
+        match self {
+            Input::Data(p) | Input::Weights(p) => p,
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub enum Command {
     /// Run these steps in order (stop at the first failure or a cancel).
     Run(Vec<usize>),
     SetRecipe(Box<Recipe>),
+    /// A data folder or weights file changed on disk.
+    InputChanged(crate::recipe::Input),
     Preview {
         step: usize,
         seed: u64,
@@ -152,6 +154,8 @@ pub struct Cell {
     pub progress: Progress,
     pub history: Vec<EpochRecord>,
     pub result: Option<StepResult>,
+    /// The last good outputs while the step re-runs, put back if the re-run fails.
+    pub previous: Option<Box<Cell>>,
 }
 
 impl Cell {
@@ -166,6 +170,7 @@ impl Cell {
             progress: Progress::default(),
             history: Vec::new(),
             result: None,
+            previous: None,
         }
     }
 
@@ -266,6 +271,9 @@ pub struct App {
     pub help: bool,
     pub confirm_quit: bool,
     pub reload: ReloadState,
+    /// A warning banner: inputs changed on disk, or a re-run failed and the
+    /// last good outputs are shown instead.
+    pub notice: Option<String>,
     pub running: Option<usize>,
     /// A run was requested and the worker has not reported idle since.
     pub pending: bool,
@@ -290,6 +298,7 @@ impl App {
             help: false,
             confirm_quit: false,
             reload: ReloadState::Watching,
+            notice: None,
             running: None,
             pending: false,
             preview_seed: recipe.seed,
@@ -415,17 +424,23 @@ impl App {
     }
 
     /// With auto-run on: re-run stale steps (up to the last stale one).
+    /// A step that failed since its inputs last changed is not retried by
+    /// itself (that would loop); the next edit or file change makes it stale.
     fn autorun_effects(&mut self) -> Vec<Effect> {
-        match self.cells.iter().rposition(|c| c.stale) {
-            Some(last) if self.running.is_none() => self.run(self.pending_through(last)),
-            _ => vec![],
+        let Some(last) = self.cells.iter().rposition(|c| c.stale) else { return vec![] };
+        let steps = self.pending_through(last);
+        let blocked = steps.iter().any(|&i| matches!(self.cells[i].status, Status::Failed(_)) && !self.cells[i].stale);
+        if self.running.is_some() || blocked {
+            return vec![];
         }
+        self.run(steps)
     }
 
     /// A step started on the worker.
     pub fn on_step_started(&mut self, step: usize) {
         self.running = Some(step);
         if let Some(c) = self.cells.get_mut(step) {
+            c.previous = c.result.is_some().then(|| Box::new(Cell { previous: None, ..c.clone() }));
             c.status = Status::Running { since: Instant::now() };
             c.stale = false;
             c.log.clear();
@@ -475,16 +490,56 @@ impl App {
                 matches!(&result.output, StepOutput::FineTune(o) if o.stop == crate::train::Stop::Cancelled);
             c.status = Status::Done { seconds: result.seconds, cancelled };
             c.stale = false;
+            c.previous = None;
             c.summary = result.summary.clone();
             c.result = Some(result);
+        }
+        if !self.cells.iter().any(|c| c.stale || matches!(c.status, Status::Failed(_))) {
+            self.notice = None;
         }
     }
 
     pub fn on_step_failed(&mut self, step: usize, message: String) {
         self.running = None;
-        if let Some(c) = self.cells.get_mut(step) {
-            c.log.push(format!("✗ {message}"));
-            c.status = Status::Failed(message);
+        let Some(c) = self.cells.get_mut(step) else { return };
+        match c.previous.take() {
+            // A failed re-run: show the last good outputs again (stale) with
+            // the error in the log and a banner. The engine kept that state too.
+            Some(previous) => {
+                let attempt = std::mem::take(&mut c.log);
+                *c = Cell { status: Status::Failed(message.clone()), stale: false, ..*previous };
+                c.log.push(format!(
+                    "── re-run failed ({} lines of its log below); last good outputs shown ──",
+                    attempt.len()
+                ));
+                c.log.extend(attempt);
+                c.log.push(format!("✗ {message}"));
+                self.notice =
+                    Some(format!("step {} failed on re-run: {message} — showing its last good result", step + 1));
+            }
+            None => {
+                c.log.push(format!("✗ {message}"));
+                c.status = Status::Failed(message);
+            }
+        }
+    }
+
+    /// A data folder or weights file changed on disk: steps from `first` on
+    /// that have outputs turn stale (kept, dimmed) and auto-run re-runs them.
+    pub fn on_input_changed(&mut self, first: Option<usize>, what: &str) -> Vec<Effect> {
+        let Some(first) = first else { return vec![] };
+        for c in self.cells.iter_mut().skip(first) {
+            if !matches!(c.status, Status::Pending) {
+                c.stale = true;
+            }
+        }
+        let how = if self.autorun { "re-running" } else { "press a to re-run" };
+        self.notice =
+            Some(format!("{what} changed on disk: steps {}–{} are stale ({how})", first + 1, self.cells.len()));
+        if self.autorun && self.running.is_none() {
+            self.autorun_effects()
+        } else {
+            vec![]
         }
     }
 
@@ -666,6 +721,42 @@ kind = "evaluate"
         app.on_recipe_error("r.toml:3:1: bad".into());
         assert!(matches!(app.reload, ReloadState::Error(_)));
         assert!(app.cells[0].is_done());
+    }
+
+    #[test]
+    fn a_changed_input_marks_steps_stale_and_a_failed_rerun_shows_the_last_good_outputs() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        for i in 0..5 {
+            done(&mut app, i);
+        }
+        app.update(key('w'));
+        let weights = crate::recipe::Input::Weights("w.safetensors".into());
+        let first = app.recipe.first_step_using(&crate::recipe::Input::Data("d".into()));
+        assert_eq!(first, Some(0), "the backbone step reads the data");
+        assert_eq!(app.recipe.first_step_using(&weights), None, "this recipe loads no weights file");
+        assert!(app.on_input_changed(None, "nothing").is_empty());
+        let effects = app.on_input_changed(Some(0), "data folder d");
+        assert!(app.cells.iter().all(|c| c.stale && c.result.is_some()));
+        assert!(app.notice.as_deref().unwrap().contains("data folder d changed on disk"));
+        assert_eq!(effects, vec![Effect::Send(CommandKind::Run(vec![0, 1, 2, 3, 4]))]);
+
+        // The re-run of step 1 fails: its last good outputs come back, with the error.
+        app.on_step_started(0);
+        assert!(app.cells[0].result.is_none());
+        app.on_event(0, Event::Log("decoding".into()));
+        app.on_step_failed(0, "data/train/cat: no images".into());
+        let c = &app.cells[0];
+        assert!(c.result.is_some() && matches!(c.status, Status::Failed(_)));
+        assert!(c.log.last().unwrap().contains("no images") && c.log.iter().any(|l| l == "decoding"));
+        assert!(app.notice.as_deref().unwrap().contains("step 1 failed on re-run"));
+        // Auto-run does not retry the failed step by itself (no loop) …
+        assert!(app.on_idle().is_empty());
+        // … until the input changes again; then a good re-run clears the banner.
+        assert_eq!(app.on_input_changed(Some(0), "data folder d").len(), 1);
+        for i in 0..5 {
+            done(&mut app, i);
+        }
+        assert!(app.notice.is_none());
     }
 
     #[test]

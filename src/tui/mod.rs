@@ -3,7 +3,8 @@
 //! Threads and channels:
 //! * the **engine** thread ([`worker`]) owns the `Lab` and runs steps;
 //! * an **input** thread turns terminal events into messages;
-//! * **notify** reports edits of the recipe file ([`watch`]);
+//! * **notify** reports edits of the recipe file and changes to its data
+//!   folders and weights files ([`watch`]);
 //! * one **encoder** thread per shown image resizes and encodes it;
 //! * the **UI** thread (here) owns the terminal: it receives every message on
 //!   one channel, updates [`app::App`] and redraws. It never waits on work.
@@ -42,7 +43,7 @@ use worker::FromWorker;
 enum AppEvent {
     Input(TermEvent),
     Worker(FromWorker),
-    FileChanged,
+    FileChanged(watch::Changed),
     Resized(ImageKey, ResizeResponse),
 }
 
@@ -102,13 +103,14 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     }
     let watcher = {
         let tx = tx.clone();
-        watch::watch(&recipe.path, move || drop(tx.send(AppEvent::FileChanged)))
+        watch::Watch::new(&recipe, move |c| drop(tx.send(AppEvent::FileChanged(c))))
     };
     let mut log =
         std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     if let Err(e) = &watcher {
         let _ = writeln!(log, "hot reload disabled: cannot watch {}: {e}", recipe.path.display());
     }
+    let mut watcher = watcher.ok();
 
     install_panic_hook();
     let mut terminal = enter_terminal()?;
@@ -121,7 +123,8 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     let paused = Arc::new(AtomicBool::new(false));
     spawn_input(tx.clone(), paused.clone());
 
-    let result = event_loop(&mut terminal, &mut app, &mut images, &rx, &cmd_tx, &cancel, &paused, &mut log);
+    let result =
+        event_loop(&mut terminal, &mut app, &mut images, &rx, &cmd_tx, &cancel, &paused, &mut log, &mut watcher);
     leave_terminal();
     if let Some((median, max)) = app.frame_stats() {
         let _ = writeln!(
@@ -189,8 +192,11 @@ fn event_loop(
     cancel: &AtomicBool,
     paused: &AtomicBool,
     log: &mut std::fs::File,
+    watcher: &mut Option<watch::Watch>,
 ) -> Result<()> {
     let mut reload_due: Option<Instant> = None;
+    // What changed since the debounce timer started.
+    let mut changed: Vec<watch::Changed> = Vec::new();
     loop {
         let t0 = Instant::now();
         terminal.draw(|f| views::draw(f, app, images)).map_err(io_err)?;
@@ -200,7 +206,11 @@ fn event_loop(
         let timeout =
             reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
         let mut effects = Vec::new();
-        let mut handle = |ev: AppEvent, app: &mut App, images: &mut Images, reload_due: &mut Option<Instant>| match ev {
+        let mut handle = |ev: AppEvent,
+                          app: &mut App,
+                          images: &mut Images,
+                          reload_due: &mut Option<Instant>,
+                          changed: &mut Vec<watch::Changed>| match ev {
             AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
                 if let Some(a) = Action::from_key(k) {
                     effects.extend(app.update(a));
@@ -219,15 +229,20 @@ fn event_loop(
                 FromWorker::Idle => effects.extend(app.on_idle()),
                 FromWorker::Image { step, kind, image, captions } => images.set(step, kind, image, captions),
             },
-            AppEvent::FileChanged => *reload_due = Some(Instant::now() + DEBOUNCE),
+            AppEvent::FileChanged(c) => {
+                if !changed.contains(&c) {
+                    changed.push(c);
+                }
+                *reload_due = Some(Instant::now() + DEBOUNCE);
+            }
             AppEvent::Resized(key, resp) => images.update(key, resp),
         };
         match rx.recv_timeout(timeout) {
             Ok(ev) => {
-                handle(ev, app, images, &mut reload_due);
+                handle(ev, app, images, &mut reload_due, &mut changed);
                 // Drain what else is queued before redrawing (batch events).
                 while let Ok(ev) = rx.try_recv() {
-                    handle(ev, app, images, &mut reload_due);
+                    handle(ev, app, images, &mut reload_due, &mut changed);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -235,7 +250,21 @@ fn event_loop(
         }
         if reload_due.is_some_and(|d| Instant::now() >= d) {
             reload_due = None;
-            effects.extend(reload(app, images, cmd_tx, cancel, log));
+            for c in std::mem::take(&mut changed) {
+                match c {
+                    watch::Changed::Recipe => {
+                        effects.extend(reload(app, images, cmd_tx, cancel, log));
+                        if let Some(w) = watcher.as_mut() {
+                            if let Err(e) = w.retarget(&app.recipe) {
+                                let _ = writeln!(log, "cannot watch the recipe's inputs: {e}");
+                            }
+                        }
+                    }
+                    watch::Changed::Input(input) => {
+                        effects.extend(input_changed(app, cmd_tx, cancel, log, input));
+                    }
+                }
+            }
         }
         for effect in effects {
             match effect {
@@ -294,6 +323,29 @@ fn reload(
             effects
         }
     }
+}
+
+/// A data folder or weights file changed on disk: the steps that read it turn
+/// stale (their outputs stay until a re-run succeeds) and a banner says so.
+fn input_changed(
+    app: &mut App,
+    cmd_tx: &Sender<Command>,
+    cancel: &AtomicBool,
+    log: &mut std::fs::File,
+    input: crate::recipe::Input,
+) -> Vec<Effect> {
+    let first = app.recipe.first_step_using(&input);
+    let what = match &input {
+        crate::recipe::Input::Data(p) => format!("data folder {}", p.display()),
+        crate::recipe::Input::Weights(p) => format!("weights file {}", p.display()),
+    };
+    let _ = writeln!(log, "{what} changed on disk: stale from step {:?}", first.map(|f| f + 1));
+    let Some(first) = first else { return vec![] };
+    if app.running.is_some_and(|r| r >= first) {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    let _ = cmd_tx.send(Command::InputChanged(input));
+    app.on_input_changed(Some(first), &what)
 }
 
 /// Suspends the TUI, runs `$EDITOR` (or `vi`) on the recipe, and resumes.

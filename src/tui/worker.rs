@@ -86,15 +86,27 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
                     }
                 }
             }
+            Command::InputChanged(input) => {
+                let first = lab.input_changed(&input);
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(
+                        f,
+                        "{} changed on disk: stale from step {:?}",
+                        input.path().display(),
+                        first.map(|i| i + 1)
+                    );
+                }
+            }
             Command::Preview { step, seed } => send_preview(&lab, step, seed, &tx),
             Command::Run(steps) => {
                 cancel.store(false, Ordering::Relaxed);
                 'steps: for step in steps {
-                    // A reload between steps aborts the rest of the list.
+                    // A reload or a changed input between steps aborts the rest
+                    // of the list; the UI asks again for what is stale.
                     loop {
                         match rx.try_recv() {
                             Ok(Command::Cancel) => break 'steps,
-                            Ok(c @ Command::SetRecipe(_)) => {
+                            Ok(c @ (Command::SetRecipe(_) | Command::InputChanged(_))) => {
                                 queue.push_back(c);
                                 break 'steps;
                             }

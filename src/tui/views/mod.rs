@@ -23,18 +23,27 @@ use images::Images;
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame, app: &App, images: &mut Images) {
     let [banner, main, status_area] = Layout::vertical([
-        Constraint::Length(u16::from(matches!(app.reload, super::app::ReloadState::Error(_)))),
+        Constraint::Length(
+            u16::from(matches!(app.reload, super::app::ReloadState::Error(_))) + u16::from(app.notice.is_some()),
+        ),
         Constraint::Min(3),
         Constraint::Length(1),
     ])
     .areas(frame.area());
+    let mut lines = Vec::new();
     if let super::app::ReloadState::Error(msg) = &app.reload {
-        let line = Line::from(vec![
+        lines.push(Line::from(vec![
             Span::styled(" reload failed ", Style::new().bg(Color::Red).fg(Color::White).add_modifier(Modifier::BOLD)),
             Span::raw(format!(" {msg} — keeping the last good recipe")),
-        ]);
-        frame.render_widget(Paragraph::new(line), banner);
+        ]));
     }
+    if let Some(notice) = &app.notice {
+        lines.push(Line::from(vec![
+            Span::styled(" changed ", Style::new().bg(Color::Yellow).fg(Color::Black).add_modifier(Modifier::BOLD)),
+            Span::raw(format!(" {notice}")),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines), banner);
     let left_width = (main.width / 3).clamp(28, 48);
     let [left, right] = Layout::horizontal([Constraint::Length(left_width), Constraint::Min(10)]).areas(main);
     steps::render(frame, left, app);
