@@ -40,6 +40,16 @@ CASES = [
     ("resnet18 train layer4+head b32 128",
      ["train-step", "--backbone", "resnet18", "--freeze", "layer4", "--batch", "32", "--size", "128"],
      dict(kind="train", arch="resnet18", batch=32, size=128, trainable_from="layer4")),
+    ("mobilenet_v2 train full network b32 96",
+     ["train-step", "--backbone", "mobilenet_v2", "--freeze", "none", "--batch", "32", "--size", "96"],
+     dict(kind="train", arch="mobilenet_v2", batch=32, size=96, trainable_from="features.0")),
+    ("resnet18 train full network b32 128",
+     ["train-step", "--backbone", "resnet18", "--freeze", "none", "--batch", "32", "--size", "128"],
+     dict(kind="train", arch="resnet18", batch=32, size=128, trainable_from="conv1")),
+    # The optimizer alone: one AdamW update of all of ResNet-18 + a 10-class head
+    # (updates per second in the img/s columns).
+    ("resnet18 adamw update, all params", ["optimizer-step", "--backbone", "resnet18", "--optimizer", "adamw"],
+     dict(kind="optimizer", arch="resnet18", batch=1, size=0)),
 ]
 
 # One fine-tune epoch of the quickstart data without augmentation: tlab caches
@@ -115,6 +125,18 @@ TORCH_CASE = textwrap.dedent('''
     case = json.loads(sys.argv[1]); threads = int(sys.argv[2]); iters = int(sys.argv[3]); warmup = int(sys.argv[4])
     torch.set_num_threads(threads)
     m = getattr(torchvision.models, case["arch"])()
+    if case["kind"] == "optimizer":
+        m.fc = torch.nn.Linear(m.fc.in_features, 10)
+        params = list(m.parameters())
+        for p in params: p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        times = []
+        for i in range(warmup + iters):
+            t0 = time.perf_counter(); opt.step(); dt = time.perf_counter() - t0
+            if i >= warmup: times.append(dt)
+        med = statistics.median(times)
+        print(json.dumps({"images_per_sec": 1 / med, "median_seconds": med}))
+        sys.exit(0)
     if case["arch"] == "mobilenet_v2":
         backbone = m.features
         feat = 1280

@@ -25,8 +25,12 @@ pub struct BenchResult {
     pub iters: usize,
     pub warmup: usize,
     pub median_seconds: f64,
+    /// Images per second; for `optimizer-step`, updates per second.
     pub images_per_sec: f64,
     pub threads: usize,
+    /// Parameters updated (`optimizer-step` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,13 +72,18 @@ pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usiz
         median_seconds: m,
         images_per_sec: batch as f64 / m,
         threads: rayon::current_num_threads(),
+        params: None,
     })
 }
 
 /// The recipe's fine_tune defaults (Adam, PyTorch's betas), taken from the
-/// recipe parser so they are defined in one place.
-fn default_fine_tune() -> Result<FineTuneConfig> {
-    let text = "name = \"bench\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\n";
+/// recipe parser so they are defined in one place; `extra` overrides keys.
+fn default_fine_tune(extra: &str) -> Result<FineTuneConfig> {
+    let text = format!(
+        "name = \"bench\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
+         [[step]]\nkind = \"fine_tune\"\n{extra}\n"
+    );
+    let text = text.as_str();
     let recipe = crate::recipe::parse(text, std::path::Path::new("bench.toml"))?;
     match recipe.steps.into_iter().find_map(|s| match s.kind {
         crate::recipe::StepKind::FineTune(c) => Some(c),
@@ -110,7 +119,7 @@ pub fn train_step(
     };
     let k = models::frozen_block_count(&point, &model.backbone.block_names())?;
     model.freeze(k, false)?;
-    let cfg = default_fine_tune()?;
+    let cfg = default_fine_tune("")?;
     let mut opt = crate::train::optim::Optimizer::new(model.trainable_vars(), &cfg);
     let x = input(batch, size)?;
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu)?;
@@ -140,5 +149,50 @@ pub fn train_step(
         median_seconds: m,
         images_per_sec: batch as f64 / m,
         threads: rayon::current_num_threads(),
+        params: None,
+    })
+}
+
+/// The optimizer's own cost: one update of every parameter of `arch` plus a
+/// 10-class head. The gradients come from one real backward pass and are
+/// reused, so only the update is timed.
+pub fn optimizer_step(arch: &str, optimizer: &str, iters: usize, warmup: usize) -> Result<BenchResult> {
+    let momentum = if optimizer == "sgd" { "\nmomentum = 0.9" } else { "" };
+    let cfg = default_fine_tune(&format!("optimizer = \"{optimizer}\"\nweight_decay = 0.01{momentum}"))?;
+    let mut p = ParamLoader::random(0);
+    let backbone = models::build_backbone(arch, &mut p, false)?;
+    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
+    let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
+    let mut model = Classifier::new(backbone, head);
+    model.freeze(0, false)?;
+    let vars = model.trainable_vars();
+    let params = vars.iter().map(|v| v.elem_count()).sum();
+    let mut loss = Tensor::zeros((), DType::F32, &Device::Cpu)?;
+    for v in &vars {
+        loss = (loss + (v.as_tensor() * v.as_tensor().randn_like(0.0, 1.0)?)?.sum_all()?)?;
+    }
+    let grads = loss.backward()?;
+    let mut opt = crate::train::optim::Optimizer::new(vars, &cfg);
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        opt.step(&grads, 1e-4)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let m = median(times);
+    Ok(BenchResult {
+        case: "optimizer-step".into(),
+        backbone: arch.into(),
+        batch: 0,
+        size: 0,
+        freeze: Some(optimizer.into()),
+        iters,
+        warmup,
+        median_seconds: m,
+        images_per_sec: 1.0 / m,
+        threads: rayon::current_num_threads(),
+        params: Some(params),
     })
 }

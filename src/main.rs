@@ -119,6 +119,19 @@ enum BenchCase {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// One optimizer update of every parameter of the backbone and a 10-class
+    /// head (gradients from one backward pass, reused): the optimizer's own cost.
+    OptimizerStep {
+        #[arg(long, default_value = "resnet18")]
+        backbone: String,
+        /// sgd, adam or adamw (weight decay 0.01; momentum 0.9 for sgd).
+        #[arg(long, default_value = "adamw")]
+        optimizer: String,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
     /// One training step: forward, backward and Adam update, blocks before --freeze frozen.
     TrainStep {
         #[arg(long, default_value = "mobilenet_v2")]
@@ -509,6 +522,9 @@ fn bench(case: BenchCase) -> anyhow::Result<ExitCode> {
         }
         BenchCase::TrainStep { backbone, freeze, batch, size, iters, warmup } => {
             tlab::bench::train_step(&backbone, &freeze, batch, size, iters.max(1), warmup)?
+        }
+        BenchCase::OptimizerStep { backbone, optimizer, iters, warmup } => {
+            tlab::bench::optimizer_step(&backbone, &optimizer, iters.max(1), warmup)?
         }
     };
     println!("{}", serde_json::to_string(&result)?);
