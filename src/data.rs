@@ -139,14 +139,7 @@ impl Dataset {
 /// memory (from /proc/meminfo; no limit where that is unavailable).
 fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
     let needed = images as u64 * u64::from(size) * u64::from(size) * 3;
-    let (budget, source) = match std::env::var("TLAB_MEMORY_BUDGET_MB").ok().and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        Some(mb) => (mb * 1024 * 1024, "TLAB_MEMORY_BUDGET_MB"),
-        None => match total_memory() {
-            Some(total) => (total / 2, "half the machine's memory"),
-            None => return Ok(()),
-        },
-    };
+    let Some((budget, source)) = memory_budget() else { return Ok(()) };
     if needed > budget {
         return Err(Error::data(
             dir,
@@ -159,6 +152,16 @@ fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The memory tlab allows itself for decoded images and cached features, in
+/// bytes, and where the number comes from: `TLAB_MEMORY_BUDGET_MB` when set,
+/// else half the machine's memory; `None` where neither is known.
+pub fn memory_budget() -> Option<(u64, &'static str)> {
+    match std::env::var("TLAB_MEMORY_BUDGET_MB").ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(mb) => Some((mb * 1024 * 1024, "TLAB_MEMORY_BUDGET_MB")),
+        None => total_memory().map(|total| (total / 2, "half the machine's memory")),
+    }
 }
 
 fn total_memory() -> Option<u64> {

@@ -69,6 +69,8 @@ pub struct Lab {
     /// step that reads images decodes them again (keeping `data` if that fails).
     data_changed: bool,
     model: Option<Classifier>,
+    /// Frozen-block outputs, kept across steps (keyed, never stale).
+    features: train::cache::FeatureCache,
     augment: Option<AugmentConfig>,
     history: Vec<(usize, EpochRecord)>,
     results: Vec<Option<StepResult>>,
@@ -90,12 +92,19 @@ impl Lab {
             data: None,
             data_changed: false,
             model: None,
+            features: train::cache::FeatureCache::from_env(),
             augment: None,
             history: Vec::new(),
             results: vec![None; n],
             states: vec![None; n],
             pending_resume: None,
         }
+    }
+
+    /// Replaces the frozen-feature cache (by default configured from the
+    /// environment, see [`train::cache`]), e.g. to put it on disk elsewhere.
+    pub fn set_feature_cache(&mut self, cache: train::cache::FeatureCache) {
+        self.features = cache;
     }
 
     pub fn recipe(&self) -> &Recipe {
@@ -412,12 +421,12 @@ impl Lab {
                     .model
                     .as_mut()
                     .ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
-                let outcome = train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs, resume).map_err(
-                    |e| match e {
-                        Error::Step { .. } => e,
-                        other => Error::Step { step: index + 1, kind: "fine_tune", message: other.to_string() },
-                    },
-                )?;
+                let outcome =
+                    train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs, resume, &mut self.features)
+                        .map_err(|e| match e {
+                            Error::Step { .. } => e,
+                            other => Error::Step { step: index + 1, kind: "fine_tune", message: other.to_string() },
+                        })?;
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
             }
@@ -425,7 +434,13 @@ impl Lab {
                 let data = self.load_data(obs)?;
                 let model =
                     self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
-                StepOutput::Evaluate(Box::new(train::evaluate(model, &data, cfg, self.recipe.data.batch_size)?))
+                StepOutput::Evaluate(Box::new(train::evaluate(
+                    model,
+                    &data,
+                    cfg,
+                    self.recipe.data.batch_size,
+                    Some(&mut self.features),
+                )?))
             }
         };
         self.states[index] = Some(State {

@@ -191,6 +191,19 @@ impl Backbone for EfficientNetLite {
         }
     }
 
+    fn block_vars(&self, block: usize, out: &mut Vec<(String, Var)>) {
+        let last = self.blocks.len() + 1;
+        match block {
+            0 => self.stem.named_vars(out),
+            b if b == last => self.head.named_vars(out),
+            b => {
+                for layer in self.blocks.get(b - 1).into_iter().flat_map(|b| &b.layers) {
+                    layer.named_vars(out);
+                }
+            }
+        }
+    }
+
     fn imagenet_classifier(&self) -> Option<&Linear> {
         self.fc.as_ref()
     }

@@ -152,6 +152,12 @@ impl Backbone for MobileNetV2 {
         }
     }
 
+    fn block_vars(&self, block: usize, out: &mut Vec<(String, Var)>) {
+        for layer in self.blocks.get(block).into_iter().flat_map(|b| &b.layers) {
+            layer.named_vars(out);
+        }
+    }
+
     fn imagenet_classifier(&self) -> Option<&Linear> {
         self.classifier.as_ref()
     }

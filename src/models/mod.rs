@@ -40,6 +40,10 @@ pub trait Backbone: Send {
     fn trainable_vars(&self, out: &mut Vec<Var>);
     /// Every parameter and buffer, with the reference state-dict names.
     fn named_vars(&self, out: &mut Vec<(String, Var)>);
+    /// The parameters and buffers of block `block` (in `block_names` order),
+    /// named as in [`Backbone::named_vars`]: what that block's output depends on
+    /// besides its input (the feature cache keys on it).
+    fn block_vars(&self, block: usize, out: &mut Vec<(String, Var)>);
     /// The original ImageNet classifier when it was loaded and is a single
     /// linear layer on globally average-pooled features (VGG's is not: use
     /// [`Backbone::imagenet_logits`], which works for every architecture).
@@ -362,6 +366,27 @@ mod tests {
             fc.named_vars(&mut vars);
         }
         vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
+    }
+
+    #[test]
+    fn block_vars_partition_named_vars_for_every_architecture() {
+        for arch in ARCHITECTURES {
+            let b = build_backbone(arch, &mut ParamLoader::random(0), false).unwrap();
+            let mut all = Vec::new();
+            b.named_vars(&mut all);
+            let mut by_block = Vec::new();
+            for k in 0..b.num_blocks() {
+                let before = by_block.len();
+                b.block_vars(k, &mut by_block);
+                assert!(by_block.len() > before, "{arch}: block {k} has no vars");
+            }
+            let names = |v: &[(String, Var)]| {
+                let mut n: Vec<String> = v.iter().map(|(n, _)| n.clone()).collect();
+                n.sort();
+                n
+            };
+            assert_eq!(names(&by_block), names(&all), "{arch}");
+        }
     }
 
     #[test]

@@ -188,6 +188,17 @@ impl Backbone for ResNet {
         }
     }
 
+    fn block_vars(&self, block: usize, out: &mut Vec<(String, Var)>) {
+        match block {
+            0 => self.stem.named_vars(out),
+            b => {
+                for layer in self.stages.get(b - 1).into_iter().flatten().flat_map(ResBlock::layers) {
+                    layer.named_vars(out);
+                }
+            }
+        }
+    }
+
     fn imagenet_classifier(&self) -> Option<&Linear> {
         self.fc.as_ref()
     }

@@ -118,6 +118,12 @@ impl Backbone for Vgg {
         }
     }
 
+    fn block_vars(&self, block: usize, out: &mut Vec<(String, Var)>) {
+        for c in self.stages.get(block).into_iter().flatten() {
+            c.named_vars(out);
+        }
+    }
+
     /// VGG's classifier is three layers on 7×7 features, not one layer on
     /// pooled features: see [`Backbone::imagenet_logits`].
     fn imagenet_classifier(&self) -> Option<&Linear> {

@@ -60,6 +60,7 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "monitor",
     "restore_best",
     "time_limit",
+    "augment_views",
 ];
 const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes"];
 
@@ -375,6 +376,7 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
         s.choice("monitor", &[("valid_loss", Monitor::ValidLoss), ("valid_accuracy", Monitor::ValidAccuracy)])?;
     let restore_best = s.bool("restore_best")?;
     let time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
+    let augment_views = s.int_as("augment_views", Bounds::at_least(0).at_most(64))?.unwrap_or(0);
 
     // Rules that relate several settings, reported at the setting that would
     // most likely be edited to fix them.
@@ -422,6 +424,7 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
         min_lr,
         early_stopping,
         time_limit_secs,
+        augment_views,
     })
 }
 
@@ -577,6 +580,7 @@ kind = "evaluate"
                 min_lr: 0.0,
                 early_stopping: None,
                 time_limit_secs: None,
+                augment_views: 0,
             })
         );
         assert_eq!(r.steps[4].kind, StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }));

@@ -164,6 +164,8 @@ keys!(FineTuneBuilder {
     restore_best: bool,
     /// Seconds; the step stops after the epoch that exceeds it.
     time_limit: f64,
+    /// Augmented views per image precomputed through the frozen blocks (0: live).
+    augment_views: usize,
 });
 
 /// A `kind = "evaluate"` step.

@@ -365,6 +365,10 @@ pub struct FineTuneConfig {
     pub early_stopping: Option<EarlyStopping>,
     /// Stop after the epoch in which this many seconds have passed.
     pub time_limit_secs: Option<f64>,
+    /// With augmentation and a frozen prefix: precompute this many augmented
+    /// views of every training image through the frozen blocks and cycle
+    /// through them (epoch `e` uses view `e mod K`); 0 augments live.
+    pub augment_views: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

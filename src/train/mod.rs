@@ -2,10 +2,12 @@
 //!
 //! Blocks that are frozen (and whose BatchNorm is not trainable) compute the
 //! same function every epoch, so their output is computed once per image and
-//! cached whenever their input does not change: always for the validation
-//! split, and for the training split when no augmentation is active. Only the
+//! cached ([`cache`]) whenever their input does not change: always for the
+//! validation split, for the training split when no augmentation is active,
+//! and for `augment_views = K` precomputed augmented views. Only the
 //! trainable tail then runs per batch.
 
+pub mod cache;
 pub mod optim;
 pub mod schedule;
 
@@ -22,6 +24,7 @@ use crate::models::layers::Mode;
 use crate::models::{Classifier, Preprocess};
 use crate::recipe::{EvaluateConfig, FineTuneConfig, Monitor};
 use crate::report::Prediction;
+use cache::{FeatureCache, Features};
 
 /// One epoch of a fine_tune step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,15 +138,28 @@ fn labels_tensor(split: &Split, idx: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(l, idx.len(), &Device::Cpu)?)
 }
 
-/// Output of the model's constant prefix for every image of `split` (unaugmented).
-fn prefix_cache(model: &Classifier, data: &Dataset, split: &Split, blocks: usize, batch: usize) -> Result<Tensor> {
+/// Output of the model's first `blocks` (frozen) blocks for every image of
+/// `split`, optionally augmented, from `cache` or computed into it.
+#[allow(clippy::too_many_arguments)]
+fn prefix_features(
+    cache: &mut FeatureCache,
+    model_key: &cache::KeyHasher,
+    model: &Classifier,
+    data: &Dataset,
+    split: &Split,
+    blocks: usize,
+    batch: usize,
+    view: Option<(&Augmenter, u64, usize)>,
+    obs: &mut dyn Observer,
+) -> Result<std::sync::Arc<Features>> {
     let pre = model.backbone.preprocess();
-    let all: Vec<usize> = (0..split.len()).collect();
-    let parts = all
-        .chunks(batch)
-        .map(|idx| model.prefix(&input(data, split, idx, &pre, None)?, blocks))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
+    let key = cache::split_key(model_key, split, data.size, view);
+    let compute = |r: std::ops::Range<usize>| {
+        let idx: Vec<usize> = r.collect();
+        model.prefix(&input(data, split, &idx, &pre, view.map(|(a, seed, _)| (a, seed)))?, blocks)
+    };
+    let mut log = |s: String| obs.event(Event::Log(s));
+    cache.get_or_compute(key, split.len(), batch, compute, &mut log)
 }
 
 /// Logits for every image of `split` in eval mode, reusing `cache` when given.
@@ -151,7 +167,7 @@ fn predict_split(
     model: &Classifier,
     data: &Dataset,
     split: &Split,
-    cache: Option<(&Tensor, usize)>,
+    cache: Option<(&Features, usize)>,
     batch: usize,
 ) -> Result<Vec<f32>> {
     let pre = model.backbone.preprocess();
@@ -161,7 +177,7 @@ fn predict_split(
     let all: Vec<usize> = (0..split.len()).collect();
     for idx in all.chunks(batch) {
         let logits = match cache {
-            Some((c, k)) => model.forward_from(&c.narrow(0, idx[0], idx.len())?, k, mode, &mut rng)?,
+            Some((c, k)) => model.forward_from(&c.rows(idx)?, k, mode, &mut rng)?,
             None => model.forward_from(&input(data, split, idx, &pre, None)?, 0, mode, &mut rng)?,
         };
         out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
@@ -194,22 +210,44 @@ pub fn fine_tune(
     seed: u64,
     obs: &mut dyn Observer,
     resume: Option<Resume>,
+    cache: &mut FeatureCache,
 ) -> Result<FineTuneOutcome> {
     let started = Instant::now();
     let pre = model.backbone.preprocess();
     let classes = data.classes.len();
     let aug = aug.filter(|a| !a.is_identity());
     let k = model.constant_prefix();
+    let (mut valid_cache, mut train_cache) = (None, Vec::new());
     if k > 0 {
-        obs.event(Event::Log(format!("caching the output of {k} frozen block(s) for the validation split")));
+        let hits = cache.hits();
+        let t = Instant::now();
+        let key = cache::model_key(model, k)?;
+        let valid = &data.valid;
+        valid_cache = Some(prefix_features(cache, &key, model, data, valid, k, batch_size, None, obs)?);
+        match aug {
+            None => {
+                train_cache.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, None, obs)?);
+            }
+            Some(a) => {
+                for v in 0..cfg.augment_views {
+                    let view_seed = Rng::derive(seed, 0x7_1E55 + v as u64).next_u64();
+                    let view = Some((a, view_seed, v));
+                    train_cache.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, view, obs)?);
+                }
+            }
+        }
+        let (train_what, views) = match (aug, cfg.augment_views) {
+            (None, _) => ("and training splits", 1),
+            (Some(_), 0) => ("split (augmentation runs live on the training split)", 0),
+            (Some(_), v) => ("split and augmented training views", v),
+        };
+        let reused = cache.hits() - hits;
+        obs.event(Event::Log(format!(
+            "frozen features of {k} block(s) for the validation {train_what}: {} computed, {reused} reused, {:.1}s",
+            1 + views - reused,
+            t.elapsed().as_secs_f64()
+        )));
     }
-    let valid_cache = if k > 0 { Some(prefix_cache(model, data, &data.valid, k, batch_size)?) } else { None };
-    let train_cache = if k > 0 && aug.is_none() {
-        obs.event(Event::Log("no augmentation: caching frozen features for the training split too".into()));
-        Some(prefix_cache(model, data, &data.train, k, batch_size)?)
-    } else {
-        None
-    };
     let vars = model.trainable_vars();
     if vars.is_empty() {
         return Err(Error::Invalid("nothing to train: every parameter is frozen".into()));
@@ -244,12 +282,10 @@ pub fn fine_tune(
             lr = schedule.lr(epoch, b, batches);
             let labels = labels_tensor(&data.train, idx)?;
             let mode = Mode { training: true };
-            let logits = match &train_cache {
-                Some(cache) => {
-                    let ids =
-                        Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
-                    model.forward_from(&cache.index_select(&ids, 0)?, k, mode, &mut dropout_rng)?
-                }
+            // Cached features: the one unaugmented set, or augmented view `epoch mod K`.
+            let cached = (!train_cache.is_empty()).then(|| &train_cache[epoch % train_cache.len()]);
+            let logits = match cached {
+                Some(features) => model.forward_from(&features.rows(idx)?, k, mode, &mut dropout_rng)?,
                 None => {
                     let x = input(data, &data.train, idx, &pre, aug.map(|a| (a, aug_seed)))?;
                     let x = if k > 0 { model.prefix(&x, k)? } else { x };
@@ -288,7 +324,7 @@ pub fn fine_tune(
             // A partial epoch is not recorded; the weights so far are kept (or the best, below).
             break 'epochs;
         }
-        let logits = predict_split(model, data, &data.valid, valid_cache.as_ref().map(|c| (c, k)), batch_size)?;
+        let logits = predict_split(model, data, &data.valid, valid_cache.as_deref().map(|c| (c, k)), batch_size)?;
         let (valid_loss, valid_accuracy) = loss_and_accuracy(&logits, &data.valid.labels, classes);
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -372,10 +408,25 @@ pub struct Evaluation {
     pub mistakes: Vec<Prediction>,
 }
 
-/// Evaluates the model on the validation split.
-pub fn evaluate(model: &Classifier, data: &Dataset, cfg: &EvaluateConfig, batch_size: usize) -> Result<Evaluation> {
+/// Evaluates the model on the validation split, taking the frozen blocks'
+/// output from `cache` when it holds it (e.g. from the fine_tune step before).
+pub fn evaluate(
+    model: &Classifier,
+    data: &Dataset,
+    cfg: &EvaluateConfig,
+    batch_size: usize,
+    cache: Option<&mut FeatureCache>,
+) -> Result<Evaluation> {
     let classes = data.classes.len();
-    let logits = predict_split(model, data, &data.valid, None, batch_size)?;
+    let k = model.constant_prefix();
+    let features = match cache {
+        Some(c) if k > 0 => {
+            let key = cache::model_key(model, k)?;
+            Some(prefix_features(c, &key, model, data, &data.valid, k, batch_size, None, &mut Silent)?)
+        }
+        _ => None,
+    };
+    let logits = predict_split(model, data, &data.valid, features.as_deref().map(|f| (f, k)), batch_size)?;
     let probs = metrics::softmax_rows(&logits, classes);
     let top_k = cfg.top_k.unwrap_or(5).min(classes);
     let m = metrics::compute(&probs, &data.valid.labels, &data.classes, top_k);

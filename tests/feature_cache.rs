@@ -1,0 +1,89 @@
+//! The frozen-feature cache inside real fine_tune steps: K augmented views
+//! are computed once and reused when only a later setting changes; a disk
+//! cache trains to exactly the same weights and metrics as the in-memory one.
+
+mod common;
+
+use std::path::Path;
+
+use tlab::train::cache::{FeatureCache, Placement};
+use tlab::train::{Event, Observer};
+use tlab::Lab;
+
+const RECIPE: &str = "name = \"cache\"\nseed = 5\n[data]\ntrain = \"data/train\"\nvalid = \"data/valid\"\nimage_size = 32\nbatch_size = 4\n\
+[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
+[[step]]\nkind = \"freeze\"\nup_to = \"features.12\"\n\
+[[step]]\nkind = \"augment\"\nhorizontal_flip = true\nrotation_range = 10\n\
+[[step]]\nkind = \"fine_tune\"\nepochs = 3\nlr = 0.001\naugment_views = 2\n\
+[[step]]\nkind = \"evaluate\"\n";
+
+#[derive(Default)]
+struct Logs(Vec<String>);
+impl Observer for Logs {
+    fn event(&mut self, e: Event) {
+        if let Event::Log(s) = e {
+            self.0.push(s);
+        }
+    }
+}
+
+fn feature_line(logs: &Logs) -> String {
+    logs.0.iter().find(|l| l.starts_with("frozen features")).cloned().unwrap_or_else(|| panic!("{:?}", logs.0))
+}
+
+fn weights(lab: &Lab) -> Vec<f32> {
+    let mut out = Vec::new();
+    for (_, v) in lab.model().unwrap().named_vars() {
+        out.extend(v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    out
+}
+
+fn run(dir: &Path, cache: FeatureCache) -> (Lab, Logs) {
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.set_feature_cache(cache);
+    let mut logs = Logs::default();
+    lab.run_all(&mut logs).unwrap();
+    (lab, logs)
+}
+
+#[test]
+fn augmented_views_are_cached_reused_and_equal_on_disk() {
+    let dir = std::env::temp_dir().join(format!("tlab-featcache-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 3, 16, 6, 3);
+    std::fs::write(dir.join("r.toml"), RECIPE).unwrap();
+
+    let (mut lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, dir.join("unused")));
+    let line = feature_line(&logs);
+    assert!(line.contains("augmented training views: 3 computed, 0 reused"), "{line}");
+
+    // Only the learning rate changes: fine_tune re-runs on the cached views.
+    let edited = RECIPE.replace("lr = 0.001", "lr = 0.002");
+    std::fs::write(dir.join("r.toml"), &edited).unwrap();
+    assert_eq!(lab.set_recipe(tlab::recipe::load(&dir.join("r.toml")).unwrap()).unwrap(), Some(3));
+    let mut logs = Logs::default();
+    lab.run_step(3, &mut logs).unwrap();
+    let line = feature_line(&logs);
+    assert!(line.contains("0 computed, 3 reused"), "{line}");
+    lab.run_step(4, &mut logs).unwrap();
+    let in_memory = (weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy);
+
+    // The same recipe with every entry on disk: the same training, bit for bit.
+    let disk = dir.join("features");
+    let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Disk, disk.clone()));
+    assert!(logs.0.iter().any(|l| l.contains("streaming them to")), "{:?}", logs.0);
+    assert_eq!((weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy), in_memory);
+    assert_eq!(std::fs::read_dir(&disk).unwrap().count(), 3, "valid + 2 views, no temp files");
+
+    // Another process (a fresh cache object) reuses the files.
+    let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, disk));
+    assert!(feature_line(&logs).contains("0 computed, 3 reused"), "{:?}", logs.0);
+    assert_eq!(weights(&lab), in_memory.0);
+
+    // A different augmentation is a different key: nothing stale is used.
+    std::fs::write(dir.join("r.toml"), edited.replace("rotation_range = 10", "rotation_range = 20")).unwrap();
+    let (_, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, dir.join("features")));
+    assert!(feature_line(&logs).contains("2 computed, 1 reused"), "only the validation features carry over");
+    let _ = std::fs::remove_dir_all(&dir);
+}
