@@ -210,26 +210,41 @@ impl InplaceOp2 for FusedStep<'_> {
         let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg("optimizer state poisoned".into()))?;
         let (m, v) = &mut *guard;
         let (rule, first) = (self.rule, self.first);
-        // Unused moments are empty: give each element a throwaway slot instead.
-        let chunks = p.len().div_ceil(CHUNK);
-        let run = |(i, p): (usize, &mut [f32]), m: &mut [f32], v: &mut [f32]| {
-            let g = &g[i * CHUNK..i * CHUNK + p.len()];
-            let (mut sm, mut sv) = (0f32, 0f32);
-            for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-                let mk = m.get_mut(k).unwrap_or(&mut sm);
-                let vk = v.get_mut(k).unwrap_or(&mut sv);
-                rule.apply(p, g, mk, vk, first);
+        let g_chunks = g.par_chunks(CHUNK);
+        // One loop per shape of state, over equal-length slices, so the
+        // compiler drops the bounds checks and vectorises the update.
+        match (m.is_empty(), v.is_empty()) {
+            (false, false) => p
+                .par_chunks_mut(CHUNK)
+                .zip(g_chunks)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    let n = p.len();
+                    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+                    for i in 0..n {
+                        rule.apply(&mut p[i], g[i], &mut m[i], &mut v[i], first);
+                    }
+                }),
+            (false, true) => {
+                p.par_chunks_mut(CHUNK).zip(g_chunks).zip(m.par_chunks_mut(CHUNK)).for_each(|((p, g), m)| {
+                    let n = p.len();
+                    let (g, m) = (&g[..n], &mut m[..n]);
+                    let mut unused = 0.0;
+                    for i in 0..n {
+                        rule.apply(&mut p[i], g[i], &mut m[i], &mut unused, first);
+                    }
+                })
             }
-        };
-        fn split(buf: &mut [f32], chunks: usize) -> Vec<&mut [f32]> {
-            if buf.is_empty() {
-                (0..chunks).map(|_| Default::default()).collect()
-            } else {
-                buf.chunks_mut(CHUNK).collect()
-            }
+            _ => p.par_chunks_mut(CHUNK).zip(g_chunks).for_each(|(p, g)| {
+                let n = p.len();
+                let g = &g[..n];
+                let (mut m, mut v) = (0.0, 0.0);
+                for i in 0..n {
+                    rule.apply(&mut p[i], g[i], &mut m, &mut v, first);
+                }
+            }),
         }
-        let (ms, vs) = (split(m, chunks), split(v, chunks));
-        p.par_chunks_mut(CHUNK).enumerate().zip(ms).zip(vs).for_each(|((pc, mc), vc)| run(pc, mc, vc));
         Ok(())
     }
 }
