@@ -28,7 +28,7 @@ use layers::{Freeze, Linear, Mode, ParamLoader};
 pub const ARCHITECTURES: &[&str] = crate::recipe::KNOWN_ARCHS;
 
 /// A pretrained feature extractor.
-pub trait Backbone: Send {
+pub trait Backbone: Send + Sync {
     fn arch(&self) -> &'static str;
     /// The freeze points, in forward order.
     fn block_names(&self) -> Vec<String>;

@@ -278,47 +278,78 @@ pub fn fine_tune(
         let aug_seed = seed ^ ((epoch as u64 + 1) << 32);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let mut lr = cfg.lr;
-        for (b, idx) in order.chunks(batch_size).enumerate() {
-            lr = schedule.lr(epoch, b, batches);
-            let labels = labels_tensor(&data.train, idx)?;
-            let mode = Mode { training: true };
-            // Cached features: the one unaugmented set, or augmented view `epoch mod K`.
-            let cached = (!train_cache.is_empty()).then(|| &train_cache[epoch % train_cache.len()]);
-            let logits = match cached {
-                Some(features) => model.forward_from(&features.rows(idx)?, k, mode, &mut dropout_rng)?,
-                None => {
-                    let x = input(data, &data.train, idx, &pre, aug.map(|a| (a, aug_seed)))?;
-                    let x = if k > 0 { model.prefix(&x, k)? } else { x };
-                    model.forward_from(&x, k, mode, &mut dropout_rng)?
+        // Cached features: the one unaugmented set, or augmented view `epoch mod K`.
+        let cached = (!train_cache.is_empty()).then(|| &train_cache[epoch % train_cache.len()]);
+        let frozen: &Classifier = model;
+        // Without cached features, a producer thread prepares the next batch
+        // (decode, augment, normalise, frozen blocks) while this one trains on
+        // the current batch. Both submit their parallel work to the same rayon
+        // pool, so the cores are shared, not oversubscribed; the producer runs
+        // at most one batch ahead. Per-image seeds make the result independent
+        // of the overlap.
+        let diverged = std::thread::scope(|scope| -> Result<Option<(f64, usize)>> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Tensor>>(1);
+            if cached.is_none() {
+                let (order, pre) = (&order, &pre);
+                scope.spawn(move || {
+                    for idx in order.chunks(batch_size) {
+                        let x = input(data, &data.train, idx, pre, aug.map(|a| (a, aug_seed))).and_then(|x| {
+                            if k > 0 {
+                                frozen.prefix(&x, k)
+                            } else {
+                                Ok(x)
+                            }
+                        });
+                        // The trainer stopped early (cancel, divergence, error).
+                        if tx.send(x).is_err() {
+                            return;
+                        }
+                    }
+                });
+            } else {
+                drop(tx);
+            }
+            for (b, idx) in order.chunks(batch_size).enumerate() {
+                lr = schedule.lr(epoch, b, batches);
+                let labels = labels_tensor(&data.train, idx)?;
+                let mode = Mode { training: true };
+                let x = match cached {
+                    Some(features) => features.rows(idx)?,
+                    None => rx.recv().map_err(|_| Error::Invalid("the input pipeline stopped".into()))??,
+                };
+                let logits = frozen.forward_from(&x, k, mode, &mut dropout_rng)?;
+                let loss = cross_entropy(&logits, &labels, cfg.label_smoothing)?;
+                let loss_value = f64::from(loss.to_scalar::<f32>()?);
+                if !loss_value.is_finite() {
+                    return Ok(Some((loss_value, b)));
                 }
-            };
-            let loss = cross_entropy(&logits, &labels, cfg.label_smoothing)?;
-            let loss_value = f64::from(loss.to_scalar::<f32>()?);
-            if !loss_value.is_finite() {
-                model.restore(&last_good)?;
-                return Err(Error::Diverged(format!(
-                    "loss became {loss_value} at epoch {} batch {}; weights restored to the start of that epoch (try a lower lr)",
-                    epoch + 1,
-                    b + 1
-                )));
+                let grads = loss.backward()?;
+                opt.step(&grads, lr)?;
+                let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                correct += preds.iter().zip(idx).filter(|(p, &i)| **p as usize == data.train.labels[i]).count();
+                loss_sum += loss_value * idx.len() as f64;
+                seen += idx.len();
+                obs.event(Event::Batch {
+                    epoch: epoch + 1,
+                    batch: b + 1,
+                    batches,
+                    loss: loss_sum / seen as f64,
+                    accuracy: correct as f64 / seen as f64,
+                });
+                if obs.cancelled() {
+                    stop = Stop::Cancelled;
+                    break;
+                }
             }
-            let grads = loss.backward()?;
-            opt.step(&grads, lr)?;
-            let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            correct += preds.iter().zip(idx).filter(|(p, &i)| **p as usize == data.train.labels[i]).count();
-            loss_sum += loss_value * idx.len() as f64;
-            seen += idx.len();
-            obs.event(Event::Batch {
-                epoch: epoch + 1,
-                batch: b + 1,
-                batches,
-                loss: loss_sum / seen as f64,
-                accuracy: correct as f64 / seen as f64,
-            });
-            if obs.cancelled() {
-                stop = Stop::Cancelled;
-                break;
-            }
+            Ok(None)
+        })?;
+        if let Some((loss_value, b)) = diverged {
+            model.restore(&last_good)?;
+            return Err(Error::Diverged(format!(
+                "loss became {loss_value} at epoch {} batch {}; weights restored to the start of that epoch (try a lower lr)",
+                epoch + 1,
+                b + 1
+            )));
         }
         if stop == Stop::Cancelled && seen < n {
             // A partial epoch is not recorded; the weights so far are kept (or the best, below).
