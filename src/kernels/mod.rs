@@ -3,15 +3,20 @@
 //!
 //! * depthwise (groups = channels): the direct kernel in [`depthwise`];
 //! * 1×1, stride 1, no padding: a plain batched GEMM, no im2col copy;
-//! * everything else: candle's own `conv2d`.
+//! * every other dense (groups = 1) f32 convolution, any kernel, stride and
+//!   per-side padding: im2col + one GEMM per image in [`conv`], with its own
+//!   backward (candle's is a transposed convolution, several times slower);
+//! * grouped but not depthwise (and non-f32): candle's own `conv2d`.
 
 pub mod batchnorm;
+pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod maxpool;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
+pub use conv::ConvGeometry;
 pub use depthwise::DwGeometry;
 
 /// Per-side zero padding; asymmetric for TF "SAME" convolutions.
@@ -56,6 +61,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize
     }
     if groups == 1 && kh == 1 && kw == 1 && stride == 1 && pad == Padding::default() {
         return pointwise(x, w);
+    }
+    if groups == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        return conv::conv2d_gemm(x, w, ConvGeometry { stride, pad });
     }
     if pad.is_symmetric() {
         x.conv2d(w, pad.top, stride, 1, groups)

@@ -1,0 +1,701 @@
+//! Dense (groups = 1) convolution as im2col + GEMM, as a candle custom op
+//! with its own backward.
+//!
+//! candle's CPU `conv2d` lays its column buffer out so that the GEMM result
+//! needs a final transpose, and its backward runs a convolution on transposed
+//! tensors (weight gradient) and a `conv_transpose2d` (input gradient). Here
+//! every pass is one multi-threaded CPU pass over the images of the batch:
+//!
+//! * forward: `col = im2col(x[n])` `[K = Cin·kh·kw, P = OH·OW]`, then
+//!   `y[n] = W[Cout, K] · col` written straight into the NCHW output;
+//! * weight gradient: `dW = Σₙ dY[n][Cout, P] · col[n]ᵀ`, the columns recomputed
+//!   per image, one accumulator per chunk of images, summed at the end;
+//! * input gradient: `dX[n] = col2im(Wᵀ[K, Cout] · dY[n])`.
+//!
+//! Transposes cost nothing: the `gemm` crate takes row and column strides.
+//! The columns are built a block of output rows at a time (about 512 KB of
+//! `col`, at least one row), each block consumed by its GEMM while still in
+//! cache; the GEMM reads and writes the matching columns of `y[n]` / `dY[n]`
+//! in place through their row stride `P`. A batch of at least as many images
+//! as threads is split into one contiguous chunk of images per thread, each
+//! running single-threaded GEMMs with one reused column buffer; a smaller
+//! batch runs its images one after another, each GEMM (and im2col / col2im)
+//! multi-threaded.
+//!
+//! A 1×1, stride-1, unpadded convolution needs no column buffer: the image
+//! itself is `col`.
+
+use super::Padding;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Stride and per-side padding of a dense convolution (dilation 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub stride: usize,
+    pub pad: Padding,
+}
+
+/// Sizes shared by the three kernels.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Dims {
+    /// Rows of the column buffer: `Cin·kh·kw`.
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Columns of the column buffer: output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn image(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+}
+
+impl ConvGeometry {
+    fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let ph = h + self.pad.top + self.pad.bottom;
+        let pw = w + self.pad.left + self.pad.right;
+        if ph < kh || pw < kw || self.stride == 0 || kh == 0 || kw == 0 {
+            return None;
+        }
+        Some(((ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1))
+    }
+
+    /// The column buffer is the image itself (1×1, stride 1, no padding).
+    fn is_direct(&self, d: &Dims) -> bool {
+        d.kh == 1 && d.kw == 1 && self.stride == 1 && self.pad == Padding::default()
+    }
+
+    /// For output row `o` and tap `k`, the input row, if inside the image.
+    #[inline]
+    fn src_row(&self, o: usize, k: usize, h: usize) -> Option<usize> {
+        (o * self.stride + k).checked_sub(self.pad.top).filter(|&i| i < h)
+    }
+
+    /// The output columns `[lo, hi)` whose input column for tap `kx` lies
+    /// inside a row of width `w`; empty (`lo == hi`) if there are none.
+    #[inline]
+    fn valid_cols(&self, kx: usize, w: usize, ow: usize) -> (usize, usize) {
+        let s = self.stride;
+        let lo = self.pad.left.saturating_sub(kx).div_ceil(s);
+        // ox*s + kx - left <= w-1  ⇔  ox <= (w-1+left-kx)/s
+        let hi = match (w + self.pad.left).checked_sub(kx + 1) {
+            Some(v) => (v / s + 1).min(ow),
+            None => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Fills row `r = (c·kh + ky)·kw + kx` of a column block starting at output
+/// row `oy0`: `row[i·OW + ox] = x[c, (oy0 + i)·s + ky − top, ox·s + kx − left]`,
+/// zero outside the image.
+fn im2col_row(geo: &ConvGeometry, d: &Dims, x: &[f32], r: usize, oy0: usize, row: &mut [f32]) {
+    let (c, ky, kx) = (r / (d.kh * d.kw), r / d.kw % d.kh, r % d.kw);
+    let plane = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+    let (lo, hi) = geo.valid_cols(kx, d.w, d.ow);
+    for (i, orow) in row.chunks_exact_mut(d.ow).enumerate() {
+        let Some(iy) = geo.src_row(oy0 + i, ky, d.h) else {
+            orow.fill(0.);
+            continue;
+        };
+        orow[..lo].fill(0.);
+        orow[hi..].fill(0.);
+        if lo == hi {
+            continue;
+        }
+        let irow = &plane[iy * d.w..(iy + 1) * d.w];
+        let start = lo * geo.stride + kx - geo.pad.left;
+        let s = geo.stride;
+        if s == 1 {
+            orow[lo..hi].copy_from_slice(&irow[start..start + (hi - lo)]);
+        } else {
+            // All but the last element in whole strides of the input (so the
+            // loop has no bounds checks and vectorises), then the last one.
+            let (out, last) = orow[lo..hi].split_at_mut(hi - lo - 1);
+            for (o, i) in out.iter_mut().zip(irow[start..].chunks_exact(s)) {
+                *o = i[0];
+            }
+            last[0] = irow[start + (hi - lo - 1) * s];
+        }
+    }
+}
+
+/// Adds the rows of input channel `c` of a column block starting at output
+/// row `oy0` back into that channel's plane (the adjoint of [`im2col_row`]).
+fn col2im_plane(geo: &ConvGeometry, d: &Dims, col: &[f32], oy0: usize, c: usize, plane: &mut [f32]) {
+    let pb = col.len() / d.k();
+    for ky in 0..d.kh {
+        for kx in 0..d.kw {
+            let r = (c * d.kh + ky) * d.kw + kx;
+            let row = &col[r * pb..(r + 1) * pb];
+            let (lo, hi) = geo.valid_cols(kx, d.w, d.ow);
+            if lo == hi {
+                continue;
+            }
+            let start = lo * geo.stride + kx - geo.pad.left;
+            for (i, grow) in row.chunks_exact(d.ow).enumerate() {
+                let Some(iy) = geo.src_row(oy0 + i, ky, d.h) else { continue };
+                let irow = &mut plane[iy * d.w..(iy + 1) * d.w];
+                let s = geo.stride;
+                if s == 1 {
+                    for (i, g) in irow[start..start + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                        *i += g;
+                    }
+                } else {
+                    // As in im2col_row: whole strides, then the last element.
+                    let (gs, last) = grow[lo..hi].split_at(hi - lo - 1);
+                    for (i, g) in irow[start..].chunks_exact_mut(s).zip(gs) {
+                        i[0] += g;
+                    }
+                    irow[start + (hi - lo - 1) * s] += last[0];
+                }
+            }
+        }
+    }
+}
+
+/// A column block `[K, rows·OW]` of one image from output row `oy0`,
+/// single-threaded or over rayon.
+fn im2col(geo: &ConvGeometry, d: &Dims, x: &[f32], oy0: usize, col: &mut [f32], parallel: bool) {
+    let pb = col.len() / d.k();
+    if parallel {
+        col.par_chunks_exact_mut(pb).enumerate().for_each(|(r, row)| im2col_row(geo, d, x, r, oy0, row));
+    } else {
+        for (r, row) in col.chunks_exact_mut(pb).enumerate() {
+            im2col_row(geo, d, x, r, oy0, row);
+        }
+    }
+}
+
+/// Adds a column block (from output row `oy0`) into one input-gradient image.
+fn col2im(geo: &ConvGeometry, d: &Dims, col: &[f32], oy0: usize, dx: &mut [f32], parallel: bool) {
+    let hw = d.h * d.w;
+    if parallel {
+        dx.par_chunks_exact_mut(hw).enumerate().for_each(|(c, plane)| col2im_plane(geo, d, col, oy0, c, plane));
+    } else {
+        for (c, plane) in dx.chunks_exact_mut(hw).enumerate() {
+            col2im_plane(geo, d, col, oy0, c, plane);
+        }
+    }
+}
+
+/// Bytes of column buffer per GEMM: the im2col block is consumed by the GEMM
+/// while it is still in cache. Tests use small blocks, so that their small
+/// images still span several, one of them partial.
+const COL_BLOCK_BYTES: usize = if cfg!(test) { 2048 } else { 1 << 19 };
+
+/// Output rows per column block (all of them when the image is its own
+/// column buffer).
+fn block_rows(geo: &ConvGeometry, d: &Dims) -> usize {
+    if geo.is_direct(d) {
+        return d.oh;
+    }
+    let bytes_per_row = d.k() * d.ow * std::mem::size_of::<f32>();
+    (COL_BLOCK_BYTES / bytes_per_row.max(1)).clamp(1, d.oh.max(1))
+}
+
+/// The output-row blocks `(oy0, rows)` of one image.
+fn blocks(d: &Dims, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let oh = d.oh;
+    (0..oh).step_by(rows).map(move |oy0| (oy0, rows.min(oh - oy0)))
+}
+
+/// A matrix operand: a slice with row and column strides in elements.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major with `cols` columns.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Mat { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Mat { data, rs: 1, cs: cols }
+    }
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(last < self.data.len(), "conv gemm: {what} operand out of bounds");
+        }
+    }
+}
+
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `+=` with `accumulate`; `dst` is
+/// row-major with row stride `dst_rs`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
+    lhs.check(m, k, "left");
+    rhs.check(k, n, "right");
+    // SAFETY: the asserts above keep every element the strides reach inside
+    // its slice, and the rows of `dst` (n ≤ dst_rs) do not overlap; `dst` is
+    // borrowed mutably, so it aliases neither operand. gemm computes
+    // dst = alpha·dst + beta·lhs·rhs, reading dst only if asked.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// How a batch of `n` images is spread over the rayon pool.
+#[derive(Debug, Clone, Copy)]
+enum Schedule {
+    /// Fewer images than threads: one image at a time, each GEMM (and
+    /// im2col / col2im) multi-threaded.
+    Serial(Parallelism),
+    /// Contiguous chunks of this many images, one chunk per thread, one
+    /// single-threaded GEMM per image and one column buffer per chunk.
+    Chunks(usize),
+}
+
+fn schedule(n: usize) -> Schedule {
+    let threads = rayon::current_num_threads();
+    if n < threads && threads > 1 {
+        Schedule::Serial(Parallelism::Rayon(threads))
+    } else {
+        Schedule::Chunks(n.div_ceil(threads).max(1))
+    }
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d.as_slice(),
+        _ => candle_core::bail!("conv2d: {what} must be f32, got {:?}", s.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+fn dims(geo: &ConvGeometry, input: &Shape, weight: &Shape) -> Result<Dims> {
+    let (n, cin, h, w) = input.dims4()?;
+    let (cout, wcin, kh, kw) = weight.dims4()?;
+    if wcin != cin {
+        candle_core::bail!("conv2d: weight {weight:?} does not fit input {input:?} (groups = 1)")
+    }
+    let Some((oh, ow)) = geo.out_size(h, w, kh, kw) else {
+        candle_core::bail!("conv2d: input {h}x{w} is smaller than the {kh}x{kw} kernel (or stride 0)")
+    };
+    Ok(Dims { n, cin, h, w, cout, kh, kw, oh, ow })
+}
+
+/// Dense `conv2d(input, weight)`: input `[N, Cin, H, W]`, weight `[Cout, Cin, kh, kw]`.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmConv(pub ConvGeometry);
+
+impl CustomOp2 for GemmConv {
+    fn name(&self) -> &'static str {
+        "gemm-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.0;
+        let d = dims(&geo, l1.shape(), l2.shape())?;
+        let x = contiguous(s1, l1, "input")?;
+        let wt = contiguous(s2, l2, "weight")?;
+        let (k, p) = (d.k(), d.p());
+        let direct = geo.is_direct(&d);
+        let mut out = vec![0f32; d.n * d.cout * p];
+        let rows = block_rows(&geo, &d);
+        // y[img][:, block] = W · col(block), straight into the NCHW output.
+        let one = |img: usize, o: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
+            let xin = &x[img * d.image()..(img + 1) * d.image()];
+            let mode = par.unwrap_or(Parallelism::None);
+            if direct {
+                return matmul(o, p, d.cout, p, k, Mat::rows(wt, k), Mat::rows(xin, p), false, mode);
+            }
+            for (oy0, nrows) in blocks(&d, rows) {
+                let pb = nrows * d.ow;
+                col.resize(k * rows * d.ow, 0.);
+                let col = &mut col[..k * pb];
+                im2col(&geo, &d, xin, oy0, col, par.is_some());
+                matmul(&mut o[oy0 * d.ow..], p, d.cout, pb, k, Mat::rows(wt, k), Mat::rows(col, pb), false, mode);
+            }
+        };
+        if out.is_empty() {
+            // Nothing to compute (and no zero-sized chunks to split into).
+        } else {
+            let per_image = d.cout * p;
+            match schedule(d.n) {
+                Schedule::Serial(par) => {
+                    let mut col = Vec::new();
+                    for (img, o) in out.chunks_exact_mut(per_image).enumerate() {
+                        one(img, o, &mut col, Some(par));
+                    }
+                }
+                Schedule::Chunks(per) => out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                    let mut col = Vec::new();
+                    for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
+                        one(c * per + j, o, &mut col, None);
+                    }
+                }),
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))
+    }
+
+    fn bwd(
+        &self,
+        input: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // Only compute what somebody needs: a frozen input gets no gradient.
+        let gi = if input.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                weight,
+                &GemmConvInputGrad { geo: self.0, input_hw: (input.dim(2)?, input.dim(3)?) },
+            )?)
+        } else {
+            None
+        };
+        let gw = if weight.track_op() {
+            Some(input.apply_op2_no_bwd(
+                &grad,
+                &GemmConvWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
+            )?)
+        } else {
+            None
+        };
+        Ok((gi, gw))
+    }
+}
+
+/// Gradient with respect to the input: `dX[n] = col2im(Wᵀ · dY[n])`.
+#[derive(Debug, Clone, Copy)]
+struct GemmConvInputGrad {
+    geo: ConvGeometry,
+    input_hw: (usize, usize),
+}
+
+impl CustomOp2 for GemmConvInputGrad {
+    fn name(&self) -> &'static str {
+        "gemm-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.geo;
+        let (n, cout, goh, gow) = l1.shape().dims4()?;
+        let (_, cin, _, _) = l2.shape().dims4()?;
+        let (h, w) = self.input_hw;
+        let d = dims(&geo, &Shape::from((n, cin, h, w)), l2.shape())?;
+        if d.cout != cout || (d.oh, d.ow) != (goh, gow) {
+            candle_core::bail!("conv2d input grad: gradient {:?} does not fit weight {:?}", l1.shape(), l2.shape())
+        }
+        let g = contiguous(s1, l1, "gradient")?;
+        let wt = contiguous(s2, l2, "weight")?;
+        let (k, p) = (d.k(), d.p());
+        let direct = geo.is_direct(&d);
+        let mut out = vec![0f32; n * d.image()];
+        // Wᵀ: [K, Cout] over the row-major [Cout, K] weight.
+        let wt_t = Mat::transposed(wt, k);
+        let rows = block_rows(&geo, &d);
+        // col(block) = Wᵀ · dY[img][:, block], then scattered back into dX[img].
+        let one = |img: usize, dx: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
+            let gy = &g[img * cout * p..(img + 1) * cout * p];
+            let mode = par.unwrap_or(Parallelism::None);
+            if direct {
+                return matmul(dx, p, k, p, cout, wt_t, Mat::rows(gy, p), false, mode);
+            }
+            for (oy0, nrows) in blocks(&d, rows) {
+                let pb = nrows * d.ow;
+                col.resize(k * rows * d.ow, 0.);
+                let col = &mut col[..k * pb];
+                let gy = Mat { data: &gy[oy0 * d.ow..], rs: p, cs: 1 };
+                matmul(col, pb, k, pb, cout, wt_t, gy, false, mode);
+                col2im(&geo, &d, col, oy0, dx, par.is_some());
+            }
+        };
+        if out.is_empty() {
+            // Nothing to compute (and no zero-sized chunks to split into).
+        } else {
+            let per_image = d.image();
+            match schedule(n) {
+                Schedule::Serial(par) => {
+                    let mut col = Vec::new();
+                    for (img, dx) in out.chunks_exact_mut(per_image).enumerate() {
+                        one(img, dx, &mut col, Some(par));
+                    }
+                }
+                Schedule::Chunks(per) => out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                    let mut col = Vec::new();
+                    for (j, dx) in chunk.chunks_exact_mut(per_image).enumerate() {
+                        one(c * per + j, dx, &mut col, None);
+                    }
+                }),
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, cin, h, w))))
+    }
+}
+
+/// Gradient with respect to the weight: `dW = Σₙ dY[n] · im2col(x[n])ᵀ`.
+#[derive(Debug, Clone, Copy)]
+struct GemmConvWeightGrad {
+    geo: ConvGeometry,
+    kernel: (usize, usize),
+}
+
+impl CustomOp2 for GemmConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "gemm-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let geo = self.geo;
+        let (n, cin, _, _) = l1.shape().dims4()?;
+        let (gn, cout, goh, gow) = l2.shape().dims4()?;
+        let (kh, kw) = self.kernel;
+        let d = dims(&geo, l1.shape(), &Shape::from((cout, cin, kh, kw)))?;
+        if gn != n || (d.oh, d.ow) != (goh, gow) {
+            candle_core::bail!("conv2d weight grad: gradient {:?} does not fit input {:?}", l2.shape(), l1.shape())
+        }
+        let x = contiguous(s1, l1, "input")?;
+        let g = contiguous(s2, l2, "gradient")?;
+        let (k, p) = (d.k(), d.p());
+        let direct = geo.is_direct(&d);
+        // acc += dY[img][:, block] [Cout, Pb] · col(block)ᵀ [Pb, K]
+        let rows = block_rows(&geo, &d);
+        let add = |img: usize, acc: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
+            let xin = &x[img * d.image()..(img + 1) * d.image()];
+            let gy = &g[img * cout * p..(img + 1) * cout * p];
+            let mode = par.unwrap_or(Parallelism::None);
+            if direct {
+                return matmul(acc, k, cout, k, p, Mat::rows(gy, p), Mat::transposed(xin, p), true, mode);
+            }
+            for (oy0, nrows) in blocks(&d, rows) {
+                let pb = nrows * d.ow;
+                col.resize(k * rows * d.ow, 0.);
+                let col = &mut col[..k * pb];
+                im2col(&geo, &d, xin, oy0, col, par.is_some());
+                let gy = Mat { data: &gy[oy0 * d.ow..], rs: p, cs: 1 };
+                matmul(acc, k, cout, k, pb, gy, Mat::transposed(col, pb), true, mode);
+            }
+        };
+        let out = match schedule(n) {
+            Schedule::Serial(par) => {
+                let mut acc = vec![0f32; cout * k];
+                let mut col = Vec::new();
+                for img in 0..n {
+                    add(img, &mut acc, &mut col, Some(par));
+                }
+                acc
+            }
+            // One accumulator per chunk, summed at the end.
+            Schedule::Chunks(per) => (0..n.div_ceil(per))
+                .into_par_iter()
+                .map(|c| {
+                    let mut acc = vec![0f32; cout * k];
+                    let mut col = Vec::new();
+                    for img in c * per..((c + 1) * per).min(n) {
+                        add(img, &mut acc, &mut col, None);
+                    }
+                    acc
+                })
+                .reduce_with(|mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                })
+                .unwrap_or_else(|| vec![0f32; cout * k]),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((cout, cin, kh, kw))))
+    }
+}
+
+/// Dense convolution of `x` `[N, Cin, H, W]` with `weight` `[Cout, Cin, kh, kw]`
+/// (f32, groups = 1, dilation 1), per-side zero padding.
+pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, geo: ConvGeometry) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        candle_core::bail!("conv2d: the GEMM kernel takes f32, got {:?} and {:?}", x.dtype(), weight.dtype())
+    }
+    dims(&geo, x.shape(), weight.shape())?;
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    if x.track_op() || weight.track_op() {
+        x.apply_op2(&weight, GemmConv(geo))
+    } else {
+        x.apply_op2_no_bwd(&weight, &GemmConv(geo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// candle's own convolution, padding explicitly (it only pads
+    /// symmetrically) and cropping the rows and columns no output reads:
+    /// candle's conv2d backward takes the output padding of its transposed
+    /// convolution from the height alone, so a leftover column that the rows
+    /// don't share breaks its input gradient (a shape error).
+    fn reference(x: &Tensor, w: &Tensor, geo: ConvGeometry) -> Tensor {
+        let (p, s) = (geo.pad, geo.stride);
+        let (_, _, kh, kw) = w.dims4().unwrap();
+        let x = x.pad_with_zeros(2, p.top, p.bottom).unwrap().pad_with_zeros(3, p.left, p.right).unwrap();
+        let (_, _, ph, pw) = x.dims4().unwrap();
+        let used = |len: usize, k: usize| (len - k) / s * s + k;
+        let x = x.narrow(2, 0, used(ph, kh)).unwrap().narrow(3, 0, used(pw, kw)).unwrap();
+        x.conv2d(w, 0, s, 1, 1).unwrap()
+    }
+
+    fn max_abs(a: &Tensor) -> f32 {
+        a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Largest difference relative to the reference's largest magnitude.
+    fn rel_diff(ours: &Tensor, theirs: &Tensor) -> f32 {
+        assert_eq!(ours.dims(), theirs.dims());
+        max_abs(&(ours - theirs).unwrap()) / max_abs(theirs).max(1e-6)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, pad: Padding) {
+        let dev = Device::Cpu;
+        let what = format!("n{n} {cin}->{cout} {h}x{w} k{kh}x{kw} s{stride} {pad:?}");
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, h, w), &dev).unwrap()).unwrap();
+        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, cin, kh, kw), &dev).unwrap()).unwrap();
+        let geo = ConvGeometry { stride, pad };
+        let ours = conv2d_gemm(x.as_tensor(), wt.as_tensor(), geo).unwrap();
+        let theirs = reference(x.as_tensor(), wt.as_tensor(), geo);
+        assert!(max_abs(&theirs) > 0.1, "{what}: degenerate reference");
+        let d = rel_diff(&ours, &theirs);
+        assert!(d < 1e-4, "{what}: forward differs by {d}");
+
+        // The same upstream gradient through both: loss = sum(y * r).
+        let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, name) in [(&x, "x"), (&wt, "w")] {
+            let a = g1.get(v.as_tensor()).expect("our gradient");
+            let b = g2.get(v.as_tensor()).expect("candle's gradient");
+            let d = rel_diff(a, b);
+            assert!(d < 1e-3, "{what}: gradient of {name} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn matches_candle_forward_and_gradients() {
+        let p = Padding::same;
+        // 3×3 stride 1 and 2, padding 1.
+        check(2, 3, 5, 9, 9, 3, 3, 1, p(1));
+        check(3, 4, 6, 10, 8, 3, 3, 2, p(1));
+        // 7×7 stride 2 padding 3 (ResNet stem), odd size.
+        check(2, 3, 8, 23, 23, 7, 7, 2, p(3));
+        // 1×1 stride 2 (ResNet downsample) and 1×1 with padding.
+        check(2, 6, 4, 9, 10, 1, 1, 2, p(0));
+        check(1, 3, 2, 5, 4, 1, 1, 1, p(1));
+        // 5×5 with TF SAME: asymmetric at stride 2 on an even size.
+        check(2, 3, 4, 12, 14, 5, 5, 2, Padding::tf_same(12, 14, 5, 2));
+        check(1, 2, 3, 11, 11, 5, 5, 1, Padding::tf_same(11, 11, 5, 1));
+        // Non-square kernels, unpadded and padded per side, single image.
+        check(1, 4, 3, 7, 12, 3, 5, 1, p(0));
+        check(1, 2, 5, 8, 9, 1, 3, 2, Padding { top: 0, left: 1, bottom: 2, right: 0 });
+        // Stride 3, more padding than kernel overhang, one output column.
+        check(2, 2, 3, 10, 3, 3, 3, 3, Padding { top: 2, left: 0, bottom: 1, right: 0 });
+        // Kernel wider than the unpadded input.
+        check(2, 2, 2, 1, 1, 7, 7, 1, p(3));
+    }
+
+    #[test]
+    fn batch_smaller_and_larger_than_the_pool() {
+        // Both schedules (images in parallel; one image at a time with a
+        // multi-threaded GEMM) against candle, whatever the thread count is;
+        // a large batch gives each rayon task several images to accumulate.
+        let threads = rayon::current_num_threads();
+        for n in [1, threads.max(2) - 1, threads + 1, 4 * threads + 3] {
+            check(n, 5, 7, 13, 11, 3, 3, 1, Padding::same(1));
+        }
+    }
+
+    #[test]
+    fn only_the_weight_gradient_when_the_input_is_frozen() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 6, 6), &dev).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap()).unwrap();
+        let geo = ConvGeometry { stride: 1, pad: Padding::same(1) };
+        let y = conv2d_gemm(&x, w.as_tensor(), geo).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let ours = grads.get(w.as_tensor()).unwrap();
+        let theirs = reference(&x, w.as_tensor(), geo).sum_all().unwrap().backward().unwrap();
+        assert!(rel_diff(ours, theirs.get(w.as_tensor()).unwrap()) < 1e-4);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let dev = Device::Cpu;
+        let geo = ConvGeometry { stride: 1, pad: Padding::same(1) };
+        let x = Tensor::zeros((1, 3, 5, 5), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap();
+        assert!(conv2d_gemm(&x, &w, geo).is_ok());
+        // Wrong dtype, on either side.
+        assert!(conv2d_gemm(&x.to_dtype(DType::F64).unwrap(), &w, geo).is_err());
+        assert!(conv2d_gemm(&x, &w.to_dtype(DType::F16).unwrap(), geo).is_err());
+        // Channel mismatch.
+        let w2 = Tensor::zeros((4, 2, 3, 3), DType::F32, &dev).unwrap();
+        assert!(conv2d_gemm(&x, &w2, geo).is_err());
+        // Kernel larger than the padded input, and stride 0.
+        let w3 = Tensor::zeros((4, 3, 9, 9), DType::F32, &dev).unwrap();
+        assert!(conv2d_gemm(&x, &w3, geo).is_err());
+        assert!(conv2d_gemm(&x, &w, ConvGeometry { stride: 0, pad: Padding::default() }).is_err());
+        // The op itself, applied directly, refuses a non-f32 input too.
+        let xf64 = x.to_dtype(DType::F64).unwrap();
+        assert!(xf64.apply_op2_no_bwd(&w.to_dtype(DType::F64).unwrap(), &GemmConv(geo)).is_err());
+    }
+}
