@@ -66,6 +66,34 @@ impl DwGeometry {
     }
 }
 
+/// Per-call tables, so the inner loops do no index arithmetic: for each
+/// kernel column `kx` the valid output columns `[lo, hi)` and the input column
+/// of `lo`; for each `(oy, ky)` the input row, if inside the image.
+struct Taps {
+    cols: Vec<(usize, usize, usize)>,
+    rows: Vec<Option<usize>>,
+    kh: usize,
+}
+
+impl Taps {
+    fn new(geo: &DwGeometry, h: usize, w: usize, oh: usize, ow: usize, kh: usize, kw: usize) -> Taps {
+        let cols = (0..kw)
+            .map(|kx| {
+                let (lo, hi) = geo.valid_cols(kx, w, ow);
+                // Only used when lo < hi, where valid_cols guarantees it is in range.
+                (lo, hi, (lo * geo.stride + kx).saturating_sub(geo.pad_left))
+            })
+            .collect();
+        let rows = (0..oh).flat_map(|oy| (0..kh).map(move |ky| geo.src(oy, ky, geo.pad_top, h))).collect();
+        Taps { cols, rows, kh }
+    }
+
+    #[inline]
+    fn row(&self, oy: usize, ky: usize) -> Option<usize> {
+        self.rows[oy * self.kh + ky]
+    }
+}
+
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
@@ -101,26 +129,29 @@ impl CustomOp2 for DepthwiseConv {
         let x = contiguous(s1, l1, "input")?;
         let k = contiguous(s2, l2, "weight")?;
         let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
+        let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
+        let s = geo.stride;
         out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
             let ch = plane % d.c;
             let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
             let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
-            for oy in 0..d.oh {
-                let orow = &mut o[oy * d.ow..(oy + 1) * d.ow];
+            for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
                 for ky in 0..d.kh {
-                    let Some(iy) = geo.src(oy, ky, geo.pad_top, d.h) else { continue };
+                    let Some(iy) = taps.row(oy, ky) else { continue };
                     let irow = &xin[iy * d.w..(iy + 1) * d.w];
-                    for kx in 0..d.kw {
-                        let wv = ker[ky * d.kw + kx];
-                        let (lo, hi) = geo.valid_cols(kx, d.w, d.ow);
-                        if geo.stride == 1 {
-                            let start = lo + kx - geo.pad_left;
-                            for (ov, iv) in orow[lo..hi].iter_mut().zip(&irow[start..start + (hi - lo)]) {
+                    for (&wv, &(lo, hi, start)) in ker[ky * d.kw..(ky + 1) * d.kw].iter().zip(&taps.cols) {
+                        if lo >= hi {
+                            continue;
+                        }
+                        let dst = &mut orow[lo..hi];
+                        let len = dst.len();
+                        if s == 1 {
+                            for (ov, iv) in dst.iter_mut().zip(&irow[start..start + len]) {
                                 *ov += wv * iv;
                             }
                         } else {
-                            for ox in lo..hi {
-                                orow[ox] += wv * irow[ox * geo.stride + kx - geo.pad_left];
+                            for (ov, iv) in dst.iter_mut().zip(irow[start..].iter().step_by(s)) {
+                                *ov += wv * iv;
                             }
                         }
                     }
@@ -180,26 +211,28 @@ impl CustomOp2 for DepthwiseInputGrad {
         let g = contiguous(s1, l1, "gradient")?;
         let k = contiguous(s2, l2, "weight")?;
         let mut out = vec![0f32; n * c * h * w];
+        let taps = Taps::new(&geo, h, w, oh, ow, kh, kw);
+        let s = geo.stride;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
             let ch = plane % c;
             let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
             let ker = &k[ch * kh * kw..(ch + 1) * kh * kw];
-            for oy in 0..oh {
-                let grow = &gout[oy * ow..(oy + 1) * ow];
+            for (oy, grow) in gout.chunks_exact(ow).enumerate() {
                 for ky in 0..kh {
-                    let Some(iy) = geo.src(oy, ky, geo.pad_top, h) else { continue };
+                    let Some(iy) = taps.row(oy, ky) else { continue };
                     let irow = &mut gin[iy * w..(iy + 1) * w];
-                    for kx in 0..kw {
-                        let wv = ker[ky * kw + kx];
-                        let (lo, hi) = geo.valid_cols(kx, w, ow);
-                        if geo.stride == 1 {
-                            let start = lo + kx - geo.pad_left;
-                            for (iv, gv) in irow[start..start + (hi - lo)].iter_mut().zip(&grow[lo..hi]) {
+                    for (&wv, &(lo, hi, start)) in ker[ky * kw..(ky + 1) * kw].iter().zip(&taps.cols) {
+                        if lo >= hi {
+                            continue;
+                        }
+                        let src = &grow[lo..hi];
+                        if s == 1 {
+                            for (iv, gv) in irow[start..start + src.len()].iter_mut().zip(src) {
                                 *iv += wv * gv;
                             }
                         } else {
-                            for ox in lo..hi {
-                                irow[ox * geo.stride + kx - geo.pad_left] += wv * grow[ox];
+                            for (iv, gv) in irow[start..].iter_mut().step_by(s).zip(src) {
+                                *iv += wv * gv;
                             }
                         }
                     }
@@ -231,30 +264,29 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let x = contiguous(s1, l1, "input")?;
         let g = contiguous(s2, l2, "gradient")?;
         let mut out = vec![0f32; c * kh * kw];
+        let taps = Taps::new(&geo, h, w, oh, ow, kh, kw);
+        let s = geo.stride;
         out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
             for img in 0..n {
                 let plane = img * c + ch;
                 let xin = &x[plane * h * w..(plane + 1) * h * w];
                 let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
                 for ky in 0..kh {
-                    for kx in 0..kw {
-                        let (lo, hi) = geo.valid_cols(kx, w, ow);
+                    for (kx, &(lo, hi, start)) in taps.cols.iter().enumerate() {
+                        if lo >= hi {
+                            continue;
+                        }
                         let mut acc = 0f32;
-                        for oy in 0..oh {
-                            let Some(iy) = geo.src(oy, ky, geo.pad_top, h) else { continue };
+                        for (oy, grow) in gout.chunks_exact(ow).enumerate() {
+                            let Some(iy) = taps.row(oy, ky) else { continue };
                             let irow = &xin[iy * w..(iy + 1) * w];
-                            let grow = &gout[oy * ow..(oy + 1) * ow];
-                            if geo.stride == 1 {
-                                let start = lo + kx - geo.pad_left;
-                                acc += grow[lo..hi]
-                                    .iter()
-                                    .zip(&irow[start..start + (hi - lo)])
-                                    .map(|(a, b)| a * b)
-                                    .sum::<f32>();
+                            let gsrc = &grow[lo..hi];
+                            if s == 1 {
+                                acc +=
+                                    gsrc.iter().zip(&irow[start..start + gsrc.len()]).map(|(a, b)| a * b).sum::<f32>();
                             } else {
-                                for ox in lo..hi {
-                                    acc += grow[ox] * irow[ox * geo.stride + kx - geo.pad_left];
-                                }
+                                acc +=
+                                    gsrc.iter().zip(irow[start..].iter().step_by(s)).map(|(a, b)| a * b).sum::<f32>();
                             }
                         }
                         gk[ky * kw + kx] += acc;
@@ -301,6 +333,10 @@ mod tests {
             (2, 5, 9, 7, 5, 2, 2),
             (1, 3, 6, 6, 3, 1, 0),
             (2, 2, 7, 7, 1, 2, 0),
+            // Kernels wider than the (small) input: late EfficientNet blocks on small images.
+            (2, 3, 1, 1, 5, 1, 2),
+            (1, 2, 2, 2, 5, 2, 2),
+            (2, 2, 3, 3, 5, 2, 2),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, k, k), &dev).unwrap()).unwrap();

@@ -2,10 +2,12 @@
 //! the fastest implementation available on the CPU.
 //!
 //! * depthwise (groups = channels): the direct kernel in [`depthwise`];
-//! * 1×1, stride 1, no padding: a plain batched GEMM, no im2col copy;
-//! * every other dense (groups = 1) f32 convolution, any kernel, stride and
-//!   per-side padding: im2col + one GEMM per image in [`conv`], with its own
-//!   backward (candle's is a transposed convolution, several times slower);
+//! * every dense (groups = 1) f32 convolution, any kernel, stride and
+//!   per-side padding: im2col + one GEMM per image in [`conv`] (a 1×1,
+//!   stride-1 unpadded one multiplies the image itself, no column copy), with
+//!   its own backward (candle's is a transposed convolution, several times
+//!   slower). One GEMM per image with the shared weight beats a batched
+//!   matmul, which needs the weight copied once per image;
 //! * grouped but not depthwise (and non-f32): candle's own `conv2d`.
 
 pub mod batchnorm;
@@ -53,14 +55,11 @@ impl Padding {
 /// 2-D convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin/groups, kh, kw]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize) -> Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
-    let (cout, _, kh, kw) = w.dims4()?;
+    let cout = w.dim(0)?;
     if groups > 1 && groups == cin && cout == cin {
         let geo =
             DwGeometry { stride, pad_top: pad.top, pad_left: pad.left, pad_bottom: pad.bottom, pad_right: pad.right };
         return depthwise::depthwise_conv2d(x, w, geo);
-    }
-    if groups == 1 && kh == 1 && kw == 1 && stride == 1 && pad == Padding::default() {
-        return pointwise(x, w);
     }
     if groups == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         return conv::conv2d_gemm(x, w, ConvGeometry { stride, pad });
@@ -71,15 +70,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize
         let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
         x.conv2d(w, 0, stride, 1, groups)
     }
-}
-
-/// A 1×1 convolution is `W · X` per image with X viewed as `[Cin, H·W]`.
-fn pointwise(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (n, cin, h, wd) = x.dims4()?;
-    let cout = w.dim(0)?;
-    let x = x.contiguous()?.reshape((n, cin, h * wd))?;
-    let w = elementwise::broadcast_left(&w.reshape((cout, cin))?, n)?;
-    w.matmul(&x)?.reshape((n, cout, h, wd))
 }
 
 #[cfg(test)]
