@@ -3,8 +3,11 @@
 //! * ReLU6 through `clamp` is `maximum` then `minimum` against broadcast
 //!   scalars, and backward reduces a gradient for those scalars over the whole
 //!   tensor; here it is one parallel pass each way.
+//! * A frozen (folded) convolution's bias and activation, `clamp(y + b)`,
+//!   are one in-place pass over the fresh convolution output instead of two
+//!   ops that each allocate and write a full tensor.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -67,10 +70,65 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `y = clamp(y + b[c], lo, hi)` in place, for `y` `[N, C, H, W]`.
+struct BiasClamp {
+    lo: f32,
+    hi: f32,
+}
+
+impl InplaceOp2 for BiasClamp {
+    fn name(&self) -> &'static str {
+        "bias-clamp"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let b = contiguous(s2, l2)?;
+        let CpuStorage::F32(y) = s1 else { candle_core::bail!("bias-clamp needs f32") };
+        let Some((start, end)) = l1.contiguous_offsets() else {
+            candle_core::bail!("bias-clamp needs a contiguous tensor")
+        };
+        if b.len() != c {
+            candle_core::bail!("bias-clamp: {} biases for {c} channels", b.len())
+        }
+        let (lo, hi) = (self.lo, self.hi);
+        let plane = h * w;
+        y[start..end].par_chunks_mut(plane.max(1)).enumerate().take(n * c).for_each(|(i, p)| {
+            let bias = b[i % c];
+            for v in p {
+                *v = (*v + bias).clamp(lo, hi);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `clamp(y + b, lo, hi)` with `b` per channel, for a frozen layer: in place
+/// on `y` (a fresh convolution output nobody else holds) when no gradient
+/// flows through it; the plain ops otherwise.
+pub fn bias_clamp(y: Tensor, b: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+    if y.track_op() || b.track_op() || y.dtype() != candle_core::DType::F32 || !y.is_contiguous() {
+        let c = b.elem_count();
+        return y.broadcast_add(&b.reshape((1, c, 1, 1))?)?.clamp(lo, hi);
+    }
+    y.inplace_op2(&b.flatten_all()?.contiguous()?, &BiasClamp { lo, hi })?;
+    Ok(y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn bias_clamp_matches_the_plain_ops() {
+        let dev = candle_core::Device::Cpu;
+        let y = Tensor::randn(0f32, 3., (2, 3, 4, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 3, &dev).unwrap();
+        let expected = y.broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap().clamp(0f32, 6f32).unwrap();
+        let ours = bias_clamp(y.copy().unwrap(), &b, 0.0, 6.0).unwrap();
+        let d = (ours - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    }
 
     #[test]
     fn relu6_and_its_gradient() {

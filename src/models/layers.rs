@@ -207,6 +207,15 @@ pub enum Act {
 }
 
 impl Act {
+    /// The activation as `clamp(lo, hi)`.
+    fn bounds(self) -> (f32, f32) {
+        match self {
+            Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::Relu => (0.0, f32::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
+        }
+    }
+
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Act::None => x.clone(),
@@ -400,8 +409,13 @@ impl ConvBnAct {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let pad = self.padding(x)?;
         if let Some((w, b)) = &self.folded {
-            let y = kernels::conv2d(x, w, self.stride, pad, self.groups)?.broadcast_add(b)?;
-            return self.act.apply(&y);
+            let (lo, hi) = self.act.bounds();
+            return Ok(kernels::elementwise::bias_clamp(
+                kernels::conv2d(x, w, self.stride, pad, self.groups)?,
+                b,
+                lo,
+                hi,
+            )?);
         }
         let trainable = !self.freeze.frozen;
         let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, pad, self.groups)?;
@@ -463,9 +477,13 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let trainable = !self.frozen;
         let w = read(&self.weight, trainable);
+        let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?;
+        if !trainable {
+            let (lo, hi) = self.act.bounds();
+            return Ok(kernels::elementwise::bias_clamp(y, &read(&self.bias, false), lo, hi)?);
+        }
         let c = self.bias.dim(0)?;
-        let b = read(&self.bias, trainable).reshape((1, c, 1, 1))?;
-        let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?.broadcast_add(&b)?;
+        let y = y.broadcast_add(&read(&self.bias, trainable).reshape((1, c, 1, 1))?)?;
         self.act.apply(&y)
     }
 
