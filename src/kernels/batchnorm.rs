@@ -10,6 +10,11 @@
 //! * backward (standard BN gradient, Ioffe & Szegedy 2015):
 //!   `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/(σ·M) · (M·dy − Σ dy − x̂ · Σ dy·x̂)`
 //!   with `M = N·H·W`.
+//!
+//! The activation after it (ReLU, ReLU6) can be fused in as a clamp: one
+//! tensor and one autograd node fewer per layer (candle's backward zero-fills
+//! and adds a gradient buffer for every node); its backward masks `dy` where
+//! the output was clamped, then runs the BN gradient.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -61,6 +66,9 @@ impl CustomOp1 for ChannelStats {
 struct Normalize {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    /// Output clamp (the fused activation); infinite bounds for none.
+    lo: f32,
+    hi: f32,
 }
 
 impl CustomOp3 for Normalize {
@@ -83,12 +91,13 @@ impl CustomOp3 for Normalize {
         let gamma = slice(s2, l2, "weight")?;
         let beta = slice(s3, l3, "bias")?;
         let mut y = vec![0f32; x.len()];
+        let (lo, hi) = (self.lo, self.hi);
         y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
             let scale = gamma[ch] * self.inv_std[ch];
             let shift = beta[ch] - self.mean[ch] * scale;
             for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                *o = v * scale + shift;
+                *o = (v * scale + shift).clamp(lo, hi);
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
@@ -99,10 +108,15 @@ impl CustomOp3 for Normalize {
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        let dy = if self.lo.is_finite() || self.hi.is_finite() {
+            dy.apply_op2_no_bwd(&y.contiguous()?, &ClampMask { lo: self.lo, hi: self.hi })?
+        } else {
+            dy
+        };
         let sums = x.apply_op2_no_bwd(&dy, &GradSums { mean: self.mean.clone(), inv_std: self.inv_std.clone() })?;
         let c = self.mean.len();
         let sum_dy = sums.narrow(0, 0, 1)?.reshape(c)?;
@@ -120,6 +134,30 @@ impl CustomOp3 for Normalize {
             None
         };
         Ok((dx, Some(sum_dy_xhat), Some(sum_dy)))
+    }
+}
+
+/// `dy` where `lo < y < hi`, zero where the fused activation clamped `y`.
+struct ClampMask {
+    lo: f32,
+    hi: f32,
+}
+
+impl CustomOp2 for ClampMask {
+    fn name(&self) -> &'static str {
+        "bn-clamp-mask"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = slice(s1, l1, "gradient")?;
+        let y = slice(s2, l2, "output")?;
+        let (lo, hi) = (self.lo, self.hi);
+        let mut out = vec![0f32; dy.len()];
+        out.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14)).zip(y.par_chunks(1 << 14)).for_each(|((o, g), y)| {
+            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                *o = if y > lo && y < hi { g } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -194,7 +232,14 @@ impl CustomOp2 for InputGrad {
 
 /// Training-mode batch normalisation of `x` `[N, C, H, W]`. Returns the output
 /// and the batch `(mean, biased variance)` for the running estimates.
-pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+/// `(lo, hi)` clamps the output: the fused activation (`(-∞, ∞)` for none).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    (lo, hi): (f32, f32),
+) -> Result<(Tensor, Tensor, Tensor)> {
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&ChannelStats)?;
     let c = x.dim(1)?;
@@ -203,6 +248,8 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
     let op = Normalize {
         mean: mean.to_vec1::<f32>()?,
         inv_std: var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (f64::from(*v) + eps).sqrt() as f32).collect(),
+        lo,
+        hi,
     };
     let gamma = gamma.contiguous()?;
     let beta = beta.contiguous()?;
@@ -241,19 +288,29 @@ mod tests {
     #[test]
     fn matches_broadcast_reference_with_gradients() {
         let dev = Device::Cpu;
-        for &(n, c, h, w) in &[(4, 3, 5, 5), (2, 6, 3, 4), (8, 2, 1, 1)] {
-            let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (n, c, h, w), &dev).unwrap() + 1.0).unwrap()).unwrap();
-            let g = Var::from_tensor(&Tensor::randn(1f32, 0.3, c, &dev).unwrap()).unwrap();
-            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, c, &dev).unwrap()).unwrap();
-            let (ours, _, _) = batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
-            let theirs = reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
-            assert!(max_diff(&ours, &theirs) < 1e-4);
-            let r = Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap();
-            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for v in [&x, &g, &b] {
-                let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
-                assert!(d < 1e-3, "gradient differs by {d} for {n}x{c}x{h}x{w}");
+        // No activation, ReLU and ReLU6 fused in; the reference clamps after.
+        for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, f32::INFINITY), (0.0, 6.0)] {
+            for &(n, c, h, w) in &[(4, 3, 5, 5), (2, 6, 3, 4), (8, 2, 1, 1)] {
+                let x =
+                    Var::from_tensor(&(Tensor::randn(0f32, 2., (n, c, h, w), &dev).unwrap() + 1.0).unwrap()).unwrap();
+                let g = Var::from_tensor(&Tensor::randn(1f32, 3.0, c, &dev).unwrap()).unwrap();
+                let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, c, &dev).unwrap()).unwrap();
+                let (ours, _, _) =
+                    batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, (lo, hi)).unwrap();
+                let theirs = reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
+                let theirs = match (lo.is_finite(), hi.is_finite()) {
+                    (false, false) => theirs,
+                    (true, false) => theirs.relu().unwrap(),
+                    _ => crate::kernels::elementwise::relu6(&theirs).unwrap(),
+                };
+                assert!(max_diff(&ours, &theirs) < 1e-4);
+                let r = Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap();
+                let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for v in [&x, &g, &b] {
+                    let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                    assert!(d < 1e-3, "gradient differs by {d} for {n}x{c}x{h}x{w} clamp {lo}..{hi}");
+                }
             }
         }
     }

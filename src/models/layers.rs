@@ -289,10 +289,17 @@ impl BatchNorm {
     /// `use_batch_stats`: normalise with this batch's moments and update the
     /// running estimates (train mode); otherwise use the running estimates.
     pub fn forward(&self, x: &Tensor, use_batch_stats: bool, affine_trainable: bool) -> Result<Tensor> {
+        self.forward_act(x, use_batch_stats, affine_trainable, Act::None)
+    }
+
+    /// BatchNorm then `act`; with batch statistics the activation is fused
+    /// into the BatchNorm op (one autograd node instead of two).
+    pub fn forward_act(&self, x: &Tensor, use_batch_stats: bool, affine_trainable: bool, act: Act) -> Result<Tensor> {
         let c = x.dim(1)?;
         if !use_batch_stats {
             let (scale, shift) = self.eval_affine(affine_trainable)?;
-            return Ok(x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)?);
+            let y = x.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?)?;
+            return act.apply(&y);
         }
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
@@ -301,6 +308,7 @@ impl BatchNorm {
             &read(&self.weight, affine_trainable),
             &read(&self.bias, affine_trainable),
             self.eps,
+            act.bounds(),
         )?;
         // Running estimates use torch's momentum convention and the unbiased variance.
         let m = self.momentum;
@@ -420,8 +428,7 @@ impl ConvBnAct {
         let trainable = !self.freeze.frozen;
         let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, pad, self.groups)?;
         let bn_trainable = trainable || self.freeze.train_bn;
-        let y = self.bn.forward(&y, mode.training && bn_trainable, bn_trainable)?;
-        self.act.apply(&y)
+        self.bn.forward_act(&y, mode.training && bn_trainable, bn_trainable, self.act)
     }
 
     pub fn trainable_vars(&self, out: &mut Vec<Var>) {
