@@ -24,6 +24,15 @@
 //!
 //! A 1×1, stride-1, unpadded convolution needs no column buffer: the image
 //! itself is `col`.
+//!
+//! Small outputs (`P` below a few hundred pixels, e.g. the last stages of a
+//! network at 96 px, `P` = 9..36) make one GEMM per image a poor shape, with
+//! per-image overheads and, for the weight gradient, an inner dimension of
+//! only `P`. There each thread runs its images in groups of `nb`: the
+//! columns of the group side by side `[K, nb·P]` (gathered images when the
+//! convolution is direct), one GEMM for the group, its result scattered into
+//! the images' NCHW planes (forward; input gradient through col2im), or the
+//! group's output gradient gathered `[Cout, nb·P]` (gradients).
 
 use super::Padding;
 use candle_core::backend::BackendStorage;
@@ -137,13 +146,23 @@ fn im2col_row(geo: &ConvGeometry, d: &Dims, x: &[f32], r: usize, oy0: usize, row
 }
 
 /// Adds the rows of input channel `c` of a column block starting at output
-/// row `oy0` back into that channel's plane (the adjoint of [`im2col_row`]).
-fn col2im_plane(geo: &ConvGeometry, d: &Dims, col: &[f32], oy0: usize, c: usize, plane: &mut [f32]) {
-    let pb = col.len() / d.k();
+/// row `oy0` back into that channel's plane (the adjoint of [`im2col_row`]):
+/// row `r` of the block is `col[r·rs..r·rs + pb]`.
+#[allow(clippy::too_many_arguments)]
+fn col2im_plane(
+    geo: &ConvGeometry,
+    d: &Dims,
+    col: &[f32],
+    rs: usize,
+    pb: usize,
+    oy0: usize,
+    c: usize,
+    plane: &mut [f32],
+) {
     for ky in 0..d.kh {
         for kx in 0..d.kw {
             let r = (c * d.kh + ky) * d.kw + kx;
-            let row = &col[r * pb..(r + 1) * pb];
+            let row = &col[r * rs..r * rs + pb];
             let (lo, hi) = geo.valid_cols(kx, d.w, d.ow);
             if lo == hi {
                 continue;
@@ -186,11 +205,12 @@ fn im2col(geo: &ConvGeometry, d: &Dims, x: &[f32], oy0: usize, col: &mut [f32], 
 /// Adds a column block (from output row `oy0`) into one input-gradient image.
 fn col2im(geo: &ConvGeometry, d: &Dims, col: &[f32], oy0: usize, dx: &mut [f32], parallel: bool) {
     let hw = d.h * d.w;
+    let pb = col.len() / d.k();
     if parallel {
-        dx.par_chunks_exact_mut(hw).enumerate().for_each(|(c, plane)| col2im_plane(geo, d, col, oy0, c, plane));
+        dx.par_chunks_exact_mut(hw).enumerate().for_each(|(c, plane)| col2im_plane(geo, d, col, pb, pb, oy0, c, plane));
     } else {
         for (c, plane) in dx.chunks_exact_mut(hw).enumerate() {
-            col2im_plane(geo, d, col, oy0, c, plane);
+            col2im_plane(geo, d, col, pb, pb, oy0, c, plane);
         }
     }
 }
@@ -214,6 +234,63 @@ fn block_rows(geo: &ConvGeometry, d: &Dims) -> usize {
 fn blocks(d: &Dims, rows: usize) -> impl Iterator<Item = (usize, usize)> {
     let oh = d.oh;
     (0..oh).step_by(rows).map(move |oy0| (oy0, rows.min(oh - oy0)))
+}
+
+/// Output pixels per image below which a thread's images go through the GEMMs
+/// in groups (see [`group_images`]), and the group width in columns aimed at.
+/// Tests use a narrower target, so that their small images form several
+/// groups per thread, the last one partial.
+const GROUP_COLS: usize = if cfg!(test) { 64 } else { 256 };
+
+/// Bytes of the per-thread group buffers (columns `[K, nb·P]` plus the
+/// gathered output or output gradient `[Cout, nb·P]`).
+const GROUP_BYTES: usize = 2 << 20;
+
+/// Images per GEMM when each thread runs `per` images: with few output
+/// pixels `P` a GEMM per image has too few columns to run fast (and the
+/// weight gradient's inner dimension is `P`), so `nb` images are laid side
+/// by side into one `[K, nb·P]` column matrix, `nb·P` reaching
+/// [`GROUP_COLS`] within [`GROUP_BYTES`]. 1: one GEMM per image.
+fn group_images(d: &Dims, per: usize) -> usize {
+    let p = d.p();
+    if p == 0 || p >= GROUP_COLS {
+        return 1;
+    }
+    let fit = GROUP_BYTES / ((d.k() + d.cout) * p * std::mem::size_of::<f32>()).max(1);
+    GROUP_COLS.div_ceil(p).min(fit).min(per).max(1)
+}
+
+/// Lays the `[rows, p]` blocks of `m` images, `stride` apart from the start
+/// of `src`, side by side: `dst[r, i·p + j] = src[i·stride + r·p + j]`.
+fn gather(src: &[f32], stride: usize, rows: usize, p: usize, m: usize, dst: &mut [f32]) {
+    for (r, drow) in dst[..rows * m * p].chunks_exact_mut(m * p).enumerate() {
+        for (i, blk) in drow.chunks_exact_mut(p).enumerate() {
+            blk.copy_from_slice(&src[i * stride + r * p..][..p]);
+        }
+    }
+}
+
+/// The inverse of [`gather`]: `dst[i·stride + r·p + j] = src[r, i·p + j]`.
+fn scatter(src: &[f32], stride: usize, rows: usize, p: usize, m: usize, dst: &mut [f32]) {
+    for (r, srow) in src[..rows * m * p].chunks_exact(m * p).enumerate() {
+        for (i, blk) in srow.chunks_exact(p).enumerate() {
+            dst[i * stride + r * p..][..p].copy_from_slice(blk);
+        }
+    }
+}
+
+/// The column matrix `[K, m·P]` of `m` consecutive images starting at `x`
+/// (whole images side by side).
+fn group_cols(geo: &ConvGeometry, d: &Dims, x: &[f32], m: usize, col: &mut [f32]) {
+    let (k, p) = (d.k(), d.p());
+    if geo.is_direct(d) {
+        return gather(x, d.image(), k, p, m, col);
+    }
+    for (r, row) in col[..k * m * p].chunks_exact_mut(m * p).enumerate() {
+        for (i, blk) in row.chunks_exact_mut(p).enumerate() {
+            im2col_row(geo, d, &x[i * d.image()..(i + 1) * d.image()], r, 0, blk);
+        }
+    }
 }
 
 /// A matrix operand: a slice with row and column strides in elements.
@@ -377,12 +454,31 @@ impl CustomOp2 for GemmConv {
                         one(img, o, &mut col, Some(par));
                     }
                 }
-                Schedule::Chunks(per) => out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
-                    let mut col = Vec::new();
-                    for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
-                        one(c * per + j, o, &mut col, None);
-                    }
-                }),
+                Schedule::Chunks(per) => {
+                    let nb = group_images(&d, per);
+                    out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                        let mut col = Vec::new();
+                        if nb == 1 {
+                            for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
+                                one(c * per + j, o, &mut col, None);
+                            }
+                            return;
+                        }
+                        // Y[:, group] = W · col(group), then each image's
+                        // columns copied into its NCHW output.
+                        let mut y = Vec::new();
+                        for (j, o) in chunk.chunks_mut(nb * per_image).enumerate() {
+                            let (img, m) = (c * per + j * nb, o.len() / per_image);
+                            let cols = m * p;
+                            col.resize(k * cols, 0.);
+                            y.resize(d.cout * cols, 0.);
+                            group_cols(&geo, &d, &x[img * d.image()..], m, &mut col);
+                            let none = Parallelism::None;
+                            matmul(&mut y, cols, d.cout, cols, k, Mat::rows(wt, k), Mat::rows(&col, cols), false, none);
+                            scatter(&y, per_image, d.cout, p, m, o);
+                        }
+                    })
+                }
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))
@@ -473,12 +569,40 @@ impl CustomOp2 for GemmConvInputGrad {
                         one(img, dx, &mut col, Some(par));
                     }
                 }
-                Schedule::Chunks(per) => out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
-                    let mut col = Vec::new();
-                    for (j, dx) in chunk.chunks_exact_mut(per_image).enumerate() {
-                        one(c * per + j, dx, &mut col, None);
-                    }
-                }),
+                Schedule::Chunks(per) => {
+                    let nb = group_images(&d, per);
+                    out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                        let mut col = Vec::new();
+                        if nb == 1 {
+                            for (j, dx) in chunk.chunks_exact_mut(per_image).enumerate() {
+                                one(c * per + j, dx, &mut col, None);
+                            }
+                            return;
+                        }
+                        // col(group) = Wᵀ · dY[:, group], then each image's
+                        // columns scattered back into its dX.
+                        let mut gy = Vec::new();
+                        for (j, dx) in chunk.chunks_mut(nb * per_image).enumerate() {
+                            let (img, m) = (c * per + j * nb, dx.len() / per_image);
+                            let cols = m * p;
+                            gy.resize(cout * cols, 0.);
+                            gather(&g[img * cout * p..], cout * p, cout, p, m, &mut gy);
+                            col.resize(k * cols, 0.);
+                            let none = Parallelism::None;
+                            matmul(&mut col, cols, k, cols, cout, wt_t, Mat::rows(&gy, cols), false, none);
+                            if direct {
+                                // The columns are the images themselves.
+                                scatter(&col, per_image, k, p, m, dx);
+                                continue;
+                            }
+                            for (i, dxi) in dx.chunks_exact_mut(per_image).enumerate() {
+                                for (ch, plane) in dxi.chunks_exact_mut(h * w).enumerate() {
+                                    col2im_plane(&geo, &d, &col[i * p..], cols, p, 0, ch, plane);
+                                }
+                            }
+                        }
+                    })
+                }
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((n, cin, h, w))))
@@ -543,8 +667,25 @@ impl CustomOp2 for GemmConvWeightGrad {
                 .map(|c| {
                     let mut acc = vec![0f32; cout * k];
                     let mut col = Vec::new();
-                    for img in c * per..((c + 1) * per).min(n) {
-                        add(img, &mut acc, &mut col, None);
+                    let nb = group_images(&d, per);
+                    let end = ((c + 1) * per).min(n);
+                    if nb == 1 {
+                        for img in c * per..end {
+                            add(img, &mut acc, &mut col, None);
+                        }
+                        return acc;
+                    }
+                    // acc += dY[:, group] [Cout, nb·P] · col(group)ᵀ [nb·P, K]
+                    let mut gy = Vec::new();
+                    for img in (c * per..end).step_by(nb) {
+                        let m = nb.min(end - img);
+                        let cols = m * p;
+                        col.resize(k * cols, 0.);
+                        gy.resize(cout * cols, 0.);
+                        group_cols(&geo, &d, &x[img * d.image()..], m, &mut col);
+                        gather(&g[img * cout * p..], cout * p, cout, p, m, &mut gy);
+                        let (lhs, rhs) = (Mat::rows(&gy, cols), Mat::transposed(&col, cols));
+                        matmul(&mut acc, k, cout, k, cols, lhs, rhs, true, Parallelism::None);
                     }
                     acc
                 })
@@ -660,6 +801,50 @@ mod tests {
         let threads = rayon::current_num_threads();
         for n in [1, threads.max(2) - 1, threads + 1, 4 * threads + 3] {
             check(n, 5, 7, 13, 11, 3, 3, 1, Padding::same(1));
+        }
+    }
+
+    #[test]
+    fn small_images_go_through_the_gemm_in_groups() {
+        // Few output pixels: several images per GEMM (forward, and both
+        // gradients), groups that don't divide a thread's images, one image.
+        let threads = rayon::current_num_threads();
+        let p = Padding::same;
+        let shapes: [(usize, usize, usize, usize, usize, Padding); 6] = [
+            // cin, cout, size, k, stride, pad
+            (5, 7, 5, 3, 1, p(1)),
+            (4, 6, 8, 3, 2, p(1)),
+            (6, 4, 3, 3, 1, p(1)),
+            (3, 5, 7, 1, 1, p(0)),
+            (4, 3, 6, 1, 2, p(0)),
+            (3, 4, 6, 5, 2, Padding::tf_same(6, 6, 5, 2)),
+        ];
+        for (cin, cout, size, k, stride, pad) in shapes {
+            let geo = ConvGeometry { stride, pad };
+            let (oh, ow) = geo.out_size(size, size, k, k).unwrap();
+            let d = Dims { n: 0, cin, h: size, w: size, cout, kh: k, kw: k, oh, ow };
+            assert!(group_images(&d, 16) > 1, "{cin}->{cout} {size} k{k} s{stride}: not grouped");
+            for n in [1, 2, threads + 1, 4 * threads + 3, 8 * threads + 5] {
+                check(n, cin, cout, size, size, k, k, stride, pad);
+            }
+        }
+    }
+
+    #[test]
+    fn grouping_is_deterministic() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (11, 6, 4, 4), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (5, 6, 3, 3), &dev).unwrap()).unwrap();
+        let geo = ConvGeometry { stride: 1, pad: Padding::same(1) };
+        let run = || {
+            let y = conv2d_gemm(x.as_tensor(), w.as_tensor(), geo).unwrap();
+            let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (flat(&y), flat(g.get(x.as_tensor()).unwrap()), flat(g.get(w.as_tensor()).unwrap()))
+        };
+        let first = run();
+        for _ in 0..3 {
+            assert!(run() == first, "results differ between runs");
         }
     }
 
