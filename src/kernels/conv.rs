@@ -491,25 +491,13 @@ impl CustomOp2 for GemmConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        // Only compute what somebody needs: a frozen input gets no gradient.
-        let gi = if input.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                weight,
-                &GemmConvInputGrad { geo: self.0, input_hw: (input.dim(2)?, input.dim(3)?) },
-            )?)
-        } else {
-            None
-        };
-        let gw = if weight.track_op() {
-            Some(input.apply_op2_no_bwd(
-                &grad,
-                &GemmConvWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
-            )?)
-        } else {
-            None
-        };
-        Ok((gi, gw))
+        super::input_and_weight_grads(
+            input,
+            weight,
+            grad,
+            &GemmConvInputGrad { geo: self.0, input_hw: (input.dim(2)?, input.dim(3)?) },
+            &GemmConvWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
+        )
     }
 }
 

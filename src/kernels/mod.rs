@@ -16,7 +16,7 @@ pub mod depthwise;
 pub mod elementwise;
 pub mod maxpool;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CustomOp2, DType, Result, Tensor};
 
 pub use conv::ConvGeometry;
 pub use depthwise::DwGeometry;
@@ -50,6 +50,22 @@ impl Padding {
     fn is_symmetric(&self) -> bool {
         self.top == self.bottom && self.left == self.right && self.top == self.left
     }
+}
+
+/// The backward pass of a convolution op: `input_grad(dY, W)` and
+/// `weight_grad(X, dY)`, each run only when something needs it (a frozen
+/// input gets no gradient, a frozen weight none either).
+fn input_and_weight_grads(
+    input: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    input_grad: &impl CustomOp2,
+    weight_grad: &impl CustomOp2,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let gi = if input.track_op() { Some(grad.apply_op2_no_bwd(weight, input_grad)?) } else { None };
+    let gw = if weight.track_op() { Some(input.apply_op2_no_bwd(&grad, weight_grad)?) } else { None };
+    Ok((gi, gw))
 }
 
 /// 2-D convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin/groups, kh, kw]`.
