@@ -94,6 +94,59 @@ impl Taps {
     }
 }
 
+/// Small maps (late blocks, small images) have rows of a few pixels, too
+/// short to vectorise along; many channels then make channels-last faster.
+fn channels_last_pays(d: &Dims) -> bool {
+    d.oh * d.ow <= 64 && d.c >= 16
+}
+
+/// The forward pass in channels-last order, per image: transpose the input
+/// to `[H, W, C]`, accumulate every tap as a multiply-add over contiguous
+/// channels (vectorised), transpose the output back to `[C, OH, OW]`.
+fn forward_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], k: &[f32]) -> Vec<f32> {
+    let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
+    // Weights as `[kh·kw, C]`.
+    let mut kt = vec![0f32; d.kh * d.kw * c];
+    for ch in 0..c {
+        for t in 0..d.kh * d.kw {
+            kt[t * c + ch] = k[ch * d.kh * d.kw + t];
+        }
+    }
+    let mut out = vec![0f32; d.n * c * ohw];
+    out.par_chunks_mut(c * ohw).enumerate().for_each(|(img, o)| {
+        let xin = &x[img * c * hw..(img + 1) * c * hw];
+        let mut xt = vec![0f32; hw * c];
+        for ch in 0..c {
+            for (p, &v) in xin[ch * hw..(ch + 1) * hw].iter().enumerate() {
+                xt[p * c + ch] = v;
+            }
+        }
+        let mut acc = vec![0f32; ohw * c];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let dst = &mut acc[(oy * d.ow + ox) * c..(oy * d.ow + ox + 1) * c];
+                for ky in 0..d.kh {
+                    let Some(iy) = taps.row(oy, ky) else { continue };
+                    for kx in 0..d.kw {
+                        let Some(ix) = geo.src(ox, kx, geo.pad_left, d.w) else { continue };
+                        let src = &xt[(iy * d.w + ix) * c..(iy * d.w + ix + 1) * c];
+                        let wk = &kt[(ky * d.kw + kx) * c..(ky * d.kw + kx + 1) * c];
+                        for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
+                            *a += v * wv;
+                        }
+                    }
+                }
+            }
+        }
+        for ch in 0..c {
+            for (p, dst) in o[ch * ohw..(ch + 1) * ohw].iter_mut().enumerate() {
+                *dst = acc[p * c + ch];
+            }
+        }
+    });
+    out
+}
+
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
@@ -128,8 +181,12 @@ impl CustomOp2 for DepthwiseConv {
         let d = dims(&geo, l1, l2)?;
         let x = contiguous(s1, l1, "input")?;
         let k = contiguous(s2, l2, "weight")?;
-        let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
         let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
+        if channels_last_pays(&d) {
+            let out = forward_channels_last(&geo, &d, &taps, x, k);
+            return Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))));
+        }
+        let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
         let s = geo.stride;
         out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
             let ch = plane % d.c;
@@ -321,10 +378,16 @@ mod tests {
             (2, 5, 9, 7, 5, 2, 2),
             (1, 3, 6, 6, 3, 1, 0),
             (2, 2, 7, 7, 1, 2, 0),
+            // Many channels on small maps: the channels-last forward.
+            (3, 16, 5, 6, 3, 1, 1),
+            (2, 24, 7, 7, 3, 2, 1),
+            (2, 32, 6, 6, 5, 2, 2),
+            (2, 16, 12, 12, 3, 1, 1),
             // Kernels wider than the (small) input: late EfficientNet blocks on small images.
             (2, 3, 1, 1, 5, 1, 2),
             (1, 2, 2, 2, 5, 2, 2),
             (2, 2, 3, 3, 5, 2, 2),
+            (2, 16, 1, 1, 5, 1, 2),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, k, k), &dev).unwrap()).unwrap();
