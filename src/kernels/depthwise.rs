@@ -100,49 +100,85 @@ fn channels_last_pays(d: &Dims) -> bool {
     d.oh * d.ow <= 64 && d.c >= 16
 }
 
+/// `[C, P]` planes → `[P, C]` rows.
+fn to_channels_last(planes: &[f32], c: usize, p: usize, out: &mut [f32]) {
+    for ch in 0..c {
+        for (i, &v) in planes[ch * p..(ch + 1) * p].iter().enumerate() {
+            out[i * c + ch] = v;
+        }
+    }
+}
+
+/// `[P, C]` rows → `[C, P]` planes.
+fn to_planes(rows: &[f32], c: usize, p: usize, out: &mut [f32]) {
+    for ch in 0..c {
+        for (i, dst) in out[ch * p..(ch + 1) * p].iter_mut().enumerate() {
+            *dst = rows[i * c + ch];
+        }
+    }
+}
+
+/// Weights `[C, kh·kw]` as `[kh·kw, C]` (each channel's taps are a "plane").
+fn taps_by_channel(k: &[f32], c: usize, taps: usize) -> Vec<f32> {
+    let mut kt = vec![0f32; taps * c];
+    to_channels_last(k, c, taps, &mut kt);
+    kt
+}
+
+/// Calls `f(output pixel, input pixel, tap)` for every valid tap, in a fixed order.
+fn for_each_tap(geo: &DwGeometry, d: &Dims, taps: &Taps, mut f: impl FnMut(usize, usize, usize)) {
+    for oy in 0..d.oh {
+        for ox in 0..d.ow {
+            for ky in 0..d.kh {
+                let Some(iy) = taps.row(oy, ky) else { continue };
+                for kx in 0..d.kw {
+                    let Some(ix) = geo.src(ox, kx, geo.pad_left, d.w) else { continue };
+                    f(oy * d.ow + ox, iy * d.w + ix, ky * d.kw + kx);
+                }
+            }
+        }
+    }
+}
+
 /// The forward pass in channels-last order, per image: transpose the input
 /// to `[H, W, C]`, accumulate every tap as a multiply-add over contiguous
 /// channels (vectorised), transpose the output back to `[C, OH, OW]`.
 fn forward_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], k: &[f32]) -> Vec<f32> {
     let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
-    // Weights as `[kh·kw, C]`.
-    let mut kt = vec![0f32; d.kh * d.kw * c];
-    for ch in 0..c {
-        for t in 0..d.kh * d.kw {
-            kt[t * c + ch] = k[ch * d.kh * d.kw + t];
-        }
-    }
+    let kt = taps_by_channel(k, c, d.kh * d.kw);
     let mut out = vec![0f32; d.n * c * ohw];
     out.par_chunks_mut(c * ohw).enumerate().for_each(|(img, o)| {
-        let xin = &x[img * c * hw..(img + 1) * c * hw];
         let mut xt = vec![0f32; hw * c];
-        for ch in 0..c {
-            for (p, &v) in xin[ch * hw..(ch + 1) * hw].iter().enumerate() {
-                xt[p * c + ch] = v;
-            }
-        }
+        to_channels_last(&x[img * c * hw..(img + 1) * c * hw], c, hw, &mut xt);
         let mut acc = vec![0f32; ohw * c];
-        for oy in 0..d.oh {
-            for ox in 0..d.ow {
-                let dst = &mut acc[(oy * d.ow + ox) * c..(oy * d.ow + ox + 1) * c];
-                for ky in 0..d.kh {
-                    let Some(iy) = taps.row(oy, ky) else { continue };
-                    for kx in 0..d.kw {
-                        let Some(ix) = geo.src(ox, kx, geo.pad_left, d.w) else { continue };
-                        let src = &xt[(iy * d.w + ix) * c..(iy * d.w + ix + 1) * c];
-                        let wk = &kt[(ky * d.kw + kx) * c..(ky * d.kw + kx + 1) * c];
-                        for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
-                            *a += v * wv;
-                        }
-                    }
-                }
+        for_each_tap(geo, d, taps, |op, ip, t| {
+            let (dst, src, wk) = (&mut acc[op * c..(op + 1) * c], &xt[ip * c..(ip + 1) * c], &kt[t * c..(t + 1) * c]);
+            for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
+                *a += v * wv;
             }
-        }
-        for ch in 0..c {
-            for (p, dst) in o[ch * ohw..(ch + 1) * ohw].iter_mut().enumerate() {
-                *dst = acc[p * c + ch];
+        });
+        to_planes(&acc, c, ohw, o);
+    });
+    out
+}
+
+/// The input gradient in channels-last order, per image: every tap scatters
+/// `dY · w` back over contiguous channels.
+fn input_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], k: &[f32]) -> Vec<f32> {
+    let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
+    let kt = taps_by_channel(k, c, d.kh * d.kw);
+    let mut out = vec![0f32; d.n * c * hw];
+    out.par_chunks_mut(c * hw).enumerate().for_each(|(img, o)| {
+        let mut gt = vec![0f32; ohw * c];
+        to_channels_last(&g[img * c * ohw..(img + 1) * c * ohw], c, ohw, &mut gt);
+        let mut acc = vec![0f32; hw * c];
+        for_each_tap(geo, d, taps, |op, ip, t| {
+            let (dst, src, wk) = (&mut acc[ip * c..(ip + 1) * c], &gt[op * c..(op + 1) * c], &kt[t * c..(t + 1) * c]);
+            for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
+                *a += v * wv;
             }
-        }
+        });
+        to_planes(&acc, c, hw, o);
     });
     out
 }
@@ -255,8 +291,13 @@ impl CustomOp2 for DepthwiseInputGrad {
         let (h, w) = self.input_hw;
         let g = contiguous(s1, l1, "gradient")?;
         let k = contiguous(s2, l2, "weight")?;
-        let mut out = vec![0f32; n * c * h * w];
         let taps = Taps::new(&geo, h, w, oh, ow, kh, kw);
+        let d = Dims { n, c, h, w, kh, kw, oh, ow };
+        if channels_last_pays(&d) {
+            let out = input_grad_channels_last(&geo, &d, &taps, g, k);
+            return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
+        }
+        let mut out = vec![0f32; n * c * h * w];
         let s = geo.stride;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
             let ch = plane % c;
