@@ -38,6 +38,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A backbone with random weights and a new 10-class head.
+fn random_classifier(arch: &str) -> Result<Classifier> {
+    let backbone = models::build_backbone(arch, &mut ParamLoader::random(0), false)?;
+    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
+    let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
+    Ok(Classifier::new(backbone, head))
+}
+
+/// Runs `step` `warmup + iters` times; the median seconds of the timed ones.
+fn median_seconds(warmup: usize, iters: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        step()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(times))
+}
+
 fn input(batch: usize, size: usize) -> Result<Tensor> {
     Ok(Tensor::randn(0f32, 1.0, (batch, 3, size, size), &Device::Cpu)?)
 }
@@ -51,16 +72,11 @@ pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usiz
     }
     let x = input(batch, size)?;
     let n = backbone.num_blocks();
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
-        let t0 = Instant::now();
+    let m = median_seconds(warmup, iters, || {
         let y = backbone.forward_blocks(&x, 0..n, Mode { training: false })?;
-        let _ = y.sum_all()?.to_scalar::<f32>()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let m = median(times);
+        y.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
     Ok(BenchResult {
         case: "forward".into(),
         backbone: arch.into(),
@@ -104,11 +120,7 @@ pub fn train_step(
     iters: usize,
     warmup: usize,
 ) -> Result<BenchResult> {
-    let mut p = ParamLoader::random(0);
-    let backbone = models::build_backbone(arch, &mut p, false)?;
-    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
-    let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
-    let mut model = Classifier::new(backbone, head);
+    let mut model = random_classifier(arch)?;
     let point = match freeze {
         "all" => FreezePoint::All,
         "none" => FreezePoint::None,
@@ -124,20 +136,15 @@ pub fn train_step(
     let x = input(batch, size)?;
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu)?;
     let mut rng = Rng::new(0);
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
-        let t0 = Instant::now();
+    let m = median_seconds(warmup, iters, || {
         let h = if k > 0 { model.prefix(&x, k)? } else { x.clone() };
         let logits = model.forward_from(&h, k, Mode { training: true }, &mut rng)?;
         let loss = crate::train::cross_entropy(&logits, &labels, 0.0)?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-4)?;
-        let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let m = median(times);
+        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
     Ok(BenchResult {
         case: "train-step".into(),
         backbone: arch.into(),
@@ -159,11 +166,7 @@ pub fn train_step(
 pub fn optimizer_step(arch: &str, optimizer: &str, iters: usize, warmup: usize) -> Result<BenchResult> {
     let momentum = if optimizer == "sgd" { "\nmomentum = 0.9" } else { "" };
     let cfg = default_fine_tune(&format!("optimizer = \"{optimizer}\"\nweight_decay = 0.01{momentum}"))?;
-    let mut p = ParamLoader::random(0);
-    let backbone = models::build_backbone(arch, &mut p, false)?;
-    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
-    let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
-    let mut model = Classifier::new(backbone, head);
+    let mut model = random_classifier(arch)?;
     model.freeze(0, false)?;
     let vars = model.trainable_vars();
     let params = vars.iter().map(|v| v.elem_count()).sum();
@@ -173,15 +176,7 @@ pub fn optimizer_step(arch: &str, optimizer: &str, iters: usize, warmup: usize) 
     }
     let grads = loss.backward()?;
     let mut opt = crate::train::optim::Optimizer::new(vars, &cfg);
-    let mut times = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
-        let t0 = Instant::now();
-        opt.step(&grads, 1e-4)?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let m = median(times);
+    let m = median_seconds(warmup, iters, || opt.step(&grads, 1e-4))?;
     Ok(BenchResult {
         case: "optimizer-step".into(),
         backbone: arch.into(),
