@@ -22,9 +22,18 @@ import time
 
 import nbformat
 from nbclient import NotebookClient
+from nbformat.v4 import output_from_msg
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 ERROR_WORDS = ("panicked at", "Error")
+
+# evcxr forwards the child's stdout/stderr lines from a separate thread, so a
+# line can reach iopub *after* the cell's "idle" status; nbclient stops
+# listening at "idle" and would drop it (on a loaded machine this made a cell
+# that printed an error pass). After each cell the runner keeps reading until
+# iopub has been quiet this long (or LATE_OUTPUT_MAX passed).
+LATE_OUTPUT_QUIET_S = 0.5
+LATE_OUTPUT_MAX_S = 10.0
 
 
 def problems_in(nb):
@@ -50,7 +59,21 @@ def run(path, args):
     def on_start(cell, cell_index):
         started[cell_index] = time.monotonic()
 
-    def on_done(cell, cell_index, execute_reply=None):
+    async def collect_late_output(cell, parent_id):
+        deadline = time.monotonic() + LATE_OUTPUT_MAX_S
+        while time.monotonic() < deadline:
+            try:
+                msg = await client.kc.iopub_channel.get_msg(timeout=LATE_OUTPUT_QUIET_S)
+            except Exception:  # queue.Empty: quiet long enough
+                return
+            if msg["parent_header"].get("msg_id") != parent_id:
+                continue
+            if msg["msg_type"] in ("stream", "error", "display_data", "execute_result"):
+                cell.outputs.append(output_from_msg(msg))
+
+    async def on_done(cell, cell_index, execute_reply=None):
+        if execute_reply is not None:
+            await collect_late_output(cell, execute_reply["parent_header"].get("msg_id"))
         timings[cell_index] = time.monotonic() - started.get(cell_index, time.monotonic())
         first = cell.source.splitlines()[0] if cell.source else ""
         print(f"  cell {cell_index:>2}  {timings[cell_index]:7.1f}s  {first[:70]}", flush=True)
