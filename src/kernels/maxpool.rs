@@ -74,6 +74,13 @@ impl PoolGeometry {
     }
 }
 
+/// The larger of two values, NaN if either is (PyTorch's max pooling
+/// propagates NaN; `f32::max` would drop it).
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a > b || a.is_nan() { a } else { b }
+}
+
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
@@ -96,14 +103,31 @@ impl CustomOp1 for MaxPool {
         let (n, c, d) = geo.dims(l.shape())?;
         let x = contiguous(s, l, "input")?;
         let mut out = vec![0f32; d.planes * d.oh * d.ow];
-        out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(p, o)| {
-            let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
-            for oy in 0..d.oh {
-                for ox in 0..d.ow {
-                    o[oy * d.ow + ox] = plane[geo.winner(plane, &d, oy, ox)];
+        // Separable: the maximum over the window's rows (a vectorised pass
+        // along whole input rows), then over each window's columns of that.
+        // Only the backward pass needs the winner's position.
+        let (k, s) = (geo.kernel, geo.stride);
+        out.par_chunks_mut(d.oh * d.ow).enumerate().for_each_init(
+            || vec![0f32; d.w],
+            |cols, (p, o)| {
+                let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
+                for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
+                    let y0 = (oy * s).saturating_sub(geo.pad.top);
+                    let y1 = (oy * s + k).saturating_sub(geo.pad.top).min(d.h);
+                    cols.copy_from_slice(&plane[y0 * d.w..(y0 + 1) * d.w]);
+                    for y in y0 + 1..y1 {
+                        for (m, &v) in cols.iter_mut().zip(&plane[y * d.w..(y + 1) * d.w]) {
+                            *m = nan_max(*m, v);
+                        }
+                    }
+                    for (ox, out) in orow.iter_mut().enumerate() {
+                        let x0 = (ox * s).saturating_sub(geo.pad.left);
+                        let x1 = (ox * s + k).saturating_sub(geo.pad.left).min(d.w);
+                        *out = cols[x0 + 1..x1].iter().fold(cols[x0], |m, &v| nan_max(m, v));
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(out), Shape::from((n, c, d.oh, d.ow))))
     }
 
@@ -225,6 +249,17 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn nan_propagates_like_pytorch() {
+        let mut data = vec![0.5f32; 16];
+        data[5] = f32::NAN;
+        let x = Tensor::from_vec(data, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let y = max_pool2d(&x, 2, 2, Padding::default()).unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(y[0].is_nan(), "{y:?}");
+        assert_eq!(&y[1..], &[0.5, 0.5, 0.5]);
     }
 
     #[test]
