@@ -34,9 +34,9 @@
 //! the images' NCHW planes (forward; input gradient through col2im), or the
 //! group's output gradient gathered `[Cout, nb·P]` (gradients).
 
-use super::Padding;
+use super::{Epilogue, Padding};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -420,68 +420,7 @@ impl CustomOp2 for GemmConv {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let geo = self.0;
-        let d = dims(&geo, l1.shape(), l2.shape())?;
-        let x = contiguous(s1, l1, "input")?;
-        let wt = contiguous(s2, l2, "weight")?;
-        let (k, p) = (d.k(), d.p());
-        let direct = geo.is_direct(&d);
-        let mut out = vec![0f32; d.n * d.cout * p];
-        let rows = block_rows(&geo, &d);
-        // y[img][:, block] = W · col(block), straight into the NCHW output.
-        let one = |img: usize, o: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
-            let xin = &x[img * d.image()..(img + 1) * d.image()];
-            let mode = par.unwrap_or(Parallelism::None);
-            if direct {
-                return matmul(o, p, d.cout, p, k, Mat::rows(wt, k), Mat::rows(xin, p), false, mode);
-            }
-            for (oy0, nrows) in blocks(&d, rows) {
-                let pb = nrows * d.ow;
-                col.resize(k * rows * d.ow, 0.);
-                let col = &mut col[..k * pb];
-                im2col(&geo, &d, xin, oy0, col, par.is_some());
-                matmul(&mut o[oy0 * d.ow..], p, d.cout, pb, k, Mat::rows(wt, k), Mat::rows(col, pb), false, mode);
-            }
-        };
-        if out.is_empty() {
-            // Nothing to compute (and no zero-sized chunks to split into).
-        } else {
-            let per_image = d.cout * p;
-            match schedule(d.n) {
-                Schedule::Serial(par) => {
-                    let mut col = Vec::new();
-                    for (img, o) in out.chunks_exact_mut(per_image).enumerate() {
-                        one(img, o, &mut col, Some(par));
-                    }
-                }
-                Schedule::Chunks(per) => {
-                    let nb = group_images(&d, per);
-                    out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
-                        let mut col = Vec::new();
-                        if nb == 1 {
-                            for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
-                                one(c * per + j, o, &mut col, None);
-                            }
-                            return;
-                        }
-                        // Y[:, group] = W · col(group), then each image's
-                        // columns copied into its NCHW output.
-                        let mut y = Vec::new();
-                        for (j, o) in chunk.chunks_mut(nb * per_image).enumerate() {
-                            let (img, m) = (c * per + j * nb, o.len() / per_image);
-                            let cols = m * p;
-                            col.resize(k * cols, 0.);
-                            y.resize(d.cout * cols, 0.);
-                            group_cols(&geo, &d, &x[img * d.image()..], m, &mut col);
-                            let none = Parallelism::None;
-                            matmul(&mut y, cols, d.cout, cols, k, Mat::rows(wt, k), Mat::rows(&col, cols), false, none);
-                            scatter(&y, per_image, d.cout, p, m, o);
-                        }
-                    })
-                }
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))
+        forward(self.0, s1, l1, s2, l2, None)
     }
 
     fn bwd(
@@ -499,6 +438,115 @@ impl CustomOp2 for GemmConv {
             &GemmConvWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
         )
     }
+}
+
+/// A frozen convolution with its bias and clamp activation fused in
+/// (inputs: x, weight, bias `[Cout]`); no backward.
+#[derive(Debug, Clone, Copy)]
+struct GemmConvBiasClamp {
+    geo: ConvGeometry,
+    lo: f32,
+    hi: f32,
+}
+
+impl CustomOp3 for GemmConvBiasClamp {
+    fn name(&self) -> &'static str {
+        "gemm-conv2d-bias-clamp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = super::epilogue_bias(s3, l3, l2.shape().dims()[0])?;
+        forward(self.geo, s1, l1, s2, l2, Some(Epilogue { bias, lo: self.lo, hi: self.hi }))
+    }
+}
+
+/// The forward pass; `epi` is applied to each image's output as soon as its
+/// GEMMs are done.
+fn forward(
+    geo: ConvGeometry,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    epi: Option<Epilogue>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = dims(&geo, l1.shape(), l2.shape())?;
+    let x = contiguous(s1, l1, "input")?;
+    let wt = contiguous(s2, l2, "weight")?;
+    let (k, p) = (d.k(), d.p());
+    let direct = geo.is_direct(&d);
+    let mut out = vec![0f32; d.n * d.cout * p];
+    let rows = block_rows(&geo, &d);
+    // y[img][:, block] = W · col(block), straight into the NCHW output.
+    let one = |img: usize, o: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
+        let xin = &x[img * d.image()..(img + 1) * d.image()];
+        let mode = par.unwrap_or(Parallelism::None);
+        if direct {
+            matmul(o, p, d.cout, p, k, Mat::rows(wt, k), Mat::rows(xin, p), false, mode);
+        } else {
+            for (oy0, nrows) in blocks(&d, rows) {
+                let pb = nrows * d.ow;
+                col.resize(k * rows * d.ow, 0.);
+                let col = &mut col[..k * pb];
+                im2col(&geo, &d, xin, oy0, col, par.is_some());
+                let (lhs, rhs) = (Mat::rows(wt, k), Mat::rows(col, pb));
+                matmul(&mut o[oy0 * d.ow..], p, d.cout, pb, k, lhs, rhs, false, mode);
+            }
+        }
+        if let Some(epi) = &epi {
+            epi.image(o, p);
+        }
+    };
+    if out.is_empty() {
+        // Nothing to compute (and no zero-sized chunks to split into).
+    } else {
+        let per_image = d.cout * p;
+        match schedule(d.n) {
+            Schedule::Serial(par) => {
+                let mut col = Vec::new();
+                for (img, o) in out.chunks_exact_mut(per_image).enumerate() {
+                    one(img, o, &mut col, Some(par));
+                }
+            }
+            Schedule::Chunks(per) => {
+                let nb = group_images(&d, per);
+                out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                    let mut col = Vec::new();
+                    if nb == 1 {
+                        for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
+                            one(c * per + j, o, &mut col, None);
+                        }
+                        return;
+                    }
+                    // Y[:, group] = W · col(group), then each image's
+                    // columns copied into its NCHW output.
+                    let mut y = Vec::new();
+                    for (j, o) in chunk.chunks_mut(nb * per_image).enumerate() {
+                        let (img, m) = (c * per + j * nb, o.len() / per_image);
+                        let cols = m * p;
+                        col.resize(k * cols, 0.);
+                        y.resize(d.cout * cols, 0.);
+                        group_cols(&geo, &d, &x[img * d.image()..], m, &mut col);
+                        let none = Parallelism::None;
+                        matmul(&mut y, cols, d.cout, cols, k, Mat::rows(wt, k), Mat::rows(&col, cols), false, none);
+                        scatter(&y, per_image, d.cout, p, m, o);
+                        if let Some(epi) = &epi {
+                            o.chunks_exact_mut(per_image).for_each(|img| epi.image(img, p));
+                        }
+                    }
+                })
+            }
+        }
+    }
+    Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))
 }
 
 /// Gradient with respect to the input: `dX[n] = col2im(Wᵀ · dY[n])`.
@@ -701,6 +749,24 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, geo: ConvGeometry) -> Result<Ten
     } else {
         x.apply_op2_no_bwd(&weight, &GemmConv(geo))
     }
+}
+
+/// `clamp(conv2d(x, weight) + bias[c], lo, hi)` with nothing to track
+/// (a frozen layer): the bias and clamp are applied to each image's output
+/// as soon as it is computed.
+pub fn conv2d_gemm_bias_clamp(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geo: ConvGeometry,
+    lo: f32,
+    hi: f32,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        candle_core::bail!("conv2d: the GEMM kernel takes f32, got {:?} and {:?}", x.dtype(), weight.dtype())
+    }
+    dims(&geo, x.shape(), weight.shape())?;
+    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &GemmConvBiasClamp { geo, lo, hi })
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! (forward, input gradient) or channels (weight gradient), so no two threads
 //! ever write the same element.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::Epilogue;
 use rayon::prelude::*;
 
 /// Geometry of a depthwise convolution. Padding is given per side because TF
@@ -143,7 +145,14 @@ fn for_each_tap(geo: &DwGeometry, d: &Dims, taps: &Taps, mut f: impl FnMut(usize
 /// The forward pass in channels-last order, per image: transpose the input
 /// to `[H, W, C]`, accumulate every tap as a multiply-add over contiguous
 /// channels (vectorised), transpose the output back to `[C, OH, OW]`.
-fn forward_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], k: &[f32]) -> Vec<f32> {
+fn forward_channels_last(
+    geo: &DwGeometry,
+    d: &Dims,
+    taps: &Taps,
+    x: &[f32],
+    k: &[f32],
+    epi: Option<Epilogue>,
+) -> Vec<f32> {
     let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
     let kt = taps_by_channel(k, c, d.kh * d.kw);
     let mut out = vec![0f32; d.n * c * ohw];
@@ -158,6 +167,9 @@ fn forward_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], k: 
             }
         });
         to_planes(&acc, c, ohw, o);
+        if let Some(epi) = &epi {
+            epi.image(o, ohw);
+        }
     });
     out
 }
@@ -213,45 +225,7 @@ impl CustomOp2 for DepthwiseConv {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let geo = self.0;
-        let d = dims(&geo, l1, l2)?;
-        let x = contiguous(s1, l1, "input")?;
-        let k = contiguous(s2, l2, "weight")?;
-        let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
-        if channels_last_pays(&d) {
-            let out = forward_channels_last(&geo, &d, &taps, x, k);
-            return Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))));
-        }
-        let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
-        let s = geo.stride;
-        out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
-            let ch = plane % d.c;
-            let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
-            let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
-            for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
-                for ky in 0..d.kh {
-                    let Some(iy) = taps.row(oy, ky) else { continue };
-                    let irow = &xin[iy * d.w..(iy + 1) * d.w];
-                    for (&wv, &(lo, hi, start)) in ker[ky * d.kw..(ky + 1) * d.kw].iter().zip(&taps.cols) {
-                        if lo >= hi {
-                            continue;
-                        }
-                        let dst = &mut orow[lo..hi];
-                        let len = dst.len();
-                        if s == 1 {
-                            for (ov, iv) in dst.iter_mut().zip(&irow[start..start + len]) {
-                                *ov += wv * iv;
-                            }
-                        } else {
-                            for (ov, iv) in dst.iter_mut().zip(irow[start..].iter().step_by(s)) {
-                                *ov += wv * iv;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
+        forward(self.0, s1, l1, s2, l2, None)
     }
 
     fn bwd(
@@ -269,6 +243,87 @@ impl CustomOp2 for DepthwiseConv {
             &DepthwiseWeightGrad { geo: self.0, kernel: (weight.dim(2)?, weight.dim(3)?) },
         )
     }
+}
+
+/// A frozen depthwise convolution with its bias and clamp activation fused
+/// in (inputs: x, weight, bias `[C]`); no backward.
+#[derive(Debug, Clone, Copy)]
+struct DepthwiseBiasClamp {
+    geo: DwGeometry,
+    lo: f32,
+    hi: f32,
+}
+
+impl CustomOp3 for DepthwiseBiasClamp {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-bias-clamp"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = super::epilogue_bias(s3, l3, l2.shape().dims()[0])?;
+        forward(self.geo, s1, l1, s2, l2, Some(Epilogue { bias, lo: self.lo, hi: self.hi }))
+    }
+}
+
+/// The forward pass; `epi` is applied to each output plane once it is complete.
+fn forward(
+    geo: DwGeometry,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    epi: Option<Epilogue>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = dims(&geo, l1, l2)?;
+    let x = contiguous(s1, l1, "input")?;
+    let k = contiguous(s2, l2, "weight")?;
+    let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
+    if channels_last_pays(&d) {
+        let out = forward_channels_last(&geo, &d, &taps, x, k, epi);
+        return Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))));
+    }
+
+    let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
+    let s = geo.stride;
+    out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
+        let ch = plane % d.c;
+        let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
+        let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
+        for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
+            for ky in 0..d.kh {
+                let Some(iy) = taps.row(oy, ky) else { continue };
+                let irow = &xin[iy * d.w..(iy + 1) * d.w];
+                for (&wv, &(lo, hi, start)) in ker[ky * d.kw..(ky + 1) * d.kw].iter().zip(&taps.cols) {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let dst = &mut orow[lo..hi];
+                    let len = dst.len();
+                    if s == 1 {
+                        for (ov, iv) in dst.iter_mut().zip(&irow[start..start + len]) {
+                            *ov += wv * iv;
+                        }
+                    } else {
+                        for (ov, iv) in dst.iter_mut().zip(irow[start..].iter().step_by(s)) {
+                            *ov += wv * iv;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(epi) = &epi {
+            epi.plane(ch, o);
+        }
+    });
+    Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
 }
 
 /// Gradient with respect to the input: scatter each output gradient back
@@ -393,6 +448,20 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, geo: DwGeometry) -> Result<
     } else {
         x.apply_op2_no_bwd(&weight, &DepthwiseConv(geo))
     }
+}
+
+/// `clamp(depthwise(x, weight) + bias[c], lo, hi)` with nothing to track
+/// (a frozen layer), the bias and clamp applied as each plane is finished.
+pub fn depthwise_conv2d_bias_clamp(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geo: DwGeometry,
+    lo: f32,
+    hi: f32,
+) -> Result<Tensor> {
+    let op = DepthwiseBiasClamp { geo, lo, hi };
+    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 
 #[cfg(test)]

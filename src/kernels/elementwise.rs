@@ -91,13 +91,19 @@ impl InplaceOp2 for BiasClamp {
             candle_core::bail!("bias-clamp: {} biases for {c} channels", b.len())
         }
         let (lo, hi) = (self.lo, self.hi);
-        let plane = h * w;
-        y[start..end].par_chunks_mut(plane.max(1)).enumerate().take(n * c).for_each(|(i, p)| {
-            let bias = b[i % c];
-            for v in p {
-                *v = (*v + bias).clamp(lo, hi);
+        let plane = (h * w).max(1);
+        // Tasks of whole planes, about CHUNK values each: small maps (a 3×3
+        // plane at 96 px) would otherwise make one rayon task per 9 values.
+        let per_task = (CHUNK / plane).max(1);
+        y[start..end].par_chunks_mut(plane * per_task).enumerate().for_each(|(t, planes)| {
+            for (j, p) in planes.chunks_exact_mut(plane).enumerate() {
+                let bias = b[(t * per_task + j) % c];
+                for v in p {
+                    *v = (*v + bias).max(lo).min(hi);
+                }
             }
         });
+        debug_assert_eq!(end - start, n * c * plane);
         Ok(())
     }
 }

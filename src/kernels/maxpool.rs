@@ -78,7 +78,11 @@ impl PoolGeometry {
 /// propagates NaN; `f32::max` would drop it).
 #[inline(always)]
 fn nan_max(a: f32, b: f32) -> f32 {
-    if a > b || a.is_nan() { a } else { b }
+    if a > b || a.is_nan() {
+        a
+    } else {
+        b
+    }
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

@@ -16,7 +16,7 @@ pub mod depthwise;
 pub mod elementwise;
 pub mod maxpool;
 
-use candle_core::{CustomOp2, DType, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Tensor};
 
 pub use conv::ConvGeometry;
 pub use depthwise::DwGeometry;
@@ -68,6 +68,83 @@ fn input_and_weight_grads(
     Ok((gi, gw))
 }
 
+/// A frozen layer's per-channel bias and clamp activation, applied by the
+/// convolution kernels to each output plane right after computing it, while
+/// it is still in cache: a separate pass over a large activation (MobileNetV2's
+/// expanded tensors) costs as much memory traffic as the depthwise itself.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    bias: &'a [f32],
+    lo: f32,
+    hi: f32,
+}
+
+impl Epilogue<'_> {
+    /// `plane = clamp(plane + bias[channel], lo, hi)`.
+    #[inline]
+    fn plane(&self, channel: usize, plane: &mut [f32]) {
+        let (b, lo, hi) = (self.bias[channel], self.lo, self.hi);
+        for v in plane {
+            *v = (*v + b).max(lo).min(hi);
+        }
+    }
+
+    /// Every plane of one image's output `[C, p]`.
+    fn image(&self, out: &mut [f32], p: usize) {
+        for (c, plane) in out.chunks_exact_mut(p.max(1)).enumerate() {
+            self.plane(c, plane);
+        }
+    }
+}
+
+/// The bias of a fused op: a contiguous f32 vector with one value per output channel.
+fn epilogue_bias<'a>(s: &'a CpuStorage, l: &Layout, channels: usize) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) if b - a == channels => Ok(&data[a..b]),
+        _ => candle_core::bail!("conv2d: bias {:?} must be {channels} contiguous values", l.shape()),
+    }
+}
+
+/// `clamp(conv2d(x, w) + b[c], lo, hi)` for a frozen layer (folded BatchNorm
+/// or a conv bias, then ReLU/ReLU6/identity through `lo`, `hi`). With no
+/// gradient to track, the depthwise and GEMM kernels apply the bias and clamp
+/// to each output as they produce it; otherwise the plain ops.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias_clamp(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    pad: Padding,
+    groups: usize,
+    lo: f32,
+    hi: f32,
+) -> Result<Tensor> {
+    let (_, cin, _, _) = x.dims4()?;
+    let cout = w.dim(0)?;
+    let fusable = !(x.track_op() || w.track_op() || b.track_op())
+        && [x.dtype(), w.dtype(), b.dtype()].iter().all(|&t| t == DType::F32)
+        && b.elem_count() == cout;
+    if fusable {
+        let b = b.flatten_all()?.contiguous()?;
+        if groups > 1 && groups == cin && cout == cin {
+            let geo = DwGeometry {
+                stride,
+                pad_top: pad.top,
+                pad_left: pad.left,
+                pad_bottom: pad.bottom,
+                pad_right: pad.right,
+            };
+            return depthwise::depthwise_conv2d_bias_clamp(x, w, &b, geo, lo, hi);
+        }
+        if groups == 1 {
+            return conv::conv2d_gemm_bias_clamp(x, w, &b, ConvGeometry { stride, pad }, lo, hi);
+        }
+    }
+    elementwise::bias_clamp(conv2d(x, w, stride, pad, groups)?, b, lo, hi)
+}
+
 /// 2-D convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin/groups, kh, kw]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize) -> Result<Tensor> {
     let (_, cin, _, _) = x.dims4()?;
@@ -100,6 +177,34 @@ mod tests {
         assert_eq!(Padding::tf_same(67, 66, 3, 2), Padding { top: 1, left: 0, bottom: 1, right: 1 });
         assert_eq!(Padding::tf_same(28, 28, 5, 2), Padding { top: 1, left: 1, bottom: 2, right: 2 });
         assert_eq!(Padding::tf_same(14, 14, 5, 1), Padding::same(2));
+    }
+
+    #[test]
+    fn fused_bias_clamp_equals_the_separate_ops() {
+        let dev = Device::Cpu;
+        // (n, cin, cout, size, kernel, stride, pad, groups): 3×3 with
+        // im2col, 1×1 direct, small maps through the grouped GEMM path,
+        // depthwise planar and channels-last.
+        let cases = [
+            (3, 5, 7, 9, 3, 2, Padding::same(1), 1),
+            (4, 6, 8, 5, 1, 1, Padding::default(), 1),
+            (9, 4, 6, 3, 3, 1, Padding::same(1), 1),
+            (3, 6, 6, 11, 3, 1, Padding { top: 0, left: 1, bottom: 1, right: 0 }, 6),
+            (3, 32, 32, 4, 3, 1, Padding::same(1), 32),
+        ];
+        for (n, cin, cout, size, k, stride, pad, groups) in cases {
+            let x = Tensor::randn(0f32, 1., (n, cin, size, size), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (cout, cin / groups, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., (1, cout, 1, 1), &dev).unwrap();
+            for (lo, hi) in [(0.0, 6.0), (f32::NEG_INFINITY, f32::INFINITY)] {
+                let fused = conv2d_bias_clamp(&x, &w, &b, stride, pad, groups, lo, hi).unwrap();
+                let plain = conv2d(&x, &w, stride, pad, groups).unwrap().broadcast_add(&b).unwrap();
+                let plain = plain.clamp(lo, hi).unwrap();
+                assert_eq!(fused.dims(), plain.dims());
+                let diff = (&fused - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4, "case {:?}: {diff}", (n, cin, cout, size, k, stride, groups));
+            }
+        }
     }
 
     #[test]

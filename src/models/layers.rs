@@ -418,12 +418,7 @@ impl ConvBnAct {
         let pad = self.padding(x)?;
         if let Some((w, b)) = &self.folded {
             let (lo, hi) = self.act.bounds();
-            return Ok(kernels::elementwise::bias_clamp(
-                kernels::conv2d(x, w, self.stride, pad, self.groups)?,
-                b,
-                lo,
-                hi,
-            )?);
+            return Ok(kernels::conv2d_bias_clamp(x, w, b, self.stride, pad, self.groups, lo, hi)?);
         }
         let trainable = !self.freeze.frozen;
         let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, pad, self.groups)?;
@@ -484,11 +479,12 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let trainable = !self.frozen;
         let w = read(&self.weight, trainable);
-        let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?;
         if !trainable {
             let (lo, hi) = self.act.bounds();
-            return Ok(kernels::elementwise::bias_clamp(y, &read(&self.bias, false), lo, hi)?);
+            let b = read(&self.bias, false);
+            return Ok(kernels::conv2d_bias_clamp(x, &w, &b, self.stride, self.pad, self.groups, lo, hi)?);
         }
+        let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?;
         let c = self.bias.dim(0)?;
         let y = y.broadcast_add(&read(&self.bias, trainable).reshape((1, c, 1, 1))?)?;
         self.act.apply(&y)
