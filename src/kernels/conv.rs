@@ -34,7 +34,7 @@
 //! the images' NCHW planes (forward; input gradient through col2im), or the
 //! group's output gradient gathered `[Cout, nb·P]` (gradients).
 
-use super::{Epilogue, Padding};
+use super::{winograd, Epilogue, Padding};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -295,15 +295,15 @@ fn group_cols(geo: &ConvGeometry, d: &Dims, x: &[f32], m: usize, col: &mut [f32]
 
 /// A matrix operand: a slice with row and column strides in elements.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
+pub(super) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
 }
 
 impl<'a> Mat<'a> {
     /// Row-major with `cols` columns.
-    fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
         Mat { data, rs: cols, cs: 1 }
     }
     /// The transpose of a row-major matrix with `cols` columns.
@@ -321,7 +321,7 @@ impl<'a> Mat<'a> {
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `+=` with `accumulate`; `dst` is
 /// row-major with row stride `dst_rs`.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     dst_rs: usize,
     m: usize,
@@ -468,6 +468,45 @@ impl CustomOp3 for GemmConvBiasClamp {
     }
 }
 
+/// The Winograd kernel's view of a 3×3 stride-1 convolution it handles
+/// well; `None` for every other (those go through im2col).
+fn winograd_shape(geo: &ConvGeometry, d: &Dims) -> Option<winograd::Shape> {
+    if d.kh != 3 || d.kw != 3 || geo.stride != 1 {
+        return None;
+    }
+    let s = winograd::Shape { cin: d.cin, h: d.h, w: d.w, cout: d.cout, oh: d.oh, ow: d.ow, pad: geo.pad };
+    winograd::applies(&s).then_some(s)
+}
+
+/// The input gradient of a 3×3 stride-1 convolution is itself one: `dY`
+/// correlated with the kernels turned 180° and transposed (`[Cin, Cout]`),
+/// padded `2 − p` on each side so that the output is the input's size.
+/// `None` where Winograd does not apply (or a padding exceeds 2).
+fn winograd_input_grad_shape(geo: &ConvGeometry, d: &Dims) -> Option<winograd::Shape> {
+    let p = geo.pad;
+    if d.kh != 3 || d.kw != 3 || geo.stride != 1 || p.top.max(p.left).max(p.bottom).max(p.right) > 2 {
+        return None;
+    }
+    let pad = Padding { top: 2 - p.top, left: 2 - p.left, bottom: 2 - p.bottom, right: 2 - p.right };
+    let s = winograd::Shape { cin: d.cout, h: d.oh, w: d.ow, cout: d.cin, oh: d.h, ow: d.w, pad };
+    winograd::applies(&s).then_some(s)
+}
+
+/// `W'[ci, co, ky, kx] = W[co, ci, kh−1−ky, kw−1−kx]`.
+fn flipped_transpose(wt: &[f32], d: &Dims) -> Vec<f32> {
+    let taps = d.kh * d.kw;
+    let mut out = vec![0f32; wt.len()];
+    for (ci, dst) in out.chunks_exact_mut(d.cout * taps).enumerate() {
+        for (co, kernel) in dst.chunks_exact_mut(taps).enumerate() {
+            let src = &wt[(co * d.cin + ci) * taps..][..taps];
+            for (t, v) in kernel.iter_mut().enumerate() {
+                *v = src[taps - 1 - t];
+            }
+        }
+    }
+    out
+}
+
 /// The forward pass; `epi` is applied to each image's output as soon as its
 /// GEMMs are done.
 fn forward(
@@ -484,6 +523,10 @@ fn forward(
     let (k, p) = (d.k(), d.p());
     let direct = geo.is_direct(&d);
     let mut out = vec![0f32; d.n * d.cout * p];
+    if let (Some(shape), Schedule::Chunks(per)) = (winograd_shape(&geo, &d), schedule(d.n)) {
+        winograd::forward(&shape, x, wt, per, epi, &mut out);
+        return Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))));
+    }
     let rows = block_rows(&geo, &d);
     // y[img][:, block] = W · col(block), straight into the NCHW output.
     let one = |img: usize, o: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
@@ -575,6 +618,10 @@ impl CustomOp2 for GemmConvInputGrad {
         let (k, p) = (d.k(), d.p());
         let direct = geo.is_direct(&d);
         let mut out = vec![0f32; n * d.image()];
+        if let (Some(shape), Schedule::Chunks(per)) = (winograd_input_grad_shape(&geo, &d), schedule(n)) {
+            winograd::forward(&shape, g, &flipped_transpose(wt, &d), per, None, &mut out);
+            return Ok((CpuStorage::F32(out), Shape::from((n, cin, h, w))));
+        }
         // Wᵀ: [K, Cout] over the row-major [Cout, K] weight.
         let wt_t = Mat::transposed(wt, k);
         let rows = block_rows(&geo, &d);
@@ -845,6 +892,22 @@ mod tests {
         check(2, 2, 3, 10, 3, 3, 3, 3, Padding { top: 2, left: 0, bottom: 1, right: 0 });
         // Kernel wider than the unpadded input.
         check(2, 2, 2, 1, 1, 7, 7, 1, p(3));
+    }
+
+    #[test]
+    fn winograd_3x3_matches_candle() {
+        // ≥ 16 channels each side and ≥ as many images as threads: the
+        // Winograd forward and input gradient (the weight gradient stays on
+        // im2col). Odd output sizes
+        // (partial tiles), per-side and no padding, tile blocks spanning
+        // images, the last block partial, a single tile per image.
+        let threads = rayon::current_num_threads();
+        let n = threads + 1;
+        check(n, 16, 24, 7, 6, 3, 3, 1, Padding::same(1));
+        check(n, 20, 16, 5, 9, 3, 3, 1, Padding { top: 0, left: 1, bottom: 2, right: 1 });
+        check(n, 16, 17, 4, 4, 3, 3, 1, Padding::default());
+        check(4 * threads + 1, 32, 16, 3, 3, 3, 3, 1, Padding::same(1));
+        check(2 * threads, 16, 16, 17, 15, 3, 3, 1, Padding::same(1));
     }
 
     #[test]
