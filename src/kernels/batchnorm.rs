@@ -13,8 +13,9 @@
 //!
 //! The activation after it (ReLU, ReLU6) can be fused in as a clamp: one
 //! tensor and one autograd node fewer per layer (candle's backward zero-fills
-//! and adds a gradient buffer for every node); its backward masks `dy` where
-//! the output was clamped, then runs the BN gradient.
+//! and adds a gradient buffer for every node); its backward zeroes `dy`
+//! where the output was clamped, telling those from `x` with the forward's
+//! own arithmetic, inside the two gradient passes.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,6 +33,67 @@ fn planes(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<
     (0..n).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw])
 }
 
+/// A sum in f64 over `LANES` independent accumulators: a single running
+/// sum is one dependent add per value (latency-bound, never vectorised);
+/// lanes vectorise and keep a fixed, thread-independent order.
+const LANES: usize = 8;
+
+#[derive(Default)]
+struct Lanes([f64; LANES]);
+
+impl Lanes {
+    #[inline(always)]
+    fn add(&mut self, xs: &[f32], f: impl Fn(f32) -> f64) {
+        let mut chunks = xs.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (acc, &v) in self.0.iter_mut().zip(chunk) {
+                *acc += f(v);
+            }
+        }
+        for (acc, &v) in self.0.iter_mut().zip(chunks.remainder()) {
+            *acc += f(v);
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+}
+
+/// The affine map and clamp of one channel, exactly as the forward pass
+/// computes it, so that the backward pass can tell which outputs the fused
+/// activation clamped from `x` alone (no mask tensor, no extra pass).
+#[derive(Clone, Copy)]
+struct Affine {
+    scale: f32,
+    shift: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl Affine {
+    fn new(gamma: f32, beta: f32, mean: f32, inv_std: f32, lo: f32, hi: f32) -> Self {
+        let scale = gamma * inv_std;
+        Affine { scale, shift: beta - mean * scale, lo, hi }
+    }
+
+    #[inline(always)]
+    fn apply(&self, v: f32) -> f32 {
+        (v * self.scale + self.shift).max(self.lo).min(self.hi)
+    }
+
+    /// `dy` where the output was not clamped, else 0 (branch-free).
+    #[inline(always)]
+    fn pass(&self, v: f32, dy: f32) -> f32 {
+        let t = v * self.scale + self.shift;
+        if (t > self.lo) & (t < self.hi) {
+            dy
+        } else {
+            0.0
+        }
+    }
+}
+
 /// Per-channel mean and biased variance, as a `[2, C]` tensor.
 struct ChannelStats;
 
@@ -47,13 +109,12 @@ impl CustomOp1 for ChannelStats {
         let stats: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let sum: f64 = planes(x, n, c, hw, ch).map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>()).sum();
-                let mean = sum / m;
-                let var: f64 = planes(x, n, c, hw, ch)
-                    .map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>())
-                    .sum::<f64>()
-                    / m;
-                (mean as f32, var as f32)
+                let mut sum = Lanes::default();
+                planes(x, n, c, hw, ch).for_each(|p| sum.add(p, f64::from));
+                let mean = sum.total() / m;
+                let mut var = Lanes::default();
+                planes(x, n, c, hw, ch).for_each(|p| var.add(p, |v| (f64::from(v) - mean).powi(2)));
+                (mean as f32, (var.total() / m) as f32)
             })
             .collect();
         let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
@@ -92,12 +153,17 @@ impl CustomOp3 for Normalize {
         let beta = slice(s3, l3, "bias")?;
         let mut y = vec![0f32; x.len()];
         let (lo, hi) = (self.lo, self.hi);
-        y.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let scale = gamma[ch] * self.inv_std[ch];
-            let shift = beta[ch] - self.mean[ch] * scale;
-            for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                *o = (v * scale + shift).clamp(lo, hi);
+        // Tasks of whole planes, about 16 K values each (small late-stage
+        // planes would otherwise make a task of a few values).
+        let per_task = ((1 << 14) / hw.max(1)).max(1);
+        y.par_chunks_mut(hw.max(1) * per_task).enumerate().for_each(|(t, out)| {
+            for (j, out) in out.chunks_exact_mut(hw.max(1)).enumerate() {
+                let plane = t * per_task + j;
+                let ch = plane % c;
+                let a = Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi);
+                for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
+                    *o = a.apply(v);
+                }
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
@@ -107,28 +173,25 @@ impl CustomOp3 for Normalize {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
-        y: &Tensor,
+        beta: &Tensor,
+        _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dy = if self.lo.is_finite() || self.hi.is_finite() {
-            dy.apply_op2_no_bwd(&y.contiguous()?, &ClampMask { lo: self.lo, hi: self.hi })?
-        } else {
-            dy
-        };
-        let sums = x.apply_op2_no_bwd(&dy, &GradSums { mean: self.mean.clone(), inv_std: self.inv_std.clone() })?;
+        let (gamma, beta) = (gamma.to_vec1::<f32>()?, beta.to_vec1::<f32>()?);
+        let (lo, hi) = (self.lo, self.hi);
+        let affine: Vec<Affine> = (0..self.mean.len())
+            .map(|ch| Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi))
+            .collect();
+        let clamped = lo.is_finite() || hi.is_finite();
+        let grad = Grad { mean: self.mean.clone(), inv_std: self.inv_std.clone(), affine, clamped };
+        let sums = x.apply_op2_no_bwd(&dy, &GradSums(grad.clone()))?;
         let c = self.mean.len();
         let sum_dy = sums.narrow(0, 0, 1)?.reshape(c)?;
         let sum_dy_xhat = sums.narrow(0, 1, 1)?.reshape(c)?;
         let dx = if x.track_op() {
-            let op = InputGrad {
-                mean: self.mean.clone(),
-                inv_std: self.inv_std.clone(),
-                gamma: gamma.to_vec1::<f32>()?,
-                sum_dy: sum_dy.to_vec1::<f32>()?,
-                sum_dy_xhat: sum_dy_xhat.to_vec1::<f32>()?,
-            };
+            let op =
+                InputGrad { grad, gamma, sum_dy: sum_dy.to_vec1::<f32>()?, sum_dy_xhat: sum_dy_xhat.to_vec1::<f32>()? };
             Some(x.apply_op2_no_bwd(&dy, &op)?)
         } else {
             None
@@ -137,35 +200,46 @@ impl CustomOp3 for Normalize {
     }
 }
 
-/// `dy` where `lo < y < hi`, zero where the fused activation clamped `y`.
-struct ClampMask {
-    lo: f32,
-    hi: f32,
-}
-
-impl CustomOp2 for ClampMask {
-    fn name(&self) -> &'static str {
-        "bn-clamp-mask"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dy = slice(s1, l1, "gradient")?;
-        let y = slice(s2, l2, "output")?;
-        let (lo, hi) = (self.lo, self.hi);
-        let mut out = vec![0f32; dy.len()];
-        out.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14)).zip(y.par_chunks(1 << 14)).for_each(|((o, g), y)| {
-            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                *o = if y > lo && y < hi { g } else { 0.0 };
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-/// `[Σ dy, Σ dy·x̂]` per channel, as `[2, C]`.
-struct GradSums {
+/// What both backward kernels share: the batch statistics and, with a
+/// fused activation, each channel's forward map to tell clamped outputs
+/// (whose `dy` is zero) from `x`.
+#[derive(Clone)]
+struct Grad {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    affine: Vec<Affine>,
+    clamped: bool,
 }
+
+/// `(Σ dy', Σ dy'·x̂)` over one plane, `dy' = through(x, dy)`: one pass,
+/// `LANES` f32 partial sums over runs of at most 1024 values (vectorised,
+/// short enough for f32), the runs added in f64.
+#[inline(always)]
+fn plane_grad_sums(x: &[f32], dy: &[f32], mu: f32, is: f32, through: impl Fn(f32, f32) -> f32) -> (f64, f64) {
+    let (mut s, mut sx) = (0f64, 0f64);
+    for (xr, dr) in x.chunks(1024).zip(dy.chunks(1024)) {
+        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+        let (mut cx, mut cd) = (xr.chunks_exact(LANES), dr.chunks_exact(LANES));
+        for (xs, ds) in (&mut cx).zip(&mut cd) {
+            for l in 0..LANES {
+                let d = through(xs[l], ds[l]);
+                a[l] += d;
+                b[l] += d * ((xs[l] - mu) * is);
+            }
+        }
+        for (&xv, &dv) in cx.remainder().iter().zip(cd.remainder()) {
+            let d = through(xv, dv);
+            a[0] += d;
+            b[0] += d * ((xv - mu) * is);
+        }
+        s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
+        sx += b.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    (s, sx)
+}
+
+/// `[Σ dy, Σ dy·x̂]` per channel, as `[2, C]` (`dy` through the activation).
+struct GradSums(Grad);
 
 impl CustomOp2 for GradSums {
     fn name(&self) -> &'static str {
@@ -176,15 +250,21 @@ impl CustomOp2 for GradSums {
         let hw = h * w;
         let x = slice(s1, l1, "input")?;
         let dy = slice(s2, l2, "gradient")?;
+        let g = &self.0;
         let sums: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
+                let (mu, is) = (g.mean[ch], g.inv_std[ch]);
                 let (mut s, mut sx) = (0f64, 0f64);
                 for (px, pd) in planes(x, n, c, hw, ch).zip(planes(dy, n, c, hw, ch)) {
-                    for (&xv, &dv) in px.iter().zip(pd) {
-                        s += f64::from(dv);
-                        sx += f64::from(dv * (xv - self.mean[ch]) * self.inv_std[ch]);
-                    }
+                    let (a, b) = if g.clamped {
+                        let aff = g.affine[ch];
+                        plane_grad_sums(px, pd, mu, is, |xv, dv| aff.pass(xv, dv))
+                    } else {
+                        plane_grad_sums(px, pd, mu, is, |_, dv| dv)
+                    };
+                    s += a;
+                    sx += b;
                 }
                 (s as f32, sx as f32)
             })
@@ -196,8 +276,7 @@ impl CustomOp2 for GradSums {
 }
 
 struct InputGrad {
-    mean: Vec<f32>,
-    inv_std: Vec<f32>,
+    grad: Grad,
     gamma: Vec<f32>,
     sum_dy: Vec<f32>,
     sum_dy_xhat: Vec<f32>,
@@ -214,16 +293,33 @@ impl CustomOp2 for InputGrad {
         let x = slice(s1, l1, "input")?;
         let dy = slice(s2, l2, "gradient")?;
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let k = self.gamma[ch] * self.inv_std[ch] / m;
-            let (mu, is) = (self.mean[ch], self.inv_std[ch]);
-            let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
-            let xs = &x[plane * hw..(plane + 1) * hw];
-            let ds = &dy[plane * hw..(plane + 1) * hw];
-            for ((o, &xv), &dv) in out.iter_mut().zip(xs).zip(ds) {
-                let xhat = (xv - mu) * is;
-                *o = k * (m * dv - sd - xhat * sdx);
+        let g = &self.grad;
+        let per_task = ((1 << 14) / hw.max(1)).max(1);
+        dx.par_chunks_mut(hw.max(1) * per_task).enumerate().for_each(|(t, out)| {
+            for (j, out) in out.chunks_exact_mut(hw.max(1)).enumerate() {
+                let plane = t * per_task + j;
+                let ch = plane % c;
+                let k = self.gamma[ch] * g.inv_std[ch] / m;
+                let (mu, is) = (g.mean[ch], g.inv_std[ch]);
+                let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
+                let xs = &x[plane * hw..(plane + 1) * hw];
+                let ds = &dy[plane * hw..(plane + 1) * hw];
+                // dx = k·(M·dy' − Σdy' − x̂·Σdy'x̂), dy' through the activation.
+                #[inline(always)]
+                fn plane_dx(out: &mut [f32], xs: &[f32], ds: &[f32], c: [f32; 6], through: impl Fn(f32, f32) -> f32) {
+                    let [k, m, mu, is, sd, sdx] = c;
+                    for ((o, &xv), &dv) in out.iter_mut().zip(xs).zip(ds) {
+                        let xhat = (xv - mu) * is;
+                        *o = k * (m * through(xv, dv) - sd - xhat * sdx);
+                    }
+                }
+                let consts = [k, m, mu, is, sd, sdx];
+                if g.clamped {
+                    let aff = g.affine[ch];
+                    plane_dx(out, xs, ds, consts, |xv, dv| aff.pass(xv, dv));
+                } else {
+                    plane_dx(out, xs, ds, consts, |_, dv| dv);
+                }
             }
         });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))

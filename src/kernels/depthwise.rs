@@ -174,6 +174,62 @@ fn forward_channels_last(
     out
 }
 
+/// `Σ a[i]·b[i]` in `DOT_LANES` independent partial sums: one running sum
+/// is a chain of dependent adds the compiler may not reorder (latency-bound,
+/// scalar); lanes vectorise, in a fixed order.
+const DOT_LANES: usize = 8;
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; DOT_LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &u), &v) in acc.iter_mut().zip(x).zip(y) {
+            *s += u * v;
+        }
+    }
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(u, v)| u * v).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a[i]·b[i·stride]`.
+#[inline]
+fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    let mut acc = [0f32; DOT_LANES];
+    for (i, &u) in a.iter().enumerate() {
+        acc[i % DOT_LANES] += u * b[i * stride];
+    }
+    acc.iter().sum()
+}
+
+/// The weight gradient in channels-last order, for small maps: per block of
+/// channels, each image's input and output gradient transposed to
+/// `[pixels, channels]`, every tap accumulated over contiguous channels.
+/// Parallel over channel blocks (each owns its slice of `dW`, images summed
+/// in order), so the result does not depend on the thread count.
+fn weight_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], g: &[f32], out: &mut [f32]) {
+    const BLOCK: usize = 32;
+    let (c, hw, ohw, nt) = (d.c, d.h * d.w, d.oh * d.ow, d.kh * d.kw);
+    out.par_chunks_mut(BLOCK * nt).enumerate().for_each(|(b, dw)| {
+        let (c0, cb) = (b * BLOCK, dw.len() / nt);
+        let mut xt = vec![0f32; hw * cb];
+        let mut gt = vec![0f32; ohw * cb];
+        let mut acc = vec![0f32; nt * cb];
+        for img in 0..d.n {
+            to_channels_last(&x[(img * c + c0) * hw..(img * c + c0 + cb) * hw], cb, hw, &mut xt);
+            to_channels_last(&g[(img * c + c0) * ohw..(img * c + c0 + cb) * ohw], cb, ohw, &mut gt);
+            for_each_tap(geo, d, taps, |op, ip, t| {
+                let (dst, gs, xs) =
+                    (&mut acc[t * cb..(t + 1) * cb], &gt[op * cb..(op + 1) * cb], &xt[ip * cb..(ip + 1) * cb]);
+                for ((a, &gv), &xv) in dst.iter_mut().zip(gs).zip(xs) {
+                    *a += gv * xv;
+                }
+            });
+        }
+        to_planes(&acc, cb, nt, dw);
+    });
+}
+
 /// The input gradient in channels-last order, per image: every tap scatters
 /// `dY · w` back over contiguous channels.
 fn input_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], k: &[f32]) -> Vec<f32> {
@@ -406,6 +462,11 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let g = contiguous(s2, l2, "gradient")?;
         let mut out = vec![0f32; c * kh * kw];
         let taps = Taps::new(&geo, h, w, oh, ow, kh, kw);
+        let d = Dims { n, c, h, w, kh, kw, oh, ow };
+        if channels_last_pays(&d) {
+            weight_grad_channels_last(&geo, &d, &taps, x, g, &mut out);
+            return Ok((CpuStorage::F32(out), Shape::from((c, 1, kh, kw))));
+        }
         let s = geo.stride;
         out.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, gk)| {
             for img in 0..n {
@@ -422,13 +483,11 @@ impl CustomOp2 for DepthwiseWeightGrad {
                             let Some(iy) = taps.row(oy, ky) else { continue };
                             let irow = &xin[iy * w..(iy + 1) * w];
                             let gsrc = &grow[lo..hi];
-                            if s == 1 {
-                                acc +=
-                                    gsrc.iter().zip(&irow[start..start + gsrc.len()]).map(|(a, b)| a * b).sum::<f32>();
+                            acc += if s == 1 {
+                                dot(gsrc, &irow[start..start + gsrc.len()])
                             } else {
-                                acc +=
-                                    gsrc.iter().zip(irow[start..].iter().step_by(s)).map(|(a, b)| a * b).sum::<f32>();
-                            }
+                                dot_strided(gsrc, &irow[start..], s)
+                            };
                         }
                         gk[ky * kw + kx] += acc;
                     }
@@ -488,11 +547,16 @@ mod tests {
             (2, 5, 9, 7, 5, 2, 2),
             (1, 3, 6, 6, 3, 1, 0),
             (2, 2, 7, 7, 1, 2, 0),
-            // Many channels on small maps: the channels-last forward.
+            // Many channels on small maps: the channels-last kernels.
             (3, 16, 5, 6, 3, 1, 1),
             (2, 24, 7, 7, 3, 2, 1),
             (2, 32, 6, 6, 5, 2, 2),
             (2, 16, 12, 12, 3, 1, 1),
+            // Channel blocks of the channels-last weight gradient, the last partial.
+            (2, 40, 4, 4, 3, 1, 1),
+            // Rows longer than the dot product's lanes, stride 1 and 2.
+            (2, 3, 7, 21, 3, 1, 1),
+            (2, 3, 9, 23, 3, 2, 1),
             // Kernels wider than the (small) input: late EfficientNet blocks on small images.
             (2, 3, 1, 1, 5, 1, 2),
             (1, 2, 2, 2, 5, 2, 2),
