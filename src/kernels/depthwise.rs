@@ -103,6 +103,7 @@ fn channels_last_pays(d: &Dims) -> bool {
 }
 
 /// `[C, P]` planes → `[P, C]` rows.
+#[inline(always)]
 fn to_channels_last(planes: &[f32], c: usize, p: usize, out: &mut [f32]) {
     for ch in 0..c {
         for (i, &v) in planes[ch * p..(ch + 1) * p].iter().enumerate() {
@@ -112,6 +113,7 @@ fn to_channels_last(planes: &[f32], c: usize, p: usize, out: &mut [f32]) {
 }
 
 /// `[P, C]` rows → `[C, P]` planes.
+#[inline(always)]
 fn to_planes(rows: &[f32], c: usize, p: usize, out: &mut [f32]) {
     for ch in 0..c {
         for (i, dst) in out[ch * p..(ch + 1) * p].iter_mut().enumerate() {
@@ -128,6 +130,7 @@ fn taps_by_channel(k: &[f32], c: usize, taps: usize) -> Vec<f32> {
 }
 
 /// Calls `f(output pixel, input pixel, tap)` for every valid tap, in a fixed order.
+#[inline(always)]
 fn for_each_tap(geo: &DwGeometry, d: &Dims, taps: &Taps, mut f: impl FnMut(usize, usize, usize)) {
     for oy in 0..d.oh {
         for ox in 0..d.ow {
@@ -157,8 +160,25 @@ fn forward_channels_last(
     let kt = taps_by_channel(k, c, d.kh * d.kw);
     let mut out = vec![0f32; d.n * c * ohw];
     out.par_chunks_mut(c * ohw).enumerate().for_each(|(img, o)| {
+        forward_image_channels_last(geo, d, taps, &x[img * c * hw..(img + 1) * c * hw], &kt, o, epi.as_ref())
+    });
+    out
+}
+
+multiversion! {
+    /// One image of [`forward_channels_last`].
+    fn forward_image_channels_last(
+        geo: &DwGeometry,
+        d: &Dims,
+        taps: &Taps,
+        x: &[f32],
+        kt: &[f32],
+        o: &mut [f32],
+        epi: Option<&Epilogue>,
+    ) {
+        let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
         let mut xt = vec![0f32; hw * c];
-        to_channels_last(&x[img * c * hw..(img + 1) * c * hw], c, hw, &mut xt);
+        to_channels_last(x, c, hw, &mut xt);
         let mut acc = vec![0f32; ohw * c];
         for_each_tap(geo, d, taps, |op, ip, t| {
             let (dst, src, wk) = (&mut acc[op * c..(op + 1) * c], &xt[ip * c..(ip + 1) * c], &kt[t * c..(t + 1) * c]);
@@ -167,11 +187,12 @@ fn forward_channels_last(
             }
         });
         to_planes(&acc, c, ohw, o);
-        if let Some(epi) = &epi {
-            epi.image(o, ohw);
+        if let Some(epi) = epi {
+            for (ch, plane) in o.chunks_exact_mut(ohw.max(1)).enumerate() {
+                epi.plane(ch, plane);
+            }
         }
-    });
-    out
+    }
 }
 
 /// `Σ a[i]·b[i]` in `DOT_LANES` independent partial sums: one running sum
@@ -348,11 +369,29 @@ fn forward(
     }
 
     let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
-    let s = geo.stride;
     out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
         let ch = plane % d.c;
         let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
         let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
+        forward_plane(&geo, &d, &taps, xin, ker, o, ch, epi.as_ref());
+    });
+    Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
+}
+
+multiversion! {
+    /// One output plane of the direct (planar) forward pass: each tap a
+    /// multiply-add along output rows.
+    fn forward_plane(
+        geo: &DwGeometry,
+        d: &Dims,
+        taps: &Taps,
+        xin: &[f32],
+        ker: &[f32],
+        o: &mut [f32],
+        ch: usize,
+        epi: Option<&Epilogue>,
+    ) {
+        let s = geo.stride;
         for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
             for ky in 0..d.kh {
                 let Some(iy) = taps.row(oy, ky) else { continue };
@@ -375,11 +414,10 @@ fn forward(
                 }
             }
         }
-        if let Some(epi) = &epi {
+        if let Some(epi) = epi {
             epi.plane(ch, o);
         }
-    });
-    Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
+    }
 }
 
 /// Gradient with respect to the input: scatter each output gradient back

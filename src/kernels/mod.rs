@@ -13,6 +13,47 @@
 //!   fewer multiply-adds;
 //! * grouped but not depthwise (and non-f32): candle's own `conv2d`.
 
+/// Defines a function compiled twice: for the baseline target (x86-64 means
+/// SSE2) and with AVX2 + FMA enabled, the second picked at run time where
+/// the CPU has them. The gemm crate dispatches this way on its own; tlab's
+/// kernels (depthwise, BatchNorm, Winograd transforms, epilogues) are plain
+/// loops that only vectorise 8-wide when compiled for AVX2. Both versions do
+/// the same arithmetic (Rust never fuses a multiply and an add on its own),
+/// so results do not depend on the CPU. Functions called from the body are
+/// compiled for AVX2 only where they are inlined: mark them
+/// `#[inline(always)]`.
+macro_rules! multiversion {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if $crate::kernels::has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Whether the CPU runs AVX2 and FMA (cached by the std macro).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
@@ -91,7 +132,7 @@ impl Epilogue<'_> {
     }
 
     /// `plane = clamp(plane + bias[channel], lo, hi)`.
-    #[inline]
+    #[inline(always)]
     fn plane(&self, channel: usize, plane: &mut [f32]) {
         let (b, lo, hi) = (self.bias[channel], self.lo, self.hi);
         for v in plane {
@@ -101,8 +142,14 @@ impl Epilogue<'_> {
 
     /// Every plane of one image's output `[C, p]`.
     fn image(&self, out: &mut [f32], p: usize) {
+        epilogue_image(self, out, p)
+    }
+}
+
+multiversion! {
+    fn epilogue_image(epi: &Epilogue, out: &mut [f32], p: usize) {
         for (c, plane) in out.chunks_exact_mut(p.max(1)).enumerate() {
-            self.plane(c, plane);
+            epi.plane(c, plane);
         }
     }
 }
