@@ -189,9 +189,7 @@ impl CustomOp3 for Normalize {
                 let plane = t * per_task + j;
                 let ch = plane % c;
                 let a = Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi);
-                for (o, &v) in out.iter_mut().zip(&x[plane * hw..(plane + 1) * hw]) {
-                    *o = a.apply(v);
-                }
+                normalize_plane(out, &x[plane * hw..(plane + 1) * hw], a);
             }
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
@@ -239,38 +237,39 @@ struct Grad {
     clamped: bool,
 }
 
-/// `(Σ dy', Σ dy'·x̂)` over one plane, `dy' = through(x, dy)`: one pass,
-/// `LANES` f32 partial sums over runs of at most 1024 values (vectorised,
-/// short enough for f32), the runs added in f64.
-#[inline(always)]
-fn plane_grad_sums(x: &[f32], dy: &[f32], mu: f32, is: f32, aff: Option<Affine>) -> (f64, f64) {
-    let through = |xv: f32, dv: f32| match aff {
-        Some(a) => a.pass(xv, dv),
-        None => dv,
-    };
-    let (mut s, mut sx) = (0f64, 0f64);
-    for (xr, dr) in x.chunks(1024).zip(dy.chunks(1024)) {
-        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
-        let ((cx, rx), (cd, rd)) = (xr.as_chunks::<LANES>(), dr.as_chunks::<LANES>());
-        for (xs, ds) in cx.iter().zip(cd) {
-            let d = match aff {
-                Some(a) => a.pass_lanes(xs, ds),
-                None => *ds,
-            };
-            for l in 0..LANES {
-                a[l] += d[l];
-                b[l] += d[l] * ((xs[l] - mu) * is);
+multiversion! {
+    /// `(Σ dy', Σ dy'·x̂)` over one plane, `dy'` through the activation: one
+    /// pass, `LANES` f32 partial sums over runs of at most 1024 values
+    /// (vectorised, short enough for f32), the runs added in f64.
+    fn plane_grad_sums(x: &[f32], dy: &[f32], mu: f32, is: f32, aff: Option<Affine>) -> (f64, f64) {
+        let through = |xv: f32, dv: f32| match aff {
+            Some(a) => a.pass(xv, dv),
+            None => dv,
+        };
+        let (mut s, mut sx) = (0f64, 0f64);
+        for (xr, dr) in x.chunks(1024).zip(dy.chunks(1024)) {
+            let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+            let ((cx, rx), (cd, rd)) = (xr.as_chunks::<LANES>(), dr.as_chunks::<LANES>());
+            for (xs, ds) in cx.iter().zip(cd) {
+                let d = match aff {
+                    Some(a) => a.pass_lanes(xs, ds),
+                    None => *ds,
+                };
+                for l in 0..LANES {
+                    a[l] += d[l];
+                    b[l] += d[l] * ((xs[l] - mu) * is);
+                }
             }
+            for (&xv, &dv) in rx.iter().zip(rd) {
+                let d = through(xv, dv);
+                a[0] += d;
+                b[0] += d * ((xv - mu) * is);
+            }
+            s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
+            sx += b.iter().map(|&v| f64::from(v)).sum::<f64>();
         }
-        for (&xv, &dv) in rx.iter().zip(rd) {
-            let d = through(xv, dv);
-            a[0] += d;
-            b[0] += d * ((xv - mu) * is);
-        }
-        s += a.iter().map(|&v| f64::from(v)).sum::<f64>();
-        sx += b.iter().map(|&v| f64::from(v)).sum::<f64>();
+        (s, sx)
     }
-    (s, sx)
 }
 
 /// `[Σ dy, Σ dy·x̂]` per channel, as `[2, C]` (`dy` through the activation).
@@ -338,26 +337,43 @@ impl CustomOp2 for InputGrad {
                 let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
                 let xs = &x[plane * hw..(plane + 1) * hw];
                 let ds = &dy[plane * hw..(plane + 1) * hw];
-                // dx = k·(M·dy' − Σdy' − x̂·Σdy'x̂), dy' through the activation.
                 let aff = if g.clamped { Some(g.affine[ch]) } else { None };
-                let (ox, orest) = out.as_chunks_mut::<LANES>();
-                let ((cx, rx), (cd, rd)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
-                for ((o, xl), dl) in ox.iter_mut().zip(cx).zip(cd) {
-                    let d = match aff {
-                        Some(a) => a.pass_lanes(xl, dl),
-                        None => *dl,
-                    };
-                    for l in 0..LANES {
-                        o[l] = k * (m * d[l] - sd - (xl[l] - mu) * is * sdx);
-                    }
-                }
-                for ((o, &xv), &dv) in orest.iter_mut().zip(rx).zip(rd) {
-                    let d = aff.map_or(dv, |a| a.pass(xv, dv));
-                    *o = k * (m * d - sd - (xv - mu) * is * sdx);
-                }
+                input_grad_plane(out, xs, ds, [k, m, mu, is, sd, sdx], aff);
             }
         });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+    }
+}
+
+multiversion! {
+    /// `dx = k·(M·dy' − Σdy' − x̂·Σdy'x̂)` over one plane, `dy'` through the
+    /// activation; `c = [k, M, μ, 1/σ, Σdy', Σdy'x̂]`.
+    fn input_grad_plane(out: &mut [f32], xs: &[f32], ds: &[f32], c: [f32; 6], aff: Option<Affine>) {
+        let [k, m, mu, is, sd, sdx] = c;
+        let (ox, orest) = out.as_chunks_mut::<LANES>();
+        let ((cx, rx), (cd, rd)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
+        for ((o, xl), dl) in ox.iter_mut().zip(cx).zip(cd) {
+            let d = match aff {
+                Some(a) => a.pass_lanes(xl, dl),
+                None => *dl,
+            };
+            for l in 0..LANES {
+                o[l] = k * (m * d[l] - sd - (xl[l] - mu) * is * sdx);
+            }
+        }
+        for ((o, &xv), &dv) in orest.iter_mut().zip(rx).zip(rd) {
+            let d = aff.map_or(dv, |a| a.pass(xv, dv));
+            *o = k * (m * d - sd - (xv - mu) * is * sdx);
+        }
+    }
+}
+
+multiversion! {
+    /// `out = clamp(x·scale + shift)` over one plane.
+    fn normalize_plane(out: &mut [f32], xs: &[f32], a: Affine) {
+        for (o, &v) in out.iter_mut().zip(xs) {
+            *o = a.apply(v);
+        }
     }
 }
 

@@ -230,9 +230,15 @@ fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
 /// in order), so the result does not depend on the thread count.
 fn weight_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], g: &[f32], out: &mut [f32]) {
     const BLOCK: usize = 32;
-    let (c, hw, ohw, nt) = (d.c, d.h * d.w, d.oh * d.ow, d.kh * d.kw);
-    out.par_chunks_mut(BLOCK * nt).enumerate().for_each(|(b, dw)| {
-        let (c0, cb) = (b * BLOCK, dw.len() / nt);
+    let nt = d.kh * d.kw;
+    out.par_chunks_mut(BLOCK * nt).enumerate().for_each(|(b, dw)| weight_grad_block(geo, d, taps, x, g, b * BLOCK, dw));
+}
+
+multiversion! {
+    /// The channels `c0..` (as many as `dw` holds) of [`weight_grad_channels_last`].
+    fn weight_grad_block(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32], g: &[f32], c0: usize, dw: &mut [f32]) {
+        let (c, hw, ohw, nt) = (d.c, d.h * d.w, d.oh * d.ow, d.kh * d.kw);
+        let cb = dw.len() / nt;
         let mut xt = vec![0f32; hw * cb];
         let mut gt = vec![0f32; ohw * cb];
         let mut acc = vec![0f32; nt * cb];
@@ -248,7 +254,7 @@ fn weight_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, x: &[f32],
             });
         }
         to_planes(&acc, cb, nt, dw);
-    });
+    }
 }
 
 /// The input gradient in channels-last order, per image: every tap scatters
@@ -258,8 +264,17 @@ fn input_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], 
     let kt = taps_by_channel(k, c, d.kh * d.kw);
     let mut out = vec![0f32; d.n * c * hw];
     out.par_chunks_mut(c * hw).enumerate().for_each(|(img, o)| {
+        input_grad_image_channels_last(geo, d, taps, &g[img * c * ohw..(img + 1) * c * ohw], &kt, o)
+    });
+    out
+}
+
+multiversion! {
+    /// One image of [`input_grad_channels_last`].
+    fn input_grad_image_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], kt: &[f32], o: &mut [f32]) {
+        let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
         let mut gt = vec![0f32; ohw * c];
-        to_channels_last(&g[img * c * ohw..(img + 1) * c * ohw], c, ohw, &mut gt);
+        to_channels_last(g, c, ohw, &mut gt);
         let mut acc = vec![0f32; hw * c];
         for_each_tap(geo, d, taps, |op, ip, t| {
             let (dst, src, wk) = (&mut acc[ip * c..(ip + 1) * c], &gt[op * c..(op + 1) * c], &kt[t * c..(t + 1) * c]);
@@ -268,8 +283,7 @@ fn input_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], 
             }
         });
         to_planes(&acc, c, hw, o);
-    });
-    out
+    }
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -447,34 +461,40 @@ impl CustomOp2 for DepthwiseInputGrad {
             return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
         }
         let mut out = vec![0f32; n * c * h * w];
-        let s = geo.stride;
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
             let ch = plane % c;
             let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
-            let ker = &k[ch * kh * kw..(ch + 1) * kh * kw];
-            for (oy, grow) in gout.chunks_exact(ow).enumerate() {
-                for ky in 0..kh {
-                    let Some(iy) = taps.row(oy, ky) else { continue };
-                    let irow = &mut gin[iy * w..(iy + 1) * w];
-                    for (&wv, &(lo, hi, start)) in ker[ky * kw..(ky + 1) * kw].iter().zip(&taps.cols) {
-                        if lo >= hi {
-                            continue;
+            input_grad_plane(&geo, &d, &taps, gout, &k[ch * kh * kw..(ch + 1) * kh * kw], gin);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+multiversion! {
+    /// One input plane's gradient, direct: every tap scatters `dY · w` along rows.
+    fn input_grad_plane(geo: &DwGeometry, d: &Dims, taps: &Taps, gout: &[f32], ker: &[f32], gin: &mut [f32]) {
+        let s = geo.stride;
+        for (oy, grow) in gout.chunks_exact(d.ow).enumerate() {
+            for ky in 0..d.kh {
+                let Some(iy) = taps.row(oy, ky) else { continue };
+                let irow = &mut gin[iy * d.w..(iy + 1) * d.w];
+                for (&wv, &(lo, hi, start)) in ker[ky * d.kw..(ky + 1) * d.kw].iter().zip(&taps.cols) {
+                    if lo >= hi {
+                        continue;
+                    }
+                    let src = &grow[lo..hi];
+                    if s == 1 {
+                        for (iv, gv) in irow[start..start + src.len()].iter_mut().zip(src) {
+                            *iv += wv * gv;
                         }
-                        let src = &grow[lo..hi];
-                        if s == 1 {
-                            for (iv, gv) in irow[start..start + src.len()].iter_mut().zip(src) {
-                                *iv += wv * gv;
-                            }
-                        } else {
-                            for (iv, gv) in irow[start..].iter_mut().step_by(s).zip(src) {
-                                *iv += wv * gv;
-                            }
+                    } else {
+                        for (iv, gv) in irow[start..].iter_mut().step_by(s).zip(src) {
+                            *iv += wv * gv;
                         }
                     }
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        }
     }
 }
 

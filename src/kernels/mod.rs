@@ -47,12 +47,20 @@ macro_rules! multiversion {
     };
 }
 
-/// Whether the CPU runs AVX2 and FMA (cached by the std macro).
+/// Whether the CPU runs AVX2 and FMA (cached by the std macro), unless a
+/// test asked for the baseline versions.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    !BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
 }
+
+/// Set by a test to run the baseline versions of [`multiversion!`]
+/// functions (both must compute the same bits).
+#[cfg(target_arch = "x86_64")]
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub mod batchnorm;
 pub mod conv;
@@ -261,6 +269,50 @@ mod tests {
                 let diff = (&fused - &plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 assert!(diff < 1e-4, "case {:?}: {diff}", (n, cin, cout, size, k, stride, groups));
             }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn baseline_and_avx2_versions_compute_the_same_bits() {
+        use std::sync::atomic::Ordering;
+        let dev = Device::Cpu;
+        // Depthwise planar (12×12) and channels-last (4×4), a fused frozen
+        // epilogue, training BatchNorm with a clamp: forward and gradients.
+        let run = || {
+            let mut outs = Vec::new();
+            for size in [12, 4] {
+                let x = Var::from_tensor(&Tensor::arange(0f32, (2 * 32 * size * size) as f32, &dev).unwrap()).unwrap();
+                let x4 = ((x.as_tensor().reshape((2, 32, size, size)).unwrap() * 0.37).unwrap().sin().unwrap() * 2.0)
+                    .unwrap();
+                let w =
+                    Var::from_tensor(&(Tensor::arange(0f32, 32. * 9., &dev).unwrap() * 0.11).unwrap().cos().unwrap())
+                        .unwrap();
+                let w4 = w.as_tensor().reshape((32, 1, 3, 3)).unwrap();
+                let y = conv2d(&x4, &w4, 1, Padding::same(1), 32).unwrap();
+                let gamma = Var::from_tensor(&Tensor::ones(32, DType::F32, &dev).unwrap()).unwrap();
+                let beta = Var::from_tensor(&Tensor::zeros(32, DType::F32, &dev).unwrap()).unwrap();
+                let (z, _, _) =
+                    batchnorm::batch_norm_train(&y, gamma.as_tensor(), beta.as_tensor(), 1e-5, (0.0, 6.0)).unwrap();
+                let grads = (&z * &z).unwrap().sum_all().unwrap().backward().unwrap();
+                outs.push(z.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                for v in [&x, &w, &gamma] {
+                    outs.push(grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+                let b = Tensor::arange(0f32, 32., &dev).unwrap();
+                let frozen = conv2d_bias_clamp(&x4.detach(), &w4.detach(), &b, 1, Padding::same(1), 32, 0.0, 6.0);
+                outs.push(frozen.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            outs
+        };
+        let fast = run();
+        BASELINE_ONLY.store(true, Ordering::Relaxed);
+        let baseline = run();
+        BASELINE_ONLY.store(false, Ordering::Relaxed);
+        assert_eq!(fast.len(), baseline.len());
+        for (a, b) in fast.iter().zip(&baseline) {
+            let same = a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
+            assert!(same, "the AVX2 and baseline versions differ");
         }
     }
 
