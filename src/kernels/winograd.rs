@@ -64,9 +64,18 @@ fn tiles_per_block(s: &Shape) -> usize {
 fn transform_weights(s: &Shape, w: &[f32]) -> Vec<f32> {
     let cin = s.cin;
     let mut u = vec![0f32; s.cout * 16 * cin];
-    u.par_chunks_mut(16 * cin).enumerate().for_each(|(co, dst)| {
+    u.par_chunks_mut(16 * cin)
+        .enumerate()
+        .for_each(|(co, dst)| kernel_transforms(&w[co * cin * 9..(co + 1) * cin * 9], dst));
+    u
+}
+
+multiversion! {
+    /// `U = G g Gᵀ` for one output channel's `Cin` kernels `w`, into `dst` `[16][Cin]`.
+    fn kernel_transforms(w: &[f32], dst: &mut [f32]) {
+        let cin = w.len() / 9;
         for ci in 0..cin {
-            let g = &w[(co * cin + ci) * 9..][..9];
+            let g = &w[ci * 9..][..9];
             // t = G g (4×3): rows 0 and 3 are g's first and last rows.
             let mut t = [[0f32; 3]; 4];
             for k in 0..3 {
@@ -85,8 +94,7 @@ fn transform_weights(s: &Shape, w: &[f32]) -> Vec<f32> {
                 }
             }
         }
-    });
-    u
+    }
 }
 
 /// The convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin, 3, 3]`
@@ -95,45 +103,53 @@ fn transform_weights(s: &Shape, w: &[f32]) -> Vec<f32> {
 pub(super) fn forward(s: &Shape, x: &[f32], w: &[f32], per: usize, epi: Option<Epilogue>, out: &mut [f32]) {
     let u = transform_weights(s, w);
     let (image_in, image_out) = (s.cin * s.h * s.w, s.cout * s.oh * s.ow);
-    let (tiles_y, tiles_x) = (s.tiles_y(), s.tiles_x());
+    let tiles_x = s.tiles_x();
     let rows_per_block = (tiles_per_block(s) / tiles_x).max(1);
-    out.par_chunks_mut(per * image_out).enumerate().for_each(|(chunk, o)| {
-        let first = chunk * per;
-        let tile_rows = o.len() / image_out * tiles_y;
-        let block = rows_per_block.min(tile_rows) * tiles_x;
-        let mut v = vec![0f32; 16 * s.cin * block];
-        let mut m = vec![0f32; 16 * s.cout * block];
-        let mut rows = Rows::new(tiles_x);
-        for r0 in (0..tile_rows).step_by(rows_per_block) {
-            let nr = rows_per_block.min(tile_rows - r0);
-            let nt = nr * tiles_x;
-            // V_ξ[ci, t] for the block's tiles, a tile row at a time.
-            for ci in 0..s.cin {
-                for rr in 0..nr {
-                    let (img, ty) = ((r0 + rr) / tiles_y, (r0 + rr) % tiles_y);
-                    let plane = &x[(first + img) * image_in + ci * s.h * s.w..][..s.h * s.w];
-                    rows.input_row(s, plane, ty);
-                    rows.scatter_input(&mut v[ci * block + rr * tiles_x..], s.cin * block);
+    out.par_chunks_mut(per * image_out)
+        .enumerate()
+        .for_each(|(chunk, o)| images(s, &x[chunk * per * image_in..], &u, rows_per_block, epi.as_ref(), o));
+}
+
+multiversion! {
+    /// The images of one chunk: `x` starts at its first image, `o` is its output.
+    fn images(s: &Shape, x: &[f32], u: &[f32], rows_per_block: usize, epi: Option<&Epilogue>, o: &mut [f32]) {
+        let (image_in, image_out) = (s.cin * s.h * s.w, s.cout * s.oh * s.ow);
+        let (tiles_y, tiles_x) = (s.tiles_y(), s.tiles_x());
+            let tile_rows = o.len() / image_out * tiles_y;
+            let block = rows_per_block.min(tile_rows) * tiles_x;
+            let mut v = vec![0f32; 16 * s.cin * block];
+            let mut m = vec![0f32; 16 * s.cout * block];
+            let mut rows = Rows::new(tiles_x);
+            for r0 in (0..tile_rows).step_by(rows_per_block) {
+                let nr = rows_per_block.min(tile_rows - r0);
+                let nt = nr * tiles_x;
+                // V_ξ[ci, t] for the block's tiles, a tile row at a time.
+                for ci in 0..s.cin {
+                    for rr in 0..nr {
+                        let (img, ty) = ((r0 + rr) / tiles_y, (r0 + rr) % tiles_y);
+                        let plane = &x[img * image_in + ci * s.h * s.w..][..s.h * s.w];
+                        rows.input_row(s, plane, ty);
+                        rows.scatter_input(&mut v[ci * block + rr * tiles_x..], s.cin * block);
+                    }
+                }
+                // M_ξ = U_ξ · V_ξ.
+                for xi in 0..16 {
+                    let lhs = Mat { data: &u[xi * s.cin..], rs: 16 * s.cin, cs: 1 };
+                    let rhs = Mat::rows(&v[xi * s.cin * block..(xi + 1) * s.cin * block], block);
+                    let dst = &mut m[xi * s.cout * block..(xi + 1) * s.cout * block];
+                    matmul(dst, block, s.cout, nt, s.cin, lhs, rhs, false, Parallelism::None);
+                }
+                // Back to 2×2 output tiles, a tile row at a time.
+                for co in 0..s.cout {
+                    for rr in 0..nr {
+                        let (img, ty) = ((r0 + rr) / tiles_y, (r0 + rr) % tiles_y);
+                        let plane = &mut o[img * image_out + co * s.oh * s.ow..][..s.oh * s.ow];
+                        rows.output_row(&m[co * block + rr * tiles_x..], s.cout * block, tiles_x);
+                        rows.store(s, plane, ty, co, epi);
+                    }
                 }
             }
-            // M_ξ = U_ξ · V_ξ.
-            for xi in 0..16 {
-                let lhs = Mat { data: &u[xi * s.cin..], rs: 16 * s.cin, cs: 1 };
-                let rhs = Mat::rows(&v[xi * s.cin * block..(xi + 1) * s.cin * block], block);
-                let dst = &mut m[xi * s.cout * block..(xi + 1) * s.cout * block];
-                matmul(dst, block, s.cout, nt, s.cin, lhs, rhs, false, Parallelism::None);
-            }
-            // Back to 2×2 output tiles, a tile row at a time.
-            for co in 0..s.cout {
-                for rr in 0..nr {
-                    let (img, ty) = ((r0 + rr) / tiles_y, (r0 + rr) % tiles_y);
-                    let plane = &mut o[img * image_out + co * s.oh * s.ow..][..s.oh * s.ow];
-                    rows.output_row(&m[co * block + rr * tiles_x..], s.cout * block, tiles_x);
-                    rows.store(s, plane, ty, co, epi.as_ref());
-                }
-            }
-        }
-    });
+    }
 }
 
 /// Scratch rows for one tile row: the four zero-padded input rows under it
@@ -153,6 +169,7 @@ impl Rows {
 
     /// Loads input rows `2·ty − top ..+4` of `plane` (zero outside it, the
     /// left padding included) and applies `Bᵀ` down the columns.
+    #[inline(always)]
     fn input_row(&mut self, s: &Shape, plane: &[f32], ty: usize) {
         let left = s.pad.left;
         for (r, row) in self.d.iter_mut().enumerate() {
@@ -175,6 +192,7 @@ impl Rows {
 
     /// Applies `B` along the rows and writes tile `j`'s value ξ to
     /// `v[ξ·stride + j]`.
+    #[inline(always)]
     fn scatter_input(&self, v: &mut [f32], stride: usize) {
         let tiles = (self.wp - 2) / 2;
         for (k, t) in self.d.iter().enumerate() {
@@ -192,6 +210,7 @@ impl Rows {
 
     /// `Aᵀ m A` for the tiles of one row, `m[ξ·stride + j]`, into the two
     /// output rows.
+    #[inline(always)]
     fn output_row(&mut self, m: &[f32], stride: usize, tiles: usize) {
         let at = |xi: usize| &m[xi * stride..xi * stride + tiles];
         let [y0, y1] = &mut self.y;
@@ -208,6 +227,7 @@ impl Rows {
     }
 
     /// Writes the output rows `2·ty`, `2·ty + 1` that exist, through `epi`.
+    #[inline(always)]
     fn store(&self, s: &Shape, plane: &mut [f32], ty: usize, co: usize, epi: Option<&Epilogue>) {
         for (r, src) in self.y.iter().enumerate() {
             let oy = 2 * ty + r;
