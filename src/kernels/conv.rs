@@ -36,7 +36,7 @@
 
 use super::{winograd, Epilogue, Padding};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -440,31 +440,17 @@ impl CustomOp2 for GemmConv {
     }
 }
 
-/// A frozen convolution with its bias and clamp activation fused in
-/// (inputs: x, weight, bias `[Cout]`); no backward.
-#[derive(Debug, Clone, Copy)]
-struct GemmConvBiasClamp {
-    geo: ConvGeometry,
-    lo: f32,
-    hi: f32,
-}
-
-impl CustomOp3 for GemmConvBiasClamp {
-    fn name(&self) -> &'static str {
-        "gemm-conv2d-bias-clamp"
-    }
-
-    fn cpu_fwd(
+impl super::EpilogueForward for GemmConv {
+    const FUSED_NAME: &'static str = "gemm-conv2d-bias-clamp";
+    fn forward(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        epi: Epilogue,
     ) -> Result<(CpuStorage, Shape)> {
-        let bias = super::epilogue_bias(s3, l3, l2.shape().dims()[0])?;
-        forward(self.geo, s1, l1, s2, l2, Some(Epilogue { bias, lo: self.lo, hi: self.hi }))
+        forward(self.0, s1, l1, s2, l2, Some(epi))
     }
 }
 
@@ -813,7 +799,11 @@ pub fn conv2d_gemm_bias_clamp(
         candle_core::bail!("conv2d: the GEMM kernel takes f32, got {:?} and {:?}", x.dtype(), weight.dtype())
     }
     dims(&geo, x.shape(), weight.shape())?;
-    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &GemmConvBiasClamp { geo, lo, hi })
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &super::FusedBiasClamp { conv: GemmConv(geo), lo, hi },
+    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! (forward, input gradient) or channels (weight gradient), so no two threads
 //! ever write the same element.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::Epilogue;
 use rayon::prelude::*;
@@ -336,31 +336,17 @@ impl CustomOp2 for DepthwiseConv {
     }
 }
 
-/// A frozen depthwise convolution with its bias and clamp activation fused
-/// in (inputs: x, weight, bias `[C]`); no backward.
-#[derive(Debug, Clone, Copy)]
-struct DepthwiseBiasClamp {
-    geo: DwGeometry,
-    lo: f32,
-    hi: f32,
-}
-
-impl CustomOp3 for DepthwiseBiasClamp {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-bias-clamp"
-    }
-
-    fn cpu_fwd(
+impl super::EpilogueForward for DepthwiseConv {
+    const FUSED_NAME: &'static str = "depthwise-conv2d-bias-clamp";
+    fn forward(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
+        epi: Epilogue,
     ) -> Result<(CpuStorage, Shape)> {
-        let bias = super::epilogue_bias(s3, l3, l2.shape().dims()[0])?;
-        forward(self.geo, s1, l1, s2, l2, Some(Epilogue { bias, lo: self.lo, hi: self.hi }))
+        forward(self.0, s1, l1, s2, l2, Some(epi))
     }
 }
 
@@ -577,7 +563,7 @@ pub fn depthwise_conv2d_bias_clamp(
     lo: f32,
     hi: f32,
 ) -> Result<Tensor> {
-    let op = DepthwiseBiasClamp { geo, lo, hi };
+    let op = super::FusedBiasClamp { conv: DepthwiseConv(geo), lo, hi };
     x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 

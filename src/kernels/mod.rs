@@ -69,7 +69,7 @@ pub mod elementwise;
 pub mod maxpool;
 mod winograd;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 pub use conv::ConvGeometry;
 pub use depthwise::DwGeometry;
@@ -159,6 +159,47 @@ multiversion! {
         for (c, plane) in out.chunks_exact_mut(p.max(1)).enumerate() {
             epi.plane(c, plane);
         }
+    }
+}
+
+/// A convolution whose forward pass can apply an [`Epilogue`] as it goes.
+trait EpilogueForward: Send + Sync {
+    /// The name of the fused op.
+    const FUSED_NAME: &'static str;
+    fn forward(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        epi: Epilogue,
+    ) -> Result<(CpuStorage, Shape)>;
+}
+
+/// A frozen convolution with its bias and clamp activation fused in
+/// (inputs: x, weight, bias `[Cout]`); no backward.
+struct FusedBiasClamp<K> {
+    conv: K,
+    lo: f32,
+    hi: f32,
+}
+
+impl<K: EpilogueForward> CustomOp3 for FusedBiasClamp<K> {
+    fn name(&self) -> &'static str {
+        K::FUSED_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let bias = epilogue_bias(s3, l3, l2.shape().dims()[0])?;
+        self.conv.forward(s1, l1, s2, l2, Epilogue { bias, lo: self.lo, hi: self.hi })
     }
 }
 
