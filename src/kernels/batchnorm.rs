@@ -122,6 +122,21 @@ impl Affine {
     }
 }
 
+/// `dy` through the fused activation, if any ([`Affine::pass`]).
+#[inline(always)]
+fn through(aff: Option<Affine>, x: f32, dy: f32) -> f32 {
+    aff.map_or(dy, |a| a.pass(x, dy))
+}
+
+/// [`through`] on `LANES` values at once.
+#[inline(always)]
+fn through_lanes(aff: Option<Affine>, x: &[f32; LANES], dy: &[f32; LANES]) -> [f32; LANES] {
+    match aff {
+        Some(a) => a.pass_lanes(x, dy),
+        None => *dy,
+    }
+}
+
 /// Per-channel mean and biased variance, as a `[2, C]` tensor.
 struct ChannelStats;
 
@@ -181,16 +196,10 @@ impl CustomOp3 for Normalize {
         let beta = slice(s3, l3, "bias")?;
         let mut y = vec![0f32; x.len()];
         let (lo, hi) = (self.lo, self.hi);
-        // Tasks of whole planes, about 16 K values each (small late-stage
-        // planes would otherwise make a task of a few values).
-        let per_task = ((1 << 14) / hw.max(1)).max(1);
-        y.par_chunks_mut(hw.max(1) * per_task).enumerate().for_each(|(t, out)| {
-            for (j, out) in out.chunks_exact_mut(hw.max(1)).enumerate() {
-                let plane = t * per_task + j;
-                let ch = plane % c;
-                let a = Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi);
-                normalize_plane(out, &x[plane * hw..(plane + 1) * hw], a);
-            }
+        super::par_planes_mut(&mut y, hw, |plane, out| {
+            let ch = plane % c;
+            let a = Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi);
+            normalize_plane(out, &x[plane * hw..(plane + 1) * hw], a);
         });
         Ok((CpuStorage::F32(y), Shape::from((n, c, h, w))))
     }
@@ -206,11 +215,12 @@ impl CustomOp3 for Normalize {
         let dy = dy.contiguous()?;
         let (gamma, beta) = (gamma.to_vec1::<f32>()?, beta.to_vec1::<f32>()?);
         let (lo, hi) = (self.lo, self.hi);
-        let affine: Vec<Affine> = (0..self.mean.len())
-            .map(|ch| Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi))
-            .collect();
-        let clamped = lo.is_finite() || hi.is_finite();
-        let grad = Grad { mean: self.mean.clone(), inv_std: self.inv_std.clone(), affine, clamped };
+        let affine = (lo.is_finite() || hi.is_finite()).then(|| {
+            (0..self.mean.len())
+                .map(|ch| Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi))
+                .collect()
+        });
+        let grad = Grad { mean: self.mean.clone(), inv_std: self.inv_std.clone(), affine };
         let sums = x.apply_op2_no_bwd(&dy, &GradSums(grad.clone()))?;
         let c = self.mean.len();
         let sum_dy = sums.narrow(0, 0, 1)?.reshape(c)?;
@@ -233,8 +243,15 @@ impl CustomOp3 for Normalize {
 struct Grad {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
-    affine: Vec<Affine>,
-    clamped: bool,
+    /// Per channel; `None` without a fused activation.
+    affine: Option<Vec<Affine>>,
+}
+
+impl Grad {
+    /// Channel `ch`'s forward map, if an activation clamps it.
+    fn clamp(&self, ch: usize) -> Option<Affine> {
+        self.affine.as_ref().map(|a| a[ch])
+    }
 }
 
 multiversion! {
@@ -253,10 +270,6 @@ multiversion! {
         is: f32,
         aff: Option<Affine>,
     ) -> (f64, f64) {
-        let through = |xv: f32, dv: f32| match aff {
-            Some(a) => a.pass(xv, dv),
-            None => dv,
-        };
         let (mut s, mut sx) = (0f64, 0f64);
         let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
         let mut pending = 0;
@@ -265,17 +278,14 @@ multiversion! {
             for (xr, dr) in px.chunks(1024).zip(pd.chunks(1024)) {
                 let ((cx, rx), (cd, rd)) = (xr.as_chunks::<LANES>(), dr.as_chunks::<LANES>());
                 for (xs, ds) in cx.iter().zip(cd) {
-                    let d = match aff {
-                        Some(a) => a.pass_lanes(xs, ds),
-                        None => *ds,
-                    };
+                    let d = through_lanes(aff, xs, ds);
                     for l in 0..LANES {
                         a[l] += d[l];
                         b[l] += d[l] * ((xs[l] - mu) * is);
                     }
                 }
                 for (&xv, &dv) in rx.iter().zip(rd) {
-                    let d = through(xv, dv);
+                    let d = through(aff, xv, dv);
                     a[0] += d;
                     b[0] += d * ((xv - mu) * is);
                 }
@@ -310,8 +320,7 @@ impl CustomOp2 for GradSums {
             .into_par_iter()
             .map(|ch| {
                 let (mu, is) = (g.mean[ch], g.inv_std[ch]);
-                let aff = if g.clamped { Some(g.affine[ch]) } else { None };
-                let (s, sx) = channel_grad_sums(&x[ch * hw..], &dy[ch * hw..], n, c * hw, hw, mu, is, aff);
+                let (s, sx) = channel_grad_sums(&x[ch * hw..], &dy[ch * hw..], n, c * hw, hw, mu, is, g.clamp(ch));
                 (s as f32, sx as f32)
             })
             .collect();
@@ -340,19 +349,14 @@ impl CustomOp2 for InputGrad {
         let dy = slice(s2, l2, "gradient")?;
         let mut dx = vec![0f32; x.len()];
         let g = &self.grad;
-        let per_task = ((1 << 14) / hw.max(1)).max(1);
-        dx.par_chunks_mut(hw.max(1) * per_task).enumerate().for_each(|(t, out)| {
-            for (j, out) in out.chunks_exact_mut(hw.max(1)).enumerate() {
-                let plane = t * per_task + j;
-                let ch = plane % c;
-                let k = self.gamma[ch] * g.inv_std[ch] / m;
-                let (mu, is) = (g.mean[ch], g.inv_std[ch]);
-                let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
-                let xs = &x[plane * hw..(plane + 1) * hw];
-                let ds = &dy[plane * hw..(plane + 1) * hw];
-                let aff = if g.clamped { Some(g.affine[ch]) } else { None };
-                input_grad_plane(out, xs, ds, [k, m, mu, is, sd, sdx], aff);
-            }
+        super::par_planes_mut(&mut dx, hw, |plane, out| {
+            let ch = plane % c;
+            let k = self.gamma[ch] * g.inv_std[ch] / m;
+            let (mu, is) = (g.mean[ch], g.inv_std[ch]);
+            let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
+            let xs = &x[plane * hw..(plane + 1) * hw];
+            let ds = &dy[plane * hw..(plane + 1) * hw];
+            input_grad_plane(out, xs, ds, [k, m, mu, is, sd, sdx], g.clamp(ch));
         });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
@@ -366,16 +370,13 @@ multiversion! {
         let (ox, orest) = out.as_chunks_mut::<LANES>();
         let ((cx, rx), (cd, rd)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
         for ((o, xl), dl) in ox.iter_mut().zip(cx).zip(cd) {
-            let d = match aff {
-                Some(a) => a.pass_lanes(xl, dl),
-                None => *dl,
-            };
+            let d = through_lanes(aff, xl, dl);
             for l in 0..LANES {
                 o[l] = k * (m * d[l] - sd - (xl[l] - mu) * is * sdx);
             }
         }
         for ((o, &xv), &dv) in orest.iter_mut().zip(rx).zip(rd) {
-            let d = aff.map_or(dv, |a| a.pass(xv, dv));
+            let d = through(aff, xv, dv);
             *o = k * (m * d - sd - (xv - mu) * is * sdx);
         }
     }

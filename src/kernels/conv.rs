@@ -509,7 +509,8 @@ fn forward(
     let (k, p) = (d.k(), d.p());
     let direct = geo.is_direct(&d);
     let mut out = vec![0f32; d.n * d.cout * p];
-    if let (Some(shape), Schedule::Chunks(per)) = (winograd_shape(&geo, &d), schedule(d.n)) {
+    let sched = schedule(d.n);
+    if let (Some(shape), Schedule::Chunks(per)) = (winograd_shape(&geo, &d), sched) {
         winograd::forward(&shape, x, wt, per, epi, &mut out);
         return Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))));
     }
@@ -538,7 +539,7 @@ fn forward(
         // Nothing to compute (and no zero-sized chunks to split into).
     } else {
         let per_image = d.cout * p;
-        match schedule(d.n) {
+        match sched {
             Schedule::Serial(par) => {
                 let mut col = Vec::new();
                 for (img, o) in out.chunks_exact_mut(per_image).enumerate() {
@@ -604,7 +605,8 @@ impl CustomOp2 for GemmConvInputGrad {
         let (k, p) = (d.k(), d.p());
         let direct = geo.is_direct(&d);
         let mut out = vec![0f32; n * d.image()];
-        if let (Some(shape), Schedule::Chunks(per)) = (winograd_input_grad_shape(&geo, &d), schedule(n)) {
+        let sched = schedule(n);
+        if let (Some(shape), Schedule::Chunks(per)) = (winograd_input_grad_shape(&geo, &d), sched) {
             winograd::forward(&shape, g, &flipped_transpose(wt, &d), per, None, &mut out);
             return Ok((CpuStorage::F32(out), Shape::from((n, cin, h, w))));
         }
@@ -631,7 +633,7 @@ impl CustomOp2 for GemmConvInputGrad {
             // Nothing to compute (and no zero-sized chunks to split into).
         } else {
             let per_image = d.image();
-            match schedule(n) {
+            match sched {
                 Schedule::Serial(par) => {
                     let mut col = Vec::new();
                     for (img, dx) in out.chunks_exact_mut(per_image).enumerate() {
@@ -784,28 +786,6 @@ pub fn conv2d_gemm(x: &Tensor, weight: &Tensor, geo: ConvGeometry) -> Result<Ten
     }
 }
 
-/// `clamp(conv2d(x, weight) + bias[c], lo, hi)` with nothing to track
-/// (a frozen layer): the bias and clamp are applied to each image's output
-/// as soon as it is computed.
-pub fn conv2d_gemm_bias_clamp(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    geo: ConvGeometry,
-    lo: f32,
-    hi: f32,
-) -> Result<Tensor> {
-    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        candle_core::bail!("conv2d: the GEMM kernel takes f32, got {:?} and {:?}", x.dtype(), weight.dtype())
-    }
-    dims(&geo, x.shape(), weight.shape())?;
-    x.contiguous()?.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        &super::FusedBiasClamp { conv: GemmConv(geo), lo, hi },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -888,9 +868,9 @@ mod tests {
     fn winograd_3x3_matches_candle() {
         // ≥ 16 channels each side and ≥ as many images as threads: the
         // Winograd forward and input gradient (the weight gradient stays on
-        // im2col). Odd output sizes
-        // (partial tiles), per-side and no padding, tile blocks spanning
-        // images, the last block partial, a single tile per image.
+        // im2col). Odd output sizes (partial tiles), per-side and no padding,
+        // tile blocks spanning images, the last block partial, a single tile
+        // per image.
         let threads = rayon::current_num_threads();
         let n = threads + 1;
         check(n, 16, 24, 7, 6, 3, 3, 1, Padding::same(1));

@@ -39,6 +39,10 @@ struct Dims {
 }
 
 impl DwGeometry {
+    pub fn new(stride: usize, pad: super::Padding) -> Self {
+        DwGeometry { stride, pad_top: pad.top, pad_left: pad.left, pad_bottom: pad.bottom, pad_right: pad.right }
+    }
+
     fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
         let ph = h + self.pad_top + self.pad_bottom;
         let pw = w + self.pad_left + self.pad_right;
@@ -145,53 +149,66 @@ fn for_each_tap(geo: &DwGeometry, d: &Dims, taps: &Taps, mut f: impl FnMut(usize
     }
 }
 
-/// The forward pass in channels-last order, per image: transpose the input
-/// to `[H, W, C]`, accumulate every tap as a multiply-add over contiguous
-/// channels (vectorised), transpose the output back to `[C, OH, OW]`.
-fn forward_channels_last(
+/// Which way [`channels_last`] runs the taps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// `y[op] += x[ip] · w[t]`: the forward pass.
+    Forward,
+    /// `dx[ip] += dy[op] · w[t]`: the input gradient.
+    InputGrad,
+}
+
+/// The forward pass or the input gradient in channels-last order, per image:
+/// transpose the source (`x`, or `dy`) to `[pixels, C]`, accumulate every tap
+/// as a multiply-add over contiguous channels (vectorised), transpose the
+/// result back to planes; `epi` is applied to each finished image.
+fn channels_last(
     geo: &DwGeometry,
     d: &Dims,
     taps: &Taps,
-    x: &[f32],
+    src: &[f32],
     k: &[f32],
+    dir: Direction,
     epi: Option<Epilogue>,
 ) -> Vec<f32> {
-    let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
+    let (input, output) = (d.h * d.w, d.oh * d.ow);
+    let (src_p, dst_p) = if dir == Direction::Forward { (input, output) } else { (output, input) };
+    let c = d.c;
     let kt = taps_by_channel(k, c, d.kh * d.kw);
-    let mut out = vec![0f32; d.n * c * ohw];
-    out.par_chunks_mut(c * ohw).enumerate().for_each(|(img, o)| {
-        forward_image_channels_last(geo, d, taps, &x[img * c * hw..(img + 1) * c * hw], &kt, o, epi.as_ref())
+    let mut out = vec![0f32; d.n * c * dst_p];
+    out.par_chunks_mut(c * dst_p).enumerate().for_each(|(img, o)| {
+        image_channels_last(geo, d, taps, &src[img * c * src_p..(img + 1) * c * src_p], &kt, dir, o);
+        if let Some(epi) = &epi {
+            epi.image(o, dst_p);
+        }
     });
     out
 }
 
 multiversion! {
-    /// One image of [`forward_channels_last`].
-    fn forward_image_channels_last(
+    /// One image of [`channels_last`].
+    fn image_channels_last(
         geo: &DwGeometry,
         d: &Dims,
         taps: &Taps,
-        x: &[f32],
+        src: &[f32],
         kt: &[f32],
+        dir: Direction,
         o: &mut [f32],
-        epi: Option<&Epilogue>,
     ) {
-        let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
-        let mut xt = vec![0f32; hw * c];
-        to_channels_last(x, c, hw, &mut xt);
-        let mut acc = vec![0f32; ohw * c];
+        let c = d.c;
+        let (src_p, dst_p) = (src.len() / c, o.len() / c);
+        let mut st = vec![0f32; src_p * c];
+        to_channels_last(src, c, src_p, &mut st);
+        let mut acc = vec![0f32; dst_p * c];
         for_each_tap(geo, d, taps, |op, ip, t| {
-            let (dst, src, wk) = (&mut acc[op * c..(op + 1) * c], &xt[ip * c..(ip + 1) * c], &kt[t * c..(t + 1) * c]);
-            for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
+            let (di, si) = if dir == Direction::Forward { (op, ip) } else { (ip, op) };
+            let (dst, sv, wk) = (&mut acc[di * c..(di + 1) * c], &st[si * c..(si + 1) * c], &kt[t * c..(t + 1) * c]);
+            for ((a, &v), &wv) in dst.iter_mut().zip(sv).zip(wk) {
                 *a += v * wv;
             }
         });
-        to_planes(&acc, c, ohw, o);
-        if let Some(epi) = epi {
-            for (ch, plane) in o.chunks_exact_mut(ohw.max(1)).enumerate() {
-                epi.plane(ch, plane);
-            }
-        }
+        to_planes(&acc, c, dst_p, o);
     }
 }
 
@@ -254,35 +271,6 @@ multiversion! {
             });
         }
         to_planes(&acc, cb, nt, dw);
-    }
-}
-
-/// The input gradient in channels-last order, per image: every tap scatters
-/// `dY · w` back over contiguous channels.
-fn input_grad_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], k: &[f32]) -> Vec<f32> {
-    let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
-    let kt = taps_by_channel(k, c, d.kh * d.kw);
-    let mut out = vec![0f32; d.n * c * hw];
-    out.par_chunks_mut(c * hw).enumerate().for_each(|(img, o)| {
-        input_grad_image_channels_last(geo, d, taps, &g[img * c * ohw..(img + 1) * c * ohw], &kt, o)
-    });
-    out
-}
-
-multiversion! {
-    /// One image of [`input_grad_channels_last`].
-    fn input_grad_image_channels_last(geo: &DwGeometry, d: &Dims, taps: &Taps, g: &[f32], kt: &[f32], o: &mut [f32]) {
-        let (c, hw, ohw) = (d.c, d.h * d.w, d.oh * d.ow);
-        let mut gt = vec![0f32; ohw * c];
-        to_channels_last(g, c, ohw, &mut gt);
-        let mut acc = vec![0f32; hw * c];
-        for_each_tap(geo, d, taps, |op, ip, t| {
-            let (dst, src, wk) = (&mut acc[ip * c..(ip + 1) * c], &gt[op * c..(op + 1) * c], &kt[t * c..(t + 1) * c]);
-            for ((a, &v), &wv) in dst.iter_mut().zip(src).zip(wk) {
-                *a += v * wv;
-            }
-        });
-        to_planes(&acc, c, hw, o);
     }
 }
 
@@ -364,7 +352,7 @@ fn forward(
     let k = contiguous(s2, l2, "weight")?;
     let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
     if channels_last_pays(&d) {
-        let out = forward_channels_last(&geo, &d, &taps, x, k, epi);
+        let out = channels_last(&geo, &d, &taps, x, k, Direction::Forward, epi);
         return Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))));
     }
 
@@ -443,7 +431,7 @@ impl CustomOp2 for DepthwiseInputGrad {
         let taps = Taps::new(&geo, h, w, oh, ow, kh, kw);
         let d = Dims { n, c, h, w, kh, kw, oh, ow };
         if channels_last_pays(&d) {
-            let out = input_grad_channels_last(&geo, &d, &taps, g, k);
+            let out = channels_last(&geo, &d, &taps, g, k, Direction::InputGrad, None);
             return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
         }
         let mut out = vec![0f32; n * c * h * w];
@@ -551,20 +539,6 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, geo: DwGeometry) -> Result<
     } else {
         x.apply_op2_no_bwd(&weight, &DepthwiseConv(geo))
     }
-}
-
-/// `clamp(depthwise(x, weight) + bias[c], lo, hi)` with nothing to track
-/// (a frozen layer), the bias and clamp applied as each plane is finished.
-pub fn depthwise_conv2d_bias_clamp(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    geo: DwGeometry,
-    lo: f32,
-    hi: f32,
-) -> Result<Tensor> {
-    let op = super::FusedBiasClamp { conv: DepthwiseConv(geo), lo, hi };
-    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 
 #[cfg(test)]

@@ -90,20 +90,9 @@ impl InplaceOp2 for BiasClamp {
         if b.len() != c {
             candle_core::bail!("bias-clamp: {} biases for {c} channels", b.len())
         }
-        let (lo, hi) = (self.lo, self.hi);
-        let plane = (h * w).max(1);
-        // Tasks of whole planes, about CHUNK values each: small maps (a 3×3
-        // plane at 96 px) would otherwise make one rayon task per 9 values.
-        let per_task = (CHUNK / plane).max(1);
-        y[start..end].par_chunks_mut(plane * per_task).enumerate().for_each(|(t, planes)| {
-            for (j, p) in planes.chunks_exact_mut(plane).enumerate() {
-                let bias = b[(t * per_task + j) % c];
-                for v in p {
-                    *v = (*v + bias).max(lo).min(hi);
-                }
-            }
-        });
-        debug_assert_eq!(end - start, n * c * plane);
+        debug_assert_eq!(end - start, n * c * h * w);
+        let epi = super::Epilogue { bias: b, lo: self.lo, hi: self.hi };
+        super::par_planes_mut(&mut y[start..end], h * w, |plane, p| epi.plane(plane % c, p));
         Ok(())
     }
 }

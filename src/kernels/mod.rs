@@ -70,6 +70,7 @@ pub mod maxpool;
 mod winograd;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 pub use conv::ConvGeometry;
 pub use depthwise::DwGeometry;
@@ -134,7 +135,7 @@ struct Epilogue<'a> {
 
 impl Epilogue<'_> {
     /// `clamp(v + bias[channel], lo, hi)`.
-    #[inline]
+    #[inline(always)]
     fn value(&self, channel: usize, v: f32) -> f32 {
         (v + self.bias[channel]).max(self.lo).min(self.hi)
     }
@@ -142,9 +143,8 @@ impl Epilogue<'_> {
     /// `plane = clamp(plane + bias[channel], lo, hi)`.
     #[inline(always)]
     fn plane(&self, channel: usize, plane: &mut [f32]) {
-        let (b, lo, hi) = (self.bias[channel], self.lo, self.hi);
         for v in plane {
-            *v = (*v + b).max(lo).min(hi);
+            *v = self.value(channel, *v);
         }
     }
 
@@ -160,6 +160,20 @@ multiversion! {
             epi.plane(c, plane);
         }
     }
+}
+
+/// Runs `f(plane index, plane)` over the `plane`-sized planes of `data` in
+/// parallel, a task per run of whole planes of about 16 K values: small
+/// late-stage planes (9 values for 3×3 at 96 px) would otherwise make a
+/// rayon task each.
+fn par_planes_mut(data: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let plane = plane.max(1);
+    let per_task = ((1 << 14) / plane).max(1);
+    data.par_chunks_mut(plane * per_task).enumerate().for_each(|(t, planes)| {
+        for (j, p) in planes.chunks_exact_mut(plane).enumerate() {
+            f(t * per_task + j, p);
+        }
+    });
 }
 
 /// A convolution whose forward pass can apply an [`Epilogue`] as it goes.
@@ -227,47 +241,56 @@ pub fn conv2d_bias_clamp(
     lo: f32,
     hi: f32,
 ) -> Result<Tensor> {
-    let (_, cin, _, _) = x.dims4()?;
-    let cout = w.dim(0)?;
     let fusable = !(x.track_op() || w.track_op() || b.track_op())
         && [x.dtype(), w.dtype(), b.dtype()].iter().all(|&t| t == DType::F32)
-        && b.elem_count() == cout;
+        && b.elem_count() == w.dim(0)?;
     if fusable {
         let b = b.flatten_all()?.contiguous()?;
-        if groups > 1 && groups == cin && cout == cin {
-            let geo = DwGeometry {
-                stride,
-                pad_top: pad.top,
-                pad_left: pad.left,
-                pad_bottom: pad.bottom,
-                pad_right: pad.right,
-            };
-            return depthwise::depthwise_conv2d_bias_clamp(x, w, &b, geo, lo, hi);
-        }
-        if groups == 1 {
-            return conv::conv2d_gemm_bias_clamp(x, w, &b, ConvGeometry { stride, pad }, lo, hi);
+        match kernel_for(x, w, stride, pad, groups)? {
+            Kernel::Depthwise(geo) => return fused(x, w, &b, depthwise::DepthwiseConv(geo), lo, hi),
+            Kernel::Gemm(geo) => return fused(x, w, &b, conv::GemmConv(geo), lo, hi),
+            Kernel::Candle => {}
         }
     }
     elementwise::bias_clamp(conv2d(x, w, stride, pad, groups)?, b, lo, hi)
 }
 
-/// 2-D convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin/groups, kh, kw]`.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize) -> Result<Tensor> {
+/// `conv` with the bias and clamp fused in, as one op without a backward.
+fn fused<K: EpilogueForward>(x: &Tensor, w: &Tensor, b: &Tensor, conv: K, lo: f32, hi: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, b, &FusedBiasClamp { conv, lo, hi })
+}
+
+/// The kernel that runs a convolution.
+enum Kernel {
+    Depthwise(DwGeometry),
+    /// Dense, f32.
+    Gemm(ConvGeometry),
+    /// Grouped but not depthwise, or not f32.
+    Candle,
+}
+
+fn kernel_for(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize) -> Result<Kernel> {
     let (_, cin, _, _) = x.dims4()?;
     let cout = w.dim(0)?;
-    if groups > 1 && groups == cin && cout == cin {
-        let geo =
-            DwGeometry { stride, pad_top: pad.top, pad_left: pad.left, pad_bottom: pad.bottom, pad_right: pad.right };
-        return depthwise::depthwise_conv2d(x, w, geo);
-    }
-    if groups == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        return conv::conv2d_gemm(x, w, ConvGeometry { stride, pad });
-    }
-    if pad.is_symmetric() {
-        x.conv2d(w, pad.top, stride, 1, groups)
+    Ok(if groups > 1 && groups == cin && cout == cin {
+        Kernel::Depthwise(DwGeometry::new(stride, pad))
+    } else if groups == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        Kernel::Gemm(ConvGeometry { stride, pad })
     } else {
-        let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
-        x.conv2d(w, 0, stride, 1, groups)
+        Kernel::Candle
+    })
+}
+
+/// 2-D convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin/groups, kh, kw]`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize) -> Result<Tensor> {
+    match kernel_for(x, w, stride, pad, groups)? {
+        Kernel::Depthwise(geo) => depthwise::depthwise_conv2d(x, w, geo),
+        Kernel::Gemm(geo) => conv::conv2d_gemm(x, w, geo),
+        Kernel::Candle if pad.is_symmetric() => x.conv2d(w, pad.top, stride, 1, groups),
+        Kernel::Candle => {
+            let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
+            x.conv2d(w, 0, stride, 1, groups)
+        }
     }
 }
 
