@@ -16,6 +16,13 @@ use crate::recipe::DataConfig;
 const IMAGE_EXTENSIONS: &[&str] =
     &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pnm", "pbm"];
 
+/// Whether `path` has one of the image extensions tlab decodes.
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Decoded images of one split.
 #[derive(Debug, Clone, Default)]
 pub struct Split {
@@ -63,7 +70,7 @@ impl Dataset {
                             valid_dir.join(&class),
                             format!(
                                 "class `{class}` is in the validation folder but not in the training folder {}",
-                                cfg.train.display()
+                                crate::fs::shown(&cfg.train).display()
                             ),
                         )
                     })?;
@@ -76,8 +83,7 @@ impl Dataset {
                 for (label, (_, files)) in train_files.into_iter().enumerate() {
                     let mut files = cap(files, cfg.max_per_class);
                     rng.shuffle(&mut files);
-                    let n_valid = ((files.len() as f64) * cfg.valid_split).round() as usize;
-                    let n_valid = n_valid.clamp(usize::from(files.len() >= 2), files.len().saturating_sub(1));
+                    let n_valid = valid_count(files.len(), cfg.valid_split);
                     for (i, f) in files.into_iter().enumerate() {
                         if i < n_valid {
                             valid_list.push((f, label))
@@ -138,7 +144,7 @@ impl Dataset {
 /// single image: `TLAB_MEMORY_BUDGET_MB` when set, else half the machine's
 /// memory (from /proc/meminfo; no limit where that is unavailable).
 fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
-    let needed = images as u64 * u64::from(size) * u64::from(size) * 3;
+    let needed = decoded_bytes(images, size);
     let Some((budget, source)) = memory_budget() else { return Ok(()) };
     if needed > budget {
         return Err(Error::data(
@@ -152,6 +158,18 @@ fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The memory `images` decoded RGB images of `size × size` take.
+pub(crate) fn decoded_bytes(images: usize, size: u32) -> u64 {
+    images as u64 * u64::from(size) * u64::from(size) * 3
+}
+
+/// How many of a class's `n` images the stratified split puts in validation
+/// (at least one when there are two, never all).
+pub(crate) fn valid_count(n: usize, valid_split: f64) -> usize {
+    let n_valid = ((n as f64) * valid_split).round() as usize;
+    n_valid.clamp(usize::from(n >= 2), n.saturating_sub(1))
 }
 
 /// The memory tlab allows itself for decoded images and cached features, in
@@ -179,7 +197,7 @@ fn cap(mut files: Vec<PathBuf>, max: Option<usize>) -> Vec<PathBuf> {
 }
 
 /// Class folders of `dir` (sorted) with their image files (sorted).
-fn scan(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<(String, Vec<PathBuf>)>> {
+pub(crate) fn scan(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
         return Err(Error::data(dir, "expected a folder with one sub-folder per class"));

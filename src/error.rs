@@ -9,7 +9,8 @@ pub enum Error {
     #[error(transparent)]
     Recipe(#[from] crate::recipe::RecipeError),
 
-    #[error("{path}: {source}")]
+    // Paths as the user reads them (`data/x`, not `recipes/../data/x`).
+    #[error("{}: {source}", crate::fs::shown(.path).display())]
     Io {
         path: PathBuf,
         #[source]
@@ -17,7 +18,7 @@ pub enum Error {
     },
 
     /// A weights file that cannot be read as any supported format.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", crate::fs::shown(.path).display())]
     Weights { path: PathBuf, message: String },
 
     /// Remote weights (`hf:…` or a URL) that could not be fetched.
@@ -28,7 +29,7 @@ pub enum Error {
     #[error("{source_name}: {message}")]
     Mismatch { source_name: String, message: String },
 
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", crate::fs::shown(.path).display())]
     Data { path: PathBuf, message: String },
 
     #[error("unknown backbone `{name}`{hint}; expected one of: {known}")]

@@ -3,7 +3,7 @@
 //! a time, and keeps each step's result. `tlab run`, the TUI and notebooks all
 //! drive this same type.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::models::layers::ParamLoader;
 use crate::models::{self, Classifier, Head, Snapshot};
 use crate::recipe::{self, AugmentConfig, Recipe, StepKind, WeightsSource};
-use crate::report::{self, HeadCard, ModelCard};
 use crate::train::{self, EpochRecord, Evaluation, FineTuneOutcome, Observer};
 
 /// What one step produced.
@@ -349,8 +348,9 @@ impl Lab {
                 let (tensors, source) = match &b.weights {
                     None => (None, "random init".to_string()),
                     Some(WeightsSource::Path(p)) => {
-                        obs.event(train::Event::Log(format!("loading {}", p.display())));
-                        (Some(crate::weights::load(p)?), p.display().to_string())
+                        let shown = crate::fs::shown(p).display().to_string();
+                        obs.event(train::Event::Log(format!("loading {shown}")));
+                        (Some(crate::weights::load(p)?), shown)
                     }
                     Some(remote) => {
                         let name = match remote {
@@ -358,7 +358,7 @@ impl Lab {
                                 format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
                             }
                             WeightsSource::Url(url) => url.clone(),
-                            WeightsSource::Path(p) => p.display().to_string(),
+                            WeightsSource::Path(p) => crate::fs::shown(p).display().to_string(),
                         };
                         obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
                         let path = crate::weights::resolve_source(remote)
@@ -369,14 +369,7 @@ impl Lab {
                 };
                 let backbone = match tensors {
                     None => models::build_backbone(&b.arch, &mut ParamLoader::random(self.recipe.seed), false)?,
-                    Some(t) => {
-                        let mut p = ParamLoader::from_tensors(source.clone(), t);
-                        let backbone = models::build_backbone(&b.arch, &mut p, false);
-                        let backbone = backbone?;
-                        p.skip_prefix(backbone.classifier_prefix());
-                        p.finish(b.strict, None)?;
-                        backbone
-                    }
+                    Some(t) => models::backbone_from_tensors(&b.arch, source.clone(), t, b.strict)?,
                 };
                 let in_features = head_inputs(backbone.as_ref(), &b.head, data.size)?;
                 let head = Head::new(&b.head, in_features, data.classes.len(), self.recipe.seed)?;
@@ -474,80 +467,11 @@ impl Lab {
             data.skipped.len()
         )));
         for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
-            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", path.display())));
+            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::fs::shown(path).display())));
         }
         self.data = Some(data.clone());
         self.data_changed = false;
         Ok(data)
-    }
-
-    /// Writes the run directory: metrics.json, predictions.csv (from the last
-    /// evaluate step), history.csv, report.md, model.safetensors + model.json,
-    /// and status.json saying whether every step completed.
-    pub fn write_reports(&self, dir: &Path, complete: bool) -> Result<Vec<PathBuf>> {
-        let mut written = Vec::new();
-        let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
-            let p = dir.join(name);
-            report::atomic_write(&p, bytes)?;
-            written.push(p);
-            Ok(())
-        };
-        let classes: Vec<String> = self.data.as_ref().map(|d| d.classes.clone()).unwrap_or_default();
-        let done: Vec<usize> = self.results().map(|r| r.index + 1).collect();
-        let status = serde_json::json!({
-            "complete": complete,
-            "steps": self.recipe.steps.len(),
-            "steps_done": done,
-            "recipe": self.recipe.path.display().to_string(),
-        });
-        put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
-        if let Some(eval) = self.last_evaluation() {
-            put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
-            put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
-        }
-        put("history.csv", report::history_csv(&self.history).as_bytes())?;
-        let steps: Vec<String> =
-            self.recipe.steps.iter().map(|s| format!("{}: {}", s.kind.name(), s.kind.summary())).collect();
-        let eval = self.last_evaluation();
-        let mut md = String::new();
-        if !complete {
-            md.push_str("> **Incomplete run**: not every step finished (see status.json and log.txt).\n\n");
-        }
-        md += &report::report_markdown(
-            &self.recipe.name,
-            &steps,
-            &self.history,
-            eval.map(|e| &e.metrics),
-            eval.map(|e| e.mistakes.as_slice()).unwrap_or(&[]),
-            &classes,
-        );
-        put("report.md", md.as_bytes())?;
-        if let (Some(model), Some(data)) = (&self.model, &self.data) {
-            let backbone_step = self.recipe.steps.iter().find_map(|s| match &s.kind {
-                StepKind::Backbone(b) => Some(b.clone()),
-                _ => None,
-            });
-            if let Some(b) = backbone_step {
-                let card = ModelCard {
-                    backbone: b.arch.clone(),
-                    classes: data.classes.clone(),
-                    image_size: data.size,
-                    preprocess: model.backbone.preprocess(),
-                    head: HeadCard::from(&b.head),
-                    recipe: self.recipe.path.display().to_string(),
-                };
-                let tensors: Vec<_> =
-                    model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
-                let p = dir.join("model.safetensors");
-                crate::weights::save_safetensors(&tensors, candle_core::DType::F32, &p)?;
-                written.push(p);
-                let json = serde_json::to_string_pretty(&card).map_err(|e| Error::Invalid(e.to_string()))?;
-                let p = dir.join("model.json");
-                report::atomic_write(&p, json.as_bytes())?;
-                written.push(p);
-            }
-        }
-        Ok(written)
     }
 }
 

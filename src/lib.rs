@@ -14,12 +14,16 @@
 //! - [`kernels`]: fast CPU convolution kernels;
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
-//! - [`report`]: the run directory;
+//! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
+//!   directory (reports, pictures, report.html, the model);
 //! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
 //! - [`preview`]: grids of (augmented) sample images;
 //! - [`predict`]: classifying images with a trained or ImageNet model;
-//! - [`bench`]: `tlab bench` throughput measurements;
-//! - `notebook` (feature `notebook`): rich display in Jupyter's evcxr kernel;
+//! - [`tensorboard`]: TensorBoard event files (`tb/` in a run directory);
+//! - [`bench`](mod@bench): `tlab bench` throughput measurements;
+//! - [`views`]: results as PNG pictures and HTML (run directories, report.html,
+//!   notebooks); with feature `notebook` also rich display in Jupyter's evcxr
+//!   kernel, as `tlab::notebook`;
 //! - `tui` (feature `tui`): the terminal UI.
 
 pub mod augment;
@@ -28,19 +32,27 @@ pub mod cells;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod export;
+pub mod fs;
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
 pub mod models;
+pub mod onnx;
+/// The views under the name notebooks have always used.
 #[cfg(feature = "notebook")]
-pub mod notebook;
+pub use views as notebook;
 pub mod predict;
+pub mod preflight;
 pub mod preview;
 pub mod recipe;
 pub mod report;
+pub mod rundir;
+pub mod tensorboard;
 pub mod train;
 #[cfg(feature = "tui")]
 pub mod tui;
+pub mod views;
 pub mod weights;
 
 pub use error::{Error, Result};

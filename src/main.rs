@@ -56,8 +56,17 @@ enum Command {
         #[command(subcommand)]
         case: BenchCase,
     },
-    /// Validate a recipe without running it (exit 1 on errors).
-    Check { recipes: Vec<PathBuf> },
+    /// Preflight recipes without training: every error of the file, the data
+    /// folders, the memory estimate and the weights (exit 1 on errors).
+    Check {
+        recipes: Vec<PathBuf>,
+        /// Only validate the recipe files (no disk checks).
+        #[arg(long)]
+        syntax_only: bool,
+        /// One JSON object per recipe, as an array on stdout (for editors and CI).
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert weights (safetensors, .pth zip or legacy) to safetensors.
     Convert {
         input: PathBuf,
@@ -67,6 +76,30 @@ enum Command {
     },
     /// List the tensors of a weights file and the architectures it fits.
     Inspect { file: PathBuf },
+    /// Export a trained model (a run directory) for use outside tlab.
+    Export {
+        /// Run directory written by `tlab run` (holds model.json + model.safetensors).
+        run: PathBuf,
+        /// onnx: an ONNX graph with the model card in its metadata;
+        /// safetensors: the weights with tlab's (torchvision-style) names.
+        #[arg(long, value_parser = ["onnx", "safetensors"])]
+        format: String,
+        /// Output file (default: RUN/model.onnx, RUN/export.safetensors).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// ONNX opset (13–21).
+        #[arg(long, default_value_t = tlab::onnx::DEFAULT_OPSET)]
+        opset: i64,
+        /// A batch size chosen at run time instead of 1.
+        #[arg(long)]
+        dynamic_batch: bool,
+        /// Store the weights as float16 (half the size).
+        #[arg(long)]
+        fp16: bool,
+        /// Take uint8 NHWC RGB at the trained size and normalise inside the graph.
+        #[arg(long)]
+        with_preprocessing: bool,
+    },
     /// Classify images with a trained model (--model RUN_DIR) or an ImageNet checkpoint (--imagenet).
     Predict {
         /// Run directory written by `tlab run`.
@@ -86,6 +119,21 @@ enum Command {
         /// How many classes to print per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Also write PREFIX-inputs.npy (the normalised input tensors, N×3×S×S)
+        /// and PREFIX-probs.npy (N×classes): to check an exported model
+        /// against tlab on exactly the same inputs.
+        #[arg(long, value_name = "PREFIX")]
+        npy: Option<PathBuf>,
+        /// Write `path,predicted,confidence,top_k` for every image to FILE.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+        /// With a folder of class sub-folders: write metrics.json and
+        /// predictions.csv (as `evaluate` does) into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Images per batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -162,26 +210,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { recipe, out, resume } => run(recipe, out, resume),
-        Command::Check { recipes } => check(&recipes),
+        Command::Check { recipes, syntax_only, json } => check(&recipes, syntax_only, json),
         Command::Bench { case } => bench(case),
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tlab::tui::run(&recipe).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
-        Command::Predict { model, imagenet, backbone, weights, classes, top, images } => {
-            predict(model, imagenet, &backbone, weights, classes, top, &images)
+        Command::Predict { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch, images } => {
+            predict(PredictArgs { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch }, &images)
+        }
+        Command::Export { run, format, output, opset, dynamic_batch, fp16, with_preprocessing } => {
+            let opts = tlab::export::OnnxOptions { opset, dynamic_batch, fp16, with_preprocessing };
+            export(&run, &format, output.as_deref(), &opts)
         }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            // The chain on one line; a backtrace only when asked for.
+            // A user's mistake is one line with its causes, never a backtrace
+            // (even with RUST_BACKTRACE set): backtraces are for panics, i.e. bugs.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", dedup_chain(&chain).join(": "));
-            if std::env::var_os("RUST_BACKTRACE").is_some() {
-                eprintln!("{}", e.backtrace());
-            }
             ExitCode::from(1)
         }
     }
@@ -199,21 +249,24 @@ fn dedup_chain(chain: &[String]) -> Vec<String> {
     out
 }
 
-fn check(recipes: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn check(recipes: &[PathBuf], syntax_only: bool, json: bool) -> anyhow::Result<ExitCode> {
     if recipes.is_empty() {
         bail!("give at least one recipe file");
     }
-    let mut failed = false;
-    for path in recipes {
-        match tlab::recipe::load(path) {
-            Ok(r) => println!("{}: ok ({} steps)", path.display(), r.steps.len()),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
+    let reports: Vec<_> = recipes.iter().map(|p| tlab::preflight::check(p, syntax_only)).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            for l in report.problems() {
+                eprintln!("{l}");
+            }
+            for l in report.summary() {
+                println!("{l}");
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if reports.iter().all(|r| r.ok()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Progress bars on a terminal, plain lines otherwise; every line also goes to the run log.
@@ -228,6 +281,8 @@ struct Progress {
     checkpoints: Option<(PathBuf, tlab::recipe::Recipe)>,
     step: usize,
     earlier: Vec<(usize, tlab::train::EpochRecord)>,
+    /// The run's TensorBoard log (`tb/`), fed as the run goes.
+    tb: Option<tlab::tensorboard::EventWriter>,
 }
 
 impl Progress {
@@ -256,6 +311,7 @@ impl Progress {
             checkpoints: None,
             step: 0,
             earlier: Vec::new(),
+            tb: None,
         }
     }
 
@@ -283,6 +339,13 @@ impl Observer for Progress {
     }
 
     fn event(&mut self, event: Event) {
+        if let Some(tb) = &mut self.tb {
+            if let Err(e) = tb.observe(&event) {
+                // The log is a convenience: a full disk must not stop training.
+                self.tb = None;
+                self.line(format!("  warning: TensorBoard log stopped: {e}"));
+            }
+        }
         match event {
             Event::Log(s) => self.line(format!("  {s}")),
             Event::EpochStart { epoch, epochs, batches } => {
@@ -354,13 +417,14 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             "complete": false,
             "steps": recipe.steps.len(),
             "steps_done": [],
-            "recipe": std::fs::canonicalize(&recipe.path).unwrap_or(recipe.path.clone()).display().to_string(),
+            "recipe": tlab::fs::absolute(&recipe.path).display().to_string(),
         });
         tlab::report::atomic_write(&dir.join("status.json"), serde_json::to_string_pretty(&status)?.as_bytes())?;
     }
     let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new();
     progress.checkpoints = Some((dir.clone(), recipe.clone()));
+    progress.tb = Some(tlab::tensorboard::EventWriter::create(&dir.join("tb"))?);
     let mut first_step = 0;
     if let Some(state) = saved_state {
         let saved = tlab::checkpoint::load(&dir, state, &recipe)?;
@@ -372,6 +436,9 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             saved.state.epochs_done
         ));
         lab.resume_from(step, finished, saved.state.history.clone(), &saved.weights, saved.resume, &mut progress)?;
+        if let Some(tb) = &mut progress.tb {
+            tb.skip_epochs(saved.state.history.len());
+        }
         first_step = if finished { step + 1 } else { step };
     }
     // First Ctrl-C (or SIGTERM): finish the current batch, write the reports
@@ -417,7 +484,11 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     if interrupted {
         progress.line("interrupted: stopped after the current batch; the reports below are incomplete".into());
     }
-    let written = lab.write_reports(&dir, !interrupted && failure.is_none()).context("writing reports")?;
+    let written =
+        tlab::rundir::write_reports(&lab, &dir, !interrupted && failure.is_none()).context("writing reports")?;
+    if let Some(mut tb) = progress.tb.take() {
+        finish_tensorboard(&mut tb, &lab).context("writing the TensorBoard log")?;
+    }
     progress.line(format!(
         "wrote {} files to {} in {:.1}s total",
         written.len() + 1,
@@ -441,6 +512,25 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The end of a run in TensorBoard: the recipe as text, the pictures, and
+/// the evaluation's headline numbers.
+fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab) -> tlab::Result<()> {
+    let step = lab.history().len() as i64;
+    let recipe = std::fs::read_to_string(&lab.recipe().path).unwrap_or_default();
+    // Indented: TensorBoard renders text as Markdown, and TOML is code.
+    let block: String = recipe.lines().map(|l| format!("    {l}\n")).collect();
+    tb.text("recipe", 0, &block)?;
+    for (name, picture) in tlab::rundir::pictures(lab) {
+        let png = tlab::views::png_bytes(&picture)?;
+        tb.image(name.trim_end_matches(".png"), step, png, picture.width(), picture.height())?;
+    }
+    if let Some(eval) = lab.last_evaluation() {
+        tb.scalar("evaluate/accuracy", step, eval.metrics.accuracy)?;
+        tb.scalar("evaluate/macro_f1", step, eval.metrics.macro_avg.f1)?;
+    }
+    tb.flush()
 }
 
 /// A few lines about a finished step for the log.
@@ -582,28 +672,189 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn predict(
+/// The options of `tlab predict`.
+struct PredictArgs {
     model: Option<PathBuf>,
     imagenet: bool,
-    backbone: &str,
+    backbone: String,
     weights: Option<PathBuf>,
     classes: Option<PathBuf>,
     top: usize,
-    images: &[PathBuf],
-) -> anyhow::Result<ExitCode> {
-    let predictor = match (model, imagenet) {
+    npy: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    out: Option<PathBuf>,
+    batch: usize,
+}
+
+fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let predictor = match (args.model, args.imagenet) {
         (Some(dir), false) => tlab::predict::Predictor::from_run_dir(&dir)?,
         (None, true) => {
-            let weights = weights.unwrap_or_else(tlab::predict::shipped_imagenet_weights);
-            let classes = classes.unwrap_or_else(tlab::predict::shipped_imagenet_classes);
-            tlab::predict::Predictor::imagenet(backbone, &weights, &classes)?
+            let weights = args.weights.unwrap_or_else(tlab::predict::shipped_imagenet_weights);
+            let classes = args.classes.unwrap_or_else(tlab::predict::shipped_imagenet_classes);
+            tlab::predict::Predictor::imagenet(&args.backbone, &weights, &classes)?
         }
         _ => bail!("give either --model RUN_DIR or --imagenet"),
     };
-    for ranked in predictor.top_k(images, top)? {
-        println!("{}", ranked.path.display());
-        for (class, p) in ranked.top {
-            println!("  {p:>7.4}  {class}");
+    let inputs = tlab::predict::expand_inputs(images, predictor.classes())?;
+    let paths: Vec<PathBuf> = inputs.iter().map(|(p, _)| p.clone()).collect();
+    let bar = (std::io::stderr().is_terminal() && paths.len() > args.batch).then(|| {
+        let bar = ProgressBar::new(paths.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("predict [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("template"),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let probs = predictor.probabilities_batched(&paths, args.batch, |done| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let classes = predictor.classes();
+    let ranked = |p: &[f32]| {
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        order.truncate(args.top);
+        order
+    };
+    let quiet = args.csv.is_some() || args.out.is_some() || paths.len() > 50;
+    if !quiet {
+        for (path, p) in paths.iter().zip(&probs) {
+            println!("{}", tlab::fs::shown(path).display());
+            for i in ranked(p) {
+                println!("  {:>7.4}  {}", p[i], classes[i]);
+            }
+        }
+    }
+    if let Some(file) = &args.csv {
+        let mut text = String::from("path,predicted,confidence,top_k\n");
+        for (path, p) in paths.iter().zip(&probs) {
+            let top: Vec<String> = ranked(p).into_iter().map(|i| format!("{}:{:.4}", classes[i], p[i])).collect();
+            let best = ranked(p)[0];
+            text.push_str(&format!(
+                "{},{},{:.6},{}\n",
+                csv_field(&tlab::fs::shown(path).display().to_string()),
+                csv_field(&classes[best]),
+                p[best],
+                csv_field(&top.join(" "))
+            ));
+        }
+        tlab::report::atomic_write(file, text.as_bytes())?;
+    }
+    let labelled: Vec<usize> = inputs.iter().filter_map(|(_, l)| *l).collect();
+    if labelled.len() == inputs.len() && !labelled.is_empty() {
+        let flat: Vec<f32> = probs.concat();
+        let metrics = tlab::metrics::compute(&flat, &labelled, classes, args.top.min(classes.len()).max(1));
+        println!(
+            "accuracy {:.4} on {} images (top-{} {:.4})",
+            metrics.accuracy, metrics.count, metrics.top_k, metrics.top_k_accuracy
+        );
+        if let Some(dir) = &args.out {
+            let predictions: Vec<tlab::report::Prediction> = paths
+                .iter()
+                .zip(&probs)
+                .zip(&labelled)
+                .map(|((path, p), &truth)| {
+                    let predicted = ranked(p)[0];
+                    tlab::report::Prediction {
+                        path: path.clone(),
+                        truth,
+                        predicted,
+                        confidence: p[predicted],
+                        loss: -p[truth].max(f32::MIN_POSITIVE).ln(),
+                    }
+                })
+                .collect();
+            tlab::report::atomic_write(&dir.join("metrics.json"), tlab::report::metrics_json(&metrics)?.as_bytes())?;
+            tlab::report::atomic_write(
+                &dir.join("predictions.csv"),
+                tlab::report::predictions_csv(&predictions, classes).as_bytes(),
+            )?;
+        }
+    } else if args.out.is_some() {
+        bail!("--out needs folders with one sub-folder per class of the model ({})", classes.join(", "));
+    }
+    eprintln!(
+        "{} images in {seconds:.2}s ({:.0} img/s, batch {})",
+        paths.len(),
+        paths.len() as f64 / seconds.max(1e-9),
+        args.batch
+    );
+    if let Some(prefix) = &args.npy {
+        let tensors: Vec<candle_core::Tensor> =
+            paths.iter().map(|p| predictor.input(p)).collect::<tlab::Result<_>>()?;
+        let stacked = candle_core::Tensor::cat(&tensors, 0)?;
+        let shape: Vec<usize> = stacked.dims().to_vec();
+        let values = stacked.flatten_all()?.to_vec1::<f32>()?;
+        let name = |suffix: &str| {
+            let mut p = prefix.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        tlab::report::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
+        tlab::report::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes.len()], &probs.concat()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A CSV field, quoted when it has to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A NumPy `.npy` file (format 1.0) of little-endian float32 values.
+fn npy(shape: &[usize], values: &[f32]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+fn export(
+    run: &Path,
+    format: &str,
+    output: Option<&Path>,
+    opts: &tlab::export::OnnxOptions,
+) -> anyhow::Result<ExitCode> {
+    match format {
+        "onnx" => {
+            let (path, bytes) = tlab::export::export_onnx(run, output, opts)?;
+            println!(
+                "wrote {} ({:.1} MB, opset {}, input `input`, outputs `logits` and `probabilities`)",
+                tlab::fs::shown(&path).display(),
+                bytes as f64 / 1e6,
+                opts.opset
+            );
+        }
+        _ => {
+            // The weights as tlab saved them: torchvision's names for the
+            // backbone (`features.0.0.weight`, …), `head.*` for the new head.
+            let from = run.join("model.safetensors");
+            if !from.is_file() {
+                bail!("{}: no model.safetensors (is it a finished run directory?)", tlab::fs::shown(run).display());
+            }
+            let to = output.map_or_else(|| run.join("export.safetensors"), Path::to_path_buf);
+            let bytes = std::fs::read(&from).with_context(|| format!("{}", from.display()))?;
+            tlab::report::atomic_write(&to, &bytes)?;
+            println!("wrote {}", tlab::fs::shown(&to).display());
         }
     }
     Ok(ExitCode::SUCCESS)

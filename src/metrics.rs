@@ -281,8 +281,8 @@ impl Metrics {
     /// weighted rows (like `classification_report`), and the confusion matrix.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
-        // Writing to a String cannot fail; ignore the Ok(()) results.
-        let _ = writeln!(s, "## Evaluation\n");
+        // Writing to a String cannot fail; ignore the Ok(()) results. The
+        // section heading is the caller's (report.md has its own).
         let _ = writeln!(s, "| metric | value |\n|---|---:|");
         let _ = writeln!(s, "| samples | {} |", self.count);
         let _ = writeln!(s, "| accuracy | {:.4} |", self.accuracy);

@@ -65,31 +65,29 @@ impl Predictor {
 
     /// A model saved by `tlab run` in `dir` (model.json + model.safetensors).
     pub fn from_run_dir(dir: &Path) -> Result<Self> {
-        let card_path = dir.join("model.json");
-        let text = std::fs::read_to_string(&card_path).map_err(|e| Error::io(&card_path, e))?;
-        let card: ModelCard =
-            serde_json::from_str(&text).map_err(|e| Error::data(&card_path, format!("invalid model card: {e}")))?;
-        let weights = dir.join("model.safetensors");
-        let mut p = ParamLoader::from_tensors(weights.display().to_string(), crate::weights::load(&weights)?);
-        let backbone = models::build_backbone(&card.backbone, &mut p, false)?;
-        let head_cfg = card.head.to_config()?;
-        let in_features = match head_cfg.pooling {
-            crate::recipe::Pooling::Avg => backbone.feature_channels(),
-            crate::recipe::Pooling::Flatten => {
-                let s = card.image_size as usize;
-                let x = Tensor::zeros((1, 3, s, s), DType::F32, &candle_core::Device::Cpu)?;
-                backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false })?.elem_count()
-            }
-        };
-        let head = Head::load(&head_cfg, in_features, card.classes.len(), &mut p)?;
-        p.finish(true, None)?;
+        let (model, card) = load_run_model(dir)?;
         Ok(Predictor {
             size: card.image_size,
-            kind: Kind::Trained(Classifier::new(backbone, head)),
+            kind: Kind::Trained(model),
             classes: card.classes,
             preprocess: card.preprocess,
             crop: false,
         })
+    }
+
+    /// The trained classifier, for a model from a run directory.
+    pub fn classifier(&self) -> Option<&Classifier> {
+        match &self.kind {
+            Kind::Trained(m) => Some(m),
+            Kind::Imagenet(_) => None,
+        }
+    }
+
+    /// The normalised input tensor `[1, 3, s, s]` the model sees for `path`.
+    pub fn input(&self, path: &Path) -> Result<Tensor> {
+        let pixels = self.load_pixels(path)?;
+        let s = self.size as usize;
+        self.preprocess.to_tensor(&pixels, 1, s, s)
     }
 
     pub fn classes(&self) -> &[String] {
@@ -98,9 +96,7 @@ impl Predictor {
 
     /// Probabilities for one image file.
     pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
-        let pixels = self.load_pixels(path)?;
-        let s = self.size as usize;
-        let x = self.preprocess.to_tensor(&pixels, 1, s, s)?;
+        let x = self.input(path)?;
         let mode = Mode { training: false };
         let logits = match &self.kind {
             Kind::Imagenet(b) => {
@@ -111,6 +107,38 @@ impl Predictor {
         };
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         Ok(crate::metrics::softmax_rows(&logits, self.classes.len()))
+    }
+
+    /// Probabilities for many files, decoded in parallel and run in batches
+    /// of `batch`: one row per path, in order. `progress` is told how many
+    /// files are done after each batch.
+    pub fn probabilities_batched(
+        &self,
+        paths: &[PathBuf],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        use rayon::prelude::*;
+        let s = self.size as usize;
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(batch.max(1)) {
+            let pixels: Vec<Vec<f32>> = chunk.par_iter().map(|p| self.load_pixels(p)).collect::<Result<_>>()?;
+            let flat: Vec<f32> = pixels.concat();
+            let x = self.preprocess.to_tensor(&flat, chunk.len(), s, s)?;
+            let mode = Mode { training: false };
+            let logits = match &self.kind {
+                Kind::Imagenet(b) => {
+                    let f = b.forward_blocks(&x, 0..b.num_blocks(), mode)?;
+                    b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))?
+                }
+                Kind::Trained(m) => m.forward_from(&x, 0, mode, &mut Rng::new(0))?,
+            };
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            let probs = crate::metrics::softmax_rows(&logits, self.classes.len());
+            out.extend(probs.chunks(self.classes.len()).map(<[f32]>::to_vec));
+            progress(out.len());
+        }
+        Ok(out)
     }
 
     /// The `k` most likely classes for each file.
@@ -157,4 +185,79 @@ impl Predictor {
         };
         Ok(crop.into_raw().into_iter().map(f32::from).collect())
     }
+}
+
+/// The classifier and model card that `tlab run` saved in `dir`
+/// (model.json + model.safetensors).
+pub fn load_run_model(dir: &Path) -> Result<(Classifier, ModelCard)> {
+    let card_path = dir.join("model.json");
+    if !card_path.is_file() {
+        return Err(Error::data(
+            dir,
+            "no model.json: not a run directory with a trained model (did the run finish its backbone step?)",
+        ));
+    }
+    let text = std::fs::read_to_string(&card_path).map_err(|e| Error::io(&card_path, e))?;
+    let card: ModelCard =
+        serde_json::from_str(&text).map_err(|e| Error::data(&card_path, format!("invalid model card: {e}")))?;
+    let weights = dir.join("model.safetensors");
+    let mut p = ParamLoader::from_tensors(weights.display().to_string(), crate::weights::load(&weights)?);
+    let backbone = models::build_backbone(&card.backbone, &mut p, false)?;
+    let head_cfg = card.head.to_config()?;
+    let in_features = match head_cfg.pooling {
+        crate::recipe::Pooling::Avg => backbone.feature_channels(),
+        crate::recipe::Pooling::Flatten => {
+            let s = card.image_size as usize;
+            let x = Tensor::zeros((1, 3, s, s), DType::F32, &candle_core::Device::Cpu)?;
+            backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false })?.elem_count()
+        }
+    };
+    let head = Head::load(&head_cfg, in_features, card.classes.len(), &mut p)?;
+    p.finish(true, None)?;
+    Ok((Classifier::new(backbone, head), card))
+}
+
+/// Image files to classify from the command line's paths: files as given,
+/// folders searched recursively for images (sorted). With the label of each
+/// file when a folder has one sub-folder per class of `classes` (the truth,
+/// for accuracy), else `None`.
+pub fn expand_inputs(paths: &[PathBuf], classes: &[String]) -> Result<Vec<(PathBuf, Option<usize>)>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            collect_images(path, &mut files)?;
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::data(path, "no image files in this folder"));
+            }
+            for f in files {
+                // The class is the first folder below `path`.
+                let label = f
+                    .strip_prefix(path)
+                    .ok()
+                    .and_then(|rel| rel.components().next())
+                    .filter(|_| f.parent() != Some(path.as_path()))
+                    .and_then(|c| classes.iter().position(|k| k.as_str() == c.as_os_str()));
+                out.push((f, label));
+            }
+        } else if path.is_file() {
+            out.push((path.clone(), None));
+        } else {
+            return Err(Error::data(path, "no such file or folder"));
+        }
+    }
+    Ok(out)
+}
+
+fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            collect_images(&path, out)?;
+        } else if crate::data::is_image_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }

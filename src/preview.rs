@@ -68,20 +68,23 @@ pub struct Tile {
 /// returns each tile's class, for captions in the TUI and `tlab preview`.
 /// Without an augmenter the images are shown as decoded.
 pub fn labelled_grid(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> (RgbImage, Vec<Tile>) {
-    let identity = Augmenter::new(crate::recipe::AugmentConfig::default());
-    let aug = aug.unwrap_or(&identity);
-    let picks = spread(data.train.len(), n);
-    let mut images = Vec::with_capacity(picks.len());
-    let mut tiles = Vec::with_capacity(picks.len());
-    for i in picks {
-        if let Some(img) = augmented(data, aug, seed, i) {
-            images.push(img);
-            let class = data.train.labels.get(i).and_then(|&l| data.classes.get(l)).cloned().unwrap_or_default();
-            tiles.push(Tile { index: i, class });
-        }
-    }
+    let (images, tiles): (Vec<RgbImage>, Vec<Tile>) = labelled_samples(data, aug, seed, n).into_iter().unzip();
     let cols = (images.len() as f64).sqrt().ceil() as u32;
     (tile(&images, cols.max(1)), tiles)
+}
+
+/// The images of [`labelled_grid`] one by one, each with its tile.
+pub fn labelled_samples(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> Vec<(RgbImage, Tile)> {
+    let identity = Augmenter::new(crate::recipe::AugmentConfig::default());
+    let aug = aug.unwrap_or(&identity);
+    spread(data.train.len(), n)
+        .into_iter()
+        .filter_map(|i| {
+            let img = augmented(data, aug, seed, i)?;
+            let class = data.train.labels.get(i).and_then(|&l| data.classes.get(l)).cloned().unwrap_or_default();
+            Some((img, Tile { index: i, class }))
+        })
+        .collect()
 }
 
 /// `n` indices spread evenly over `0..len` (all of them when `n >= len`).

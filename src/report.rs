@@ -1,8 +1,7 @@
 //! The run directory: every file a run leaves behind, each written atomically
 //! (temp file + fsync + rename), so a crash never leaves a half-written report.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,53 +11,7 @@ use crate::models::Preprocess;
 use crate::recipe::HeadConfig;
 use crate::train::EpochRecord;
 
-/// Writes `bytes` to `path` so that readers see the old file or the new one,
-/// never a prefix: write a sibling temp file, fsync it, rename over `path`.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Persist the rename itself.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
-}
-
-/// Removes the temp files [`atomic_write`] leaves behind when a process is
-/// killed between writing and renaming (`.NAME.PID.tmp`) in `dir` and its
-/// direct sub-folders. Call it before a new process writes into a run folder.
-pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let own = format!(".{}.tmp", std::process::id());
-    let mut folders = vec![dir.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        folders.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-    }
-    for folder in folders {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for path in entries.flatten().map(|e| e.path()) {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let stale = name.starts_with('.') && name.ends_with(".tmp") && !name.ends_with(&own);
-            if stale && path.is_file() && std::fs::remove_file(&path).is_ok() {
-                removed.push(path);
-            }
-        }
-    }
-    removed
-}
+pub use crate::fs::{atomic_write, remove_stale_temps};
 
 /// What `tlab predict --model DIR` needs to rebuild the model (`model.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,7 +87,7 @@ pub fn predictions_csv(preds: &[Prediction], classes: &[String]) -> String {
     for p in preds {
         s.push_str(&format!(
             "{},{},{},{:.6}\n",
-            csv_field(&p.path.to_string_lossy()),
+            csv_field(&crate::fs::shown(&p.path).to_string_lossy()),
             csv_field(&classes[p.truth]),
             csv_field(&classes[p.predicted]),
             p.confidence
@@ -194,7 +147,7 @@ pub fn report_markdown(
         for p in mistakes {
             s.push_str(&format!(
                 "| {} | {} | {} | {:.3} |\n",
-                p.path.display(),
+                crate::fs::shown(&p.path).display(),
                 classes[p.truth],
                 classes[p.predicted],
                 p.confidence
@@ -229,6 +182,19 @@ fn utc_stamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_has_each_section_once_and_folded_paths() {
+        let classes = vec!["a".to_string(), "b".to_string()];
+        let m = crate::metrics::compute(&[0.9, 0.1, 0.2, 0.8, 0.6, 0.4], &[0, 1, 1], &classes, 1);
+        let wrong =
+            Prediction { path: "recipes/../data/b/1.png".into(), truth: 1, predicted: 0, confidence: 0.6, loss: 0.9 };
+        let md = report_markdown("r", &["freeze: all".into()], &[], Some(&m), &[wrong], &classes);
+        for heading in ["## Steps", "## Evaluation", "## Worst mistakes"] {
+            assert_eq!(md.matches(&format!("{heading}\n")).count(), 1, "{heading} in:\n{md}");
+        }
+        assert!(md.contains("| data/b/1.png | b | a |"), "{md}");
+    }
 
     #[test]
     fn timestamp_is_civil_utc() {

@@ -156,9 +156,99 @@ fn every_shipped_recipe_checks() {
         .collect();
     recipes.sort();
     assert!(!recipes.is_empty());
-    let args: Vec<&str> = std::iter::once("check").chain(recipes.iter().map(String::as_str)).collect();
+    let args: Vec<&str> = ["check", "--syntax-only"].into_iter().chain(recipes.iter().map(String::as_str)).collect();
     let out = tlab(&args);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The full preflight on the quickstart: data counted, weights fitted.
+    let quickstart = dir.join("quickstart.toml");
+    let out = tlab(&["check", quickstart.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{stdout}", stderr(&out));
+    assert!(stdout.contains("ok (7 steps)"), "{stdout}");
+    assert!(stdout.contains("10 classes, 1000 train / 300 valid images"), "{stdout}");
+    assert!(stdout.contains("mobilenet_v2.safetensors fits"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_of_a_recipe_at_once() {
+    let dir = tempdir("preflight");
+    make_data(&dir.join("data"));
+    // The shipped MobileNetV2 weights named for a ResNet: read, but no fit.
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/weights/mobilenet_v2.safetensors");
+    let recipe = dir.join("four.toml");
+    let text = format!(
+        "name = \"four\"\n[data]\ntrain = \"data/trian\"\nvalid = \"data/valid\"\n\
+         [[step]]\nkind = \"backbone\"\narch = \"resnet18\"\nweights = \"{}\"\n\
+         [[step]]\nkind = \"augment\"\nrotaton_range = 10\n\
+         [[step]]\nkind = \"fine_tune\"\nepoch = 2\n",
+        weights.display()
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let out = tlab(&["check", recipe.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |pos: &str, what: &str| {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{}:{pos}: ", recipe.display())) && l.contains(what)),
+            "no `{what}` at {pos} in:\n{err}"
+        )
+    };
+    at("3:9", "data/trian does not exist");
+    at("8:11", "does not fit");
+    at("11:1", "did you mean `rotation_range`");
+    at("14:1", "did you mean `epochs`");
+    assert_eq!(lines.len(), 4, "{err}");
+
+    // The same as JSON, for editors and CI.
+    let out = tlab(&["check", "--json", recipe.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["findings"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v[0]["findings"][0]["line"], 3);
+
+    // Fixed, the preflight passes and counts the classes.
+    let fixed = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("trian", "train")
+        .replace("resnet18", "mobilenet_v2")
+        .replace("rotaton", "rotation")
+        .replace("epoch =", "epochs =");
+    std::fs::write(&recipe, fixed).unwrap();
+    let out = tlab(&["check", "--json", recipe.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["steps"], 3);
+    let classes = v[0]["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 3);
+    assert_eq!((classes[0]["train"].as_u64(), classes[0]["valid"].as_u64()), (Some(12), Some(6)));
+    assert_eq!(v[0]["weights"][0]["fits"], true);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_user_error_is_one_short_line_even_with_rust_backtrace_set() {
+    let dir = tempdir("user-error");
+    let r = dir.join("missing.toml");
+    std::fs::write(
+        &r,
+        "name = \"x\"\n[data]\ntrain = \"nowhere\"\n[[step]]\nkind = \"backbone\"\narch = \"resnet18\"\n",
+    )
+    .unwrap();
+    for backtrace in ["1", "full"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tlab"))
+            .args(["run", r.to_str().unwrap(), "--out", dir.join("out").to_str().unwrap()])
+            .env("RUST_BACKTRACE", backtrace)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.lines().count() <= 5, "{err}");
+        assert!(err.contains("nowhere"), "{err}");
+        for frame in ["backtrace", "main.rs", " at ", "0: "] {
+            assert!(!err.contains(frame), "`{frame}` in:\n{err}");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -229,6 +229,18 @@ fn assert_every_file_parses(dir: &Path) {
                 let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(text.ends_with('\n'), "{what} is cut short");
             }
+            Some("html") => {
+                let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(text.ends_with("</html>\n"), "{what} is cut short");
+            }
+            Some("png") => {
+                image::load_from_memory(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            // TensorBoard's log is appended as the run goes: every record up
+            // to a possibly cut last one must read back with valid checksums.
+            _ if name.starts_with("events.out.tfevents.") => {
+                tlab::tensorboard::read_events(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
             _ => panic!("unexpected file {what} in the run directory"),
         }
     }

@@ -119,7 +119,10 @@ fn check(arch: &str) -> f64 {
             if let Some(prev) = &previous {
                 let d =
                     prev.iter().flatten().zip(logits.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(d < 1e-4, "{arch}: frozen and unfrozen forward differ by {d}");
+                // Each path is within 1e-4 of PyTorch, so they may differ by up
+                // to twice that (rounding goes opposite ways on some CPUs'
+                // kernel paths); a folding bug is orders of magnitude larger.
+                assert!(d < 2e-4, "{arch}: frozen and unfrozen forward differ by {d}");
             }
             previous = Some(logits);
             worst = worst.max(max);

@@ -9,7 +9,7 @@
 //!   slower). One GEMM per image with the shared weight beats a batched
 //!   matmul, which needs the weight copied once per image. 3×3 stride-1
 //!   ones with at least 16 channels each side run their forward pass and
-//!   input gradient as Winograd F(2×2, 3×3) in [`winograd`] instead: 2.25×
+//!   input gradient as Winograd F(2×2, 3×3) in `winograd` instead: 2.25×
 //!   fewer multiply-adds;
 //! * grouped but not depthwise (and non-f32): candle's own `conv2d`.
 

@@ -28,6 +28,7 @@ use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader}
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
+use crate::onnx::{Graph, Value};
 
 /// TF's BatchNorm epsilon.
 const BN_EPS: f64 = 1e-3;
@@ -168,6 +169,20 @@ impl Backbone for EfficientNetLite {
 
     fn feature_channels(&self) -> usize {
         HEAD
+    }
+
+    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
+        let mut y = self.stem.export_onnx(g, &x)?;
+        for block in &self.blocks {
+            let input = y.clone();
+            for layer in &block.layers {
+                y = layer.export_onnx(g, &y)?;
+            }
+            if block.residual {
+                y = g.add(&y, &input);
+            }
+        }
+        self.head.export_onnx(g, &y)
     }
 
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {

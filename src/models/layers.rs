@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::augment::Rng;
 use crate::error::{Error, Result};
 use crate::kernels::{self, Padding};
+use crate::onnx::{ConvGeometry, Graph, Value};
 
 /// How a parameter is initialised when no checkpoint provides it.
 #[derive(Debug, Clone, Copy)]
@@ -208,7 +209,7 @@ pub enum Act {
 
 impl Act {
     /// The activation as `clamp(lo, hi)`.
-    fn bounds(self) -> (f32, f32) {
+    pub(crate) fn bounds(self) -> (f32, f32) {
         match self {
             Act::None => (f32::NEG_INFINITY, f32::INFINITY),
             Act::Relu => (0.0, f32::INFINITY),
@@ -426,6 +427,20 @@ impl ConvBnAct {
         self.bn.forward_act(&y, mode.training && bn_trainable, bn_trainable, self.act)
     }
 
+    /// This unit in an ONNX graph, in inference mode: one `Conv` with the
+    /// BatchNorm folded in, then the activation.
+    pub fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let k = self.weight.dim(2)?;
+        let pad = if self.tf_same { Padding::tf_same(x.shape[1], x.shape[2], k, self.stride) } else { self.pad };
+        let (scale, shift) = self.bn.eval_affine(false)?;
+        let c = scale.dim(0)?;
+        let w = self.weight.as_detached_tensor().broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
+        let y =
+            g.conv(x, &self.conv_name, (&w, &shift), ConvGeometry { stride: self.stride, pad, groups: self.groups })?;
+        let (lo, hi) = self.act.bounds();
+        g.clamp(y, lo, hi)
+    }
+
     pub fn trainable_vars(&self, out: &mut Vec<Var>) {
         if !self.freeze.frozen {
             out.push(self.weight.clone());
@@ -474,6 +489,15 @@ impl Conv {
 
     pub fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
+    }
+
+    /// This layer in an ONNX graph: `Conv` with its bias, then the activation.
+    pub fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
+        let geometry = ConvGeometry { stride: self.stride, pad: self.pad, groups: self.groups };
+        let y = g.conv(x, &self.name, (&w, &b), geometry)?;
+        let (lo, hi) = self.act.bounds();
+        g.clamp(y, lo, hi)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -536,6 +560,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let trainable = !self.frozen;
         Ok(x.matmul(&read(&self.weight, trainable).t()?)?.broadcast_add(&read(&self.bias, trainable))?)
+    }
+
+    /// This layer in an ONNX graph (`Gemm`).
+    pub fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        g.linear(x, &self.prefix, &self.weight.as_detached_tensor(), &self.bias.as_detached_tensor())
     }
 
     pub fn out_features(&self) -> usize {

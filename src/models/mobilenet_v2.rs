@@ -15,6 +15,7 @@ use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader}
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
+use crate::onnx::{Graph, Value};
 
 const BN_EPS: f64 = 1e-5;
 
@@ -131,6 +132,20 @@ impl Backbone for MobileNetV2 {
 
     fn feature_channels(&self) -> usize {
         1280
+    }
+
+    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
+        let mut y = x;
+        for block in &self.blocks {
+            let input = y.clone();
+            for layer in &block.layers {
+                y = layer.export_onnx(g, &y)?;
+            }
+            if block.residual {
+                y = g.add(&y, &input);
+            }
+        }
+        Ok(y)
     }
 
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {

@@ -51,6 +51,9 @@ pub trait Backbone: Send + Sync {
     /// Key prefix of the ImageNet classifier (optional when loading a backbone).
     fn classifier_prefix(&self) -> &'static str;
     fn preprocess(&self) -> Preprocess;
+    /// Every block, in inference mode, as ONNX ops from `x` (the input image,
+    /// `[3, h, w]`) to the last block's output.
+    fn export_onnx(&self, g: &mut crate::onnx::Graph, x: crate::onnx::Value) -> Result<crate::onnx::Value>;
 
     fn num_blocks(&self) -> usize {
         self.block_names().len()
@@ -138,6 +141,24 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
         _ => None,
     };
     backbone.ok_or_else(|| unknown_backbone(arch))
+}
+
+/// Builds `arch` from a checkpoint's `tensors` as a fine-tuning backbone:
+/// its ImageNet classifier (if the file has one) is ignored, and with
+/// `strict` every other tensor must be used. `source` names the file in
+/// messages. `tlab run` and `tlab check` both load weights through here, so
+/// they report a misfit with the same words.
+pub fn backbone_from_tensors(
+    arch: &str,
+    source: impl Into<String>,
+    tensors: std::collections::HashMap<String, Tensor>,
+    strict: bool,
+) -> Result<Box<dyn Backbone>> {
+    let mut p = ParamLoader::from_tensors(source, tensors);
+    let backbone = build_backbone(arch, &mut p, false)?;
+    p.skip_prefix(backbone.classifier_prefix());
+    p.finish(strict, None)?;
+    Ok(backbone)
 }
 
 pub fn unknown_backbone(name: &str) -> Error {
@@ -236,6 +257,19 @@ impl Head {
         self.fc.forward(&x)
     }
 
+    /// The head in an ONNX graph, in inference mode (no dropout).
+    pub fn export_onnx(&self, g: &mut crate::onnx::Graph, features: &crate::onnx::Value) -> Result<crate::onnx::Value> {
+        let mut x = match self.config.pooling {
+            Pooling::Avg => g.global_avg_pool(features),
+            Pooling::Flatten => g.flatten(features),
+        };
+        for layer in &self.hidden {
+            x = layer.export_onnx(g, &x)?;
+            x = g.relu(&x);
+        }
+        self.fc.export_onnx(g, &x)
+    }
+
     pub fn trainable_vars(&self, out: &mut Vec<Var>) {
         for l in &self.hidden {
             l.trainable_vars(out);
@@ -278,6 +312,12 @@ impl Classifier {
         self.frozen_blocks = n;
         self.train_bn = train_bn;
         Ok(())
+    }
+
+    /// The whole classifier (backbone and head) as ONNX ops: image in, logits out.
+    pub fn export_onnx(&self, g: &mut crate::onnx::Graph, x: crate::onnx::Value) -> Result<crate::onnx::Value> {
+        let features = self.backbone.export_onnx(g, x)?;
+        self.head.export_onnx(g, &features)
     }
 
     pub fn frozen_blocks(&self) -> usize {

@@ -17,6 +17,7 @@ use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader}
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::{maxpool, Padding};
+use crate::onnx::{Graph, Value};
 
 const BN_EPS: f64 = 1e-5;
 
@@ -162,6 +163,24 @@ impl Backbone for ResNet {
 
     fn feature_channels(&self) -> usize {
         self.feature_channels
+    }
+
+    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
+        let y = self.stem.export_onnx(g, &x)?;
+        let mut y = g.max_pool(&y, 3, 2, Padding::same(1));
+        for block in self.stages.iter().flatten() {
+            let input = y.clone();
+            for c in &block.convs {
+                y = c.export_onnx(g, &y)?;
+            }
+            let shortcut = match &block.downsample {
+                Some(d) => d.export_onnx(g, &input)?,
+                None => input,
+            };
+            let sum = g.add(&y, &shortcut);
+            y = g.relu(&sum);
+        }
+        Ok(y)
     }
 
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {

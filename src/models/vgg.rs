@@ -26,6 +26,7 @@ use super::layers::{self, Act, Conv, ConvSpec, Freeze, Linear, Mode, ParamLoader
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::{maxpool, Padding};
+use crate::onnx::{Graph, Value};
 
 /// torchvision's classifier input: 512 channels pooled to 7×7.
 const POOLED: usize = 7;
@@ -81,6 +82,17 @@ impl Backbone for Vgg {
 
     fn block_names(&self) -> Vec<String> {
         (1..=self.stages.len()).map(|i| format!("block{i}")).collect()
+    }
+
+    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
+        let mut y = x;
+        for stage in &self.stages {
+            for c in stage {
+                y = c.export_onnx(g, &y)?;
+            }
+            y = g.max_pool(&y, 2, 2, Padding::default());
+        }
+        Ok(y)
     }
 
     fn forward_blocks(&self, x: &Tensor, range: Range<usize>, _mode: Mode) -> Result<Tensor> {

@@ -1,5 +1,5 @@
 //! The recipe schema: walks the parsed TOML and builds a [`Recipe`], applying
-//! defaults and reporting the first problem found.
+//! defaults and reporting every problem found (the first per table).
 //!
 //! Within each table unknown keys are checked first (a misspelt key is the
 //! likeliest cause of any later "missing key" error), then values in a fixed
@@ -67,24 +67,49 @@ const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes"];
 /// The document start: where errors about the document as a whole point.
 const DOC_START: Option<std::ops::Range<usize>> = Some(0..0);
 
-/// Parses `text` (from `path`) into a validated recipe.
-pub(super) fn build(text: &str, path: &Path) -> Result<Recipe> {
+/// Parses `text` (from `path`) into a validated recipe, or every problem
+/// found: like a compiler, the parts that do not depend on each other (the
+/// top-level keys, `[data]`, each step) are all checked, so one pass over a
+/// recipe reports all of its mistakes.
+pub(super) fn build(text: &str, path: &Path) -> std::result::Result<Recipe, Vec<RecipeError>> {
     let src = Source { text, path };
-    let doc = ImDocument::parse(text).map_err(|e| syntax_error(src, &e))?;
+    let doc = ImDocument::parse(text).map_err(|e| vec![syntax_error(src, &e)])?;
     let root = Section::new(src, doc.as_table(), DOC_START, "at top level");
-    root.check_keys(TOP_KEYS)?;
+    let mut errors = root.unknown_keys(TOP_KEYS);
 
-    let name = run_name(&root.require("name")?)?;
-    let seed = root.int_as::<u64>("seed", Bounds::at_least(0))?.unwrap_or(0);
+    // A top-level key that is missing is most likely one of the misspelt
+    // ones: say only the latter then.
+    let misspelt = !errors.is_empty();
+    let name = match root.field("name") {
+        None if misspelt => None,
+        _ => keep(&mut errors, root.require("name").and_then(|f| run_name(&f))),
+    };
+    let seed = keep(&mut errors, root.int_as::<u64>("seed", Bounds::at_least(0))).map(|s| s.unwrap_or(0));
     // Relative paths are anchored at the recipe's folder, as Cargo does.
     let base = path.parent().unwrap_or(Path::new(""));
-    let data_field = root
-        .field("data")
-        .ok_or_else(|| src.error_at(&DOC_START, "missing table `[data]` (it must set at least `train`)"))?;
-    let data = data(src, &data_field, base)?;
-    let step_field = root.field("step").ok_or_else(|| src.error_at(&DOC_START, "recipe has no [[step]]"))?;
-    let steps = steps(src, &step_field, base)?;
-    Ok(Recipe { path: path.to_path_buf(), name, seed, data, steps })
+    let data = match root.field("data") {
+        None if misspelt => None,
+        None => {
+            keep(&mut errors, Err(src.error_at(&DOC_START, "missing table `[data]` (it must set at least `train`)")))
+        }
+        Some(f) => keep(&mut errors, data(src, &f, base)),
+    };
+    let steps = match root.field("step") {
+        None if misspelt => None,
+        None => keep(&mut errors, Err(src.error_at(&DOC_START, "recipe has no [[step]]"))),
+        Some(f) => steps(src, &f, base).map_err(|e| errors.extend(e)).ok(),
+    };
+    match (name, seed, data, steps) {
+        (Some(name), Some(seed), Some(data), Some(steps)) if errors.is_empty() => {
+            Ok(Recipe { path: path.to_path_buf(), name, seed, data, steps })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// The value of `r`, or `None` with its error added to `errors`.
+fn keep<T>(errors: &mut Vec<RecipeError>, r: Result<T>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
 }
 
 /// A TOML syntax error at the parser's position, its message on one line.
@@ -139,41 +164,68 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
     })
 }
 
-/// All `[[step]]`s, in order, each checked against the steps before it.
-fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<Vec<Step>> {
-    let tables = f.tables("an array of tables ([[step]])")?;
+/// All `[[step]]`s, in order, each checked against the steps before it;
+/// every step is checked even after one fails.
+fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> std::result::Result<Vec<Step>, Vec<RecipeError>> {
+    let tables = f.tables("an array of tables ([[step]])").map_err(|e| vec![e])?;
     if tables.is_empty() {
-        return Err(f.error("recipe has no [[step]]"));
+        return Err(vec![f.error("recipe has no [[step]]")]);
     }
     let mut seen_backbone = false;
     let mut steps = Vec::with_capacity(tables.len());
+    let mut errors = Vec::new();
     for (i, (table, span)) in tables.into_iter().enumerate() {
         let line = src.line_of(&span);
         let s = Section::new(src, table, span, format!("in step #{}", i + 1));
-        let kind_field = s.require("kind")?;
-        let kind_name = kind_field.str()?;
-        let Some(&kind_name) = STEP_KINDS.iter().find(|k| **k == kind_name) else {
-            let hint = suggest(kind_name, STEP_KINDS).map(|k| format!(" did you mean `{k}`?")).unwrap_or_default();
-            return Err(kind_field
-                .error(format!("unknown step kind `{kind_name}`;{hint} expected one of: {}", STEP_KINDS.join(", "))));
-        };
-        if kind_name == "backbone" {
-            seen_backbone = true;
-        } else if !seen_backbone && kind_name != "augment" {
-            return Err(kind_field.error(format!("{kind_name} step needs a backbone step before it")));
+        match step(s, base, &mut seen_backbone) {
+            Ok(kind) => {
+                let fingerprint = fingerprint(&kind);
+                steps.push(Step { kind, line, fingerprint });
+            }
+            Err(e) => errors.extend(e),
         }
-        let s = s.with_context(format!("in {kind_name} step"));
-        let kind = match kind_name {
-            "backbone" => StepKind::Backbone(backbone(&s, base)?),
-            "freeze" => StepKind::Freeze(freeze(&s)?),
-            "augment" => StepKind::Augment(augment(&s)?),
-            "fine_tune" => StepKind::FineTune(fine_tune(&s)?),
-            _ => StepKind::Evaluate(evaluate(&s)?),
-        };
-        let fingerprint = fingerprint(&kind);
-        steps.push(Step { kind, line, fingerprint });
     }
-    Ok(steps)
+    if errors.is_empty() {
+        Ok(steps)
+    } else {
+        Err(errors)
+    }
+}
+
+/// One step: its kind, then all of its unknown keys at once, then its values.
+fn step(s: Section<'_>, base: &Path, seen_backbone: &mut bool) -> std::result::Result<StepKind, Vec<RecipeError>> {
+    let kind_field = s.require("kind").map_err(|e| vec![e])?;
+    let kind_name = kind_field.str().map_err(|e| vec![e])?;
+    let Some(&kind_name) = STEP_KINDS.iter().find(|k| **k == kind_name) else {
+        let hint = suggest(kind_name, STEP_KINDS).map(|k| format!(" did you mean `{k}`?")).unwrap_or_default();
+        return Err(vec![kind_field
+            .error(format!("unknown step kind `{kind_name}`;{hint} expected one of: {}", STEP_KINDS.join(", ")))]);
+    };
+    if kind_name == "backbone" {
+        *seen_backbone = true;
+    } else if !*seen_backbone && kind_name != "augment" {
+        return Err(vec![kind_field.error(format!("{kind_name} step needs a backbone step before it"))]);
+    }
+    let s = s.with_context(format!("in {kind_name} step"));
+    let allowed = match kind_name {
+        "backbone" => BACKBONE_KEYS,
+        "freeze" => FREEZE_KEYS,
+        "augment" => AUGMENT_KEYS,
+        "fine_tune" => FINE_TUNE_KEYS,
+        _ => EVALUATE_KEYS,
+    };
+    let unknown = s.unknown_keys(allowed);
+    if !unknown.is_empty() {
+        return Err(unknown);
+    }
+    let kind = match kind_name {
+        "backbone" => backbone(&s, base).map(StepKind::Backbone),
+        "freeze" => freeze(&s).map(StepKind::Freeze),
+        "augment" => augment(&s).map(StepKind::Augment),
+        "fine_tune" => fine_tune(&s).map(StepKind::FineTune),
+        _ => evaluate(&s).map(StepKind::Evaluate),
+    };
+    kind.map_err(|e| vec![e])
 }
 
 fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
@@ -244,20 +296,16 @@ fn weights(f: &Field<'_>, base: &Path) -> Result<WeightsSource> {
                 f.found()
             )));
         }
-        return Ok(WeightsSource::Hub { repo: repo.to_string(), file: file.map(str::to_string) });
-    }
-    if let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
+    } else if let Some(rest) = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
         if rest.is_empty() || rest.chars().any(char::is_whitespace) {
             return Err(f.error(format!("`weights` URL is malformed, found {}", f.found())));
         }
-        return Ok(WeightsSource::Url(s.to_string()));
-    }
-    if let Some((scheme, _)) = s.split_once("://") {
+    } else if let Some((scheme, _)) = s.split_once("://") {
         return Err(f.error(format!(
             "`weights` URL scheme `{scheme}` is not supported; use http(s)://, hf:ORG/REPO[:FILE] or a file path"
         )));
     }
-    Ok(WeightsSource::Path(resolve(base, s)))
+    Ok(super::weights_source(s, base))
 }
 
 fn freeze(s: &Section<'_>) -> Result<FreezeStep> {

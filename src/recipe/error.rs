@@ -38,7 +38,7 @@ impl RecipeError {
 /// Offsets past the end are clamped and offsets inside a multi-byte character
 /// are moved back to its start, so this never panics whatever span a parser
 /// reports.
-pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;

@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 pub use builder::{
     AugmentBuilder, BackboneBuilder, DataBuilder, EvaluateBuilder, FineTuneBuilder, RecipeBuilder, Setting,
 };
+pub(crate) use error::line_col;
 pub use error::RecipeError;
+pub use summary::augment_settings;
 
 /// Architectures a backbone step may name. Checked at parse time so a typo is
 /// caught with a suggestion before any weights are downloaded or loaded.
@@ -51,17 +53,56 @@ pub const KNOWN_ARCHS: &[&str] = &[
 /// The valid values of a step's `kind`, in the order they usually appear.
 pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "fine_tune", "evaluate"];
 
-/// Reads and parses the recipe at `path`.
+/// Reads and parses the recipe at `path`; the first problem if it has any.
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: path.to_path_buf(), source })?;
-    parse(&text, path)
+    load_all(path).map_err(first)
+}
+
+/// Reads and parses the recipe at `path`, or every problem found in it
+/// (what `tlab check` lists).
+pub fn load_all(path: &Path) -> Result<Recipe, Vec<RecipeError>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| vec![RecipeError::Io { path: path.to_path_buf(), source }])?;
+    parse_all(&text, path)
 }
 
 /// Parses recipe `text`. `path` is used in error messages and as the anchor
 /// for relative paths inside the recipe (resolved against its folder, like
 /// Cargo does for `Cargo.toml`), so a recipe works from any current directory.
 pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+    parse_all(text, path).map_err(first)
+}
+
+/// [`parse`], reporting every problem. Within a table unknown keys come
+/// first (a misspelt key is the likeliest cause of a later "missing key").
+pub fn parse_all(text: &str, path: &Path) -> Result<Recipe, Vec<RecipeError>> {
     build::build(text, path)
+}
+
+/// What a `weights` value names, with a relative path anchored at `base`
+/// (the recipe's folder). No validation: [`parse`] does that.
+pub fn weights_source(value: &str, base: &Path) -> WeightsSource {
+    if let Some(rest) = value.strip_prefix("hf:") {
+        let (repo, file) = match rest.split_once(':') {
+            Some((repo, file)) => (repo, Some(file.to_string())),
+            None => (rest, None),
+        };
+        WeightsSource::Hub { repo: repo.to_string(), file }
+    } else if value.starts_with("https://") || value.starts_with("http://") {
+        WeightsSource::Url(value.to_string())
+    } else {
+        WeightsSource::Path(base.join(value))
+    }
+}
+
+/// The first of a non-empty list of problems.
+fn first(errors: Vec<RecipeError>) -> RecipeError {
+    errors.into_iter().next().unwrap_or_else(|| RecipeError::Invalid {
+        path: PathBuf::new(),
+        line: 1,
+        col: 1,
+        message: "invalid recipe".into(),
+    })
 }
 
 /// A fully validated recipe with all defaults applied.

@@ -44,7 +44,7 @@ fn num(x: f64) -> String {
 fn backbone(b: &BackboneStep) -> String {
     let mut s = match &b.weights {
         None => format!("{} (random init)", b.arch),
-        Some(WeightsSource::Path(p)) => format!("{} ← {}", b.arch, p.display()),
+        Some(WeightsSource::Path(p)) => format!("{} ← {}", b.arch, crate::fs::shown(p).display()),
         Some(WeightsSource::Hub { repo, file: None }) => format!("{} ← hf:{repo}", b.arch),
         Some(WeightsSource::Hub { repo, file: Some(file) }) => format!("{} ← hf:{repo}:{file}", b.arch),
         Some(WeightsSource::Url(url)) => format!("{} ← {url}", b.arch),
@@ -79,45 +79,56 @@ fn freeze(f: &FreezeStep) -> String {
 }
 
 fn augment(a: &AugmentConfig) -> String {
-    let mut parts = Vec::new();
-    match (a.horizontal_flip, a.vertical_flip) {
-        (true, true) => parts.push("flip h+v".to_string()),
-        (true, false) => parts.push("flip h".to_string()),
-        (false, true) => parts.push("flip v".to_string()),
-        (false, false) => {}
-    }
-    if a.rotation_range > 0.0 {
-        parts.push(format!("rotate ±{}°", num(a.rotation_range)));
-    }
-    if a.width_shift_range > 0.0 || a.height_shift_range > 0.0 {
-        parts.push(format!("shift {}×{}", num(a.width_shift_range), num(a.height_shift_range)));
-    }
-    if a.shear_range > 0.0 {
-        parts.push(format!("shear {}°", num(a.shear_range)));
-    }
-    if a.zoom_range != (1.0, 1.0) {
-        parts.push(format!("zoom {}–{}", num(a.zoom_range.0), num(a.zoom_range.1)));
-    }
-    if let Some((lo, hi)) = a.brightness_range {
-        parts.push(format!("brightness {}–{}", num(lo), num(hi)));
-    }
-    if let Some(crop) = &a.random_resized_crop {
-        parts.push(format!("crop {}–{}", num(crop.scale.0), num(crop.scale.1)));
-    }
-    if let Some(j) = &a.color_jitter {
-        parts.push(format!("jitter {}/{}/{}/{}", num(j.brightness), num(j.contrast), num(j.saturation), num(j.hue)));
-    }
-    match a.fill_mode {
-        FillMode::Nearest => {}
-        FillMode::Reflect => parts.push("fill reflect".to_string()),
-        FillMode::Wrap => parts.push("fill wrap".to_string()),
-        FillMode::Constant => parts.push(format!("fill {}", num(a.cval))),
-    }
+    let parts: Vec<String> = augment_settings(a).into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     if parts.is_empty() {
         "no augmentation".to_string()
     } else {
         parts.join(", ")
     }
+}
+
+/// The augmentation's active settings as `(setting, value)` rows, in the
+/// order they apply: the one-line summary joins them, the notebook shows
+/// them as a table. Empty when nothing is active.
+pub fn augment_settings(a: &AugmentConfig) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    match (a.horizontal_flip, a.vertical_flip) {
+        (true, true) => rows.push(("flip", "h+v".to_string())),
+        (true, false) => rows.push(("flip", "h".to_string())),
+        (false, true) => rows.push(("flip", "v".to_string())),
+        (false, false) => {}
+    }
+    if a.rotation_range > 0.0 {
+        rows.push(("rotate", format!("±{}°", num(a.rotation_range))));
+    }
+    if a.width_shift_range > 0.0 || a.height_shift_range > 0.0 {
+        rows.push(("shift", format!("{}×{}", num(a.width_shift_range), num(a.height_shift_range))));
+    }
+    if a.shear_range > 0.0 {
+        rows.push(("shear", format!("{}°", num(a.shear_range))));
+    }
+    if a.zoom_range != (1.0, 1.0) {
+        rows.push(("zoom", format!("{}–{}", num(a.zoom_range.0), num(a.zoom_range.1))));
+    }
+    if let Some((lo, hi)) = a.brightness_range {
+        rows.push(("brightness", format!("{}–{}", num(lo), num(hi))));
+    }
+    if let Some(crop) = &a.random_resized_crop {
+        rows.push(("crop", format!("{}–{}", num(crop.scale.0), num(crop.scale.1))));
+    }
+    if let Some(j) = &a.color_jitter {
+        rows.push((
+            "jitter",
+            format!("{}/{}/{}/{}", num(j.brightness), num(j.contrast), num(j.saturation), num(j.hue)),
+        ));
+    }
+    match a.fill_mode {
+        FillMode::Nearest => {}
+        FillMode::Reflect => rows.push(("fill", "reflect".to_string())),
+        FillMode::Wrap => rows.push(("fill", "wrap".to_string())),
+        FillMode::Constant => rows.push(("fill", num(a.cval))),
+    }
+    rows
 }
 
 fn fine_tune(t: &FineTuneConfig) -> String {

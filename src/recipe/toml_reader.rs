@@ -455,8 +455,14 @@ impl<'a> Section<'a> {
     }
 
     /// Rejects any key not in `allowed`, at the key's position, suggesting the
-    /// closest valid key or listing them all.
+    /// closest valid key or listing them all (the first such key).
     pub fn check_keys(&self, allowed: &[&str]) -> Result<()> {
+        self.unknown_keys(allowed).into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every key not in `allowed`, each as an error at the key's position.
+    pub fn unknown_keys(&self, allowed: &[&str]) -> Vec<RecipeError> {
+        let mut errors = Vec::new();
         for (key, item) in self.table.iter() {
             if allowed.contains(&key) {
                 continue;
@@ -466,11 +472,11 @@ impl<'a> Section<'a> {
                 Some(s) => format!("did you mean `{}{s}`?", self.prefix),
                 None => format!("expected one of: {}", allowed.join(", ")),
             };
-            return Err(self
-                .src
-                .error_at(&key_span, format!("unknown key `{}{key}` {}; {help}", self.prefix, self.context)));
+            errors.push(
+                self.src.error_at(&key_span, format!("unknown key `{}{key}` {}; {help}", self.prefix, self.context)),
+            );
         }
-        Ok(())
+        errors
     }
 
     /// An optional number within `bounds`.

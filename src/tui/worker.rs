@@ -92,7 +92,7 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
                     let _ = writeln!(
                         f,
                         "{} changed on disk: stale from step {:?}",
-                        input.path().display(),
+                        crate::fs::shown(input.path()).display(),
                         first.map(|i| i + 1)
                     );
                 }

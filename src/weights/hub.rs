@@ -154,17 +154,45 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cached copy of `url`, downloaded first if needed.
-pub fn url_file(url: &str, opts: &FetchOptions) -> Result<PathBuf> {
+/// Where a remote source lives in its cache, and whether it is there yet,
+/// without touching the network (`tlab check`). `None` for a local path.
+pub fn cached(source: &WeightsSource, opts: &FetchOptions) -> Option<(PathBuf, bool)> {
+    match source {
+        WeightsSource::Path(_) => None,
+        WeightsSource::Hub { repo, file } => {
+            let file = file.as_deref().unwrap_or(DEFAULT_HUB_FILE);
+            let cache = hf_hub::Cache::new(opts.hf_cache.clone());
+            Some(match cache.model(repo.to_owned()).get(file) {
+                Some(path) => (path, true),
+                None => (opts.hf_cache.clone(), false),
+            })
+        }
+        WeightsSource::Url(url) => {
+            let target = url_cache_path(url, opts).ok()?;
+            let there = target.is_file();
+            Some((target, there))
+        }
+    }
+}
+
+/// The cache file of `url`: one folder per URL, so the same file name from
+/// two places never collides.
+fn url_cache_path(url: &str, opts: &FetchOptions) -> Result<PathBuf> {
     let name = url_file_name(url).ok_or_else(|| {
         fetch_error(url, "the URL names no file (it must end in a file name, like …/model.safetensors)")
     })?;
-    // One folder per URL: the same file name from two places never collides.
-    let dir = opts.url_cache.join(&hex(&Sha256::digest(url.as_bytes()))[..16]);
-    let target = dir.join(name);
+    Ok(opts.url_cache.join(&hex(&Sha256::digest(url.as_bytes()))[..16]).join(name))
+}
+
+/// The cached copy of `url`, downloaded first if needed.
+pub fn url_file(url: &str, opts: &FetchOptions) -> Result<PathBuf> {
+    let target = url_cache_path(url, opts)?;
     if target.is_file() {
         return Ok(target);
     }
+    let dir = target.parent().unwrap_or(&opts.url_cache).to_path_buf();
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let name = name.as_str();
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tmp = dir.join(format!(".{name}.{}.part", std::process::id()));
     let result = download(url, &tmp).and_then(|digest| {

@@ -14,7 +14,7 @@ use crate::recipe::WeightsSource;
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::report::atomic_write;
+use crate::fs::atomic_write;
 
 /// The container formats tlab reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

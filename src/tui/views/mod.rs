@@ -1,4 +1,4 @@
-//! One view per file: each renders a part of [`App`](super::app::App) into a
+//! One view per file: each renders a part of [`App`] into a
 //! frame area and keeps no state of its own (state lives in the app).
 
 pub mod charts;

@@ -1,6 +1,9 @@
 //! The per-class classification report (scikit-learn's `classification_report`
 //! layout) with the headline numbers of an evaluation.
 
+use image::{Rgb, RgbImage};
+
+use super::draw;
 use super::{escape, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
 use crate::error::Result;
 use crate::lab::Lab;
@@ -53,6 +56,61 @@ impl ClassReport {
         }
         s.push_str("</table></div>");
         s
+    }
+
+    /// Precision, recall and F1 of each class as horizontal bars (0–1), one
+    /// group per class with its name and support, macro average last.
+    pub fn to_png(&self) -> RgbImage {
+        const BAR: i64 = 9;
+        const BAR_W: i64 = 300;
+        const SCALE: i64 = 2;
+        let m = &self.metrics;
+        let mut rows: Vec<(String, [f64; 3])> = m
+            .per_class
+            .iter()
+            .map(|r| (format!("{} ({})", r.class.replace('_', " "), r.support), [r.precision, r.recall, r.f1]))
+            .collect();
+        rows.push(("macro avg".into(), [m.macro_avg.precision, m.macro_avg.recall, m.macro_avg.f1]));
+        let names = rows.iter().map(|(n, _)| draw::text_width(n, SCALE)).max().unwrap_or(0).min(200);
+        let left = names + 16;
+        let group = 3 * BAR + 10;
+        let top = draw::text_height(SCALE) + 12;
+        let (w, h) = (left + BAR_W + 60, top + rows.len() as i64 * group + 24);
+        let mut img = RgbImage::from_pixel(w as u32, h as u32, Rgb([255, 255, 255]));
+        let series = [("precision", draw::BLUE), ("recall", draw::ORANGE), ("F1", Rgb([44, 160, 44]))];
+        let mut lx = left;
+        for (name, colour) in series {
+            draw::rect(&mut img, lx, 8, 10, 10, colour);
+            draw::text(&mut img, lx + 14, 4, name, SCALE, draw::BLACK);
+            lx += 14 + draw::text_width(name, SCALE) + 18;
+        }
+        for tick in 0..=4 {
+            let x = left + tick * BAR_W / 4;
+            draw::line(&mut img, (x, top), (x, top + rows.len() as i64 * group), 1, draw::GREY);
+            let label = format!("{:.2}", tick as f64 / 4.0);
+            let lw = draw::text_width(&label, 1);
+            draw::text(&mut img, x - lw / 2, top + rows.len() as i64 * group + 4, &label, 1, draw::DARK_GREY);
+        }
+        for (k, (name, values)) in rows.iter().enumerate() {
+            let y = top + k as i64 * group;
+            let name = draw::fit(name, SCALE, 200);
+            let th = draw::text_height(SCALE);
+            draw::text(
+                &mut img,
+                left - 8 - draw::text_width(&name, SCALE),
+                y + (3 * BAR - th) / 2,
+                &name,
+                SCALE,
+                draw::BLACK,
+            );
+            for (j, (v, (_, colour))) in values.iter().zip(series).enumerate() {
+                let len = (v.clamp(0.0, 1.0) * BAR_W as f64).round() as i64;
+                draw::rect(&mut img, left, y + j as i64 * BAR, len, BAR - 1, colour);
+            }
+            let f1 = format!("{:.2}", values[2]);
+            draw::text(&mut img, left + BAR_W + 6, y + (3 * BAR - draw::text_height(1)) / 2, &f1, 1, draw::DARK_GREY);
+        }
+        img
     }
 
     /// scikit-learn-like text report.

@@ -86,7 +86,20 @@ impl StepResult {
                 }
             }
             StepOutput::Augment { config } => {
-                s.push_str(&format!("<pre>{}</pre>", escape(&format!("{config:#?}"))));
+                let rows = crate::recipe::augment_settings(config);
+                if rows.is_empty() {
+                    s.push_str("<br/>no augmentation");
+                } else {
+                    s.push_str(&format!("<table style=\"{TABLE_STYLE}\"><tr><th style=\"{HEAD_STYLE}\">setting</th><th style=\"{HEAD_STYLE}\">value</th></tr>"));
+                    for (k, v) in rows {
+                        s.push_str(&format!(
+                            "<tr><td style=\"{CELL_STYLE}\">{}</td><td style=\"{CELL_STYLE}\">{}</td></tr>",
+                            escape(k),
+                            escape(&v)
+                        ));
+                    }
+                    s.push_str("</table>");
+                }
             }
             StepOutput::FineTune(o) => {
                 let rows = o.history.iter().cloned().map(|r| (self.index, r)).collect();

@@ -53,6 +53,20 @@ impl Samples {
         }
     }
 
+    /// `n` training images as `aug` transforms them with `seed`, each with
+    /// its class name underneath (the run directory's `augment.png`).
+    pub fn labelled(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> Self {
+        let tiles: Vec<super::draw::Captioned> = preview::labelled_samples(data, aug, seed, n)
+            .into_iter()
+            .map(|(img, tile)| (img, vec![(tile.class.replace('_', " "), super::draw::DARK_GREY)]))
+            .collect();
+        let cols = (tiles.len() as f64).sqrt().ceil() as usize;
+        Samples {
+            image: super::draw::gallery(&tiles, cols, 96),
+            caption: format!("{} augmented training images (seed {seed})", tiles.len()),
+        }
+    }
+
     pub fn to_html(&self) -> Result<String> {
         Ok(format!(
             "<figure>{}<figcaption>{}</figcaption></figure>",
@@ -76,9 +90,9 @@ super::evcxr_display!(Samples);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notebook::tests::{decode_base64, first_png};
     use crate::preview::tests::tiny_dataset;
     use crate::recipe::AugmentConfig;
+    use crate::views::tests::{decode_base64, first_png};
 
     #[test]
     fn samples_embed_the_grid() {

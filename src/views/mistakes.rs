@@ -3,6 +3,7 @@
 
 use image::RgbImage;
 
+use super::draw;
 use super::{escape, img_tag, Block};
 use crate::data::Dataset;
 use crate::error::Result;
@@ -99,10 +100,36 @@ impl Mistakes {
         Ok(s)
     }
 
+    /// The gallery as a picture: each image with true → predicted and the
+    /// confidence under it, worst first, 6 per row.
+    pub fn to_png(&self) -> RgbImage {
+        let tiles: Vec<draw::Captioned> = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let picture =
+                    m.image.clone().unwrap_or_else(|| RgbImage::from_pixel(8, 8, image::Rgb([235, 235, 235])));
+                let caption = vec![
+                    (format!("{}. true {}", k + 1, m.truth.replace('_', " ")), draw::BLACK),
+                    (format!("pred {} {:.2}", m.predicted.replace('_', " "), m.confidence), image::Rgb([200, 0, 0])),
+                ];
+                (picture, caption)
+            })
+            .collect();
+        draw::gallery(&tiles, 6, 112)
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::from("true → predicted (confidence)  file\n");
         for m in &self.items {
-            s.push_str(&format!("{} → {} ({:.3})  {}\n", m.truth, m.predicted, m.confidence, m.path.display()));
+            s.push_str(&format!(
+                "{} → {} ({:.3})  {}\n",
+                m.truth,
+                m.predicted,
+                m.confidence,
+                crate::fs::shown(&m.path).display()
+            ));
         }
         s
     }
@@ -118,9 +145,9 @@ super::evcxr_display!(Mistakes);
 mod tests {
     use super::*;
     use crate::metrics::compute;
-    use crate::notebook::tests::first_png;
     use crate::preview::tests::tiny_dataset;
     use crate::report::Prediction;
+    use crate::views::tests::first_png;
 
     #[test]
     fn gallery_shows_thumbnails_and_classes() {

@@ -49,8 +49,8 @@ impl HistoryChart {
             |v: &[(f64, f64)]| v.iter().flat_map(|&(a, b)| [a, b]).filter(|x| x.is_finite()).collect::<Vec<_>>();
         let lmax = finite(&losses).into_iter().fold(0.0f64, f64::max);
         let amin = finite(&accs).into_iter().fold(1.0f64, f64::min);
-        self.panel(&mut img, 0, "LOSS", &losses, draw::nice_ticks(0.0, lmax.max(1e-3), 5));
-        self.panel(&mut img, LEFT + PANEL_W + RIGHT, "ACCURACY", &accs, draw::nice_ticks(amin.min(0.9), 1.0, 5));
+        self.panel(&mut img, 0, "loss", &losses, draw::nice_ticks(0.0, lmax.max(1e-3), 5));
+        self.panel(&mut img, LEFT + PANEL_W + RIGHT, "accuracy", &accs, draw::nice_ticks(amin.min(0.9), 1.0, 5));
         img
     }
 
@@ -67,7 +67,14 @@ impl HistoryChart {
             let y = y_of(v);
             draw::line(img, (px, y), (px + PANEL_W - 1, y), 1, GREY);
             let label = draw::tick_label(v, step);
-            draw::text(img, px - 4 - draw::text_width(&label, SCALE), y - SCALE * 5 / 2, &label, SCALE, DARK_GREY);
+            draw::text(
+                img,
+                px - 4 - draw::text_width(&label, SCALE),
+                y - draw::text_height(SCALE) / 2,
+                &label,
+                SCALE,
+                DARK_GREY,
+            );
             v += step;
         }
         // Phase boundaries, then x ticks (epoch numbers, thinned to fit).
@@ -92,12 +99,12 @@ impl HistoryChart {
         ] {
             draw::line(img, a, b, 1, BLACK);
         }
-        draw::text(img, px, 4, title, SCALE, BLACK);
+        draw::text(img, px, 2, title, SCALE, BLACK);
         // Legend: a swatch per series with its name.
         let mut lx = px + PANEL_W - 1;
-        for (name, colour) in [("VALID", ORANGE), ("TRAIN", BLUE)] {
+        for (name, colour) in [("valid", ORANGE), ("train", BLUE)] {
             lx -= draw::text_width(name, SCALE);
-            draw::text(img, lx, 4, name, SCALE, colour);
+            draw::text(img, lx, 2, name, SCALE, colour);
             lx -= 14;
             draw::rect(img, lx, 6, 10, 6, colour);
             lx -= 10;
@@ -184,7 +191,7 @@ super::evcxr_display!(HistoryChart);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notebook::tests::first_png;
+    use crate::views::tests::first_png;
 
     pub(crate) fn record(epoch: usize, loss: f64, acc: f64) -> EpochRecord {
         EpochRecord {

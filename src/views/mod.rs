@@ -1,6 +1,9 @@
-//! Rich display in Jupyter notebooks running the evcxr Rust kernel.
+//! Results rendered as pictures (PNG) and HTML: the one presentation layer
+//! behind the run directory's pictures, `report.html` and the notebooks'
+//! rich display.
 //!
-//! evcxr shows a cell's final value by calling its inherent
+//! In notebooks (feature `notebook`, where this module is also
+//! `tlab::notebook`), evcxr shows a cell's final value by calling its inherent
 //! `evcxr_display(&self)` method when it has one; the method prints blocks
 //!
 //! ```text
@@ -83,6 +86,7 @@ pub fn protocol(blocks: &[Block]) -> String {
 /// Prints `blocks` for evcxr. If building them failed, prints the error as
 /// text instead (on stderr too, so a notebook runner notices): a display
 /// method cannot return an error, and a view must never panic in a cell.
+#[cfg_attr(not(feature = "notebook"), allow(dead_code))]
 pub(crate) fn emit(blocks: Result<Vec<Block>>) {
     let text = match blocks {
         Ok(b) => protocol(&b),
@@ -97,16 +101,22 @@ pub(crate) fn emit(blocks: Result<Vec<Block>>) {
 }
 
 /// Implements the inherent `evcxr_display` that evcxr looks for, from a
-/// `blocks(&self) -> Result<Vec<Block>>` method.
+/// `blocks(&self) -> Result<Vec<Block>>` method (feature `notebook` only:
+/// the rest of the views are for every front end).
+#[cfg(feature = "notebook")]
 macro_rules! evcxr_display {
     ($($t:ty),*) => {$(
         impl $t {
             /// Shows this value in a notebook cell (called by evcxr).
             pub fn evcxr_display(&self) {
-                $crate::notebook::emit(self.blocks());
+                $crate::views::emit(self.blocks());
             }
         }
     )*};
+}
+#[cfg(not(feature = "notebook"))]
+macro_rules! evcxr_display {
+    ($($t:ty),*) => {};
 }
 pub(crate) use evcxr_display;
 

@@ -1,5 +1,5 @@
-//! The confusion matrix as a heat-map (PNG, counts in the cells, classes by
-//! index) beside an HTML table with the class names. Colour is the share of
+//! The confusion matrix as a heat-map (PNG, counts in the cells, class names
+//! on both axes) beside an HTML table with the class names. Colour is the share of
 //! the true class's images (row-normalised, i.e. recall), so classes with few
 //! images stay readable.
 
@@ -12,7 +12,17 @@ use crate::lab::Lab;
 use crate::metrics::Metrics;
 
 const CELL: i64 = 30;
-const MARGIN: i64 = 28;
+/// Text scale of the class names and axis titles.
+const LABEL: i64 = 2;
+/// Longest class name drawn, in pixels; longer ones end in "…".
+const MAX_LABEL: i64 = 120;
+/// Room for an axis title.
+const TITLE_BAND: i64 = 22;
+
+/// A class name as drawn: folder names often use `_` for spaces.
+fn label(class: &str) -> String {
+    class.replace('_', " ")
+}
 
 /// Counts, rows = true class, columns = predicted class.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,22 +84,35 @@ impl ConfusionMatrix {
         pairs.into_iter().take(n).map(|(c, t, p)| (c, self.classes[t].clone(), self.classes[p].clone())).collect()
     }
 
-    /// The heat-map: `n × n` cells of 30 px, counts written in, class indices
-    /// along the top (predicted) and left (true).
+    /// Where the cells start: `(left, top)`, room for the class names (rows
+    /// on the left, columns turned upright on top) and the axis titles.
+    fn origin(&self) -> (i64, i64) {
+        let names = self.classes.iter().map(|c| draw::text_width(&label(c), LABEL)).max().unwrap_or(0);
+        let margin = TITLE_BAND + names.min(MAX_LABEL) + 8;
+        (margin, margin)
+    }
+
+    /// The heat-map: `n × n` cells of 30 px with the counts written in, the
+    /// class names along the left (true) and the top (predicted, upright),
+    /// each axis titled. Names longer than 120 px are cut with an ellipsis.
     pub fn to_png(&self) -> RgbImage {
         let n = self.n() as i64;
-        let side = (MARGIN + n * CELL + 2).max(MARGIN + 2);
-        let mut img = RgbImage::from_pixel(side as u32, side as u32, Rgb([255, 255, 255]));
+        let (left, top) = self.origin();
+        let (w, h) = (left + n * CELL + 2, top + n * CELL + 2);
+        let mut img = RgbImage::from_pixel(w.max(left + 2) as u32, h.max(top + 2) as u32, Rgb([255, 255, 255]));
+        let title_h = draw::text_height(LABEL);
+        draw::text(&mut img, left, (TITLE_BAND - title_h) / 2, "predicted", LABEL, BLACK);
+        draw::text_vertical(&mut img, (TITLE_BAND - title_h) / 2, top, "true", LABEL, BLACK);
         for t in 0..self.n() {
-            let label = t.to_string();
-            let scale = 2;
-            let (lw, lh) = (draw::text_width(&label, scale), draw::text_height(scale));
-            let centre = MARGIN + t as i64 * CELL + CELL / 2;
-            draw::text(&mut img, centre - lw / 2, (MARGIN - lh) / 2, &label, scale, DARK_GREY);
-            draw::text(&mut img, (MARGIN - lw) / 2, centre - lh / 2, &label, scale, DARK_GREY);
+            let name = draw::fit(&label(&self.classes[t]), LABEL, MAX_LABEL);
+            let (lw, lh) = (draw::text_width(&name, LABEL), draw::text_height(LABEL));
+            let centre = t as i64 * CELL + CELL / 2;
+            // Row names end at the grid; column names stand on it.
+            draw::text(&mut img, left - 6 - lw, top + centre - lh / 2, &name, LABEL, DARK_GREY);
+            draw::text_vertical(&mut img, left + centre - lh / 2, top - 6 - lw, &name, LABEL, DARK_GREY);
             for p in 0..self.n() {
                 let share = self.share(t, p);
-                let (x, y) = (MARGIN + p as i64 * CELL, MARGIN + t as i64 * CELL);
+                let (x, y) = (left + p as i64 * CELL, top + t as i64 * CELL);
                 draw::rect(&mut img, x, y, CELL, CELL, shade(share));
                 let count = self.count(t, p);
                 if count > 0 {
@@ -104,9 +127,9 @@ impl ConfusionMatrix {
         }
         // Grid lines between cells.
         for k in 0..=n {
-            let at = MARGIN + k * CELL;
-            draw::line(&mut img, (at, MARGIN), (at, MARGIN + n * CELL), 1, draw::GREY);
-            draw::line(&mut img, (MARGIN, at), (MARGIN + n * CELL, at), 1, draw::GREY);
+            let at = k * CELL;
+            draw::line(&mut img, (left + at, top), (left + at, top + n * CELL), 1, draw::GREY);
+            draw::line(&mut img, (left, top + at), (left + n * CELL, top + at), 1, draw::GREY);
         }
         img
     }
@@ -165,7 +188,7 @@ super::evcxr_display!(ConfusionMatrix);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notebook::tests::first_png;
+    use crate::views::tests::first_png;
 
     fn matrix() -> ConfusionMatrix {
         ConfusionMatrix {
@@ -182,10 +205,12 @@ mod tests {
             assert!(html.contains(needle), "{needle} missing");
         }
         let png = first_png(&html);
-        let side = (MARGIN + 3 * CELL + 2) as u32;
-        assert_eq!(png.dimensions(), (side, side));
+        let (left, top) = m.origin();
+        assert_eq!(png.dimensions(), ((left + 3 * CELL + 2) as u32, (top + 3 * CELL + 2) as u32));
+        // The names take room: more than the widest, "<fox>", at label size.
+        assert!(left > TITLE_BAND + draw::text_width("<fox>", LABEL));
         // A full row share is the darkest colour; an empty cell is white.
-        let centre = |t: i64, p: i64| ((MARGIN + p * CELL + 3) as u32, (MARGIN + t * CELL + 3) as u32);
+        let centre = |t: i64, p: i64| ((left + p * CELL + 3) as u32, (top + t * CELL + 3) as u32);
         let (x, y) = centre(2, 2);
         assert_eq!(png.get_pixel(x, y), &shade(1.0));
         let (x, y) = centre(2, 0);
@@ -203,6 +228,10 @@ mod tests {
         let _ = m.to_html().unwrap();
         let empty = ConfusionMatrix { classes: vec![], counts: vec![] };
         let _ = empty.to_png();
+        // A very long name is cut, not allowed to push the grid away.
+        let long = ConfusionMatrix { classes: vec!["x".repeat(200), "b".into()], counts: vec![vec![1, 0], vec![0, 1]] };
+        assert!(long.origin().0 <= TITLE_BAND + MAX_LABEL + 8);
+        assert!(draw::fit(&"x".repeat(200), LABEL, MAX_LABEL).ends_with('…'));
         assert!(empty.to_text().starts_with("confusion"));
     }
 }

@@ -1,0 +1,70 @@
+"""Exports a run's model with `tlab export --format onnx` and checks it with
+the real consumers: `onnx.checker` and ONNX Runtime over the whole validation
+split, on exactly the inputs tlab used (`tlab predict --npy`): identical
+top-1 and max |probability difference| <= 1e-4. Then runs the README's
+ONNX Runtime example on the export with preprocessing.
+
+Usage: check_onnx.py TLAB_BINARY RUN_DIR VALID_DIR"""
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+work = Path(tempfile.mkdtemp(prefix="tlab-onnx-"))
+images = sorted(str(p) for p in valid.rglob("*.png"))
+assert len(images) >= 100, f"only {len(images)} validation images under {valid}"
+
+model_path = work / "model.onnx"
+subprocess.run([tlab, "export", str(run), "--format", "onnx", "--dynamic-batch", "-o", str(model_path)], check=True)
+model = onnx.load(str(model_path))
+onnx.checker.check_model(model, full_check=True)
+meta = {p.key: p.value for p in model.metadata_props}
+classes = json.loads(meta["tlab.classes"])
+
+subprocess.run([tlab, "predict", "--model", str(run), "--top", "1", "--npy", str(work / "tlab"), *images],
+               check=True, stdout=subprocess.DEVNULL)
+x = np.load(work / "tlab-inputs.npy")
+want = np.load(work / "tlab-probs.npy")
+options = ort.SessionOptions()
+options.intra_op_num_threads = 2
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+logits, probs = session.run(["logits", "probabilities"], {"input": x})
+diff = float(np.abs(probs - want).max())
+same = int((probs.argmax(1) == want.argmax(1)).sum())
+assert same == len(images), f"top-1 differs on {len(images) - same} of {len(images)} images"
+assert diff <= 1e-4, f"max |prob diff| {diff:.2e} > 1e-4"
+print(f"onnx: checker ok; ONNX Runtime {ort.__version__} agrees with tlab on {len(images)} images "
+      f"(top-1 identical, max |prob diff| {diff:.1e}), {len(classes)} classes")
+
+# The export with preprocessing takes the uint8 pixels themselves.
+pre_path = work / "model-pre.onnx"
+subprocess.run([tlab, "export", str(run), "--format", "onnx", "--dynamic-batch", "--with-preprocessing",
+                "-o", str(pre_path)], check=True, stdout=subprocess.DEVNULL)
+onnx.checker.check_model(onnx.load(str(pre_path)), full_check=True)
+mean = np.array(json.loads(meta["tlab.mean"]), dtype=np.float32)[None, :, None, None]
+std = np.array(json.loads(meta["tlab.std"]), dtype=np.float32)[None, :, None, None]
+pixels = np.rint((x * std + mean) * 255.0).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+pre = ort.InferenceSession(str(pre_path), options, providers=["CPUExecutionProvider"])
+probs_pre = pre.run(["probabilities"], {"input": pixels})[0]
+diff_pre = float(np.abs(probs_pre - want).max())
+assert (probs_pre.argmax(1) == want.argmax(1)).all() and diff_pre <= 1e-4, diff_pre
+print(f"onnx: --with-preprocessing on uint8 NHWC pixels agrees too (max |prob diff| {diff_pre:.1e})")
+
+# The README's example, as a user pastes it, on that export and one image.
+readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+example = re.search(r"<!-- onnx-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+(work / "image.png").write_bytes(Path(images[0]).read_bytes())
+(work / "model.onnx").write_bytes(pre_path.read_bytes())
+out = subprocess.run([sys.executable, "-c", example], cwd=work, check=True, capture_output=True, text=True).stdout
+predicted = out.split()[0]
+assert predicted in classes, out
+print(f"onnx: the README example runs: {out.strip()}")

@@ -1,0 +1,405 @@
+//! ONNX graphs, written without Python: the messages of the official
+//! `onnx.proto` that a CNN classifier needs (field numbers as in that file,
+//! encoded with `prost`), and a small builder that tracks each value's shape
+//! so padding that depends on the input size (TensorFlow's "SAME") can be
+//! spelled out at export time.
+//!
+//! The builder emits only standard ops of the default domain (opset 17):
+//! `Conv`, `Relu`, `Clip`, `Add`, `MaxPool`, `GlobalAveragePool`, `Flatten`,
+//! `Gemm`, `Softmax`, and for the optional preprocessing `Cast`, `Transpose`,
+//! `Sub`, `Div`.
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::kernels::Padding;
+
+/// The opset the exporter targets unless told otherwise.
+pub const DEFAULT_OPSET: i64 = 17;
+/// ONNX IR version 8 goes with opsets 15–18.
+const IR_VERSION: i64 = 8;
+
+/// `TensorProto.DataType` values used here.
+pub mod dtype {
+    pub const FLOAT: i32 = 1;
+    pub const UINT8: i32 = 2;
+    pub const FLOAT16: i32 = 10;
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelProto {
+    #[prost(int64, tag = "1")]
+    pub ir_version: i64,
+    #[prost(string, tag = "2")]
+    pub producer_name: String,
+    #[prost(string, tag = "3")]
+    pub producer_version: String,
+    #[prost(string, tag = "6")]
+    pub doc_string: String,
+    #[prost(message, optional, tag = "7")]
+    pub graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OperatorSetIdProto {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    pub node: Vec<NodeProto>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, repeated, tag = "5")]
+    pub initializer: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "11")]
+    pub input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    pub output: Vec<ValueInfoProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodeProto {
+    #[prost(string, repeated, tag = "1")]
+    pub input: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub output: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+/// `AttributeProto`; `r#type` is the `AttributeType` (1 FLOAT, 2 INT, 7 INTS).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(float, tag = "2")]
+    pub f: f32,
+    #[prost(int64, tag = "3")]
+    pub i: i64,
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
+    #[prost(int32, tag = "20")]
+    pub r#type: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorProto {
+    #[prost(int64, repeated, tag = "1")]
+    pub dims: Vec<i64>,
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    #[prost(string, tag = "8")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "9")]
+    pub raw_data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ValueInfoProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub r#type: Option<TypeProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TypeProto {
+    #[prost(message, optional, tag = "1")]
+    pub tensor_type: Option<TensorTypeProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorTypeProto {
+    #[prost(int32, tag = "1")]
+    pub elem_type: i32,
+    #[prost(message, optional, tag = "2")]
+    pub shape: Option<TensorShapeProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorShapeProto {
+    #[prost(message, repeated, tag = "1")]
+    pub dim: Vec<Dimension>,
+}
+
+/// One dimension: a number, or a name for a size chosen at run time.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Dimension {
+    #[prost(int64, optional, tag = "1")]
+    pub dim_value: Option<i64>,
+    #[prost(string, optional, tag = "2")]
+    pub dim_param: Option<String>,
+}
+
+/// Stride, padding and groups of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvGeometry {
+    pub stride: usize,
+    pub pad: Padding,
+    pub groups: usize,
+}
+
+/// A value in the graph under construction: its name and its shape without
+/// the batch dimension (`[c, h, w]` for maps, `[n]` for vectors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), ints: values.to_vec(), r#type: 7, ..Default::default() }
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), i: value, r#type: 2, ..Default::default() }
+}
+
+/// A graph being built, op by op, in forward order.
+#[derive(Default)]
+pub struct Graph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    /// Store weights as float16 (half the file; ONNX Runtime computes in
+    /// float32 after a `Cast`).
+    fp16: bool,
+    counter: usize,
+}
+
+impl Graph {
+    pub fn new(fp16: bool) -> Graph {
+        Graph { fp16, ..Default::default() }
+    }
+
+    fn fresh(&mut self, op: &str) -> String {
+        self.counter += 1;
+        format!("{}_{}", op.to_ascii_lowercase(), self.counter)
+    }
+
+    fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<AttributeProto>) -> String {
+        let out = self.fresh(op);
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![out.clone()],
+            name: out.clone(),
+            op_type: op.into(),
+            attribute: attributes,
+        });
+        out
+    }
+
+    /// A float constant named `name` (state-dict names keep the graph
+    /// readable in Netron). With `fp16` it is stored as float16 and cast.
+    pub fn constant(&mut self, name: &str, t: &Tensor) -> Result<String> {
+        let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+        let values = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        self.constant_values(name, &dims, &values)
+    }
+
+    fn constant_values(&mut self, name: &str, dims: &[i64], values: &[f32]) -> Result<String> {
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!("cannot export `{name}`: it holds NaN or infinite values")));
+        }
+        let (data_type, raw_data) = if self.fp16 {
+            (dtype::FLOAT16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+        } else {
+            (dtype::FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        };
+        let stored = if self.fp16 { format!("{name}.f16") } else { name.to_string() };
+        self.initializers.push(TensorProto { dims: dims.to_vec(), data_type, name: stored.clone(), raw_data });
+        if self.fp16 {
+            self.nodes.push(NodeProto {
+                input: vec![stored],
+                output: vec![name.to_string()],
+                name: format!("{name}.cast"),
+                op_type: "Cast".into(),
+                attribute: vec![int("to", i64::from(dtype::FLOAT))],
+            });
+        }
+        Ok(name.to_string())
+    }
+
+    /// `Conv` with weight `w` `[cout, cin/groups, k, k]` and bias `b` `[cout]`.
+    pub fn conv(&mut self, x: &Value, name: &str, (w, b): (&Tensor, &Tensor), geometry: ConvGeometry) -> Result<Value> {
+        let ConvGeometry { stride, pad, groups } = geometry;
+        let (cout, k) = (w.dim(0)?, w.dim(2)?);
+        let (h, wd) = (x.shape[1], x.shape[2]);
+        let out = |n: usize, before: usize, after: usize| (n + before + after - k) / stride + 1;
+        let shape = vec![cout, out(h, pad.top, pad.bottom), out(wd, pad.left, pad.right)];
+        let w = self.constant(&format!("{name}.weight"), w)?;
+        let b = self.constant(&format!("{name}.bias"), &b.flatten_all()?)?;
+        let attributes = vec![
+            ints("kernel_shape", &[k as i64, k as i64]),
+            ints("strides", &[stride as i64, stride as i64]),
+            ints("pads", &[pad.top as i64, pad.left as i64, pad.bottom as i64, pad.right as i64]),
+            ints("dilations", &[1, 1]),
+            int("group", groups as i64),
+        ];
+        let name = self.node("Conv", vec![x.name.clone(), w, b], attributes);
+        Ok(Value { name, shape })
+    }
+
+    /// `clamp(x, lo, hi)`: nothing for (−∞, ∞), `Relu` for [0, ∞), else `Clip`.
+    pub fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Result<Value> {
+        if lo == f32::NEG_INFINITY && hi == f32::INFINITY {
+            return Ok(x);
+        }
+        if lo == 0.0 && hi == f32::INFINITY {
+            return Ok(self.relu(&x));
+        }
+        let (lo_name, hi_name) = (format!("clip.min.{lo}"), format!("clip.max.{hi}"));
+        // Clip's bounds are float32 inputs, never cast.
+        for (n, v) in [(&lo_name, lo), (&hi_name, hi)] {
+            if !self.initializers.iter().any(|t| &t.name == n) {
+                self.initializers.push(TensorProto {
+                    dims: vec![],
+                    data_type: dtype::FLOAT,
+                    name: n.clone(),
+                    raw_data: v.to_le_bytes().to_vec(),
+                });
+            }
+        }
+        let name = self.node("Clip", vec![x.name, lo_name, hi_name], vec![]);
+        Ok(Value { name, shape: x.shape })
+    }
+
+    pub fn relu(&mut self, x: &Value) -> Value {
+        Value { name: self.node("Relu", vec![x.name.clone()], vec![]), shape: x.shape.clone() }
+    }
+
+    pub fn add(&mut self, a: &Value, b: &Value) -> Value {
+        Value { name: self.node("Add", vec![a.name.clone(), b.name.clone()], vec![]), shape: a.shape.clone() }
+    }
+
+    /// `MaxPool` (`floor` output size, padding never wins the maximum).
+    pub fn max_pool(&mut self, x: &Value, k: usize, stride: usize, pad: Padding) -> Value {
+        let out = |n: usize, before: usize, after: usize| (n + before + after - k) / stride + 1;
+        let shape = vec![x.shape[0], out(x.shape[1], pad.top, pad.bottom), out(x.shape[2], pad.left, pad.right)];
+        let attributes = vec![
+            ints("kernel_shape", &[k as i64, k as i64]),
+            ints("strides", &[stride as i64, stride as i64]),
+            ints("pads", &[pad.top as i64, pad.left as i64, pad.bottom as i64, pad.right as i64]),
+        ];
+        Value { name: self.node("MaxPool", vec![x.name.clone()], attributes), shape }
+    }
+
+    /// Global average pooling to a vector of channels.
+    pub fn global_avg_pool(&mut self, x: &Value) -> Value {
+        let pooled = self.node("GlobalAveragePool", vec![x.name.clone()], vec![]);
+        let name = self.node("Flatten", vec![pooled], vec![int("axis", 1)]);
+        Value { name, shape: vec![x.shape[0]] }
+    }
+
+    /// The whole map as one vector (`c·h·w`, channel-major as in PyTorch).
+    pub fn flatten(&mut self, x: &Value) -> Value {
+        let name = self.node("Flatten", vec![x.name.clone()], vec![int("axis", 1)]);
+        Value { name, shape: vec![x.shape.iter().product()] }
+    }
+
+    /// `x Wᵀ + b` with `w` `[out, in]`, as `Gemm` with `transB`.
+    pub fn linear(&mut self, x: &Value, name: &str, w: &Tensor, b: &Tensor) -> Result<Value> {
+        let out = w.dim(0)?;
+        let w = self.constant(&format!("{name}.weight"), w)?;
+        let b = self.constant(&format!("{name}.bias"), b)?;
+        let name = self.node("Gemm", vec![x.name.clone(), w, b], vec![int("transB", 1)]);
+        Ok(Value { name, shape: vec![out] })
+    }
+
+    pub fn softmax(&mut self, x: &Value) -> Value {
+        Value { name: self.node("Softmax", vec![x.name.clone()], vec![int("axis", 1)]), shape: x.shape.clone() }
+    }
+
+    /// `uint8` NHWC RGB → normalised float NCHW: `(x / 255 − mean) / std`,
+    /// folded into one `Sub` and one `Div` on the 0–255 scale.
+    pub fn preprocess(&mut self, input: &str, size: usize, mean: [f32; 3], std: [f32; 3]) -> Result<Value> {
+        let cast = self.node("Cast", vec![input.into()], vec![int("to", i64::from(dtype::FLOAT))]);
+        let nchw = self.node("Transpose", vec![cast], vec![ints("perm", &[0, 3, 1, 2])]);
+        let m: Vec<f32> = mean.iter().map(|m| m * 255.0).collect();
+        let s: Vec<f32> = std.iter().map(|s| s * 255.0).collect();
+        // Kept float32 even with fp16 weights: they are tiny.
+        let fp16 = std::mem::replace(&mut self.fp16, false);
+        let m = self.constant_values("preprocess.mean", &[1, 3, 1, 1], &m)?;
+        let s = self.constant_values("preprocess.std", &[1, 3, 1, 1], &s)?;
+        self.fp16 = fp16;
+        let centred = self.node("Sub", vec![nchw, m], vec![]);
+        let name = self.node("Div", vec![centred, s], vec![]);
+        Ok(Value { name, shape: vec![3, size, size] })
+    }
+
+    /// The finished model: `inputs`/`outputs` as `(name, element type,
+    /// shape with the batch dimension first)`.
+    pub fn finish(self, io: ModelIo, opset: i64, metadata: Vec<(String, String)>) -> ModelProto {
+        let info = |(name, elem_type, dims): (String, i32, Vec<Dimension>)| ValueInfoProto {
+            name,
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto { elem_type, shape: Some(TensorShapeProto { dim: dims }) }),
+            }),
+        };
+        let mut nodes = self.nodes;
+        // The outputs keep their names: rename the producing nodes' outputs.
+        for (wanted, produced) in &io.rename {
+            for n in nodes.iter_mut() {
+                for o in n.output.iter_mut().chain(n.input.iter_mut()) {
+                    if o == produced {
+                        *o = wanted.clone();
+                    }
+                }
+            }
+        }
+        ModelProto {
+            ir_version: IR_VERSION,
+            producer_name: "tlab".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: String::new(),
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "tlab".into(),
+                initializer: self.initializers,
+                input: io.inputs.into_iter().map(info).collect(),
+                output: io.outputs.into_iter().map(info).collect(),
+            }),
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset }],
+            metadata_props: metadata.into_iter().map(|(key, value)| StringStringEntryProto { key, value }).collect(),
+        }
+    }
+}
+
+/// The graph's inputs and outputs, and which internal values become the
+/// named outputs.
+pub struct ModelIo {
+    pub inputs: Vec<(String, i32, Vec<Dimension>)>,
+    pub outputs: Vec<(String, i32, Vec<Dimension>)>,
+    /// `(output name, value that produces it)`.
+    pub rename: Vec<(String, String)>,
+}
+
+/// A fixed dimension.
+pub fn dim(n: usize) -> Dimension {
+    Dimension { dim_value: Some(n as i64), dim_param: None }
+}
+
+/// A named dimension chosen at run time.
+pub fn dim_param(name: &str) -> Dimension {
+    Dimension { dim_value: None, dim_param: Some(name.into()) }
+}

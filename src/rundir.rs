@@ -1,0 +1,185 @@
+//! What a run leaves on disk: the reports of a [`Lab`] written into its run
+//! directory — numbers (metrics.json, predictions.csv, history.csv), the
+//! Markdown and HTML reports, the pictures, the model and status.json.
+//!
+//! It sits above both the engine ([`crate::lab`]) and the views
+//! ([`crate::views`]), which render the same rows for notebooks: the pictures
+//! in a run directory are the notebook's pictures.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::lab::Lab;
+use crate::recipe::StepKind;
+use crate::report::{self, HeadCard, ModelCard};
+use crate::views::{self, ClassReport, ConfusionMatrix, HistoryChart, Samples};
+
+/// How many mistakes the pictures and report.html show.
+const MISTAKES_SHOWN: usize = 24;
+/// How many augmented samples `augment.png` shows.
+const SAMPLES_SHOWN: usize = 16;
+
+/// Writes every report of `lab` into `dir` (created if needed): status.json
+/// saying whether every step completed, metrics.json and predictions.csv
+/// (from the last evaluate step), history.csv, report.md, report.html, the
+/// pictures (curves.png, confusion.png, per_class.png, mistakes.png,
+/// augment.png — each where there is something to draw), and
+/// model.safetensors + model.json. Every file is written atomically.
+pub fn write_reports(lab: &Lab, dir: &Path, complete: bool) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
+        let p = dir.join(name);
+        report::atomic_write(&p, bytes)?;
+        written.push(p);
+        Ok(())
+    };
+    let recipe = lab.recipe();
+    let classes: Vec<String> = lab.data().map(|d| d.classes.clone()).unwrap_or_default();
+    let done: Vec<usize> = lab.results().map(|r| r.index + 1).collect();
+    let status = serde_json::json!({
+        "complete": complete,
+        "steps": recipe.steps.len(),
+        "steps_done": done,
+        "recipe": crate::fs::absolute(&recipe.path).display().to_string(),
+    });
+    put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
+    let eval = lab.last_evaluation();
+    if let Some(eval) = eval {
+        put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
+        put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
+    }
+    put("history.csv", report::history_csv(lab.history()).as_bytes())?;
+    let steps: Vec<String> = recipe.steps.iter().map(|s| format!("{}: {}", s.kind.name(), s.kind.summary())).collect();
+    let mut md = String::new();
+    if !complete {
+        md.push_str("> **Incomplete run**: not every step finished (see status.json and log.txt).\n\n");
+    }
+    md += &report::report_markdown(
+        &recipe.name,
+        &steps,
+        lab.history(),
+        eval.map(|e| &e.metrics),
+        eval.map(|e| e.mistakes.as_slice()).unwrap_or(&[]),
+        &classes,
+    );
+    put("report.md", md.as_bytes())?;
+    for (name, picture) in pictures(lab) {
+        put(name, &views::png_bytes(&picture)?)?;
+    }
+    put("report.html", report_html(lab, complete)?.as_bytes())?;
+    written.extend(write_model(lab, dir)?);
+    Ok(written)
+}
+
+/// The run's pictures by file name, each only where there is something to draw.
+pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
+    let mut out = Vec::new();
+    if !lab.history().is_empty() {
+        out.push(("curves.png", lab.history_chart().to_png()));
+    }
+    if let Some(eval) = lab.last_evaluation() {
+        out.push(("confusion.png", ConfusionMatrix::from(&eval.metrics).to_png()));
+        out.push(("per_class.png", ClassReport::from(&eval.metrics).to_png()));
+        if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
+            if !m.items.is_empty() {
+                out.push(("mistakes.png", m.to_png()));
+            }
+        }
+    }
+    if let (Some(data), Some(aug)) = (lab.data(), lab.augmenter()) {
+        out.push(("augment.png", Samples::labelled(data, Some(&aug), lab.recipe().seed, SAMPLES_SHOWN).image));
+    }
+    out
+}
+
+/// `report.html`: one self-contained page (pictures embedded as `data:` URIs,
+/// no script, no network) with the recipe, the steps, the history, the
+/// evaluation and the pictures.
+pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
+    let recipe = lab.recipe();
+    let esc = views::escape;
+    let mut body = String::new();
+    let headline = match lab.last_evaluation() {
+        Some(e) => format!(
+            "accuracy <b>{:.4}</b> · top-{} {:.4} · macro F1 {:.4} on {} validation images",
+            e.metrics.accuracy, e.metrics.top_k, e.metrics.top_k_accuracy, e.metrics.macro_avg.f1, e.metrics.count
+        ),
+        None => "no evaluation yet".into(),
+    };
+    let state = if complete { "complete" } else { "<span class=\"bad\">incomplete</span>" };
+    body.push_str(&format!("<h1>tlab run <code>{}</code></h1><p>{state} · {headline}</p>", esc(&recipe.name)));
+    section(&mut body, "Steps", &lab.steps().to_html());
+    if !lab.history().is_empty() {
+        section(&mut body, "Training history", &HistoryChart::new(lab.history().to_vec()).to_html()?);
+    }
+    if let Some(eval) = lab.last_evaluation() {
+        let report = ClassReport::from(&eval.metrics);
+        let per_class = views::img_tag(&report.to_png(), "precision, recall and F1 per class")?;
+        section(&mut body, "Evaluation", &format!("{}{per_class}", report.to_html()));
+        let confusion = ConfusionMatrix::from(&eval.metrics);
+        let mut pairs = String::from("<p>Most confused (true → predicted):</p><ul>");
+        for (count, truth, predicted) in confusion.most_confused(5) {
+            pairs.push_str(&format!("<li>{} → {}: {count}</li>", esc(&truth), esc(&predicted)));
+        }
+        pairs.push_str("</ul>");
+        section(&mut body, "Confusion matrix", &format!("{}{pairs}", confusion.to_html()?));
+        if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
+            section(&mut body, "Worst mistakes", &m.to_html()?);
+        }
+    }
+    if let (Some(data), Some(aug)) = (lab.data(), lab.augmenter()) {
+        let samples = Samples::labelled(data, Some(&aug), recipe.seed, SAMPLES_SHOWN);
+        section(&mut body, "Augmentation", &samples.to_html()?);
+    }
+    let text = std::fs::read_to_string(&recipe.path).unwrap_or_default();
+    section(
+        &mut body,
+        "Recipe",
+        &format!(
+            "<p><code>{}</code></p><pre>{}</pre>",
+            esc(&crate::fs::shown(&recipe.path).display().to_string()),
+            esc(&text)
+        ),
+    );
+    Ok(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"/>\
+         <title>tlab run {name}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
+        name = esc(&recipe.name)
+    ))
+}
+
+fn section(body: &mut String, title: &str, content: &str) {
+    body.push_str(&format!("<section><h2>{}</h2>{content}</section>\n", views::escape(title)));
+}
+
+/// The page's look: readable on its own, no external resources.
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;\
+padding:0 16px;color:#222}h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;\
+margin-top:28px}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}table{margin:6px 0}\
+img{max-width:100%;height:auto}.bad{color:#c00;font-weight:bold}";
+
+/// model.safetensors and model.json, when a backbone has been built.
+fn write_model(lab: &Lab, dir: &Path) -> Result<Vec<PathBuf>> {
+    let (Some(model), Some(data)) = (lab.model(), lab.data()) else { return Ok(vec![]) };
+    let backbone_step = lab.recipe().steps.iter().find_map(|s| match &s.kind {
+        StepKind::Backbone(b) => Some(b.clone()),
+        _ => None,
+    });
+    let Some(b) = backbone_step else { return Ok(vec![]) };
+    let card = ModelCard {
+        backbone: b.arch.clone(),
+        classes: data.classes.clone(),
+        image_size: data.size,
+        preprocess: model.backbone.preprocess(),
+        head: HeadCard::from(&b.head),
+        recipe: crate::fs::absolute(&lab.recipe().path).display().to_string(),
+    };
+    let tensors: Vec<_> = model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
+    let weights = dir.join("model.safetensors");
+    crate::weights::save_safetensors(&tensors, candle_core::DType::F32, &weights)?;
+    let json = serde_json::to_string_pretty(&card).map_err(|e| Error::Invalid(e.to_string()))?;
+    let card_path = dir.join("model.json");
+    report::atomic_write(&card_path, json.as_bytes())?;
+    Ok(vec![weights, card_path])
+}

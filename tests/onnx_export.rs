@@ -1,0 +1,240 @@
+//! The ONNX export of every architecture, evaluated op by op by a small
+//! reference interpreter written here on candle's generic ops (not tlab's
+//! kernels), against tlab's own logits. ONNX Runtime checks the real thing
+//! in `.ci/test` (`.ci/check_onnx.py`); this keeps every architecture's
+//! export honest in plain `cargo test`.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use prost::Message;
+use tlab::augment::Rng;
+use tlab::export::{onnx_model, OnnxOptions};
+use tlab::models::layers::{Mode, ParamLoader};
+use tlab::models::{self, Classifier, Head, Preprocess};
+use tlab::onnx::{ModelProto, NodeProto};
+use tlab::recipe::{HeadConfig, Pooling};
+use tlab::report::{HeadCard, ModelCard};
+
+/// A random classifier whose BatchNorm statistics are not the trivial
+/// 0 / 1 of a fresh init (one training-mode pass moves them).
+fn classifier(arch: &str, size: usize, head: &HeadConfig, classes: usize) -> (Classifier, ModelCard) {
+    let backbone = models::build_backbone(arch, &mut ParamLoader::random(5), false).unwrap();
+    let in_features = match head.pooling {
+        Pooling::Avg => backbone.feature_channels(),
+        Pooling::Flatten => {
+            let x = Tensor::zeros((1, 3, size, size), DType::F32, &Device::Cpu).unwrap();
+            backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false }).unwrap().elem_count()
+        }
+    };
+    let preprocess = backbone.preprocess();
+    let model = Classifier::new(backbone, Head::new(head, in_features, classes, 9).unwrap());
+    let x = input(4, size, 1.0);
+    model.forward_from(&x, 0, Mode { training: true }, &mut Rng::new(1)).unwrap();
+    let card = ModelCard {
+        backbone: arch.into(),
+        classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        image_size: size as u32,
+        preprocess: Preprocess { input_size: size as u32, ..preprocess },
+        head: HeadCard::from(head),
+        recipe: "test".into(),
+    };
+    (model, card)
+}
+
+fn input(n: usize, size: usize, phase: f32) -> Tensor {
+    let v: Vec<f32> = (0..n * 3 * size * size)
+        .map(|i| 1.5 * ((i as f32) * 0.0137 + phase).sin() + 0.2 * (i % 7) as f32 - 0.6)
+        .collect();
+    Tensor::from_vec(v, (n, 3, size, size), &Device::Cpu).unwrap()
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Vec<usize> {
+    node.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.iter().map(|&i| i as usize).collect())
+        .unwrap_or_default()
+}
+
+fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
+    node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i)
+}
+
+/// Pads dims 2 and 3 of `x` with `value` ([top, left, bottom, right]).
+fn pad(x: &Tensor, pads: &[usize], value: f32) -> Tensor {
+    let mut x = x.clone();
+    for (dim, before, after) in [(2, pads[0], pads[2]), (3, pads[1], pads[3])] {
+        let mut parts = Vec::new();
+        let mut shape = x.dims().to_vec();
+        if before > 0 {
+            shape[dim] = before;
+            parts.push(Tensor::full(value, shape.as_slice(), &Device::Cpu).unwrap());
+        }
+        parts.push(x.clone());
+        if after > 0 {
+            shape[dim] = after;
+            parts.push(Tensor::full(value, shape.as_slice(), &Device::Cpu).unwrap());
+        }
+        x = Tensor::cat(&parts, dim).unwrap();
+    }
+    x
+}
+
+/// Runs `model` on `x` (named `input`) and returns every graph output.
+fn evaluate(model: &ModelProto, x: Tensor) -> HashMap<String, Tensor> {
+    let graph = model.graph.as_ref().unwrap();
+    let mut values: HashMap<String, Tensor> = HashMap::new();
+    for t in &graph.initializer {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let tensor = match t.data_type {
+            1 => {
+                let v: Vec<f32> = t.raw_data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap()
+            }
+            10 => {
+                let v: Vec<half::f16> = t.raw_data.chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap()
+            }
+            other => panic!("initializer type {other}"),
+        };
+        values.insert(t.name.clone(), tensor);
+    }
+    values.insert("input".into(), x);
+    for node in &graph.node {
+        let arg = |i: usize| {
+            values.get(&node.input[i]).unwrap_or_else(|| panic!("{} not computed yet", node.input[i])).clone()
+        };
+        let y = match node.op_type.as_str() {
+            "Conv" => {
+                let (x, w, b) = (arg(0), arg(1), arg(2));
+                let x = pad(&x, &attr_ints(node, "pads"), 0.0);
+                let stride = attr_ints(node, "strides")[0];
+                let groups = attr_int(node, "group", 1) as usize;
+                let y = x.conv2d(&w, 0, stride, 1, groups).unwrap();
+                y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap()
+            }
+            "Relu" => arg(0).relu().unwrap(),
+            "Clip" => {
+                let (lo, hi) = (arg(1).to_scalar::<f32>().unwrap(), arg(2).to_scalar::<f32>().unwrap());
+                arg(0).clamp(lo, hi).unwrap()
+            }
+            "Add" => arg(0).broadcast_add(&arg(1)).unwrap(),
+            "Sub" => arg(0).broadcast_sub(&arg(1)).unwrap(),
+            "Div" => arg(0).broadcast_div(&arg(1)).unwrap(),
+            "MaxPool" => {
+                let x = pad(&arg(0), &attr_ints(node, "pads"), f32::NEG_INFINITY);
+                let (k, s) = (attr_ints(node, "kernel_shape")[0], attr_ints(node, "strides")[0]);
+                x.max_pool2d_with_stride(k, s).unwrap()
+            }
+            "GlobalAveragePool" => arg(0).mean_keepdim(3).unwrap().mean_keepdim(2).unwrap(),
+            "Flatten" => arg(0).flatten_from(1).unwrap(),
+            "Gemm" => {
+                assert_eq!(attr_int(node, "transB", 0), 1);
+                arg(0).matmul(&arg(1).t().unwrap()).unwrap().broadcast_add(&arg(2)).unwrap()
+            }
+            "Softmax" => candle_nn::ops::softmax(&arg(0), 1).unwrap(),
+            "Cast" => arg(0).to_dtype(DType::F32).unwrap(),
+            "Transpose" => {
+                let p = attr_ints(node, "perm");
+                arg(0).permute((p[0], p[1], p[2], p[3])).unwrap()
+            }
+            other => panic!("op {other} not expected in a tlab export"),
+        };
+        values.insert(node.output[0].clone(), y);
+    }
+    graph.output.iter().map(|o| (o.name.clone(), values[&o.name].clone())).collect()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+fn check(arch: &str, size: usize, head: HeadConfig, opts: OnnxOptions, limit: f32) {
+    let (model, card) = classifier(arch, size, &head, 4);
+    let bytes = onnx_model(&model, &card, &opts).unwrap().encode_to_vec();
+    let proto = ModelProto::decode(bytes.as_slice()).unwrap();
+    assert_eq!(proto.opset_import[0].version, opts.opset);
+    let meta: HashMap<_, _> = proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+    assert_eq!(meta["tlab.classes"], r#"["class0","class1","class2","class3"]"#);
+    let x = input(2, size, 0.3);
+    let want = model.forward_from(&x, 0, Mode { training: false }, &mut Rng::new(0)).unwrap();
+    let fed = if opts.with_preprocessing {
+        // Integer pixels, as the graph's uint8 input holds them.
+        let px: Vec<u8> = (0..2 * size * size * 3).map(|i| ((i * 37 + i / 5) % 256) as u8).collect();
+        let as_f32: Vec<f32> = px.iter().map(|&p| f32::from(p)).collect();
+        let nhwc = Tensor::from_vec(as_f32, (2, size, size, 3), &Device::Cpu).unwrap();
+        let nchw =
+            card.preprocess.to_tensor(&nhwc.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 2, size, size).unwrap();
+        let want = model.forward_from(&nchw, 0, Mode { training: false }, &mut Rng::new(0)).unwrap();
+        let got = evaluate(&proto, nhwc);
+        let d = max_diff(&got["logits"], &want);
+        assert!(d < limit, "{arch} with preprocessing: max |logit diff| {d}");
+        return;
+    } else {
+        x
+    };
+    let got = evaluate(&proto, fed);
+    let d = max_diff(&got["logits"], &want);
+    eprintln!(
+        "{arch} {size}px: max |logit diff| {d:.2e}, {} nodes, {:.1} MB",
+        proto.graph.as_ref().unwrap().node.len(),
+        bytes.len() as f64 / 1e6
+    );
+    assert!(d < limit, "{arch}: max |logit diff| {d} (limit {limit})");
+    let p = candle_nn::ops::softmax(&want, 1).unwrap();
+    let probability_limit = if opts.fp16 { 1e-2 } else { 1e-5 };
+    assert!(max_diff(&got["probabilities"], &p) < probability_limit);
+}
+
+fn avg() -> HeadConfig {
+    HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 }
+}
+
+#[test]
+fn mobilenet_v2_exports_exactly() {
+    check("mobilenet_v2", 64, avg(), OnnxOptions::default(), 1e-4);
+}
+
+#[test]
+fn resnets_export_exactly_with_odd_sizes_and_hidden_layers() {
+    check(
+        "resnet18",
+        67,
+        HeadConfig { pooling: Pooling::Avg, hidden: vec![16], dropout: 0.0 },
+        OnnxOptions::default(),
+        1e-4,
+    );
+    check("resnet50", 64, avg(), OnnxOptions { dynamic_batch: true, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
+fn vgg_exports_exactly_with_a_flatten_head() {
+    check(
+        "vgg16",
+        64,
+        HeadConfig { pooling: Pooling::Flatten, hidden: vec![], dropout: 0.0 },
+        OnnxOptions::default(),
+        1e-4,
+    );
+}
+
+#[test]
+fn efficientnet_lite_exports_tf_same_padding_exactly() {
+    check("efficientnet_lite0", 67, avg(), OnnxOptions::default(), 1e-4);
+    check("efficientnet_lite2", 64, avg(), OnnxOptions { opset: 13, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
+fn preprocessing_and_fp16_variants() {
+    check("mobilenet_v2", 48, avg(), OnnxOptions { with_preprocessing: true, ..OnnxOptions::default() }, 1e-4);
+    // float16 weights: close, not exact.
+    check("resnet18", 48, avg(), OnnxOptions { fp16: true, ..OnnxOptions::default() }, 5e-2);
+}
+
+#[test]
+fn an_unsupported_opset_is_a_clear_error() {
+    let (model, card) = classifier("resnet18", 32, &avg(), 3);
+    let e = onnx_model(&model, &card, &OnnxOptions { opset: 9, ..OnnxOptions::default() }).unwrap_err();
+    assert!(e.to_string().contains("--opset 9"), "{e}");
+}
