@@ -65,7 +65,11 @@ impl Predictor {
 
     /// A model saved by `tlab run` in `dir` (model.json + model.safetensors).
     pub fn from_run_dir(dir: &Path) -> Result<Self> {
-        let (model, card) = load_run_model(dir)?;
+        let (mut model, card) = load_run_model(dir)?;
+        // Inference only: every block frozen, so BatchNorm is folded into
+        // the convolutions and the fused kernels run (as `tlab bench forward`).
+        let blocks = model.backbone.num_blocks();
+        model.freeze(blocks, false)?;
         Ok(Predictor {
             size: card.image_size,
             kind: Kind::Trained(model),
