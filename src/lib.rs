@@ -15,10 +15,12 @@
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
 //! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
-//!   directory (reports, pictures, report.html, the model);
+//!   directory (reports, pictures, report.html, the model); [`runs`]: reading
+//!   earlier runs back (`tlab runs`, `tlab compare`);
 //! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
 //! - [`preview`]: grids of (augmented) sample images;
 //! - [`predict`]: classifying images with a trained or ImageNet model;
+//! - [`explain`]: Grad-CAM heat-maps (`tlab explain`, report.html, notebooks);
 //! - [`tensorboard`]: TensorBoard event files (`tb/` in a run directory);
 //! - [`bench`](mod@bench): `tlab bench` throughput measurements;
 //! - [`views`]: results as PNG pictures and HTML (run directories, report.html,
@@ -32,6 +34,7 @@ pub mod cells;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod explain;
 pub mod export;
 pub mod fs;
 pub mod kernels;
@@ -48,6 +51,7 @@ pub mod preview;
 pub mod recipe;
 pub mod report;
 pub mod rundir;
+pub mod runs;
 pub mod tensorboard;
 pub mod train;
 #[cfg(feature = "tui")]

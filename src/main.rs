@@ -76,6 +76,34 @@ enum Command {
     },
     /// List the tensors of a weights file and the architectures it fits.
     Inspect { file: PathBuf },
+    /// Grad-CAM: where in each image the evidence for the predicted (and the
+    /// true) class lies, as IMAGE-gradcam.png files.
+    Explain {
+        /// Run directory written by `tlab run`.
+        run: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Output folder (default: RUN/explain).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The block whose output is explained (default: the last), e.g. features.14 or layer3.
+        #[arg(long)]
+        layer: Option<String>,
+    },
+    /// List the runs in DIR (default: runs), newest first.
+    Runs {
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+    },
+    /// Compare runs: metrics side by side with differences, the recipes
+    /// diffed key by key, and compare.png / compare.html with the curves overlaid.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// Where compare.png and compare.html go.
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+    },
     /// Export a trained model (a run directory) for use outside tlab.
     Export {
         /// Run directory written by `tlab run` (holds model.json + model.safetensors).
@@ -220,6 +248,9 @@ fn main() -> ExitCode {
         Command::Predict { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch, images } => {
             predict(PredictArgs { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch }, &images)
         }
+        Command::Runs { dir } => runs(&dir),
+        Command::Explain { run, images, output, layer } => explain(&run, &images, output, layer.as_deref()),
+        Command::Compare { runs, output } => compare(&runs, &output),
         Command::Export { run, format, output, opset, dynamic_batch, fp16, with_preprocessing } => {
             let opts = tlab::export::OnnxOptions { opset, dynamic_batch, fp16, with_preprocessing };
             export(&run, &format, output.as_deref(), &opts)
@@ -380,6 +411,7 @@ impl Observer for Progress {
 
 fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // With --resume, the run directory says which recipe it ran.
     let saved_state = match &resume {
         Some(dir) => tlab::checkpoint::read_state(dir)?,
@@ -407,6 +439,13 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         }
     };
     let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    // A resumed run keeps its start and adds the time it had run before.
+    let previous: serde_json::Value = std::fs::read_to_string(dir.join("status.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let started_at = previous["started"].as_u64().filter(|_| resume.is_some()).unwrap_or(now);
+    let earlier_seconds = previous["seconds"].as_f64().filter(|_| resume.is_some()).unwrap_or(0.0);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     // A process killed mid-write leaves its temp file; never its target.
     tlab::report::remove_stale_temps(&dir);
@@ -484,8 +523,12 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     if interrupted {
         progress.line("interrupted: stopped after the current batch; the reports below are incomplete".into());
     }
-    let written =
-        tlab::rundir::write_reports(&lab, &dir, !interrupted && failure.is_none()).context("writing reports")?;
+    let info = tlab::rundir::RunInfo {
+        complete: !interrupted && failure.is_none(),
+        started: started_at,
+        seconds: started.elapsed().as_secs_f64() + earlier_seconds,
+    };
+    let written = tlab::rundir::write_reports(&lab, &dir, info).context("writing reports")?;
     if let Some(mut tb) = progress.tb.take() {
         finish_tensorboard(&mut tb, &lab).context("writing the TensorBoard log")?;
     }
@@ -799,6 +842,144 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
         tlab::report::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
         tlab::report::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes.len()], &probs.concat()))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Option<&str>) -> anyhow::Result<ExitCode> {
+    let predictor = tlab::predict::Predictor::from_run_dir_for_gradients(run)?;
+    let model = predictor.classifier().context("not a trained model")?;
+    let names = model.backbone.block_names();
+    let layer = match layer {
+        None => None,
+        Some(name) => Some(
+            names
+                .iter()
+                .position(|n| n == name)
+                .map(|i| i + 1)
+                .with_context(|| format!("--layer {name}: no such block; the blocks are {}", names.join(", ")))?,
+        ),
+    };
+    let out = output.unwrap_or_else(|| run.join("explain"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (size, preprocess) = predictor.input_spec();
+    let classes = predictor.classes();
+    for path in tlab::predict::expand_inputs(images, classes)?.into_iter().map(|(p, _)| p) {
+        let pixels = tlab::data::decode(&path, size).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let truth = tlab::predict::class_of(&path, classes);
+        let e = match layer {
+            None => tlab::explain::explain_pixels(model, preprocess, &pixels, size, classes, truth)?,
+            Some(l) => {
+                let s = size as usize;
+                let as_f32: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
+                let x = preprocess.to_tensor(&as_f32, 1, s, s)?;
+                let probs = predictor.probabilities(&path)?;
+                let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                let map = tlab::explain::grad_cam(model, &x, predicted, Some(l))?;
+                let image = image::RgbImage::from_raw(size, size, pixels.clone()).context("image size")?;
+                let picture = tlab::views::draw::gallery(
+                    &[
+                        (image.clone(), vec![("image".into(), tlab::views::draw::BLACK)]),
+                        (map.overlay(&image), vec![(format!("pred {}", classes[predicted]), tlab::views::draw::BLACK)]),
+                    ],
+                    2,
+                    160,
+                );
+                tlab::explain::Explanation { picture, predicted, confidence: probs[predicted], peak: map.peak(), map }
+            }
+        };
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = out.join(format!("{stem}-gradcam.png"));
+        tlab::report::atomic_write(&file, &tlab::views::png_bytes(&e.picture)?)?;
+        println!(
+            "{} → {} ({:.3}){}  {}",
+            tlab::fs::shown(&path).display(),
+            classes[e.predicted],
+            e.confidence,
+            truth.map(|t| format!(", true {}", classes[t])).unwrap_or_default(),
+            tlab::fs::shown(&file).display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runs(dir: &Path) -> anyhow::Result<ExitCode> {
+    let runs = tlab::runs::list(dir)?;
+    if runs.is_empty() {
+        println!("no runs in {}", tlab::fs::shown(dir).display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
+    println!(
+        "{:<width$}  {:<16}  {:<10}  {:>8}  {:>8}  {:>8}  recipe",
+        "run", "started (UTC)", "status", "accuracy", "macro F1", "time"
+    );
+    for r in &runs {
+        let num = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "{:<width$}  {:<16}  {:<10}  {:>8}  {:>8}  {:>8}  {}",
+            r.name,
+            r.started_text(),
+            if r.complete { "complete" } else { "incomplete" },
+            num(r.metrics.as_ref().map(|m| m.accuracy)),
+            num(r.metrics.as_ref().map(|m| m.macro_avg.f1)),
+            r.seconds.map_or("–".to_string(), |s| format!("{s:.0}s")),
+            r.recipe_hash.as_deref().unwrap_or("–"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
+    let runs: Vec<tlab::runs::RunSummary> =
+        dirs.iter().map(|d| tlab::runs::RunSummary::read(d)).collect::<tlab::Result<_>>()?;
+    let width = runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(8).max(18);
+    print!("{:<16}", "");
+    for r in &runs {
+        print!("  {:>width$}", r.name);
+    }
+    println!();
+    for (name, p, values) in tlab::runs::metric_rows(&runs) {
+        print!("{name:<16}");
+        for (k, v) in values.iter().enumerate() {
+            let cell = match (v, values[0]) {
+                (Some(v), Some(base)) if k > 0 => format!("{v:.p$} ({:+.p$})", v - base),
+                (Some(v), _) => format!("{v:.p$}"),
+                (None, _) => "–".into(),
+            };
+            print!("  {cell:>width$}");
+        }
+        println!();
+    }
+    for r in &runs[1..] {
+        println!("\nrecipe {} → {}:", runs[0].name, r.name);
+        match (&runs[0].recipe, &r.recipe) {
+            (Some(a), Some(b)) => {
+                let diff = tlab::runs::recipe_diff(a, b);
+                if diff.is_empty() {
+                    println!("  same recipe");
+                }
+                for c in diff {
+                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+                    println!("  {}: {} → {}", c.key, show(&c.before), show(&c.after));
+                }
+            }
+            _ => println!("  (a run without recipe.toml: made by an older tlab)"),
+        }
+    }
+    let chart = tlab::views::CompareChart {
+        runs: runs.iter().map(|r| (r.name.clone(), r.history.iter().map(|(_, e)| e.clone()).collect())).collect(),
+    };
+    let png = chart.to_png();
+    if !output.is_dir() {
+        bail!("{}: the output folder does not exist", tlab::fs::shown(output).display());
+    }
+    tlab::report::atomic_write(&output.join("compare.png"), &tlab::views::png_bytes(&png)?)?;
+    tlab::report::atomic_write(&output.join("compare.html"), tlab::runs::compare_html(&runs, &png)?.as_bytes())?;
+    println!(
+        "\nwrote {} and {}",
+        tlab::fs::shown(&output.join("compare.png")).display(),
+        tlab::fs::shown(&output.join("compare.html")).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

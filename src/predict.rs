@@ -79,6 +79,22 @@ impl Predictor {
         })
     }
 
+    /// A trained model with every block unfrozen, so gradients reach every
+    /// block's input (Grad-CAM at an earlier `--layer`); slower than
+    /// [`Predictor::from_run_dir`].
+    pub fn from_run_dir_for_gradients(dir: &Path) -> Result<Self> {
+        let mut p = Self::from_run_dir(dir)?;
+        if let Kind::Trained(m) = &mut p.kind {
+            m.freeze(0, false)?;
+        }
+        Ok(p)
+    }
+
+    /// The image size and preprocessing the model expects.
+    pub fn input_spec(&self) -> (u32, &Preprocess) {
+        (self.size, &self.preprocess)
+    }
+
     /// The trained classifier, for a model from a run directory.
     pub fn classifier(&self) -> Option<&Classifier> {
         match &self.kind {
@@ -219,6 +235,13 @@ pub fn load_run_model(dir: &Path) -> Result<(Classifier, ModelCard)> {
     let head = Head::load(&head_cfg, in_features, card.classes.len(), &mut p)?;
     p.finish(true, None)?;
     Ok((Classifier::new(backbone, head), card))
+}
+
+/// The class of an image file from its folder (`…/<class>/<file>`), when
+/// that folder is one of `classes`.
+pub fn class_of(path: &Path, classes: &[String]) -> Option<usize> {
+    let folder = path.parent()?.file_name()?;
+    classes.iter().position(|c| c.as_str() == folder)
 }
 
 /// Image files to classify from the command line's paths: files as given,

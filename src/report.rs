@@ -163,6 +163,12 @@ pub fn default_run_dir(name: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("{name}-{}", utc_stamp(secs)))
 }
 
+/// `YYYY-MM-DD HH:MM` in UTC, for tables of runs.
+pub fn utc_date_time(secs: u64) -> String {
+    let s = utc_stamp(secs);
+    format!("{}-{}-{} {}:{}", &s[0..4], &s[4..6], &s[6..8], &s[9..11], &s[11..13])
+}
+
 /// `YYYYMMDD-HHMMSS` in UTC (civil-from-days, H. Hinnant's algorithm).
 fn utc_stamp(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

@@ -16,16 +16,31 @@ use crate::views::{self, ClassReport, ConfusionMatrix, HistoryChart, Samples};
 
 /// How many mistakes the pictures and report.html show.
 const MISTAKES_SHOWN: usize = 24;
+/// How many of the worst mistakes report.html explains with Grad-CAM.
+const GRAD_CAM_SHOWN: usize = 6;
 /// How many augmented samples `augment.png` shows.
 const SAMPLES_SHOWN: usize = 16;
 
+/// How a run went, for status.json.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunInfo {
+    /// Every step finished.
+    pub complete: bool,
+    /// When the run started (seconds since the Unix epoch).
+    pub started: u64,
+    /// Wall time so far, in seconds.
+    pub seconds: f64,
+}
+
 /// Writes every report of `lab` into `dir` (created if needed): status.json
-/// saying whether every step completed, metrics.json and predictions.csv
+/// saying whether every step completed (with the start, the wall time and a
+/// hash of the recipe), recipe.toml (the recipe as run), metrics.json and predictions.csv
 /// (from the last evaluate step), history.csv, report.md, report.html, the
 /// pictures (curves.png, confusion.png, per_class.png, mistakes.png,
 /// augment.png — each where there is something to draw), and
 /// model.safetensors + model.json. Every file is written atomically.
-pub fn write_reports(lab: &Lab, dir: &Path, complete: bool) -> Result<Vec<PathBuf>> {
+pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf>> {
+    let complete = info.complete;
     let mut written = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> Result<()> {
         let p = dir.join(name);
@@ -36,13 +51,18 @@ pub fn write_reports(lab: &Lab, dir: &Path, complete: bool) -> Result<Vec<PathBu
     let recipe = lab.recipe();
     let classes: Vec<String> = lab.data().map(|d| d.classes.clone()).unwrap_or_default();
     let done: Vec<usize> = lab.results().map(|r| r.index + 1).collect();
+    let text = std::fs::read_to_string(&recipe.path).unwrap_or_default();
     let status = serde_json::json!({
         "complete": complete,
         "steps": recipe.steps.len(),
         "steps_done": done,
         "recipe": crate::fs::absolute(&recipe.path).display().to_string(),
+        "recipe_hash": recipe_hash(&text),
+        "started": info.started,
+        "seconds": info.seconds,
     });
     put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
+    put("recipe.toml", text.as_bytes())?;
     let eval = lab.last_evaluation();
     if let Some(eval) = eval {
         put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
@@ -71,6 +91,13 @@ pub fn write_reports(lab: &Lab, dir: &Path, complete: bool) -> Result<Vec<PathBu
     Ok(written)
 }
 
+/// A short, stable fingerprint of a recipe's text (FNV-1a, 64 bits, hex):
+/// runs of the same recipe share it in `tlab runs`.
+pub fn recipe_hash(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")[..12].to_string()
+}
+
 /// The run's pictures by file name, each only where there is something to draw.
 pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
     let mut out = Vec::new();
@@ -79,6 +106,9 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
     }
     if let Some(eval) = lab.last_evaluation() {
         out.push(("confusion.png", ConfusionMatrix::from(&eval.metrics).to_png()));
+        if let Ok(Some(picture)) = grad_cam_of_mistakes(lab, GRAD_CAM_SHOWN) {
+            out.push(("gradcam.png", picture));
+        }
         out.push(("per_class.png", ClassReport::from(&eval.metrics).to_png()));
         if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
             if !m.items.is_empty() {
@@ -126,6 +156,15 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
         if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
             section(&mut body, "Worst mistakes", &m.to_html()?);
         }
+        if let Some(picture) = grad_cam_of_mistakes(lab, GRAD_CAM_SHOWN)? {
+            let caption = "<p>Grad-CAM (Selvaraju et al. 2017) at the last block: where the evidence for the \
+                           predicted class (red caption) and for the true class lies, for the worst mistakes.</p>";
+            section(
+                &mut body,
+                "Why: Grad-CAM",
+                &format!("{caption}{}", views::img_tag(&picture, "Grad-CAM of the worst mistakes")?),
+            );
+        }
     }
     if let (Some(data), Some(aug)) = (lab.data(), lab.augmenter()) {
         let samples = Samples::labelled(data, Some(&aug), recipe.seed, SAMPLES_SHOWN);
@@ -147,6 +186,32 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
          <title>tlab run {name}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
         name = esc(&recipe.name)
     ))
+}
+
+/// Grad-CAM of the `n` worst mistakes of the last evaluation, one row each
+/// (image, predicted class's map, true class's map); `None` without any.
+pub fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImage>> {
+    let (Some(eval), Some(model), Some(data)) = (lab.last_evaluation(), lab.model(), lab.data()) else {
+        return Ok(None);
+    };
+    let preprocess = model.backbone.preprocess();
+    let mut rows = Vec::new();
+    for p in eval.mistakes.iter().take(n) {
+        let Some(i) = data.valid.paths.iter().position(|q| *q == p.path) else { continue };
+        let e = crate::explain::explain_pixels(
+            model,
+            &preprocess,
+            &data.valid.pixels[i],
+            data.size,
+            &data.classes,
+            Some(p.truth),
+        )?;
+        rows.push(e.picture);
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(crate::preview::tile(&rows, 2)))
 }
 
 fn section(body: &mut String, title: &str, content: &str) {

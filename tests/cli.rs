@@ -113,6 +113,54 @@ fn tiny_recipe_runs_end_to_end_and_the_model_predicts() {
     assert!(out.status.success(), "predict failed: {}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().nth(1).unwrap().trim().ends_with(first[2]), "{stdout} vs {first:?}");
+
+    // The pictures, report.html, the recipe as run and the TensorBoard log.
+    for f in ["curves.png", "confusion.png", "per_class.png", "augment.png", "report.html", "recipe.toml"] {
+        assert!(run_dir.join(f).is_file(), "missing {f}");
+    }
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("<title>tlab run tiny</title>") && html.contains("data:image/png;base64,"));
+    let tb = std::fs::read_dir(run_dir.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let events = tlab::tensorboard::read_events(&tb).unwrap();
+    let epochs =
+        events.iter().flat_map(|e| &e.summary).flat_map(|s| &s.value).filter(|v| v.tag == "epoch/valid_accuracy");
+    assert_eq!(epochs.count(), 4);
+
+    // A folder of class folders: batch prediction with accuracy equal to the run's.
+    let scored = dir.join("scored");
+    std::fs::create_dir_all(&scored).unwrap();
+    let valid = dir.join("data/valid");
+    let out = tlab(&[
+        "predict",
+        "--model",
+        run_dir.to_str().unwrap(),
+        valid.to_str().unwrap(),
+        "--out",
+        scored.to_str().unwrap(),
+        "--csv",
+        scored.join("p.csv").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("accuracy {accuracy:.4} on 18 images")), "{stdout}");
+    assert_eq!(std::fs::read_to_string(scored.join("p.csv")).unwrap().lines().count(), 19);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scored.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(again["confusion"], m["confusion"]);
+
+    // Runs, compare and explain.
+    let out = tlab(&["runs", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().nth(1).is_some_and(|l| l.starts_with("run ") && l.contains("complete")), "{stdout}");
+    let out = tlab(&["compare", run_dir.to_str().unwrap(), run_dir.to_str().unwrap(), "-o", scored.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("same recipe"));
+    assert!(scored.join("compare.png").is_file() && scored.join("compare.html").is_file());
+    let out = tlab(&["explain", run_dir.to_str().unwrap(), first[0], "-o", scored.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stem = Path::new(first[0]).file_stem().unwrap().to_string_lossy().into_owned();
+    let picture = image::open(scored.join(format!("{stem}-gradcam.png"))).unwrap();
+    assert!(picture.width() >= 2 * 160, "image and at least one overlay");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

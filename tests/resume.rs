@@ -225,7 +225,7 @@ fn assert_every_file_parses(dir: &Path) {
                     assert_eq!(l.split(',').count(), cols, "{what}: row `{l}`");
                 }
             }
-            Some("md" | "txt") => {
+            Some("md" | "txt" | "toml") => {
                 let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(text.ends_with('\n'), "{what} is cut short");
             }

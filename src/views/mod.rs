@@ -29,8 +29,9 @@
 //! outside evcxr, e.g. to save a report.
 
 mod chart;
+mod compare;
 mod confusion;
-mod draw;
+pub mod draw;
 mod mistakes;
 mod report;
 mod samples;
@@ -41,6 +42,7 @@ use std::io::Write as _;
 use image::RgbImage;
 
 pub use chart::HistoryChart;
+pub use compare::CompareChart;
 pub use confusion::ConfusionMatrix;
 pub use mistakes::{Mistake, Mistakes};
 pub use report::ClassReport;

@@ -36,6 +36,38 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Grad-CAM for one image file (`tlab explain` in a notebook): the image,
+    /// the heat-map of the predicted class, and of the true class when the
+    /// file sits in a class folder and was misclassified. Needs a model:
+    /// run the backbone step first.
+    pub fn explain(&self, path: impl AsRef<std::path::Path>) -> Result<Samples> {
+        let path = path.as_ref();
+        let (model, data) = match (self.model(), self.data()) {
+            (Some(m), Some(d)) => (m, d),
+            _ => return Err(Error::Invalid("no model yet; run the backbone step first".into())),
+        };
+        let pixels = crate::data::decode(path, data.size).map_err(|e| Error::data(path, e))?;
+        let truth = crate::predict::class_of(path, &data.classes);
+        let e = crate::explain::explain_pixels(
+            model,
+            &model.backbone.preprocess(),
+            &pixels,
+            data.size,
+            &data.classes,
+            truth,
+        )?;
+        Ok(Samples {
+            image: e.picture,
+            caption: format!(
+                "Grad-CAM of {} (predicted {})",
+                crate::fs::shown(path).display(),
+                data.classes[e.predicted]
+            ),
+        })
+    }
+}
+
 impl Samples {
     /// See [`preview::sample_grid`].
     pub fn grid(data: &Dataset, aug: &Augmenter, seed: u64, n: usize) -> Self {

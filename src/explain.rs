@@ -1,0 +1,176 @@
+//! Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep
+//! Networks via Gradient-based Localization", ICCV 2017): where in the image
+//! the evidence for a class lies, for every architecture tlab trains.
+//!
+//! The activations `A` of one block (by default the last, i.e. the feature
+//! map the head pools) become a leaf of the autograd graph; the rest of the
+//! network runs from them, and the class score's gradient gives each
+//! channel a weight `α_k = mean over the map of ∂y/∂A_k`. The map is
+//! `ReLU(Σ_k α_k A_k)`, scaled to [0, 1] and resized to the image.
+
+use candle_core::{Tensor, Var, D};
+use image::{Rgb, RgbImage};
+
+use crate::augment::Rng;
+use crate::error::{Error, Result};
+use crate::models::layers::Mode;
+use crate::models::Classifier;
+
+/// A Grad-CAM heat-map: `h × w` values in [0, 1], row-major, at the chosen
+/// block's resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    pub width: usize,
+    pub height: usize,
+    pub values: Vec<f32>,
+}
+
+impl Heatmap {
+    /// The cell with the largest value, as `(x, y)` at the map's resolution.
+    pub fn peak(&self) -> (usize, usize) {
+        let i = self.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+        (i % self.width.max(1), i / self.width.max(1))
+    }
+
+    /// `image` with the map laid over it in a blue → red colour scale,
+    /// bilinearly resized to the image, strongest where the map is.
+    pub fn overlay(&self, image: &RgbImage) -> RgbImage {
+        let (w, h) = image.dimensions();
+        let small = image::ImageBuffer::<image::Luma<f32>, Vec<f32>>::from_raw(
+            self.width as u32,
+            self.height as u32,
+            self.values.clone(),
+        );
+        let Some(small) = small else { return image.clone() };
+        let big = image::imageops::resize(&small, w, h, image::imageops::FilterType::Triangle);
+        let mut out = image.clone();
+        for (x, y, p) in out.enumerate_pixels_mut() {
+            let v = big.get_pixel(x, y).0[0].clamp(0.0, 1.0);
+            let heat = colour(v);
+            let a = 0.25 + 0.35 * v;
+            for k in 0..3 {
+                p.0[k] = (f32::from(p.0[k]) * (1.0 - a) + f32::from(heat.0[k]) * a).round() as u8;
+            }
+        }
+        out
+    }
+}
+
+/// A blue → cyan → yellow → red scale (like matplotlib's "jet", softened).
+fn colour(v: f32) -> Rgb<u8> {
+    let stops = [
+        (0.0, [40.0, 60.0, 190.0]),
+        (0.35, [40.0, 200.0, 220.0]),
+        (0.65, [250.0, 220.0, 40.0]),
+        (1.0, [220.0, 30.0, 30.0]),
+    ];
+    let mut out = stops[0].1;
+    for pair in stops.windows(2) {
+        let ((a, ca), (b, cb)) = (pair[0], pair[1]);
+        if v >= a && v <= b {
+            let t = (v - a) / (b - a);
+            out = [ca[0] + (cb[0] - ca[0]) * t, ca[1] + (cb[1] - ca[1]) * t, ca[2] + (cb[2] - ca[2]) * t];
+        }
+    }
+    Rgb([out[0] as u8, out[1] as u8, out[2] as u8])
+}
+
+/// The Grad-CAM map of class `class` for the input `x` (`[1, 3, s, s]`,
+/// normalised), taken at the output of block `layer` (`None`: the last
+/// block). The model is used in inference mode; its blocks must be
+/// unfrozen from `layer` on so gradients flow (see [`Classifier::freeze`]).
+pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usize>) -> Result<Heatmap> {
+    let blocks = model.backbone.num_blocks();
+    let layer = layer.unwrap_or(blocks);
+    if layer == 0 || layer > blocks {
+        return Err(Error::Invalid(format!("Grad-CAM layer {layer}: the backbone has blocks 1 to {blocks}")));
+    }
+    let mode = Mode { training: false };
+    let acts = model.backbone.forward_blocks(x, 0..layer, mode)?.detach();
+    let leaf = Var::from_tensor(&acts)?;
+    let logits = model.forward_from(leaf.as_tensor(), layer, mode, &mut Rng::new(0))?;
+    let classes = logits.dim(1)?;
+    if class >= classes {
+        return Err(Error::Invalid(format!("class {class}: the model has {classes} classes")));
+    }
+    let score = logits.narrow(1, class, 1)?.sum_all()?;
+    let grads = score.backward()?;
+    let grad = grads
+        .get(leaf.as_tensor())
+        .ok_or_else(|| Error::Invalid("Grad-CAM: no gradient reached the chosen block".into()))?;
+    let (_, _, h, w) = acts.dims4()?;
+    // α_k: the gradient averaged over the map, one weight per channel.
+    let alpha = grad.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+    let cam = acts.broadcast_mul(&alpha)?.sum_keepdim(1)?.relu()?.reshape((h, w))?;
+    let values = cam.flatten_all()?.to_vec1::<f32>()?;
+    let max = values.iter().copied().fold(0.0f32, f32::max);
+    let values = if max > 0.0 { values.iter().map(|v| v / max).collect() } else { values };
+    Ok(Heatmap { width: w, height: h, values })
+}
+
+/// An image explained: the picture (the image, then the Grad-CAM overlay
+/// for the predicted class, then for the true class when it differs) and
+/// the prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub picture: RgbImage,
+    pub predicted: usize,
+    pub confidence: f32,
+    /// The peak of the predicted class's map, at the map's resolution.
+    pub peak: (usize, usize),
+    pub map: Heatmap,
+}
+
+/// Explains one image given as RGB bytes (`size × size`, as the data set
+/// decodes them): predicts it, and draws Grad-CAM for the predicted class
+/// and, if `truth` is known and differs, for the true class.
+pub fn explain_pixels(
+    model: &Classifier,
+    preprocess: &crate::models::Preprocess,
+    pixels: &[u8],
+    size: u32,
+    classes: &[String],
+    truth: Option<usize>,
+) -> Result<Explanation> {
+    let s = size as usize;
+    let as_f32: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
+    let x = preprocess.to_tensor(&as_f32, 1, s, s)?;
+    let logits = model.forward_from(&x, 0, Mode { training: false }, &mut Rng::new(0))?;
+    let probs = crate::metrics::softmax_rows(&logits.flatten_all()?.to_vec1::<f32>()?, classes.len());
+    let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let image = RgbImage::from_raw(size, size, pixels.to_vec())
+        .ok_or_else(|| Error::Invalid("Grad-CAM: the pixels do not match the image size".into()))?;
+    let map = grad_cam(model, &x, predicted, None)?;
+    let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| format!("#{i}")).replace('_', " ");
+    let mut tiles: Vec<crate::views::draw::Captioned> = vec![(image.clone(), vec![("image".into(), DARK)])];
+    tiles.push((map.overlay(&image), vec![(format!("pred {} {:.2}", name(predicted), probs[predicted]), RED)]));
+    if let Some(t) = truth.filter(|&t| t != predicted && t < classes.len()) {
+        let true_map = grad_cam(model, &x, t, None)?;
+        // An all-zero map: nothing in the image speaks for the true class.
+        let none = if true_map.values.iter().all(|v| *v == 0.0) { " · no evidence" } else { "" };
+        tiles.push((true_map.overlay(&image), vec![(format!("true {} {:.2}{none}", name(t), probs[t]), DARK)]));
+    }
+    let picture = crate::views::draw::gallery(&tiles, tiles.len(), 160);
+    Ok(Explanation { picture, predicted, confidence: probs[predicted], peak: map.peak(), map })
+}
+
+const DARK: Rgb<u8> = Rgb([30, 30, 30]);
+const RED: Rgb<u8> = Rgb([200, 0, 0]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_and_overlay() {
+        let map = Heatmap { width: 3, height: 2, values: vec![0.0, 0.1, 0.2, 0.3, 1.0, 0.5] };
+        assert_eq!(map.peak(), (1, 1));
+        let img = RgbImage::from_pixel(30, 20, Rgb([128, 128, 128]));
+        let over = map.overlay(&img);
+        assert_eq!(over.dimensions(), (30, 20));
+        // Hot where the map peaks (red), cool in the corner (blue).
+        let hot = over.get_pixel(15, 15);
+        let cold = over.get_pixel(0, 0);
+        assert!(hot.0[0] > hot.0[2] && cold.0[2] > cold.0[0], "{hot:?} {cold:?}");
+    }
+}
