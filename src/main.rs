@@ -572,6 +572,7 @@ fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab) -> tla
     if let Some(eval) = lab.last_evaluation() {
         tb.scalar("evaluate/accuracy", step, eval.metrics.accuracy)?;
         tb.scalar("evaluate/macro_f1", step, eval.metrics.macro_avg.f1)?;
+        tb.scalar("evaluate/ece", step, eval.metrics.calibration.ece)?;
     }
     tb.flush()
 }

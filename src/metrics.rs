@@ -53,6 +53,98 @@ pub struct Metrics {
     pub loss: f64,
     /// Number of samples evaluated.
     pub count: usize,
+    /// Top-k recall of each class (in `classes` order): the share of its
+    /// images whose true class is among the `top_k` most likely.
+    #[serde(default)]
+    pub per_class_top_k: Vec<f64>,
+    /// The largest off-diagonal cells of the confusion matrix, largest first
+    /// (fastai's `most_confused`).
+    #[serde(default)]
+    pub most_confused: Vec<Confused>,
+    /// How well the confidence matches the accuracy.
+    #[serde(default)]
+    pub calibration: Calibration,
+}
+
+/// A pair of classes the model mixes up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Confused {
+    #[serde(rename = "true")]
+    pub truth: String,
+    pub predicted: String,
+    pub count: usize,
+}
+
+/// Calibration of the top-1 confidence: the images binned by confidence,
+/// each bin's mean confidence against its accuracy (a reliability diagram),
+/// and the expected calibration error `ECE = Σ_b (n_b / n)·|acc_b − conf_b|`
+/// (Guo et al. 2017) over [`CALIBRATION_BINS`] equal-width bins.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub ece: f64,
+    pub bins: Vec<CalibrationBin>,
+}
+
+/// One confidence bin `(lo, hi]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CalibrationBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub count: usize,
+    pub confidence: f64,
+    pub accuracy: f64,
+}
+
+/// Equal-width confidence bins of [`Calibration`] (as in Guo et al.).
+pub const CALIBRATION_BINS: usize = 15;
+
+/// The `n` largest off-diagonal cells of `confusion`, largest first (ties in
+/// class order).
+pub fn most_confused(confusion: &[Vec<usize>], classes: &[String], n: usize) -> Vec<Confused> {
+    let mut cells: Vec<(usize, usize, usize)> = confusion
+        .iter()
+        .enumerate()
+        .flat_map(|(t, row)| row.iter().enumerate().map(move |(p, &c)| (c, t, p)))
+        .filter(|&(c, t, p)| t != p && c > 0 && t < classes.len() && p < classes.len())
+        .collect();
+    cells.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    cells
+        .into_iter()
+        .take(n)
+        .map(|(count, t, p)| Confused { truth: classes[t].clone(), predicted: classes[p].clone(), count })
+        .collect()
+}
+
+/// The [`Calibration`] of top-1 predictions with confidences `conf`
+/// (the largest probability of each row) and correctness `hit`.
+pub fn calibration(conf: &[f64], hit: &[bool]) -> Calibration {
+    let n = conf.len().min(hit.len());
+    let mut bins: Vec<CalibrationBin> = (0..CALIBRATION_BINS)
+        .map(|b| CalibrationBin {
+            lo: b as f64 / CALIBRATION_BINS as f64,
+            hi: (b + 1) as f64 / CALIBRATION_BINS as f64,
+            count: 0,
+            confidence: 0.0,
+            accuracy: 0.0,
+        })
+        .collect();
+    for (&c, &h) in conf.iter().zip(hit).take(n) {
+        let c = if c.is_finite() { c.clamp(0.0, 1.0) } else { 0.0 };
+        // (lo, hi]: a confidence of exactly 0 goes to the first bin.
+        let b = ((c * CALIBRATION_BINS as f64).ceil() as usize).clamp(1, CALIBRATION_BINS) - 1;
+        bins[b].count += 1;
+        bins[b].confidence += c;
+        bins[b].accuracy += f64::from(u8::from(h));
+    }
+    let mut ece = 0.0;
+    for bin in &mut bins {
+        if bin.count > 0 {
+            bin.confidence /= bin.count as f64;
+            bin.accuracy /= bin.count as f64;
+            ece += bin.count as f64 / n as f64 * (bin.accuracy - bin.confidence).abs();
+        }
+    }
+    Calibration { ece, bins }
 }
 
 /// `a / b`, or 0 when `b == 0` (scikit-learn's `zero_division=0`).
@@ -105,6 +197,19 @@ pub fn compute(probs: &[f32], labels: &[usize], classes: &[String], top_k: usize
         .sum();
     let loss = ratio(total_loss, count as f64);
 
+    let per_class_top_k = (0..n_classes)
+        .map(|c| {
+            let of_class: Vec<f32> =
+                rows.iter().zip(labels).filter(|(_, &t)| t == c).flat_map(|(r, _)| r.iter().copied()).collect();
+            let n = of_class.len() / n_classes;
+            self::top_k_accuracy(&of_class, &vec![c; n], n_classes, top_k)
+        })
+        .collect();
+    let most_confused = most_confused(&confusion, classes, 10);
+    let conf: Vec<f64> = rows.iter().zip(&preds).map(|(r, &p)| r.get(p).map_or(0.0, |&v| f64::from(v))).collect();
+    let hit: Vec<bool> = preds.iter().zip(labels).map(|(p, t)| p == t).collect();
+    let calibration = calibration(&conf, &hit);
+
     Metrics {
         accuracy,
         top_k,
@@ -116,6 +221,9 @@ pub fn compute(probs: &[f32], labels: &[usize], classes: &[String], top_k: usize
         weighted,
         loss,
         count,
+        per_class_top_k,
+        most_confused,
+        calibration,
     }
 }
 
@@ -330,6 +438,41 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn calibration_bins_and_ece() {
+        // Two images at confidence 0.9 (one right), two at 0.55 (both right).
+        let cal = calibration(&[0.9, 0.9, 0.55, 0.55], &[true, false, true, true]);
+        assert_eq!(cal.bins.len(), CALIBRATION_BINS);
+        let used: Vec<&CalibrationBin> = cal.bins.iter().filter(|b| b.count > 0).collect();
+        assert_eq!(used.len(), 2);
+        assert!((used[0].confidence - 0.55).abs() < 1e-12 && (used[0].accuracy - 1.0).abs() < 1e-12);
+        assert!((used[1].accuracy - 0.5).abs() < 1e-12);
+        // ECE = ½·|1 − 0.55| + ½·|0.5 − 0.9| = 0.425.
+        assert!((cal.ece - 0.425).abs() < 1e-12, "{}", cal.ece);
+        assert_eq!(calibration(&[], &[]).ece, 0.0);
+        assert_eq!(
+            calibration(&[f64::NAN, 0.0, 1.0], &[true, true, true]).bins.iter().map(|b| b.count).sum::<usize>(),
+            3
+        );
+    }
+
+    #[test]
+    fn most_confused_and_per_class_top_k() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let cm = vec![vec![5, 2, 0], vec![3, 4, 1], vec![0, 0, 6]];
+        let m = most_confused(&cm, &names, 2);
+        assert_eq!(m[0], Confused { truth: "b".into(), predicted: "a".into(), count: 3 });
+        assert_eq!(m[1].count, 2);
+        // Class 0: top-1 right; class 1: its true class second → top-2 hit.
+        let probs = [0.7, 0.2, 0.1, 0.5, 0.3, 0.2];
+        let m = compute(&probs, &[0, 1], &names, 2);
+        assert_eq!(m.per_class_top_k, vec![1.0, 1.0, 0.0]);
+        let m1 = compute(&probs, &[0, 1], &names, 1);
+        assert_eq!(m1.per_class_top_k, vec![1.0, 0.0, 0.0]);
+        assert_eq!(m1.most_confused.len(), 1);
+    }
+
     use super::*;
 
     fn names(n: usize) -> Vec<String> {

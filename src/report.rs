@@ -141,6 +141,13 @@ pub fn report_markdown(
     if let Some(m) = metrics {
         s.push_str("\n## Evaluation\n\n");
         s.push_str(&m.to_markdown());
+        s.push_str(&format!("\nExpected calibration error (ECE): {:.4}\n", m.calibration.ece));
+        if !m.most_confused.is_empty() {
+            s.push_str("\n### Most confused\n\n| true | predicted | count |\n|---|---|---:|\n");
+            for c in &m.most_confused {
+                s.push_str(&format!("| {} | {} | {} |\n", c.truth, c.predicted, c.count));
+            }
+        }
     }
     if !mistakes.is_empty() {
         s.push_str("\n## Worst mistakes\n\n| image | true | predicted | confidence |\n|---|---|---|---|\n");

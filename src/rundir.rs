@@ -110,6 +110,7 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
             out.push(("gradcam.png", picture));
         }
         out.push(("per_class.png", ClassReport::from(&eval.metrics).to_png()));
+        out.push(("reliability.png", views::ReliabilityDiagram::from(&eval.metrics).to_png()));
         if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
             if !m.items.is_empty() {
                 out.push(("mistakes.png", m.to_png()));
@@ -146,13 +147,16 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
         let report = ClassReport::from(&eval.metrics);
         let per_class = views::img_tag(&report.to_png(), "precision, recall and F1 per class")?;
         section(&mut body, "Evaluation", &format!("{}{per_class}", report.to_html()));
+        let calibration = format!(
+            "<p>Expected calibration error (ECE, {} bins): <b>{:.4}</b>, how far the model's confidence is from its \
+             accuracy. Bars: accuracy per confidence bin; orange: the bin's mean confidence; diagonal: perfect.</p>{}",
+            crate::metrics::CALIBRATION_BINS,
+            eval.metrics.calibration.ece,
+            views::img_tag(&views::ReliabilityDiagram::from(&eval.metrics).to_png(), "reliability diagram")?
+        );
+        section(&mut body, "Calibration", &calibration);
         let confusion = ConfusionMatrix::from(&eval.metrics);
-        let mut pairs = String::from("<p>Most confused (true → predicted):</p><ul>");
-        for (count, truth, predicted) in confusion.most_confused(5) {
-            pairs.push_str(&format!("<li>{} → {}: {count}</li>", esc(&truth), esc(&predicted)));
-        }
-        pairs.push_str("</ul>");
-        section(&mut body, "Confusion matrix", &format!("{}{pairs}", confusion.to_html()?));
+        section(&mut body, "Confusion matrix", &confusion.to_html()?);
         if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
             section(&mut body, "Worst mistakes", &m.to_html()?);
         }

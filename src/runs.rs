@@ -139,7 +139,7 @@ pub fn recipe_diff(a: &str, b: &str) -> Vec<KeyChange> {
         .collect()
 }
 
-/// `(dotted key, value as TOML)` for every leaf of a recipe, in file order.
+/// `(dotted key, value as written)` for every leaf of a recipe, in file order.
 fn flatten(text: &str) -> Option<Vec<(String, String)>> {
     let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
     let mut out = Vec::new();
@@ -148,30 +148,32 @@ fn flatten(text: &str) -> Option<Vec<(String, String)>> {
             toml_edit::Item::ArrayOfTables(steps) if key == "step" => {
                 for (i, step) in steps.iter().enumerate() {
                     let kind = step.get("kind").and_then(toml_edit::Item::as_str).unwrap_or("?");
-                    leaves(&format!("step {} ({kind})", i + 1), step, &mut out);
+                    leaves(text, &format!("step {} ({kind})", i + 1), step, &mut out);
                 }
             }
-            toml_edit::Item::Table(t) => leaves(key, t, &mut out),
-            other => out.push((key.to_string(), value_text(other))),
+            toml_edit::Item::Table(t) => leaves(text, key, t, &mut out),
+            other => out.push((key.to_string(), value_text(text, other))),
         }
     }
     Some(out)
 }
 
-fn leaves(prefix: &str, table: &toml_edit::Table, out: &mut Vec<(String, String)>) {
+fn leaves(text: &str, prefix: &str, table: &toml_edit::Table, out: &mut Vec<(String, String)>) {
     for (key, item) in table.iter() {
         match item {
-            toml_edit::Item::Table(t) => leaves(&format!("{prefix}.{key}"), t, out),
-            other => out.push((format!("{prefix}.{key}"), value_text(other))),
+            toml_edit::Item::Table(t) => leaves(text, &format!("{prefix}.{key}"), t, out),
+            other => out.push((format!("{prefix}.{key}"), value_text(text, other))),
         }
     }
 }
 
-fn value_text(item: &toml_edit::Item) -> String {
-    match item.as_value() {
-        Some(v) => v.clone().decorated("", "").to_string(),
-        None => item.to_string().trim().to_string(),
-    }
+/// The value as the file spells it (`3e-4` stays `3e-4`), whitespace and
+/// comments trimmed; values compare by this text.
+fn value_text(text: &str, item: &toml_edit::Item) -> String {
+    item.span()
+        .and_then(|s| text.get(s))
+        .map(|raw| raw.trim().to_string())
+        .unwrap_or_else(|| item.to_string().trim().to_string())
 }
 
 /// The rows of a comparison: `(metric, decimals to show, value per run)`,

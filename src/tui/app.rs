@@ -26,6 +26,8 @@ pub enum Action {
     Resample,
     ToggleAutorun,
     ToggleNormalised,
+    ToggleGradCam,
+    Runs,
     CycleSort,
     Help,
     Quit,
@@ -51,6 +53,8 @@ impl Action {
             KeyCode::Char('p') => Action::Resample,
             KeyCode::Char('w') => Action::ToggleAutorun,
             KeyCode::Char('v') => Action::ToggleNormalised,
+            KeyCode::Char('g') => Action::ToggleGradCam,
+            KeyCode::Char('R') => Action::Runs,
             KeyCode::Char('s') => Action::CycleSort,
             KeyCode::Char('?') => Action::Help,
             KeyCode::Char('q') => Action::Quit,
@@ -72,6 +76,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("p", "re-sample the augmentation preview"),
     ("w", "toggle auto-run of stale steps"),
     ("v", "confusion matrix: counts / row-normalised"),
+    ("g", "mistakes: toggle the Grad-CAM overlay"),
+    ("R", "earlier runs of this recipe, and the recipe diff (j/k select, R/Esc close)"),
     ("s", "report: cycle the sort column"),
     ("?", "this help"),
     ("q", "quit (asks while a step runs)"),
@@ -97,6 +103,8 @@ pub enum Command {
 pub enum Effect {
     Send(CommandKind),
     OpenEditor,
+    /// Read the earlier runs of the recipe from disk ([`App::on_runs_loaded`]).
+    LoadRuns,
     Quit,
 }
 
@@ -114,6 +122,15 @@ pub enum Status {
     Running { since: Instant },
     Done { seconds: f64, cancelled: bool },
     Failed(String),
+}
+
+/// The Runs popup's state: earlier runs (newest first) and the selection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunsView {
+    pub runs: Vec<crate::runs::RunSummary>,
+    pub selected: usize,
+    /// The recipe file's current text, diffed against each run's.
+    pub current: String,
 }
 
 /// Live training progress of a fine_tune step.
@@ -267,6 +284,10 @@ pub struct App {
     pub tab: usize,
     pub autorun: bool,
     pub normalised: bool,
+    /// The Mistakes tab shows the Grad-CAM overlays.
+    pub gradcam: bool,
+    /// The Runs popup (`R`): earlier runs of this recipe and the selected one.
+    pub runs: Option<RunsView>,
     pub sort: SortBy,
     pub help: bool,
     pub confirm_quit: bool,
@@ -294,6 +315,8 @@ impl App {
             tab: 0,
             autorun: false,
             normalised: false,
+            gradcam: false,
+            runs: None,
             sort: SortBy::default(),
             help: false,
             confirm_quit: false,
@@ -332,6 +355,18 @@ impl App {
                 return vec![Effect::Send(CommandKind::Cancel), Effect::Quit];
             }
             return vec![];
+        }
+        if let Some(view) = &mut self.runs {
+            match action {
+                Action::Up => view.selected = view.selected.saturating_sub(1),
+                Action::Down => view.selected = (view.selected + 1).min(view.runs.len().saturating_sub(1)),
+                // Quit closes the popup and then quits as usual.
+                Action::Quit => self.runs = None,
+                _ => self.runs = None,
+            }
+            if action != Action::Quit {
+                return vec![];
+            }
         }
         if self.help && action != Action::Quit {
             self.help = false;
@@ -392,6 +427,8 @@ impl App {
                 }
             }
             Action::ToggleNormalised => self.normalised = !self.normalised,
+            Action::ToggleGradCam => self.gradcam = !self.gradcam,
+            Action::Runs => return vec![Effect::LoadRuns],
             Action::CycleSort => self.sort = self.sort.next(),
             Action::Help => self.help = true,
             Action::Quit => {
@@ -404,6 +441,20 @@ impl App {
             }
         }
         vec![]
+    }
+
+    /// The earlier runs of this recipe arrived (`runs` from the runs
+    /// folder, newest first; `current` the recipe file's text): open the popup.
+    pub fn on_runs_loaded(&mut self, runs: Vec<crate::runs::RunSummary>, current: String) {
+        let name = self.recipe.name.clone();
+        let mine: Vec<_> = runs
+            .into_iter()
+            .filter(|r| {
+                let stem = r.name.rsplitn(3, '-').nth(2).unwrap_or_default();
+                stem == name || stem == format!("{name}-tui")
+            })
+            .collect();
+        self.runs = Some(RunsView { runs: mine, selected: 0, current });
     }
 
     fn run(&mut self, steps: Vec<usize>) -> Vec<Effect> {

@@ -277,6 +277,12 @@ fn event_loop(
                 }
                 Effect::Send(CommandKind::Cancel) => cancel.store(true, Ordering::Relaxed),
                 Effect::OpenEditor => open_editor(terminal, &app.recipe_path, paused, log)?,
+                Effect::LoadRuns => {
+                    // A few small files per run; the popup opens at once.
+                    let runs = crate::runs::list(std::path::Path::new("runs")).unwrap_or_default();
+                    let current = std::fs::read_to_string(&app.recipe_path).unwrap_or_default();
+                    app.on_runs_loaded(runs, current);
+                }
                 Effect::Quit => return Ok(()),
             }
         }

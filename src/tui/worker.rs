@@ -34,6 +34,8 @@ pub enum FromWorker {
 pub enum ImageKind {
     Preview,
     Mistakes,
+    /// The same mistakes with their Grad-CAM overlay (`g` toggles).
+    MistakesGradCam,
 }
 
 /// Forwards training events to the UI (and the log file) and relays cancels.
@@ -186,5 +188,25 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction],
         captions.push(format!("{} → {} ({:.2})", data.classes[p.truth], data.classes[p.predicted], p.confidence));
     }
     let grid = crate::preview::tile(&thumbs, thumbs.len().min(4) as u32);
-    tx(FromWorker::Image { step, kind: ImageKind::Mistakes, image: grid, captions });
+    tx(FromWorker::Image { step, kind: ImageKind::Mistakes, image: grid, captions: captions.clone() });
+    // The Grad-CAM overlays of the same images, for the `g` toggle.
+    let Some(model) = lab.model() else { return };
+    let preprocess = model.backbone.preprocess();
+    let overlays: Vec<_> = mistakes
+        .iter()
+        .take(12)
+        .filter_map(|p| {
+            let i = data.valid.paths.iter().position(|q| *q == p.path)?;
+            let thumb = crate::preview::thumbnail(&data.valid, data.size, i)?;
+            let px: Vec<f32> = data.valid.pixels[i].iter().map(|&v| f32::from(v)).collect();
+            let s = data.size as usize;
+            let x = preprocess.to_tensor(&px, 1, s, s).ok()?;
+            let map = crate::explain::grad_cam(model, &x, p.predicted, None).ok()?;
+            Some(map.overlay(&thumb))
+        })
+        .collect();
+    if overlays.len() == thumbs.len() {
+        let grid = crate::preview::tile(&overlays, overlays.len().min(4) as u32);
+        tx(FromWorker::Image { step, kind: ImageKind::MistakesGradCam, image: grid, captions });
+    }
 }

@@ -74,14 +74,10 @@ impl ConfusionMatrix {
     /// The `n` largest off-diagonal cells as `(count, true class, predicted
     /// class)`, largest first (ties: true class, then predicted, in class order).
     pub fn most_confused(&self, n: usize) -> Vec<(usize, String, String)> {
-        let mut pairs: Vec<(usize, usize, usize)> = (0..self.n())
-            .flat_map(|t| (0..self.n()).map(move |p| (t, p)))
-            .filter(|&(t, p)| t != p)
-            .map(|(t, p)| (self.count(t, p), t, p))
-            .filter(|&(c, _, _)| c > 0)
-            .collect();
-        pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        pairs.into_iter().take(n).map(|(c, t, p)| (c, self.classes[t].clone(), self.classes[p].clone())).collect()
+        crate::metrics::most_confused(&self.counts, &self.classes, n)
+            .into_iter()
+            .map(|c| (c.count, c.truth, c.predicted))
+            .collect()
     }
 
     /// Where the cells start: `(left, top)`, room for the class names (rows

@@ -28,6 +28,7 @@
 //! Every view has `to_html()` (and `to_png()` where it is a picture) for use
 //! outside evcxr, e.g. to save a report.
 
+mod calibration;
 mod chart;
 mod compare;
 mod confusion;
@@ -41,6 +42,7 @@ use std::io::Write as _;
 
 use image::RgbImage;
 
+pub use calibration::ReliabilityDiagram;
 pub use chart::HistoryChart;
 pub use compare::CompareChart;
 pub use confusion::ConfusionMatrix;

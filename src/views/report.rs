@@ -32,29 +32,42 @@ impl ClassReport {
     pub fn to_html(&self) -> String {
         let m = &self.metrics;
         let mut s = format!(
-            "<div><b>Evaluation</b> on {} images: accuracy <b>{:.4}</b>, top-{} accuracy {:.4}, loss {:.4}\
-             <table style=\"{TABLE_STYLE}\"><tr>",
-            m.count, m.accuracy, m.top_k, m.top_k_accuracy, m.loss
+            "<div><b>Evaluation</b> on {} images: accuracy <b>{:.4}</b>, top-{} accuracy {:.4}, loss {:.4}, \
+             ECE {:.4}<table style=\"{TABLE_STYLE}\"><tr>",
+            m.count, m.accuracy, m.top_k, m.top_k_accuracy, m.loss, m.calibration.ece
         );
-        for h in ["class", "precision", "recall", "f1", "support"] {
+        let top_k = format!("top-{} recall", m.top_k);
+        for h in ["class", "precision", "recall", "f1", top_k.as_str(), "support"] {
             s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{h}</th>"));
         }
         s.push_str("</tr>");
-        let mut row = |name: String, p: f64, r: f64, f: f64, support: usize, bold: bool| {
+        let mut row = |name: String, p: f64, r: f64, f: f64, k: Option<f64>, support: usize, bold: bool| {
             let (b0, b1) = if bold { ("<b>", "</b>") } else { ("", "") };
+            let k = k.map_or(String::new(), |k| format!("{k:.4}"));
             s.push_str(&format!(
                 "<tr><th style=\"{HEAD_STYLE}\">{b0}{name}{b1}</th><td style=\"{c}\">{p:.4}</td>\
-                 <td style=\"{c}\">{r:.4}</td><td style=\"{c}\">{f:.4}</td><td style=\"{c}\">{support}</td></tr>",
+                 <td style=\"{c}\">{r:.4}</td><td style=\"{c}\">{f:.4}</td><td style=\"{c}\">{k}</td>\
+                 <td style=\"{c}\">{support}</td></tr>",
                 c = CELL_STYLE
             ));
         };
-        for r in &m.per_class {
-            row(escape(&r.class), r.precision, r.recall, r.f1, r.support, false);
+        for (i, r) in m.per_class.iter().enumerate() {
+            row(escape(&r.class), r.precision, r.recall, r.f1, m.per_class_top_k.get(i).copied(), r.support, false);
         }
         for (name, a) in [("macro avg", &m.macro_avg), ("weighted avg", &m.weighted)] {
-            row(name.to_string(), a.precision, a.recall, a.f1, a.support, true);
+            row(name.to_string(), a.precision, a.recall, a.f1, None, a.support, true);
         }
-        s.push_str("</table></div>");
+        s.push_str("</table>");
+        if !m.most_confused.is_empty() {
+            let pairs: Vec<String> = m
+                .most_confused
+                .iter()
+                .take(5)
+                .map(|c| format!("{} → {} ({})", escape(&c.truth), escape(&c.predicted), c.count))
+                .collect();
+            s.push_str(&format!("<p>Most confused (true → predicted): {}</p>", pairs.join(" · ")));
+        }
+        s.push_str("</div>");
         s
     }
 

@@ -78,6 +78,7 @@ impl Images {
             let msg = match kind {
                 ImageKind::Preview => "run the augment step to see augmented samples (p re-samples)",
                 ImageKind::Mistakes => "run the evaluate step to see the misclassified images",
+                ImageKind::MistakesGradCam => "run the evaluate step to see Grad-CAM of the misclassified images",
             };
             frame.render_widget(Paragraph::new(msg), area);
             return;

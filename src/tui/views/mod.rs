@@ -8,6 +8,7 @@ pub mod images;
 pub mod log;
 pub mod progress;
 pub mod report;
+pub mod runs;
 pub mod status;
 pub mod steps;
 
@@ -49,6 +50,9 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut Images) {
     steps::render(frame, left, app);
     render_output(frame, right, app, images);
     status::render(frame, status_area, app);
+    if let Some(view) = &app.runs {
+        runs::render(frame, frame.area(), view);
+    }
     if app.help {
         help::render(frame, frame.area());
     }
@@ -77,7 +81,10 @@ fn render_output(frame: &mut Frame, area: Rect, app: &App, images: &mut Images) 
         Tab::Preview => images.render(frame, body, app.selected, images::ImageKind::Preview, dim),
         Tab::Confusion => confusion::render(frame, body, cell, app.normalised),
         Tab::Report => report::render(frame, body, cell, app.sort),
-        Tab::Mistakes => images.render(frame, body, app.selected, images::ImageKind::Mistakes, dim),
+        Tab::Mistakes => {
+            let kind = if app.gradcam { images::ImageKind::MistakesGradCam } else { images::ImageKind::Mistakes };
+            images.render(frame, body, app.selected, kind, dim)
+        }
     }
 }
 
@@ -103,7 +110,7 @@ mod tests {
     use crate::lab::{StepOutput, StepResult};
     use crate::metrics;
     use crate::train::{Evaluation, Event};
-    use crate::tui::app::Action;
+    use crate::tui::app::{Action, Effect};
 
     const RECIPE: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\n[[step]]\nkind = \"evaluate\"\n";
 
@@ -196,6 +203,39 @@ mod tests {
         a.on_recipe_error("/tmp/r.toml:3:1: unknown key".into());
         let screen = render(&a, 100, 30);
         assert!(screen.contains("reload failed") && screen.contains("3:1"), "{screen}");
+    }
+
+    #[test]
+    fn runs_popup_lists_this_recipes_runs_and_diffs_the_selected_one() {
+        let mut a = app();
+        let name = a.recipe.name.clone();
+        let run = |dir: &str, lr: &str, accuracy: f64| crate::runs::RunSummary {
+            dir: dir.into(),
+            name: dir.into(),
+            started: Some(1_796_142_154),
+            complete: true,
+            seconds: Some(60.0),
+            recipe_hash: None,
+            recipe: Some(format!("name = \"{name}\"\n[[step]]\nkind = \"fine_tune\"\nlr = {lr}\n")),
+            metrics: Some(crate::metrics::Metrics { accuracy, ..crate::metrics::compute(&[], &[], &[], 1) }),
+            history: vec![],
+        };
+        let current = format!("name = \"{name}\"\n[[step]]\nkind = \"fine_tune\"\nlr = 3e-4\n");
+        let runs = vec![
+            run(&format!("{name}-20261201-163040"), "1e-3", 0.8467),
+            run(&format!("{name}-20261201-162931"), "3e-4", 0.84),
+            run("other-20261201-162931", "3e-4", 0.5),
+        ];
+        assert_eq!(a.update(Action::Runs), vec![Effect::LoadRuns]);
+        a.on_runs_loaded(runs, current);
+        let screen = render(&a, 120, 30);
+        assert!(screen.contains("20261201-163040") && screen.contains("0.8467"), "{screen}");
+        assert!(!screen.contains("other-"), "another recipe's run is listed:\n{screen}");
+        assert!(screen.contains("step 1 (fine_tune).lr: 1e-3 → 3e-4"), "{screen}");
+        a.update(Action::Down);
+        assert!(render(&a, 120, 30).contains("same recipe"));
+        a.update(Action::Cancel);
+        assert!(a.runs.is_none(), "Esc closes the popup");
     }
 
     #[test]

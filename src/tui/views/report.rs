@@ -1,8 +1,10 @@
 //! Report tab: per-class precision, recall, F1 and support with macro and
-//! weighted rows; `s` cycles the sort column.
+//! weighted rows; `s` cycles the sort column. Underneath: the calibration
+//! error (ECE) and the most-confused pairs.
 
-use ratatui::layout::{Constraint, Rect};
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::Frame;
 
@@ -55,5 +57,17 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
     .header(header)
     .block(Block::default().title(format!(" sorted by {} (s cycles) ", sort.title())))
     .style(super::output_style(cell.stale));
-    frame.render_widget(table, area);
+    // Under the table: calibration and the pairs the model mixes up most.
+    let [table_area, notes_area] = Layout::vertical([Constraint::Min(3), Constraint::Length(2)]).areas(area);
+    frame.render_widget(table, table_area);
+    let confused: Vec<String> =
+        m.most_confused.iter().take(4).map(|c| format!("{} → {} {}", c.truth, c.predicted, c.count)).collect();
+    let notes = vec![
+        Line::from(format!("ECE {:.4} (calibration: 0 = confidence matches accuracy)", m.calibration.ece)),
+        Line::from(format!(
+            "most confused: {}",
+            if confused.is_empty() { "none".into() } else { confused.join(" · ") }
+        )),
+    ];
+    frame.render_widget(Paragraph::new(notes).style(super::output_style(cell.stale)), notes_area);
 }
