@@ -142,13 +142,22 @@ pub fn explain_pixels(
         .ok_or_else(|| Error::Invalid("Grad-CAM: the pixels do not match the image size".into()))?;
     let map = grad_cam(model, &x, predicted, None)?;
     let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| format!("#{i}")).replace('_', " ");
+    // A map of zeros: nothing in the image speaks for that class (said on a
+    // second caption line, so the first keeps the class readable).
+    let caption = |head: String, colour: Rgb<u8>, map: &Heatmap| {
+        let mut lines = vec![(head, colour)];
+        if map.values.iter().all(|v| *v == 0.0) {
+            lines.push(("no positive evidence".to_string(), GREY));
+        }
+        lines
+    };
     let mut tiles: Vec<crate::views::draw::Captioned> = vec![(image.clone(), vec![("image".into(), DARK)])];
-    tiles.push((map.overlay(&image), vec![(format!("pred {} {:.2}", name(predicted), probs[predicted]), RED)]));
+    let head = format!("pred {} {:.2}", name(predicted), probs[predicted]);
+    tiles.push((map.overlay(&image), caption(head, RED, &map)));
     if let Some(t) = truth.filter(|&t| t != predicted && t < classes.len()) {
         let true_map = grad_cam(model, &x, t, None)?;
-        // An all-zero map: nothing in the image speaks for the true class.
-        let none = if true_map.values.iter().all(|v| *v == 0.0) { " · no evidence" } else { "" };
-        tiles.push((true_map.overlay(&image), vec![(format!("true {} {:.2}{none}", name(t), probs[t]), DARK)]));
+        let head = format!("true {} {:.2}", name(t), probs[t]);
+        tiles.push((true_map.overlay(&image), caption(head, DARK, &true_map)));
     }
     let picture = crate::views::draw::gallery(&tiles, tiles.len(), 160);
     Ok(Explanation { picture, predicted, confidence: probs[predicted], peak: map.peak(), map })
@@ -156,6 +165,7 @@ pub fn explain_pixels(
 
 const DARK: Rgb<u8> = Rgb([30, 30, 30]);
 const RED: Rgb<u8> = Rgb([200, 0, 0]);
+const GREY: Rgb<u8> = Rgb([110, 110, 110]);
 
 #[cfg(test)]
 mod tests {
