@@ -130,7 +130,7 @@ enum Command {
     },
     /// Classify images with a trained model (--model RUN_DIR) or an ImageNet checkpoint (--imagenet).
     Predict {
-        /// Run directory written by `tlab run`.
+        /// Run directory written by `tlab run`, or an `.onnx` file exported by `tlab export`.
         #[arg(long, conflicts_with = "imagenet")]
         model: Option<PathBuf>,
         /// Use an ImageNet checkpoint with its own classifier (default: the shipped MobileNetV2).
@@ -732,6 +732,10 @@ struct PredictArgs {
 
 fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let predictor = match (args.model, args.imagenet) {
+        // A tlab `.onnx` export stands in for its run directory.
+        (Some(file), false) if file.is_file() && file.extension().is_some_and(|e| e == "onnx") => {
+            tlab::predict::Predictor::from_onnx(&file)?
+        }
         (Some(dir), false) => tlab::predict::Predictor::from_run_dir(&dir)?,
         (None, true) => {
             let weights = args.weights.unwrap_or_else(tlab::predict::shipped_imagenet_weights);

@@ -403,3 +403,140 @@ pub fn dim(n: usize) -> Dimension {
 pub fn dim_param(name: &str) -> Dimension {
     Dimension { dim_value: None, dim_param: Some(name.into()) }
 }
+
+/// A convolution for [`run_with`]: `(x, weight, geometry)` → output without bias.
+pub type ConvFn<'a> = &'a dyn Fn(&Tensor, &Tensor, ConvGeometry) -> Result<Tensor>;
+
+/// Runs a model tlab exported, so `tlab predict` can check a shipped
+/// `.onnx` without its run directory: convolutions on tlab's CPU kernels,
+/// everything else on candle's ops. See [`run_with`].
+pub fn run(model: &ModelProto, input: Tensor) -> Result<std::collections::HashMap<String, Tensor>> {
+    run_with(model, input, &|x, w, g| Ok(crate::kernels::conv2d(x, w, g.stride, g.pad, g.groups)?))
+}
+
+/// Runs `model` with `conv` for its convolutions. Only the ops the exporter
+/// writes are supported (anything else is a clear error); the input is fed
+/// as `input`, and every graph output is returned by name. Tests pass
+/// candle's own convolution, so the check does not share tlab's kernels.
+pub fn run_with(
+    model: &ModelProto,
+    input: Tensor,
+    conv: ConvFn<'_>,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+    let bad = |m: String| Error::Invalid(format!("ONNX model: {m}"));
+    let graph = model.graph.as_ref().ok_or_else(|| bad("no graph".into()))?;
+    let mut values: HashMap<String, Tensor> = HashMap::new();
+    for t in &graph.initializer {
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+        let tensor = match t.data_type {
+            dtype::FLOAT => {
+                let v: Vec<f32> =
+                    t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?
+            }
+            dtype::FLOAT16 => {
+                let v: Vec<half::f16> =
+                    t.raw_data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?
+            }
+            other => return Err(bad(format!("initializer `{}` has data type {other}, not float", t.name))),
+        };
+        values.insert(t.name.clone(), tensor);
+    }
+    values.insert("input".into(), input);
+    let ints = |n: &NodeProto, name: &str| -> Vec<usize> {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.iter().map(|&i| i.max(0) as usize).collect())
+            .unwrap_or_default()
+    };
+    let int =
+        |n: &NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+    for node in &graph.node {
+        let arg = |i: usize| -> Result<Tensor> {
+            let name = node.input.get(i).ok_or_else(|| bad(format!("{} has no input {i}", node.name)))?;
+            values.get(name).cloned().ok_or_else(|| bad(format!("`{name}` is used before it is computed")))
+        };
+        let y = match node.op_type.as_str() {
+            "Conv" => {
+                let (x, w, b) = (arg(0)?, arg(1)?, arg(2)?);
+                let pads = ints(node, "pads");
+                let strides = ints(node, "strides");
+                if pads.len() != 4 || strides.is_empty() {
+                    return Err(bad(format!("{}: pads/strides missing", node.name)));
+                }
+                let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+                let geometry = ConvGeometry { stride: strides[0], pad, groups: int(node, "group", 1).max(1) as usize };
+                let y = conv(&x, &w, geometry)?;
+                y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?
+            }
+            "Relu" => arg(0)?.relu()?,
+            "Clip" => {
+                let (lo, hi) = (arg(1)?.to_scalar::<f32>()?, arg(2)?.to_scalar::<f32>()?);
+                arg(0)?.clamp(lo, hi)?
+            }
+            "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
+            "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
+            "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
+            "MaxPool" => {
+                let pads = ints(node, "pads");
+                let (k, s) = (ints(node, "kernel_shape"), ints(node, "strides"));
+                if pads.len() != 4 || k.is_empty() || s.is_empty() {
+                    return Err(bad(format!("{}: pads/kernel/strides missing", node.name)));
+                }
+                pad_planes(&arg(0)?, &pads, f32::NEG_INFINITY)?.max_pool2d_with_stride(k[0], s[0])?
+            }
+            "GlobalAveragePool" => arg(0)?.mean_keepdim(3)?.mean_keepdim(2)?,
+            "Flatten" => arg(0)?.flatten_from(1)?,
+            "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
+            "Softmax" => candle_nn::ops::softmax(&arg(0)?, 1)?,
+            "Cast" => arg(0)?.to_dtype(DType::F32)?,
+            "Transpose" => {
+                let p = ints(node, "perm");
+                if p.len() != 4 {
+                    return Err(bad(format!("{}: perm must have 4 axes", node.name)));
+                }
+                arg(0)?.permute((p[0], p[1], p[2], p[3]))?.contiguous()?
+            }
+            other => return Err(bad(format!("op {other} is not one tlab exports"))),
+        };
+        let out = node.output.first().ok_or_else(|| bad(format!("{} has no output", node.name)))?;
+        values.insert(out.clone(), y);
+    }
+    graph
+        .output
+        .iter()
+        .map(|o| {
+            values
+                .remove(&o.name)
+                .map(|t| (o.name.clone(), t))
+                .ok_or_else(|| bad(format!("output `{}` is never computed", o.name)))
+        })
+        .collect()
+}
+
+/// Pads dims 2 and 3 of `x` with `value` (`pads` = [top, left, bottom, right]).
+fn pad_planes(x: &Tensor, pads: &[usize], value: f32) -> Result<Tensor> {
+    let mut x = x.clone();
+    for (dim, before, after) in [(2, pads[0], pads[2]), (3, pads[1], pads[3])] {
+        if before == 0 && after == 0 {
+            continue;
+        }
+        let mut parts = Vec::new();
+        let mut shape = x.dims().to_vec();
+        if before > 0 {
+            shape[dim] = before;
+            parts.push(Tensor::full(value, shape.as_slice(), x.device())?.to_dtype(x.dtype())?);
+        }
+        parts.push(x.clone());
+        if after > 0 {
+            shape[dim] = after;
+            parts.push(Tensor::full(value, shape.as_slice(), x.device())?.to_dtype(x.dtype())?);
+        }
+        x = Tensor::cat(&parts, dim)?;
+    }
+    Ok(x)
+}

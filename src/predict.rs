@@ -31,6 +31,12 @@ pub struct Ranked {
 enum Kind {
     Imagenet(Box<dyn Backbone>),
     Trained(Classifier),
+    /// An `.onnx` file exported by tlab, run by [`crate::onnx::run`];
+    /// `uint8_input` when it was exported with its preprocessing.
+    Onnx {
+        model: Box<crate::onnx::ModelProto>,
+        uint8_input: bool,
+    },
 }
 
 /// A loaded model ready to classify files.
@@ -99,7 +105,7 @@ impl Predictor {
     pub fn classifier(&self) -> Option<&Classifier> {
         match &self.kind {
             Kind::Trained(m) => Some(m),
-            Kind::Imagenet(_) => None,
+            Kind::Imagenet(_) | Kind::Onnx { .. } => None,
         }
     }
 
@@ -117,14 +123,11 @@ impl Predictor {
     /// Probabilities for one image file.
     pub fn probabilities(&self, path: &Path) -> Result<Vec<f32>> {
         let x = self.input(path)?;
-        let mode = Mode { training: false };
-        let logits = match &self.kind {
-            Kind::Imagenet(b) => {
-                let f = b.forward_blocks(&x, 0..b.num_blocks(), mode)?;
-                b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))?
-            }
-            Kind::Trained(m) => m.forward_from(&x, 0, mode, &mut Rng::new(0))?,
+        let pixels = match self.kind {
+            Kind::Onnx { uint8_input: true, .. } => self.load_pixels(path)?,
+            _ => vec![],
         };
+        let logits = self.logits(&x, &pixels, 1)?;
         let logits = logits.flatten_all()?.to_vec1::<f32>()?;
         Ok(crate::metrics::softmax_rows(&logits, self.classes.len()))
     }
@@ -145,20 +148,59 @@ impl Predictor {
             let pixels: Vec<Vec<f32>> = chunk.par_iter().map(|p| self.load_pixels(p)).collect::<Result<_>>()?;
             let flat: Vec<f32> = pixels.concat();
             let x = self.preprocess.to_tensor(&flat, chunk.len(), s, s)?;
-            let mode = Mode { training: false };
-            let logits = match &self.kind {
-                Kind::Imagenet(b) => {
-                    let f = b.forward_blocks(&x, 0..b.num_blocks(), mode)?;
-                    b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))?
-                }
-                Kind::Trained(m) => m.forward_from(&x, 0, mode, &mut Rng::new(0))?,
-            };
+            let logits = self.logits(&x, &flat, chunk.len())?;
             let logits = logits.flatten_all()?.to_vec1::<f32>()?;
             let probs = crate::metrics::softmax_rows(&logits, self.classes.len());
             out.extend(probs.chunks(self.classes.len()).map(<[f32]>::to_vec));
             progress(out.len());
         }
         Ok(out)
+    }
+
+    /// Logits for a batch: `x` normalised (`[n, 3, s, s]`), or for an ONNX
+    /// export that preprocesses itself, the raw `pixels` (`n × s × s × 3`).
+    fn logits(&self, x: &Tensor, pixels: &[f32], n: usize) -> Result<Tensor> {
+        let mode = Mode { training: false };
+        match &self.kind {
+            Kind::Imagenet(b) => {
+                let f = b.forward_blocks(x, 0..b.num_blocks(), mode)?;
+                b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))
+            }
+            Kind::Trained(m) => m.forward_from(x, 0, mode, &mut Rng::new(0)),
+            Kind::Onnx { model, uint8_input } => {
+                let s = self.size as usize;
+                let input = if *uint8_input {
+                    Tensor::from_vec(pixels.to_vec(), (n, s, s, 3), &candle_core::Device::Cpu)?
+                } else {
+                    x.clone()
+                };
+                let mut out = crate::onnx::run(model, input)?;
+                out.remove("logits").ok_or_else(|| Error::Invalid("the ONNX model has no `logits` output".into()))
+            }
+        }
+    }
+
+    /// A model exported by `tlab export --format onnx`, run by tlab's own
+    /// interpreter: checks a shipped file without its run directory.
+    pub fn from_onnx(path: &Path) -> Result<Self> {
+        use prost::Message;
+        let card = crate::export::card_of_onnx(path)?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let model = crate::onnx::ModelProto::decode(bytes.as_slice())
+            .map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
+        let uint8_input = model
+            .graph
+            .as_ref()
+            .and_then(|g| g.input.first())
+            .and_then(|i| i.r#type.as_ref()?.tensor_type.as_ref())
+            .is_some_and(|t| t.elem_type == crate::onnx::dtype::UINT8);
+        Ok(Predictor {
+            size: card.image_size,
+            kind: Kind::Onnx { model: Box::new(model), uint8_input },
+            classes: card.classes,
+            preprocess: card.preprocess,
+            crop: false,
+        })
     }
 
     /// The `k` most likely classes for each file.

@@ -161,6 +161,27 @@ fn tiny_recipe_runs_end_to_end_and_the_model_predicts() {
     let stem = Path::new(first[0]).file_stem().unwrap().to_string_lossy().into_owned();
     let picture = image::open(scored.join(format!("{stem}-gradcam.png"))).unwrap();
     assert!(picture.width() >= 2 * 160, "image and at least one overlay");
+
+    // ONNX out and back in: the export predicts the folder as the run does.
+    let onnx = scored.join("m.onnx");
+    let out = tlab(&["export", run_dir.to_str().unwrap(), "--format", "onnx", "-o", onnx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tlab(&["predict", "--model", onnx.to_str().unwrap(), valid.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("accuracy {accuracy:.4} on 18 images")));
+    // Bad input: each one line, exit 1, nothing written.
+    std::fs::write(scored.join("junk.onnx"), b"not a model").unwrap();
+    let out = tlab(&["predict", "--model", scored.join("junk.onnx").to_str().unwrap(), valid.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not an ONNX model") && stderr(&out).lines().count() == 1, "{}", stderr(&out));
+    let nowhere = dir.join("missing-folder/m.onnx");
+    let out = tlab(&["export", run_dir.to_str().unwrap(), "--format", "onnx", "-o", nowhere.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("output folder does not exist"), "{}", stderr(&out));
+    let out = tlab(&["export", dir.join("data").to_str().unwrap(), "--format", "onnx"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no model.json"), "{}", stderr(&out));
+    assert!(!dir.join("data/model.onnx").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -1,6 +1,6 @@
 //! The ONNX export of every architecture, evaluated op by op by a small
-//! reference interpreter written here on candle's generic ops (not tlab's
-//! kernels), against tlab's own logits. ONNX Runtime checks the real thing
+//! reference interpreter (`tlab::onnx::run`, on candle's generic ops, not
+//! tlab's kernels), against tlab's own logits. ONNX Runtime checks the real thing
 //! in `.ci/test` (`.ci/check_onnx.py`); this keeps every architecture's
 //! export honest in plain `cargo test`.
 
@@ -12,7 +12,7 @@ use tlab::augment::Rng;
 use tlab::export::{onnx_model, OnnxOptions};
 use tlab::models::layers::{Mode, ParamLoader};
 use tlab::models::{self, Classifier, Head, Preprocess};
-use tlab::onnx::{ModelProto, NodeProto};
+use tlab::onnx::ModelProto;
 use tlab::recipe::{HeadConfig, Pooling};
 use tlab::report::{HeadCard, ModelCard};
 
@@ -49,101 +49,14 @@ fn input(n: usize, size: usize, phase: f32) -> Tensor {
     Tensor::from_vec(v, (n, 3, size, size), &Device::Cpu).unwrap()
 }
 
-fn attr_ints(node: &NodeProto, name: &str) -> Vec<usize> {
-    node.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.ints.iter().map(|&i| i as usize).collect())
-        .unwrap_or_default()
-}
-
-fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i)
-}
-
-/// Pads dims 2 and 3 of `x` with `value` ([top, left, bottom, right]).
-fn pad(x: &Tensor, pads: &[usize], value: f32) -> Tensor {
-    let mut x = x.clone();
-    for (dim, before, after) in [(2, pads[0], pads[2]), (3, pads[1], pads[3])] {
-        let mut parts = Vec::new();
-        let mut shape = x.dims().to_vec();
-        if before > 0 {
-            shape[dim] = before;
-            parts.push(Tensor::full(value, shape.as_slice(), &Device::Cpu).unwrap());
-        }
-        parts.push(x.clone());
-        if after > 0 {
-            shape[dim] = after;
-            parts.push(Tensor::full(value, shape.as_slice(), &Device::Cpu).unwrap());
-        }
-        x = Tensor::cat(&parts, dim).unwrap();
-    }
-    x
-}
-
-/// Runs `model` on `x` (named `input`) and returns every graph output.
+/// Runs `model` on `x` with the library's interpreter, its convolutions on
+/// candle's own `conv2d` (zero padding added first), not tlab's kernels.
 fn evaluate(model: &ModelProto, x: Tensor) -> HashMap<String, Tensor> {
-    let graph = model.graph.as_ref().unwrap();
-    let mut values: HashMap<String, Tensor> = HashMap::new();
-    for t in &graph.initializer {
-        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        let tensor = match t.data_type {
-            1 => {
-                let v: Vec<f32> = t.raw_data.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap()
-            }
-            10 => {
-                let v: Vec<half::f16> = t.raw_data.chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
-                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap()
-            }
-            other => panic!("initializer type {other}"),
-        };
-        values.insert(t.name.clone(), tensor);
-    }
-    values.insert("input".into(), x);
-    for node in &graph.node {
-        let arg = |i: usize| {
-            values.get(&node.input[i]).unwrap_or_else(|| panic!("{} not computed yet", node.input[i])).clone()
-        };
-        let y = match node.op_type.as_str() {
-            "Conv" => {
-                let (x, w, b) = (arg(0), arg(1), arg(2));
-                let x = pad(&x, &attr_ints(node, "pads"), 0.0);
-                let stride = attr_ints(node, "strides")[0];
-                let groups = attr_int(node, "group", 1) as usize;
-                let y = x.conv2d(&w, 0, stride, 1, groups).unwrap();
-                y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap()
-            }
-            "Relu" => arg(0).relu().unwrap(),
-            "Clip" => {
-                let (lo, hi) = (arg(1).to_scalar::<f32>().unwrap(), arg(2).to_scalar::<f32>().unwrap());
-                arg(0).clamp(lo, hi).unwrap()
-            }
-            "Add" => arg(0).broadcast_add(&arg(1)).unwrap(),
-            "Sub" => arg(0).broadcast_sub(&arg(1)).unwrap(),
-            "Div" => arg(0).broadcast_div(&arg(1)).unwrap(),
-            "MaxPool" => {
-                let x = pad(&arg(0), &attr_ints(node, "pads"), f32::NEG_INFINITY);
-                let (k, s) = (attr_ints(node, "kernel_shape")[0], attr_ints(node, "strides")[0]);
-                x.max_pool2d_with_stride(k, s).unwrap()
-            }
-            "GlobalAveragePool" => arg(0).mean_keepdim(3).unwrap().mean_keepdim(2).unwrap(),
-            "Flatten" => arg(0).flatten_from(1).unwrap(),
-            "Gemm" => {
-                assert_eq!(attr_int(node, "transB", 0), 1);
-                arg(0).matmul(&arg(1).t().unwrap()).unwrap().broadcast_add(&arg(2)).unwrap()
-            }
-            "Softmax" => candle_nn::ops::softmax(&arg(0), 1).unwrap(),
-            "Cast" => arg(0).to_dtype(DType::F32).unwrap(),
-            "Transpose" => {
-                let p = attr_ints(node, "perm");
-                arg(0).permute((p[0], p[1], p[2], p[3])).unwrap()
-            }
-            other => panic!("op {other} not expected in a tlab export"),
-        };
-        values.insert(node.output[0].clone(), y);
-    }
-    graph.output.iter().map(|o| (o.name.clone(), values[&o.name].clone())).collect()
+    let candle_conv = |x: &Tensor, w: &Tensor, g: tlab::onnx::ConvGeometry| -> tlab::Result<Tensor> {
+        let x = x.pad_with_zeros(2, g.pad.top, g.pad.bottom)?.pad_with_zeros(3, g.pad.left, g.pad.right)?;
+        Ok(x.conv2d(w, 0, g.stride, 1, g.groups)?)
+    };
+    tlab::onnx::run_with(model, x, &candle_conv).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
