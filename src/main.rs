@@ -155,6 +155,10 @@ enum Command {
         /// Write `path,predicted,confidence,top_k` for every image to FILE.
         #[arg(long, value_name = "FILE")]
         csv: Option<PathBuf>,
+        /// Print one JSON object per image on stdout (`path`, `predicted`,
+        /// `confidence`, `top` as `[class, probability]` pairs) instead of text.
+        #[arg(long)]
+        json: bool,
         /// With a folder of class sub-folders: write metrics.json and
         /// predictions.csv (as `evaluate` does) into DIR.
         #[arg(long, value_name = "DIR")]
@@ -245,8 +249,11 @@ fn main() -> ExitCode {
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
-        Command::Predict { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch, images } => {
-            predict(PredictArgs { model, imagenet, backbone, weights, classes, top, npy, csv, out, batch }, &images)
+        Command::Predict { model, imagenet, backbone, weights, classes, top, npy, csv, json, out, batch, images } => {
+            predict(
+                PredictArgs { model, imagenet, backbone, weights, classes, top, npy, csv, json, out, batch },
+                &images,
+            )
         }
         Command::Runs { dir } => runs(&dir),
         Command::Explain { run, images, output, layer } => explain(&run, &images, output, layer.as_deref()),
@@ -726,6 +733,7 @@ struct PredictArgs {
     top: usize,
     npy: Option<PathBuf>,
     csv: Option<PathBuf>,
+    json: bool,
     out: Option<PathBuf>,
     batch: usize,
 }
@@ -770,7 +778,19 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
         order.truncate(args.top);
         order
     };
-    let quiet = args.csv.is_some() || args.out.is_some() || paths.len() > 50;
+    let quiet = args.json || args.csv.is_some() || args.out.is_some() || paths.len() > 50;
+    if args.json {
+        for (path, p) in paths.iter().zip(&probs) {
+            let top: Vec<(String, f32)> = ranked(p).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
+            let line = serde_json::json!({
+                "path": tlab::fs::shown(path).display().to_string(),
+                "predicted": top[0].0,
+                "confidence": top[0].1,
+                "top": top,
+            });
+            println!("{line}");
+        }
+    }
     if !quiet {
         for (path, p) in paths.iter().zip(&probs) {
             println!("{}", tlab::fs::shown(path).display());
@@ -798,10 +818,16 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
     if labelled.len() == inputs.len() && !labelled.is_empty() {
         let flat: Vec<f32> = probs.concat();
         let metrics = tlab::metrics::compute(&flat, &labelled, classes, args.top.min(classes.len()).max(1));
-        println!(
+        let line = format!(
             "accuracy {:.4} on {} images (top-{} {:.4})",
             metrics.accuracy, metrics.count, metrics.top_k, metrics.top_k_accuracy
         );
+        // With --json, stdout holds only the JSON lines.
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
         if let Some(dir) = &args.out {
             let predictions: Vec<tlab::report::Prediction> = paths
                 .iter()

@@ -162,6 +162,13 @@ fn tiny_recipe_runs_end_to_end_and_the_model_predicts() {
     let picture = image::open(scored.join(format!("{stem}-gradcam.png"))).unwrap();
     assert!(picture.width() >= 2 * 160, "image and at least one overlay");
 
+    // --json: one object per image, nothing else on stdout.
+    let out = tlab(&["predict", "--model", run_dir.to_str().unwrap(), "--json", valid.to_str().unwrap()]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 18);
+    assert!(lines.iter().all(|l| l["predicted"].is_string() && l["top"].as_array().is_some_and(|t| t.len() == 3)));
+
     // ONNX out and back in: the export predicts the folder as the run does.
     let onnx = scored.join("m.onnx");
     let out = tlab(&["export", run_dir.to_str().unwrap(), "--format", "onnx", "-o", onnx.to_str().unwrap()]);
