@@ -52,6 +52,7 @@ pub mod recipe;
 pub mod report;
 pub mod rundir;
 pub mod runs;
+pub mod suggest;
 pub mod tensorboard;
 pub mod train;
 #[cfg(feature = "tui")]

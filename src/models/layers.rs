@@ -168,7 +168,7 @@ fn closest_names<'a>(name: &str, keys: impl Iterator<Item = &'a str>) -> String 
     if keys.iter().any(|k| k.strip_prefix("module.") == Some(name)) {
         return " (the file has it as `module.…`: saved from DataParallel; strip the prefix)".into();
     }
-    let mut scored: Vec<(usize, &str)> = keys.iter().map(|k| (levenshtein(name, k), *k)).collect();
+    let mut scored: Vec<(usize, &str)> = keys.iter().map(|k| (crate::suggest::levenshtein(name, k), *k)).collect();
     scored.sort();
     let close: Vec<String> =
         scored.iter().take(2).filter(|(d, _)| *d <= name.len() / 2).map(|(_, k)| format!("`{k}`")).collect();
@@ -184,19 +184,6 @@ fn standard_normal(rng: &mut Rng) -> f64 {
     let u1 = rng.f64().max(f64::MIN_POSITIVE);
     let u2 = rng.f64();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Activation after a conv + BN.

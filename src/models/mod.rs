@@ -162,8 +162,7 @@ pub fn backbone_from_tensors(
 }
 
 pub fn unknown_backbone(name: &str) -> Error {
-    let best =
-        ARCHITECTURES.iter().min_by_key(|a| layers::levenshtein(name, a)).filter(|a| layers::levenshtein(name, a) <= 3);
+    let best = crate::suggest::suggest(name, ARCHITECTURES);
     Error::UnknownBackbone {
         name: name.to_owned(),
         hint: best.map(|b| format!(" (did you mean `{b}`?)")).unwrap_or_default(),
@@ -181,7 +180,7 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
             Err(Error::Invalid(format!("freeze up_to = {i}: the backbone has only {} blocks", names.len())))
         }
         FreezePoint::Block(name) => names.iter().position(|n| n == name).ok_or_else(|| {
-            let close: Vec<&String> = names.iter().filter(|n| layers::levenshtein(n, name) <= 2).collect();
+            let close: Vec<&String> = names.iter().filter(|n| crate::suggest::levenshtein(n, name) <= 2).collect();
             let hint = match close.first() {
                 Some(c) => format!("did you mean `{c}`? "),
                 None => String::new(),
