@@ -70,7 +70,7 @@ impl Dataset {
                             valid_dir.join(&class),
                             format!(
                                 "class `{class}` is in the validation folder but not in the training folder {}",
-                                crate::fs::shown(&cfg.train).display()
+                                crate::paths::shown(&cfg.train).display()
                             ),
                         )
                     })?;

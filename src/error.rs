@@ -10,7 +10,7 @@ pub enum Error {
     Recipe(#[from] crate::recipe::RecipeError),
 
     // Paths as the user reads them (`data/x`, not `recipes/../data/x`).
-    #[error("{}: {source}", crate::fs::shown(.path).display())]
+    #[error("{}: {source}", crate::paths::shown(.path).display())]
     Io {
         path: PathBuf,
         #[source]
@@ -18,7 +18,7 @@ pub enum Error {
     },
 
     /// A weights file that cannot be read as any supported format.
-    #[error("{}: {message}", crate::fs::shown(.path).display())]
+    #[error("{}: {message}", crate::paths::shown(.path).display())]
     Weights { path: PathBuf, message: String },
 
     /// Remote weights (`hf:…` or a URL) that could not be fetched.
@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{source_name}: {message}")]
     Mismatch { source_name: String, message: String },
 
-    #[error("{}: {message}", crate::fs::shown(.path).display())]
+    #[error("{}: {message}", crate::paths::shown(.path).display())]
     Data { path: PathBuf, message: String },
 
     #[error("unknown backbone `{name}`{hint}; expected one of: {known}")]

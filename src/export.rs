@@ -86,15 +86,3 @@ pub fn export_onnx(run: &Path, out: Option<&Path>, opts: &OnnxOptions) -> Result
     crate::fs::atomic_write(&path, &bytes)?;
     Ok((path, bytes.len()))
 }
-
-/// Reads the model card back from a tlab `.onnx` file (its metadata), or
-/// says why the file is not one.
-pub fn card_of_onnx(path: &Path) -> Result<ModelCard> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let model =
-        onnx::ModelProto::decode(bytes.as_slice()).map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
-    let card = model.metadata_props.iter().find(|p| p.key == "tlab.model_card").ok_or_else(|| {
-        Error::data(path, "an ONNX model, but not one exported by tlab (no tlab.model_card metadata)")
-    })?;
-    serde_json::from_str(&card.value).map_err(|e| Error::data(path, format!("invalid tlab.model_card: {e}")))
-}

@@ -348,7 +348,7 @@ impl Lab {
                 let (tensors, source) = match &b.weights {
                     None => (None, "random init".to_string()),
                     Some(WeightsSource::Path(p)) => {
-                        let shown = crate::fs::shown(p).display().to_string();
+                        let shown = crate::paths::shown(p).display().to_string();
                         obs.event(train::Event::Log(format!("loading {shown}")));
                         (Some(crate::weights::load(p)?), shown)
                     }
@@ -358,7 +358,7 @@ impl Lab {
                                 format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
                             }
                             WeightsSource::Url(url) => url.clone(),
-                            WeightsSource::Path(p) => crate::fs::shown(p).display().to_string(),
+                            WeightsSource::Path(p) => crate::paths::shown(p).display().to_string(),
                         };
                         obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
                         let path = crate::weights::resolve_source(remote)
@@ -467,7 +467,7 @@ impl Lab {
             data.skipped.len()
         )));
         for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
-            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::fs::shown(path).display())));
+            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::paths::shown(path).display())));
         }
         self.data = Some(data.clone());
         self.data_changed = false;

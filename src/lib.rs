@@ -33,6 +33,7 @@ pub mod bench;
 pub mod cells;
 pub mod checkpoint;
 pub mod data;
+pub mod draw;
 pub mod error;
 pub mod explain;
 pub mod export;
@@ -45,6 +46,7 @@ pub mod onnx;
 /// The views under the name notebooks have always used.
 #[cfg(feature = "notebook")]
 pub use views as notebook;
+pub mod paths;
 pub mod predict;
 pub mod preflight;
 pub mod preview;

@@ -463,7 +463,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             "complete": false,
             "steps": recipe.steps.len(),
             "steps_done": [],
-            "recipe": tlab::fs::absolute(&recipe.path).display().to_string(),
+            "recipe": tlab::paths::absolute(&recipe.path).display().to_string(),
         });
         tlab::report::atomic_write(&dir.join("status.json"), serde_json::to_string_pretty(&status)?.as_bytes())?;
     }
@@ -783,7 +783,7 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
         for (path, p) in paths.iter().zip(&probs) {
             let top: Vec<(String, f32)> = ranked(p).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
             let line = serde_json::json!({
-                "path": tlab::fs::shown(path).display().to_string(),
+                "path": tlab::paths::shown(path).display().to_string(),
                 "predicted": top[0].0,
                 "confidence": top[0].1,
                 "top": top,
@@ -793,7 +793,7 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
     }
     if !quiet {
         for (path, p) in paths.iter().zip(&probs) {
-            println!("{}", tlab::fs::shown(path).display());
+            println!("{}", tlab::paths::shown(path).display());
             for i in ranked(p) {
                 println!("  {:>7.4}  {}", p[i], classes[i]);
             }
@@ -806,7 +806,7 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
             let best = ranked(p)[0];
             text.push_str(&format!(
                 "{},{},{:.6},{}\n",
-                csv_field(&tlab::fs::shown(path).display().to_string()),
+                csv_field(&tlab::paths::shown(path).display().to_string()),
                 csv_field(&classes[best]),
                 p[best],
                 csv_field(&top.join(" "))
@@ -907,10 +907,10 @@ fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Optio
                 let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
                 let map = tlab::explain::grad_cam(model, &x, predicted, Some(l))?;
                 let image = image::RgbImage::from_raw(size, size, pixels.clone()).context("image size")?;
-                let picture = tlab::views::draw::gallery(
+                let picture = tlab::draw::gallery(
                     &[
-                        (image.clone(), vec![("image".into(), tlab::views::draw::BLACK)]),
-                        (map.overlay(&image), vec![(format!("pred {}", classes[predicted]), tlab::views::draw::BLACK)]),
+                        (image.clone(), vec![("image".into(), tlab::draw::BLACK)]),
+                        (map.overlay(&image), vec![(format!("pred {}", classes[predicted]), tlab::draw::BLACK)]),
                     ],
                     2,
                     160,
@@ -923,11 +923,11 @@ fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Optio
         tlab::report::atomic_write(&file, &tlab::views::png_bytes(&e.picture)?)?;
         println!(
             "{} → {} ({:.3}){}  {}",
-            tlab::fs::shown(&path).display(),
+            tlab::paths::shown(&path).display(),
             classes[e.predicted],
             e.confidence,
             truth.map(|t| format!(", true {}", classes[t])).unwrap_or_default(),
-            tlab::fs::shown(&file).display()
+            tlab::paths::shown(&file).display()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -936,7 +936,7 @@ fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Optio
 fn runs(dir: &Path) -> anyhow::Result<ExitCode> {
     let runs = tlab::runs::list(dir)?;
     if runs.is_empty() {
-        println!("no runs in {}", tlab::fs::shown(dir).display());
+        println!("no runs in {}", tlab::paths::shown(dir).display());
         return Ok(ExitCode::SUCCESS);
     }
     let width = runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
@@ -1002,14 +1002,14 @@ fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
     };
     let png = chart.to_png();
     if !output.is_dir() {
-        bail!("{}: the output folder does not exist", tlab::fs::shown(output).display());
+        bail!("{}: the output folder does not exist", tlab::paths::shown(output).display());
     }
     tlab::report::atomic_write(&output.join("compare.png"), &tlab::views::png_bytes(&png)?)?;
     tlab::report::atomic_write(&output.join("compare.html"), tlab::runs::compare_html(&runs, &png)?.as_bytes())?;
     println!(
         "\nwrote {} and {}",
-        tlab::fs::shown(&output.join("compare.png")).display(),
-        tlab::fs::shown(&output.join("compare.html")).display()
+        tlab::paths::shown(&output.join("compare.png")).display(),
+        tlab::paths::shown(&output.join("compare.html")).display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1051,7 +1051,7 @@ fn export(
             let (path, bytes) = tlab::export::export_onnx(run, output, opts)?;
             println!(
                 "wrote {} ({:.1} MB, opset {}, input `input`, outputs `logits` and `probabilities`)",
-                tlab::fs::shown(&path).display(),
+                tlab::paths::shown(&path).display(),
                 bytes as f64 / 1e6,
                 opts.opset
             );
@@ -1061,12 +1061,12 @@ fn export(
             // backbone (`features.0.0.weight`, …), `head.*` for the new head.
             let from = run.join("model.safetensors");
             if !from.is_file() {
-                bail!("{}: no model.safetensors (is it a finished run directory?)", tlab::fs::shown(run).display());
+                bail!("{}: no model.safetensors (is it a finished run directory?)", tlab::paths::shown(run).display());
             }
             let to = output.map_or_else(|| run.join("export.safetensors"), Path::to_path_buf);
             let bytes = std::fs::read(&from).with_context(|| format!("{}", from.display()))?;
             tlab::report::atomic_write(&to, &bytes)?;
-            println!("wrote {}", tlab::fs::shown(&to).display());
+            println!("wrote {}", tlab::paths::shown(&to).display());
         }
     }
     Ok(ExitCode::SUCCESS)

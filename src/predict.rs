@@ -184,7 +184,7 @@ impl Predictor {
     /// interpreter: checks a shipped file without its run directory.
     pub fn from_onnx(path: &Path) -> Result<Self> {
         use prost::Message;
-        let card = crate::export::card_of_onnx(path)?;
+        let card = card_of_onnx(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let model = crate::onnx::ModelProto::decode(bytes.as_slice())
             .map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
@@ -329,4 +329,17 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the model card back from a tlab `.onnx` file (its metadata), or
+/// says why the file is not one.
+pub fn card_of_onnx(path: &Path) -> Result<ModelCard> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let model = crate::onnx::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
+    let card = model.metadata_props.iter().find(|p| p.key == "tlab.model_card").ok_or_else(|| {
+        Error::data(path, "an ONNX model, but not one exported by tlab (no tlab.model_card metadata)")
+    })?;
+    serde_json::from_str(&card.value).map_err(|e| Error::data(path, format!("invalid tlab.model_card: {e}")))
 }

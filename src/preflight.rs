@@ -79,7 +79,7 @@ impl Preflight {
     /// The findings as `FILE:LINE:COL: message` lines (warnings marked), in
     /// file order.
     pub fn problems(&self) -> Vec<String> {
-        let file = crate::fs::shown(&self.file);
+        let file = crate::paths::shown(&self.file);
         self.findings
             .iter()
             .map(|f| {
@@ -91,7 +91,7 @@ impl Preflight {
 
     /// A summary line and what was found on disk.
     pub fn summary(&self) -> Vec<String> {
-        let file = crate::fs::shown(&self.file);
+        let file = crate::paths::shown(&self.file);
         let file = file.display();
         let mut out = Vec::new();
         let errors = self.findings.iter().filter(|f| f.severity == Severity::Error).count();
@@ -117,8 +117,8 @@ impl Preflight {
         }
         for w in &self.weights {
             let state = match (&w.file, w.fits) {
-                (Some(f), true) => format!("{} fits", crate::fs::shown(f).display()),
-                (Some(f), false) => format!("{} does not fit", crate::fs::shown(f).display()),
+                (Some(f), true) => format!("{} fits", crate::paths::shown(f).display()),
+                (Some(f), false) => format!("{} does not fit", crate::paths::shown(f).display()),
                 (None, _) => "not checked (not on disk)".into(),
             };
             out.push(format!("  weights (step {}): {} → {state}", w.step, w.source));
@@ -199,7 +199,7 @@ impl Disk<'_> {
                 return Err(self.at(
                     item,
                     Severity::Error,
-                    format!("data.{key}: folder {} does not exist", crate::fs::shown(dir).display()),
+                    format!("data.{key}: folder {} does not exist", crate::paths::shown(dir).display()),
                 ));
             }
             crate::data::scan(dir, skipped).map_err(|e| self.at(item, Severity::Error, e.to_string()))
@@ -228,7 +228,7 @@ impl Disk<'_> {
                         Severity::Error,
                         format!(
                             "class `{class}` is in the validation folder but not in the training folder {}",
-                            crate::fs::shown(&train_dir).display()
+                            crate::paths::shown(&train_dir).display()
                         ),
                     ));
                 }
@@ -293,7 +293,7 @@ impl Disk<'_> {
                         report.findings.push(self.at(
                             item,
                             Severity::Error,
-                            format!("weights file {} does not exist", crate::fs::shown(&p).display()),
+                            format!("weights file {} does not exist", crate::paths::shown(&p).display()),
                         ));
                         report.weights.push(found);
                         continue;
@@ -313,7 +313,7 @@ impl Disk<'_> {
             let fitted = crate::weights::load(&file).and_then(|tensors| match arch {
                 Some(arch) => crate::models::backbone_from_tensors(
                     arch,
-                    crate::fs::shown(&file).display().to_string(),
+                    crate::paths::shown(&file).display().to_string(),
                     tensors,
                     strict,
                 )
@@ -338,7 +338,7 @@ fn cached(source: &crate::recipe::WeightsSource) -> Result<PathBuf, String> {
             Some((path, true)) => Ok(path),
             Some((cache, false)) => Err(format!(
                 "not in the cache yet ({}): `tlab run` downloads it once (check does not)",
-                crate::fs::shown(&cache).display()
+                crate::paths::shown(&cache).display()
             )),
             None => Err("not a remote source".into()),
         }

@@ -58,16 +58,7 @@ impl HeadCard {
     }
 }
 
-/// One validation image's outcome, for `predictions.csv` and the mistakes list.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Prediction {
-    pub path: PathBuf,
-    pub truth: usize,
-    pub predicted: usize,
-    pub confidence: f32,
-    /// Cross-entropy of the true class: mistakes are sorted by it, worst first.
-    pub loss: f32,
-}
+pub use crate::train::Prediction;
 
 /// `history.csv`: one row per epoch of every fine_tune step.
 pub fn history_csv(rows: &[(usize, EpochRecord)]) -> String {
@@ -87,7 +78,7 @@ pub fn predictions_csv(preds: &[Prediction], classes: &[String]) -> String {
     for p in preds {
         s.push_str(&format!(
             "{},{},{},{:.6}\n",
-            csv_field(&crate::fs::shown(&p.path).to_string_lossy()),
+            csv_field(&crate::paths::shown(&p.path).to_string_lossy()),
             csv_field(&classes[p.truth]),
             csv_field(&classes[p.predicted]),
             p.confidence
@@ -154,7 +145,7 @@ pub fn report_markdown(
         for p in mistakes {
             s.push_str(&format!(
                 "| {} | {} | {} | {:.3} |\n",
-                crate::fs::shown(&p.path).display(),
+                crate::paths::shown(&p.path).display(),
                 classes[p.truth],
                 classes[p.predicted],
                 p.confidence

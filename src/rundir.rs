@@ -56,7 +56,7 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
         "complete": complete,
         "steps": recipe.steps.len(),
         "steps_done": done,
-        "recipe": crate::fs::absolute(&recipe.path).display().to_string(),
+        "recipe": crate::paths::absolute(&recipe.path).display().to_string(),
         "recipe_hash": recipe_hash(&text),
         "started": info.started,
         "seconds": info.seconds,
@@ -180,7 +180,7 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
         "Recipe",
         &format!(
             "<p><code>{}</code></p><pre>{}</pre>",
-            esc(&crate::fs::shown(&recipe.path).display().to_string()),
+            esc(&crate::paths::shown(&recipe.path).display().to_string()),
             esc(&text)
         ),
     );
@@ -242,7 +242,7 @@ fn write_model(lab: &Lab, dir: &Path) -> Result<Vec<PathBuf>> {
         image_size: data.size,
         preprocess: model.backbone.preprocess(),
         head: HeadCard::from(&b.head),
-        recipe: crate::fs::absolute(&lab.recipe().path).display().to_string(),
+        recipe: crate::paths::absolute(&lab.recipe().path).display().to_string(),
     };
     let tensors: Vec<_> = model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
     let weights = dir.join("model.safetensors");

@@ -34,6 +34,7 @@
 //! the images' NCHW planes (forward; input gradient through col2im), or the
 //! group's output gradient gathered `[Cout, nb·P]` (gradients).
 
+use super::gemm::{matmul, Mat};
 use super::{winograd, Epilogue, Padding};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -290,80 +291,6 @@ fn group_cols(geo: &ConvGeometry, d: &Dims, x: &[f32], m: usize, col: &mut [f32]
         for (i, blk) in row.chunks_exact_mut(p).enumerate() {
             im2col_row(geo, d, &x[i * d.image()..(i + 1) * d.image()], r, 0, blk);
         }
-    }
-}
-
-/// A matrix operand: a slice with row and column strides in elements.
-#[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// Row-major with `cols` columns.
-    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
-        Mat { data, rs: cols, cs: 1 }
-    }
-    /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Mat { data, rs: 1, cs: cols }
-    }
-    fn check(&self, rows: usize, cols: usize, what: &str) {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-            assert!(last < self.data.len(), "conv gemm: {what} operand out of bounds");
-        }
-    }
-}
-
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `+=` with `accumulate`; `dst` is
-/// row-major with row stride `dst_rs`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul(
-    dst: &mut [f32],
-    dst_rs: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
-    lhs.check(m, k, "left");
-    rhs.check(k, n, "right");
-    // SAFETY: the asserts above keep every element the strides reach inside
-    // its slice, and the rows of `dst` (n ≤ dst_rs) do not overlap; `dst` is
-    // borrowed mutably, so it aliases neither operand. gemm computes
-    // dst = alpha·dst + beta·lhs·rhs, reading dst only if asked.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }
 

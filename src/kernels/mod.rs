@@ -66,6 +66,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
+mod gemm;
 pub mod maxpool;
 mod winograd;
 

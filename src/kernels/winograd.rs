@@ -19,7 +19,7 @@
 //! convolution is one too (see `conv.rs`); the weight gradient stays on
 //! im2col.
 
-use super::conv::{matmul, Mat};
+use super::gemm::{matmul, Mat};
 use super::{Epilogue, Padding};
 use gemm::Parallelism;
 use rayon::prelude::*;

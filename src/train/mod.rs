@@ -23,7 +23,6 @@ use crate::metrics::{self, Metrics};
 use crate::models::layers::Mode;
 use crate::models::{Classifier, Preprocess};
 use crate::recipe::{EvaluateConfig, FineTuneConfig, Monitor};
-use crate::report::Prediction;
 use cache::{FeatureCache, Features};
 
 /// One epoch of a fine_tune step.
@@ -427,6 +426,17 @@ pub fn fine_tune(
         })?;
     }
     Ok(FineTuneOutcome { history, stop, best_epoch, trainable_params })
+}
+
+/// One validation image's outcome, for `predictions.csv` and the mistakes list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prediction {
+    pub path: std::path::PathBuf,
+    pub truth: usize,
+    pub predicted: usize,
+    pub confidence: f32,
+    /// Cross-entropy of the true class: mistakes are sorted by it, worst first.
+    pub loss: f32,
 }
 
 /// Everything the evaluate step produces.

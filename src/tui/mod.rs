@@ -342,8 +342,8 @@ fn input_changed(
 ) -> Vec<Effect> {
     let first = app.recipe.first_step_using(&input);
     let what = match &input {
-        crate::recipe::Input::Data(p) => format!("data folder {}", crate::fs::shown(p).display()),
-        crate::recipe::Input::Weights(p) => format!("weights file {}", crate::fs::shown(p).display()),
+        crate::recipe::Input::Data(p) => format!("data folder {}", crate::paths::shown(p).display()),
+        crate::recipe::Input::Weights(p) => format!("weights file {}", crate::paths::shown(p).display()),
     };
     let _ = writeln!(log, "{what} changed on disk: stale from step {:?}", first.map(|f| f + 1));
     let Some(first) = first else { return vec![] };

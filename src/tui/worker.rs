@@ -94,7 +94,7 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
                     let _ = writeln!(
                         f,
                         "{} changed on disk: stale from step {:?}",
-                        crate::fs::shown(input.path()).display(),
+                        crate::paths::shown(input.path()).display(),
                         first.map(|i| i + 1)
                     );
                 }

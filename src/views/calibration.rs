@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::draw::{self, BLACK, BLUE, DARK_GREY, GREY, ORANGE};
+use crate::draw::{self, BLACK, BLUE, DARK_GREY, GREY, ORANGE};
 use crate::metrics::{Calibration, Metrics};
 
 const SIDE: i64 = 300;

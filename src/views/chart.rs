@@ -5,8 +5,8 @@
 
 use image::{Rgb, RgbImage};
 
-use super::draw::{self, BLACK, BLUE, DARK_GREY, GREY, ORANGE};
 use super::{escape, img_tag, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
+use crate::draw::{self, BLACK, BLUE, DARK_GREY, GREY, ORANGE};
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::train::EpochRecord;

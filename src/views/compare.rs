@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::draw::{self, BLACK, DARK_GREY, GREY};
+use crate::draw::{self, BLACK, DARK_GREY, GREY};
 use crate::train::EpochRecord;
 
 const PANEL_W: i64 = 360;

@@ -5,8 +5,8 @@
 
 use image::{Rgb, RgbImage};
 
-use super::draw::{self, BLACK, DARK_GREY};
 use super::{escape, img_tag, Block, HEAD_STYLE, TABLE_STYLE};
+use crate::draw::{self, BLACK, DARK_GREY};
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::metrics::Metrics;

@@ -3,9 +3,9 @@
 
 use image::RgbImage;
 
-use super::draw;
 use super::{escape, img_tag, Block};
 use crate::data::Dataset;
+use crate::draw;
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::preview;
@@ -128,7 +128,7 @@ impl Mistakes {
                 m.truth,
                 m.predicted,
                 m.confidence,
-                crate::fs::shown(&m.path).display()
+                crate::paths::shown(&m.path).display()
             ));
         }
         s

@@ -32,7 +32,6 @@ mod calibration;
 mod chart;
 mod compare;
 mod confusion;
-pub mod draw;
 mod mistakes;
 mod report;
 mod samples;

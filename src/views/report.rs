@@ -3,8 +3,8 @@
 
 use image::{Rgb, RgbImage};
 
-use super::draw;
 use super::{escape, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
+use crate::draw;
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::metrics::Metrics;

@@ -61,7 +61,7 @@ impl Lab {
             image: e.picture,
             caption: format!(
                 "Grad-CAM of {} (predicted {})",
-                crate::fs::shown(path).display(),
+                crate::paths::shown(path).display(),
                 data.classes[e.predicted]
             ),
         })
@@ -88,13 +88,13 @@ impl Samples {
     /// `n` training images as `aug` transforms them with `seed`, each with
     /// its class name underneath (the run directory's `augment.png`).
     pub fn labelled(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> Self {
-        let tiles: Vec<super::draw::Captioned> = preview::labelled_samples(data, aug, seed, n)
+        let tiles: Vec<crate::draw::Captioned> = preview::labelled_samples(data, aug, seed, n)
             .into_iter()
-            .map(|(img, tile)| (img, vec![(tile.class.replace('_', " "), super::draw::DARK_GREY)]))
+            .map(|(img, tile)| (img, vec![(tile.class.replace('_', " "), crate::draw::DARK_GREY)]))
             .collect();
         let cols = (tiles.len() as f64).sqrt().ceil() as usize;
         Samples {
-            image: super::draw::gallery(&tiles, cols, 96),
+            image: crate::draw::gallery(&tiles, cols, 96),
             caption: format!("{} augmented training images (seed {seed})", tiles.len()),
         }
     }

@@ -1,4 +1,4 @@
-//! Minimal raster drawing for the chart views: lines, rectangles and text
+//! Minimal raster drawing for every picture tlab makes (views, Grad-CAM): lines, rectangles and text
 //! in an embedded font (DejaVu Sans through `ab_glyph`), drawn straight onto
 //! an [`RgbImage`]. Plotting crates need system fonts for any text; this keeps
 //! the charts reproducible offline and the `:dep` build small.
@@ -66,7 +66,7 @@ pub fn dashed_vline(img: &mut RgbImage, x: i64, y0: i64, y1: i64, c: Rgb<u8>) {
 
 /// DejaVu Sans (Bitstream Vera licence; see assets/fonts/NOTICE.md),
 /// embedded so pictures look the same on every machine, offline.
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 
 fn font() -> Option<&'static FontRef<'static>> {
     static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
