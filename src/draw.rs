@@ -171,6 +171,69 @@ pub fn fit(text: &str, scale: i64, max_width: i64) -> String {
     String::new()
 }
 
+/// A chart panel: values in `[lo, hi]` (grid every `step`) against `points`
+/// epochs, in the `w × h` box at `(x, y)`. The history chart and the run
+/// comparison draw their panels through it.
+#[derive(Debug, Clone, Copy)]
+pub struct Axes {
+    pub x: i64,
+    pub y: i64,
+    pub w: i64,
+    pub h: i64,
+    pub lo: f64,
+    pub hi: f64,
+    pub step: f64,
+    pub points: usize,
+}
+
+impl Axes {
+    /// Epoch `k` (0-based) on the x axis; a single epoch sits in the middle.
+    pub fn x_of(&self, k: usize) -> i64 {
+        self.x + if self.points <= 1 { self.w / 2 } else { k as i64 * (self.w - 1) / (self.points as i64 - 1) }
+    }
+
+    pub fn y_of(&self, v: f64) -> i64 {
+        self.y + self.h - 1 - (((v - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0) * (self.h - 1) as f64) as i64
+    }
+
+    /// Grid and y ticks, epoch numbers (thinned to fit) under the box, the
+    /// frame, and `title` above it at `title_y`.
+    pub fn draw(&self, img: &mut RgbImage, title: &str, title_y: i64, scale: i64) {
+        let mut v = self.lo;
+        while v <= self.hi + self.step * 1e-6 {
+            let y = self.y_of(v);
+            line(img, (self.x, y), (self.x + self.w - 1, y), 1, GREY);
+            let label = tick_label(v, self.step);
+            text(img, self.x - 4 - text_width(&label, scale), y - text_height(scale) / 2, &label, scale, DARK_GREY);
+            v += self.step;
+        }
+        let every = self.points.div_ceil(12).max(1);
+        for k in (0..self.points).filter(|k| (k + 1) % every == 0 || *k == 0) {
+            let label = (k + 1).to_string();
+            text(img, self.x_of(k) - text_width(&label, scale) / 2, self.y + self.h + 6, &label, scale, DARK_GREY);
+        }
+        let (x0, y0, x1, y1) = (self.x, self.y, self.x + self.w - 1, self.y + self.h - 1);
+        for (a, b) in [((x0, y0), (x1, y0)), ((x0, y1), (x1, y1)), ((x0, y0), (x0, y1)), ((x1, y0), (x1, y1))] {
+            line(img, a, b, 1, BLACK);
+        }
+        text(img, self.x, title_y, title, scale, BLACK);
+    }
+
+    /// One series: lines between finite points, a dot on each.
+    pub fn series(&self, img: &mut RgbImage, values: &[f64], colour: Rgb<u8>) {
+        let pts: Vec<Option<(i64, i64)>> =
+            values.iter().enumerate().map(|(k, &v)| v.is_finite().then(|| (self.x_of(k), self.y_of(v)))).collect();
+        for w in pts.windows(2) {
+            if let [Some(a), Some(b)] = w {
+                line(img, *a, *b, 2, colour);
+            }
+        }
+        for (x, y) in pts.into_iter().flatten() {
+            rect(img, x - 3, y - 3, 7, 7, colour);
+        }
+    }
+}
+
 /// One tile of a [`gallery`]: a picture and its caption lines, each in a colour.
 pub type Captioned = (RgbImage, Vec<(String, Rgb<u8>)>);
 

@@ -6,7 +6,7 @@
 use image::{Rgb, RgbImage};
 
 use super::{escape, img_tag, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
-use crate::draw::{self, BLACK, BLUE, DARK_GREY, GREY, ORANGE};
+use crate::draw::{self, BLUE, DARK_GREY, ORANGE};
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::train::EpochRecord;
@@ -56,52 +56,18 @@ impl HistoryChart {
 
     fn panel(&self, img: &mut RgbImage, x0: i64, title: &str, series: &[(f64, f64)], ticks: (f64, f64, f64)) {
         let (lo, hi, step) = ticks;
-        let (px, py) = (x0 + LEFT, TOP);
         let n = series.len();
-        // Epoch k (0-based) at x; a single epoch sits in the middle.
-        let x_of = |k: usize| px + if n <= 1 { PANEL_W / 2 } else { k as i64 * (PANEL_W - 1) / (n as i64 - 1) };
-        let y_of = |v: f64| py + PANEL_H - 1 - (((v - lo) / (hi - lo)).clamp(0.0, 1.0) * (PANEL_H - 1) as f64) as i64;
-        // Grid and y ticks.
-        let mut v = lo;
-        while v <= hi + step * 1e-6 {
-            let y = y_of(v);
-            draw::line(img, (px, y), (px + PANEL_W - 1, y), 1, GREY);
-            let label = draw::tick_label(v, step);
-            draw::text(
-                img,
-                px - 4 - draw::text_width(&label, SCALE),
-                y - draw::text_height(SCALE) / 2,
-                &label,
-                SCALE,
-                DARK_GREY,
-            );
-            v += step;
-        }
-        // Phase boundaries, then x ticks (epoch numbers, thinned to fit).
+        let axes = draw::Axes { x: x0 + LEFT, y: TOP, w: PANEL_W, h: PANEL_H, lo, hi, step, points: n };
+        axes.draw(img, title, 2, SCALE);
+        // Phase boundaries: where a new fine_tune step begins.
         for k in 1..n {
             if self.rows[k].0 != self.rows[k - 1].0 {
-                let x = (x_of(k - 1) + x_of(k)) / 2;
-                draw::dashed_vline(img, x, py, py + PANEL_H - 1, DARK_GREY);
+                let x = (axes.x_of(k - 1) + axes.x_of(k)) / 2;
+                draw::dashed_vline(img, x, TOP, TOP + PANEL_H - 1, DARK_GREY);
             }
         }
-        let every = n.div_ceil(12).max(1);
-        for k in (0..n).filter(|k| (k + 1) % every == 0 || *k == 0) {
-            let label = (k + 1).to_string();
-            let x = x_of(k) - draw::text_width(&label, SCALE) / 2;
-            draw::text(img, x, py + PANEL_H + 6, &label, SCALE, DARK_GREY);
-        }
-        // Frame and title.
-        for (a, b) in [
-            ((px, py), (px + PANEL_W - 1, py)),
-            ((px, py + PANEL_H - 1), (px + PANEL_W - 1, py + PANEL_H - 1)),
-            ((px, py), (px, py + PANEL_H - 1)),
-            ((px + PANEL_W - 1, py), (px + PANEL_W - 1, py + PANEL_H - 1)),
-        ] {
-            draw::line(img, a, b, 1, BLACK);
-        }
-        draw::text(img, px, 2, title, SCALE, BLACK);
         // Legend: a swatch per series with its name.
-        let mut lx = px + PANEL_W - 1;
+        let mut lx = axes.x + PANEL_W - 1;
         for (name, colour) in [("valid", ORANGE), ("train", BLUE)] {
             lx -= draw::text_width(name, SCALE);
             draw::text(img, lx, 2, name, SCALE, colour);
@@ -109,25 +75,10 @@ impl HistoryChart {
             draw::rect(img, lx, 6, 10, 6, colour);
             lx -= 10;
         }
-        // Series: lines between finite points, a dot on each.
-        for (pick, colour) in [(0usize, BLUE), (1, ORANGE)] {
-            let pts: Vec<Option<(i64, i64)>> = series
-                .iter()
-                .enumerate()
-                .map(|(k, p)| {
-                    let v = if pick == 0 { p.0 } else { p.1 };
-                    v.is_finite().then(|| (x_of(k), y_of(v)))
-                })
-                .collect();
-            for w in pts.windows(2) {
-                if let [Some(a), Some(b)] = w {
-                    draw::line(img, *a, *b, 2, colour);
-                }
-            }
-            for (x, y) in pts.into_iter().flatten() {
-                draw::rect(img, x - 3, y - 3, 7, 7, colour);
-            }
-        }
+        let train: Vec<f64> = series.iter().map(|p| p.0).collect();
+        let valid: Vec<f64> = series.iter().map(|p| p.1).collect();
+        axes.series(img, &train, BLUE);
+        axes.series(img, &valid, ORANGE);
     }
 
     /// The chart and a table of every epoch.

@@ -4,7 +4,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::draw::{self, BLACK, DARK_GREY, GREY};
+use crate::draw::{self, BLACK};
 use crate::train::EpochRecord;
 
 const PANEL_W: i64 = 360;
@@ -71,48 +71,11 @@ impl CompareChart {
         (lo, hi, step): (f64, f64, f64),
         epochs: usize,
     ) {
-        let (px, py) = (x0 + LEFT, TOP);
-        let x_of =
-            |k: usize| px + if epochs <= 1 { PANEL_W / 2 } else { k as i64 * (PANEL_W - 1) / (epochs as i64 - 1) };
-        let y_of = |v: f64| py + PANEL_H - 1 - (((v - lo) / (hi - lo)).clamp(0.0, 1.0) * (PANEL_H - 1) as f64) as i64;
-        let mut v = lo;
-        while v <= hi + step * 1e-6 {
-            let y = y_of(v);
-            draw::line(img, (px, y), (px + PANEL_W - 1, y), 1, GREY);
-            let label = draw::tick_label(v, step);
-            let lh = draw::text_height(SCALE);
-            draw::text(img, px - 4 - draw::text_width(&label, SCALE), y - lh / 2, &label, SCALE, DARK_GREY);
-            v += step;
-        }
-        let every = epochs.div_ceil(12).max(1);
-        for k in (0..epochs).filter(|k| (k + 1) % every == 0 || *k == 0) {
-            let label = (k + 1).to_string();
-            draw::text(img, x_of(k) - draw::text_width(&label, SCALE) / 2, py + PANEL_H + 6, &label, SCALE, DARK_GREY);
-        }
-        for (a, b) in [
-            ((px, py), (px + PANEL_W - 1, py)),
-            ((px, py + PANEL_H - 1), (px + PANEL_W - 1, py + PANEL_H - 1)),
-            ((px, py), (px, py + PANEL_H - 1)),
-            ((px + PANEL_W - 1, py), (px + PANEL_W - 1, py + PANEL_H - 1)),
-        ] {
-            draw::line(img, a, b, 1, BLACK);
-        }
-        draw::text(img, px, 4, title, SCALE, BLACK);
+        let axes = draw::Axes { x: x0 + LEFT, y: TOP, w: PANEL_W, h: PANEL_H, lo, hi, step, points: epochs };
+        axes.draw(img, title, 4, SCALE);
         for (k, (_, records)) in self.runs.iter().enumerate() {
-            let colour = Self::colour(k);
-            let pts: Vec<Option<(i64, i64)>> = records
-                .iter()
-                .enumerate()
-                .map(|(e, r)| pick(r).is_finite().then(|| (x_of(e), y_of(pick(r)))))
-                .collect();
-            for w in pts.windows(2) {
-                if let [Some(a), Some(b)] = w {
-                    draw::line(img, *a, *b, 2, colour);
-                }
-            }
-            for (x, y) in pts.into_iter().flatten() {
-                draw::rect(img, x - 3, y - 3, 7, 7, colour);
-            }
+            let values: Vec<f64> = records.iter().map(pick).collect();
+            axes.series(img, &values, Self::colour(k));
         }
     }
 }
