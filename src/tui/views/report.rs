@@ -1,4 +1,4 @@
-//! Report tab: per-class precision, recall, F1 and support with macro and
+//! Report tab: per-class precision, recall, F1, top-k recall and support with macro and
 //! weighted rows; `s` cycles the sort column. Underneath: the calibration
 //! error (ECE) and the most-confused pairs.
 
@@ -31,19 +31,30 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
         return;
     };
     let m = &eval.metrics;
-    let row = |name: &str, p: f64, r: f64, f: f64, s: usize| {
-        Row::new(vec![name.to_string(), format!("{p:.4}"), format!("{r:.4}"), format!("{f:.4}"), s.to_string()])
+    // Top-k recall of a class, by name (the table may be sorted).
+    let top_k = |class: &str| {
+        m.classes.iter().position(|c| c == class).and_then(|i| m.per_class_top_k.get(i)).map(|v| format!("{v:.4}"))
     };
-    let mut rows: Vec<Row> =
-        sorted(&m.per_class, sort).iter().map(|c| row(&c.class, c.precision, c.recall, c.f1, c.support)).collect();
+    let row = |name: &str, p: f64, r: f64, f: f64, k: Option<String>, s: usize| {
+        Row::new(vec![
+            name.to_string(),
+            format!("{p:.4}"),
+            format!("{r:.4}"),
+            format!("{f:.4}"),
+            k.unwrap_or_default(),
+            s.to_string(),
+        ])
+    };
+    let mut rows: Vec<Row> = sorted(&m.per_class, sort)
+        .iter()
+        .map(|c| row(&c.class, c.precision, c.recall, c.f1, top_k(&c.class), c.support))
+        .collect();
     let bold = Style::new().add_modifier(Modifier::BOLD);
-    rows.push(
-        row("macro avg", m.macro_avg.precision, m.macro_avg.recall, m.macro_avg.f1, m.macro_avg.support).style(bold),
-    );
-    rows.push(
-        row("weighted avg", m.weighted.precision, m.weighted.recall, m.weighted.f1, m.weighted.support).style(bold),
-    );
-    let header = Row::new(vec!["class", "precision", "recall", "f1", "support"]).style(bold);
+    let (ma, wa) = (&m.macro_avg, &m.weighted);
+    rows.push(row("macro avg", ma.precision, ma.recall, ma.f1, None, ma.support).style(bold));
+    rows.push(row("weighted avg", wa.precision, wa.recall, wa.f1, None, wa.support).style(bold));
+    let k_title = format!("top-{}", m.top_k);
+    let header = Row::new(vec!["class", "precision", "recall", "f1", k_title.as_str(), "support"]).style(bold);
     let table = Table::new(
         rows,
         [
@@ -51,6 +62,7 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
             Constraint::Length(10),
             Constraint::Length(10),
             Constraint::Length(10),
+            Constraint::Length(8),
             Constraint::Length(8),
         ],
     )
