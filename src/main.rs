@@ -537,7 +537,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     };
     let written = tlab::rundir::write_reports(&lab, &dir, info).context("writing reports")?;
     if let Some(mut tb) = progress.tb.take() {
-        finish_tensorboard(&mut tb, &lab).context("writing the TensorBoard log")?;
+        finish_tensorboard(&mut tb, &lab, &dir).context("writing the TensorBoard log")?;
     }
     progress.line(format!(
         "wrote {} files to {} in {:.1}s total",
@@ -566,15 +566,23 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
 
 /// The end of a run in TensorBoard: the recipe as text, the pictures, and
 /// the evaluation's headline numbers.
-fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab) -> tlab::Result<()> {
+fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab, dir: &Path) -> tlab::Result<()> {
     let step = lab.history().len() as i64;
     let recipe = std::fs::read_to_string(&lab.recipe().path).unwrap_or_default();
     // Indented: TensorBoard renders text as Markdown, and TOML is code.
     let block: String = recipe.lines().map(|l| format!("    {l}\n")).collect();
     tb.text("recipe", 0, &block)?;
-    for (name, picture) in tlab::rundir::pictures(lab) {
-        let png = tlab::views::png_bytes(&picture)?;
-        tb.image(name.trim_end_matches(".png"), step, png, picture.width(), picture.height())?;
+    // The pictures write_reports just wrote, read back rather than drawn again.
+    for name in tlab::rundir::PICTURES {
+        let Ok(png) = std::fs::read(dir.join(name)) else { continue };
+        let Ok((w, h)) = image::ImageReader::new(std::io::Cursor::new(&png))
+            .with_guessed_format()
+            .map_err(drop)
+            .and_then(|r| r.into_dimensions().map_err(drop))
+        else {
+            continue;
+        };
+        tb.image(name.trim_end_matches(".png"), step, png, w, h)?;
     }
     if let Some(eval) = lab.last_evaluation() {
         tb.scalar("evaluate/accuracy", step, eval.metrics.accuracy)?;

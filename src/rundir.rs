@@ -83,10 +83,11 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
         &classes,
     );
     put("report.md", md.as_bytes())?;
-    for (name, picture) in pictures(lab) {
-        put(name, &views::png_bytes(&picture)?)?;
+    let pictures = pictures(lab);
+    for (name, picture) in &pictures {
+        put(name, &views::png_bytes(picture)?)?;
     }
-    put("report.html", report_html(lab, complete)?.as_bytes())?;
+    put("report.html", report_html(lab, complete, &pictures)?.as_bytes())?;
     written.extend(write_model(lab, dir)?);
     Ok(written)
 }
@@ -97,6 +98,10 @@ pub fn recipe_hash(text: &str) -> String {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{hash:016x}")[..12].to_string()
 }
+
+/// The file names [`pictures`] can produce.
+pub const PICTURES: &[&str] =
+    &["curves.png", "confusion.png", "per_class.png", "reliability.png", "gradcam.png", "mistakes.png", "augment.png"];
 
 /// The run's pictures by file name, each only where there is something to draw.
 pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
@@ -125,8 +130,9 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
 
 /// `report.html`: one self-contained page (pictures embedded as `data:` URIs,
 /// no script, no network) with the recipe, the steps, the history, the
-/// evaluation and the pictures.
-pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
+/// evaluation and `pictures` (as [`pictures`] made them, not drawn again).
+pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage)]) -> Result<String> {
+    let picture = |name: &str| pictures.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
     let recipe = lab.recipe();
     let esc = views::escape;
     let mut body = String::new();
@@ -145,14 +151,20 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
     }
     if let Some(eval) = lab.last_evaluation() {
         let report = ClassReport::from(&eval.metrics);
-        let per_class = views::img_tag(&report.to_png(), "precision, recall and F1 per class")?;
+        let per_class = match picture("per_class.png") {
+            Some(p) => views::img_tag(p, "precision, recall and F1 per class")?,
+            None => String::new(),
+        };
         section(&mut body, "Evaluation", &format!("{}{per_class}", report.to_html()));
         let calibration = format!(
             "<p>Expected calibration error (ECE, {} bins): <b>{:.4}</b>, how far the model's confidence is from its \
              accuracy. Bars: accuracy per confidence bin; orange: the bin's mean confidence; diagonal: perfect.</p>{}",
             crate::metrics::CALIBRATION_BINS,
             eval.metrics.calibration.ece,
-            views::img_tag(&views::ReliabilityDiagram::from(&eval.metrics).to_png(), "reliability diagram")?
+            match picture("reliability.png") {
+                Some(p) => views::img_tag(p, "reliability diagram")?,
+                None => String::new(),
+            }
         );
         section(&mut body, "Calibration", &calibration);
         let confusion = ConfusionMatrix::from(&eval.metrics);
@@ -160,19 +172,23 @@ pub fn report_html(lab: &Lab, complete: bool) -> Result<String> {
         if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
             section(&mut body, "Worst mistakes", &m.to_html()?);
         }
-        if let Some(picture) = grad_cam_of_mistakes(lab, GRAD_CAM_SHOWN)? {
+        if let Some(picture) = picture("gradcam.png") {
             let caption = "<p>Grad-CAM (Selvaraju et al. 2017) at the last block: where the evidence for the \
                            predicted class (red caption) and for the true class lies, for the worst mistakes.</p>";
             section(
                 &mut body,
                 "Why: Grad-CAM",
-                &format!("{caption}{}", views::img_tag(&picture, "Grad-CAM of the worst mistakes")?),
+                &format!("{caption}{}", views::img_tag(picture, "Grad-CAM of the worst mistakes")?),
             );
         }
     }
-    if let (Some(data), Some(aug)) = (lab.data(), lab.augmenter()) {
-        let samples = Samples::labelled(data, Some(&aug), recipe.seed, SAMPLES_SHOWN);
-        section(&mut body, "Augmentation", &samples.to_html()?);
+    if let Some(p) = picture("augment.png") {
+        let caption = format!("{SAMPLES_SHOWN} augmented training images (seed {})", recipe.seed);
+        section(
+            &mut body,
+            "Augmentation",
+            &format!("<figure>{}<figcaption>{caption}</figcaption></figure>", views::img_tag(p, &caption)?),
+        );
     }
     let text = std::fs::read_to_string(&recipe.path).unwrap_or_default();
     section(

@@ -172,16 +172,8 @@ impl Backbone for EfficientNetLite {
     }
 
     fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
-        let mut y = self.stem.export_onnx(g, &x)?;
-        for block in &self.blocks {
-            let input = y.clone();
-            for layer in &block.layers {
-                y = layer.export_onnx(g, &y)?;
-            }
-            if block.residual {
-                y = g.add(&y, &input);
-            }
-        }
+        let stem = self.stem.export_onnx(g, &x)?;
+        let y = self.blocks.iter().try_fold(stem, |y, b| super::export_chain(g, &b.layers, b.residual, y))?;
         self.head.export_onnx(g, &y)
     }
 

@@ -135,17 +135,7 @@ impl Backbone for MobileNetV2 {
     }
 
     fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
-        let mut y = x;
-        for block in &self.blocks {
-            let input = y.clone();
-            for layer in &block.layers {
-                y = layer.export_onnx(g, &y)?;
-            }
-            if block.residual {
-                y = g.add(&y, &input);
-            }
-        }
-        Ok(y)
+        self.blocks.iter().try_fold(x, |y, b| super::export_chain(g, &b.layers, b.residual, y))
     }
 
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {

@@ -161,6 +161,21 @@ pub fn backbone_from_tensors(
     Ok(backbone)
 }
 
+/// Conv units in a row with an optional identity shortcut around them (an
+/// inverted-residual block), as ONNX ops.
+pub(crate) fn export_chain(
+    g: &mut crate::onnx::Graph,
+    layers: &[layers::ConvBnAct],
+    residual: bool,
+    x: crate::onnx::Value,
+) -> Result<crate::onnx::Value> {
+    let mut y = x.clone();
+    for layer in layers {
+        y = layer.export_onnx(g, &y)?;
+    }
+    Ok(if residual { g.add(&y, &x) } else { y })
+}
+
 pub fn unknown_backbone(name: &str) -> Error {
     let best = crate::suggest::suggest(name, ARCHITECTURES);
     Error::UnknownBackbone {
