@@ -38,6 +38,12 @@ impl Session {
         s
     }
 
+    /// Presses `q` and waits for the shell prompt to come back.
+    fn quit(&self) {
+        self.keys(&["q"]);
+        self.wait_for("the shell prompt again", Duration::from_secs(10), |_| self.foreground() != "tlab");
+    }
+
     /// The program running in the pane (`tlab` while the TUI is up).
     fn foreground(&self) -> String {
         let out = Command::new("tmux")
@@ -81,8 +87,15 @@ impl Drop for Session {
     }
 }
 
+/// Whether tmux runs here; without it a test skips (saying so), except under
+/// CI, where its absence is a failure.
 fn tmux_available() -> bool {
-    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+    let ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "tmux is missing under CI (.ci/test installs it)");
+        eprintln!("skipped: tmux not installed");
+    }
+    ok
 }
 
 fn make_data(root: &Path) {
@@ -188,15 +201,12 @@ fn readme_command_hot_reloads(repo: &Path, cwd: &Path, recipe_arg: &str, tag: &s
     std::fs::remove_file(&extra).unwrap();
     std::fs::write(&recipe, text).unwrap();
 
-    s.keys(&["q"]);
-    s.wait_for("the shell prompt again", Duration::from_secs(10), |_| s.foreground() != "tlab");
+    s.quit();
 }
 
 #[test]
 fn the_readme_command_hot_reloads_from_the_root_and_from_another_folder() {
     if !tmux_available() {
-        assert!(std::env::var_os("CI").is_none(), "tmux is missing under CI (.ci/test installs it)");
-        eprintln!("skipped: tmux not installed");
         return;
     }
     let repo: PathBuf = std::env::temp_dir().join(format!("tlab-readme-{}", std::process::id()));
@@ -216,8 +226,6 @@ fn count_done(screen: &str) -> usize {
 #[test]
 fn tui_runs_steps_shows_confusion_and_reruns_stale_steps_after_an_edit() {
     if !tmux_available() {
-        assert!(std::env::var_os("CI").is_none(), "tmux is missing under CI (.ci/test installs it)");
-        eprintln!("skipped: tmux not installed");
         return;
     }
     let dir: PathBuf = std::env::temp_dir().join(format!("tlab-tmux-{}", std::process::id()));
@@ -303,7 +311,6 @@ fn tui_runs_steps_shows_confusion_and_reruns_stale_steps_after_an_edit() {
     s.wait_for("the error banner", Duration::from_secs(10), |sc| sc.contains("reload failed"));
     assert_eq!(count_done(&s.screen()), 5);
 
-    s.keys(&["q"]);
-    s.wait_for("the shell prompt again", Duration::from_secs(10), |_| s.foreground() != "tlab");
+    s.quit();
     let _ = std::fs::remove_dir_all(&dir);
 }
