@@ -119,6 +119,7 @@ pub fn outcome_line(result: &StepResult) -> String {
         }
         StepOutput::Augment { .. } => "augmentation set".to_string(),
         StepOutput::Restored { note } => note.clone(),
+        StepOutput::LrFind(found) => found.to_text(),
         StepOutput::FineTune(o) => match o.history.last() {
             Some(r) => format!(
                 "{} epoch(s), {:?}; valid loss {:.4}, valid acc {:.4}",

@@ -3,7 +3,8 @@
 //!
 //! Layout: `DIR/checkpoint/state.json` names the current generation `N`,
 //! whose tensors are `model-N.safetensors`, `optim-N.safetensors` and (with
-//! early stopping) `best-N.safetensors`. Every file is written atomically and
+//! early stopping) `best-N.safetensors`, and the callbacks' state (EMA
+//! weights) in `extra-N.safetensors`. Every file is written atomically and
 //! `state.json` last, so a crash at any moment leaves either the previous
 //! generation or the new one complete; older generations are removed after.
 
@@ -68,6 +69,9 @@ pub fn write(
     crate::weights::save_safetensors(&model, DType::F32, &dir.join(format!("model-{generation}.safetensors")))?;
     let (optimizer_t, optim) = c.optimizer.state();
     crate::weights::save_safetensors(&optim, DType::F32, &dir.join(format!("optim-{generation}.safetensors")))?;
+    if !c.extra.is_empty() {
+        crate::weights::save_safetensors(c.extra, DType::F32, &dir.join(format!("extra-{generation}.safetensors")))?;
+    }
     let best = match c.best {
         Some((score, epoch, snap)) => {
             crate::weights::save_safetensors(
@@ -97,7 +101,7 @@ pub fn write(
     let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
     crate::report::atomic_write(&dir.join("state.json"), json.as_bytes())?;
     if let Some(old) = previous {
-        for kind in ["model", "optim", "best"] {
+        for kind in ["model", "optim", "best", "extra"] {
             let _ = std::fs::remove_file(dir.join(format!("{kind}-{old}.safetensors")));
         }
     }
@@ -144,6 +148,8 @@ pub fn load(run_dir: &Path, state: State, recipe: &Recipe) -> Result<Saved> {
         }
         None => None,
     };
+    let extra_path = dir.join(format!("extra-{g}.safetensors"));
+    let extra = if extra_path.exists() { crate::weights::load(&extra_path)? } else { HashMap::new() };
     let resume = Resume {
         epochs_done: state.epochs_done,
         history: state.history.iter().filter(|(s, _)| *s == state.step).map(|(_, r)| r.clone()).collect(),
@@ -151,6 +157,7 @@ pub fn load(run_dir: &Path, state: State, recipe: &Recipe) -> Result<Saved> {
         optimizer,
         best,
         since_best: state.since_best,
+        extra,
     };
     Ok(Saved { state, weights, resume })
 }

@@ -199,6 +199,16 @@ impl Axes {
     /// Grid and y ticks, epoch numbers (thinned to fit) under the box, the
     /// frame, and `title` above it at `title_y`.
     pub fn draw(&self, img: &mut RgbImage, title: &str, title_y: i64, scale: i64) {
+        self.draw_frame(img, title, title_y, scale);
+        let every = self.points.div_ceil(12).max(1);
+        for k in (0..self.points).filter(|k| (k + 1) % every == 0 || *k == 0) {
+            let label = (k + 1).to_string();
+            text(img, self.x_of(k) - text_width(&label, scale) / 2, self.y + self.h + 6, &label, scale, DARK_GREY);
+        }
+    }
+
+    /// Everything but the x labels: for charts whose x axis is not epochs.
+    pub fn draw_frame(&self, img: &mut RgbImage, title: &str, title_y: i64, scale: i64) {
         let mut v = self.lo;
         while v <= self.hi + self.step * 1e-6 {
             let y = self.y_of(v);
@@ -206,11 +216,6 @@ impl Axes {
             let label = tick_label(v, self.step);
             text(img, self.x - 4 - text_width(&label, scale), y - text_height(scale) / 2, &label, scale, DARK_GREY);
             v += self.step;
-        }
-        let every = self.points.div_ceil(12).max(1);
-        for k in (0..self.points).filter(|k| (k + 1) % every == 0 || *k == 0) {
-            let label = (k + 1).to_string();
-            text(img, self.x_of(k) - text_width(&label, scale) / 2, self.y + self.h + 6, &label, scale, DARK_GREY);
         }
         let (x0, y0, x1, y1) = (self.x, self.y, self.x + self.w - 1, self.y + self.h - 1);
         for (a, b) in [((x0, y0), (x1, y0)), ((x0, y1), (x1, y1)), ((x0, y0), (x0, y1)), ((x1, y0), (x1, y1))] {

@@ -12,7 +12,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::layers::ParamLoader;
 use crate::models::{self, Classifier, Head, Snapshot};
-use crate::recipe::{self, AugmentConfig, Recipe, StepKind, WeightsSource};
+use crate::recipe::{self, AugmentConfig, FineTuneConfig, LrFindConfig, LrSuggestion, Recipe, StepKind, WeightsSource};
+use crate::train::lr_find::LrFindResult;
 use crate::train::{self, EpochRecord, Evaluation, FineTuneOutcome, Observer};
 
 /// What one step produced.
@@ -35,6 +36,7 @@ pub enum StepOutput {
     Augment {
         config: AugmentConfig,
     },
+    LrFind(LrFindResult),
     FineTune(FineTuneOutcome),
     Evaluate(Box<Evaluation>),
     /// A step taken over from an interrupted run (`tlab run --resume`).
@@ -398,28 +400,12 @@ impl Lab {
                 self.augment = Some(a.clone());
                 StepOutput::Augment { config: a.clone() }
             }
+            StepKind::LrFind(cfg) => StepOutput::LrFind(self.run_lr_find(index, cfg, obs)?),
             StepKind::FineTune(cfg) => {
-                let data = self.load_data(obs)?;
-                let batch = cfg.batch_size.unwrap_or(self.recipe.data.batch_size);
-                let aug = self.augmenter();
-                let seed = self.recipe.seed.wrapping_add(index as u64 * 7919);
-                let resume = match self.pending_resume.take() {
-                    Some((step, r)) if step == index => Some(r),
-                    other => {
-                        self.pending_resume = other;
-                        None
-                    }
-                };
-                let model = self
-                    .model
-                    .as_mut()
-                    .ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
-                let outcome =
-                    train::fine_tune(model, &data, aug.as_ref(), cfg, batch, seed, obs, resume, &mut self.features)
-                        .map_err(|e| match e {
-                            Error::Step { .. } => e,
-                            other => Error::Step { step: index + 1, kind: "fine_tune", message: other.to_string() },
-                        })?;
+                let outcome = self.run_fine_tune(index, cfg, obs).map_err(|e| match e {
+                    Error::Step { .. } => e,
+                    other => self.step_error(index, other.to_string()),
+                })?;
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
             }
@@ -449,6 +435,69 @@ impl Lab {
             output,
         });
         Ok(())
+    }
+
+    /// The seed of step `index`'s training streams.
+    fn step_seed(&self, index: usize) -> u64 {
+        self.recipe.seed.wrapping_add(index as u64 * 7919)
+    }
+
+    fn run_lr_find(&mut self, index: usize, cfg: &LrFindConfig, obs: &mut dyn Observer) -> Result<LrFindResult> {
+        let data = self.load_data(obs)?;
+        let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
+        let (aug, seed) = (self.augmenter(), self.step_seed(index));
+        let model = self.model.as_mut().ok_or_else(|| Error::Invalid("lr_find needs a backbone step first".into()))?;
+        let setup = train::Setup {
+            data: &data,
+            aug: aug.as_ref(),
+            cfg: &cfg.train,
+            batch_size,
+            seed,
+            cache: &mut self.features,
+        };
+        train::lr_find::lr_find(model, setup, obs, cfg)
+    }
+
+    /// The rate a fine_tune step with `lr = "suggested"` takes: from the
+    /// latest lr_find step before it.
+    fn suggested_lr(&self, index: usize, which: LrSuggestion) -> Result<f64> {
+        self.results[..index]
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|r| match &r.output {
+                StepOutput::LrFind(found) => found.suggestion(which),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::Invalid("`lr = \"suggested\"` needs an lr_find step before this fine_tune step".into())
+            })
+    }
+
+    fn run_fine_tune(&mut self, index: usize, cfg: &FineTuneConfig, obs: &mut dyn Observer) -> Result<FineTuneOutcome> {
+        let data = self.load_data(obs)?;
+        let mut cfg = cfg.clone();
+        if let Some(which) = cfg.lr_suggested {
+            cfg.lr = self.suggested_lr(index, which)?;
+            obs.event(train::Event::Log(format!("lr {:.2e} ({} suggestion of lr_find)", cfg.lr, which.name())));
+        }
+        let batch_size = cfg.batch_size.unwrap_or(self.recipe.data.batch_size);
+        let (aug, seed) = (self.augmenter(), self.step_seed(index));
+        let resume = match self.pending_resume.take() {
+            Some((step, r)) if step == index => Some(r),
+            other => {
+                self.pending_resume = other;
+                None
+            }
+        };
+        let model =
+            self.model.as_mut().ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
+        let setup =
+            train::Setup { data: &data, aug: aug.as_ref(), cfg: &cfg, batch_size, seed, cache: &mut self.features };
+        if cfg.freeze_epochs == 0 {
+            return train::fine_tune(model, setup, obs, resume);
+        }
+        train::phases::freeze_then_unfreeze(model, setup, obs, resume)
     }
 
     fn load_data(&mut self, obs: &mut dyn Observer) -> Result<Arc<Dataset>> {

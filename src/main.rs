@@ -604,6 +604,7 @@ fn describe(output: &StepOutput) -> Vec<String> {
         }
         StepOutput::Augment { .. } => vec![],
         StepOutput::Restored { note } => vec![note.clone()],
+        StepOutput::LrFind(found) => vec![found.to_text()],
         StepOutput::FineTune(o) => {
             let mut v = vec![format!("stopped: {:?} after {} epoch(s)", o.stop, o.history.len())];
             if let Some(b) = o.best_epoch {
@@ -613,7 +614,8 @@ fn describe(output: &StepOutput) -> Vec<String> {
         }
         StepOutput::Evaluate(e) => {
             let m = &e.metrics;
-            vec![format!(
+            let tta = m.accuracy_without_tta.map(|a| format!("with TTA ({a:.4} without)")).into_iter();
+            tta.chain([format!(
                 "accuracy {:.4}, top-{} {:.4}, macro F1 {:.4}, {} mistakes of {}",
                 m.accuracy,
                 m.top_k,
@@ -621,7 +623,8 @@ fn describe(output: &StepOutput) -> Vec<String> {
                 m.macro_avg.f1,
                 e.predictions.iter().filter(|p| p.truth != p.predicted).count(),
                 m.count
-            )]
+            )])
+            .collect()
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct Metrics {
     /// How well the confidence matches the accuracy.
     #[serde(default)]
     pub calibration: Calibration,
+    /// With test-time augmentation: the accuracy of the plain prediction
+    /// (the other numbers are with TTA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_without_tta: Option<f64>,
 }
 
 /// A pair of classes the model mixes up.
@@ -224,6 +228,7 @@ pub fn compute(probs: &[f32], labels: &[usize], classes: &[String], top_k: usize
         per_class_top_k,
         most_confused,
         calibration,
+        accuracy_without_tta: None,
     }
 }
 

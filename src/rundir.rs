@@ -69,6 +69,9 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
         put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
     }
     put("history.csv", report::history_csv(lab.history()).as_bytes())?;
+    if let Some(found) = last_lr_find(lab) {
+        put("lr_find.csv", found.to_csv().as_bytes())?;
+    }
     let steps: Vec<String> = recipe.steps.iter().map(|s| format!("{}: {}", s.kind.name(), s.kind.summary())).collect();
     let mut md = String::new();
     if !complete {
@@ -100,14 +103,35 @@ pub fn recipe_hash(text: &str) -> String {
 }
 
 /// The file names [`pictures`] can produce.
-pub const PICTURES: &[&str] =
-    &["curves.png", "confusion.png", "per_class.png", "reliability.png", "gradcam.png", "mistakes.png", "augment.png"];
+pub const PICTURES: &[&str] = &[
+    "curves.png",
+    "lr_find.png",
+    "confusion.png",
+    "per_class.png",
+    "reliability.png",
+    "gradcam.png",
+    "mistakes.png",
+    "augment.png",
+];
+
+/// The last lr_find step's result, if any ran.
+fn last_lr_find(lab: &Lab) -> Option<&crate::train::lr_find::LrFindResult> {
+    lab.results()
+        .filter_map(|r| match &r.output {
+            crate::lab::StepOutput::LrFind(found) => Some(found),
+            _ => None,
+        })
+        .last()
+}
 
 /// The run's pictures by file name, each only where there is something to draw.
 pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
     let mut out = Vec::new();
     if !lab.history().is_empty() {
         out.push(("curves.png", lab.history_chart().to_png()));
+    }
+    if let Some(found) = last_lr_find(lab) {
+        out.push(("lr_find.png", found.to_png()));
     }
     if let Some(eval) = lab.last_evaluation() {
         out.push(("confusion.png", ConfusionMatrix::from(&eval.metrics).to_png()));
@@ -148,6 +172,14 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
     section(&mut body, "Steps", &lab.steps().to_html());
     if !lab.history().is_empty() {
         section(&mut body, "Training history", &HistoryChart::new(lab.history().to_vec()).to_html()?);
+    }
+    if let Some(found) = last_lr_find(lab) {
+        let caption = format!("<p>{}</p>", views::escape(&found.to_text()));
+        let chart = match picture("lr_find.png") {
+            Some(p) => views::img_tag(p, "lr_find: loss against learning rate")?,
+            None => String::new(),
+        };
+        section(&mut body, "Learning-rate finder", &format!("{caption}{chart}"));
     }
     if let Some(eval) = lab.last_evaluation() {
         let report = ClassReport::from(&eval.metrics);

@@ -367,6 +367,39 @@ impl Classifier {
         vars
     }
 
+    /// The trainable parameters by group, earliest first: one group per
+    /// backbone block that has any, then the head. Discriminative learning
+    /// rates spread over these groups.
+    pub fn trainable_groups(&self) -> Vec<Vec<Var>> {
+        let trainable: std::collections::HashSet<_> =
+            self.trainable_vars().iter().map(|v| v.as_tensor().id()).collect();
+        let mut groups = Vec::new();
+        for b in 0..self.backbone.num_blocks() {
+            let mut named = Vec::new();
+            self.backbone.block_vars(b, &mut named);
+            let group: Vec<Var> =
+                named.into_iter().map(|(_, v)| v).filter(|v| trainable.contains(&v.as_tensor().id())).collect();
+            if !group.is_empty() {
+                groups.push(group);
+            }
+        }
+        let mut head = Vec::new();
+        self.head.trainable_vars(&mut head);
+        groups.push(head);
+        groups
+    }
+
+    /// The parameters and buffers training can change: those of the
+    /// unfrozen blocks and the head (what EMA averages).
+    pub fn mutable_named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for b in self.frozen_blocks..self.backbone.num_blocks() {
+            self.backbone.block_vars(b, &mut out);
+        }
+        self.head.named_vars(&mut out);
+        out
+    }
+
     /// Every parameter and buffer by name (backbone with reference names,
     /// head under `head.`).
     pub fn named_vars(&self) -> Vec<(String, Var)> {

@@ -12,9 +12,10 @@ use toml_edit::{ImDocument, TomlError};
 use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
-    AugmentConfig, BackboneStep, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvaluateConfig, FillMode,
-    FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, Monitor, Optimizer, Pooling, Recipe, RecipeError, Schedule,
-    Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
+    AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvaluateConfig,
+    FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion, MixConfig, Monitor,
+    OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind, WeightsSource, KNOWN_ARCHS,
+    STEP_KINDS,
 };
 
 const TOP_KEYS: &[&str] = &["name", "seed", "data", "step"];
@@ -61,8 +62,42 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "restore_best",
     "time_limit",
     "augment_views",
+    "layer_decay",
+    "no_decay_bn_bias",
+    "pct_start",
+    "div_factor",
+    "final_div_factor",
+    "cycle_momentum",
+    "base_momentum",
+    "max_momentum",
+    "restart_epochs",
+    "restart_mult",
+    "clip_grad_norm",
+    "ema",
+    "mixup",
+    "cutmix",
+    "mix_prob",
+    "mix_switch_prob",
+    "freeze_epochs",
+    "unfreeze_to",
+    "class_weights",
+    "sampler",
 ];
-const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes"];
+const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta"];
+const LR_FIND_KEYS: &[&str] = &[
+    "kind",
+    "start_lr",
+    "end_lr",
+    "num_it",
+    "stop_div",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "batch_size",
+    "label_smoothing",
+];
 
 /// The document start: where errors about the document as a whole point.
 const DOC_START: Option<std::ops::Range<usize>> = Some(0..0);
@@ -212,6 +247,7 @@ fn step(s: Section<'_>, base: &Path, seen_backbone: &mut bool) -> std::result::R
         "freeze" => FREEZE_KEYS,
         "augment" => AUGMENT_KEYS,
         "fine_tune" => FINE_TUNE_KEYS,
+        "lr_find" => LR_FIND_KEYS,
         _ => EVALUATE_KEYS,
     };
     let unknown = s.unknown_keys(allowed);
@@ -223,6 +259,7 @@ fn step(s: Section<'_>, base: &Path, seen_backbone: &mut bool) -> std::result::R
         "freeze" => freeze(&s).map(StepKind::Freeze),
         "augment" => augment(&s).map(StepKind::Augment),
         "fine_tune" => fine_tune(&s).map(StepKind::FineTune),
+        "lr_find" => lr_find(&s).map(StepKind::LrFind),
         _ => evaluate(&s).map(StepKind::Evaluate),
     };
     kind.map_err(|e| vec![e])
@@ -312,19 +349,24 @@ fn freeze(s: &Section<'_>) -> Result<FreezeStep> {
     s.check_keys(FREEZE_KEYS)?;
     let up_to = match s.field("up_to") {
         None => FreezePoint::All,
-        Some(f) if f.as_integer().is_some() => FreezePoint::Index(f.int_as(Bounds::at_least(0))?),
-        Some(f) => match f.str() {
-            Ok("all") => FreezePoint::All,
-            Ok("none") => FreezePoint::None,
-            Ok(block) if !block.trim().is_empty() => FreezePoint::Block(block.to_string()),
-            _ => {
-                return Err(f.type_error(
-                    "\"all\", \"none\", a block name such as \"features.14\", or a block count (integer >= 0)",
-                ))
-            }
-        },
+        Some(f) => freeze_point(&f)?,
     };
     Ok(FreezeStep { up_to, train_bn: s.bool("train_bn")?.unwrap_or(false) })
+}
+
+fn freeze_point(f: &Field<'_>) -> Result<FreezePoint> {
+    if f.as_integer().is_some() {
+        return Ok(FreezePoint::Index(f.int_as(Bounds::at_least(0))?));
+    }
+    match f.str() {
+        Ok("all") => Ok(FreezePoint::All),
+        Ok("none") => Ok(FreezePoint::None),
+        Ok(block) if !block.trim().is_empty() => Ok(FreezePoint::Block(block.to_string())),
+        _ => {
+            Err(f
+                .type_error("\"all\", \"none\", a block name such as \"features.14\", or a block count (integer >= 0)"))
+        }
+    }
 }
 
 fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
@@ -396,11 +438,16 @@ fn color_jitter(parent: &Section<'_>, f: &Field<'_>) -> Result<ColorJitter> {
 
 fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
     s.check_keys(FINE_TUNE_KEYS)?;
+    fine_tune_settings(s)
+}
+
+/// The fine_tune settings present in `s` (lr_find reads its optimizer keys here too).
+fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
     let epochs = s.int_as("epochs", Bounds::at_least(1).at_most(100_000))?.unwrap_or(5);
     let optimizer = s
         .choice("optimizer", &[("sgd", Optimizer::Sgd), ("adam", Optimizer::Adam), ("adamw", Optimizer::AdamW)])?
         .unwrap_or(Optimizer::Adam);
-    let lr = s.number("lr", Bounds::above(0.0).at_most(10.0))?.unwrap_or(1e-3);
+    let (lr, lr_low, lr_suggested) = learning_rate(s)?;
     let momentum = s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9);
     let nesterov = s.bool("nesterov")?.unwrap_or(false);
     let default_decay = if optimizer == Optimizer::AdamW { 0.01 } else { 0.0 };
@@ -412,7 +459,13 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
     let schedule = s
         .choice(
             "schedule",
-            &[("constant", Schedule::Constant), ("step", Schedule::Step), ("cosine", Schedule::Cosine)],
+            &[
+                ("constant", Schedule::Constant),
+                ("step", Schedule::Step),
+                ("cosine", Schedule::Cosine),
+                ("one_cycle", Schedule::OneCycle),
+                ("cosine_restarts", Schedule::CosineRestarts),
+            ],
         )?
         .unwrap_or(Schedule::Constant);
     let warmup_epochs = s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0);
@@ -425,6 +478,28 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
     let restore_best = s.bool("restore_best")?;
     let time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
     let augment_views = s.int_as("augment_views", Bounds::at_least(0).at_most(64))?.unwrap_or(0);
+    let layer_decay = s.number("layer_decay", Bounds::open_closed(0.0, 1.0))?;
+    if let (Some(f), Some(_)) = (s.field("layer_decay"), lr_low) {
+        return Err(f.key_error("`layer_decay` and `lr = [low, high]` both spread the rate; use one"));
+    }
+    let no_decay_bn_bias = s.bool("no_decay_bn_bias")?.unwrap_or(optimizer == Optimizer::AdamW);
+    let one_cycle = one_cycle(s)?;
+    let restart_epochs = s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(epochs.max(1));
+    let restart_mult = s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(1);
+    let clip_grad_norm = s.number("clip_grad_norm", Bounds::above(0.0))?;
+    let ema = s.number("ema", Bounds::open(0.0, 1.0))?;
+    let mix = mix(s)?;
+    let freeze_epochs = s.int_as("freeze_epochs", Bounds::at_least(0).at_most(100_000))?.unwrap_or(0);
+    let unfreeze_to = match s.field("unfreeze_to") {
+        None => FreezePoint::None,
+        Some(_) if freeze_epochs == 0 => {
+            return Err(s.require("unfreeze_to")?.key_error("`unfreeze_to` only applies with `freeze_epochs = N`"))
+        }
+        Some(f) => freeze_point(&f)?,
+    };
+    let class_weights = class_weights(s)?;
+    let sampler =
+        s.choice("sampler", &[("shuffle", Sampler::Shuffle), ("balanced", Sampler::Balanced)])?.unwrap_or_default();
 
     // Rules that relate several settings, reported at the setting that would
     // most likely be edited to fix them.
@@ -439,7 +514,7 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
     if let Some(f) = s.field("warmup_epochs").filter(|_| warmup_epochs >= epochs) {
         return Err(f.error(format!("`warmup_epochs` must be < epochs ({epochs}), found {warmup_epochs}")));
     }
-    if let Some(f) = s.field("min_lr").filter(|_| min_lr >= lr) {
+    if let Some(f) = s.field("min_lr").filter(|_| min_lr >= lr && lr_suggested.is_none()) {
         return Err(f.error(format!("`min_lr` must be < lr ({lr:e}), found {min_lr:e}")));
     }
     if patience.is_none() {
@@ -473,7 +548,94 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
         early_stopping,
         time_limit_secs,
         augment_views,
+        lr_low,
+        lr_suggested,
+        layer_decay,
+        no_decay_bn_bias,
+        one_cycle,
+        restart_epochs,
+        restart_mult,
+        clip_grad_norm,
+        ema,
+        mix,
+        freeze_epochs,
+        unfreeze_to,
+        class_weights,
+        sampler,
     })
+}
+
+/// `lr`: a number, `[low, high]` (discriminative), or the name of an
+/// `lr_find` suggestion. Returns `(lr, low, suggestion)`; a suggestion's `lr`
+/// is a placeholder replaced when the step runs.
+fn learning_rate(s: &Section<'_>) -> Result<(f64, Option<f64>, Option<LrSuggestion>)> {
+    let bounds = Bounds::above(0.0).at_most(10.0);
+    let Some(f) = s.field("lr") else { return Ok((1e-3, None, None)) };
+    if f.is_array() {
+        let (low, high) = f.pair(bounds)?;
+        if low > high {
+            return Err(f.error(format!("`lr = [low, high]` needs low <= high, found [{low:e}, {high:e}]")));
+        }
+        return Ok((high, Some(low), None));
+    }
+    if f.is_number() {
+        return Ok((f.number(bounds)?, None, None));
+    }
+    let expected = "a number, [low, high], or \"suggested\" (after an lr_find step)";
+    match f.str().ok().and_then(|name| LrSuggestion::ALL.iter().find(|(n, _)| *n == name)) {
+        Some((_, suggestion)) => Ok((1e-3, None, Some(*suggestion))),
+        None => Err(f.type_error(expected)),
+    }
+}
+
+fn one_cycle(s: &Section<'_>) -> Result<OneCycle> {
+    let d = OneCycle::default();
+    let c = OneCycle {
+        pct_start: s.number("pct_start", Bounds::open(0.0, 1.0))?.unwrap_or(d.pct_start),
+        div_factor: s.number("div_factor", Bounds::at_least(1.0))?.unwrap_or(d.div_factor),
+        final_div_factor: s.number("final_div_factor", Bounds::at_least(1.0))?.unwrap_or(d.final_div_factor),
+        cycle_momentum: s.bool("cycle_momentum")?.unwrap_or(d.cycle_momentum),
+        base_momentum: s.number("base_momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.base_momentum),
+        max_momentum: s.number("max_momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.max_momentum),
+    };
+    if let Some(f) = s.field("base_momentum").filter(|_| c.base_momentum > c.max_momentum) {
+        return Err(f.error(format!("`base_momentum` must be <= max_momentum ({})", c.max_momentum)));
+    }
+    Ok(c)
+}
+
+fn mix(s: &Section<'_>) -> Result<Option<MixConfig>> {
+    let mixup_alpha = s.number("mixup", Bounds::at_least(0.0).at_most(10.0))?.unwrap_or(0.0);
+    let cutmix_alpha = s.number("cutmix", Bounds::at_least(0.0).at_most(10.0))?.unwrap_or(0.0);
+    let prob = s.number("mix_prob", Bounds::within(0.0, 1.0))?.unwrap_or(1.0);
+    let switch_prob = s.number("mix_switch_prob", Bounds::within(0.0, 1.0))?.unwrap_or(0.5);
+    if mixup_alpha == 0.0 && cutmix_alpha == 0.0 {
+        if let Some(f) = s.field("mix_prob").or_else(|| s.field("mix_switch_prob")) {
+            return Err(f.key_error(format!("`{}` needs `mixup = α` or `cutmix = α`", f.name())));
+        }
+        return Ok(None);
+    }
+    Ok(Some(MixConfig { mixup_alpha, cutmix_alpha, prob, switch_prob }))
+}
+
+fn class_weights(s: &Section<'_>) -> Result<ClassWeights> {
+    let Some(f) = s.field("class_weights") else { return Ok(ClassWeights::None) };
+    if let Some(table) = f.as_table() {
+        let mut out = Vec::new();
+        for (name, item) in table.iter() {
+            let w = item.as_float().or_else(|| item.as_integer().map(|i| i as f64));
+            match w {
+                Some(w) if w >= 0.0 && w.is_finite() => out.push((name.to_string(), w)),
+                _ => return Err(f.error(format!("`class_weights.{name}` must be a number >= 0"))),
+            }
+        }
+        return Ok(ClassWeights::Given(out));
+    }
+    match f.str() {
+        Ok("balanced") => Ok(ClassWeights::Balanced),
+        Ok("none") => Ok(ClassWeights::None),
+        _ => Err(f.type_error("\"balanced\", \"none\", or a table { class = weight, … }")),
+    }
 }
 
 fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
@@ -481,7 +643,22 @@ fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
     Ok(EvaluateConfig {
         top_k: s.int_as("top_k", Bounds::at_least(1))?,
         mistakes: s.int_as("mistakes", Bounds::at_least(0))?.unwrap_or(25),
+        tta: s.bool("tta")?.unwrap_or(false),
     })
+}
+
+fn lr_find(s: &Section<'_>) -> Result<LrFindConfig> {
+    s.check_keys(LR_FIND_KEYS)?;
+    let start_lr = s.number("start_lr", Bounds::above(0.0).at_most(10.0))?.unwrap_or(1e-7);
+    let end_lr = s.number("end_lr", Bounds::above(0.0).at_most(100.0))?.unwrap_or(10.0);
+    if let Some(f) = s.field("end_lr").or_else(|| s.field("start_lr")).filter(|_| end_lr <= start_lr) {
+        return Err(f.error(format!("`end_lr` ({end_lr:e}) must be above `start_lr` ({start_lr:e})")));
+    }
+    let num_it = s.int_as("num_it", Bounds::at_least(5).at_most(100_000))?.unwrap_or(100);
+    let stop_div = s.bool("stop_div")?.unwrap_or(true);
+    // The optimizer keys mean what they mean in fine_tune.
+    let train = fine_tune_settings(s)?;
+    Ok(LrFindConfig { start_lr, end_lr, num_it, stop_div, train })
 }
 
 #[cfg(test)]
@@ -587,7 +764,7 @@ kind = "evaluate"
             }
         );
         let kinds: Vec<_> = r.steps.iter().map(|s| s.kind.name()).collect();
-        assert_eq!(kinds, STEP_KINDS);
+        assert_eq!(kinds, ["backbone", "freeze", "augment", "fine_tune", "evaluate"]);
         let lines: Vec<_> = r.steps.iter().map(|s| s.line).collect();
         assert_eq!(lines, [8, 12, 14, 18, 22]);
         assert_eq!(
@@ -629,9 +806,11 @@ kind = "evaluate"
                 early_stopping: None,
                 time_limit_secs: None,
                 augment_views: 0,
+                restart_epochs: 8,
+                ..FineTuneConfig::default()
             })
         );
-        assert_eq!(r.steps[4].kind, StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }));
+        assert_eq!(r.steps[4].kind, StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }));
     }
 
     #[test]
@@ -703,7 +882,10 @@ kind = "evaluate"
     fn wrong_types_point_at_the_value() {
         let (line, col, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nlr = \"fast\"\n"));
         assert_eq!((line, col), (9, 6));
-        assert_eq!(msg, "`lr` must be a number, found string \"fast\"");
+        assert_eq!(
+            msg,
+            "`lr` must be a number, [low, high], or \"suggested\" (after an lr_find step), found string \"fast\""
+        );
         let (line, col, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nepochs = 8.0\n"));
         assert_eq!((line, col), (9, 10));
         assert_eq!(msg, "`epochs` must be an integer, found float 8.0");
@@ -802,7 +984,7 @@ kind = "evaluate"
             "step = [{{ kind = \"backbone\", arch = \"vgg19\" }}, {{ kind = \"evaluate\", top_k = 3 }}]\n{HEAD}"
         ));
         assert_eq!(r.steps.len(), 2);
-        assert_eq!(r.steps[1].kind, StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25 }));
+        assert_eq!(r.steps[1].kind, StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25, tta: false }));
     }
 
     #[test]
@@ -1017,7 +1199,7 @@ kind = "evaluate"
     fn evaluate_settings() {
         assert_eq!(
             second_step("[[step]]\nkind = \"evaluate\"\ntop_k = 3\nmistakes = 0\n"),
-            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0 })
+            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0, tta: false })
         );
         let (_, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntop_k = 0\n"));
         assert_eq!(msg, "`top_k` must be >= 1, found 0");

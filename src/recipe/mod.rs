@@ -51,7 +51,7 @@ pub const KNOWN_ARCHS: &[&str] = &[
 ];
 
 /// The valid values of a step's `kind`, in the order they usually appear.
-pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "fine_tune", "evaluate"];
+pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"];
 
 /// Reads and parses the recipe at `path`; the first problem if it has any.
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
@@ -140,7 +140,10 @@ impl Recipe {
     /// file, the first backbone step that loads it. `None` if no step does.
     pub fn first_step_using(&self, input: &Input) -> Option<usize> {
         self.steps.iter().position(|s| match (input, &s.kind) {
-            (Input::Data(_), StepKind::Backbone(_) | StepKind::FineTune(_) | StepKind::Evaluate(_)) => true,
+            (
+                Input::Data(_),
+                StepKind::Backbone(_) | StepKind::LrFind(_) | StepKind::FineTune(_) | StepKind::Evaluate(_),
+            ) => true,
             (Input::Weights(p), StepKind::Backbone(b)) => b.weights == Some(WeightsSource::Path(p.clone())),
             _ => false,
         })
@@ -217,6 +220,7 @@ pub enum StepKind {
     Backbone(BackboneStep),
     Freeze(FreezeStep),
     Augment(AugmentConfig),
+    LrFind(LrFindConfig),
     FineTune(FineTuneConfig),
     Evaluate(EvaluateConfig),
 }
@@ -228,6 +232,7 @@ impl StepKind {
             StepKind::Backbone(_) => "backbone",
             StepKind::Freeze(_) => "freeze",
             StepKind::Augment(_) => "augment",
+            StepKind::LrFind(_) => "lr_find",
             StepKind::FineTune(_) => "fine_tune",
             StepKind::Evaluate(_) => "evaluate",
         }
@@ -410,6 +415,182 @@ pub struct FineTuneConfig {
     /// views of every training image through the frozen blocks and cycle
     /// through them (epoch `e` uses view `e mod K`); 0 augments live.
     pub augment_views: usize,
+    /// `lr = [low, high]`: `lr` is the head's rate and `low` the earliest
+    /// trainable block's, spread geometrically between (fastai's `slice`).
+    pub lr_low: Option<f64>,
+    /// `lr = "suggested"` (or a named suggestion): taken from the last
+    /// `lr_find` step when the step runs; `lr` holds a placeholder until then.
+    pub lr_suggested: Option<LrSuggestion>,
+    /// timm's layer-wise decay: block group `g` of `G` trains at
+    /// `lr · layer_decay^(G-1-g)` (the head at `lr`).
+    pub layer_decay: Option<f64>,
+    /// No weight decay on biases and normalisation weights (1-D parameters).
+    pub no_decay_bn_bias: bool,
+    /// One-cycle settings (used when `schedule = "one_cycle"`).
+    pub one_cycle: OneCycle,
+    /// SGDR: the first cycle's length in epochs and each next one's factor
+    /// (used when `schedule = "cosine_restarts"`).
+    pub restart_epochs: usize,
+    pub restart_mult: usize,
+    /// Rescale the gradients when their global L2 norm exceeds this.
+    pub clip_grad_norm: Option<f64>,
+    /// Exponential moving average of the weights (timm `--model-ema`): the
+    /// averaged weights are validated and kept at the end.
+    pub ema: Option<f64>,
+    /// Mixup / CutMix on the training batches.
+    pub mix: Option<MixConfig>,
+    /// fastai's `fine_tune(freeze_epochs=N)`: first N epochs with the whole
+    /// backbone frozen, then unfreeze to `unfreeze_to` and train `epochs`
+    /// more at `lr / 2` spread down to `lr / 200`.
+    pub freeze_epochs: usize,
+    pub unfreeze_to: FreezePoint,
+    /// Per-class loss weights.
+    pub class_weights: ClassWeights,
+    pub sampler: Sampler,
+}
+
+/// The learning-rate range test (fastai `lr_find`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrFindConfig {
+    pub start_lr: f64,
+    pub end_lr: f64,
+    /// Batches to ramp over (at most; the test stops when the loss diverges).
+    pub num_it: usize,
+    /// Stop when the smoothed loss exceeds 4× its minimum.
+    pub stop_div: bool,
+    /// The optimizer the test trains with (`optimizer`, `weight_decay`, …).
+    pub train: FineTuneConfig,
+}
+
+/// Which of `lr_find`'s suggestions a fine_tune step takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSuggestion {
+    /// fastai's default: two thirds down the longest descending stretch.
+    Valley,
+    /// The steepest descent of the loss.
+    Steep,
+    /// One tenth of the rate at the loss minimum.
+    Minimum,
+}
+
+impl LrSuggestion {
+    pub const ALL: [(&'static str, LrSuggestion); 4] = [
+        ("suggested", LrSuggestion::Valley),
+        ("valley", LrSuggestion::Valley),
+        ("steep", LrSuggestion::Steep),
+        ("minimum", LrSuggestion::Minimum),
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSuggestion::Valley => "valley",
+            LrSuggestion::Steep => "steep",
+            LrSuggestion::Minimum => "minimum",
+        }
+    }
+}
+
+/// PyTorch `OneCycleLR` (cosine annealing, two phases).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OneCycle {
+    /// Fraction of the steps spent rising to the peak.
+    pub pct_start: f64,
+    /// The start rate is `lr / div_factor`.
+    pub div_factor: f64,
+    /// The final rate is the start rate `/ final_div_factor`.
+    pub final_div_factor: f64,
+    /// Cycle SGD's momentum or Adam's beta1 inversely to the rate.
+    pub cycle_momentum: bool,
+    pub base_momentum: f64,
+    pub max_momentum: f64,
+}
+
+impl Default for OneCycle {
+    fn default() -> Self {
+        OneCycle {
+            pct_start: 0.25,
+            div_factor: 25.0,
+            final_div_factor: 1e5,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
+        }
+    }
+}
+
+/// timm's mixup/cutmix settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixConfig {
+    /// Beta(α, α) for mixup's weight; 0 disables mixup.
+    pub mixup_alpha: f64,
+    /// Beta(α, α) for CutMix's box area; 0 disables CutMix.
+    pub cutmix_alpha: f64,
+    /// Probability that a batch is mixed at all.
+    pub prob: f64,
+    /// With both enabled: probability of CutMix rather than mixup.
+    pub switch_prob: f64,
+}
+
+/// Loss weight per class.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ClassWeights {
+    #[default]
+    None,
+    /// `n / (classes · count_c)`, scikit-learn's "balanced".
+    Balanced,
+    /// By class name; classes not named weigh 1.
+    Given(Vec<(String, f64)>),
+}
+
+/// How training batches are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sampler {
+    /// Every image once per epoch, shuffled.
+    #[default]
+    Shuffle,
+    /// Images drawn with probability inversely proportional to their class
+    /// size (with replacement), so each class is seen equally often.
+    Balanced,
+}
+
+impl Default for FineTuneConfig {
+    /// The settings a `fine_tune` step with no keys gets.
+    fn default() -> Self {
+        FineTuneConfig {
+            epochs: 5,
+            optimizer: Optimizer::Adam,
+            lr: 1e-3,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            batch_size: None,
+            label_smoothing: 0.0,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            step_size: 1,
+            gamma: 0.1,
+            min_lr: 0.0,
+            early_stopping: None,
+            time_limit_secs: None,
+            augment_views: 0,
+            lr_low: None,
+            lr_suggested: None,
+            layer_decay: None,
+            no_decay_bn_bias: false,
+            one_cycle: OneCycle::default(),
+            restart_epochs: 1,
+            restart_mult: 1,
+            clip_grad_norm: None,
+            ema: None,
+            mix: None,
+            freeze_epochs: 0,
+            unfreeze_to: FreezePoint::None,
+            class_weights: ClassWeights::None,
+            sampler: Sampler::Shuffle,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -425,6 +606,10 @@ pub enum Schedule {
     Constant,
     Step,
     Cosine,
+    /// Smith's one-cycle policy, as PyTorch's `OneCycleLR`.
+    OneCycle,
+    /// Cosine with warm restarts (SGDR), as PyTorch's `CosineAnnealingWarmRestarts`.
+    CosineRestarts,
 }
 
 /// Stop when the monitored metric has not improved for `patience` epochs.
@@ -449,6 +634,9 @@ pub struct EvaluateConfig {
     pub top_k: Option<usize>,
     /// How many misclassified images to list.
     pub mistakes: usize,
+    /// Test-time augmentation: average the prediction over the image and
+    /// its horizontal flip (metrics are reported with and without).
+    pub tta: bool,
 }
 
 #[cfg(test)]
@@ -489,7 +677,7 @@ mod tests {
     #[test]
     fn step_names_match_kinds() {
         let kinds = [
-            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }),
+            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }),
             StepKind::Augment(AugmentConfig::default()),
             StepKind::Freeze(FreezeStep { up_to: FreezePoint::All, train_bn: false }),
         ];

@@ -2,8 +2,8 @@
 //! fingerprints for hot reload.
 
 use super::{
-    AugmentConfig, BackboneStep, FillMode, FineTuneConfig, FreezePoint, FreezeStep, Monitor, Optimizer, Pooling,
-    Schedule, StepKind, WeightsSource,
+    AugmentConfig, BackboneStep, ClassWeights, FillMode, FineTuneConfig, FreezePoint, FreezeStep, Monitor, Optimizer,
+    Pooling, Sampler, Schedule, StepKind, WeightsSource,
 };
 
 /// FNV-1a 64 of the step's `Debug` form. `Debug` covers every effective
@@ -27,10 +27,12 @@ pub(super) fn summary(kind: &StepKind) -> String {
         StepKind::Freeze(f) => freeze(f),
         StepKind::Augment(a) => augment(a),
         StepKind::FineTune(t) => fine_tune(t),
-        StepKind::Evaluate(e) => match e.top_k {
-            Some(k) => format!("evaluate top-{k}"),
-            None => "evaluate".to_string(),
-        },
+        StepKind::LrFind(l) => format!("{:e} → {:e} over ≤ {} batches", l.start_lr, l.end_lr, l.num_it),
+        StepKind::Evaluate(e) => {
+            let top = e.top_k.map(|k| format!(" top-{k}")).unwrap_or_default();
+            let tta = if e.tta { " with TTA" } else { "" };
+            format!("evaluate{top}{tta}")
+        }
     }
 }
 
@@ -139,11 +141,44 @@ fn fine_tune(t: &FineTuneConfig) -> String {
         Optimizer::AdamW => "adamw",
     };
     let unit = if t.epochs == 1 { "epoch" } else { "epochs" };
-    let mut s = format!("{optimizer} lr {:e} × {} {unit}", t.lr, t.epochs);
+    let lr = match (t.lr_suggested, t.lr_low) {
+        (Some(sug), _) => format!("lr_find {}", sug.name()),
+        (None, Some(low)) => format!("{low:e}…{:e}", t.lr),
+        (None, None) => format!("{:e}", t.lr),
+    };
+    let mut s = format!("{optimizer} lr {lr} × {} {unit}", t.epochs);
+    if t.freeze_epochs > 0 {
+        s = format!("{optimizer} lr {lr} × {} frozen + {} {unit}", t.freeze_epochs, t.epochs);
+    }
     match t.schedule {
         Schedule::Constant => {}
         Schedule::Step => s.push_str(&format!(", step ×{} every {}", num(t.gamma), t.step_size)),
         Schedule::Cosine => s.push_str(", cosine"),
+        Schedule::OneCycle => s.push_str(", one-cycle"),
+        Schedule::CosineRestarts => s.push_str(&format!(", cosine restarts every {}", t.restart_epochs)),
+    }
+    if let Some(d) = t.layer_decay {
+        s.push_str(&format!(", layer decay {}", num(d)));
+    }
+    if let Some(c) = t.clip_grad_norm {
+        s.push_str(&format!(", clip {}", num(c)));
+    }
+    if let Some(e) = t.ema {
+        s.push_str(&format!(", ema {}", num(e)));
+    }
+    if let Some(m) = &t.mix {
+        let parts: Vec<String> = [("mixup", m.mixup_alpha), ("cutmix", m.cutmix_alpha)]
+            .iter()
+            .filter(|(_, a)| *a > 0.0)
+            .map(|(n, a)| format!("{n} {}", num(*a)))
+            .collect();
+        s.push_str(&format!(", {}", parts.join("/")));
+    }
+    if t.class_weights != ClassWeights::None {
+        s.push_str(", class weights");
+    }
+    if t.sampler == Sampler::Balanced {
+        s.push_str(", balanced sampler");
     }
     if t.warmup_epochs > 0 {
         s.push_str(&format!(", warmup {}", t.warmup_epochs));
@@ -197,6 +232,7 @@ mod tests {
             early_stopping: None,
             time_limit_secs: None,
             augment_views: 0,
+            ..FineTuneConfig::default()
         }
     }
 
@@ -219,7 +255,7 @@ mod tests {
         });
         assert_eq!(augment.summary(), "flip h, rotate ±15°, zoom 0.9–1.1");
         assert_eq!(StepKind::FineTune(tune()).summary(), "adamw lr 1e-3 × 8 epochs, cosine");
-        let eval = StepKind::Evaluate(EvaluateConfig { top_k: Some(5), mistakes: 25 });
+        let eval = StepKind::Evaluate(EvaluateConfig { top_k: Some(5), mistakes: 25, tta: false });
         assert_eq!(eval.summary(), "evaluate top-5");
     }
 
@@ -282,7 +318,7 @@ mod tests {
             StepKind::FineTune(sgd).summary(),
             "sgd+nesterov lr 1e-2 × 1 epoch, step ×0.1 every 2, patience 3 on valid_accuracy, ≤ 60s"
         );
-        assert_eq!(StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25 }).summary(), "evaluate");
+        assert_eq!(StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }).summary(), "evaluate");
     }
 
     #[test]

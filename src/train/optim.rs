@@ -11,10 +11,20 @@ use crate::recipe::{FineTuneConfig, Optimizer as Kind};
 
 struct Slot {
     var: Var,
+    /// This parameter's share of the step's rate (discriminative rates).
+    lr_scale: f32,
+    /// Whether weight decay applies (not to biases and norm weights with `no_decay_bn_bias`).
+    decay: bool,
     /// Momentum buffer (SGD) or first moment (Adam); empty until the first step.
     m: Vec<f32>,
     /// Second moment (Adam); empty until the first step.
     v: Vec<f32>,
+}
+
+/// Parameters that share a learning-rate multiplier.
+pub struct ParamGroup {
+    pub vars: Vec<Var>,
+    pub lr_scale: f64,
 }
 
 pub struct Optimizer {
@@ -30,7 +40,24 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// One group at the full rate, weight decay on every parameter.
     pub fn new(vars: Vec<Var>, cfg: &FineTuneConfig) -> Self {
+        Self::with_groups(vec![ParamGroup { vars, lr_scale: 1.0 }], cfg)
+    }
+
+    /// Parameter groups, each at its own fraction of the step's rate; with
+    /// `no_decay_bn_bias`, 1-D parameters (biases, BatchNorm weights) get no
+    /// weight decay, as timm does.
+    pub fn with_groups(groups: Vec<ParamGroup>, cfg: &FineTuneConfig) -> Self {
+        let slots = groups
+            .into_iter()
+            .flat_map(|g| {
+                g.vars.into_iter().map(move |var| {
+                    let decay = !(cfg.no_decay_bn_bias && var.rank() <= 1);
+                    Slot { var, lr_scale: g.lr_scale as f32, decay, m: Vec::new(), v: Vec::new() }
+                })
+            })
+            .collect();
         Optimizer {
             kind: cfg.optimizer,
             momentum: cfg.momentum,
@@ -40,8 +67,22 @@ impl Optimizer {
             beta2: cfg.beta2,
             eps: 1e-8,
             t: 0,
-            slots: vars.into_iter().map(|var| Slot { var, m: Vec::new(), v: Vec::new() }).collect(),
+            slots,
         }
+    }
+
+    /// Sets SGD's momentum or Adam's beta1 for the next steps (one-cycle
+    /// cycles it against the rate).
+    pub fn set_momentum(&mut self, momentum: f64) {
+        match self.kind {
+            Kind::Sgd => self.momentum = momentum,
+            Kind::Adam | Kind::AdamW => self.beta1 = momentum,
+        }
+    }
+
+    /// The trainable variables, in slot order.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.iter().map(|s| &s.var)
     }
 
     /// The moment buffers and step count, named `m.K` / `v.K` by slot, for a checkpoint.
@@ -91,7 +132,7 @@ impl Optimizer {
     /// ops (each allocating a full-size tensor) the formulas take as tensor code.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
-        let rule = Rule {
+        let base = Rule {
             kind: self.kind,
             lr: lr as f32,
             momentum: self.momentum as f32,
@@ -105,6 +146,11 @@ impl Optimizer {
         };
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else { continue };
+            let rule = Rule {
+                lr: base.lr * slot.lr_scale,
+                weight_decay: if slot.decay { base.weight_decay } else { 0.0 },
+                ..base
+            };
             let n = slot.var.elem_count();
             // PyTorch starts both moments (and the momentum buffer, see `first`) at zero.
             let first = slot.m.is_empty();
@@ -282,7 +328,8 @@ mod tests {
         v: Option<&Tensor>,
         lr: f64,
     ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
-        let wd = cfg.weight_decay;
+        // timm's rule: no decay on 1-D parameters (biases, norm weights) when asked.
+        let wd = if cfg.no_decay_bn_bias && p.rank() <= 1 { 0.0 } else { cfg.weight_decay };
         match cfg.optimizer {
             Kind::Sgd => {
                 let g = (g + (p * wd).unwrap()).unwrap();
@@ -321,6 +368,8 @@ mod tests {
             "optimizer = \"sgd\"\nmomentum = 0.9\nnesterov = true\nweight_decay = 0.001",
             "optimizer = \"adam\"\nweight_decay = 0.01",
             "optimizer = \"adamw\"\nweight_decay = 0.05",
+            "optimizer = \"adamw\"\nweight_decay = 0.05\nno_decay_bn_bias = false",
+            "optimizer = \"sgd\"\nweight_decay = 0.01\nno_decay_bn_bias = true",
         ] {
             let cfg = config(extra);
             // Sizes below and above one parallel chunk, and a ragged last chunk.

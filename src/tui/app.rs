@@ -194,7 +194,7 @@ impl Cell {
     pub fn tabs(&self) -> &'static [Tab] {
         match self.kind {
             "augment" => &[Tab::Preview, Tab::Log],
-            "fine_tune" => &[Tab::Progress, Tab::Charts, Tab::Log],
+            "fine_tune" | "lr_find" => &[Tab::Progress, Tab::Charts, Tab::Log],
             "evaluate" => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
             _ => &[Tab::Log],
         }

@@ -32,6 +32,7 @@ mod calibration;
 mod chart;
 mod compare;
 mod confusion;
+mod lr_find;
 mod mistakes;
 mod report;
 mod samples;

@@ -112,6 +112,7 @@ impl StepResult {
                 s.push_str(&HistoryChart::new(rows).to_html()?);
             }
             StepOutput::Evaluate(e) => s.push_str(&e.to_html()?),
+            StepOutput::LrFind(found) => s.push_str(&found.to_html()?),
             StepOutput::Freeze { .. } | StepOutput::Restored { .. } => {}
         }
         s.push_str("</div>");

@@ -1,0 +1,518 @@
+//! The fine_tune loop, in phases: [`FineTune::prepare`] (frozen-feature
+//! caches, optimizer, resume), [`FineTune::run`] over epochs of
+//! `train_epoch` and `validate`, then the callbacks' `after_fit`. Everything
+//! optional (early stopping, time limit, NaN guard, checkpoints, progress,
+//! EMA, gradient clipping, lr_find) is a [`Callback`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+
+use super::cache::{self, FeatureCache, Features};
+use super::callbacks::{self, BatchCtx, Callback};
+use super::mix::{self, Mixed};
+use super::optim::{Optimizer, ParamGroup};
+use super::schedule::LrSchedule;
+use super::{cross_entropy, input, loss_and_accuracy, predict_split, prefix_features};
+use super::{EpochRecord, Event, FineTuneOutcome, Observer, Resume, Stop};
+use crate::augment::{Augmenter, Rng};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::models::layers::Mode;
+use crate::models::{Classifier, Snapshot};
+use crate::recipe::{ClassWeights, FineTuneConfig, Sampler};
+
+/// What a fine_tune step trains on and with.
+pub struct Setup<'a> {
+    pub data: &'a Dataset,
+    pub aug: Option<&'a Augmenter>,
+    pub cfg: &'a FineTuneConfig,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub cache: &'a mut FeatureCache,
+}
+
+/// The inputs of the training loop that stay fixed during a fit.
+struct Inputs<'a> {
+    data: &'a Dataset,
+    aug: Option<&'a Augmenter>,
+    batch_size: usize,
+    seed: u64,
+    /// Leading blocks whose output is constant (cached or computed by the producer).
+    k: usize,
+    valid_cache: Option<Arc<Features>>,
+    /// The one unaugmented set, or `augment_views` augmented views.
+    train_cache: Vec<Arc<Features>>,
+    schedule: LrSchedule,
+    class_weights: Option<Tensor>,
+}
+
+/// A fine_tune step in progress: the state every callback can see.
+pub struct FineTune<'a> {
+    pub model: &'a mut Classifier,
+    pub cfg: &'a FineTuneConfig,
+    pub obs: &'a mut dyn Observer,
+    pub opt: Optimizer,
+    pub history: Vec<EpochRecord>,
+    /// Early stopping's record: best score, its epoch and weights.
+    pub best: Option<(f64, usize, Snapshot)>,
+    pub since_best: usize,
+    /// Set by a callback (or a cancel) to end the fit after this epoch.
+    pub stop: Option<Stop>,
+    /// The epoch whose weights the model ends with, when not the last.
+    pub best_epoch: Option<usize>,
+    pub started: Instant,
+    /// The current epoch, 0-based.
+    pub epoch: usize,
+    /// Callback state gathered for the next checkpoint (see [`Callback::save`]).
+    pub extra_state: Vec<(String, Tensor)>,
+    /// Run validation after each epoch (lr_find does not).
+    pub validate: bool,
+    first_epoch: usize,
+    input: Inputs<'a>,
+}
+
+/// Per-epoch training totals.
+#[derive(Default)]
+struct EpochStats {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    lr: f64,
+}
+
+impl<'a> FineTune<'a> {
+    /// Computes what the frozen blocks give once, builds the optimizer over
+    /// the trainable parameters and takes up `resume` when given.
+    pub fn prepare(
+        model: &'a mut Classifier,
+        setup: Setup<'a>,
+        obs: &'a mut dyn Observer,
+        resume: Option<Resume>,
+    ) -> Result<Self> {
+        let mut setup = setup;
+        setup.aug = setup.aug.filter(|a| !a.is_identity());
+        let k = model.constant_prefix();
+        let (valid_cache, train_cache) =
+            if k > 0 { frozen_features(model, &mut setup, obs)? } else { (None, Vec::new()) };
+        let Setup { data, aug, cfg, batch_size, seed, .. } = setup;
+        let groups = param_groups(model, cfg);
+        if groups.iter().all(|g| g.vars.is_empty()) {
+            return Err(Error::Invalid("nothing to train: every parameter is frozen".into()));
+        }
+        let mut opt = Optimizer::with_groups(groups, cfg);
+        let class_weights = class_weights(data, &cfg.class_weights)?;
+        let input = Inputs {
+            data,
+            aug,
+            batch_size,
+            seed,
+            k,
+            valid_cache,
+            train_cache,
+            schedule: LrSchedule::new(cfg),
+            class_weights,
+        };
+        let mut fit = FineTune {
+            model,
+            cfg,
+            obs,
+            opt: Optimizer::new(Vec::new(), cfg),
+            history: Vec::new(),
+            best: None,
+            since_best: 0,
+            stop: None,
+            best_epoch: None,
+            started: Instant::now(),
+            epoch: 0,
+            extra_state: Vec::new(),
+            validate: true,
+            first_epoch: 0,
+            input,
+        };
+        if let Some(r) = resume {
+            opt.load_state(r.optimizer_t, &r.optimizer)?;
+            fit.obs.event(Event::Log(format!("resuming after epoch {}", r.epochs_done)));
+            (fit.first_epoch, fit.history, fit.best, fit.since_best) = (r.epochs_done, r.history, r.best, r.since_best);
+        }
+        fit.opt = opt;
+        Ok(fit)
+    }
+
+    pub fn epochs(&self) -> usize {
+        self.cfg.epochs
+    }
+
+    pub fn batches(&self) -> usize {
+        self.input.data.train.len().div_ceil(self.input.batch_size)
+    }
+
+    /// The standard callbacks for `cfg`, in the order their events must run.
+    pub fn callbacks(
+        cfg: &FineTuneConfig,
+        resume_extra: Option<&std::collections::HashMap<String, Tensor>>,
+    ) -> Vec<Box<dyn Callback>> {
+        let mut cbs: Vec<Box<dyn Callback>> =
+            vec![Box::new(callbacks::Progress), Box::<callbacks::NanGuard>::default()];
+        if let Some(max_norm) = cfg.clip_grad_norm {
+            cbs.push(Box::new(callbacks::ClipGradNorm { max_norm, vars: Vec::new() }));
+        }
+        if let Some(decay) = cfg.ema {
+            cbs.push(Box::new(callbacks::Ema::new(decay, resume_extra)));
+        }
+        if let Some(es) = &cfg.early_stopping {
+            cbs.push(Box::new(callbacks::EarlyStopping { config: es.clone() }));
+        }
+        if let Some(seconds) = cfg.time_limit_secs {
+            cbs.push(Box::new(callbacks::TimeLimit { seconds }));
+        }
+        cbs.push(Box::new(callbacks::Checkpointing));
+        cbs
+    }
+
+    /// Trains epoch after epoch until the last one or a stop, then lets the
+    /// callbacks finish (restore the best weights, keep the EMA, checkpoint).
+    pub fn run(mut self, cbs: &mut [Box<dyn Callback + '_>]) -> Result<FineTuneOutcome> {
+        let trainable_params = self.opt.num_params();
+        let images = self.input.data.train.len();
+        self.obs.event(Event::Log(format!("training {trainable_params} parameters on {images} images")));
+        let result = self.before_fit(cbs).and_then(|()| self.epochs_loop(cbs));
+        if let Err(e) = result {
+            for c in cbs.iter_mut() {
+                c.on_error(&mut self, &e)?;
+            }
+            return Err(e);
+        }
+        self.extra_state = gather(cbs)?;
+        for c in cbs.iter_mut() {
+            c.after_fit(&mut self)?;
+        }
+        let best_epoch = self.best_epoch.or(self.history.last().map(|r| r.epoch));
+        Ok(FineTuneOutcome {
+            history: self.history,
+            stop: self.stop.unwrap_or(Stop::Completed),
+            best_epoch,
+            trainable_params,
+        })
+    }
+
+    fn before_fit(&mut self, cbs: &mut [Box<dyn Callback + '_>]) -> Result<()> {
+        cbs.iter_mut().try_for_each(|c| c.before_fit(self))
+    }
+
+    fn epochs_loop(&mut self, cbs: &mut [Box<dyn Callback + '_>]) -> Result<()> {
+        for epoch in self.first_epoch..self.cfg.epochs {
+            self.epoch = epoch;
+            let t0 = Instant::now();
+            cbs.iter_mut().try_for_each(|c| c.before_epoch(self))?;
+            let stats = self.train_epoch(cbs)?;
+            if self.stop == Some(Stop::Cancelled) && stats.seen < self.input.data.train.len() {
+                // A partial epoch is not recorded; the weights so far are kept.
+                return Ok(());
+            }
+            if self.validate {
+                cbs.iter_mut().try_for_each(|c| c.before_validate(self))?;
+                let record = self.validate_epoch(&stats, t0)?;
+                self.history.push(record.clone());
+                cbs.iter_mut().try_for_each(|c| c.after_validate(self, &record))?;
+            }
+            self.extra_state = gather(cbs)?;
+            cbs.iter_mut().try_for_each(|c| c.after_epoch(self))?;
+            if self.stop.is_some() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loss and accuracy on the validation split, as this epoch's record.
+    fn validate_epoch(&mut self, stats: &EpochStats, t0: Instant) -> Result<EpochRecord> {
+        let inp = &self.input;
+        let valid = &inp.data.valid;
+        let cache = inp.valid_cache.as_deref().map(|c| (c, inp.k));
+        let logits = predict_split(self.model, inp.data, valid, cache, inp.batch_size)?;
+        let (valid_loss, valid_accuracy) = loss_and_accuracy(&logits, &valid.labels, inp.data.classes.len());
+        Ok(EpochRecord {
+            epoch: self.epoch + 1,
+            train_loss: stats.loss_sum / stats.seen.max(1) as f64,
+            train_accuracy: stats.correct as f64 / stats.seen.max(1) as f64,
+            valid_loss,
+            valid_accuracy,
+            lr: stats.lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The order images are drawn in this epoch (a per-epoch stream, so a
+    /// resumed run draws what an uninterrupted one would).
+    fn epoch_order(&self) -> Vec<usize> {
+        let train = &self.input.data.train;
+        let mut rng = Rng::derive(self.input.seed, 0x0DE5 ^ (self.epoch as u64) << 8);
+        match self.cfg.sampler {
+            Sampler::Shuffle => {
+                let mut order: Vec<usize> = (0..train.len()).collect();
+                rng.shuffle(&mut order);
+                order
+            }
+            Sampler::Balanced => balanced_draw(&train.labels, self.input.data.classes.len(), &mut rng),
+        }
+    }
+
+    /// One pass over the training split. Without cached features, a producer
+    /// thread prepares the next batch (decode, augment, mix, normalise, frozen
+    /// blocks) while this one trains on the current batch; both submit their
+    /// parallel work to the same rayon pool, so the cores are shared, not
+    /// oversubscribed, and per-image seeds make the result independent of the
+    /// overlap.
+    fn train_epoch(&mut self, cbs: &mut [Box<dyn Callback + '_>]) -> Result<EpochStats> {
+        let order = self.epoch_order();
+        let (epoch, batches) = (self.epoch, self.batches());
+        let FineTune { model, cfg, obs, opt, input: inp, stop, .. } = self;
+        let (frozen, cfg): (&Classifier, &FineTuneConfig) = (model, cfg);
+        let cached = (!inp.train_cache.is_empty()).then(|| &inp.train_cache[epoch % inp.train_cache.len()]);
+        let mut dropout_rng = Rng::derive(inp.seed, 0xD209 ^ ((epoch as u64) << 16));
+        let mut stats = EpochStats::default();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Tensor, Option<Mixed>)>>(1);
+            if cached.is_none() {
+                let (order, inp) = (&order, &*inp);
+                scope.spawn(move || {
+                    for (b, idx) in order.chunks(inp.batch_size).enumerate() {
+                        // The trainer stopped early (cancel, divergence, error).
+                        if tx.send(produce(frozen, inp, cfg, idx, epoch, b)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            } else {
+                drop(tx);
+            }
+            for (b, idx) in order.chunks(inp.batch_size).enumerate() {
+                let mut ctx = BatchCtx {
+                    model: frozen,
+                    obs: &mut **obs,
+                    epoch,
+                    batch: b,
+                    batches,
+                    lr: inp.schedule.lr(epoch, b, batches),
+                    loss: 0.0,
+                    stop: false,
+                };
+                if let Some(m) = inp.schedule.momentum(epoch, b, batches) {
+                    opt.set_momentum(m);
+                }
+                cbs.iter_mut().try_for_each(|c| c.before_batch(&mut ctx))?;
+                let (x, mixed) = match cached {
+                    Some(features) => (features.rows(idx)?, None),
+                    None => rx.recv().map_err(|_| Error::Invalid("the input pipeline stopped".into()))??,
+                };
+                let labels = &inp.data.train.labels;
+                let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+                let logits = frozen.forward_from(&x, inp.k, Mode { training: true }, &mut dropout_rng)?;
+                let loss = batch_loss(&logits, &y, cfg.label_smoothing, mixed, inp.class_weights.as_ref())?;
+                ctx.loss = f64::from(loss.to_scalar::<f32>()?);
+                cbs.iter_mut().try_for_each(|c| c.after_loss(&mut ctx))?;
+                if ctx.stop || !ctx.loss.is_finite() {
+                    *stop = Some(Stop::Completed);
+                    break;
+                }
+                let mut grads = loss.backward()?;
+                cbs.iter_mut().try_for_each(|c| c.after_backward(&mut ctx, &mut grads))?;
+                opt.step(&grads, ctx.lr)?;
+                cbs.iter_mut().try_for_each(|c| c.after_step(&mut ctx))?;
+                // A mixed image counts as its dominant image's class.
+                let y = match mixed {
+                    Some(m) if m.lam < 0.5 => y.iter().rev().copied().collect(),
+                    _ => y,
+                };
+                let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                stats.correct += preds.iter().zip(&y).filter(|(p, &t)| **p as usize == t).count();
+                stats.loss_sum += ctx.loss * idx.len() as f64;
+                stats.seen += idx.len();
+                stats.lr = ctx.lr;
+                let (loss, acc) = (stats.loss_sum / stats.seen as f64, stats.correct as f64 / stats.seen as f64);
+                cbs.iter_mut().try_for_each(|c| c.after_batch(&mut ctx, loss, acc))?;
+                if ctx.obs.cancelled() {
+                    *stop = Some(Stop::Cancelled);
+                    break;
+                }
+                if ctx.stop {
+                    *stop = Some(Stop::Completed);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(stats)
+    }
+}
+
+/// One training batch, ready for the trainable blocks: augmented, mixed
+/// (seeded by epoch and batch) and through the frozen prefix.
+fn produce(
+    model: &Classifier,
+    inp: &Inputs<'_>,
+    cfg: &FineTuneConfig,
+    idx: &[usize],
+    epoch: usize,
+    batch: usize,
+) -> Result<(Tensor, Option<Mixed>)> {
+    let pre = model.backbone.preprocess();
+    let aug_seed = inp.seed ^ ((epoch as u64 + 1) << 32);
+    let x = input(inp.data, &inp.data.train, idx, &pre, inp.aug.map(|a| (a, aug_seed)))?;
+    let (x, mixed) = match &cfg.mix {
+        Some(m) => {
+            let mut rng = Rng::derive(inp.seed ^ 0x313C, ((epoch as u64) << 32) | batch as u64);
+            mix::mix_batch(&x, m, &mut rng)?
+        }
+        None => (x, None),
+    };
+    let x = if inp.k > 0 { model.prefix(&x, inp.k)? } else { x };
+    Ok((x, mixed))
+}
+
+/// The batch's training loss: plain (smoothed) cross-entropy, or against
+/// soft targets when the batch is mixed or classes are weighted.
+fn batch_loss(
+    logits: &Tensor,
+    labels: &[usize],
+    smoothing: f64,
+    mixed: Option<Mixed>,
+    class_weights: Option<&Tensor>,
+) -> Result<Tensor> {
+    if mixed.is_none() && class_weights.is_none() {
+        let l: Vec<u32> = labels.iter().map(|&y| y as u32).collect();
+        return cross_entropy(logits, &Tensor::from_vec(l, labels.len(), &Device::Cpu)?, smoothing);
+    }
+    let classes = logits.dim(1)?;
+    let t = mix::targets(labels, classes, smoothing, mixed);
+    let t = Tensor::from_vec(t, (labels.len(), classes), &Device::Cpu)?.to_dtype(logits.dtype())?;
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    match class_weights {
+        // PyTorch's weighted mean: Σ w·t·(-log p) / Σ w·t.
+        Some(w) => {
+            let tw = t.broadcast_mul(&w.unsqueeze(0)?.to_dtype(logits.dtype())?)?;
+            Ok(((tw.clone() * log_p)?.sum_all()?.neg()? / tw.sum_all()?)?)
+        }
+        None => Ok(((t * log_p)?.sum_all()?.neg()? / labels.len() as f64)?),
+    }
+}
+
+/// The optimizer's parameter groups: one group at the full rate, or the
+/// trainable blocks spread geometrically (`lr = [low, high]`, fastai's
+/// `slice`) or by layer-wise decay (timm).
+fn param_groups(model: &Classifier, cfg: &FineTuneConfig) -> Vec<ParamGroup> {
+    let groups = model.trainable_groups();
+    let g = groups.len();
+    let scale = |i: usize| -> f64 {
+        let from_head = (g - 1 - i) as f64;
+        match (cfg.lr_low, cfg.layer_decay) {
+            (Some(low), _) if g > 1 => (low / cfg.lr).powf(from_head / (g - 1) as f64),
+            (_, Some(decay)) => decay.powf(from_head),
+            _ => 1.0,
+        }
+    };
+    groups.into_iter().enumerate().map(|(i, vars)| ParamGroup { vars, lr_scale: scale(i) }).collect()
+}
+
+/// Loss weight per class, `None` when every class weighs the same.
+fn class_weights(data: &Dataset, cfg: &ClassWeights) -> Result<Option<Tensor>> {
+    let classes = data.classes.len();
+    let w: Vec<f32> = match cfg {
+        ClassWeights::None => return Ok(None),
+        ClassWeights::Balanced => {
+            let mut counts = vec![0usize; classes];
+            data.train.labels.iter().for_each(|&y| counts[y] += 1);
+            let n = data.train.len() as f64;
+            counts.iter().map(|&c| if c == 0 { 0.0 } else { (n / (classes as f64 * c as f64)) as f32 }).collect()
+        }
+        ClassWeights::Given(list) => {
+            let mut w = vec![1f32; classes];
+            for (name, weight) in list {
+                let Some(i) = data.classes.iter().position(|c| c == name) else {
+                    let hint =
+                        crate::suggest::suggest(name, &data.classes.iter().map(String::as_str).collect::<Vec<_>>())
+                            .map(|s| format!("; did you mean \"{s}\"?"))
+                            .unwrap_or_default();
+                    return Err(Error::Invalid(format!(
+                        "class_weights names class \"{name}\", which the data does not have{hint}"
+                    )));
+                };
+                w[i] = *weight as f32;
+            }
+            w
+        }
+    };
+    Ok(Some(Tensor::from_vec(w, classes, &Device::Cpu)?))
+}
+
+/// `n` draws with replacement, each class equally likely, then uniform
+/// within the class (the class-balanced sampler).
+fn balanced_draw(labels: &[usize], classes: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &y) in labels.iter().enumerate() {
+        by_class[y].push(i);
+    }
+    let present: Vec<&Vec<usize>> = by_class.iter().filter(|c| !c.is_empty()).collect();
+    (0..labels.len())
+        .map(|_| {
+            let class = present[rng.below(present.len())];
+            class[rng.below(class.len())]
+        })
+        .collect()
+}
+
+/// The callbacks' checkpoint state.
+fn gather(cbs: &[Box<dyn Callback + '_>]) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for c in cbs {
+        c.save(&mut out)?;
+    }
+    Ok(out)
+}
+
+/// The validation split's frozen features, and the training split's sets.
+type CachedFeatures = (Option<Arc<Features>>, Vec<Arc<Features>>);
+
+/// The frozen prefix's output for the validation split and, where the
+/// training input does not change between epochs (no augmentation, or
+/// `augment_views` precomputed views, and no mixing), for the training split.
+fn frozen_features(
+    model: &Classifier,
+    setup: &mut Setup<'_>,
+    obs: &mut dyn Observer,
+) -> Result<CachedFeatures> {
+    let Setup { data, aug, cfg, batch_size, seed, ref mut cache } = *setup;
+    let k = model.constant_prefix();
+    let hits = cache.hits();
+    let t = Instant::now();
+    let key = cache::model_key(model, k)?;
+    let valid = prefix_features(cache, &key, model, data, &data.valid, k, batch_size, None, obs)?;
+    let mut train = Vec::new();
+    let mixing = cfg.mix.is_some();
+    match aug {
+        _ if mixing => {}
+        None => train.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, None, obs)?),
+        Some(a) => {
+            for v in 0..cfg.augment_views {
+                let view_seed = Rng::derive(seed, 0x7_1E55 + v as u64).next_u64();
+                let view = Some((a, view_seed, v));
+                train.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, view, obs)?);
+            }
+        }
+    }
+    let train_what = match (aug, train.len()) {
+        _ if mixing => "split (mixup/cutmix runs live on the training split)",
+        (None, _) => "and training splits",
+        (Some(_), 0) => "split (augmentation runs live on the training split)",
+        (Some(_), _) => "split and augmented training views",
+    };
+    let reused = cache.hits() - hits;
+    obs.event(Event::Log(format!(
+        "frozen features of {k} block(s) for the validation {train_what}: {} computed, {reused} reused, {:.1}s",
+        1 + train.len() - reused,
+        t.elapsed().as_secs_f64()
+    )));
+    Ok((Some(valid), train))
+}

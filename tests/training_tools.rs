@@ -1,0 +1,248 @@
+//! The training tools of a fine_tune step, each shown to do what it says
+//! (each assertion fails if the feature were a no-op): the lr_find range
+//! test, discriminative rates, gradient clipping, EMA of the weights,
+//! fastai's freeze_epochs shorthand, and test-time augmentation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use tlab::data::Dataset;
+use tlab::lab::StepOutput;
+use tlab::models::layers::ParamLoader;
+use tlab::models::{build_backbone, Classifier, Head};
+use tlab::recipe::{FineTuneConfig, Recipe, StepKind};
+use tlab::train::cache::FeatureCache;
+use tlab::train::{self, BatchCtx, Callback, FineTune, Setup, Silent};
+use tlab::Lab;
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tlab-tools-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 11, 16, 8, 4);
+    dir
+}
+
+const DATA: &str = "[data]\ntrain = \"data/train\"\nvalid = \"data/valid\"\nimage_size = 32\nbatch_size = 8\n";
+
+fn recipe(dir: &Path, steps: &str) -> Recipe {
+    let text = format!("name = \"tools\"\nseed = 3\n{DATA}{steps}");
+    let path = dir.join("r.toml");
+    std::fs::write(&path, &text).unwrap();
+    tlab::recipe::load(&path).unwrap()
+}
+
+fn fine_tune_config(r: &Recipe) -> FineTuneConfig {
+    r.steps
+        .iter()
+        .find_map(|s| match &s.kind {
+            StepKind::FineTune(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// A random-init MobileNetV2 with a fresh 3-class head, `frozen` blocks frozen.
+fn classifier(frozen: usize) -> Classifier {
+    let backbone = build_backbone("mobilenet_v2", &mut ParamLoader::random(5), false).unwrap();
+    let cfg = tlab::recipe::HeadConfig { pooling: tlab::recipe::Pooling::Avg, hidden: Vec::new(), dropout: 0.0 };
+    let head = Head::new(&cfg, backbone.feature_channels(), 3, 9).unwrap();
+    let mut model = Classifier::new(backbone, head);
+    model.freeze(frozen, false).unwrap();
+    model
+}
+
+fn weights(model: &Classifier) -> Vec<(String, Vec<f32>)> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+fn fit(model: &mut Classifier, data: &Dataset, cfg: &FineTuneConfig, cbs: &mut [Box<dyn Callback + '_>]) {
+    let mut cache = FeatureCache::default();
+    let setup = Setup { data, aug: None, cfg, batch_size: 8, seed: 1, cache: &mut cache };
+    FineTune::prepare(model, setup, &mut Silent, None).unwrap().run(cbs).unwrap();
+}
+
+#[test]
+fn lr_find_suggests_restores_the_exact_weights_and_feeds_the_next_step() {
+    let dir = workdir("lrfind");
+    let weights_file = dir.join("w.safetensors");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), &weights_file).unwrap();
+    let steps = "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\n\
+                 [[step]]\nkind = \"freeze\"\nup_to = \"features.16\"\n\
+                 [[step]]\nkind = \"lr_find\"\nnum_it = 30\n\
+                 [[step]]\nkind = \"fine_tune\"\nepochs = 1\nlr = \"suggested\"\n";
+    recipe(&dir, steps);
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.run_step(0, &mut Silent).unwrap();
+    lab.run_step(1, &mut Silent).unwrap();
+    let before = weights(lab.model().unwrap());
+    lab.run_step(2, &mut Silent).unwrap();
+    assert_eq!(weights(lab.model().unwrap()), before, "lr_find trained, then put every weight and statistic back");
+    let StepOutput::LrFind(found) = &lab.result(2).unwrap().output else { panic!("not an lr_find result") };
+    assert!(found.lrs.len() >= 5 && found.lrs.len() <= 30);
+    assert!(found.lrs.windows(2).all(|w| w[1] > w[0]), "the rate rises exponentially");
+    assert_eq!(found.suggestions.len(), 3);
+    let valley = found.suggestion(tlab::recipe::LrSuggestion::Valley).unwrap();
+    assert!(valley > found.lrs[0] && valley <= *found.lrs.last().unwrap(), "{valley:e}");
+    lab.run_step(3, &mut Silent).unwrap();
+    let lr = lab.history().last().unwrap().1.lr;
+    assert!((lr - valley).abs() < 1e-12 * valley.max(1.0), "fine_tune trained at the valley: {lr:e} vs {valley:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records every trainable weight after each optimizer step.
+struct Trace {
+    after_steps: Vec<Vec<Tensor>>,
+}
+impl Callback for Trace {
+    fn after_step(&mut self, ctx: &mut BatchCtx<'_>) -> tlab::Result<()> {
+        let mutable = ctx.model.mutable_named_vars();
+        self.after_steps.push(mutable.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect());
+        Ok(())
+    }
+}
+
+#[test]
+fn discriminative_rates_scale_each_groups_step_and_clipping_bounds_it() {
+    let dir = workdir("disc");
+    let r = recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\n\
+                          epochs = 1\noptimizer = \"sgd\"\nmomentum = 0\nlr = [1e-4, 1e-2]\n",
+    );
+    let data = Dataset::load(&r.data, r.seed).unwrap();
+    let disc = fine_tune_config(&r);
+    let plain = FineTuneConfig { lr_low: None, ..disc.clone() };
+    // One batch: every image, so both runs take the same single gradient step.
+    let one_batch = |cfg: &FineTuneConfig| {
+        let mut model = classifier(16);
+        let start = weights(&model);
+        let mut cache = FeatureCache::default();
+        let setup = Setup { data: &data, aug: None, cfg, batch_size: data.train.len(), seed: 1, cache: &mut cache };
+        let mut cbs = FineTune::callbacks(cfg, None);
+        FineTune::prepare(&mut model, setup, &mut Silent, None).unwrap().run(&mut cbs).unwrap();
+        let groups = model.trainable_groups().len();
+        let end = weights(&model);
+        (start, end, groups)
+    };
+    let (start, end_disc, groups) = one_batch(&disc);
+    let (_, end_plain, _) = one_batch(&plain);
+    assert_eq!(groups, 4, "blocks features.16, features.17, features.18 and the head");
+    let delta = |end: &[(String, Vec<f32>)], name: &str| -> f64 {
+        let i = start.iter().position(|(n, _)| n == name).unwrap();
+        start[i].1.iter().zip(&end[i].1).map(|(a, b)| f64::from((a - b).abs())).sum()
+    };
+    // Group g of G trains at lr · (low/high)^((G-1-g)/(G-1)).
+    for (name, scale) in [
+        ("features.16.conv.0.0.weight", 1e-2),
+        ("features.18.0.weight", 1e-2f64.powf(1.0 / 3.0)),
+        ("head.fc.weight", 1.0),
+    ] {
+        let ratio = delta(&end_disc, name) / delta(&end_plain, name);
+        assert!((ratio / scale - 1.0).abs() < 1e-3, "{name}: step ratio {ratio} vs rate ratio {scale}");
+    }
+    // A tiny clip norm leaves the weights nearly where they were.
+    let clipped = FineTuneConfig { clip_grad_norm: Some(1e-6), ..plain.clone() };
+    let (_, end_clipped, _) = one_batch(&clipped);
+    // Over the trained parameters (BatchNorm's running statistics move without gradients).
+    let trained = ["features.16.conv.0.0.weight", "features.17.conv.2.weight", "head.fc.weight", "head.fc.bias"];
+    let total = |end: &[(String, Vec<f32>)]| trained.iter().map(|n| delta(end, n)).sum::<f64>();
+    assert!(total(&end_clipped) < 1e-3 * total(&end_plain), "{} vs {}", total(&end_clipped), total(&end_plain));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ema_weights_are_validated_and_kept_and_differ_from_the_raw_ones() {
+    let dir = workdir("ema");
+    let r = recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\n\
+                          epochs = 2\nlr = 1e-2\nema = 0.9\n",
+    );
+    let data = Dataset::load(&r.data, r.seed).unwrap();
+    let cfg = fine_tune_config(&r);
+    let mut model = classifier(17);
+    let start: Vec<Tensor> = model.mutable_named_vars().iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+    let mut trace = Trace { after_steps: Vec::new() };
+    {
+        let mut cbs = FineTune::callbacks(&cfg, None);
+        cbs.insert(0, Box::new(&mut trace));
+        fit(&mut model, &data, &cfg, &mut cbs);
+    }
+    // The EMA by hand, with timm's warm-up of the decay.
+    let mut ema = start;
+    for (n, raw) in trace.after_steps.iter().enumerate() {
+        let d = 0.9f64.min((1.0 + n as f64) / (10.0 + n as f64));
+        ema = ema.iter().zip(raw).map(|(e, w)| ((e * d).unwrap() + (w * (1.0 - d)).unwrap()).unwrap()).collect();
+    }
+    let last_raw = trace.after_steps.last().unwrap();
+    let kept: Vec<Tensor> = model.mutable_named_vars().iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+    let max_diff = |a: &[Tensor], b: &[Tensor]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| {
+                (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+            })
+            .fold(0f32, f32::max)
+    };
+    assert!(max_diff(&kept, &ema) < 1e-5, "the model ends with the EMA weights");
+    assert!(max_diff(&kept, last_raw) > 1e-3, "which are not the raw weights");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn freeze_epochs_equals_the_two_phases_written_out() {
+    let dir = workdir("phases");
+    let r = recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\n\
+                          epochs = 1\nfreeze_epochs = 1\nunfreeze_to = \"features.17\"\nlr = 2e-3\n",
+    );
+    let data = Dataset::load(&r.data, r.seed).unwrap();
+    let cfg = fine_tune_config(&r);
+    let mut shorthand = classifier(0);
+    let mut cache = FeatureCache::default();
+    let setup = Setup { data: &data, aug: None, cfg: &cfg, batch_size: 8, seed: 1, cache: &mut cache };
+    train::phases::freeze_then_unfreeze(&mut shorthand, setup, &mut Silent, None).unwrap();
+
+    // Written out: freeze everything, train; unfreeze from features.17, train at lr/2 spread to lr/200.
+    let (frozen, unfrozen) = train::phases::phase_configs(&cfg);
+    assert_eq!((unfrozen.lr, unfrozen.lr_low), (1e-3, Some(1e-5)));
+    let mut by_hand = classifier(0);
+    let blocks = by_hand.backbone.num_blocks();
+    for (freeze, cfg, seed) in [(blocks, &frozen, 1), (17, &unfrozen, train::phases::second_seed(1))] {
+        by_hand.freeze(freeze, false).unwrap();
+        let mut cache = FeatureCache::default();
+        let setup = Setup { data: &data, aug: None, cfg, batch_size: 8, seed, cache: &mut cache };
+        train::fine_tune(&mut by_hand, setup, &mut Silent, None).unwrap();
+    }
+    assert_eq!(weights(&shorthand), weights(&by_hand));
+    assert_ne!(weights(&shorthand), weights(&classifier(0)), "and it trained");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tta_averages_the_image_and_its_mirror() {
+    let dir = workdir("tta");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();
+    recipe(&dir, "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\n[[step]]\nkind = \"freeze\"\n\
+                  [[step]]\nkind = \"fine_tune\"\nepochs = 1\n[[step]]\nkind = \"evaluate\"\n\
+                  [[step]]\nkind = \"evaluate\"\ntta = true\n");
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.run_all(&mut Silent).unwrap();
+    let eval = |i: usize| match &lab.result(i).unwrap().output {
+        StepOutput::Evaluate(e) => e.clone(),
+        _ => panic!("not an evaluation"),
+    };
+    let (plain, tta) = (eval(3), eval(4));
+    assert_eq!(plain.metrics.accuracy_without_tta, None);
+    assert_eq!(tta.metrics.accuracy_without_tta, Some(plain.metrics.accuracy));
+    let changed = plain.predictions.iter().zip(&tta.predictions).filter(|(a, b)| a.confidence != b.confidence).count();
+    assert!(changed > plain.predictions.len() / 2, "mirrored views change the confidences ({changed} changed)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
