@@ -2,8 +2,10 @@
 # What a run leaves, checked by the programs users open it with: the README's
 # main command runs the quickstart, then TensorBoard's own reader loads tb/,
 # headless Chromium renders report.html, and ONNX Runtime runs the exported
-# model. Installs what is missing: a venv under ~/.cache/tlab with
-# tensorboard, onnx, onnxruntime, numpy and pillow (PyPI); Debian's chromium.
+# model, and PyTorch + torchvision load the torchvision export. Installs what
+# is missing: a venv under ~/.cache/tlab with tensorboard, onnx, onnxruntime,
+# numpy and pillow (PyPI); another with torch, torchvision (a large download
+# with its CUDA libraries, kept cached); Debian's chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
@@ -13,6 +15,12 @@ if ! "$venv/bin/python" -c 'import tensorboard, onnx, onnxruntime, numpy, PIL' 2
   log "installing tensorboard, onnx, onnxruntime, numpy, pillow into $venv (PyPI)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet tensorboard onnx onnxruntime numpy pillow
+fi
+torch_venv="${XDG_CACHE_HOME:-$HOME/.cache}/tlab/venv-torch"
+if ! "$torch_venv/bin/python" -c 'import torch, torchvision, numpy, PIL' 2>/dev/null; then
+  log "installing torch, torchvision, numpy, pillow into $torch_venv (PyPI; large, cached)"
+  [ -x "$torch_venv/bin/python" ] || python3 -m venv "$torch_venv"
+  "$torch_venv/bin/pip" install --quiet torch torchvision numpy pillow
 fi
 if ! command -v chromium >/dev/null; then
   log "installing chromium (Debian)"
@@ -36,3 +44,6 @@ log "report.html in headless Chromium"
 
 log "tlab export --format onnx, checked by onnx.checker and ONNX Runtime"
 "$venv/bin/python" .ci/check_onnx.py target/release/tlab "$run" data/fashion-mnist-mini/valid
+
+log "tlab export --format torchvision, loaded by PyTorch + torchvision"
+"$torch_venv/bin/python" .ci/check_torch.py target/release/tlab "$run" data/fashion-mnist-mini/valid

@@ -778,6 +778,7 @@ impl Augmenter {
             && self.zoom().is_none()
             && !c.horizontal_flip
             && !c.vertical_flip
+            && !c.dihedral
             && self.brightness().is_none()
             && c.random_resized_crop.is_none()
             && c.color_jitter.as_ref().is_none_or(jitter_is_identity)
@@ -836,8 +837,39 @@ impl Augmenter {
             }
         }
         clamp_pixels(&mut out.data);
+        if self.cfg.dihedral {
+            out = dihedral(&out, rng.below(8));
+        }
         out
     }
+}
+
+/// Element `k` (0..8) of the dihedral group of the square: bit 0 mirrors
+/// left-right, bits 1–2 count quarter turns clockwise. Quarter turns of a
+/// non-square image are skipped (they would change its size).
+pub fn dihedral(img: &Image, k: usize) -> Image {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let turns = if w == h { (k >> 1) & 3 } else { 0 };
+    let mirror = k & 1 == 1;
+    if turns == 0 && !mirror {
+        return img.clone();
+    }
+    let mut data = vec![0f32; img.data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            let sx = if mirror { w - 1 - x } else { x };
+            // Output (x, y) after `turns` clockwise quarter turns reads input (u, v).
+            let (u, v) = match turns {
+                1 => (y, w - 1 - sx),
+                2 => (w - 1 - sx, h - 1 - y),
+                3 => (h - 1 - y, sx),
+                _ => (sx, y),
+            };
+            let (d, s) = ((y * w + x) * 3, (v * w + u) * 3);
+            data[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
+        }
+    }
+    Image { width: img.width, height: img.height, data }
 }
 
 #[cfg(test)]
@@ -979,6 +1011,31 @@ mod tests {
         assert!(aug.is_identity());
         assert!(!Augmenter::new(AugmentConfig { horizontal_flip: true, ..Default::default() }).is_identity());
         assert_eq!(warp(&img, &AffineParams::default(), None, FillMode::Constant, 0.0), img);
+    }
+
+    #[test]
+    fn dihedral_gives_eight_distinct_orientations_that_are_permutations() {
+        let img = ramp(5, 5);
+        let mut seen: Vec<Vec<f32>> = Vec::new();
+        for k in 0..8 {
+            let d = dihedral(&img, k);
+            let mut a = d.data.clone();
+            let mut b = img.data.clone();
+            a.sort_by(f32::total_cmp);
+            b.sort_by(f32::total_cmp);
+            assert_eq!(a, b, "element {k} moves pixels, never changes them");
+            assert!(!seen.contains(&d.data), "element {k} repeats an earlier one");
+            seen.push(d.data);
+        }
+        // One quarter turn clockwise: the top-left pixel goes to the top-right.
+        assert_eq!(px(&dihedral(&img, 2), 4, 0), px(&img, 0, 0));
+        // Four quarter turns are the identity; mirroring twice too.
+        let mut r = img.clone();
+        for _ in 0..4 {
+            r = dihedral(&r, 2);
+        }
+        assert_eq!(r, img);
+        assert_eq!(dihedral(&dihedral(&img, 1), 1), img);
     }
 
     #[test]
@@ -1127,6 +1184,7 @@ mod tests {
             brightness_range: Some((0.7, 1.3)),
             random_resized_crop: Some(CropConfig { scale: (0.5, 1.0), ratio: (0.75, 1.33) }),
             color_jitter: Some(ColorJitter { brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.1 }),
+            dihedral: false,
         }
     }
 

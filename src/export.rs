@@ -86,3 +86,104 @@ pub fn export_onnx(run: &Path, out: Option<&Path>, opts: &OnnxOptions) -> Result
     crate::fs::atomic_write(&path, &bytes)?;
     Ok((path, bytes.len()))
 }
+
+/// What `tlab export --format torchvision` wrote and how to load it.
+#[derive(Debug, Clone)]
+pub struct TorchvisionExport {
+    pub path: PathBuf,
+    pub tensors: usize,
+    /// Python that builds the matching torchvision model and loads the file
+    /// with `strict=True` (`import torch, torchvision` first).
+    pub load: String,
+}
+
+/// The model of run directory `run` as a PyTorch state dict (`.pth`, default
+/// `RUN/model.pth`) whose keys load with `strict=True` into the torchvision
+/// constructor with `num_classes` set when the head is one linear layer on
+/// average-pooled features (`classifier.1` for MobileNetV2, `fc` for ResNet),
+/// or into the model the returned snippet builds otherwise (VGG's head, hidden
+/// layers). BatchNorm is exported unfolded, with `num_batches_tracked`.
+pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionExport> {
+    use crate::weights::torch_save::{self, Value as Saved};
+    let (model, card) = crate::predict::load_run_model(run)?;
+    let path = out.map_or_else(|| run.join("model.pth"), Path::to_path_buf);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::data(parent, "the output folder does not exist"));
+        }
+    }
+    let arch = card.backbone.as_str();
+    let (head_module, single_key) = match arch {
+        "mobilenet_v2" => ("classifier", Some("classifier.1")),
+        "resnet18" | "resnet34" | "resnet50" => ("fc", Some("fc")),
+        "vgg16" | "vgg19" => ("classifier", None),
+        other => {
+            return Err(Error::Invalid(format!(
+                "{other} has no torchvision constructor; use --format safetensors (its keys follow the checkpoint tlab loaded) or --format onnx"
+            )))
+        }
+    };
+    if model.head.config.pooling != crate::recipe::Pooling::Avg {
+        return Err(Error::Invalid(
+            "only heads on average-pooled features (pooling = \"avg\") have a torchvision equivalent; use --format onnx".into(),
+        ));
+    }
+    let n = card.classes.len();
+    let mut tensors: Vec<(String, Saved)> = Vec::new();
+    let mut head: Vec<(String, candle_core::Tensor)> = Vec::new();
+    for (name, var) in model.named_vars() {
+        let t = var.as_detached_tensor();
+        if name.starts_with("head.") {
+            head.push((name, t));
+            continue;
+        }
+        let bn = name.strip_suffix(".running_var").map(str::to_string);
+        tensors.push((name, Saved::F32(t)));
+        if let Some(prefix) = bn {
+            tensors.push((format!("{prefix}.num_batches_tracked"), Saved::I64(0)));
+        }
+    }
+    let hidden = &model.head.config.hidden;
+    let mut setup = String::new();
+    // Sequential index of each head layer: (tlab name, torchvision name).
+    let rename: Vec<(String, String)> = match single_key.filter(|_| hidden.is_empty()) {
+        Some(key) => vec![("head.fc".into(), key.to_string())],
+        None => {
+            let mut layers = Vec::new();
+            let mut renames = Vec::new();
+            let mut fan_in = model.backbone.feature_channels();
+            for (i, &units) in hidden.iter().enumerate() {
+                renames.push((format!("head.hidden.{i}"), format!("{head_module}.{}", layers.len())));
+                layers.push(format!("torch.nn.Linear({fan_in}, {units})"));
+                layers.push("torch.nn.ReLU()".to_string());
+                layers.push(format!("torch.nn.Dropout({})", model.head.config.dropout));
+                fan_in = units;
+            }
+            renames.push(("head.fc".into(), format!("{head_module}.{}", layers.len())));
+            layers.push(format!("torch.nn.Linear({fan_in}, {n})"));
+            if arch.starts_with("vgg") {
+                setup.push_str("model.avgpool = torch.nn.AdaptiveAvgPool2d(1)\n");
+            }
+            setup.push_str(&format!("model.{head_module} = torch.nn.Sequential({})\n", layers.join(", ")));
+            renames
+        }
+    };
+    for (name, t) in head {
+        let renamed = rename
+            .iter()
+            .find_map(|(from, to)| name.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")))
+            .ok_or_else(|| Error::Invalid(format!("head tensor `{name}` has no torchvision name")))?;
+        tensors.push((renamed, Saved::F32(t)));
+    }
+    torch_save::save(&tensors, &path)?;
+    let file = crate::paths::shown(&path).display().to_string();
+    let construct = if setup.is_empty() {
+        format!("model = torchvision.models.{arch}(num_classes={n})\n")
+    } else {
+        format!("model = torchvision.models.{arch}()\n{setup}")
+    };
+    let load = format!(
+        "{construct}model.load_state_dict(torch.load({file:?}, weights_only=True), strict=True)\nmodel.eval()\n"
+    );
+    Ok(TorchvisionExport { path, tensors: tensors.len(), load })
+}

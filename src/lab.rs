@@ -506,14 +506,20 @@ impl Lab {
         }
         let t = Instant::now();
         let data = Arc::new(Dataset::load(&self.recipe.data, self.recipe.seed)?);
+        let test = data.test.as_ref().map(|t| format!(" + {} test", t.len())).unwrap_or_default();
         obs.event(train::Event::Log(format!(
-            "decoded {} train + {} valid images of {} classes at {}px in {:.1}s ({} skipped)",
+            "decoded {} train + {} valid{test} images of {} classes at {}px in {:.1}s ({} skipped)",
             data.train.len(),
             data.valid.len(),
             data.classes.len(),
             data.size,
             t.elapsed().as_secs_f64(),
             data.skipped.len()
+        )));
+        obs.event(train::Event::Log(format!(
+            "images per class (train/valid{}): {}",
+            if test.is_empty() { "" } else { "/test" },
+            class_counts(&data)
         )));
         for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
             obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::paths::shown(path).display())));
@@ -536,4 +542,18 @@ fn head_inputs(backbone: &dyn models::Backbone, head: &recipe::HeadConfig, size:
             Ok(y.elem_count())
         }
     }
+}
+
+/// `class train/valid[/test]` for every class, for the log.
+fn class_counts(data: &Dataset) -> String {
+    let count = |split: &crate::data::Split, label: usize| split.labels.iter().filter(|&&l| l == label).count();
+    data.classes
+        .iter()
+        .enumerate()
+        .map(|(label, class)| {
+            let test = data.test.as_ref().map(|t| format!("/{}", count(t, label))).unwrap_or_default();
+            format!("{class} {}/{}{test}", count(&data.train, label), count(&data.valid, label))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

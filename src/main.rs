@@ -109,8 +109,9 @@ enum Command {
         /// Run directory written by `tlab run` (holds model.json + model.safetensors).
         run: PathBuf,
         /// onnx: an ONNX graph with the model card in its metadata;
+        /// torchvision: a PyTorch state dict for the torchvision model (zip .pth);
         /// safetensors: the weights with tlab's (torchvision-style) names.
-        #[arg(long, value_parser = ["onnx", "safetensors"])]
+        #[arg(long, value_parser = ["onnx", "torchvision", "safetensors"])]
         format: String,
         /// Output file (default: RUN/model.onnx, RUN/export.safetensors).
         #[arg(short, long)]
@@ -651,17 +652,40 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
         .last();
     let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
     let aug = augment.map(tlab::augment::Augmenter::new);
-    let (grid, tiles) = tlab::preview::labelled_grid(&data, aug.as_ref(), seed, count);
+    // With mixup/CutMix in the first fine_tune, show what it trains on: mixed images.
+    let mix = recipe.steps.iter().find_map(|s| match &s.kind {
+        tlab::recipe::StepKind::FineTune(f) => Some(f.mix),
+        _ => None,
+    });
+    let (grid, names) = match mix.flatten() {
+        Some(mix) => {
+            let samples = tlab::preview::mixed_samples(&data, aug.as_ref(), &mix, seed, count);
+            let captions: Vec<String> = samples.iter().map(|(_, c)| c.clone()).collect();
+            // Two lines per tile: the weight and class of each image.
+            let tiles: Vec<tlab::draw::Captioned> = samples
+                .into_iter()
+                .map(|(img, c)| {
+                    let lines = c.split(" + ").map(|l| (l.to_string(), tlab::draw::BLACK)).collect();
+                    (img, lines)
+                })
+                .collect();
+            let cols = (tiles.len() as f64).sqrt().ceil() as usize;
+            (tlab::draw::gallery(&tiles, cols.max(1), 128), captions)
+        }
+        None => {
+            let (grid, tiles) = tlab::preview::labelled_grid(&data, aug.as_ref(), seed, count);
+            (grid, tiles.into_iter().map(|t| t.class).collect())
+        }
+    };
     if let Some(p) = &png {
         let mut bytes = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
         tlab::report::atomic_write(p, &bytes)?;
-        println!("wrote {} ({}×{}, {} samples)", p.display(), grid.width(), grid.height(), tiles.len());
+        println!("wrote {} ({}×{}, {} samples)", p.display(), grid.width(), grid.height(), names.len());
     }
     if png.is_none() || std::io::stdout().is_terminal() {
         let conf = viuer::Config { absolute_offset: false, width: Some(64), ..Default::default() };
         viuer::print(&image::DynamicImage::ImageRgb8(grid), &conf).context("printing the preview")?;
-        let names: Vec<String> = tiles.iter().map(|t| t.class.clone()).collect();
         println!("{}", names.join(" · "));
     }
     Ok(ExitCode::SUCCESS)
@@ -1066,6 +1090,15 @@ fn export(
                 bytes as f64 / 1e6,
                 opts.opset
             );
+        }
+        "torchvision" => {
+            let e = tlab::export::export_torchvision(run, output)?;
+            println!(
+                "wrote {} ({} tensors); load it in PyTorch with:",
+                tlab::paths::shown(&e.path).display(),
+                e.tensors
+            );
+            println!("import torch, torchvision\n{}", e.load.trim_end());
         }
         _ => {
             // The weights as tlab saved them: torchvision's names for the

@@ -186,10 +186,55 @@ impl Disk<'_> {
         Finding { severity, line, col, message }
     }
 
+    /// A CSV's listing: class counts, and each unusable row as a warning.
+    fn csv_data(
+        &self,
+        data: &dyn toml_edit::TableLike,
+        item: &Item,
+        csv: PathBuf,
+        valid: Option<PathBuf>,
+        report: &mut Preflight,
+    ) {
+        let cfg = crate::recipe::DataConfig {
+            train: csv.parent().map(Path::to_path_buf).unwrap_or_default(),
+            csv: Some(csv.clone()),
+            test: None,
+            valid,
+            valid_split: data.get("valid_split").and_then(Item::as_float).unwrap_or(0.2),
+            image_size: 224,
+            batch_size: 32,
+            max_per_class: data.get("max_per_class").and_then(Item::as_integer).map(|m| m.max(1) as usize),
+            workers: None,
+        };
+        let mut skipped = Vec::new();
+        match crate::data::csv::list(&csv, &cfg, 0, &mut skipped) {
+            Ok(list) => {
+                report.classes = list
+                    .classes
+                    .iter()
+                    .enumerate()
+                    .map(|(label, class)| ClassCount {
+                        class: class.clone(),
+                        train: list.train.iter().filter(|(_, l)| *l == label).count(),
+                        valid: list.valid.iter().filter(|(_, l)| *l == label).count(),
+                    })
+                    .collect();
+            }
+            Err(e) => report.findings.push(self.at(item, Severity::Error, e.to_string())),
+        }
+        for (_, why) in &skipped {
+            report.findings.push(self.at(item, Severity::Warning, format!("skipped {why}")));
+        }
+        report.skipped = skipped.into_iter().map(|(p, _)| p).collect();
+    }
+
     /// The data folders: classes, counts, skipped files, memory.
     fn data(&self, doc: &ImDocument<&str>, report: &mut Preflight) {
         let Some(data) = doc.get("data").and_then(Item::as_table_like) else { return };
         let folder = |key: &str| data.get(key).and_then(|i| Some((i, self.base.join(i.as_str()?))));
+        if let Some((csv_item, csv)) = folder("csv") {
+            return self.csv_data(data, csv_item, csv, folder("valid").map(|(_, d)| d), report);
+        }
         let Some((train_item, train_dir)) = folder("train") else { return };
         let valid = folder("valid");
         let mut skipped = Vec::new();

@@ -87,6 +87,52 @@ pub fn labelled_samples(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: u
         .collect()
 }
 
+/// Mixup / CutMix as training applies them: `n` images, each mixed with
+/// another (seeded), captioned with both classes and their weights, e.g.
+/// `0.73 bag + 0.27 coat`.
+pub fn mixed_samples(
+    data: &Dataset,
+    aug: Option<&Augmenter>,
+    mix: &crate::recipe::MixConfig,
+    seed: u64,
+    n: usize,
+) -> Vec<(RgbImage, String)> {
+    let samples = labelled_samples(data, aug, seed, n);
+    let m = samples.len();
+    let mut rng = Rng::derive(seed, 0x313C);
+    (0..m)
+        .map(|i| {
+            let ((a, ta), (b, tb)) = (&samples[i], &samples[m - 1 - i]);
+            let cut = match (mix.mixup_alpha > 0.0, mix.cutmix_alpha > 0.0) {
+                (true, true) => rng.bool(mix.switch_prob),
+                (false, true) => true,
+                _ => false,
+            };
+            let (w, h) = (a.width() as usize, a.height() as usize);
+            let mut out = a.clone();
+            let lam = if cut {
+                let lam = crate::train::mix::beta(mix.cutmix_alpha, &mut rng);
+                let (y0, y1, x0, x1) = crate::train::mix::cut_box(h, w, lam, &mut rng);
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        out.put_pixel(x as u32, y as u32, *b.get_pixel(x as u32, y as u32));
+                    }
+                }
+                1.0 - ((y1 - y0) * (x1 - x0)) as f64 / (w * h) as f64
+            } else {
+                let lam = crate::train::mix::beta(mix.mixup_alpha, &mut rng);
+                for (o, (pa, pb)) in out.pixels_mut().zip(a.pixels().zip(b.pixels())) {
+                    for c in 0..3 {
+                        o.0[c] = (f64::from(pa.0[c]) * lam + f64::from(pb.0[c]) * (1.0 - lam)).round() as u8;
+                    }
+                }
+                lam
+            };
+            (out, format!("{lam:.2} {} + {:.2} {}", ta.class, 1.0 - lam, tb.class))
+        })
+        .collect()
+}
+
 /// `n` indices spread evenly over `0..len` (all of them when `n >= len`).
 fn spread(len: usize, n: usize) -> Vec<usize> {
     if len == 0 || n == 0 {
@@ -130,7 +176,14 @@ pub(crate) mod tests {
                 split.pixels.push(vec![v; (size * size * 3) as usize]);
             }
         }
-        Dataset { classes: vec!["a".into(), "b".into()], size, train: split.clone(), valid: split, skipped: vec![] }
+        Dataset {
+            classes: vec!["a".into(), "b".into()],
+            size,
+            train: split.clone(),
+            valid: split,
+            test: None,
+            skipped: vec![],
+        }
     }
 
     #[test]

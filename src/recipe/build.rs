@@ -12,14 +12,15 @@ use toml_edit::{ImDocument, TomlError};
 use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
-    AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvaluateConfig,
-    FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion, MixConfig, Monitor,
-    OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind, WeightsSource, KNOWN_ARCHS,
-    STEP_KINDS,
+    AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvalSplit,
+    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion,
+    MixConfig, Monitor, OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind,
+    WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
 
 const TOP_KEYS: &[&str] = &["name", "seed", "data", "step"];
-const DATA_KEYS: &[&str] = &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers"];
+const DATA_KEYS: &[&str] =
+    &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers", "csv", "test"];
 const BACKBONE_KEYS: &[&str] = &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "head"];
 const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout"];
 const FREEZE_KEYS: &[&str] = &["kind", "up_to", "train_bn"];
@@ -32,6 +33,7 @@ const AUGMENT_KEYS: &[&str] = &[
     "zoom_range",
     "horizontal_flip",
     "vertical_flip",
+    "dihedral",
     "fill_mode",
     "cval",
     "brightness_range",
@@ -83,7 +85,7 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "class_weights",
     "sampler",
 ];
-const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta"];
+const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta", "split"];
 const LR_FIND_KEYS: &[&str] = &[
     "kind",
     "start_lr",
@@ -180,7 +182,14 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
     let table = f.as_table().ok_or_else(|| f.type_error("a table ([data])"))?;
     let s = Section::new(src, table, f.span().clone(), "in [data]");
     s.check_keys(DATA_KEYS)?;
-    let train = resolve(base, s.require("train")?.non_empty_str()?);
+    let csv = s.field("csv").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
+    let train = match (&csv, s.field("train")) {
+        (_, Some(f)) => resolve(base, f.non_empty_str()?),
+        // The images a CSV names live beside it.
+        (Some(csv), None) => csv.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, None) => resolve(base, s.require("train")?.non_empty_str()?),
+    };
+    let test = s.field("test").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
     let valid = s.field("valid").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
     let valid_split = s.number("valid_split", Bounds::open(0.0, 1.0))?;
     if let (Some(_), Some(split)) = (&valid, s.field("valid_split")) {
@@ -190,6 +199,8 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
     }
     Ok(DataConfig {
         train,
+        csv,
+        test,
         valid,
         valid_split: valid_split.unwrap_or(0.2),
         image_size: s.int_as("image_size", Bounds::within(16, 1024))?.unwrap_or(224),
@@ -395,6 +406,7 @@ fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
         zoom_range,
         horizontal_flip: s.bool("horizontal_flip")?.unwrap_or(d.horizontal_flip),
         vertical_flip: s.bool("vertical_flip")?.unwrap_or(d.vertical_flip),
+        dihedral: s.bool("dihedral")?.unwrap_or(d.dihedral),
         fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
         cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
         brightness_range: s.pair("brightness_range", Bounds::at_least(0.0))?,
@@ -644,6 +656,7 @@ fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
         top_k: s.int_as("top_k", Bounds::at_least(1))?,
         mistakes: s.int_as("mistakes", Bounds::at_least(0))?.unwrap_or(25),
         tta: s.bool("tta")?.unwrap_or(false),
+        split: s.choice("split", &[("valid", EvalSplit::Valid), ("test", EvalSplit::Test)])?.unwrap_or_default(),
     })
 }
 
@@ -754,6 +767,8 @@ kind = "evaluate"
         assert_eq!(
             r.data,
             DataConfig {
+                csv: None,
+                test: None,
                 train: PathBuf::from("/x/y/../data/fashion-mnist-mini/train"),
                 valid: Some(PathBuf::from("/x/y/../data/fashion-mnist-mini/valid")),
                 valid_split: 0.2,
@@ -810,7 +825,10 @@ kind = "evaluate"
                 ..FineTuneConfig::default()
             })
         );
-        assert_eq!(r.steps[4].kind, StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }));
+        assert_eq!(
+            r.steps[4].kind,
+            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false, split: EvalSplit::Valid })
+        );
     }
 
     #[test]
@@ -863,7 +881,7 @@ kind = "evaluate"
         assert_eq!(msg, "unknown key `rotaton_range` in augment step; did you mean `rotation_range`?");
         let (line, col, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\n  bogus = 1\n"));
         assert_eq!((line, col), (9, 3));
-        assert_eq!(msg, "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes");
+        assert_eq!(msg, "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes, tta, split");
         let (line, col, msg) = err(&format!("nmae = \"x\"\n{HEAD}"));
         assert_eq!((line, col), (1, 1));
         assert_eq!(msg, "unknown key `nmae` at top level; did you mean `name`?");
@@ -959,10 +977,13 @@ kind = "evaluate"
         assert_eq!((line, col), (8, 8));
         assert_eq!(
             msg,
-            "unknown step kind `finetune`; did you mean `fine_tune`? expected one of: backbone, freeze, augment, fine_tune, evaluate"
+            "unknown step kind `finetune`; did you mean `fine_tune`? expected one of: backbone, freeze, augment, lr_find, fine_tune, evaluate"
         );
         let (_, _, msg) = err(&with_step("[[step]]\nkind = \"zzz\"\n"));
-        assert_eq!(msg, "unknown step kind `zzz`; expected one of: backbone, freeze, augment, fine_tune, evaluate");
+        assert_eq!(
+            msg,
+            "unknown step kind `zzz`; expected one of: backbone, freeze, augment, lr_find, fine_tune, evaluate"
+        );
     }
 
     #[test]
@@ -984,7 +1005,10 @@ kind = "evaluate"
             "step = [{{ kind = \"backbone\", arch = \"vgg19\" }}, {{ kind = \"evaluate\", top_k = 3 }}]\n{HEAD}"
         ));
         assert_eq!(r.steps.len(), 2);
-        assert_eq!(r.steps[1].kind, StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25, tta: false }));
+        assert_eq!(
+            r.steps[1].kind,
+            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25, tta: false, split: EvalSplit::Valid })
+        );
     }
 
     #[test]
@@ -1199,7 +1223,7 @@ kind = "evaluate"
     fn evaluate_settings() {
         assert_eq!(
             second_step("[[step]]\nkind = \"evaluate\"\ntop_k = 3\nmistakes = 0\n"),
-            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0, tta: false })
+            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0, tta: false, split: EvalSplit::Valid })
         );
         let (_, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntop_k = 0\n"));
         assert_eq!(msg, "`top_k` must be >= 1, found 0");

@@ -188,7 +188,14 @@ impl Input {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataConfig {
     /// Folder of class sub-folders; resolved against the recipe's folder.
+    /// With `csv` and no `train` key: the CSV's folder (where its images are).
     pub train: PathBuf,
+    /// `path,label[,split]` rows (Keras `flow_from_dataframe`, fastai
+    /// `ImageDataLoaders.from_csv`), paths relative to the CSV's folder.
+    pub csv: Option<PathBuf>,
+    /// A held-out test folder (class sub-folders), evaluated by
+    /// `evaluate` with `split = "test"`; with `csv`, rows whose split is `test`.
+    pub test: Option<PathBuf>,
     /// Optional separate validation folder; resolved likewise.
     pub valid: Option<PathBuf>,
     /// Fraction of `train` held out when `valid` is `None`; in (0, 1).
@@ -321,6 +328,9 @@ pub struct AugmentConfig {
     pub zoom_range: (f64, f64),
     pub horizontal_flip: bool,
     pub vertical_flip: bool,
+    /// One of the 8 flips and quarter turns, uniformly (fastai's `Dihedral`):
+    /// for images whose orientation carries no meaning.
+    pub dihedral: bool,
     pub fill_mode: FillMode,
     /// Fill value for `FillMode::Constant`, 0..=255.
     pub cval: f64,
@@ -341,6 +351,7 @@ impl Default for AugmentConfig {
             zoom_range: (1.0, 1.0),
             horizontal_flip: false,
             vertical_flip: false,
+            dihedral: false,
             fill_mode: FillMode::Nearest,
             cval: 0.0,
             brightness_range: None,
@@ -447,6 +458,14 @@ pub struct FineTuneConfig {
     /// Per-class loss weights.
     pub class_weights: ClassWeights,
     pub sampler: Sampler,
+}
+
+/// The split an evaluate step reports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvalSplit {
+    #[default]
+    Valid,
+    Test,
 }
 
 /// The learning-rate range test (fastai `lr_find`).
@@ -634,6 +653,8 @@ pub struct EvaluateConfig {
     pub top_k: Option<usize>,
     /// How many misclassified images to list.
     pub mistakes: usize,
+    /// Which split to evaluate.
+    pub split: EvalSplit,
     /// Test-time augmentation: average the prediction over the image and
     /// its horizontal flip (metrics are reported with and without).
     pub tta: bool,
@@ -677,7 +698,12 @@ mod tests {
     #[test]
     fn step_names_match_kinds() {
         let kinds = [
-            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }),
+            StepKind::Evaluate(EvaluateConfig {
+                top_k: None,
+                mistakes: 25,
+                tta: false,
+                split: crate::recipe::EvalSplit::Valid,
+            }),
             StepKind::Augment(AugmentConfig::default()),
             StepKind::Freeze(FreezeStep { up_to: FreezePoint::All, train_bn: false }),
         ];

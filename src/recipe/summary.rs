@@ -31,7 +31,8 @@ pub(super) fn summary(kind: &StepKind) -> String {
         StepKind::Evaluate(e) => {
             let top = e.top_k.map(|k| format!(" top-{k}")).unwrap_or_default();
             let tta = if e.tta { " with TTA" } else { "" };
-            format!("evaluate{top}{tta}")
+            let split = if e.split == crate::recipe::EvalSplit::Test { " on test" } else { "" };
+            format!("evaluate{split}{top}{tta}")
         }
     }
 }
@@ -99,6 +100,9 @@ pub fn augment_settings(a: &AugmentConfig) -> Vec<(&'static str, String)> {
         (true, false) => rows.push(("flip", "h".to_string())),
         (false, true) => rows.push(("flip", "v".to_string())),
         (false, false) => {}
+    }
+    if a.dihedral {
+        rows.push(("dihedral", "8 flips/turns".to_string()));
     }
     if a.rotation_range > 0.0 {
         rows.push(("rotate", format!("±{}°", num(a.rotation_range))));
@@ -255,7 +259,12 @@ mod tests {
         });
         assert_eq!(augment.summary(), "flip h, rotate ±15°, zoom 0.9–1.1");
         assert_eq!(StepKind::FineTune(tune()).summary(), "adamw lr 1e-3 × 8 epochs, cosine");
-        let eval = StepKind::Evaluate(EvaluateConfig { top_k: Some(5), mistakes: 25, tta: false });
+        let eval = StepKind::Evaluate(EvaluateConfig {
+            top_k: Some(5),
+            mistakes: 25,
+            tta: false,
+            split: crate::recipe::EvalSplit::Valid,
+        });
         assert_eq!(eval.summary(), "evaluate top-5");
     }
 
@@ -318,7 +327,16 @@ mod tests {
             StepKind::FineTune(sgd).summary(),
             "sgd+nesterov lr 1e-2 × 1 epoch, step ×0.1 every 2, patience 3 on valid_accuracy, ≤ 60s"
         );
-        assert_eq!(StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false }).summary(), "evaluate");
+        assert_eq!(
+            StepKind::Evaluate(EvaluateConfig {
+                top_k: None,
+                mistakes: 25,
+                tta: false,
+                split: crate::recipe::EvalSplit::Valid
+            })
+            .summary(),
+            "evaluate"
+        );
     }
 
     #[test]

@@ -478,11 +478,7 @@ type CachedFeatures = (Option<Arc<Features>>, Vec<Arc<Features>>);
 /// The frozen prefix's output for the validation split and, where the
 /// training input does not change between epochs (no augmentation, or
 /// `augment_views` precomputed views, and no mixing), for the training split.
-fn frozen_features(
-    model: &Classifier,
-    setup: &mut Setup<'_>,
-    obs: &mut dyn Observer,
-) -> Result<CachedFeatures> {
+fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Observer) -> Result<CachedFeatures> {
     let Setup { data, aug, cfg, batch_size, seed, ref mut cache } = *setup;
     let k = model.constant_prefix();
     let hits = cache.hits();

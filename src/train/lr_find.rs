@@ -171,11 +171,16 @@ mod tests {
     fn suggestions_sit_on_the_falling_part_of_a_textbook_curve() {
         // Flat, then falling steeply around 1e-3, a minimum near 1e-1, then diverging.
         let lrs: Vec<f64> = (0..100).map(|i| 1e-7 * 1e8f64.powf(i as f64 / 99.0)).collect();
+        // Measured curves are noisy where the rate is too small to matter.
         let losses: Vec<f64> = lrs
             .iter()
-            .map(|&lr| {
+            .enumerate()
+            .map(|(i, &lr)| {
                 let x = lr.log10();
-                2.3 - 2.0 / (1.0 + (-(x + 3.0) * 3.0).exp()) + if x > -1.0 { (x + 1.0).powi(2) * 4.0 } else { 0.0 }
+                let noise = if x < -4.5 { 0.03 * (i as f64 * 2.3).sin() } else { 0.0 };
+                2.3 - 2.0 / (1.0 + (-(x + 3.0) * 3.0).exp())
+                    + if x > -1.0 { (x + 1.0).powi(2) * 4.0 } else { 0.0 }
+                    + noise
             })
             .collect();
         let s = suggest(&lrs, &losses);

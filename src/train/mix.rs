@@ -96,7 +96,7 @@ pub fn mix_batch(x: &Tensor, cfg: &MixConfig, rng: &mut Rng) -> Result<(Tensor, 
 }
 
 /// CutMix's box: area fraction `1 - lam`, centred uniformly, clipped to the image.
-fn cut_box(h: usize, w: usize, lam: f64, rng: &mut Rng) -> (usize, usize, usize, usize) {
+pub fn cut_box(h: usize, w: usize, lam: f64, rng: &mut Rng) -> (usize, usize, usize, usize) {
     let ratio = (1.0 - lam).sqrt();
     let (ch, cw) = ((h as f64 * ratio) as i64, (w as f64 * ratio) as i64);
     let cy = rng.below(h) as i64;

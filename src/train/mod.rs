@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{Augmenter, Rng};
 use crate::data::{Dataset, Split};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
 use crate::models::layers::Mode;
 use crate::models::{Classifier, Preprocess};
-use crate::recipe::EvaluateConfig;
+use crate::recipe::{EvalSplit, EvaluateConfig};
 use cache::{FeatureCache, Features};
 pub use callbacks::{BatchCtx, Callback};
 pub use fit::{FineTune, Setup};
@@ -263,33 +263,42 @@ pub fn evaluate(
     cache: Option<&mut FeatureCache>,
 ) -> Result<Evaluation> {
     let classes = data.classes.len();
+    let split = match cfg.split {
+        EvalSplit::Valid => &data.valid,
+        EvalSplit::Test => data.test.as_ref().ok_or_else(|| {
+            Error::Invalid(
+                "`split = \"test\"` needs a test split: `[data] test = \"folder\"` or CSV rows with split `test`"
+                    .into(),
+            )
+        })?,
+    };
     let k = model.constant_prefix();
     let features = match cache {
         Some(c) if k > 0 => {
             let key = cache::model_key(model, k)?;
-            Some(prefix_features(c, &key, model, data, &data.valid, k, batch_size, None, &mut Silent)?)
+            Some(prefix_features(c, &key, model, data, split, k, batch_size, None, &mut Silent)?)
         }
         _ => None,
     };
-    let logits = predict_split(model, data, &data.valid, features.as_deref().map(|f| (f, k)), batch_size)?;
+    let logits = predict_split(model, data, split, features.as_deref().map(|f| (f, k)), batch_size)?;
     let mut probs = metrics::softmax_rows(&logits, classes);
     let top_k = cfg.top_k.unwrap_or(5).min(classes);
     let mut without_tta = None;
     if cfg.tta {
-        without_tta = Some(metrics::compute(&probs, &data.valid.labels, &data.classes, top_k).accuracy);
-        let flipped = metrics::softmax_rows(&predict_flipped(model, data, &data.valid, batch_size)?, classes);
+        without_tta = Some(metrics::compute(&probs, &split.labels, &data.classes, top_k).accuracy);
+        let flipped = metrics::softmax_rows(&predict_flipped(model, data, split, batch_size)?, classes);
         probs.iter_mut().zip(&flipped).for_each(|(p, f)| *p = (*p + f) / 2.0);
     }
-    let mut m = metrics::compute(&probs, &data.valid.labels, &data.classes, top_k);
+    let mut m = metrics::compute(&probs, &split.labels, &data.classes, top_k);
     m.accuracy_without_tta = without_tta;
     let predictions: Vec<Prediction> = probs
         .chunks(classes)
         .enumerate()
         .map(|(i, row)| {
             let predicted = metrics::argmax(row);
-            let truth = data.valid.labels[i];
+            let truth = split.labels[i];
             Prediction {
-                path: data.valid.paths[i].clone(),
+                path: split.paths[i].clone(),
                 truth,
                 predicted,
                 confidence: row[predicted],

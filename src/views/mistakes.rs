@@ -68,8 +68,14 @@ impl Mistakes {
 
     /// Captions only (when the data is not loaded).
     pub fn without_images(eval: &Evaluation, n: usize) -> Self {
-        let empty =
-            Dataset { classes: vec![], size: 0, train: Default::default(), valid: Default::default(), skipped: vec![] };
+        let empty = Dataset {
+            classes: vec![],
+            size: 0,
+            train: Default::default(),
+            valid: Default::default(),
+            test: None,
+            skipped: vec![],
+        };
         Self::new(eval, &empty, n)
     }
 

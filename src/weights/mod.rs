@@ -5,6 +5,7 @@
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod pth;
+pub mod torch_save;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

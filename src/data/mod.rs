@@ -4,6 +4,8 @@
 //! the recipe's `image_size` (as Keras' `target_size` does) and kept in memory
 //! as RGB bytes; augmentation and normalisation happen per batch.
 
+pub mod csv;
+
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -41,81 +43,64 @@ impl Split {
     }
 }
 
-/// Both splits, their classes, and what was skipped on the way.
+/// The splits, their classes, and what was skipped on the way.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub classes: Vec<String>,
     pub size: u32,
     pub train: Split,
     pub valid: Split,
-    /// Files that were not images, or failed to decode, with the reason.
+    /// The held-out test split (`[data] test`, or a CSV's `test` rows).
+    pub test: Option<Split>,
+    /// Files that were not images, or failed to decode, and CSV rows that
+    /// could not be used, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Image files with their labels.
+pub(crate) type Labelled = Vec<(PathBuf, usize)>;
+
+/// Image files and labels per split, before decoding.
+#[derive(Default)]
+pub(crate) struct Listing {
+    pub classes: Vec<String>,
+    pub train: Labelled,
+    pub valid: Labelled,
+    pub test: Labelled,
 }
 
 impl Dataset {
     /// Loads the recipe's data. `seed` drives the stratified validation split.
     pub fn load(cfg: &DataConfig, seed: u64) -> Result<Self> {
         let mut skipped = Vec::new();
-        let train_files = scan(&cfg.train, &mut skipped)?;
-        let classes: Vec<String> = train_files.iter().map(|(c, _)| c.clone()).collect();
-        let (mut train_list, mut valid_list) = (Vec::new(), Vec::new());
-        match &cfg.valid {
-            Some(valid_dir) => {
-                for (label, (_, files)) in train_files.into_iter().enumerate() {
-                    train_list.extend(cap(files, cfg.max_per_class).into_iter().map(|f| (f, label)));
-                }
-                for (class, files) in scan(valid_dir, &mut skipped)? {
-                    let label = classes.iter().position(|c| *c == class).ok_or_else(|| {
-                        Error::data(
-                            valid_dir.join(&class),
-                            format!(
-                                "class `{class}` is in the validation folder but not in the training folder {}",
-                                crate::paths::shown(&cfg.train).display()
-                            ),
-                        )
-                    })?;
-                    valid_list.extend(files.into_iter().map(|f| (f, label)));
-                }
-            }
-            None => {
-                // Stratified: each class contributes the same fraction.
-                let mut rng = Rng::derive(seed, 0x5EED_5917);
-                for (label, (_, files)) in train_files.into_iter().enumerate() {
-                    let mut files = cap(files, cfg.max_per_class);
-                    rng.shuffle(&mut files);
-                    let n_valid = valid_count(files.len(), cfg.valid_split);
-                    for (i, f) in files.into_iter().enumerate() {
-                        if i < n_valid {
-                            valid_list.push((f, label))
-                        } else {
-                            train_list.push((f, label))
-                        }
-                    }
-                }
-                train_list.sort();
-                valid_list.sort();
-            }
-        }
-        check_memory_budget(train_list.len() + valid_list.len(), cfg.image_size, &cfg.train)?;
+        let list = match &cfg.csv {
+            Some(csv) => crate::data::csv::list(csv, cfg, seed, &mut skipped)?,
+            None => list_folders(cfg, seed, &mut skipped)?,
+        };
+        let (classes, test_list) = (list.classes, list.test);
+        let origin = cfg.csv.as_ref().unwrap_or(&cfg.train);
+        check_memory_budget(list.train.len() + list.valid.len() + test_list.len(), cfg.image_size, origin)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers.unwrap_or(0))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start decode threads: {e}")))?;
-        let train = pool.install(|| decode_all(train_list, cfg.image_size, &mut skipped));
-        let valid = pool.install(|| decode_all(valid_list, cfg.image_size, &mut skipped));
+        let train = pool.install(|| decode_all(list.train, cfg.image_size, &mut skipped));
+        let valid = pool.install(|| decode_all(list.valid, cfg.image_size, &mut skipped));
+        let test =
+            (!test_list.is_empty()).then(|| pool.install(|| decode_all(test_list, cfg.image_size, &mut skipped)));
         for (label, class) in classes.iter().enumerate() {
             if !train.labels.contains(&label) {
                 return Err(Error::data(
-                    cfg.train.join(class),
+                    origin.join(class),
                     format!("class `{class}` has no readable training images"),
                 ));
             }
         }
         if valid.is_empty() {
-            let dir = cfg.valid.clone().unwrap_or_else(|| cfg.train.clone());
+            let dir = cfg.valid.clone().unwrap_or_else(|| origin.clone());
             return Err(Error::data(dir, "no validation images (add a valid folder or more images per class)"));
         }
-        Ok(Dataset { classes, size: cfg.image_size, train, valid, skipped })
+        Ok(Dataset { classes, size: cfg.image_size, train, valid, test, skipped })
     }
 
     /// Pixels (HWC, 0..=255 as f32) of `indices` from `split`, augmented when
@@ -138,6 +123,79 @@ impl Dataset {
         });
         out
     }
+}
+
+/// Folder-per-class listing: `train`, then `valid` or a stratified split of
+/// `train`, and the optional `test` folder.
+fn list_folders(cfg: &DataConfig, seed: u64, skipped: &mut Vec<(PathBuf, String)>) -> Result<Listing> {
+    let train_files = scan(&cfg.train, skipped)?;
+    let classes: Vec<String> = train_files.iter().map(|(c, _)| c.clone()).collect();
+    let mut list = Listing { classes, ..Listing::default() };
+    match &cfg.valid {
+        Some(valid_dir) => {
+            for (label, (_, files)) in train_files.into_iter().enumerate() {
+                list.train.extend(cap(files, cfg.max_per_class).into_iter().map(|f| (f, label)));
+            }
+            list.valid = labelled_folder(valid_dir, &list.classes, &cfg.train, "validation", skipped)?;
+        }
+        None => {
+            let per_class = train_files.into_iter().map(|(_, files)| cap(files, cfg.max_per_class)).collect();
+            (list.train, list.valid) = stratified_split(per_class, cfg.valid_split, seed);
+        }
+    }
+    if let Some(test_dir) = &cfg.test {
+        list.test = labelled_folder(test_dir, &list.classes, &cfg.train, "test", skipped)?;
+    }
+    Ok(list)
+}
+
+/// The images of a folder-per-class `dir` whose classes must be among `classes`.
+pub(crate) fn labelled_folder(
+    dir: &Path,
+    classes: &[String],
+    train: &Path,
+    what: &str,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<(PathBuf, usize)>> {
+    let mut out = Vec::new();
+    for (class, files) in scan(dir, skipped)? {
+        let label = classes.iter().position(|c| *c == class).ok_or_else(|| {
+            Error::data(
+                dir.join(&class),
+                format!(
+                    "class `{class}` is in the {what} folder but not in the training folder {}",
+                    crate::paths::shown(train).display()
+                ),
+            )
+        })?;
+        out.extend(files.into_iter().map(|f| (f, label)));
+    }
+    Ok(out)
+}
+
+/// Holds out `fraction` of each class (at least one image where a class has
+/// two or more), seeded: `(train, valid)`, each sorted by path.
+pub(crate) fn stratified_split(
+    per_class: Vec<Vec<PathBuf>>,
+    fraction: f64,
+    seed: u64,
+) -> (Labelled, Labelled) {
+    let mut rng = Rng::derive(seed, 0x5EED_5917);
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for (label, mut files) in per_class.into_iter().enumerate() {
+        rng.shuffle(&mut files);
+        let n_valid = valid_count(files.len(), fraction);
+        for (i, f) in files.into_iter().enumerate() {
+            if i < n_valid {
+                valid.push((f, label))
+            } else {
+                train.push((f, label))
+            }
+        }
+    }
+    train.sort();
+    valid.sort();
+    (train, valid)
 }
 
 /// Refuses to decode more than the memory budget holds, before decoding a
@@ -189,7 +247,7 @@ fn total_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn cap(mut files: Vec<PathBuf>, max: Option<usize>) -> Vec<PathBuf> {
+pub(crate) fn cap(mut files: Vec<PathBuf>, max: Option<usize>) -> Vec<PathBuf> {
     if let Some(m) = max {
         files.truncate(m);
     }
@@ -294,6 +352,8 @@ mod tests {
 
     fn cfg(train: PathBuf) -> DataConfig {
         DataConfig {
+            csv: None,
+            test: None,
             train,
             valid: None,
             valid_split: 0.25,

@@ -1,0 +1,74 @@
+"""Exports run models with `tlab export --format torchvision` and loads them
+the way a PyTorch user does: the quickstart's MobileNetV2 into
+`torchvision.models.mobilenet_v2(num_classes=10)` with strict=True, compared
+with `tlab predict` over the whole validation split on exactly tlab's inputs
+(identical top-1, max |probability difference| <= 1e-4); a ResNet-18 and a
+VGG-16 with a hidden head layer (built by the printed snippet) likewise on a
+tiny run; then the README's PyTorch example as a user pastes it.
+
+Usage: check_torch.py TLAB_BINARY RUN_DIR VALID_DIR"""
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+torch.set_num_threads(2)
+tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+work = Path(tempfile.mkdtemp(prefix="tlab-torch-"))
+images = sorted(str(p) for p in valid.rglob("*.png"))
+assert len(images) >= 100, f"only {len(images)} validation images under {valid}"
+
+
+def check(run_dir, images, what):
+    pth = work / f"{run_dir.name}.pth"
+    out = subprocess.run([tlab, "export", str(run_dir), "--format", "torchvision", "-o", str(pth)],
+                         check=True, capture_output=True, text=True).stdout
+    # The lines tlab prints after "load it in PyTorch with:" are the loader.
+    loader = out.split("load it in PyTorch with:\n", 1)[1]
+    scope = {}
+    exec(loader, scope)
+    model = scope["model"]
+    prefix = work / run_dir.name
+    subprocess.run([tlab, "predict", "--model", str(run_dir), "--top", "1", "--npy", str(prefix), *images],
+                   check=True, stdout=subprocess.DEVNULL)
+    x = torch.from_numpy(np.load(f"{prefix}-inputs.npy"))
+    want = np.load(f"{prefix}-probs.npy")
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1).numpy()
+    diff = float(np.abs(probs - want).max())
+    same = int((probs.argmax(1) == want.argmax(1)).sum())
+    assert same == len(images), f"{what}: top-1 differs on {len(images) - same} of {len(images)} images"
+    assert diff <= 1e-4, f"{what}: max |prob diff| {diff:.2e} > 1e-4"
+    print(f"torch: {what} loads with strict=True and agrees with tlab on {len(images)} images "
+          f"(top-1 identical, max |prob diff| {diff:.1e})")
+
+
+check(run, images, "the quickstart's mobilenet_v2")
+
+# Other heads and architectures, on a tiny run each (random init, one epoch).
+data = valid.resolve()
+for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n")]:
+    d = work / arch
+    d.mkdir()
+    (d / "r.toml").write_text(
+        f'name = "{arch}"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = 32\nmax_per_class = 3\n'
+        f'[[step]]\nkind = "backbone"\narch = "{arch}"\n{head}[[step]]\nkind = "freeze"\nup_to = 2\n'
+        f'[[step]]\nkind = "fine_tune"\nepochs = 1\n')
+    subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)
+    check(d / "run", images[:24], f"a {arch} ({head.strip() or 'linear head'})")
+
+# The README's example, as a user pastes it, on the quickstart's export.
+readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+example = re.search(r"<!-- torch-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+subprocess.run([tlab, "export", str(run), "--format", "torchvision", "-o", str(work / "model.pth")],
+               check=True, stdout=subprocess.DEVNULL)
+(work / "image.png").write_bytes(Path(images[0]).read_bytes())
+out = subprocess.run([sys.executable, "-c", example], cwd=work, check=True, capture_output=True, text=True).stdout
+assert out.split()[0].isdigit(), out
+print(f"torch: the README example runs: {out.strip()}")
