@@ -26,6 +26,13 @@ for column in ["train_loss", "valid_loss", "train_accuracy", "valid_accuracy", "
         checked += 1
 batches = acc.Scalars("batch/train_loss")
 assert len(batches) > len(rows), "per-batch loss missing"
+# The per-batch rates equal batches.csv, the trace the run directory keeps.
+with open(run / "batches.csv") as f:
+    trace = list(csv.DictReader(f))
+lrs = acc.Scalars("batch/lr")
+assert len(lrs) == len(trace) == len(batches), (len(lrs), len(trace), len(batches))
+for e, row in zip(lrs, trace):
+    assert math.isclose(e.value, float(row["lr"]), rel_tol=1e-5), (e.step, e.value, row)
 for image in ["curves", "confusion", "per_class", "mistakes"]:
     assert image in tags["images"], (image, tags["images"])
     img = acc.Images(image)[-1]
@@ -34,4 +41,4 @@ assert "recipe" in tags["tensors"], tags["tensors"]
 text = acc.Tensors("recipe")[0].tensor_proto.string_val[0].decode()
 assert "kind = " in text, text[:200]
 print(f"tensorboard: {checked} epoch scalars equal history.csv ({len(rows)} epochs), "
-      f"{len(batches)} batch losses, {len(tags['images'])} images, recipe text")
+      f"{len(batches)} batch losses and rates (= batches.csv), {len(tags['images'])} images, recipe text")

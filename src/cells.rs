@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn progress_formats_epochs_and_thins_batches() {
         let p = Progress::new().every(5);
-        let batch = |batch| Event::Batch { epoch: 1, batch, batches: 12, loss: 0.5, accuracy: 0.25 };
+        let batch = |batch| Event::Batch { epoch: 1, batch, batches: 12, loss: 0.5, accuracy: 0.25, lr: 1e-3 };
         assert!(p.format(&batch(3)).is_none());
         assert_eq!(p.format(&batch(5)).unwrap(), "  batch    5/12  loss 0.5000  acc 0.250");
         assert!(p.format(&batch(12)).is_some(), "the last batch always prints");

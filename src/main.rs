@@ -322,6 +322,8 @@ struct Progress {
     earlier: Vec<(usize, tlab::train::EpochRecord)>,
     /// The run's TensorBoard log (`tb/`), fed as the run goes.
     tb: Option<tlab::tensorboard::EventWriter>,
+    /// Every trained batch: `step,epoch,batch,lr,loss` rows of batches.csv.
+    batches: String,
 }
 
 impl Progress {
@@ -351,6 +353,7 @@ impl Progress {
             step: 0,
             earlier: Vec::new(),
             tb: None,
+            batches: String::from("step,epoch,batch,lr,loss\n"),
         }
     }
 
@@ -397,7 +400,8 @@ impl Observer for Progress {
                     b.reset_eta();
                 }
             }
-            Event::Batch { batch, loss, accuracy, .. } => {
+            Event::Batch { epoch, batch, loss, accuracy, lr, .. } => {
+                self.batches.push_str(&format!("{},{epoch},{batch},{lr:e},{loss}\n", self.step + 1));
                 if let Some((_, _, b)) = &self.bars {
                     b.set_position(batch as u64);
                     b.set_message(format!("loss {loss:.4} acc {accuracy:.3}"));
@@ -537,12 +541,14 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         seconds: started.elapsed().as_secs_f64() + earlier_seconds,
     };
     let written = tlab::rundir::write_reports(&lab, &dir, info).context("writing reports")?;
+    // The per-batch trace (one-cycle and warm-up shapes show here); a resumed run has only its own batches.
+    tlab::report::atomic_write(&dir.join("batches.csv"), progress.batches.as_bytes())?;
     if let Some(mut tb) = progress.tb.take() {
         finish_tensorboard(&mut tb, &lab, &dir).context("writing the TensorBoard log")?;
     }
     progress.line(format!(
         "wrote {} files to {} in {:.1}s total",
-        written.len() + 1,
+        written.len() + 2,
         dir.display(),
         started.elapsed().as_secs_f64()
     ));

@@ -237,9 +237,10 @@ impl EventWriter {
     /// (`batch/train_loss`) and every epoch.
     pub fn observe(&mut self, event: &Event) -> Result<()> {
         match event {
-            Event::Batch { loss, .. } => {
+            Event::Batch { loss, lr, .. } => {
                 self.batches += 1;
-                self.scalar("batch/train_loss", self.batches, *loss)
+                self.scalar("batch/train_loss", self.batches, *loss)?;
+                self.scalar("batch/lr", self.batches, *lr)
             }
             Event::Epoch(r) => self.epoch(r),
             _ => Ok(()),
@@ -284,7 +285,7 @@ mod tests {
             lr: 1e-3,
             seconds: 1.0,
         };
-        w.observe(&Event::Batch { epoch: 1, batch: 1, batches: 2, loss: 0.9, accuracy: 0.5 }).unwrap();
+        w.observe(&Event::Batch { epoch: 1, batch: 1, batches: 2, loss: 0.9, accuracy: 0.5, lr: 1e-3 }).unwrap();
         w.observe(&Event::Epoch(r.clone())).unwrap();
         w.text("recipe", 0, "name = \"x\"").unwrap();
         w.image("confusion", 1, vec![1, 2, 3], 4, 5).unwrap();
@@ -300,9 +301,10 @@ mod tests {
             })
             .collect();
         assert_eq!(values[0], ("batch/train_loss".into(), 1, Some(0.9)));
-        assert_eq!(values[1], ("epoch/train_loss".into(), 1, Some(0.5)));
-        assert_eq!(values[4], ("epoch/valid_accuracy".into(), 1, Some(0.8)));
-        assert_eq!(values.len(), 8);
+        assert_eq!(values[1], ("batch/lr".into(), 1, Some(1e-3)));
+        assert_eq!(values[2], ("epoch/train_loss".into(), 1, Some(0.5)));
+        assert_eq!(values[5], ("epoch/valid_accuracy".into(), 1, Some(0.8)));
+        assert_eq!(values.len(), 9);
         // Cut the file inside its last record: the records before it still read.
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();

@@ -105,12 +105,7 @@ fn read_rows(csv: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<Row
 
 /// The listing a CSV gives: classes from its training rows; validation from
 /// its `valid` rows, else the `valid` folder, else a stratified split.
-pub(crate) fn list(
-    csv: &Path,
-    cfg: &DataConfig,
-    seed: u64,
-    skipped: &mut Vec<(PathBuf, String)>,
-) -> Result<Listing> {
+pub(crate) fn list(csv: &Path, cfg: &DataConfig, seed: u64, skipped: &mut Vec<(PathBuf, String)>) -> Result<Listing> {
     let rows = read_rows(csv, skipped)?;
     let is_train = |r: &Row| matches!(r.split, None | Some(Which::Train));
     let classes: Vec<String> =

@@ -175,11 +175,7 @@ pub(crate) fn labelled_folder(
 
 /// Holds out `fraction` of each class (at least one image where a class has
 /// two or more), seeded: `(train, valid)`, each sorted by path.
-pub(crate) fn stratified_split(
-    per_class: Vec<Vec<PathBuf>>,
-    fraction: f64,
-    seed: u64,
-) -> (Labelled, Labelled) {
+pub(crate) fn stratified_split(per_class: Vec<Vec<PathBuf>>, fraction: f64, seed: u64) -> (Labelled, Labelled) {
     let mut rng = Rng::derive(seed, 0x5EED_5917);
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for (label, mut files) in per_class.into_iter().enumerate() {

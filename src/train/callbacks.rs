@@ -134,7 +134,7 @@ impl Callback for Progress {
     }
     fn after_batch(&mut self, ctx: &mut BatchCtx<'_>, loss: f64, accuracy: f64) -> Result<()> {
         let (epoch, batch, batches) = (ctx.epoch + 1, ctx.batch + 1, ctx.batches);
-        ctx.obs.event(Event::Batch { epoch, batch, batches, loss, accuracy });
+        ctx.obs.event(Event::Batch { epoch, batch, batches, loss, accuracy, lr: ctx.lr });
         Ok(())
     }
     fn after_validate(&mut self, fit: &mut FineTune<'_>, record: &EpochRecord) -> Result<()> {

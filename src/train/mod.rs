@@ -46,8 +46,20 @@ pub struct EpochRecord {
 #[derive(Debug, Clone)]
 pub enum Event {
     Log(String),
-    EpochStart { epoch: usize, epochs: usize, batches: usize },
-    Batch { epoch: usize, batch: usize, batches: usize, loss: f64, accuracy: f64 },
+    EpochStart {
+        epoch: usize,
+        epochs: usize,
+        batches: usize,
+    },
+    /// A trained batch: running means of the epoch so far, and the rate it trained at.
+    Batch {
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+        loss: f64,
+        accuracy: f64,
+        lr: f64,
+    },
     Epoch(EpochRecord),
 }
 

@@ -114,8 +114,8 @@ impl Observer for Phase<'_> {
             Event::EpochStart { epoch, batches, .. } => {
                 Event::EpochStart { epoch: epoch + done, epochs: self.total, batches }
             }
-            Event::Batch { epoch, batch, batches, loss, accuracy } => {
-                Event::Batch { epoch: epoch + done, batch, batches, loss, accuracy }
+            Event::Batch { epoch, batch, batches, loss, accuracy, lr } => {
+                Event::Batch { epoch: epoch + done, batch, batches, loss, accuracy, lr }
             }
             Event::Epoch(r) => Event::Epoch(self.shift(&r)),
             other => other,

@@ -516,7 +516,7 @@ impl App {
                     ..c.progress.clone()
                 };
             }
-            Event::Batch { epoch, batch, batches, loss, accuracy } => {
+            Event::Batch { epoch, batch, batches, loss, accuracy, .. } => {
                 c.progress.epoch = epoch;
                 c.progress.batch = batch;
                 c.progress.batches = batches;
@@ -815,7 +815,7 @@ kind = "evaluate"
         let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
         app.on_step_started(3);
         app.on_event(3, Event::EpochStart { epoch: 1, epochs: 2, batches: 10 });
-        app.on_event(3, Event::Batch { epoch: 1, batch: 5, batches: 10, loss: 0.5, accuracy: 0.8 });
+        app.on_event(3, Event::Batch { epoch: 1, batch: 5, batches: 10, loss: 0.5, accuracy: 0.8, lr: 1e-3 });
         assert!(app.cells[3].progress.eta(Instant::now() + Duration::from_secs(5)).unwrap() >= Duration::from_secs(14));
         let r = EpochRecord {
             epoch: 1,

@@ -180,7 +180,7 @@ mod tests {
         let mut a = app();
         a.on_step_started(1);
         a.on_event(1, Event::EpochStart { epoch: 1, epochs: 2, batches: 4 });
-        a.on_event(1, Event::Batch { epoch: 1, batch: 2, batches: 4, loss: 0.7, accuracy: 0.5 });
+        a.on_event(1, Event::Batch { epoch: 1, batch: 2, batches: 4, loss: 0.7, accuracy: 0.5, lr: 1e-3 });
         a.selected = 1;
         let screen = render(&a, 100, 30);
         assert!(screen.contains("1 / 2") && screen.contains("2 / 4") && screen.contains("loss 0.7000"), "{screen}");
