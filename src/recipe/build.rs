@@ -34,6 +34,8 @@ const AUGMENT_KEYS: &[&str] = &[
     "horizontal_flip",
     "vertical_flip",
     "dihedral",
+    "trivial_augment",
+    "rand_augment",
     "fill_mode",
     "cval",
     "brightness_range",
@@ -407,6 +409,8 @@ fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
         horizontal_flip: s.bool("horizontal_flip")?.unwrap_or(d.horizontal_flip),
         vertical_flip: s.bool("vertical_flip")?.unwrap_or(d.vertical_flip),
         dihedral: s.bool("dihedral")?.unwrap_or(d.dihedral),
+        trivial_augment: s.bool("trivial_augment")?.unwrap_or(d.trivial_augment),
+        rand_augment: rand_augment(s)?,
         fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
         cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
         brightness_range: s.pair("brightness_range", Bounds::at_least(0.0))?,
@@ -446,6 +450,20 @@ fn color_jitter(parent: &Section<'_>, f: &Field<'_>) -> Result<ColorJitter> {
         saturation: strength("saturation")?,
         hue: s.number("hue", Bounds::within(0.0, 0.5))?.unwrap_or_default(),
     })
+}
+
+/// `rand_augment = true` (torchvision's defaults: 2 ops at magnitude 9) or
+/// `{ num_ops = N, magnitude = M }` (M of 0..=30).
+fn rand_augment(s: &Section<'_>) -> Result<Option<(usize, usize)>> {
+    let Some(f) = s.field("rand_augment") else { return Ok(None) };
+    if let Ok(on) = f.bool() {
+        return Ok(on.then_some((2, 9)));
+    }
+    let t = f.section("in rand_augment").map_err(|_| f.type_error("true, false or { num_ops = N, magnitude = M }"))?;
+    t.check_keys(&["num_ops", "magnitude"])?;
+    let num_ops = t.int_as("num_ops", Bounds::within(1, 10))?.unwrap_or(2);
+    let magnitude = t.int_as("magnitude", Bounds::within(0, 30))?.unwrap_or(9);
+    Ok(Some((num_ops, magnitude)))
 }
 
 fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {

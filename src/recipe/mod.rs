@@ -331,6 +331,10 @@ pub struct AugmentConfig {
     /// One of the 8 flips and quarter turns, uniformly (fastai's `Dihedral`):
     /// for images whose orientation carries no meaning.
     pub dihedral: bool,
+    /// TrivialAugmentWide: one op of torchvision's list at a random magnitude per image.
+    pub trivial_augment: bool,
+    /// RandAugment: `(num_ops, magnitude)`, torchvision's ops and ranges, magnitude of 31 bins.
+    pub rand_augment: Option<(usize, usize)>,
     pub fill_mode: FillMode,
     /// Fill value for `FillMode::Constant`, 0..=255.
     pub cval: f64,
@@ -352,6 +356,8 @@ impl Default for AugmentConfig {
             horizontal_flip: false,
             vertical_flip: false,
             dihedral: false,
+            trivial_augment: false,
+            rand_augment: None,
             fill_mode: FillMode::Nearest,
             cval: 0.0,
             brightness_range: None,

@@ -104,6 +104,12 @@ pub fn augment_settings(a: &AugmentConfig) -> Vec<(&'static str, String)> {
     if a.dihedral {
         rows.push(("dihedral", "8 flips/turns".to_string()));
     }
+    if a.trivial_augment {
+        rows.push(("trivial_augment", "1 op, random magnitude".to_string()));
+    }
+    if let Some((ops, magnitude)) = a.rand_augment {
+        rows.push(("rand_augment", format!("{ops} ops at {magnitude}/30")));
+    }
     if a.rotation_range > 0.0 {
         rows.push(("rotate", format!("±{}°", num(a.rotation_range))));
     }

@@ -20,6 +20,8 @@
 //!   scipy's legacy `wrap` whose period is `W - 1`;
 //! * shift ranges are always fractions of the image size (Keras treats values `>= 1` as pixels).
 
+pub mod policy;
+
 use crate::recipe::{AugmentConfig, ColorJitter, CropConfig, FillMode};
 
 // ---------------------------------------------------------------------------------------------
@@ -779,6 +781,8 @@ impl Augmenter {
             && !c.horizontal_flip
             && !c.vertical_flip
             && !c.dihedral
+            && !c.trivial_augment
+            && c.rand_augment.is_none()
             && self.brightness().is_none()
             && c.random_resized_crop.is_none()
             && c.color_jitter.as_ref().is_none_or(jitter_is_identity)
@@ -835,6 +839,12 @@ impl Augmenter {
             if !jitter_is_identity(j) {
                 color_jitter(&mut out.data, j, rng);
             }
+        }
+        if self.cfg.trivial_augment {
+            out = policy::trivial_augment(&out, rng);
+        }
+        if let Some((num_ops, magnitude)) = self.cfg.rand_augment {
+            out = policy::rand_augment(&out, num_ops, magnitude, rng);
         }
         clamp_pixels(&mut out.data);
         if self.cfg.dihedral {
@@ -1185,6 +1195,8 @@ mod tests {
             random_resized_crop: Some(CropConfig { scale: (0.5, 1.0), ratio: (0.75, 1.33) }),
             color_jitter: Some(ColorJitter { brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.1 }),
             dihedral: false,
+            trivial_augment: false,
+            rand_augment: None,
         }
     }
 
