@@ -431,10 +431,11 @@ fn class_weights(data: &Dataset, cfg: &ClassWeights) -> Result<Option<Tensor>> {
             let mut w = vec![1f32; classes];
             for (name, weight) in list {
                 let Some(i) = data.classes.iter().position(|c| c == name) else {
-                    let hint =
-                        crate::suggest::suggest(name, &data.classes.iter().map(String::as_str).collect::<Vec<_>>())
-                            .map(|s| format!("; did you mean \"{s}\"?"))
-                            .unwrap_or_default();
+                    let names: Vec<&str> = data.classes.iter().map(String::as_str).collect();
+                    let hint = crate::suggest::suggest(name, &names).map_or_else(
+                        || format!("; the classes are: {}", names.join(", ")),
+                        |s| format!("; did you mean \"{s}\"?"),
+                    );
                     return Err(Error::Invalid(format!(
                         "class_weights names class \"{name}\", which the data does not have{hint}"
                     )));
@@ -511,4 +512,50 @@ fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Obse
         t.elapsed().as_secs_f64()
     )));
     Ok((Some(valid), train))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balanced_sampler_draws_every_class_equally_often() {
+        // 90 / 9 / 1 images: shuffled, the rare class is 1 % of an epoch.
+        let labels: Vec<usize> = (0..100)
+            .map(|i| {
+                if i < 90 {
+                    0
+                } else if i < 99 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let mut counts = [0usize; 3];
+        for epoch in 0..50 {
+            let draw = balanced_draw(&labels, 3, &mut Rng::derive(1, epoch));
+            assert_eq!(draw.len(), labels.len());
+            draw.iter().for_each(|&i| counts[labels[i]] += 1);
+        }
+        let total: usize = counts.iter().sum();
+        for (class, &n) in counts.iter().enumerate() {
+            let share = n as f64 / total as f64;
+            assert!((share - 1.0 / 3.0).abs() < 0.03, "class {class}: {share:.3} of the draws");
+        }
+    }
+
+    #[test]
+    fn balanced_class_weights_are_inverse_to_the_counts() {
+        let mut data = crate::preview::tests::tiny_dataset(4, 8);
+        data.train.labels = vec![0, 0, 0, 1];
+        let w = class_weights(&data, &ClassWeights::Balanced).unwrap().unwrap().to_vec1::<f32>().unwrap();
+        // scikit-learn's "balanced": n / (classes · count) = 4 / (2·3), 4 / (2·1).
+        assert!((w[0] - 4.0 / 6.0).abs() < 1e-6 && (w[1] - 2.0).abs() < 1e-6, "{w:?}");
+        let given = ClassWeights::Given(vec![("b".into(), 3.0)]);
+        assert_eq!(class_weights(&data, &given).unwrap().unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 3.0]);
+        let typo = ClassWeights::Given(vec![("bb".into(), 3.0)]);
+        let err = class_weights(&data, &typo).unwrap_err().to_string();
+        assert!(err.contains("\"bb\"") && err.contains("the classes are: a, b"), "{err}");
+    }
 }
