@@ -143,31 +143,7 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
             tensors.push((format!("{prefix}.num_batches_tracked"), Saved::I64(0)));
         }
     }
-    let hidden = &model.head.config.hidden;
-    let mut setup = String::new();
-    // Sequential index of each head layer: (tlab name, torchvision name).
-    let rename: Vec<(String, String)> = match single_key.filter(|_| hidden.is_empty()) {
-        Some(key) => vec![("head.fc".into(), key.to_string())],
-        None => {
-            let mut layers = Vec::new();
-            let mut renames = Vec::new();
-            let mut fan_in = model.backbone.feature_channels();
-            for (i, &units) in hidden.iter().enumerate() {
-                renames.push((format!("head.hidden.{i}"), format!("{head_module}.{}", layers.len())));
-                layers.push(format!("torch.nn.Linear({fan_in}, {units})"));
-                layers.push("torch.nn.ReLU()".to_string());
-                layers.push(format!("torch.nn.Dropout({})", model.head.config.dropout));
-                fan_in = units;
-            }
-            renames.push(("head.fc".into(), format!("{head_module}.{}", layers.len())));
-            layers.push(format!("torch.nn.Linear({fan_in}, {n})"));
-            if arch.starts_with("vgg") {
-                setup.push_str("model.avgpool = torch.nn.AdaptiveAvgPool2d(1)\n");
-            }
-            setup.push_str(&format!("model.{head_module} = torch.nn.Sequential({})\n", layers.join(", ")));
-            renames
-        }
-    };
+    let (rename, setup) = torchvision_head(&model, arch, head_module, single_key, n);
     for (name, t) in head {
         let renamed = rename
             .iter()
@@ -186,4 +162,37 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
         "{construct}model.load_state_dict(torch.load({file:?}, weights_only=True), strict=True)\nmodel.eval()\n"
     );
     Ok(TorchvisionExport { path, tensors: tensors.len(), load })
+}
+
+/// The torchvision names of the head's layers (`(tlab prefix, torchvision
+/// prefix)`) and the Python that builds that head when the constructor's own
+/// does not fit (empty when it does).
+fn torchvision_head(
+    model: &Classifier,
+    arch: &str,
+    head_module: &str,
+    single_key: Option<&str>,
+    classes: usize,
+) -> (Vec<(String, String)>, String) {
+    let hidden = &model.head.config.hidden;
+    if let Some(key) = single_key.filter(|_| hidden.is_empty()) {
+        return (vec![("head.fc".into(), key.to_string())], String::new());
+    }
+    let (mut layers, mut renames) = (Vec::new(), Vec::new());
+    let mut fan_in = model.backbone.feature_channels();
+    for (i, &units) in hidden.iter().enumerate() {
+        renames.push((format!("head.hidden.{i}"), format!("{head_module}.{}", layers.len())));
+        layers.push(format!("torch.nn.Linear({fan_in}, {units})"));
+        layers.push("torch.nn.ReLU()".to_string());
+        layers.push(format!("torch.nn.Dropout({})", model.head.config.dropout));
+        fan_in = units;
+    }
+    renames.push(("head.fc".into(), format!("{head_module}.{}", layers.len())));
+    layers.push(format!("torch.nn.Linear({fan_in}, {classes})"));
+    let mut setup = String::new();
+    if arch.starts_with("vgg") {
+        setup.push_str("model.avgpool = torch.nn.AdaptiveAvgPool2d(1)\n");
+    }
+    setup.push_str(&format!("model.{head_module} = torch.nn.Sequential({})\n", layers.join(", ")));
+    (renames, setup)
 }

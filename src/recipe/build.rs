@@ -473,80 +473,82 @@ fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
 
 /// The fine_tune settings present in `s` (lr_find reads its optimizer keys here too).
 fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
+    let mut cfg = optimizer_and_schedule(s)?;
+    check_relations(s, &cfg)?;
+    cfg.early_stopping = early_stopping(s)?;
+    cfg.time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
+    cfg.augment_views = s.int_as("augment_views", Bounds::at_least(0).at_most(64))?.unwrap_or(0);
+    training_tools(s, &mut cfg)?;
+    Ok(cfg)
+}
+
+/// The optimizer, the rate and its schedule.
+fn optimizer_and_schedule(s: &Section<'_>) -> Result<FineTuneConfig> {
     let epochs = s.int_as("epochs", Bounds::at_least(1).at_most(100_000))?.unwrap_or(5);
     let optimizer = s
         .choice("optimizer", &[("sgd", Optimizer::Sgd), ("adam", Optimizer::Adam), ("adamw", Optimizer::AdamW)])?
         .unwrap_or(Optimizer::Adam);
     let (lr, lr_low, lr_suggested) = learning_rate(s)?;
-    let momentum = s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9);
-    let nesterov = s.bool("nesterov")?.unwrap_or(false);
     let default_decay = if optimizer == Optimizer::AdamW { 0.01 } else { 0.0 };
-    let weight_decay = s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(default_decay);
-    let beta1 = s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9);
-    let beta2 = s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.999);
-    let batch_size = s.int_as("batch_size", Bounds::at_least(1))?;
-    let label_smoothing = s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0);
-    let schedule = s
-        .choice(
-            "schedule",
-            &[
-                ("constant", Schedule::Constant),
-                ("step", Schedule::Step),
-                ("cosine", Schedule::Cosine),
-                ("one_cycle", Schedule::OneCycle),
-                ("cosine_restarts", Schedule::CosineRestarts),
-            ],
-        )?
-        .unwrap_or(Schedule::Constant);
-    let warmup_epochs = s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0);
-    let step_size = s.int_as("step_size", Bounds::at_least(1))?.unwrap_or((epochs / 3).max(1));
-    let gamma = s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(0.1);
-    let min_lr = s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(0.0);
+    let schedules = [
+        ("constant", Schedule::Constant),
+        ("step", Schedule::Step),
+        ("cosine", Schedule::Cosine),
+        ("one_cycle", Schedule::OneCycle),
+        ("cosine_restarts", Schedule::CosineRestarts),
+    ];
+    Ok(FineTuneConfig {
+        epochs,
+        optimizer,
+        lr,
+        lr_low,
+        lr_suggested,
+        momentum: s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9),
+        nesterov: s.bool("nesterov")?.unwrap_or(false),
+        weight_decay: s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(default_decay),
+        no_decay_bn_bias: s.bool("no_decay_bn_bias")?.unwrap_or(optimizer == Optimizer::AdamW),
+        beta1: s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9),
+        beta2: s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.999),
+        batch_size: s.int_as("batch_size", Bounds::at_least(1))?,
+        label_smoothing: s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0),
+        schedule: s.choice("schedule", &schedules)?.unwrap_or(Schedule::Constant),
+        warmup_epochs: s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0),
+        step_size: s.int_as("step_size", Bounds::at_least(1))?.unwrap_or((epochs / 3).max(1)),
+        gamma: s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(0.1),
+        min_lr: s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(0.0),
+        one_cycle: one_cycle(s)?,
+        restart_epochs: s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(epochs.max(1)),
+        restart_mult: s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(1),
+        ..FineTuneConfig::default()
+    })
+}
+
+/// Rules that relate several settings, reported at the setting that would
+/// most likely be edited to fix them.
+fn check_relations(s: &Section<'_>, c: &FineTuneConfig) -> Result<()> {
+    if let Some(f) = s.field("nesterov").filter(|_| c.nesterov) {
+        if c.optimizer != Optimizer::Sgd {
+            return Err(f.error("`nesterov = true` requires optimizer = \"sgd\""));
+        }
+        if c.momentum == 0.0 {
+            return Err(f.error("`nesterov = true` requires momentum > 0"));
+        }
+    }
+    if let Some(f) = s.field("warmup_epochs").filter(|_| c.warmup_epochs >= c.epochs) {
+        return Err(f.error(format!("`warmup_epochs` must be < epochs ({}), found {}", c.epochs, c.warmup_epochs)));
+    }
+    if let Some(f) = s.field("min_lr").filter(|_| c.min_lr >= c.lr && c.lr_suggested.is_none()) {
+        return Err(f.error(format!("`min_lr` must be < lr ({:e}), found {:e}", c.lr, c.min_lr)));
+    }
+    Ok(())
+}
+
+/// `patience` (with `monitor`, `restore_best`) enables early stopping.
+fn early_stopping(s: &Section<'_>) -> Result<Option<EarlyStopping>> {
     let patience = s.int_as("patience", Bounds::at_least(1))?;
     let monitor =
         s.choice("monitor", &[("valid_loss", Monitor::ValidLoss), ("valid_accuracy", Monitor::ValidAccuracy)])?;
     let restore_best = s.bool("restore_best")?;
-    let time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
-    let augment_views = s.int_as("augment_views", Bounds::at_least(0).at_most(64))?.unwrap_or(0);
-    let layer_decay = s.number("layer_decay", Bounds::open_closed(0.0, 1.0))?;
-    if let (Some(f), Some(_)) = (s.field("layer_decay"), lr_low) {
-        return Err(f.key_error("`layer_decay` and `lr = [low, high]` both spread the rate; use one"));
-    }
-    let no_decay_bn_bias = s.bool("no_decay_bn_bias")?.unwrap_or(optimizer == Optimizer::AdamW);
-    let one_cycle = one_cycle(s)?;
-    let restart_epochs = s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(epochs.max(1));
-    let restart_mult = s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(1);
-    let clip_grad_norm = s.number("clip_grad_norm", Bounds::above(0.0))?;
-    let ema = s.number("ema", Bounds::open(0.0, 1.0))?;
-    let mix = mix(s)?;
-    let freeze_epochs = s.int_as("freeze_epochs", Bounds::at_least(0).at_most(100_000))?.unwrap_or(0);
-    let unfreeze_to = match s.field("unfreeze_to") {
-        None => FreezePoint::None,
-        Some(_) if freeze_epochs == 0 => {
-            return Err(s.require("unfreeze_to")?.key_error("`unfreeze_to` only applies with `freeze_epochs = N`"))
-        }
-        Some(f) => freeze_point(&f)?,
-    };
-    let class_weights = class_weights(s)?;
-    let sampler =
-        s.choice("sampler", &[("shuffle", Sampler::Shuffle), ("balanced", Sampler::Balanced)])?.unwrap_or_default();
-
-    // Rules that relate several settings, reported at the setting that would
-    // most likely be edited to fix them.
-    if let Some(f) = s.field("nesterov").filter(|_| nesterov) {
-        if optimizer != Optimizer::Sgd {
-            return Err(f.error("`nesterov = true` requires optimizer = \"sgd\""));
-        }
-        if momentum == 0.0 {
-            return Err(f.error("`nesterov = true` requires momentum > 0"));
-        }
-    }
-    if let Some(f) = s.field("warmup_epochs").filter(|_| warmup_epochs >= epochs) {
-        return Err(f.error(format!("`warmup_epochs` must be < epochs ({epochs}), found {warmup_epochs}")));
-    }
-    if let Some(f) = s.field("min_lr").filter(|_| min_lr >= lr && lr_suggested.is_none()) {
-        return Err(f.error(format!("`min_lr` must be < lr ({lr:e}), found {min_lr:e}")));
-    }
     if patience.is_none() {
         if let Some(f) = s.field("monitor").or_else(|| s.field("restore_best")) {
             return Err(
@@ -554,45 +556,34 @@ fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
             );
         }
     }
-    let early_stopping = patience.map(|patience| EarlyStopping {
+    Ok(patience.map(|patience| EarlyStopping {
         patience,
         monitor: monitor.unwrap_or(Monitor::ValidLoss),
         restore_best: restore_best.unwrap_or(true),
-    });
-    Ok(FineTuneConfig {
-        epochs,
-        optimizer,
-        lr,
-        momentum,
-        nesterov,
-        weight_decay,
-        beta1,
-        beta2,
-        batch_size,
-        label_smoothing,
-        schedule,
-        warmup_epochs,
-        step_size,
-        gamma,
-        min_lr,
-        early_stopping,
-        time_limit_secs,
-        augment_views,
-        lr_low,
-        lr_suggested,
-        layer_decay,
-        no_decay_bn_bias,
-        one_cycle,
-        restart_epochs,
-        restart_mult,
-        clip_grad_norm,
-        ema,
-        mix,
-        freeze_epochs,
-        unfreeze_to,
-        class_weights,
-        sampler,
-    })
+    }))
+}
+
+/// Discriminative rates, clipping, EMA, mixing, phases, class balance.
+fn training_tools(s: &Section<'_>, cfg: &mut FineTuneConfig) -> Result<()> {
+    cfg.layer_decay = s.number("layer_decay", Bounds::open_closed(0.0, 1.0))?;
+    if let (Some(f), Some(_)) = (s.field("layer_decay"), cfg.lr_low) {
+        return Err(f.key_error("`layer_decay` and `lr = [low, high]` both spread the rate; use one"));
+    }
+    cfg.clip_grad_norm = s.number("clip_grad_norm", Bounds::above(0.0))?;
+    cfg.ema = s.number("ema", Bounds::open(0.0, 1.0))?;
+    cfg.mix = mix(s)?;
+    cfg.freeze_epochs = s.int_as("freeze_epochs", Bounds::at_least(0).at_most(100_000))?.unwrap_or(0);
+    cfg.unfreeze_to = match s.field("unfreeze_to") {
+        None => FreezePoint::None,
+        Some(f) if cfg.freeze_epochs == 0 => {
+            return Err(f.key_error("`unfreeze_to` only applies with `freeze_epochs = N`"))
+        }
+        Some(f) => freeze_point(&f)?,
+    };
+    cfg.class_weights = class_weights(s)?;
+    cfg.sampler =
+        s.choice("sampler", &[("shuffle", Sampler::Shuffle), ("balanced", Sampler::Balanced)])?.unwrap_or_default();
+    Ok(())
 }
 
 /// `lr`: a number, `[low, high]` (discriminative), or the name of an

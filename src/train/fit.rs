@@ -82,6 +82,22 @@ struct EpochStats {
     lr: f64,
 }
 
+impl EpochStats {
+    /// Adds a trained batch; a mixed image counts as its dominant image's class.
+    fn add(&mut self, logits: &Tensor, y: Vec<usize>, mixed: Option<Mixed>, loss: f64, lr: f64) -> Result<()> {
+        let y: Vec<usize> = match mixed {
+            Some(m) if m.lam < 0.5 => y.into_iter().rev().collect(),
+            _ => y,
+        };
+        let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        self.correct += preds.iter().zip(&y).filter(|(p, &t)| **p as usize == t).count();
+        self.loss_sum += loss * y.len() as f64;
+        self.seen += y.len();
+        self.lr = lr;
+        Ok(())
+    }
+}
+
 impl<'a> FineTune<'a> {
     /// Computes what the frozen blocks give once, builds the optimizer over
     /// the trainable parameters and takes up `resume` when given.
@@ -321,16 +337,7 @@ impl<'a> FineTune<'a> {
                 cbs.iter_mut().try_for_each(|c| c.after_backward(&mut ctx, &mut grads))?;
                 opt.step(&grads, ctx.lr)?;
                 cbs.iter_mut().try_for_each(|c| c.after_step(&mut ctx))?;
-                // A mixed image counts as its dominant image's class.
-                let y = match mixed {
-                    Some(m) if m.lam < 0.5 => y.iter().rev().copied().collect(),
-                    _ => y,
-                };
-                let preds = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                stats.correct += preds.iter().zip(&y).filter(|(p, &t)| **p as usize == t).count();
-                stats.loss_sum += ctx.loss * idx.len() as f64;
-                stats.seen += idx.len();
-                stats.lr = ctx.lr;
+                stats.add(&logits, y, mixed, ctx.loss, ctx.lr)?;
                 let (loss, acc) = (stats.loss_sum / stats.seen as f64, stats.correct as f64 / stats.seen as f64);
                 cbs.iter_mut().try_for_each(|c| c.after_batch(&mut ctx, loss, acc))?;
                 if ctx.obs.cancelled() {
