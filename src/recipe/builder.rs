@@ -82,6 +82,10 @@ keys!(DataBuilder {
     batch_size: usize,
     max_per_class: usize,
     workers: usize,
+    /// `path,label[,split]` CSV (relative: against the builder's base dir).
+    csv: impl Into<Setting>,
+    /// Test folder.
+    test: impl Into<Setting>,
 });
 
 /// A `kind = "backbone"` step's extra keys.
@@ -106,6 +110,10 @@ keys!(AugmentBuilder {
     brightness_range: (f64, f64),
     /// `true`: torchvision's default scale and ratio.
     random_resized_crop: bool,
+    /// The 8 flips and quarter turns.
+    dihedral: bool,
+    /// TrivialAugmentWide.
+    trivial_augment: bool,
 });
 
 impl AugmentBuilder {
@@ -166,12 +174,52 @@ keys!(FineTuneBuilder {
     time_limit: f64,
     /// Augmented views per image precomputed through the frozen blocks (0: live).
     augment_views: usize,
+    /// timm's layer-wise rate decay, in (0, 1].
+    layer_decay: f64,
+    no_decay_bn_bias: bool,
+    pct_start: f64,
+    restart_epochs: usize,
+    clip_grad_norm: f64,
+    /// Decay of the weights' moving average.
+    ema: f64,
+    /// Beta(α, α) of mixup; 0 disables it.
+    mixup: f64,
+    cutmix: f64,
+    /// fastai's fine_tune: epochs with the backbone frozen first.
+    freeze_epochs: usize,
+    unfreeze_to: &str,
+    /// `"shuffle"` or `"balanced"`.
+    sampler: &str,
 });
+
+impl FineTuneBuilder {
+    /// `lr = [low, high]`: discriminative rates from the earliest trainable block to the head.
+    pub fn lr_range(self, low: f64, high: f64) -> Self {
+        self.set("lr", (low, high))
+    }
+
+    /// `lr = "suggested"` (or `"valley"`, `"steep"`, `"minimum"`): from the last lr_find step.
+    pub fn lr_suggested(self, which: &str) -> Self {
+        self.set("lr", which)
+    }
+}
+
+/// A `kind = "lr_find"` step.
+#[derive(Debug, Clone, Default)]
+pub struct LrFindBuilder(Keys);
+keys!(LrFindBuilder { start_lr: f64, end_lr: f64, num_it: usize, stop_div: bool, optimizer: &str, weight_decay: f64 });
 
 /// A `kind = "evaluate"` step.
 #[derive(Debug, Clone, Default)]
 pub struct EvaluateBuilder(Keys);
-keys!(EvaluateBuilder { top_k: usize, mistakes: usize });
+keys!(EvaluateBuilder {
+    top_k: usize,
+    mistakes: usize,
+    /// Average over the image and its mirror.
+    tta: bool,
+    /// `"valid"` or `"test"`.
+    split: &str,
+});
 
 /// Builds a recipe in code. Its methods mirror the TOML keys; [`build`](Self::build)
 /// validates the generated text exactly as a file, and [`to_toml`](Self::to_toml)
@@ -295,6 +343,12 @@ impl RecipeBuilder {
     pub fn augment(self, f: impl FnOnce(AugmentBuilder) -> AugmentBuilder) -> Self {
         let keys = f(AugmentBuilder::default()).0;
         self.step("augment", keys)
+    }
+
+    /// `kind = "lr_find"`: the learning-rate range test.
+    pub fn lr_find(self, f: impl FnOnce(LrFindBuilder) -> LrFindBuilder) -> Self {
+        let keys = f(LrFindBuilder::default()).0;
+        self.step("lr_find", keys)
     }
 
     /// `kind = "fine_tune"`.
