@@ -533,15 +533,7 @@ impl Lab {
 /// Width of the head's input: channels for average pooling, the whole
 /// feature map for flatten (found with one forward pass at the data's size).
 fn head_inputs(backbone: &dyn models::Backbone, head: &recipe::HeadConfig, size: u32) -> Result<usize> {
-    match head.pooling {
-        recipe::Pooling::Avg => Ok(backbone.feature_channels()),
-        recipe::Pooling::Flatten => {
-            let s = size as usize;
-            let x = candle_core::Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &candle_core::Device::Cpu)?;
-            let y = backbone.forward_blocks(&x, 0..backbone.num_blocks(), models::layers::Mode { training: false })?;
-            Ok(y.elem_count())
-        }
-    }
+    models::head_inputs(backbone, head.pooling, size)
 }
 
 /// `class train/valid[/test]` for every class, for the log.

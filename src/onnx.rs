@@ -311,6 +311,15 @@ impl Graph {
         Value { name, shape: vec![x.shape[0]] }
     }
 
+    /// Global max ⊕ global average pooling (fastai's concat pooling).
+    pub fn global_concat_pool(&mut self, x: &Value) -> Value {
+        let max = self.node("GlobalMaxPool", vec![x.name.clone()], vec![]);
+        let avg = self.node("GlobalAveragePool", vec![x.name.clone()], vec![]);
+        let both = self.node("Concat", vec![max, avg], vec![int("axis", 1)]);
+        let name = self.node("Flatten", vec![both], vec![int("axis", 1)]);
+        Value { name, shape: vec![2 * x.shape[0]] }
+    }
+
     /// The whole map as one vector (`c·h·w`, channel-major as in PyTorch).
     pub fn flatten(&mut self, x: &Value) -> Value {
         let name = self.node("Flatten", vec![x.name.clone()], vec![int("axis", 1)]);
@@ -490,6 +499,12 @@ pub fn run_with(
                 pad_planes(&arg(0)?, &pads, f32::NEG_INFINITY)?.max_pool2d_with_stride(k[0], s[0])?
             }
             "GlobalAveragePool" => arg(0)?.mean_keepdim(3)?.mean_keepdim(2)?,
+            "GlobalMaxPool" => arg(0)?.max_keepdim(3)?.max_keepdim(2)?,
+            "Concat" => {
+                let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(1, |a| a.i) as usize;
+                let parts = (0..node.input.len()).map(&arg).collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, axis)?
+            }
             "Flatten" => arg(0)?.flatten_from(1)?,
             "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
             "Softmax" => candle_nn::ops::softmax(&arg(0)?, 1)?,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::augment::Rng;
 use crate::error::{Error, Result};
@@ -266,14 +266,7 @@ pub fn load_run_model(dir: &Path) -> Result<(Classifier, ModelCard)> {
     let mut p = ParamLoader::from_tensors(weights.display().to_string(), crate::weights::load(&weights)?);
     let backbone = models::build_backbone(&card.backbone, &mut p, false)?;
     let head_cfg = card.head.to_config()?;
-    let in_features = match head_cfg.pooling {
-        crate::recipe::Pooling::Avg => backbone.feature_channels(),
-        crate::recipe::Pooling::Flatten => {
-            let s = card.image_size as usize;
-            let x = Tensor::zeros((1, 3, s, s), DType::F32, &candle_core::Device::Cpu)?;
-            backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false })?.elem_count()
-        }
-    };
+    let in_features = models::head_inputs(backbone.as_ref(), head_cfg.pooling, card.image_size)?;
     let head = Head::load(&head_cfg, in_features, card.classes.len(), &mut p)?;
     p.finish(true, None)?;
     Ok((Classifier::new(backbone, head), card))

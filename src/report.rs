@@ -38,6 +38,7 @@ impl From<&HeadConfig> for HeadCard {
             pooling: match h.pooling {
                 crate::recipe::Pooling::Avg => "avg".into(),
                 crate::recipe::Pooling::Flatten => "flatten".into(),
+                crate::recipe::Pooling::Concat => "concat".into(),
             },
             hidden: h.hidden.clone(),
             dropout: h.dropout,
@@ -50,8 +51,11 @@ impl HeadCard {
         let pooling = match self.pooling.as_str() {
             "avg" => crate::recipe::Pooling::Avg,
             "flatten" => crate::recipe::Pooling::Flatten,
+            "concat" => crate::recipe::Pooling::Concat,
             other => {
-                return Err(Error::Invalid(format!("model.json: unknown pooling `{other}`, expected avg or flatten")))
+                return Err(Error::Invalid(format!(
+                    "model.json: unknown pooling `{other}`, expected avg, flatten or concat"
+                )))
             }
         };
         Ok(HeadConfig { pooling, hidden: self.hidden.clone(), dropout: self.dropout })

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use prost::Message;
 use tlab::augment::Rng;
 use tlab::export::{onnx_model, OnnxOptions};
@@ -20,13 +20,7 @@ use tlab::report::{HeadCard, ModelCard};
 /// 0 / 1 of a fresh init (one training-mode pass moves them).
 fn classifier(arch: &str, size: usize, head: &HeadConfig, classes: usize) -> (Classifier, ModelCard) {
     let backbone = models::build_backbone(arch, &mut ParamLoader::random(5), false).unwrap();
-    let in_features = match head.pooling {
-        Pooling::Avg => backbone.feature_channels(),
-        Pooling::Flatten => {
-            let x = Tensor::zeros((1, 3, size, size), DType::F32, &Device::Cpu).unwrap();
-            backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false }).unwrap().elem_count()
-        }
-    };
+    let in_features = models::head_inputs(backbone.as_ref(), head.pooling, size as u32).unwrap();
     let preprocess = backbone.preprocess();
     let model = Classifier::new(backbone, Head::new(head, in_features, classes, 9).unwrap());
     let x = input(4, size, 1.0);
@@ -127,6 +121,17 @@ fn vgg_exports_exactly_with_a_flatten_head() {
         "vgg16",
         64,
         HeadConfig { pooling: Pooling::Flatten, hidden: vec![], dropout: 0.0 },
+        OnnxOptions::default(),
+        1e-4,
+    );
+}
+
+#[test]
+fn concat_pooling_exports_exactly() {
+    check(
+        "mobilenet_v2",
+        64,
+        HeadConfig { pooling: Pooling::Concat, hidden: vec![8], dropout: 0.0 },
         OnnxOptions::default(),
         1e-4,
     );

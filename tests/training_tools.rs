@@ -246,3 +246,31 @@ fn tta_averages_the_image_and_its_mirror() {
     assert!(changed > plain.predictions.len() / 2, "mirrored views change the confidences ({changed} changed)");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn concat_pooling_heads_train_and_predict_from_the_run_directory() {
+    let dir = workdir("concat");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();
+    recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\npooling = \"concat\"\n\
+                  [[step]]\nkind = \"freeze\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 3e-3\n\
+                  [[step]]\nkind = \"evaluate\"\n",
+    );
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.run_all(&mut Silent).unwrap();
+    let fc = lab.model().unwrap().named_vars().into_iter().find(|(n, _)| n == "head.fc.weight").unwrap().1;
+    assert_eq!(fc.dims(), &[3, 2 * 1280], "max ⊕ average of MobileNetV2's 1280 channels");
+    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    assert!(accuracy > 0.6, "three colours separate ({accuracy})");
+    // The saved model reloads with the same head and gives the same predictions.
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let info = tlab::rundir::RunInfo { complete: true, started: 0, seconds: 0.0 };
+    tlab::rundir::write_reports(&lab, &run, info).unwrap();
+    let (model, card) = tlab::predict::load_run_model(&run).unwrap();
+    assert_eq!(card.head.pooling, "concat");
+    let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"head.fc.weight".to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -209,6 +209,21 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
     }
 }
 
+/// Width of the head's input for `pooling`: the channels (twice for
+/// concat pooling) or, for flatten, the whole feature map at `size` (found
+/// with one forward pass).
+pub fn head_inputs(backbone: &dyn Backbone, pooling: Pooling, size: u32) -> Result<usize> {
+    match pooling {
+        Pooling::Avg => Ok(backbone.feature_channels()),
+        Pooling::Concat => Ok(2 * backbone.feature_channels()),
+        Pooling::Flatten => {
+            let s = size as usize;
+            let x = Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &Device::Cpu)?;
+            Ok(backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false })?.elem_count())
+        }
+    }
+}
+
 /// The new head: pooling, optional hidden layers (ReLU + dropout), then a
 /// linear layer sized to the classes found.
 pub struct Head {
@@ -258,6 +273,10 @@ impl Head {
         let mut x = match self.config.pooling {
             Pooling::Avg => layers::global_avg_pool(features)?,
             Pooling::Flatten => features.flatten_from(1)?,
+            Pooling::Concat => {
+                let max = features.max(3)?.max(2)?;
+                Tensor::cat(&[&max, &layers::global_avg_pool(features)?], 1)?
+            }
         };
         for layer in &self.hidden {
             x = layer.forward(&x)?.relu()?;
@@ -276,6 +295,7 @@ impl Head {
         let mut x = match self.config.pooling {
             Pooling::Avg => g.global_avg_pool(features),
             Pooling::Flatten => g.flatten(features),
+            Pooling::Concat => g.global_concat_pool(features),
         };
         for layer in &self.hidden {
             x = layer.export_onnx(g, &x)?;

@@ -308,7 +308,7 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
         }
     };
     let pooling = match pick("pooling")? {
-        Some(f) => f.choice(&[("avg", Pooling::Avg), ("flatten", Pooling::Flatten)])?,
+        Some(f) => f.choice(&[("avg", Pooling::Avg), ("flatten", Pooling::Flatten), ("concat", Pooling::Concat)])?,
         None => Pooling::Avg,
     };
     let hidden = match pick("hidden")? {

@@ -289,6 +289,8 @@ pub struct HeadConfig {
 pub enum Pooling {
     Avg,
     Flatten,
+    /// fastai's `AdaptiveConcatPool2d`: global max ⊕ global average (twice the channels).
+    Concat,
 }
 
 /// Freeze part of the backbone.
