@@ -783,6 +783,7 @@ impl Augmenter {
             && !c.dihedral
             && !c.trivial_augment
             && c.rand_augment.is_none()
+            && c.random_erasing.is_none()
             && self.brightness().is_none()
             && c.random_resized_crop.is_none()
             && c.color_jitter.as_ref().is_none_or(jitter_is_identity)
@@ -847,6 +848,9 @@ impl Augmenter {
             out = policy::rand_augment(&out, num_ops, magnitude, rng);
         }
         clamp_pixels(&mut out.data);
+        if let Some(e) = &self.cfg.random_erasing {
+            policy::erase(&mut out, e, rng);
+        }
         if self.cfg.dihedral {
             out = dihedral(&out, rng.below(8));
         }
@@ -1197,6 +1201,7 @@ mod tests {
             dihedral: false,
             trivial_augment: false,
             rand_augment: None,
+            random_erasing: None,
         }
     }
 

@@ -227,6 +227,35 @@ pub fn rand_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f
     }
 }
 
+/// torchvision's `RandomErasing`: with probability `p`, one rectangle of
+/// `scale` of the area and an aspect ratio log-uniform in `ratio` (10 tries
+/// to fit it) is filled with `value`, or noise.
+pub fn erase(img: &mut Image, e: &crate::recipe::Erasing, rng: &mut Rng) {
+    if !rng.bool(e.p) {
+        return;
+    }
+    let (w, h) = (img.width as usize, img.height as usize);
+    let area = (w * h) as f64;
+    for _ in 0..10 {
+        let target = area * rng.uniform(e.scale.0, e.scale.1);
+        let aspect = rng.uniform(e.ratio.0.ln(), e.ratio.1.ln()).exp();
+        let (eh, ew) = ((target * aspect).sqrt().round() as usize, (target / aspect).sqrt().round() as usize);
+        if eh == 0 || ew == 0 || eh >= h || ew >= w {
+            continue;
+        }
+        let (top, left) = (rng.below(h - eh + 1), rng.below(w - ew + 1));
+        for y in top..top + eh {
+            for v in &mut img.data[(y * w + left) * 3..(y * w + left + ew) * 3] {
+                *v = match e.value {
+                    Some(level) => level as f32,
+                    None => rng.below(256) as f32,
+                };
+            }
+        }
+        return;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +292,29 @@ mod tests {
             assert!((Op::Brightness.magnitude(b).0 - bins[b]).abs() < 1e-6, "bin {b}");
             assert_eq!(Op::Posterize.magnitude(b).0, posterize[b], "bin {b}");
         }
+    }
+
+    #[test]
+    fn erasing_fills_one_rectangle_of_the_asked_size() {
+        let cfg = crate::recipe::Erasing { p: 1.0, scale: (0.1, 0.2), ratio: (0.5, 2.0), value: Some(7.0) };
+        let mut rng = Rng::new(3);
+        for _ in 0..50 {
+            let mut img = Image { width: 40, height: 30, data: vec![200.0; 40 * 30 * 3] };
+            erase(&mut img, &cfg, &mut rng);
+            let erased: Vec<usize> = (0..40 * 30).filter(|i| img.data[i * 3] == 7.0).collect();
+            let share = erased.len() as f64 / 1200.0;
+            // Rounding the sides moves the area a little around the asked range.
+            assert!((0.07..=0.25).contains(&share), "{share}");
+            // One rectangle: the bounding box of the erased pixels is full.
+            let (xs, ys): (Vec<usize>, Vec<usize>) = erased.iter().map(|i| (i % 40, i / 40)).unzip();
+            let bw = xs.iter().max().unwrap() - xs.iter().min().unwrap() + 1;
+            let bh = ys.iter().max().unwrap() - ys.iter().min().unwrap() + 1;
+            assert_eq!(bw * bh, erased.len());
+        }
+        let never = crate::recipe::Erasing { p: 0.0, ..cfg };
+        let mut img = Image { width: 8, height: 8, data: vec![1.0; 192] };
+        erase(&mut img, &never, &mut rng);
+        assert!(img.data.iter().all(|&v| v == 1.0));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use toml_edit::{ImDocument, TomlError};
 use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
-    AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, EvalSplit,
+    AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, Erasing, EvalSplit,
     EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion,
     MixConfig, Monitor, OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind,
     WeightsSource, KNOWN_ARCHS, STEP_KINDS,
@@ -36,6 +36,7 @@ const AUGMENT_KEYS: &[&str] = &[
     "dihedral",
     "trivial_augment",
     "rand_augment",
+    "random_erasing",
     "fill_mode",
     "cval",
     "brightness_range",
@@ -411,6 +412,7 @@ fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
         dihedral: s.bool("dihedral")?.unwrap_or(d.dihedral),
         trivial_augment: s.bool("trivial_augment")?.unwrap_or(d.trivial_augment),
         rand_augment: rand_augment(s)?,
+        random_erasing: s.field("random_erasing").map(|f| erasing(s, &f)).transpose()?.flatten(),
         fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
         cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
         brightness_range: s.pair("brightness_range", Bounds::at_least(0.0))?,
@@ -433,6 +435,34 @@ fn crop(parent: &Section<'_>, f: &Field<'_>) -> Result<Option<CropConfig>> {
     Ok(Some(CropConfig {
         scale: s.pair("scale", Bounds::open_closed(0.0, 1.0))?.unwrap_or(d.scale),
         ratio: s.pair("ratio", Bounds::above(0.0))?.unwrap_or(d.ratio),
+    }))
+}
+
+/// `random_erasing = true | false | { p, scale = [..], ratio = [..], value = 0..255 | "random" }`.
+fn erasing(parent: &Section<'_>, f: &Field<'_>) -> Result<Option<Erasing>> {
+    if f.as_table().is_none() {
+        return f.bool().map(|on| on.then(Erasing::default)).map_err(|_| {
+            f.type_error(
+                "true, false or a table { p, scale = [lo, hi], ratio = [lo, hi], value = 0..255 or \"random\" }",
+            )
+        });
+    }
+    let s = f.section(parent.context())?;
+    s.check_keys(&["p", "scale", "ratio", "value"])?;
+    let d = Erasing::default();
+    let value = match s.field("value") {
+        None => d.value,
+        Some(v) if v.is_number() => Some(v.number(Bounds::within(0.0, 255.0))?),
+        Some(v) => match v.str() {
+            Ok("random") => None,
+            _ => return Err(v.type_error("a level 0..255 or \"random\"")),
+        },
+    };
+    Ok(Some(Erasing {
+        p: s.number("p", Bounds::within(0.0, 1.0))?.unwrap_or(d.p),
+        scale: s.pair("scale", Bounds::open(0.0, 1.0))?.unwrap_or(d.scale),
+        ratio: s.pair("ratio", Bounds::above(0.0))?.unwrap_or(d.ratio),
+        value,
     }))
 }
 
@@ -1084,7 +1114,7 @@ kind = "evaluate"
         assert_eq!((line, col), (8, 10));
         assert_eq!(msg, "`head.dropout` repeats `dropout` set directly on the step; set it in one place only");
         let (_, _, msg) = err(&format!("{HEAD}[[step]]\nkind = \"backbone\"\narch = \"vgg16\"\npooling = \"max\"\n"));
-        assert_eq!(msg, "`pooling` must be one of \"avg\", \"flatten\", found string \"max\"");
+        assert_eq!(msg, "`pooling` must be one of \"avg\", \"flatten\", \"concat\", found string \"max\"");
     }
 
     #[test]

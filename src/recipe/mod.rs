@@ -337,6 +337,8 @@ pub struct AugmentConfig {
     pub trivial_augment: bool,
     /// RandAugment: `(num_ops, magnitude)`, torchvision's ops and ranges, magnitude of 31 bins.
     pub rand_augment: Option<(usize, usize)>,
+    /// torchvision `RandomErasing`, applied last.
+    pub random_erasing: Option<Erasing>,
     pub fill_mode: FillMode,
     /// Fill value for `FillMode::Constant`, 0..=255.
     pub cval: f64,
@@ -360,6 +362,7 @@ impl Default for AugmentConfig {
             dihedral: false,
             trivial_augment: false,
             rand_augment: None,
+            random_erasing: None,
             fill_mode: FillMode::Nearest,
             cval: 0.0,
             brightness_range: None,
@@ -377,6 +380,26 @@ pub enum FillMode {
     Reflect,
     Wrap,
     Constant,
+}
+
+/// torchvision `RandomErasing` (Zhong et al. 2020) parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Erasing {
+    /// Probability that an image gets a rectangle erased.
+    pub p: f64,
+    /// Fraction of the image area, 0 < lo <= hi < 1.
+    pub scale: (f64, f64),
+    /// Aspect ratio range, 0 < lo <= hi.
+    pub ratio: (f64, f64),
+    /// Fill level 0–255, or `None` for random noise per pixel (timm's `pixel` mode).
+    pub value: Option<f64>,
+}
+
+impl Default for Erasing {
+    /// torchvision's defaults, with noise rather than black.
+    fn default() -> Self {
+        Self { p: 0.5, scale: (0.02, 0.33), ratio: (0.3, 3.3), value: None }
+    }
 }
 
 /// torchvision `RandomResizedCrop` parameters.
