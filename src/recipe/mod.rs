@@ -691,6 +691,25 @@ pub struct EvaluateConfig {
     pub tta: bool,
 }
 
+/// The fine_tune step's settings for `keys` (one per line) in a minimal
+/// recipe: what the optimizer and schedule tests start from.
+#[cfg(test)]
+pub(crate) fn fine_tune_for_test(keys: &str) -> FineTuneConfig {
+    let text = format!(
+        "name = \"t\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
+         [[step]]\nkind = \"fine_tune\"\n{keys}\n"
+    );
+    let recipe = parse(&text, Path::new("t.toml")).expect("a valid test recipe");
+    recipe
+        .steps
+        .into_iter()
+        .find_map(|s| match s.kind {
+            StepKind::FineTune(c) => Some(c),
+            _ => None,
+        })
+        .expect("a fine_tune step")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -301,19 +301,7 @@ mod tests {
     use candle_core::Device;
 
     fn config(extra: &str) -> FineTuneConfig {
-        let text = format!(
-            "name = \"o\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
-             [[step]]\nkind = \"fine_tune\"\n{extra}\n"
-        );
-        let recipe = crate::recipe::parse(&text, std::path::Path::new("o.toml")).unwrap();
-        recipe
-            .steps
-            .into_iter()
-            .find_map(|s| match s.kind {
-                crate::recipe::StepKind::FineTune(c) => Some(c),
-                _ => None,
-            })
-            .unwrap()
+        crate::recipe::fine_tune_for_test(extra)
     }
 
     /// PyTorch's formulas written as plain tensor code (what the optimiser

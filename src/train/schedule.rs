@@ -104,20 +104,7 @@ mod tests {
     use super::*;
 
     fn schedule(extra: &str) -> LrSchedule {
-        let text = format!(
-            "name = \"s\"\n[data]\ntrain = \".\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
-             [[step]]\nkind = \"fine_tune\"\n{extra}\n"
-        );
-        let recipe = crate::recipe::parse(&text, std::path::Path::new("s.toml")).unwrap();
-        let cfg = recipe
-            .steps
-            .into_iter()
-            .find_map(|s| match s.kind {
-                crate::recipe::StepKind::FineTune(c) => Some(c),
-                _ => None,
-            })
-            .unwrap();
-        LrSchedule::new(&cfg)
+        LrSchedule::new(&crate::recipe::fine_tune_for_test(extra))
     }
 
     /// `tests/fixtures/schedules.json`, written by `scripts/schedule-fixture.py`
