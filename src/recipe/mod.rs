@@ -630,7 +630,7 @@ impl Default for FineTuneConfig {
             layer_decay: None,
             no_decay_bn_bias: false,
             one_cycle: OneCycle::default(),
-            restart_epochs: 1,
+            restart_epochs: 5,
             restart_mult: 1,
             clip_grad_norm: None,
             ema: None,
@@ -713,6 +713,13 @@ pub(crate) fn fine_tune_for_test(keys: &str) -> FineTuneConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `FineTuneConfig::default()` says what an empty fine_tune step gets:
+    /// it must not drift from what the parser gives.
+    #[test]
+    fn default_fine_tune_equals_an_empty_step() {
+        assert_eq!(fine_tune_for_test(""), FineTuneConfig::default());
+    }
 
     #[test]
     fn load_reports_unreadable_files() {

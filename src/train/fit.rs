@@ -130,30 +130,31 @@ impl<'a> FineTune<'a> {
             schedule: LrSchedule::new(cfg),
             class_weights,
         };
-        let mut fit = FineTune {
+        let (first_epoch, history, best, since_best) = match resume {
+            Some(r) => {
+                opt.load_state(r.optimizer_t, &r.optimizer)?;
+                obs.event(Event::Log(format!("resuming after epoch {}", r.epochs_done)));
+                (r.epochs_done, r.history, r.best, r.since_best)
+            }
+            None => (0, Vec::new(), None, 0),
+        };
+        Ok(FineTune {
             model,
             cfg,
             obs,
-            opt: Optimizer::new(Vec::new(), cfg),
-            history: Vec::new(),
-            best: None,
-            since_best: 0,
+            opt,
+            history,
+            best,
+            since_best,
             stop: None,
             best_epoch: None,
             started: Instant::now(),
             epoch: 0,
             extra_state: Vec::new(),
             validate: true,
-            first_epoch: 0,
+            first_epoch,
             input,
-        };
-        if let Some(r) = resume {
-            opt.load_state(r.optimizer_t, &r.optimizer)?;
-            fit.obs.event(Event::Log(format!("resuming after epoch {}", r.epochs_done)));
-            (fit.first_epoch, fit.history, fit.best, fit.since_best) = (r.epochs_done, r.history, r.best, r.since_best);
-        }
-        fit.opt = opt;
-        Ok(fit)
+        })
     }
 
     pub fn epochs(&self) -> usize {

@@ -4,8 +4,6 @@
 //! `lr / 200` over the blocks. The same as writing the two phases out as
 //! freeze / fine_tune / freeze / fine_tune steps with these settings.
 
-use candle_core::Tensor;
-
 use super::fit::Setup;
 use super::{fine_tune, Checkpoint, EpochRecord, Event, FineTuneOutcome, Observer, Resume};
 use crate::error::Result;
@@ -128,9 +126,8 @@ impl Observer for Phase<'_> {
     fn checkpoint(&mut self, c: &Checkpoint<'_>) -> Result<()> {
         let mut history = self.before.to_vec();
         history.extend(c.history.iter().map(|r| self.shift(r)));
-        let extra: Vec<(String, Tensor)> = c.extra.to_vec();
         // The step is finished only when the second phase is.
         let finished = c.finished && !self.before.is_empty();
-        self.inner.checkpoint(&Checkpoint { history: &history, extra: &extra, finished, ..*c })
+        self.inner.checkpoint(&Checkpoint { history: &history, finished, ..*c })
     }
 }
