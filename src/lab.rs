@@ -442,10 +442,30 @@ impl Lab {
         self.recipe.seed.wrapping_add(index as u64 * 7919)
     }
 
+    /// Frozen block counts that steps after `index` will train from (a later
+    /// `freeze` step, or a fine_tune's `unfreeze_to`), up to the next backbone
+    /// step: the frozen-feature pass keeps those outputs on its way.
+    fn later_prefixes(&self, index: usize) -> Vec<usize> {
+        let Some(model) = &self.model else { return Vec::new() };
+        let names = model.backbone.block_names();
+        let mut out = Vec::new();
+        for step in self.recipe.steps.iter().skip(index + 1) {
+            let point = match &step.kind {
+                StepKind::Backbone(_) => break,
+                StepKind::Freeze(f) if !f.train_bn => &f.up_to,
+                StepKind::FineTune(t) if t.freeze_epochs > 0 => &t.unfreeze_to,
+                _ => continue,
+            };
+            out.extend(models::frozen_block_count(point, &names).ok());
+        }
+        out
+    }
+
     fn run_lr_find(&mut self, index: usize, cfg: &LrFindConfig, obs: &mut dyn Observer) -> Result<LrFindResult> {
         let data = self.load_data(obs)?;
         let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));
+        let later = self.later_prefixes(index);
         let model = self.model.as_mut().ok_or_else(|| Error::Invalid("lr_find needs a backbone step first".into()))?;
         let setup = train::Setup {
             data: &data,
@@ -453,6 +473,8 @@ impl Lab {
             cfg: &cfg.train,
             batch_size,
             seed,
+            view_seed: self.recipe.seed,
+            later_prefixes: &later,
             cache: &mut self.features,
         };
         train::lr_find::lr_find(model, setup, obs, cfg)
@@ -490,10 +512,19 @@ impl Lab {
                 None
             }
         };
+        let later = self.later_prefixes(index);
         let model =
             self.model.as_mut().ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
-        let setup =
-            train::Setup { data: &data, aug: aug.as_ref(), cfg: &cfg, batch_size, seed, cache: &mut self.features };
+        let setup = train::Setup {
+            data: &data,
+            aug: aug.as_ref(),
+            cfg: &cfg,
+            batch_size,
+            seed,
+            view_seed: self.recipe.seed,
+            later_prefixes: &later,
+            cache: &mut self.features,
+        };
         if cfg.freeze_epochs == 0 {
             return train::fine_tune(model, setup, obs, resume);
         }

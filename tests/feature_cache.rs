@@ -87,3 +87,51 @@ fn augmented_views_are_cached_reused_and_equal_on_disk() {
     assert!(feature_line(&logs).contains("2 computed, 1 reused"), "only the validation features carry over");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const TWO_PHASE: &str = "name = \"stash\"\nseed = 7\n[data]\ntrain = \"data/train\"\nvalid = \"data/valid\"\nimage_size = 32\nbatch_size = 4\n\
+[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n\
+[[step]]\nkind = \"freeze\"\nup_to = \"features.16\"\n\
+[[step]]\nkind = \"augment\"\nhorizontal_flip = true\nrotation_range = 10\n\
+[[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 0.001\n\
+[[step]]\nkind = \"freeze\"\nup_to = \"features.12\"\n\
+[[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 0.0005\n\
+[[step]]\nkind = \"evaluate\"\n";
+
+#[test]
+fn a_later_step_trains_from_the_outputs_the_earlier_one_kept() {
+    let dir = std::env::temp_dir().join(format!("tlab-featcache-stash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 3, 16, 6, 3);
+    std::fs::write(dir.join("r.toml"), TWO_PHASE).unwrap();
+    let memory = || FeatureCache::new(u64::MAX, Placement::Auto, dir.join("unused"));
+
+    // "auto" views: one per epoch; the first step also keeps what features.0–11 give.
+    let (lab, logs) = run(&dir, memory());
+    let lines: Vec<&String> = logs.0.iter().filter(|l| l.starts_with("frozen features")).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("augmented training views: 3 computed") && lines[0].contains("after 12 block(s) kept"));
+    assert!(lines[1].starts_with("frozen features of 12 block(s)") && lines[1].contains("0 computed, 3 reused"));
+    let kept = (weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy);
+
+    // The second step computing its features from the images itself trains to the same weights.
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.set_feature_cache(memory());
+    let mut logs = Logs::default();
+    for i in 0..4 {
+        lab.run_step(i, &mut logs).unwrap();
+    }
+    lab.set_feature_cache(memory());
+    for i in 4..7 {
+        lab.run_step(i, &mut logs).unwrap();
+    }
+    let line = logs.0.iter().rfind(|l| l.starts_with("frozen features")).unwrap();
+    assert!(line.contains("3 computed, 0 reused"), "{line}");
+    assert_eq!((weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy), kept);
+
+    // With early stopping the step may end long before: "auto" augments live.
+    let stopping = TWO_PHASE.replace("epochs = 2\nlr = 0.001\n", "epochs = 2\nlr = 0.001\npatience = 1\n");
+    std::fs::write(dir.join("r.toml"), stopping).unwrap();
+    let (_, logs) = run(&dir, memory());
+    assert!(feature_line(&logs).contains("augmentation runs live"), "{:?}", logs.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

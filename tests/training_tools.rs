@@ -63,7 +63,8 @@ fn weights(model: &Classifier) -> Vec<(String, Vec<f32>)> {
 
 fn fit(model: &mut Classifier, data: &Dataset, cfg: &FineTuneConfig, cbs: &mut [Box<dyn Callback + '_>]) {
     let mut cache = FeatureCache::default();
-    let setup = Setup { data, aug: None, cfg, batch_size: 8, seed: 1, cache: &mut cache };
+    let setup =
+        Setup { data, aug: None, cfg, batch_size: 8, seed: 1, view_seed: 1, later_prefixes: &[], cache: &mut cache };
     FineTune::prepare(model, setup, &mut Silent, None).unwrap().run(cbs).unwrap();
 }
 
@@ -123,7 +124,16 @@ fn discriminative_rates_scale_each_groups_step_and_clipping_bounds_it() {
         let mut model = classifier(16);
         let start = weights(&model);
         let mut cache = FeatureCache::default();
-        let setup = Setup { data: &data, aug: None, cfg, batch_size: data.train.len(), seed: 1, cache: &mut cache };
+        let setup = Setup {
+            data: &data,
+            aug: None,
+            cfg,
+            batch_size: data.train.len(),
+            seed: 1,
+            view_seed: 1,
+            later_prefixes: &[],
+            cache: &mut cache,
+        };
         let mut cbs = FineTune::callbacks(cfg, None);
         FineTune::prepare(&mut model, setup, &mut Silent, None).unwrap().run(&mut cbs).unwrap();
         let groups = model.trainable_groups().len();
@@ -207,7 +217,16 @@ fn freeze_epochs_equals_the_two_phases_written_out() {
     let cfg = fine_tune_config(&r);
     let mut shorthand = classifier(0);
     let mut cache = FeatureCache::default();
-    let setup = Setup { data: &data, aug: None, cfg: &cfg, batch_size: 8, seed: 1, cache: &mut cache };
+    let setup = Setup {
+        data: &data,
+        aug: None,
+        cfg: &cfg,
+        batch_size: 8,
+        seed: 1,
+        view_seed: 1,
+        later_prefixes: &[],
+        cache: &mut cache,
+    };
     train::phases::freeze_then_unfreeze(&mut shorthand, setup, &mut Silent, None).unwrap();
 
     // Written out: freeze everything, train; unfreeze from features.17, train at lr/2 spread to lr/200.
@@ -218,7 +237,16 @@ fn freeze_epochs_equals_the_two_phases_written_out() {
     for (freeze, cfg, seed) in [(blocks, &frozen, 1), (17, &unfrozen, train::phases::second_seed(1))] {
         by_hand.freeze(freeze, false).unwrap();
         let mut cache = FeatureCache::default();
-        let setup = Setup { data: &data, aug: None, cfg, batch_size: 8, seed, cache: &mut cache };
+        let setup = Setup {
+            data: &data,
+            aug: None,
+            cfg,
+            batch_size: 8,
+            seed,
+            view_seed: seed,
+            later_prefixes: &[],
+            cache: &mut cache,
+        };
         train::fine_tune(&mut by_hand, setup, &mut Silent, None).unwrap();
     }
     assert_eq!(weights(&shorthand), weights(&by_hand));

@@ -507,9 +507,20 @@ fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
     check_relations(s, &cfg)?;
     cfg.early_stopping = early_stopping(s)?;
     cfg.time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
-    cfg.augment_views = s.int_as("augment_views", Bounds::at_least(0).at_most(64))?.unwrap_or(0);
+    cfg.augment_views = augment_views(s)?;
     training_tools(s, &mut cfg)?;
     Ok(cfg)
+}
+
+/// `augment_views = K` (0: live) or `"auto"` (`None`, also the default).
+fn augment_views(s: &Section<'_>) -> Result<Option<usize>> {
+    match s.field("augment_views") {
+        Some(f) if !f.is_number() => match f.str() {
+            Ok("auto") => Ok(None),
+            _ => Err(f.type_error("a number of views (0: augment live) or \"auto\"")),
+        },
+        _ => s.int_as("augment_views", Bounds::at_least(0).at_most(64)),
+    }
 }
 
 /// The optimizer, the rate and its schedule.
@@ -757,6 +768,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn augment_views_is_a_count_or_auto() {
+        assert_eq!(tune("").augment_views, None);
+        assert_eq!(tune("augment_views = \"auto\"").augment_views, None);
+        assert_eq!(tune("augment_views = 0").augment_views, Some(0));
+        assert_eq!(tune("augment_views = 3").augment_views, Some(3));
+        let (line, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\naugment_views = \"many\"\n"));
+        assert_eq!(line, 9);
+        assert!(msg.contains("augment_views") && msg.contains("\"auto\""), "{msg}");
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\naugment_views = 65\n"));
+        assert!(msg.contains("augment_views"), "{msg}");
+    }
+
     fn aug(body: &str) -> AugmentConfig {
         match second_step(&format!("[[step]]\nkind = \"augment\"\n{body}")) {
             StepKind::Augment(a) => a,
@@ -859,7 +883,7 @@ kind = "evaluate"
                 min_lr: 0.0,
                 early_stopping: None,
                 time_limit_secs: None,
-                augment_views: 0,
+                augment_views: None,
                 restart_epochs: 8,
                 ..FineTuneConfig::default()
             })

@@ -172,8 +172,8 @@ keys!(FineTuneBuilder {
     restore_best: bool,
     /// Seconds; the step stops after the epoch that exceeds it.
     time_limit: f64,
-    /// Augmented views per image precomputed through the frozen blocks (0: live).
-    augment_views: usize,
+    /// Augmented views per image precomputed through the frozen blocks (0: live, or `"auto"`).
+    augment_views: impl Into<Setting>,
     /// timm's layer-wise rate decay, in (0, 1].
     layer_decay: f64,
     no_decay_bn_bias: bool,

@@ -455,8 +455,10 @@ pub struct FineTuneConfig {
     pub time_limit_secs: Option<f64>,
     /// With augmentation and a frozen prefix: precompute this many augmented
     /// views of every training image through the frozen blocks and cycle
-    /// through them (epoch `e` uses view `e mod K`); 0 augments live.
-    pub augment_views: usize,
+    /// through them (epoch `e` uses view `e mod K`); 0 augments live; `None`
+    /// (`"auto"`, the default) one view per epoch where they fit in memory
+    /// (see `train::fit`).
+    pub augment_views: Option<usize>,
     /// `lr = [low, high]`: `lr` is the head's rate and `low` the earliest
     /// trainable block's, spread geometrically between (fastai's `slice`).
     pub lr_low: Option<f64>,
@@ -624,7 +626,7 @@ impl Default for FineTuneConfig {
             min_lr: 0.0,
             early_stopping: None,
             time_limit_secs: None,
-            augment_views: 0,
+            augment_views: None,
             lr_low: None,
             lr_suggested: None,
             layer_decay: None,

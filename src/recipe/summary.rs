@@ -206,8 +206,10 @@ fn fine_tune(t: &FineTuneConfig) -> String {
     if let Some(secs) = t.time_limit_secs {
         s.push_str(&format!(", ≤ {}s", num(secs)));
     }
-    if t.augment_views > 0 {
-        s.push_str(&format!(", {} cached views", t.augment_views));
+    match t.augment_views {
+        Some(0) => s.push_str(", live augmentation"),
+        Some(k) => s.push_str(&format!(", {k} cached views")),
+        None => {}
     }
     s
 }
@@ -244,7 +246,7 @@ mod tests {
             min_lr: 0.0,
             early_stopping: None,
             time_limit_secs: None,
-            augment_views: 0,
+            augment_views: None,
             ..FineTuneConfig::default()
         }
     }
@@ -329,7 +331,7 @@ mod tests {
             warmup_epochs: 0,
             early_stopping: Some(EarlyStopping { patience: 3, monitor: Monitor::ValidAccuracy, restore_best: true }),
             time_limit_secs: Some(60.0),
-            augment_views: 0,
+            augment_views: None,
             ..tune()
         };
         assert_eq!(

@@ -218,6 +218,7 @@ pub struct FeatureCache {
     placement: Placement,
     dir: PathBuf,
     hits: usize,
+    computed: usize,
 }
 
 impl Default for FeatureCache {
@@ -241,12 +242,22 @@ impl FeatureCache {
     }
 
     pub fn new(budget: u64, placement: Placement, dir: PathBuf) -> Self {
-        FeatureCache { entries: Vec::new(), budget, placement, dir, hits: 0 }
+        FeatureCache { entries: Vec::new(), budget, placement, dir, hits: 0, computed: 0 }
     }
 
     /// How many lookups found their entry ready (in memory or on disk).
     pub fn hits(&self) -> usize {
         self.hits
+    }
+
+    /// Bytes of in-memory entries allowed.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// How many entries were computed (not found ready).
+    pub fn computed(&self) -> usize {
+        self.computed
     }
 
     fn memory_used(&self) -> u64 {
@@ -264,20 +275,11 @@ impl FeatureCache {
         mut compute: impl FnMut(std::ops::Range<usize>) -> Result<Tensor>,
         log: &mut dyn FnMut(String),
     ) -> Result<Arc<Features>> {
-        if let Some(pos) = self.entries.iter().position(|(k, _)| *k == key) {
-            // Most recently used last.
-            let entry = self.entries.remove(pos);
-            let f = entry.1.clone();
-            self.entries.push(entry);
-            self.hits += 1;
+        if let Some(f) = self.get(key, n, log) {
             return Ok(f);
         }
+        self.computed += 1;
         let path = self.dir.join(format!("{key:016x}.features"));
-        if let Some(f) = open_file(&path, n) {
-            log(format!("reusing cached features {}", path.display()));
-            self.hits += 1;
-            return Ok(self.insert(key, f));
-        }
         let batch = batch.max(1);
         let first = compute(0..batch.min(n))?;
         let item_dims = first.dims()[1..].to_vec();
@@ -312,6 +314,24 @@ impl FeatureCache {
             Features { n, item_dims, store: Store::Memory(t) }
         };
         Ok(self.insert(key, f))
+    }
+
+    /// The entry for `key` when it is ready, in memory or in a cache file
+    /// of `n` items.
+    pub fn get(&mut self, key: u64, n: usize, log: &mut dyn FnMut(String)) -> Option<Arc<Features>> {
+        if let Some(pos) = self.entries.iter().position(|(k, _)| *k == key) {
+            // Most recently used last.
+            let entry = self.entries.remove(pos);
+            let f = entry.1.clone();
+            self.entries.push(entry);
+            self.hits += 1;
+            return Some(f);
+        }
+        let path = self.dir.join(format!("{key:016x}.features"));
+        let f = open_file(&path, n)?;
+        log(format!("reusing cached features {}", path.display()));
+        self.hits += 1;
+        Some(self.insert(key, f))
     }
 
     fn insert(&mut self, key: u64, f: Features) -> Arc<Features> {

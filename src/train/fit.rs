@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, D};
 
-use super::cache::{self, FeatureCache, Features};
+use super::cache::{FeatureCache, Features};
 use super::callbacks::{self, BatchCtx, Callback};
 use super::mix::{self, Mixed};
 use super::optim::{Optimizer, ParamGroup};
 use super::schedule::LrSchedule;
-use super::{cross_entropy, input, loss_and_accuracy, predict_split, prefix_features};
+use super::{cross_entropy, input, loss_and_accuracy, predict_split, PrefixPass};
 use super::{EpochRecord, Event, FineTuneOutcome, Observer, Resume, Stop};
 use crate::augment::{Augmenter, Rng};
 use crate::data::Dataset;
@@ -30,6 +30,12 @@ pub struct Setup<'a> {
     pub cfg: &'a FineTuneConfig,
     pub batch_size: usize,
     pub seed: u64,
+    /// The seed of the cached augmented views (`augment_views`): the same in
+    /// every step of a recipe, so a later step can reuse an earlier one's views.
+    pub view_seed: u64,
+    /// Shorter frozen prefixes that later steps will train from (see
+    /// [`PrefixPass`]); empty when nothing later unfreezes more.
+    pub later_prefixes: &'a [usize],
     pub cache: &'a mut FeatureCache,
 }
 
@@ -481,6 +487,22 @@ fn gather(cbs: &[Box<dyn Callback + '_>]) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// `augment_views = "auto"`: one view per epoch, the same number of fresh
+/// draws as live augmentation, each computed through the frozen blocks once
+/// (and through the blocks a later step unfreezes, which that step then
+/// reuses, as does a re-run of this step) — when the step runs a fixed number
+/// of epochs (no early stopping or time limit, which may end it long before)
+/// and the views fit the feature cache's memory. Otherwise 0: live.
+fn auto_views(cfg: &FineTuneConfig, images: usize, item_bytes: u64, budget: u64) -> usize {
+    let fixed = cfg.early_stopping.is_none() && cfg.time_limit_secs.is_none() && cfg.epochs <= 64;
+    let bytes = (cfg.epochs * images) as u64 * item_bytes;
+    if fixed && bytes <= budget {
+        cfg.epochs
+    } else {
+        0
+    }
+}
+
 /// The validation split's frozen features, and the training split's sets.
 type CachedFeatures = (Option<Arc<Features>>, Vec<Arc<Features>>);
 
@@ -488,22 +510,23 @@ type CachedFeatures = (Option<Arc<Features>>, Vec<Arc<Features>>);
 /// training input does not change between epochs (no augmentation, or
 /// `augment_views` precomputed views, and no mixing), for the training split.
 fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Observer) -> Result<CachedFeatures> {
-    let Setup { data, aug, cfg, batch_size, seed, ref mut cache } = *setup;
+    let Setup { data, aug, cfg, batch_size, view_seed, later_prefixes, ref mut cache, .. } = *setup;
     let k = model.constant_prefix();
-    let hits = cache.hits();
     let t = Instant::now();
-    let key = cache::model_key(model, k)?;
-    let valid = prefix_features(cache, &key, model, data, &data.valid, k, batch_size, None, obs)?;
+    let pass = PrefixPass::new(model, data, batch_size, later_prefixes);
+    let valid = pass.features(cache, &data.valid, k, None, obs)?;
     let mut train = Vec::new();
     let mixing = cfg.mix.is_some();
     match aug {
         _ if mixing => {}
-        None => train.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, None, obs)?),
+        None => train.push(pass.features(cache, &data.train, k, None, obs)?),
         Some(a) => {
-            for v in 0..cfg.augment_views {
-                let view_seed = Rng::derive(seed, 0x7_1E55 + v as u64).next_u64();
-                let view = Some((a, view_seed, v));
-                train.push(prefix_features(cache, &key, model, data, &data.train, k, batch_size, view, obs)?);
+            let item_bytes = valid.bytes() / valid.len().max(1) as u64 + pass.kept_item_bytes.get();
+            let views =
+                cfg.augment_views.unwrap_or_else(|| auto_views(cfg, data.train.len(), item_bytes, cache.budget()));
+            for v in 0..views {
+                let seed = Rng::derive(view_seed, 0x7_1E55 + v as u64).next_u64();
+                train.push(pass.features(cache, &data.train, k, Some((a, seed, v)), obs)?);
             }
         }
     }
@@ -513,10 +536,13 @@ fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Obse
         (Some(_), 0) => "split (augmentation runs live on the training split)",
         (Some(_), _) => "split and augmented training views",
     };
-    let reused = cache.hits() - hits;
+    let (computed, reused) = pass.counts.get();
+    let kept = match later_prefixes.iter().filter(|&&j| j > 0 && j < k).max() {
+        Some(j) if computed > 0 => format!("; the output after {j} block(s) kept for a later step"),
+        _ => String::new(),
+    };
     obs.event(Event::Log(format!(
-        "frozen features of {k} block(s) for the validation {train_what}: {} computed, {reused} reused, {:.1}s",
-        1 + train.len() - reused,
+        "frozen features of {k} block(s) for the validation {train_what}: {computed} computed, {reused} reused, {:.1}s{kept}",
         t.elapsed().as_secs_f64()
     )));
     Ok((Some(valid), train))

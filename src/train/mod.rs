@@ -153,28 +153,83 @@ fn input(
     pre.to_tensor(&px, idx.len(), s, s)
 }
 
-/// Output of the model's first `blocks` (frozen) blocks for every image of
-/// `split`, optionally augmented, from `cache` or computed into it.
-#[allow(clippy::too_many_arguments)]
-fn prefix_features(
-    cache: &mut FeatureCache,
-    model_key: &cache::KeyHasher,
-    model: &Classifier,
-    data: &Dataset,
-    split: &Split,
-    blocks: usize,
+/// One augmented view of a split: the augmentation, its seed and the view number.
+type View<'a> = Option<(&'a Augmenter, u64, usize)>;
+
+/// Computes (or finds cached) what the model's frozen leading blocks give
+/// for a split. `stops` are shorter prefixes that later steps will start
+/// from (when a later step unfreezes more blocks): their outputs are cached
+/// on the way, so those steps find their features ready instead of running
+/// the same blocks over the same images again.
+struct PrefixPass<'a> {
+    model: &'a Classifier,
+    data: &'a Dataset,
     batch: usize,
-    view: Option<(&Augmenter, u64, usize)>,
-    obs: &mut dyn Observer,
-) -> Result<std::sync::Arc<Features>> {
-    let pre = model.backbone.preprocess();
-    let key = cache::split_key(model_key, split, data.size, view);
-    let compute = |r: std::ops::Range<usize>| {
-        let idx: Vec<usize> = r.collect();
-        model.prefix(&input(data, split, &idx, &pre, view.map(|(a, seed, _)| (a, seed)))?, blocks)
-    };
-    let mut log = |s: String| obs.event(Event::Log(s));
-    cache.get_or_compute(key, split.len(), batch, compute, &mut log)
+    stops: &'a [usize],
+    /// Entries asked for through [`features`](Self::features): computed, reused.
+    counts: std::cell::Cell<(usize, usize)>,
+    /// Bytes per image of the kept shorter prefix last continued from.
+    kept_item_bytes: std::cell::Cell<u64>,
+}
+
+impl<'a> PrefixPass<'a> {
+    fn new(model: &'a Classifier, data: &'a Dataset, batch: usize, stops: &'a [usize]) -> Self {
+        PrefixPass { model, data, batch, stops, counts: Default::default(), kept_item_bytes: Default::default() }
+    }
+
+    /// Output of the first `blocks` (frozen) blocks for every image of
+    /// `split`, optionally one augmented view of it.
+    fn features(
+        &self,
+        cache: &mut FeatureCache,
+        split: &Split,
+        blocks: usize,
+        view: View<'_>,
+        obs: &mut dyn Observer,
+    ) -> Result<std::sync::Arc<Features>> {
+        let before = cache.computed();
+        let f = self.entry(cache, split, blocks, view, obs)?;
+        let (computed, reused) = self.counts.get();
+        self.counts.set(if cache.computed() > before { (computed + 1, reused) } else { (computed, reused + 1) });
+        Ok(f)
+    }
+
+    fn entry(
+        &self,
+        cache: &mut FeatureCache,
+        split: &Split,
+        blocks: usize,
+        view: View<'_>,
+        obs: &mut dyn Observer,
+    ) -> Result<std::sync::Arc<Features>> {
+        let key = cache::split_key(&cache::model_key(self.model, blocks)?, split, self.data.size, view);
+        if let Some(f) = cache.get(key, split.len(), &mut |s| obs.event(Event::Log(s))) {
+            return Ok(f);
+        }
+        let eval = Mode { training: false };
+        // The longest kept prefix below `blocks` is computed (or found) first and continued from.
+        let stop = self.stops.iter().copied().filter(|&j| j > 0 && j < blocks).max();
+        let start = match stop {
+            Some(j) => {
+                let f = self.entry(cache, split, j, view, obs)?;
+                self.kept_item_bytes.set(f.bytes() / f.len().max(1) as u64);
+                Some((j, f))
+            }
+            None => None,
+        };
+        let pre = self.model.backbone.preprocess();
+        let compute = |r: std::ops::Range<usize>| {
+            let idx: Vec<usize> = r.collect();
+            match &start {
+                Some((j, f)) => Ok(self.model.backbone.forward_blocks(&f.rows(&idx)?, *j..blocks, eval)?.detach()),
+                None => {
+                    let x = input(self.data, split, &idx, &pre, view.map(|(a, seed, _)| (a, seed)))?;
+                    self.model.prefix(&x, blocks)
+                }
+            }
+        };
+        cache.get_or_compute(key, split.len(), self.batch, compute, &mut |s| obs.event(Event::Log(s)))
+    }
 }
 
 /// Logits for every image of `split` in eval mode, reusing `cache` when given.
@@ -287,8 +342,8 @@ pub fn evaluate(
     let k = model.constant_prefix();
     let features = match cache {
         Some(c) if k > 0 => {
-            let key = cache::model_key(model, k)?;
-            Some(prefix_features(c, &key, model, data, split, k, batch_size, None, &mut Silent)?)
+            let pass = PrefixPass::new(model, data, batch_size, &[]);
+            Some(pass.features(c, split, k, None, &mut Silent)?)
         }
         _ => None,
     };

@@ -30,6 +30,14 @@ pub fn second_seed(seed: u64) -> u64 {
     seed ^ 0x2F_A5E2
 }
 
+/// How many blocks stay frozen in the second phase.
+fn unfreeze_count(model: &Classifier, cfg: &FineTuneConfig) -> Result<usize> {
+    match &cfg.unfreeze_to {
+        FreezePoint::None => Ok(0),
+        point => models::frozen_block_count(point, &model.backbone.block_names()),
+    }
+}
+
 /// Runs both phases; `resume` continues whichever phase the checkpoint was in.
 pub fn freeze_then_unfreeze(
     model: &mut Classifier,
@@ -59,7 +67,10 @@ pub fn freeze_then_unfreeze(
         let blocks = model.backbone.num_blocks();
         model.freeze(blocks, false)?;
         obs.event(Event::Log(format!("phase 1: backbone frozen for {n} epoch(s)")));
-        let s = Setup { cfg: &frozen_cfg, cache: &mut *setup.cache, ..setup };
+        // The second phase trains from `unfreeze_to`: keep the frozen blocks' output there.
+        let mut later = setup.later_prefixes.to_vec();
+        later.extend(unfreeze_count(model, setup.cfg).ok());
+        let s = Setup { cfg: &frozen_cfg, cache: &mut *setup.cache, later_prefixes: &later, ..setup };
         let first = fine_tune(model, s, &mut Phase { inner: obs, before: &[], total: n + setup.cfg.epochs }, resume)?;
         if first.stop == super::Stop::Cancelled {
             return Ok(first);
@@ -67,10 +78,7 @@ pub fn freeze_then_unfreeze(
         (first, None)
     };
     let names = model.backbone.block_names();
-    let to = match &setup.cfg.unfreeze_to {
-        FreezePoint::None => 0,
-        point => models::frozen_block_count(point, &names)?,
-    };
+    let to = unfreeze_count(model, setup.cfg)?;
     model.freeze(to, false)?;
     obs.event(Event::Log(format!(
         "phase 2: unfrozen from block {} at lr {:.2e}",
