@@ -5,8 +5,9 @@ This is what a PyTorch user writes for `recipes/quickstart.toml`: an
 ImageFolder at 96 px, the same augmentation (horizontal flip, 10 % shifts,
 0.9–1.1 zoom with nearest-edge fill), torchvision's ImageNet MobileNetV2 with
 a new dropout + linear head, a head phase (backbone frozen, Adam 1e-3,
-4 epochs), then `features.14` onwards unfrozen (AdamW 3e-4, weight decay 0.01,
-cosine per batch, 4 epochs), then the validation accuracy. `--recipe resnet18`
+4 epochs), then `features.14` onwards unfrozen (AdamW 3e-4, weight decay 0.01
+except biases and norms, cosine per batch, 4 epochs), each epoch followed by
+validation as tlab reports it, then the validation accuracy. `--recipe resnet18`
 does `recipes/resnet18-two-phase.toml` the same way (3 + 3 epochs, layer4).
 
 It prints one JSON line: wall seconds (from the first line of the script,
@@ -29,6 +30,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
@@ -104,8 +106,11 @@ def no_decay_groups(net, params, decay):
     return [dict(params=dec, weight_decay=decay), dict(params=nodec, weight_decay=0.0)]
 
 
-def fit(net, loader, opt, epochs, sched=None):
-    for _ in range(epochs):
+def fit(net, loader, valid, opt, epochs, train_modes, sched=None):
+    """Epochs of training, each followed by validation (as tlab and Keras'
+    `fit(validation_data=…)` report it)."""
+    for epoch in range(epochs):
+        t = time.perf_counter()
         for x, y in loader:
             loss = torch.nn.functional.cross_entropy(net(x), y)
             opt.zero_grad()
@@ -113,16 +118,22 @@ def fit(net, loader, opt, epochs, sched=None):
             opt.step()
             if sched:
                 sched.step()
+        vloss, acc = evaluate(net, valid)
+        train_modes()
+        print(f"epoch {epoch + 1}  valid loss {vloss:.4f} acc {acc:.4f}  {time.perf_counter() - t:.1f}s", file=sys.stderr)
 
 
-def accuracy(net, loader):
+def evaluate(net, loader):
     net.eval()
     right = total = 0
+    loss = 0.0
     with torch.no_grad():
         for x, y in loader:
-            right += int((net(x).argmax(1) == y).sum())
+            out = net(x)
+            loss += float(torch.nn.functional.cross_entropy(out, y, reduction="sum"))
+            right += int((out.argmax(1) == y).sum())
             total += len(y)
-    return right / total
+    return loss / total, right / total
 
 
 def main():
@@ -150,18 +161,25 @@ def main():
 
     net, backbone, head, source = build(r["arch"], a.weights, len(train.classes))
     e1, e2 = r["epochs"]
-    params = set_trainable(net, backbone, head, r["arch"], None)
-    fit(net, tl, torch.optim.Adam(params, lr=1e-3), e1)
+    def phase(first):
+        return lambda: set_trainable(net, backbone, head, r["arch"], first)
 
-    params = set_trainable(net, backbone, head, r["arch"], r["unfreeze"])
+    params = phase(None)()
+    t1 = time.perf_counter()
+    fit(net, tl, vl, torch.optim.Adam(params, lr=1e-3), e1, phase(None))
+    t2 = time.perf_counter()
+
+    params = phase(r["unfreeze"])()
     opt = torch.optim.AdamW(no_decay_groups(net, params, 0.01), lr=r["lr2"])
     steps = e2 * len(tl)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    fit(net, tl, opt, e2, sched)
-    acc = accuracy(net, vl)
+    fit(net, tl, vl, opt, e2, phase(r["unfreeze"]), sched)
+    t3 = time.perf_counter()
+    _, acc = evaluate(net, vl)
     end = time.perf_counter()
     print(json.dumps({"recipe": a.recipe, "seed": a.seed, "accuracy": acc, "weights": source,
-                      "wall_seconds": end - T0, "seconds_after_imports": end - t_start}))
+                      "wall_seconds": end - T0, "seconds_after_imports": end - t_start,
+                      "phase_seconds": [round(t2 - t1, 2), round(t3 - t2, 2)]}))
 
 
 if __name__ == "__main__":
