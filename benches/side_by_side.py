@@ -213,6 +213,91 @@ def timed(cmd, env=None):
     return wall, usage.ru_maxrss / 1024, out
 
 
+# Inference against ONNX Runtime: tlab's forward pass (`tlab bench forward`)
+# and ORT on the same network (random init, exported by `tlab export`), CPU,
+# the same thread count, graph optimisation level "all".
+ORT_ARCHS = ["mobilenet_v2", "resnet18", "efficientnet_lite0"]
+
+ORT_CASE = textwrap.dedent('''
+    import json, statistics, sys, time, numpy as np, onnxruntime as ort
+    path, threads, batch, size, iters, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter(); s.run(None, {name: x}); dt = time.perf_counter() - t0
+        if i >= warmup: times.append(dt)
+    med = statistics.median(times)
+    print(json.dumps({"images_per_sec": batch / med, "median_seconds": med}))
+''')
+
+
+def ort_python():
+    """An interpreter with onnxruntime: .ci/consumers.sh's venv, else our own."""
+    venv = os.path.expanduser("~/.cache/tlab/venv-tools")
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        venv = os.path.expanduser("~/.cache/tlab/venv-bench-ort")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.check_call([sys.executable, "-m", "venv", venv])
+    if subprocess.run([py, "-c", "import onnxruntime"], capture_output=True).returncode:
+        subprocess.check_call([py, "-m", "pip", "install", "--quiet", "onnxruntime", "numpy"])
+    return py
+
+
+def export_random(arch, work):
+    """An ONNX file (dynamic batch) of `arch` with random weights and a 10-class head, via a one-epoch run."""
+    d = os.path.join(work, arch)
+    os.makedirs(d, exist_ok=True)
+    data = os.path.join(ROOT, "data", "fashion-mnist-mini")
+    with open(os.path.join(d, "r.toml"), "w") as f:
+        f.write(f'name = "{arch}"\n[data]\ntrain = "{data}/train"\nvalid = "{data}/valid"\nimage_size = 224\n'
+                f'max_per_class = 1\n[[step]]\nkind = "backbone"\narch = "{arch}"\n[[step]]\nkind = "freeze"\n'
+                '[[step]]\nkind = "fine_tune"\nepochs = 1\n')
+    run = os.path.join(d, "run")
+    subprocess.check_output([TLAB, "run", os.path.join(d, "r.toml"), "--out", run])
+    onnx = os.path.join(d, f"{arch}.onnx")
+    subprocess.check_output([TLAB, "export", run, "--format", "onnx", "--dynamic-batch", "-o", onnx])
+    return onnx
+
+
+def inference(args):
+    """tlab's forward against ONNX Runtime at batch 32 (throughput) and 1 (latency)."""
+    import tempfile
+    py = ort_python()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for arch in ORT_ARCHS:
+            if args.only and args.only not in arch:
+                continue
+            onnx = export_random(arch, work)
+            for batch, iters in [(32, args.iters), (1, 50)]:
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    out = subprocess.check_output([TLAB, "bench", "forward", "--backbone", arch, "--batch", str(batch),
+                                                   "--size", "224", "--iters", str(iters), "--warmup", str(args.warmup)], env=env)
+                    ours.append(json.loads(out)["images_per_sec"])
+                    out = subprocess.check_output([py, "-c", ORT_CASE, onnx, str(args.threads), str(batch), "224",
+                                                   str(iters), str(args.warmup)])
+                    theirs.append(json.loads(out)["images_per_sec"])
+                ratio = statistics.median(a / b for a, b in zip(ours, theirs))
+                if batch == 1:
+                    name, a, b = f"{arch} b1 224 latency (ms)", 1000 / statistics.median(ours), 1000 / statistics.median(theirs)
+                else:
+                    name, a, b = f"{arch} b32 224 (img/s)", statistics.median(ours), statistics.median(theirs)
+                rows.append((name, a, b, ratio))
+                print(f"{name:<36} tlab {a:8.1f}   onnxruntime {b:8.1f}   speed ratio {ratio:.2f}", flush=True)
+    print("\n| case | tlab | ONNX Runtime | tlab / ORT (speed) |\n|---|---|---|---|")
+    for name, a, b, r in rows:
+        print(f"| {name} | {a:.1f} | {b:.1f} | {r:.2f}× |")
+
+
 # The end-to-end cases: a shipped recipe against benches/quickstart_torch.py.
 END_TO_END = [("quickstart", "recipes/quickstart.toml"), ("resnet18", "recipes/resnet18-two-phase.toml")]
 
@@ -262,7 +347,13 @@ def main():
     ap.add_argument("--end-to-end", action="store_true",
                     help="only the whole recipes against benches/quickstart_torch.py (wall time, accuracy, peak RSS)")
     ap.add_argument("--seeds", default="1,2,3", help="seeds of the end-to-end runs")
+    ap.add_argument("--onnxruntime", action="store_true",
+                    help="only inference against ONNX Runtime (batch 32 throughput, batch 1 latency, 224 px)")
     args = ap.parse_args()
+    if args.onnxruntime:
+        if not os.path.exists(TLAB):
+            sys.exit("build tlab first: cargo build --release")
+        return inference(args)
     if not os.path.exists(TLAB):
         sys.exit("build tlab first: cargo build --release")
     py = torch_python()

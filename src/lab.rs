@@ -205,18 +205,13 @@ impl Lab {
     /// Prepares to continue an interrupted run from a checkpoint taken in
     /// fine_tune step `step`: replays the cheap steps before it (backbone,
     /// freeze, augment), takes finished fine_tune steps' histories from
-    /// `history` without training, skips earlier evaluate steps, loads the
-    /// checkpoint's weights, and arms `resume` for step `step`. When
-    /// `finished`, step `step` itself is complete and the run continues after it.
-    pub fn resume_from(
-        &mut self,
-        step: usize,
-        finished: bool,
-        history: Vec<(usize, EpochRecord)>,
-        weights: &std::collections::HashMap<String, candle_core::Tensor>,
-        resume: train::Resume,
-        obs: &mut dyn Observer,
-    ) -> Result<()> {
+    /// the checkpoint's history without training, skips earlier evaluate
+    /// steps, loads the checkpoint's weights, and arms its optimizer state for
+    /// step `step`. When the checkpoint says `finished`, step `step` itself is
+    /// complete and the run continues after it.
+    pub fn resume_from(&mut self, saved: crate::checkpoint::Saved, obs: &mut dyn Observer) -> Result<()> {
+        let crate::checkpoint::Saved { state, weights, resume } = saved;
+        let (step, finished, history) = (state.step, state.finished, state.history);
         if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
             return Err(Error::Invalid(format!("checkpoint names step {}, which is not a fine_tune step", step + 1)));
         }

@@ -421,15 +421,14 @@ impl Observer for Progress {
     }
 }
 
-fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // With --resume, the run directory says which recipe it ran.
-    let saved_state = match &resume {
-        Some(dir) => tlab::checkpoint::read_state(dir)?,
-        None => None,
-    };
-    let recipe_path = match (recipe_path, &saved_state, &resume) {
+/// The recipe a run uses: the one given, or with `--resume` the one the run
+/// directory names (in its checkpoint, else its status.json).
+fn run_recipe_path(
+    given: Option<PathBuf>,
+    saved: Option<&tlab::checkpoint::State>,
+    resume: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    Ok(match (given, saved, resume) {
         (Some(p), _, _) => p,
         (None, Some(s), _) => s.recipe.clone(),
         (None, None, Some(dir)) => {
@@ -441,26 +440,23 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             PathBuf::from(v["recipe"].as_str().context("status.json names no recipe")?)
         }
         (None, None, None) => bail!("give a recipe"),
-    };
-    let recipe_path = recipe_path.as_path();
-    let recipe = match tlab::recipe::load(recipe_path) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    })
+}
+
+/// Creates (or, resuming, reopens) the run directory; returns when the run
+/// started and the seconds it had run before (0 for a new run).
+fn open_run_dir(dir: &Path, recipe: &tlab::recipe::Recipe, resuming: bool) -> anyhow::Result<(u64, f64)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // A resumed run keeps its start and adds the time it had run before.
     let previous: serde_json::Value = std::fs::read_to_string(dir.join("status.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let started_at = previous["started"].as_u64().filter(|_| resume.is_some()).unwrap_or(now);
-    let earlier_seconds = previous["seconds"].as_f64().filter(|_| resume.is_some()).unwrap_or(0.0);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let started_at = previous["started"].as_u64().filter(|_| resuming).unwrap_or(now);
+    let earlier_seconds = previous["seconds"].as_f64().filter(|_| resuming).unwrap_or(0.0);
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
     // A process killed mid-write leaves its temp file; never its target.
-    tlab::report::remove_stale_temps(&dir);
+    tlab::report::remove_stale_temps(dir);
     // Name the recipe at once, so a run killed before its first checkpoint
     // can still be resumed (it starts over).
     if !dir.join("status.json").exists() {
@@ -472,6 +468,56 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         });
         tlab::report::atomic_write(&dir.join("status.json"), serde_json::to_string_pretty(&status)?.as_bytes())?;
     }
+    Ok((started_at, earlier_seconds))
+}
+
+/// Runs steps `first..`, printing each; the error that stopped them, if any.
+fn run_steps(lab: &mut Lab, progress: &mut Progress, first: usize) -> Option<tlab::Error> {
+    let steps = lab.recipe().steps.len();
+    for i in first..steps {
+        if progress.interrupted.load(Ordering::Relaxed) {
+            break;
+        }
+        progress.step = i;
+        progress.earlier = lab.history().to_vec();
+        let step = &lab.recipe().steps[i];
+        progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
+        progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
+        match lab.run_step(i, progress) {
+            Ok(result) => {
+                let secs = result.seconds;
+                for l in describe(&result.output) {
+                    progress.line(format!("  {l}"));
+                }
+                progress.line(format!("  ✓ {:.1}s", secs));
+            }
+            Err(e) => {
+                progress.line(format!("  ✗ {e}"));
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    // With --resume, the run directory says which recipe it ran.
+    let saved_state = match &resume {
+        Some(dir) => tlab::checkpoint::read_state(dir)?,
+        None => None,
+    };
+    let recipe_path = run_recipe_path(recipe_path, saved_state.as_ref(), resume.as_deref())?;
+    let recipe_path = recipe_path.as_path();
+    let recipe = match tlab::recipe::load(recipe_path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    let (started_at, earlier_seconds) = open_run_dir(&dir, &recipe, resume.is_some())?;
     let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new();
     progress.checkpoints = Some((dir.clone(), recipe.clone()));
@@ -479,16 +525,16 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     let mut first_step = 0;
     if let Some(state) = saved_state {
         let saved = tlab::checkpoint::load(&dir, state, &recipe)?;
-        let (step, finished) = (saved.state.step, saved.state.finished);
+        let (step, finished, epochs) = (saved.state.step, saved.state.finished, saved.state.history.len());
         progress.line(format!(
             "resuming {} at step {} after epoch {}",
             dir.display(),
             step + 1,
             saved.state.epochs_done
         ));
-        lab.resume_from(step, finished, saved.state.history.clone(), &saved.weights, saved.resume, &mut progress)?;
+        lab.resume_from(saved, &mut progress)?;
         if let Some(tb) = &mut progress.tb {
-            tb.skip_epochs(saved.state.history.len());
+            tb.skip_epochs(epochs);
         }
         first_step = if finished { step + 1 } else { step };
     }
@@ -499,33 +545,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         signal_hook::flag::register(sig, progress.interrupted.clone())?;
     }
     progress.line(format!("tlab run {} → {}", recipe_path.display(), dir.display()));
-    let steps = lab.recipe().steps.len();
-    let mut failure = None;
-    for i in first_step..steps {
-        if progress.interrupted.load(Ordering::Relaxed) {
-            break;
-        }
-        progress.step = i;
-        progress.earlier = lab.history().to_vec();
-        let step = &lab.recipe().steps[i];
-        progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
-        progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
-        match lab.run_step(i, &mut progress) {
-            Ok(result) => {
-                let text = describe(&result.output);
-                let secs = result.seconds;
-                for l in text {
-                    progress.line(format!("  {l}"));
-                }
-                progress.line(format!("  ✓ {:.1}s", secs));
-            }
-            Err(e) => {
-                progress.line(format!("  ✗ {e}"));
-                failure = Some(e);
-                break;
-            }
-        }
-    }
+    let failure = run_steps(&mut lab, &mut progress, first_step);
     if let Some((multi, e, b)) = &progress.bars {
         e.finish_and_clear();
         b.finish_and_clear();
@@ -779,20 +799,146 @@ struct PredictArgs {
     batch: usize,
 }
 
-fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let predictor = match (args.model, args.imagenet) {
+fn open_predictor(args: &PredictArgs) -> anyhow::Result<tlab::predict::Predictor> {
+    Ok(match (&args.model, args.imagenet) {
         // A tlab `.onnx` export stands in for its run directory.
         (Some(file), false) if file.is_file() && file.extension().is_some_and(|e| e == "onnx") => {
-            tlab::predict::Predictor::from_onnx(&file)?
+            tlab::predict::Predictor::from_onnx(file)?
         }
-        (Some(dir), false) => tlab::predict::Predictor::from_run_dir(&dir)?,
+        (Some(dir), false) => tlab::predict::Predictor::from_run_dir(dir)?,
         (None, true) => {
-            let weights = args.weights.unwrap_or_else(tlab::predict::shipped_imagenet_weights);
-            let classes = args.classes.unwrap_or_else(tlab::predict::shipped_imagenet_classes);
+            let weights = args.weights.clone().unwrap_or_else(tlab::predict::shipped_imagenet_weights);
+            let classes = args.classes.clone().unwrap_or_else(tlab::predict::shipped_imagenet_classes);
             tlab::predict::Predictor::imagenet(&args.backbone, &weights, &classes)?
         }
         _ => bail!("give either --model RUN_DIR or --imagenet"),
+    })
+}
+
+/// Class indices of `p`, most probable first, the first `top`.
+fn ranked(p: &[f32], top: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    order.truncate(top.max(1));
+    order
+}
+
+/// The predictions as JSON lines, as text (few images, nothing else asked)
+/// and as `--csv`.
+fn show_predictions(
+    args: &PredictArgs,
+    paths: &[PathBuf],
+    probs: &[Vec<f32>],
+    classes: &[String],
+) -> anyhow::Result<()> {
+    let quiet = args.json || args.csv.is_some() || args.out.is_some() || paths.len() > 50;
+    if args.json {
+        for (path, p) in paths.iter().zip(probs) {
+            let top: Vec<(String, f32)> = ranked(p, args.top).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
+            let line = serde_json::json!({
+                "path": tlab::paths::shown(path).display().to_string(),
+                "predicted": top[0].0,
+                "confidence": top[0].1,
+                "top": top,
+            });
+            println!("{line}");
+        }
+    }
+    if !quiet {
+        for (path, p) in paths.iter().zip(probs) {
+            println!("{}", tlab::paths::shown(path).display());
+            for i in ranked(p, args.top) {
+                println!("  {:>7.4}  {}", p[i], classes[i]);
+            }
+        }
+    }
+    if let Some(file) = &args.csv {
+        let mut text = String::from("path,predicted,confidence,top_k\n");
+        for (path, p) in paths.iter().zip(probs) {
+            let order = ranked(p, args.top);
+            let top: Vec<String> = order.iter().map(|&i| format!("{}:{:.4}", classes[i], p[i])).collect();
+            text.push_str(&format!(
+                "{},{},{:.6},{}\n",
+                csv_field(&tlab::paths::shown(path).display().to_string()),
+                csv_field(&classes[order[0]]),
+                p[order[0]],
+                csv_field(&top.join(" "))
+            ));
+        }
+        tlab::report::atomic_write(file, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Images in class folders: the accuracy, and with `--out` the metrics and
+/// predictions files of a run directory.
+fn score(
+    args: &PredictArgs,
+    paths: &[PathBuf],
+    probs: &[Vec<f32>],
+    labels: &[usize],
+    classes: &[String],
+) -> anyhow::Result<()> {
+    let flat: Vec<f32> = probs.concat();
+    let metrics = tlab::metrics::compute(&flat, labels, classes, args.top.min(classes.len()).max(1));
+    let line = format!(
+        "accuracy {:.4} on {} images (top-{} {:.4})",
+        metrics.accuracy, metrics.count, metrics.top_k, metrics.top_k_accuracy
+    );
+    // With --json, stdout holds only the JSON lines.
+    if args.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    let Some(dir) = &args.out else { return Ok(()) };
+    let predictions: Vec<tlab::report::Prediction> = paths
+        .iter()
+        .zip(probs)
+        .zip(labels)
+        .map(|((path, p), &truth)| {
+            let predicted = ranked(p, 1)[0];
+            tlab::report::Prediction {
+                path: path.clone(),
+                truth,
+                predicted,
+                confidence: p[predicted],
+                loss: -p[truth].max(f32::MIN_POSITIVE).ln(),
+            }
+        })
+        .collect();
+    tlab::report::atomic_write(&dir.join("metrics.json"), tlab::report::metrics_json(&metrics)?.as_bytes())?;
+    tlab::report::atomic_write(
+        &dir.join("predictions.csv"),
+        tlab::report::predictions_csv(&predictions, classes).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// `--npy PREFIX`: the exact model inputs and the probabilities as NumPy files.
+fn write_npy(
+    prefix: &Path,
+    predictor: &tlab::predict::Predictor,
+    paths: &[PathBuf],
+    probs: &[Vec<f32>],
+) -> anyhow::Result<()> {
+    let tensors: Vec<candle_core::Tensor> = paths.iter().map(|p| predictor.input(p)).collect::<tlab::Result<_>>()?;
+    let stacked = candle_core::Tensor::cat(&tensors, 0)?;
+    let shape: Vec<usize> = stacked.dims().to_vec();
+    let values = stacked.flatten_all()?.to_vec1::<f32>()?;
+    let name = |suffix: &str| {
+        let mut p = prefix.to_path_buf().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
     };
+    tlab::report::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
+    let classes = predictor.classes().len();
+    tlab::report::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes], &probs.concat()))?;
+    Ok(())
+}
+
+fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let predictor = open_predictor(&args)?;
     let inputs = tlab::predict::expand_inputs(images, predictor.classes())?;
     let paths: Vec<PathBuf> = inputs.iter().map(|(p, _)| p.clone()).collect();
     let bar = (std::io::stderr().is_terminal() && paths.len() > args.batch).then(|| {
@@ -813,84 +959,10 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
         b.finish_and_clear();
     }
     let classes = predictor.classes();
-    let ranked = |p: &[f32]| {
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-        order.truncate(args.top);
-        order
-    };
-    let quiet = args.json || args.csv.is_some() || args.out.is_some() || paths.len() > 50;
-    if args.json {
-        for (path, p) in paths.iter().zip(&probs) {
-            let top: Vec<(String, f32)> = ranked(p).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
-            let line = serde_json::json!({
-                "path": tlab::paths::shown(path).display().to_string(),
-                "predicted": top[0].0,
-                "confidence": top[0].1,
-                "top": top,
-            });
-            println!("{line}");
-        }
-    }
-    if !quiet {
-        for (path, p) in paths.iter().zip(&probs) {
-            println!("{}", tlab::paths::shown(path).display());
-            for i in ranked(p) {
-                println!("  {:>7.4}  {}", p[i], classes[i]);
-            }
-        }
-    }
-    if let Some(file) = &args.csv {
-        let mut text = String::from("path,predicted,confidence,top_k\n");
-        for (path, p) in paths.iter().zip(&probs) {
-            let top: Vec<String> = ranked(p).into_iter().map(|i| format!("{}:{:.4}", classes[i], p[i])).collect();
-            let best = ranked(p)[0];
-            text.push_str(&format!(
-                "{},{},{:.6},{}\n",
-                csv_field(&tlab::paths::shown(path).display().to_string()),
-                csv_field(&classes[best]),
-                p[best],
-                csv_field(&top.join(" "))
-            ));
-        }
-        tlab::report::atomic_write(file, text.as_bytes())?;
-    }
+    show_predictions(&args, &paths, &probs, classes)?;
     let labelled: Vec<usize> = inputs.iter().filter_map(|(_, l)| *l).collect();
     if labelled.len() == inputs.len() && !labelled.is_empty() {
-        let flat: Vec<f32> = probs.concat();
-        let metrics = tlab::metrics::compute(&flat, &labelled, classes, args.top.min(classes.len()).max(1));
-        let line = format!(
-            "accuracy {:.4} on {} images (top-{} {:.4})",
-            metrics.accuracy, metrics.count, metrics.top_k, metrics.top_k_accuracy
-        );
-        // With --json, stdout holds only the JSON lines.
-        if args.json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-        if let Some(dir) = &args.out {
-            let predictions: Vec<tlab::report::Prediction> = paths
-                .iter()
-                .zip(&probs)
-                .zip(&labelled)
-                .map(|((path, p), &truth)| {
-                    let predicted = ranked(p)[0];
-                    tlab::report::Prediction {
-                        path: path.clone(),
-                        truth,
-                        predicted,
-                        confidence: p[predicted],
-                        loss: -p[truth].max(f32::MIN_POSITIVE).ln(),
-                    }
-                })
-                .collect();
-            tlab::report::atomic_write(&dir.join("metrics.json"), tlab::report::metrics_json(&metrics)?.as_bytes())?;
-            tlab::report::atomic_write(
-                &dir.join("predictions.csv"),
-                tlab::report::predictions_csv(&predictions, classes).as_bytes(),
-            )?;
-        }
+        score(&args, &paths, &probs, &labelled, classes)?;
     } else if args.out.is_some() {
         bail!("--out needs folders with one sub-folder per class of the model ({})", classes.join(", "));
     }
@@ -901,18 +973,7 @@ fn predict(args: PredictArgs, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
         args.batch
     );
     if let Some(prefix) = &args.npy {
-        let tensors: Vec<candle_core::Tensor> =
-            paths.iter().map(|p| predictor.input(p)).collect::<tlab::Result<_>>()?;
-        let stacked = candle_core::Tensor::cat(&tensors, 0)?;
-        let shape: Vec<usize> = stacked.dims().to_vec();
-        let values = stacked.flatten_all()?.to_vec1::<f32>()?;
-        let name = |suffix: &str| {
-            let mut p = prefix.clone().into_os_string();
-            p.push(suffix);
-            PathBuf::from(p)
-        };
-        tlab::report::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
-        tlab::report::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes.len()], &probs.concat()))?;
+        write_npy(prefix, &predictor, &paths, &probs)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -306,14 +306,12 @@ mod tests {
 
     /// PyTorch's formulas written as plain tensor code (what the optimiser
     /// did before it was fused): `(param, m, v)` after one step.
-    #[allow(clippy::too_many_arguments)]
     fn reference(
         cfg: &FineTuneConfig,
         t: i32,
         p: &Tensor,
         g: &Tensor,
-        m: Option<&Tensor>,
-        v: Option<&Tensor>,
+        (m, v): (Option<&Tensor>, Option<&Tensor>),
         lr: f64,
     ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
         // timm's rule: no decay on 1-D parameters (biases, norm weights) when asked.
@@ -382,7 +380,7 @@ mod tests {
                 for (k, v) in vars.iter().enumerate() {
                     let g = grads.get(v.as_tensor()).unwrap();
                     let (p, m, vv) = &expected[k];
-                    expected[k] = reference(&cfg, t, p, g, m.as_ref(), vv.as_ref(), lr);
+                    expected[k] = reference(&cfg, t, p, g, (m.as_ref(), vv.as_ref()), lr);
                 }
                 opt.step(&grads, lr).unwrap();
                 for (k, v) in vars.iter().enumerate() {

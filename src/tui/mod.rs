@@ -123,8 +123,18 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     let paused = Arc::new(AtomicBool::new(false));
     spawn_input(tx.clone(), paused.clone());
 
-    let result =
-        event_loop(&mut terminal, &mut app, &mut images, &rx, &cmd_tx, &cancel, &paused, &mut log, &mut watcher);
+    let mut shell = Shell {
+        terminal: &mut terminal,
+        rx: &rx,
+        cmd_tx: &cmd_tx,
+        cancel: &cancel,
+        paused: &paused,
+        log: &mut log,
+        watcher: &mut watcher,
+        reload_due: None,
+        changed: Vec::new(),
+    };
+    let result = shell.event_loop(&mut app, &mut images);
     leave_terminal();
     if let Some((median, max)) = app.frame_stats() {
         let _ = writeln!(
@@ -182,35 +192,67 @@ fn spawn_input(tx: Sender<AppEvent>, paused: Arc<AtomicBool>) {
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-fn event_loop(
-    terminal: &mut Term,
-    app: &mut App,
-    images: &mut Images,
-    rx: &mpsc::Receiver<AppEvent>,
-    cmd_tx: &Sender<Command>,
-    cancel: &AtomicBool,
-    paused: &AtomicBool,
-    log: &mut std::fs::File,
-    watcher: &mut Option<watch::Watch>,
-) -> Result<()> {
-    let mut reload_due: Option<Instant> = None;
-    // What changed since the debounce timer started.
-    let mut changed: Vec<watch::Changed> = Vec::new();
-    loop {
-        let t0 = Instant::now();
-        terminal.draw(|f| views::draw(f, app, images)).map_err(io_err)?;
-        app.record_frame(t0.elapsed());
+/// The TUI's side of the world: the terminal, the engine's channels and
+/// flags, the log and the file watcher. [`App`] decides; this carries out
+/// what it decides (its [`Effect`]s) and feeds it every event.
+struct Shell<'a> {
+    terminal: &'a mut Term,
+    rx: &'a mpsc::Receiver<AppEvent>,
+    cmd_tx: &'a Sender<Command>,
+    cancel: &'a AtomicBool,
+    paused: &'a AtomicBool,
+    log: &'a mut std::fs::File,
+    watcher: &'a mut Option<watch::Watch>,
+    /// When the debounced reload is due, and what changed since its timer started.
+    reload_due: Option<Instant>,
+    changed: Vec<watch::Changed>,
+}
 
-        // Wait for something to happen; tick for spinners and the reload debounce.
+impl Shell<'_> {
+    /// Draw, wait for events, handle them, carry out the effects; until quit.
+    fn event_loop(&mut self, app: &mut App, images: &mut Images) -> Result<()> {
+        loop {
+            let t0 = Instant::now();
+            self.terminal.draw(|f| views::draw(f, app, images)).map_err(io_err)?;
+            app.record_frame(t0.elapsed());
+            let mut effects = Vec::new();
+            if !self.receive(app, images, &mut effects) {
+                return Ok(());
+            }
+            self.reload_if_due(app, images, &mut effects);
+            for effect in effects {
+                if self.apply(effect, app)? {
+                    return Ok(());
+                }
+            }
+            if app.should_quit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for an event (ticking for spinners and the reload debounce),
+    /// then handles it and whatever else is queued before the next redraw.
+    /// False when the senders are gone.
+    fn receive(&mut self, app: &mut App, images: &mut Images, effects: &mut Vec<Effect>) -> bool {
         let timeout =
-            reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
-        let mut effects = Vec::new();
-        let mut handle = |ev: AppEvent,
-                          app: &mut App,
-                          images: &mut Images,
-                          reload_due: &mut Option<Instant>,
-                          changed: &mut Vec<watch::Changed>| match ev {
+            self.reload_due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_millis(100));
+        let rx = self.rx;
+        match rx.recv_timeout(timeout) {
+            Ok(ev) => {
+                self.handle(ev, app, images, effects);
+                while let Ok(ev) = rx.try_recv() {
+                    self.handle(ev, app, images, effects);
+                }
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    fn handle(&mut self, ev: AppEvent, app: &mut App, images: &mut Images, effects: &mut Vec<Effect>) {
+        match ev {
             AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
                 if let Some(a) = Action::from_key(k) {
                     effects.extend(app.update(a));
@@ -230,65 +272,59 @@ fn event_loop(
                 FromWorker::Image { step, kind, image, captions } => images.set(step, kind, image, captions),
             },
             AppEvent::FileChanged(c) => {
-                if !changed.contains(&c) {
-                    changed.push(c);
+                if !self.changed.contains(&c) {
+                    self.changed.push(c);
                 }
-                *reload_due = Some(Instant::now() + DEBOUNCE);
+                self.reload_due = Some(Instant::now() + DEBOUNCE);
             }
             AppEvent::Resized(key, resp) => images.update(key, resp),
-        };
-        match rx.recv_timeout(timeout) {
-            Ok(ev) => {
-                handle(ev, app, images, &mut reload_due, &mut changed);
-                // Drain what else is queued before redrawing (batch events).
-                while let Ok(ev) = rx.try_recv() {
-                    handle(ev, app, images, &mut reload_due, &mut changed);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
-        if reload_due.is_some_and(|d| Instant::now() >= d) {
-            reload_due = None;
-            for c in std::mem::take(&mut changed) {
-                match c {
-                    watch::Changed::Recipe => {
-                        effects.extend(reload(app, images, cmd_tx, cancel, log));
-                        if let Some(w) = watcher.as_mut() {
-                            if let Err(e) = w.retarget(&app.recipe) {
-                                let _ = writeln!(log, "cannot watch the recipe's inputs: {e}");
-                            }
+    }
+
+    /// Once the debounce has passed: re-reads the recipe or notes the changed input.
+    fn reload_if_due(&mut self, app: &mut App, images: &mut Images, effects: &mut Vec<Effect>) {
+        if self.reload_due.is_none_or(|d| Instant::now() < d) {
+            return;
+        }
+        self.reload_due = None;
+        for c in std::mem::take(&mut self.changed) {
+            match c {
+                watch::Changed::Recipe => {
+                    effects.extend(reload(app, images, self.cmd_tx, self.cancel, self.log));
+                    if let Some(w) = self.watcher.as_mut() {
+                        if let Err(e) = w.retarget(&app.recipe) {
+                            let _ = writeln!(self.log, "cannot watch the recipe's inputs: {e}");
                         }
                     }
-                    watch::Changed::Input(input) => {
-                        effects.extend(input_changed(app, cmd_tx, cancel, log, input));
-                    }
+                }
+                watch::Changed::Input(input) => {
+                    effects.extend(input_changed(app, self.cmd_tx, self.cancel, self.log, input));
                 }
             }
         }
-        for effect in effects {
-            match effect {
-                Effect::Send(CommandKind::Run(steps)) => {
-                    let _ = writeln!(log, "run steps {:?}", steps.iter().map(|s| s + 1).collect::<Vec<_>>());
-                    let _ = cmd_tx.send(Command::Run(steps));
-                }
-                Effect::Send(CommandKind::Preview(step)) => {
-                    let _ = cmd_tx.send(Command::Preview { step, seed: app.preview_seed });
-                }
-                Effect::Send(CommandKind::Cancel) => cancel.store(true, Ordering::Relaxed),
-                Effect::OpenEditor => open_editor(terminal, &app.recipe_path, paused, log)?,
-                Effect::LoadRuns => {
-                    // A few small files per run; the popup opens at once.
-                    let runs = crate::runs::list(std::path::Path::new("runs")).unwrap_or_default();
-                    let current = std::fs::read_to_string(&app.recipe_path).unwrap_or_default();
-                    app.on_runs_loaded(runs, current);
-                }
-                Effect::Quit => return Ok(()),
+    }
+
+    /// Carries out one effect; true to quit.
+    fn apply(&mut self, effect: Effect, app: &mut App) -> Result<bool> {
+        match effect {
+            Effect::Send(CommandKind::Run(steps)) => {
+                let _ = writeln!(self.log, "run steps {:?}", steps.iter().map(|s| s + 1).collect::<Vec<_>>());
+                let _ = self.cmd_tx.send(Command::Run(steps));
             }
+            Effect::Send(CommandKind::Preview(step)) => {
+                let _ = self.cmd_tx.send(Command::Preview { step, seed: app.preview_seed });
+            }
+            Effect::Send(CommandKind::Cancel) => self.cancel.store(true, Ordering::Relaxed),
+            Effect::OpenEditor => open_editor(self.terminal, &app.recipe_path, self.paused, self.log)?,
+            Effect::LoadRuns => {
+                // A few small files per run; the popup opens at once.
+                let runs = crate::runs::list(std::path::Path::new("runs")).unwrap_or_default();
+                let current = std::fs::read_to_string(&app.recipe_path).unwrap_or_default();
+                app.on_runs_loaded(runs, current);
+            }
+            Effect::Quit => return Ok(true),
         }
-        if app.should_quit {
-            return Ok(());
-        }
+        Ok(false)
     }
 }
 

@@ -70,21 +70,23 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell) {
     let valid_acc = series(|r| r.valid_accuracy);
     let max_epoch = cell.history.len().max(cell.progress.epochs).max(2) as f64;
     let max_loss = train_loss.iter().chain(&valid_loss).map(|p| p.1).fold(0.0f64, f64::max).max(1e-6) * 1.1;
-    chart(frame, loss_area, " loss ", &train_loss, &valid_loss, max_epoch, (0.0, max_loss), cell.stale);
-    chart(frame, acc_area, " accuracy ", &train_acc, &valid_acc, max_epoch, (0.0, 1.0), cell.stale);
+    let loss = Curves { title: " loss ", train: &train_loss, valid: &valid_loss, max_epoch, y: (0.0, max_loss) };
+    chart(frame, loss_area, &loss, cell.stale);
+    let acc = Curves { title: " accuracy ", train: &train_acc, valid: &valid_acc, max_epoch, y: (0.0, 1.0) };
+    chart(frame, acc_area, &acc, cell.stale);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn chart(
-    frame: &mut Frame,
-    area: Rect,
-    title: &str,
-    train: &[(f64, f64)],
-    valid: &[(f64, f64)],
+/// One chart's train and valid curves over epochs `1..=max_epoch`, on `y`.
+struct Curves<'a> {
+    title: &'a str,
+    train: &'a [(f64, f64)],
+    valid: &'a [(f64, f64)],
     max_epoch: f64,
     y: (f64, f64),
-    stale: bool,
-) {
+}
+
+fn chart(frame: &mut Frame, area: Rect, c: &Curves<'_>, stale: bool) {
+    let Curves { title, train, valid, max_epoch, y } = *c;
     let datasets = vec![
         Dataset::default()
             .name("train")
