@@ -9,7 +9,10 @@ test assertion: machines are shared and noisy, quote medians and ratios.
 
 Usage:
   cargo build --release
-  python3 benches/side_by_side.py [--rounds 3] [--threads 2] [--quick]
+  python3 benches/side_by_side.py [--rounds 3] [--threads 2] [--quick] [--only TEXT]
+  python3 benches/side_by_side.py --end-to-end [--seeds 1,2,3]   # whole recipes vs benches/quickstart_torch.py
+  python3 benches/side_by_side.py --onnxruntime                  # inference vs ONNX Runtime
+Each case also reports the peak RSS of both processes (wait4's ru_maxrss).
 PyTorch comes from PyPI into a venv (~/.cache/tlab/venv-bench) the first time;
 set TORCH_PYTHON to an interpreter that already has torch + torchvision.
 """
@@ -47,6 +50,12 @@ CASES = [
     ("resnet18 train full network b32 128",
      ["train-step", "--backbone", "resnet18", "--freeze", "none", "--batch", "32", "--size", "128"],
      dict(kind="train", arch="resnet18", batch=32, size=128, trainable_from="conv1")),
+    ("mobilenet_v2 train full network b32 224",
+     ["train-step", "--backbone", "mobilenet_v2", "--freeze", "none", "--batch", "32", "--size", "224"],
+     dict(kind="train", arch="mobilenet_v2", batch=32, size=224, trainable_from="features.0")),
+    ("resnet18 train full network b32 224",
+     ["train-step", "--backbone", "resnet18", "--freeze", "none", "--batch", "32", "--size", "224"],
+     dict(kind="train", arch="resnet18", batch=32, size=224, trainable_from="conv1")),
     # The optimizer alone: one AdamW update of all of ResNet-18 + a 10-class head
     # (updates per second in the img/s columns).
     ("resnet18 adamw update, all params", ["optimizer-step", "--backbone", "resnet18", "--optimizer", "adamw"],
@@ -376,15 +385,18 @@ def main():
     if args.only:
         cases = [c for c in cases if args.only in c[0]]
     for name, targs, tcase in cases:
-        ours, theirs = [], []
+        ours, theirs, rss = [], [], [0.0, 0.0]
         for _ in range(args.rounds):  # alternate A/B so drift hits both
-            out = subprocess.check_output([TLAB, "bench", *targs, "--iters", str(args.iters), "--warmup", str(args.warmup)], env=env)
+            _, mib, out = timed([TLAB, "bench", *targs, "--iters", str(args.iters), "--warmup", str(args.warmup)], env)
             ours.append(json.loads(out)["images_per_sec"])
-            out = subprocess.check_output([py, "-c", TORCH_CASE, json.dumps(tcase), str(args.threads), str(args.iters), str(args.warmup)])
+            rss[0] = max(rss[0], mib)
+            _, mib, out = timed([py, "-c", TORCH_CASE, json.dumps(tcase), str(args.threads), str(args.iters), str(args.warmup)])
             theirs.append(json.loads(out)["images_per_sec"])
+            rss[1] = max(rss[1], mib)
         ratio = statistics.median(a / b for a, b in zip(ours, theirs))
         rows.append((name, statistics.median(ours), statistics.median(theirs), ratio))
-        print(f"{name:<44} tlab {rows[-1][1]:8.1f} img/s   torch {rows[-1][2]:8.1f} img/s   ratio {ratio:.2f}", flush=True)
+        print(f"{name:<44} tlab {rows[-1][1]:8.1f} img/s   torch {rows[-1][2]:8.1f} img/s   ratio {ratio:.2f}"
+              f"   peak RSS {rss[0]:.0f} / {rss[1]:.0f} MiB", flush=True)
     if not args.quick and (args.only is None or args.only in "quickstart epoch"):
         epochs = 3
         ours, theirs = [], []

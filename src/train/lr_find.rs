@@ -96,6 +96,9 @@ pub fn lr_find(
     let batches = setup.data.train.len().div_ceil(setup.batch_size).max(1);
     let mut train = setup.cfg.clone();
     train.epochs = cfg.num_it.div_ceil(batches);
+    // The test may stop at divergence long before its last batch: views
+    // computed up front could cost more than they save ("auto" is live here).
+    train.augment_views = train.augment_views.or(Some(0));
     let setup = Setup { cfg: &train, ..setup };
     let finder = LrFinder {
         cfg: cfg.clone(),
