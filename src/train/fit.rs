@@ -580,6 +580,18 @@ mod tests {
     }
 
     #[test]
+    fn auto_views_are_one_per_epoch_unless_the_step_may_stop_early_or_they_do_not_fit() {
+        let cfg = crate::recipe::fine_tune_for_test("epochs = 4");
+        // 100 images × 4 views × 1 KiB each.
+        assert_eq!(auto_views(&cfg, 100, 1024, 400 * 1024), 4);
+        assert_eq!(auto_views(&cfg, 100, 1024, 400 * 1024 - 1), 0, "over the memory budget: live");
+        let stopping = crate::recipe::fine_tune_for_test("epochs = 4\npatience = 2");
+        assert_eq!(auto_views(&stopping, 100, 1024, u64::MAX), 0, "early stopping: live");
+        let timed = crate::recipe::fine_tune_for_test("epochs = 4\ntime_limit = 60");
+        assert_eq!(auto_views(&timed, 100, 1024, u64::MAX), 0, "time limit: live");
+    }
+
+    #[test]
     fn balanced_class_weights_are_inverse_to_the_counts() {
         let mut data = crate::preview::tests::tiny_dataset(4, 8);
         data.train.labels = vec![0, 0, 0, 1];

@@ -170,11 +170,31 @@ struct PrefixPass<'a> {
     counts: std::cell::Cell<(usize, usize)>,
     /// Bytes per image of the kept shorter prefix last continued from.
     kept_item_bytes: std::cell::Cell<u64>,
+    /// The model part of the keys by block count (hashing every weight of a
+    /// VGG-16 prefix once per split and view would add up).
+    model_keys: std::cell::RefCell<Vec<(usize, cache::KeyHasher)>>,
 }
 
 impl<'a> PrefixPass<'a> {
     fn new(model: &'a Classifier, data: &'a Dataset, batch: usize, stops: &'a [usize]) -> Self {
-        PrefixPass { model, data, batch, stops, counts: Default::default(), kept_item_bytes: Default::default() }
+        PrefixPass {
+            model,
+            data,
+            batch,
+            stops,
+            counts: Default::default(),
+            kept_item_bytes: Default::default(),
+            model_keys: Default::default(),
+        }
+    }
+
+    fn model_key(&self, blocks: usize) -> Result<cache::KeyHasher> {
+        if let Some((_, k)) = self.model_keys.borrow().iter().find(|(b, _)| *b == blocks) {
+            return Ok(k.clone());
+        }
+        let k = cache::model_key(self.model, blocks)?;
+        self.model_keys.borrow_mut().push((blocks, k.clone()));
+        Ok(k)
     }
 
     /// Output of the first `blocks` (frozen) blocks for every image of
@@ -202,7 +222,7 @@ impl<'a> PrefixPass<'a> {
         view: View<'_>,
         obs: &mut dyn Observer,
     ) -> Result<std::sync::Arc<Features>> {
-        let key = cache::split_key(&cache::model_key(self.model, blocks)?, split, self.data.size, view);
+        let key = cache::split_key(&self.model_key(blocks)?, split, self.data.size, view);
         if let Some(f) = cache.get(key, split.len(), &mut |s| obs.event(Event::Log(s))) {
             return Ok(f);
         }
