@@ -500,6 +500,30 @@ fn run_steps(lab: &mut Lab, progress: &mut Progress, first: usize) -> Option<tla
     None
 }
 
+/// The reports, the per-batch trace, the TensorBoard log's end and log.txt.
+fn write_run_files(
+    lab: &Lab,
+    progress: &mut Progress,
+    dir: &Path,
+    info: tlab::rundir::RunInfo,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let written = tlab::rundir::write_reports(lab, dir, info).context("writing reports")?;
+    // The per-batch trace (one-cycle and warm-up shapes show here); a resumed run has only its own batches.
+    tlab::report::atomic_write(&dir.join("batches.csv"), progress.batches.as_bytes())?;
+    if let Some(mut tb) = progress.tb.take() {
+        finish_tensorboard(&mut tb, lab, dir).context("writing the TensorBoard log")?;
+    }
+    progress.line(format!(
+        "wrote {} files to {} in {:.1}s total",
+        written.len() + 2,
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    tlab::report::atomic_write(&dir.join("log.txt"), (progress.log.join("\n") + "\n").as_bytes())?;
+    Ok(())
+}
+
 fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // With --resume, the run directory says which recipe it ran.
@@ -560,19 +584,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         started: started_at,
         seconds: started.elapsed().as_secs_f64() + earlier_seconds,
     };
-    let written = tlab::rundir::write_reports(&lab, &dir, info).context("writing reports")?;
-    // The per-batch trace (one-cycle and warm-up shapes show here); a resumed run has only its own batches.
-    tlab::report::atomic_write(&dir.join("batches.csv"), progress.batches.as_bytes())?;
-    if let Some(mut tb) = progress.tb.take() {
-        finish_tensorboard(&mut tb, &lab, &dir).context("writing the TensorBoard log")?;
-    }
-    progress.line(format!(
-        "wrote {} files to {} in {:.1}s total",
-        written.len() + 2,
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    ));
-    tlab::report::atomic_write(&dir.join("log.txt"), (progress.log.join("\n") + "\n").as_bytes())?;
+    write_run_files(&lab, &mut progress, &dir, info, started)?;
     if interrupted {
         eprintln!("interrupted: partial reports in {}", dir.display());
         return Ok(ExitCode::from(130));
