@@ -182,37 +182,7 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
         section(&mut body, "Learning-rate finder", &format!("{caption}{chart}"));
     }
     if let Some(eval) = lab.last_evaluation() {
-        let report = ClassReport::from(&eval.metrics);
-        let per_class = match picture("per_class.png") {
-            Some(p) => views::img_tag(p, "precision, recall and F1 per class")?,
-            None => String::new(),
-        };
-        section(&mut body, "Evaluation", &format!("{}{per_class}", report.to_html()));
-        let calibration = format!(
-            "<p>Expected calibration error (ECE, {} bins): <b>{:.4}</b>, how far the model's confidence is from its \
-             accuracy. Bars: accuracy per confidence bin; orange: the bin's mean confidence; diagonal: perfect.</p>{}",
-            crate::metrics::CALIBRATION_BINS,
-            eval.metrics.calibration.ece,
-            match picture("reliability.png") {
-                Some(p) => views::img_tag(p, "reliability diagram")?,
-                None => String::new(),
-            }
-        );
-        section(&mut body, "Calibration", &calibration);
-        let confusion = ConfusionMatrix::from(&eval.metrics);
-        section(&mut body, "Confusion matrix", &confusion.to_html()?);
-        if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
-            section(&mut body, "Worst mistakes", &m.to_html()?);
-        }
-        if let Some(picture) = picture("gradcam.png") {
-            let caption = "<p>Grad-CAM (Selvaraju et al. 2017) at the last block: where the evidence for the \
-                           predicted class (red caption) and for the true class lies, for the worst mistakes.</p>";
-            section(
-                &mut body,
-                "Why: Grad-CAM",
-                &format!("{caption}{}", views::img_tag(picture, "Grad-CAM of the worst mistakes")?),
-            );
-        }
+        evaluation_sections(&mut body, lab, eval, pictures)?;
     }
     if let Some(p) = picture("augment.png") {
         let caption = format!("{SAMPLES_SHOWN} augmented training images (seed {})", recipe.seed);
@@ -238,6 +208,49 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
          <title>tlab run {name}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
         name = esc(&recipe.name)
     ))
+}
+
+/// The report's sections on the last evaluation: per-class metrics,
+/// calibration, confusion, worst mistakes and their Grad-CAM.
+fn evaluation_sections(
+    body: &mut String,
+    lab: &Lab,
+    eval: &crate::train::Evaluation,
+    pictures: &[(&str, image::RgbImage)],
+) -> Result<()> {
+    let picture = |name: &str| pictures.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+    let report = ClassReport::from(&eval.metrics);
+    let per_class = match picture("per_class.png") {
+        Some(p) => views::img_tag(p, "precision, recall and F1 per class")?,
+        None => String::new(),
+    };
+    section(body, "Evaluation", &format!("{}{per_class}", report.to_html()));
+    let calibration = format!(
+        "<p>Expected calibration error (ECE, {} bins): <b>{:.4}</b>, how far the model's confidence is from its \
+             accuracy. Bars: accuracy per confidence bin; orange: the bin's mean confidence; diagonal: perfect.</p>{}",
+        crate::metrics::CALIBRATION_BINS,
+        eval.metrics.calibration.ece,
+        match picture("reliability.png") {
+            Some(p) => views::img_tag(p, "reliability diagram")?,
+            None => String::new(),
+        }
+    );
+    section(body, "Calibration", &calibration);
+    let confusion = ConfusionMatrix::from(&eval.metrics);
+    section(body, "Confusion matrix", &confusion.to_html()?);
+    if let Ok(m) = lab.mistakes(MISTAKES_SHOWN) {
+        section(body, "Worst mistakes", &m.to_html()?);
+    }
+    if let Some(picture) = picture("gradcam.png") {
+        let caption = "<p>Grad-CAM (Selvaraju et al. 2017) at the last block: where the evidence for the \
+                           predicted class (red caption) and for the true class lies, for the worst mistakes.</p>";
+        section(
+            body,
+            "Why: Grad-CAM",
+            &format!("{caption}{}", views::img_tag(picture, "Grad-CAM of the worst mistakes")?),
+        );
+    }
+    Ok(())
 }
 
 /// Grad-CAM of the `n` worst mistakes of the last evaluation, one row each
