@@ -33,8 +33,9 @@ pub struct Setup<'a> {
     /// The seed of the cached augmented views (`augment_views`): the same in
     /// every step of a recipe, so a later step can reuse an earlier one's views.
     pub view_seed: u64,
-    /// Shorter frozen prefixes that later steps will train from (see
-    /// [`PrefixPass`]); empty when nothing later unfreezes more.
+    /// Shorter frozen prefixes that later steps will train from: the
+    /// frozen-feature pass keeps their outputs on its way. Empty when nothing
+    /// later unfreezes more.
     pub later_prefixes: &'a [usize],
     pub cache: &'a mut FeatureCache,
 }
