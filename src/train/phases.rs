@@ -32,10 +32,7 @@ pub fn second_seed(seed: u64) -> u64 {
 
 /// How many blocks stay frozen in the second phase.
 fn unfreeze_count(model: &Classifier, cfg: &FineTuneConfig) -> Result<usize> {
-    match &cfg.unfreeze_to {
-        FreezePoint::None => Ok(0),
-        point => models::frozen_block_count(point, &model.backbone.block_names()),
-    }
+    models::frozen_block_count(&cfg.unfreeze_to, &model.backbone.block_names())
 }
 
 /// Runs both phases; `resume` continues whichever phase the checkpoint was in.
