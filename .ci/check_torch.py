@@ -2,9 +2,9 @@
 the way a PyTorch user does: the quickstart's MobileNetV2 into
 `torchvision.models.mobilenet_v2(num_classes=10)` with strict=True, compared
 with `tlab predict` over the whole validation split on exactly tlab's inputs
-(identical top-1, max |probability difference| <= 1e-4); a ResNet-18 and a
-VGG-16 with a hidden head layer (built by the printed snippet) likewise on a
-tiny run; then the README's PyTorch example as a user pastes it.
+(identical top-1, max |probability difference| <= 1e-4); a ResNet-18, a
+VGG-16 with a hidden head layer and a MobileNetV2 with fastai's BatchNorm head
+(built by the printed snippets) likewise on a tiny run; then the README's PyTorch example as a user pastes it.
 
 Usage: check_torch.py TLAB_BINARY RUN_DIR VALID_DIR"""
 
@@ -53,7 +53,8 @@ check(run, images, "the quickstart's mobilenet_v2")
 
 # Other heads and architectures, on a tiny run each (random init, one epoch).
 data = valid.resolve()
-for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n")]:
+for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n"),
+                   ("mobilenet_v2", "hidden = [16]\nbatchnorm = true\n")]:
     d = work / arch
     d.mkdir()
     (d / "r.toml").write_text(

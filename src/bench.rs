@@ -41,7 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// A backbone with random weights and a new 10-class head.
 fn random_classifier(arch: &str) -> Result<Classifier> {
     let backbone = models::build_backbone(arch, &mut ParamLoader::random(0), false)?;
-    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0 };
+    let head_cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0, batchnorm: false };
     let head = Head::new(&head_cfg, backbone.feature_channels(), 10, 0)?;
     Ok(Classifier::new(backbone, head))
 }

@@ -149,7 +149,11 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
             .iter()
             .find_map(|(from, to)| name.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")))
             .ok_or_else(|| Error::Invalid(format!("head tensor `{name}` has no torchvision name")))?;
+        let bn = renamed.strip_suffix(".running_var").map(str::to_string);
         tensors.push((renamed, Saved::F32(t)));
+        if let Some(prefix) = bn {
+            tensors.push((format!("{prefix}.num_batches_tracked"), Saved::I64(0)));
+        }
     }
     torch_save::save(&tensors, &path)?;
     let file = crate::paths::shown(&path).display().to_string();
@@ -174,21 +178,30 @@ fn torchvision_head(
     single_key: Option<&str>,
     classes: usize,
 ) -> (Vec<(String, String)>, String) {
-    let hidden = &model.head.config.hidden;
-    if let Some(key) = single_key.filter(|_| hidden.is_empty()) {
-        return (vec![("head.fc".into(), key.to_string())], String::new());
+    let config = &model.head.config;
+    if let Some(key) = single_key.filter(|_| config.hidden.is_empty() && !config.batchnorm) {
+        return (vec![("head.fc.".into(), format!("{key}."))], String::new());
     }
-    let (mut layers, mut renames) = (Vec::new(), Vec::new());
+    // The same order as `Head::forward`: [BatchNorm1d] → [Dropout] → Linear [→ ReLU].
+    let (mut layers, mut renames) = (Vec::new(), Vec::<(String, String)>::new());
     let mut fan_in = model.backbone.feature_channels();
-    for (i, &units) in hidden.iter().enumerate() {
-        renames.push((format!("head.hidden.{i}"), format!("{head_module}.{}", layers.len())));
+    let widths = config.hidden.iter().copied().chain(std::iter::once(classes));
+    for (i, units) in widths.enumerate() {
+        if config.batchnorm {
+            renames.push((format!("head.bn.{i}."), format!("{head_module}.{}.", layers.len())));
+            layers.push(format!("torch.nn.BatchNorm1d({fan_in})"));
+        }
+        if i > 0 || config.hidden.is_empty() {
+            layers.push(format!("torch.nn.Dropout({})", config.dropout));
+        }
+        let name = if i < config.hidden.len() { format!("head.hidden.{i}.") } else { "head.fc.".to_string() };
+        renames.push((name, format!("{head_module}.{}.", layers.len())));
         layers.push(format!("torch.nn.Linear({fan_in}, {units})"));
-        layers.push("torch.nn.ReLU()".to_string());
-        layers.push(format!("torch.nn.Dropout({})", model.head.config.dropout));
+        if i < config.hidden.len() {
+            layers.push("torch.nn.ReLU()".to_string());
+        }
         fan_in = units;
     }
-    renames.push(("head.fc".into(), format!("{head_module}.{}", layers.len())));
-    layers.push(format!("torch.nn.Linear({fan_in}, {classes})"));
     let mut setup = String::new();
     if arch.starts_with("vgg") {
         setup.push_str("model.avgpool = torch.nn.AdaptiveAvgPool2d(1)\n");

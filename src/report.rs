@@ -30,6 +30,9 @@ pub struct HeadCard {
     pub pooling: String,
     pub hidden: Vec<usize>,
     pub dropout: f64,
+    /// Absent in model cards written before the key existed.
+    #[serde(default)]
+    pub batchnorm: bool,
 }
 
 impl From<&HeadConfig> for HeadCard {
@@ -42,6 +45,7 @@ impl From<&HeadConfig> for HeadCard {
             },
             hidden: h.hidden.clone(),
             dropout: h.dropout,
+            batchnorm: h.batchnorm,
         }
     }
 }
@@ -58,7 +62,7 @@ impl HeadCard {
                 )))
             }
         };
-        Ok(HeadConfig { pooling, hidden: self.hidden.clone(), dropout: self.dropout })
+        Ok(HeadConfig { pooling, hidden: self.hidden.clone(), dropout: self.dropout, batchnorm: self.batchnorm })
     }
 }
 

@@ -25,6 +25,13 @@ fn classifier(arch: &str, size: usize, head: &HeadConfig, classes: usize) -> (Cl
     let model = Classifier::new(backbone, Head::new(head, in_features, classes, 9).unwrap());
     let x = input(4, size, 1.0);
     model.forward_from(&x, 0, Mode { training: true }, &mut Rng::new(1)).unwrap();
+    // A head BatchNorm's scale and shift away from 1 / 0 as well, so folding
+    // it into the Gemm is checked on every term.
+    for (name, var) in model.named_vars().into_iter().filter(|(n, _)| n.starts_with("head.bn.")) {
+        let n = var.elem_count();
+        let v: Vec<f32> = (0..n).map(|i| 0.5 + ((i * 7 + name.len()) % 11) as f32 / 10.0).collect();
+        var.set(&Tensor::from_vec(v, n, &Device::Cpu).unwrap()).unwrap();
+    }
     let card = ModelCard {
         backbone: arch.into(),
         classes: (0..classes).map(|c| format!("class{c}")).collect(),
@@ -95,7 +102,7 @@ fn check(arch: &str, size: usize, head: HeadConfig, opts: OnnxOptions, limit: f3
 }
 
 fn avg() -> HeadConfig {
-    HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 }
+    HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false }
 }
 
 #[test]
@@ -108,7 +115,7 @@ fn resnets_export_exactly_with_odd_sizes_and_hidden_layers() {
     check(
         "resnet18",
         67,
-        HeadConfig { pooling: Pooling::Avg, hidden: vec![16], dropout: 0.0 },
+        HeadConfig { pooling: Pooling::Avg, hidden: vec![16], dropout: 0.0, batchnorm: false },
         OnnxOptions::default(),
         1e-4,
     );
@@ -120,7 +127,7 @@ fn vgg_exports_exactly_with_a_flatten_head() {
     check(
         "vgg16",
         64,
-        HeadConfig { pooling: Pooling::Flatten, hidden: vec![], dropout: 0.0 },
+        HeadConfig { pooling: Pooling::Flatten, hidden: vec![], dropout: 0.0, batchnorm: false },
         OnnxOptions::default(),
         1e-4,
     );
@@ -131,10 +138,16 @@ fn concat_pooling_exports_exactly() {
     check(
         "mobilenet_v2",
         64,
-        HeadConfig { pooling: Pooling::Concat, hidden: vec![8], dropout: 0.0 },
+        HeadConfig { pooling: Pooling::Concat, hidden: vec![8], dropout: 0.0, batchnorm: false },
         OnnxOptions::default(),
         1e-4,
     );
+}
+
+#[test]
+fn a_batchnorm_head_folds_into_its_gemms_exactly() {
+    let head = HeadConfig { pooling: Pooling::Concat, hidden: vec![8], dropout: 0.0, batchnorm: true };
+    check("resnet18", 48, head, OnnxOptions::default(), 1e-4);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The training tools of a fine_tune step, each shown to do what it says
 //! (each assertion fails if the feature were a no-op): the lr_find range
 //! test, discriminative rates, gradient clipping, EMA of the weights,
-//! fastai's freeze_epochs shorthand, and test-time augmentation.
+//! fastai's freeze_epochs shorthand, test-time augmentation and the head options.
 
 mod common;
 
@@ -46,7 +46,12 @@ fn fine_tune_config(r: &Recipe) -> FineTuneConfig {
 /// A random-init MobileNetV2 with a fresh 3-class head, `frozen` blocks frozen.
 fn classifier(frozen: usize) -> Classifier {
     let backbone = build_backbone("mobilenet_v2", &mut ParamLoader::random(5), false).unwrap();
-    let cfg = tlab::recipe::HeadConfig { pooling: tlab::recipe::Pooling::Avg, hidden: Vec::new(), dropout: 0.0 };
+    let cfg = tlab::recipe::HeadConfig {
+        pooling: tlab::recipe::Pooling::Avg,
+        hidden: Vec::new(),
+        dropout: 0.0,
+        batchnorm: false,
+    };
     let head = Head::new(&cfg, backbone.feature_channels(), 3, 9).unwrap();
     let mut model = Classifier::new(backbone, head);
     model.freeze(frozen, false).unwrap();
@@ -300,5 +305,40 @@ fn concat_pooling_heads_train_and_predict_from_the_run_directory() {
     assert_eq!(card.head.pooling, "concat");
     let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"head.fc.weight".to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_batchnorm_head_learns_its_statistics_and_reloads_with_them() {
+    let dir = workdir("bnhead");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();
+    recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\n\
+         head = { hidden = [16], batchnorm = true }\n[[step]]\nkind = \"freeze\"\n\
+         [[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 3e-3\n[[step]]\nkind = \"evaluate\"\n",
+    );
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.run_all(&mut Silent).unwrap();
+    let trained = weights(lab.model().unwrap());
+    let get = |name: &str| trained.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap();
+    // One BatchNorm before each linear layer, sized to its input.
+    assert_eq!(get("head.bn.0.running_mean").len(), 1280);
+    assert_eq!(get("head.bn.1.running_var").len(), 16);
+    // Training moved the statistics from their fresh 0 / 1 and the affine
+    // parameters from 1 / 0.
+    assert!(get("head.bn.0.running_mean").iter().any(|m| m.abs() > 1e-3));
+    assert!(get("head.bn.1.running_var").iter().any(|v| (v - 1.0).abs() > 1e-3));
+    assert!(get("head.bn.1.weight").iter().any(|w| (w - 1.0).abs() > 1e-4));
+    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    assert!(accuracy > 0.6, "three colours separate ({accuracy})");
+    // The run directory's model reloads with the same head, statistics included.
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let info = tlab::rundir::RunInfo { complete: true, started: 0, seconds: 0.0 };
+    tlab::rundir::write_reports(&lab, &run, info).unwrap();
+    let (model, card) = tlab::predict::load_run_model(&run).unwrap();
+    assert!(card.head.batchnorm);
+    assert_eq!(weights(&model), trained);
     let _ = std::fs::remove_dir_all(&dir);
 }

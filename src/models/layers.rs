@@ -308,7 +308,13 @@ impl BatchNorm {
         Ok(y)
     }
 
-    fn named_vars(&self, out: &mut Vec<(String, Var)>) {
+    /// The trainable scale and shift (not the running estimates).
+    pub fn affine_vars(&self, out: &mut Vec<Var>) {
+        out.push(self.weight.clone());
+        out.push(self.bias.clone());
+    }
+
+    pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
         for (n, v) in [
             ("weight", &self.weight),
             ("bias", &self.bias),
@@ -551,7 +557,20 @@ impl Linear {
 
     /// This layer in an ONNX graph (`Gemm`).
     pub fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
-        g.linear(x, &self.prefix, &self.weight.as_detached_tensor(), &self.bias.as_detached_tensor())
+        self.export_onnx_after(g, x, None)
+    }
+
+    /// This layer in an ONNX graph with an inference-mode BatchNorm on its
+    /// input folded in: `W(x·s + t) + b = (W·diag(s))x + (Wt + b)`, one `Gemm`.
+    pub fn export_onnx_after(&self, g: &mut Graph, x: &Value, bn: Option<&BatchNorm>) -> Result<Value> {
+        let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
+        let Some(bn) = bn else {
+            return g.linear(x, &self.prefix, &w, &b);
+        };
+        let (scale, shift) = bn.eval_affine(false)?;
+        let folded_w = w.broadcast_mul(&scale.unsqueeze(0)?)?;
+        let folded_b = (w.matmul(&shift.unsqueeze(1)?)?.squeeze(1)? + b)?;
+        g.linear(x, &self.prefix, &folded_w, &folded_b)
     }
 
     pub fn out_features(&self) -> usize {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::augment::Rng;
 use crate::error::{Error, Result};
 use crate::recipe::{FreezePoint, HeadConfig, Pooling};
-use layers::{Freeze, Linear, Mode, ParamLoader};
+use layers::{BatchNorm, Freeze, Linear, Mode, ParamLoader};
 
 /// Every architecture tlab can build: the list the recipe validator checks
 /// against, so the two can never disagree.
@@ -225,11 +225,16 @@ pub fn head_inputs(backbone: &dyn Backbone, pooling: Pooling, size: u32) -> Resu
 }
 
 /// The new head: pooling, optional hidden layers (ReLU + dropout), then a
-/// linear layer sized to the classes found.
+/// linear layer sized to the classes found. With `batchnorm`, every linear
+/// layer's input is batch-normalised first, as in fastai's `create_head`
+/// (BatchNorm1d → Dropout → Linear [→ ReLU]).
 pub struct Head {
     pub config: HeadConfig,
     hidden: Vec<Linear>,
     fc: Linear,
+    /// `head.bn.i` normalises the input of linear layer `i` (the hidden
+    /// layers, then `fc`); empty without `batchnorm`.
+    norms: Vec<BatchNorm>,
 }
 
 impl Head {
@@ -251,8 +256,18 @@ impl Head {
         from_file: bool,
     ) -> Result<Self> {
         let mut hidden = Vec::new();
+        let mut norms = Vec::new();
         let mut fan_in = in_features;
+        // PyTorch's BatchNorm1d epsilon; a fresh BN starts as the identity on
+        // standardised inputs (weight 1, bias 0, running mean 0, variance 1).
+        let mut norm = |p: &mut ParamLoader, i: usize, width: usize| -> Result<()> {
+            if config.batchnorm {
+                norms.push(BatchNorm::load(p, &format!("head.bn.{i}"), width, 1e-5)?);
+            }
+            Ok(())
+        };
         for (i, &units) in config.hidden.iter().enumerate() {
+            norm(p, i, fan_in)?;
             let name = format!("head.hidden.{i}");
             hidden.push(if from_file {
                 Linear::load(p, &name, fan_in, units)?
@@ -261,12 +276,13 @@ impl Head {
             });
             fan_in = units;
         }
+        norm(p, config.hidden.len(), fan_in)?;
         let fc = if from_file {
             Linear::load(p, "head.fc", fan_in, classes)?
         } else {
             Linear::fresh(p, "head.fc", fan_in, classes)?
         };
-        Ok(Head { config: config.clone(), hidden, fc })
+        Ok(Head { config: config.clone(), hidden, fc, norms })
     }
 
     pub fn forward(&self, features: &Tensor, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
@@ -278,44 +294,65 @@ impl Head {
                 Tensor::cat(&[&max, &layers::global_avg_pool(features)?], 1)?
             }
         };
-        for layer in &self.hidden {
-            x = layer.forward(&x)?.relu()?;
-            if mode.training {
+        for (i, layer) in self.linears().enumerate() {
+            if let Some(bn) = self.norms.get(i) {
+                // The head is always trained: batch statistics while training,
+                // the running estimates otherwise. (N, C) is BN over 1×1 maps.
+                let (n, c) = x.dims2()?;
+                x = bn.forward(&x.reshape((n, c, 1, 1))?, mode.training, true)?.reshape((n, c))?;
+            }
+            // Dropout feeds every layer after a hidden one, and `fc` when it
+            // is the only layer.
+            if mode.training && (i > 0 || self.hidden.is_empty()) {
                 x = layers::dropout(&x, self.config.dropout, rng)?;
             }
+            x = layer.forward(&x)?;
+            if i < self.hidden.len() {
+                x = x.relu()?;
+            }
         }
-        if mode.training && self.hidden.is_empty() {
-            x = layers::dropout(&x, self.config.dropout, rng)?;
-        }
-        self.fc.forward(&x)
+        Ok(x)
     }
 
-    /// The head in an ONNX graph, in inference mode (no dropout).
+    /// The hidden layers, then `fc`.
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.hidden.iter().chain(std::iter::once(&self.fc))
+    }
+
+    /// The head in an ONNX graph, in inference mode (no dropout). Each
+    /// BatchNorm is folded into the `Gemm` it feeds, so the graph has the
+    /// same ops with or without `batchnorm`.
     pub fn export_onnx(&self, g: &mut crate::onnx::Graph, features: &crate::onnx::Value) -> Result<crate::onnx::Value> {
         let mut x = match self.config.pooling {
             Pooling::Avg => g.global_avg_pool(features),
             Pooling::Flatten => g.flatten(features),
             Pooling::Concat => g.global_concat_pool(features),
         };
-        for layer in &self.hidden {
-            x = layer.export_onnx(g, &x)?;
-            x = g.relu(&x);
+        for (i, layer) in self.linears().enumerate() {
+            x = layer.export_onnx_after(g, &x, self.norms.get(i))?;
+            if i < self.hidden.len() {
+                x = g.relu(&x);
+            }
         }
-        self.fc.export_onnx(g, &x)
+        Ok(x)
     }
 
     pub fn trainable_vars(&self, out: &mut Vec<Var>) {
-        for l in &self.hidden {
+        for bn in &self.norms {
+            bn.affine_vars(out);
+        }
+        for l in self.linears() {
             l.trainable_vars(out);
         }
-        self.fc.trainable_vars(out);
     }
 
     pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
-        for l in &self.hidden {
+        for bn in &self.norms {
+            bn.named_vars(out);
+        }
+        for l in self.linears() {
             l.named_vars(out);
         }
-        self.fc.named_vars(out);
     }
 
     pub fn classes(&self) -> usize {

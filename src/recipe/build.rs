@@ -21,8 +21,9 @@ use super::{
 const TOP_KEYS: &[&str] = &["name", "seed", "data", "step"];
 const DATA_KEYS: &[&str] =
     &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers", "csv", "test"];
-const BACKBONE_KEYS: &[&str] = &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "head"];
-const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout"];
+const BACKBONE_KEYS: &[&str] =
+    &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "batchnorm", "head"];
+const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout", "batchnorm"];
 const FREEZE_KEYS: &[&str] = &["kind", "up_to", "train_bn"];
 const AUGMENT_KEYS: &[&str] = &[
     "kind",
@@ -324,7 +325,13 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
         Some(f) => f.number(Bounds::closed_open(0.0, 1.0))?,
         None => 0.2,
     };
-    Ok(BackboneStep { arch: arch.to_string(), weights, strict, head: HeadConfig { pooling, hidden, dropout } })
+    let batchnorm = pick("batchnorm")?.map(|f| f.bool()).transpose()?.unwrap_or(false);
+    Ok(BackboneStep {
+        arch: arch.to_string(),
+        weights,
+        strict,
+        head: HeadConfig { pooling, hidden, dropout, batchnorm },
+    })
 }
 
 /// `hf:ORG/REPO[:FILE]`, an http(s) URL, or a path relative to the recipe.
@@ -851,7 +858,7 @@ kind = "evaluate"
                 arch: "mobilenet_v2".into(),
                 weights: Some(WeightsSource::Path(PathBuf::from("/x/y/../assets/weights/mobilenet_v2.safetensors"))),
                 strict: true,
-                head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+                head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
             })
         );
         assert_eq!(r.steps[1].kind, StepKind::Freeze(FreezeStep { up_to: FreezePoint::All, train_bn: false }));
@@ -1127,9 +1134,12 @@ kind = "evaluate"
     #[test]
     fn backbone_head_flat_or_nested() {
         let b = backbone_step("arch = \"vgg16\"\npooling = \"flatten\"\nhidden = [256, 128]\ndropout = 0.5\n");
-        assert_eq!(b.head, HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 128], dropout: 0.5 });
+        assert_eq!(
+            b.head,
+            HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 128], dropout: 0.5, batchnorm: false }
+        );
         let b = backbone_step("arch = \"vgg16\"\nhead = { pooling = \"flatten\", hidden = [64] }\n");
-        assert_eq!(b.head, HeadConfig { pooling: Pooling::Flatten, hidden: vec![64], dropout: 0.2 });
+        assert_eq!(b.head, HeadConfig { pooling: Pooling::Flatten, hidden: vec![64], dropout: 0.2, batchnorm: false });
         let b = backbone_step("arch = \"vgg16\"\n[step.head]\ndropout = 0\n");
         assert_eq!(b.head.dropout, 0.0);
         let (line, col, msg) = err(&format!(

@@ -91,7 +91,7 @@ keys!(DataBuilder {
 /// A `kind = "backbone"` step's extra keys.
 #[derive(Debug, Clone, Default)]
 pub struct BackboneBuilder(Keys);
-keys!(BackboneBuilder { strict: bool, pooling: &str, hidden: Vec<usize>, dropout: f64 });
+keys!(BackboneBuilder { strict: bool, pooling: &str, hidden: Vec<usize>, dropout: f64, batchnorm: bool });
 
 /// A `kind = "augment"` step.
 #[derive(Debug, Clone, Default)]
@@ -296,7 +296,7 @@ impl RecipeBuilder {
         self.backbone_with(arch, weights, |b| b)
     }
 
-    /// A backbone step with head settings (`dropout`, `hidden`, `pooling`, `strict`).
+    /// A backbone step with head settings (`dropout`, `hidden`, `pooling`, `batchnorm`, `strict`).
     pub fn backbone_with(
         self,
         arch: &str,

@@ -282,6 +282,8 @@ pub struct HeadConfig {
     pub hidden: Vec<usize>,
     /// Dropout before each head layer, in [0, 1).
     pub dropout: f64,
+    /// BatchNorm1d on the input of every linear layer (fastai's head).
+    pub batchnorm: bool,
 }
 
 /// How backbone feature maps are reduced to a vector.

@@ -55,8 +55,13 @@ fn backbone(b: &BackboneStep) -> String {
     if !b.strict {
         s.push_str(", non-strict");
     }
-    if b.head.pooling == Pooling::Flatten {
-        s.push_str(", flatten");
+    match b.head.pooling {
+        Pooling::Avg => {}
+        Pooling::Flatten => s.push_str(", flatten"),
+        Pooling::Concat => s.push_str(", concat pooling"),
+    }
+    if b.head.batchnorm {
+        s.push_str(", batchnorm head");
     }
     if !b.head.hidden.is_empty() {
         let sizes: Vec<String> = b.head.hidden.iter().map(usize::to_string).collect();
@@ -257,7 +262,7 @@ mod tests {
             arch: "mobilenet_v2".into(),
             weights: Some(WeightsSource::Path(PathBuf::from("assets/weights/mobilenet_v2.safetensors"))),
             strict: true,
-            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
         });
         assert_eq!(backbone.summary(), "mobilenet_v2 ← assets/weights/mobilenet_v2.safetensors");
         let freeze = StepKind::Freeze(FreezeStep { up_to: FreezePoint::Block("features.14".into()), train_bn: true });
@@ -285,7 +290,7 @@ mod tests {
             arch: "resnet18".into(),
             weights: Some(WeightsSource::Hub { repo: "timm/resnet18".into(), file: Some("m.safetensors".into()) }),
             strict: false,
-            head: HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 64], dropout: 0.5 },
+            head: HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 64], dropout: 0.5, batchnorm: false },
         });
         assert_eq!(
             backbone.summary(),
@@ -295,7 +300,7 @@ mod tests {
             arch: "vgg16".into(),
             weights: None,
             strict: true,
-            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2 },
+            head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
         });
         assert_eq!(random.summary(), "vgg16 (random init)");
         assert_eq!(
