@@ -408,12 +408,15 @@ impl Lab {
                 let data = self.load_data(obs)?;
                 let model =
                     self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
+                let augmenter = self.augment.clone().map(crate::augment::Augmenter::new).filter(|a| !a.is_identity());
+                let views = augmenter.as_ref().map(|augmenter| train::TtaViews { augmenter, seed: self.recipe.seed });
                 StepOutput::Evaluate(Box::new(train::evaluate(
                     model,
                     &data,
                     cfg,
                     self.recipe.data.batch_size,
                     Some(&mut self.features),
+                    views,
                 )?))
             }
         };

@@ -281,6 +281,34 @@ fn tta_averages_the_image_and_its_mirror() {
 }
 
 #[test]
+fn tta_views_average_augmented_views_in_reproducibly() {
+    let dir = workdir("ttaviews");
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();
+    recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\n\
+         [[step]]\nkind = \"augment\"\nrotation_range = 30\nzoom_range = 0.3\n[[step]]\nkind = \"freeze\"\n\
+         [[step]]\nkind = \"fine_tune\"\nepochs = 1\n[[step]]\nkind = \"evaluate\"\ntta = true\n\
+         [[step]]\nkind = \"evaluate\"\ntta_views = 3\n[[step]]\nkind = \"evaluate\"\ntta_views = 3\n",
+    );
+    let mut lab = Lab::open(dir.join("r.toml")).unwrap();
+    lab.run_all(&mut Silent).unwrap();
+    let eval = |i: usize| match &lab.result(i).unwrap().output {
+        StepOutput::Evaluate(e) => e.clone(),
+        _ => panic!("not an evaluation"),
+    };
+    let (mirror, views, again) = (eval(4), eval(5), eval(6));
+    // The same plain accuracy is reported "without"; the augmented views
+    // change the averaged confidences, and the same seed draws the same views.
+    assert_eq!(views.metrics.accuracy_without_tta, mirror.metrics.accuracy_without_tta);
+    let changed =
+        mirror.predictions.iter().zip(&views.predictions).filter(|(a, b)| a.confidence != b.confidence).count();
+    assert!(changed > mirror.predictions.len() / 2, "augmented views change the confidences ({changed} changed)");
+    assert_eq!(views.predictions, again.predictions);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn concat_pooling_heads_train_and_predict_from_the_run_directory() {
     let dir = workdir("concat");
     std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();

@@ -89,7 +89,7 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "class_weights",
     "sampler",
 ];
-const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta", "split"];
+const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta", "tta_views", "split"];
 const LR_FIND_KEYS: &[&str] = &[
     "kind",
     "start_lr",
@@ -226,8 +226,15 @@ fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> std::result::Result<Vec
     let mut errors = Vec::new();
     for (i, (table, span)) in tables.into_iter().enumerate() {
         let line = src.line_of(&span);
-        let s = Section::new(src, table, span, format!("in step #{}", i + 1));
+        let s = Section::new(src, table, span.clone(), format!("in step #{}", i + 1));
+        let augmented = steps.iter().any(|s: &Step| matches!(s.kind, StepKind::Augment(_)));
         match step(s, base, &mut seen_backbone) {
+            Ok(StepKind::Evaluate(e)) if e.tta_views > 0 && !augmented => {
+                let s = Section::new(src, table, span, format!("in step #{}", i + 1));
+                if let Some(f) = s.field("tta_views") {
+                    errors.push(f.key_error("`tta_views` draws views with the recipe's augmentation: add an augment step before this evaluate"));
+                }
+            }
             Ok(kind) => {
                 let fingerprint = fingerprint(&kind);
                 steps.push(Step { kind, line, fingerprint });
@@ -709,10 +716,22 @@ fn class_weights(s: &Section<'_>) -> Result<ClassWeights> {
 
 fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
     s.check_keys(EVALUATE_KEYS)?;
+    let tta_views = s.int_as("tta_views", Bounds::at_least(0))?.unwrap_or(0);
+    // Views without TTA would be computed for nothing; say so rather than
+    // silently turning TTA on or ignoring them.
+    let tta = match s.bool("tta")? {
+        Some(false) if tta_views > 0 => match s.field("tta_views") {
+            Some(f) => return Err(f.key_error("`tta_views` needs `tta = true`, but this step sets `tta = false`")),
+            None => false,
+        },
+        Some(t) => t,
+        None => tta_views > 0,
+    };
     Ok(EvaluateConfig {
         top_k: s.int_as("top_k", Bounds::at_least(1))?,
         mistakes: s.int_as("mistakes", Bounds::at_least(0))?.unwrap_or(25),
-        tta: s.bool("tta")?.unwrap_or(false),
+        tta,
+        tta_views,
         split: s.choice("split", &[("valid", EvalSplit::Valid), ("test", EvalSplit::Test)])?.unwrap_or_default(),
     })
 }
@@ -773,6 +792,29 @@ mod tests {
             StepKind::FineTune(t) => t,
             other => panic!("not fine_tune: {other:?}"),
         }
+    }
+
+    #[test]
+    fn tta_views_imply_tta_and_need_an_augment_step() {
+        let aug = "[[step]]\nkind = \"augment\"\nhorizontal_flip = true\n";
+        let eval = |body: &str| match ok(&with_step(&format!("{aug}[[step]]\nkind = \"evaluate\"\n{body}")))
+            .steps
+            .swap_remove(2)
+            .kind
+        {
+            StepKind::Evaluate(e) => (e.tta, e.tta_views),
+            other => panic!("not evaluate: {other:?}"),
+        };
+        assert_eq!(eval(""), (false, 0));
+        assert_eq!(eval("tta = true"), (true, 0));
+        assert_eq!(eval("tta_views = 4"), (true, 4));
+        assert_eq!(eval("tta = true\ntta_views = 4"), (true, 4));
+        let (line, _, msg) =
+            err(&with_step(&format!("{aug}[[step]]\nkind = \"evaluate\"\ntta = false\ntta_views = 2\n")));
+        assert_eq!((line, msg.as_str()), (13, "`tta_views` needs `tta = true`, but this step sets `tta = false`"));
+        let (line, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntta_views = 2\n"));
+        assert_eq!(line, 9);
+        assert!(msg.starts_with("`tta_views` draws views with the recipe's augmentation"), "{msg}");
     }
 
     #[test]
@@ -897,7 +939,13 @@ kind = "evaluate"
         );
         assert_eq!(
             r.steps[4].kind,
-            StepKind::Evaluate(EvaluateConfig { top_k: None, mistakes: 25, tta: false, split: EvalSplit::Valid })
+            StepKind::Evaluate(EvaluateConfig {
+                top_k: None,
+                mistakes: 25,
+                tta: false,
+                tta_views: 0,
+                split: EvalSplit::Valid
+            })
         );
     }
 
@@ -951,7 +999,10 @@ kind = "evaluate"
         assert_eq!(msg, "unknown key `rotaton_range` in augment step; did you mean `rotation_range`?");
         let (line, col, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\n  bogus = 1\n"));
         assert_eq!((line, col), (9, 3));
-        assert_eq!(msg, "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes, tta, split");
+        assert_eq!(
+            msg,
+            "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes, tta, tta_views, split"
+        );
         let (line, col, msg) = err(&format!("nmae = \"x\"\n{HEAD}"));
         assert_eq!((line, col), (1, 1));
         assert_eq!(msg, "unknown key `nmae` at top level; did you mean `name`?");
@@ -1077,7 +1128,13 @@ kind = "evaluate"
         assert_eq!(r.steps.len(), 2);
         assert_eq!(
             r.steps[1].kind,
-            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 25, tta: false, split: EvalSplit::Valid })
+            StepKind::Evaluate(EvaluateConfig {
+                top_k: Some(3),
+                mistakes: 25,
+                tta: false,
+                tta_views: 0,
+                split: EvalSplit::Valid
+            })
         );
     }
 
@@ -1296,7 +1353,13 @@ kind = "evaluate"
     fn evaluate_settings() {
         assert_eq!(
             second_step("[[step]]\nkind = \"evaluate\"\ntop_k = 3\nmistakes = 0\n"),
-            StepKind::Evaluate(EvaluateConfig { top_k: Some(3), mistakes: 0, tta: false, split: EvalSplit::Valid })
+            StepKind::Evaluate(EvaluateConfig {
+                top_k: Some(3),
+                mistakes: 0,
+                tta: false,
+                tta_views: 0,
+                split: EvalSplit::Valid
+            })
         );
         let (_, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntop_k = 0\n"));
         assert_eq!(msg, "`top_k` must be >= 1, found 0");

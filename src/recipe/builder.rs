@@ -217,6 +217,8 @@ keys!(EvaluateBuilder {
     mistakes: usize,
     /// Average over the image and its mirror.
     tta: bool,
+    /// Augmented views averaged in as well (implies `tta`).
+    tta_views: usize,
     /// `"valid"` or `"test"`.
     split: &str,
 });

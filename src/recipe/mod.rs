@@ -693,6 +693,9 @@ pub struct EvaluateConfig {
     /// Test-time augmentation: average the prediction over the image and
     /// its horizontal flip (metrics are reported with and without).
     pub tta: bool,
+    /// With `tta`: this many more views drawn with the recipe's
+    /// augmentation, averaged in with the image and its mirror.
+    pub tta_views: usize,
 }
 
 /// The fine_tune step's settings for `keys` (one per line) in a minimal
@@ -763,6 +766,7 @@ mod tests {
                 top_k: None,
                 mistakes: 25,
                 tta: false,
+                tta_views: 0,
                 split: crate::recipe::EvalSplit::Valid,
             }),
             StepKind::Augment(AugmentConfig::default()),

@@ -30,7 +30,11 @@ pub(super) fn summary(kind: &StepKind) -> String {
         StepKind::LrFind(l) => format!("{:e} → {:e} over ≤ {} batches", l.start_lr, l.end_lr, l.num_it),
         StepKind::Evaluate(e) => {
             let top = e.top_k.map(|k| format!(" top-{k}")).unwrap_or_default();
-            let tta = if e.tta { " with TTA" } else { "" };
+            let tta = match (e.tta, e.tta_views) {
+                (false, _) => String::new(),
+                (true, 0) => " with TTA".to_string(),
+                (true, n) => format!(" with TTA (mirror + {n} augmented views)"),
+            };
             let split = if e.split == crate::recipe::EvalSplit::Test { " on test" } else { "" };
             format!("evaluate{split}{top}{tta}")
         }
@@ -279,6 +283,7 @@ mod tests {
             top_k: Some(5),
             mistakes: 25,
             tta: false,
+            tta_views: 0,
             split: crate::recipe::EvalSplit::Valid,
         });
         assert_eq!(eval.summary(), "evaluate top-5");
@@ -348,6 +353,7 @@ mod tests {
                 top_k: None,
                 mistakes: 25,
                 tta: false,
+                tta_views: 0,
                 split: crate::recipe::EvalSplit::Valid
             })
             .summary(),

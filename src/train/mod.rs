@@ -277,16 +277,39 @@ fn predict_split(
 
 /// Logits of every image of `split` mirrored left to right (test-time
 /// augmentation; the frozen-feature cache holds unmirrored images only).
-fn predict_flipped(model: &Classifier, data: &Dataset, split: &Split, batch: usize) -> Result<Vec<f32>> {
+/// A test-time view of every image of a split.
+#[derive(Clone, Copy)]
+enum TtaView<'a> {
+    /// The horizontal mirror.
+    Mirror,
+    /// Augmented view number `.1`, drawn with `.0`.
+    Augmented(TtaViews<'a>, usize),
+}
+
+/// The model's logits on one test-time view of `split` (the whole network,
+/// since the view changes the pixels every block sees).
+fn predict_view(
+    model: &Classifier,
+    data: &Dataset,
+    split: &Split,
+    batch: usize,
+    view: TtaView<'_>,
+) -> Result<Vec<f32>> {
     let pre = model.backbone.preprocess();
     let mut rng = Rng::new(0);
     let mut out = Vec::with_capacity(split.len() * model.head.classes());
     let all: Vec<usize> = (0..split.len()).collect();
     for idx in all.chunks(batch) {
-        let x = input(data, split, idx, &pre, None)?;
-        let w = x.dim(3)?;
-        let reversed: Vec<u32> = (0..w as u32).rev().collect();
-        let x = x.index_select(&Tensor::new(reversed.as_slice(), x.device())?, 3)?;
+        let x = match view {
+            TtaView::Mirror => {
+                let x = input(data, split, idx, &pre, None)?;
+                let reversed: Vec<u32> = (0..x.dim(3)? as u32).rev().collect();
+                x.index_select(&Tensor::new(reversed.as_slice(), x.device())?, 3)?
+            }
+            TtaView::Augmented(TtaViews { augmenter, seed }, v) => {
+                input(data, split, idx, &pre, Some((augmenter, Rng::derive(seed, v as u64).next_u64())))?
+            }
+        };
         let logits = model.forward_from(&x, 0, Mode { training: false }, &mut rng)?;
         out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
     }
@@ -340,14 +363,23 @@ pub struct Evaluation {
     pub mistakes: Vec<Prediction>,
 }
 
+/// The augmentation that draws `tta_views` views, and the seed they are drawn from.
+#[derive(Clone, Copy)]
+pub struct TtaViews<'a> {
+    pub augmenter: &'a Augmenter,
+    pub seed: u64,
+}
+
 /// Evaluates the model on the validation split, taking the frozen blocks'
 /// output from `cache` when it holds it (e.g. from the fine_tune step before).
+/// `views` draws the augmented test-time views when `cfg.tta_views > 0`.
 pub fn evaluate(
     model: &Classifier,
     data: &Dataset,
     cfg: &EvaluateConfig,
     batch_size: usize,
     cache: Option<&mut FeatureCache>,
+    views: Option<TtaViews<'_>>,
 ) -> Result<Evaluation> {
     let classes = data.classes.len();
     let split = match cfg.split {
@@ -373,8 +405,25 @@ pub fn evaluate(
     let mut without_tta = None;
     if cfg.tta {
         without_tta = Some(metrics::compute(&probs, &split.labels, &data.classes, top_k).accuracy);
-        let flipped = metrics::softmax_rows(&predict_flipped(model, data, split, batch_size)?, classes);
-        probs.iter_mut().zip(&flipped).for_each(|(p, f)| *p = (*p + f) / 2.0);
+        let mut sum = probs.clone();
+        let mut add = |logits: Vec<f32>| {
+            let p = metrics::softmax_rows(&logits, classes);
+            sum.iter_mut().zip(&p).for_each(|(s, p)| *s += p);
+        };
+        add(predict_view(model, data, split, batch_size, TtaView::Mirror)?);
+        if cfg.tta_views > 0 {
+            let views = views.ok_or_else(|| {
+                Error::Invalid(
+                    "`tta_views` draws views with the recipe's augmentation: add an augment step before this evaluate"
+                        .into(),
+                )
+            })?;
+            for v in 0..cfg.tta_views {
+                add(predict_view(model, data, split, batch_size, TtaView::Augmented(views, v))?);
+            }
+        }
+        let n = (2 + cfg.tta_views) as f32;
+        probs.iter_mut().zip(&sum).for_each(|(p, s)| *p = s / n);
     }
     let mut m = metrics::compute(&probs, &split.labels, &data.classes, top_k);
     m.accuracy_without_tta = without_tta;
