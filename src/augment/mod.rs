@@ -783,6 +783,7 @@ impl Augmenter {
             && !c.dihedral
             && !c.trivial_augment
             && c.rand_augment.is_none()
+            && !c.auto_augment
             && c.random_erasing.is_none()
             && self.brightness().is_none()
             && c.random_resized_crop.is_none()
@@ -846,6 +847,9 @@ impl Augmenter {
         }
         if let Some((num_ops, magnitude)) = self.cfg.rand_augment {
             out = policy::rand_augment(&out, num_ops, magnitude, rng);
+        }
+        if self.cfg.auto_augment {
+            out = policy::auto_augment(&out, rng);
         }
         clamp_pixels(&mut out.data);
         if let Some(e) = &self.cfg.random_erasing {
@@ -1201,6 +1205,7 @@ mod tests {
             dihedral: false,
             trivial_augment: false,
             rand_augment: None,
+            auto_augment: false,
             random_erasing: None,
         }
     }

@@ -4,6 +4,7 @@
 //! uniformly, with a random sign where the op has one. Colour ops follow
 //! torchvision's definitions (checked against it on a fixture); geometric ops
 //! sample with nearest neighbour and fill with black, as torchvision does.
+//! RandAugment and AutoAugment's ImageNet policy draw from the same ops.
 
 use super::{clamp_pixels, grey, Image, Rng};
 
@@ -27,6 +28,8 @@ pub enum Op {
     Solarize,
     AutoContrast,
     Equalize,
+    /// Only in AutoAugment's policies (not in [`Op::ALL`]).
+    Invert,
 }
 
 impl Op {
@@ -58,7 +61,7 @@ impl Op {
             // 8 bits down to 2, in steps of (BINS - 1) / 6 bins.
             Op::Posterize => (8.0 - (bin as f64 / ((BINS - 1) as f64 / 6.0)).round(), false),
             Op::Solarize => (255.0 * (1.0 - t), false),
-            Op::Identity | Op::AutoContrast | Op::Equalize => (0.0, false),
+            Op::Identity | Op::AutoContrast | Op::Equalize | Op::Invert => (0.0, false),
         }
     }
 }
@@ -115,6 +118,7 @@ pub fn apply(img: &Image, op: Op, m: f64) -> Image {
         }),
         Op::AutoContrast => autocontrast(d),
         Op::Equalize => equalize(d),
+        Op::Invert => d.iter_mut().for_each(|v| *v = 255.0 - v.clamp(0.0, 255.0)),
     }
     clamp_pixels(d);
     out
@@ -215,16 +219,88 @@ pub fn rand_augment(img: &Image, num_ops: usize, magnitude: usize, rng: &mut Rng
 
 /// RandAugment's (narrower) ranges at bin `bin` of 31.
 pub fn rand_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
-    let t = bin.min(BINS - 1) as f64 / (BINS - 1) as f64;
+    narrow_magnitude(op, bin, BINS, width, height)
+}
+
+/// The ranges RandAugment and AutoAugment share (torchvision's
+/// `_augmentation_space`) at bin `bin` of `bins`, and whether a random sign
+/// applies.
+fn narrow_magnitude(op: Op, bin: usize, bins: usize, width: u32, height: u32) -> (f64, bool) {
+    let last = (bins - 1) as f64;
+    let t = bin.min(bins - 1) as f64 / last;
     match op {
         Op::ShearX | Op::ShearY => (0.3 * t, true),
         Op::TranslateX => (150.0 / 331.0 * f64::from(width) * t, true),
         Op::TranslateY => (150.0 / 331.0 * f64::from(height) * t, true),
         Op::Rotate => (30.0 * t, true),
         Op::Brightness | Op::Color | Op::Contrast | Op::Sharpness => (0.9 * t, true),
-        Op::Posterize => (8.0 - (bin as f64 / ((BINS - 1) as f64 / 4.0)).round(), false),
-        other => other.magnitude(bin),
+        Op::Posterize => (8.0 - (bin as f64 / (last / 4.0)).round(), false),
+        Op::Solarize => (255.0 * (1.0 - t), false),
+        Op::Identity | Op::AutoContrast | Op::Equalize | Op::Invert => (0.0, false),
     }
+}
+
+/// AutoAugment's magnitude bins (torchvision's `num_magnitude_bins` for it).
+pub const AUTO_AUGMENT_BINS: usize = 10;
+
+/// One step of an AutoAugment sub-policy: the op, its probability and its
+/// magnitude bin (of [`AUTO_AUGMENT_BINS`]; `None` for ops without one).
+pub type PolicyOp = (Op, f64, Option<usize>);
+
+/// AutoAugment's ImageNet policy (Cubuk et al. 2019, "AutoAugment: Learning
+/// Augmentation Strategies from Data"), as torchvision lists it: 25
+/// sub-policies of two ops each.
+pub const IMAGENET_POLICY: [[PolicyOp; 2]; 25] = {
+    use Op::*;
+    [
+        [(Posterize, 0.4, Some(8)), (Rotate, 0.6, Some(9))],
+        [(Solarize, 0.6, Some(5)), (AutoContrast, 0.6, None)],
+        [(Equalize, 0.8, None), (Equalize, 0.6, None)],
+        [(Posterize, 0.6, Some(7)), (Posterize, 0.6, Some(6))],
+        [(Equalize, 0.4, None), (Solarize, 0.2, Some(4))],
+        [(Equalize, 0.4, None), (Rotate, 0.8, Some(8))],
+        [(Solarize, 0.6, Some(3)), (Equalize, 0.6, None)],
+        [(Posterize, 0.8, Some(5)), (Equalize, 1.0, None)],
+        [(Rotate, 0.2, Some(3)), (Solarize, 0.6, Some(8))],
+        [(Equalize, 0.6, None), (Posterize, 0.4, Some(6))],
+        [(Rotate, 0.8, Some(8)), (Color, 0.4, Some(0))],
+        [(Rotate, 0.4, Some(9)), (Equalize, 0.6, None)],
+        [(Equalize, 0.0, None), (Equalize, 0.8, None)],
+        [(Invert, 0.6, None), (Equalize, 1.0, None)],
+        [(Color, 0.6, Some(4)), (Contrast, 1.0, Some(8))],
+        [(Rotate, 0.8, Some(8)), (Color, 1.0, Some(2))],
+        [(Color, 0.8, Some(8)), (Solarize, 0.8, Some(7))],
+        [(Sharpness, 0.4, Some(7)), (Invert, 0.6, None)],
+        [(ShearX, 0.6, Some(5)), (Equalize, 1.0, None)],
+        [(Color, 0.4, Some(0)), (Equalize, 0.6, None)],
+        [(Equalize, 0.4, None), (Solarize, 0.2, Some(4))],
+        [(Solarize, 0.6, Some(5)), (AutoContrast, 0.6, None)],
+        [(Invert, 0.6, None), (Equalize, 1.0, None)],
+        [(Color, 0.6, Some(4)), (Contrast, 1.0, Some(8))],
+        [(Equalize, 0.8, None), (Equalize, 0.6, None)],
+    ]
+};
+
+/// The magnitude of `op` at AutoAugment bin `bin` for a `width`×`height`
+/// image (torchvision's `_augmentation_space(10, …)`), and whether it is signed.
+pub fn auto_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
+    narrow_magnitude(op, bin, AUTO_AUGMENT_BINS, width, height)
+}
+
+/// One AutoAugment draw with the ImageNet policy: a sub-policy uniformly,
+/// then each of its ops with its probability, at its fixed magnitude with a
+/// random sign where the op has one (torchvision's `AutoAugment`).
+pub fn auto_augment(img: &Image, rng: &mut Rng) -> Image {
+    let mut out = img.clone();
+    for &(op, p, bin) in &IMAGENET_POLICY[rng.below(IMAGENET_POLICY.len())] {
+        let sign_negative = rng.bool(0.5);
+        if !rng.bool(p) {
+            continue;
+        }
+        let (m, signed) = bin.map_or((0.0, false), |b| auto_augment_magnitude(op, b, img.width, img.height));
+        out = apply(&out, op, if signed && sign_negative { -m } else { m });
+    }
+    out
 }
 
 /// torchvision's `RandomErasing`: with probability `p`, one rectangle of
@@ -261,7 +337,7 @@ mod tests {
     use super::*;
 
     fn op_named(name: &str) -> Op {
-        *Op::ALL.iter().find(|o| format!("{o:?}") == name).unwrap()
+        *Op::ALL.iter().chain([&Op::Invert]).find(|o| format!("{o:?}") == name).unwrap()
     }
 
     /// `tests/fixtures/trivial_augment.json`, written by
@@ -294,6 +370,36 @@ mod tests {
         }
     }
 
+    /// The ImageNet policy and AutoAugment's magnitudes, entry by entry,
+    /// against torchvision's (same fixture).
+    #[test]
+    fn auto_augment_policy_and_magnitudes_match_torchvision() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/trivial_augment.json");
+        let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (w, h) = (f["width"].as_u64().unwrap() as u32, f["height"].as_u64().unwrap() as u32);
+        let aa = &f["auto_augment"];
+        let policy = aa["policy"].as_array().unwrap();
+        assert_eq!(policy.len(), IMAGENET_POLICY.len());
+        for (want, got) in policy.iter().zip(&IMAGENET_POLICY) {
+            for (w_op, &(op, p, bin)) in want.as_array().unwrap().iter().zip(got) {
+                assert_eq!(format!("{op:?}"), w_op[0].as_str().unwrap());
+                assert_eq!(p, w_op[1].as_f64().unwrap());
+                assert_eq!(bin, w_op[2].as_u64().map(|b| b as usize));
+            }
+        }
+        for (name, m) in aa["magnitudes"].as_object().unwrap() {
+            let op = op_named(name);
+            let signed = m["signed"].as_bool().unwrap();
+            let values = m["values"].as_array().unwrap();
+            // Ops without a magnitude have one value (0); the rest one per bin.
+            for (bin, v) in values.iter().enumerate() {
+                let (got, got_signed) = auto_augment_magnitude(op, bin, w, h);
+                assert!((got - v.as_f64().unwrap()).abs() < 1e-4, "{name} bin {bin}: {got} vs {v}");
+                assert_eq!(got_signed, signed, "{name}");
+            }
+        }
+    }
+
     #[test]
     fn erasing_fills_one_rectangle_of_the_asked_size() {
         let cfg = crate::recipe::Erasing { p: 1.0, scale: (0.1, 0.2), ratio: (0.5, 2.0), value: Some(7.0) };
@@ -321,14 +427,20 @@ mod tests {
     fn every_op_is_drawn_and_the_image_keeps_its_size() {
         let img = Image { width: 9, height: 7, data: (0..9 * 7 * 3).map(|i| (i * 7 % 256) as f32).collect() };
         let mut rng = Rng::new(5);
-        let mut changed = 0;
+        let (mut changed, mut auto_changed) = (0, 0);
         for _ in 0..200 {
             let out = trivial_augment(&img, &mut rng);
             assert_eq!((out.width, out.height, out.data.len()), (9, 7, img.data.len()));
             changed += usize::from(out.data != img.data);
             let out = rand_augment(&img, 2, 9, &mut rng);
             assert!(out.data.iter().all(|v| (0.0..=255.0).contains(v)));
+            let out = auto_augment(&img, &mut rng);
+            assert_eq!((out.width, out.height), (9, 7));
+            auto_changed += usize::from(out.data != img.data);
+            assert!(out.data.iter().all(|v| (0.0..=255.0).contains(v)));
         }
         assert!(changed > 120, "most draws change the image ({changed} of 200)");
+        // Most sub-policies apply at least one op (each with probability 0.2–1).
+        assert!(auto_changed > 120, "AutoAugment changes most images ({auto_changed} of 200)");
     }
 }

@@ -37,6 +37,7 @@ const AUGMENT_KEYS: &[&str] = &[
     "dihedral",
     "trivial_augment",
     "rand_augment",
+    "auto_augment",
     "random_erasing",
     "fill_mode",
     "cval",
@@ -426,6 +427,7 @@ fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
         dihedral: s.bool("dihedral")?.unwrap_or(d.dihedral),
         trivial_augment: s.bool("trivial_augment")?.unwrap_or(d.trivial_augment),
         rand_augment: rand_augment(s)?,
+        auto_augment: s.choice("auto_augment", &[("imagenet", true), ("none", false)])?.unwrap_or(d.auto_augment),
         random_erasing: s.field("random_erasing").map(|f| erasing(s, &f)).transpose()?.flatten(),
         fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
         cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
@@ -815,6 +817,17 @@ mod tests {
         let (line, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntta_views = 2\n"));
         assert_eq!(line, 9);
         assert!(msg.starts_with("`tta_views` draws views with the recipe's augmentation"), "{msg}");
+    }
+
+    #[test]
+    fn augmentation_policies_parse() {
+        assert!(aug("auto_augment = \"imagenet\"").auto_augment);
+        assert!(!aug("auto_augment = \"none\"").auto_augment);
+        assert_eq!(aug("rand_augment = true").rand_augment, Some((2, 9)));
+        assert_eq!(aug("rand_augment = { magnitude = 15 }").rand_augment, Some((2, 15)));
+        let (line, _, msg) = err(&with_step("[[step]]\nkind = \"augment\"\nauto_augment = \"cifar10\"\n"));
+        assert_eq!(line, 9);
+        assert_eq!(msg, "`auto_augment` must be one of \"imagenet\", \"none\", found string \"cifar10\"");
     }
 
     #[test]

@@ -114,6 +114,8 @@ keys!(AugmentBuilder {
     dihedral: bool,
     /// TrivialAugmentWide.
     trivial_augment: bool,
+    /// `"imagenet"`: AutoAugment's ImageNet policy.
+    auto_augment: &str,
 });
 
 impl AugmentBuilder {

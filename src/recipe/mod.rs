@@ -339,6 +339,8 @@ pub struct AugmentConfig {
     pub trivial_augment: bool,
     /// RandAugment: `(num_ops, magnitude)`, torchvision's ops and ranges, magnitude of 31 bins.
     pub rand_augment: Option<(usize, usize)>,
+    /// AutoAugment with its ImageNet policy (`auto_augment = "imagenet"`).
+    pub auto_augment: bool,
     /// torchvision `RandomErasing`, applied last.
     pub random_erasing: Option<Erasing>,
     pub fill_mode: FillMode,
@@ -364,6 +366,7 @@ impl Default for AugmentConfig {
             dihedral: false,
             trivial_augment: false,
             rand_augment: None,
+            auto_augment: false,
             random_erasing: None,
             fill_mode: FillMode::Nearest,
             cval: 0.0,

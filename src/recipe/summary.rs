@@ -119,6 +119,9 @@ pub fn augment_settings(a: &AugmentConfig) -> Vec<(&'static str, String)> {
     if let Some((ops, magnitude)) = a.rand_augment {
         rows.push(("rand_augment", format!("{ops} ops at {magnitude}/30")));
     }
+    if a.auto_augment {
+        rows.push(("auto_augment", "ImageNet policy".to_string()));
+    }
     if let Some(e) = &a.random_erasing {
         rows.push(("random_erasing", format!("p {}, {}–{} of the area", num(e.p), num(e.scale.0), num(e.scale.1))));
     }
