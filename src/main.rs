@@ -691,11 +691,7 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
     let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
     let aug = augment.map(tlab::augment::Augmenter::new);
     // With mixup/CutMix in the first fine_tune, show what it trains on: mixed images.
-    let mix = recipe.steps.iter().find_map(|s| match &s.kind {
-        tlab::recipe::StepKind::FineTune(f) => Some(f.mix),
-        _ => None,
-    });
-    let (grid, names) = match mix.flatten() {
+    let (grid, names) = match tlab::preview::mix_after(&recipe, 0) {
         Some(mix) => {
             let samples = tlab::preview::mixed_samples(&data, aug.as_ref(), &mix, seed, count);
             let captions: Vec<String> = samples.iter().map(|(_, c)| c.clone()).collect();

@@ -133,6 +133,39 @@ pub fn mixed_samples(
         .collect()
 }
 
+/// The mixup / CutMix setting of the first fine_tune step after recipe step
+/// `after`: what the images an augment step prepares are mixed with in
+/// training (`None` when that step does not mix, or none follows).
+pub fn mix_after(recipe: &crate::recipe::Recipe, after: usize) -> Option<crate::recipe::MixConfig> {
+    recipe
+        .steps
+        .iter()
+        .skip(after + 1)
+        .find_map(|s| match &s.kind {
+            crate::recipe::StepKind::FineTune(f) => Some(f.mix),
+            _ => None,
+        })
+        .flatten()
+}
+
+/// The augmentation preview of the TUI and `tlab preview`: `n` training
+/// images as training sees them, in a near-square grid, with one caption per
+/// tile — the class, or with `mix` both classes and their weights.
+pub fn training_samples(
+    data: &Dataset,
+    aug: Option<&Augmenter>,
+    mix: Option<&crate::recipe::MixConfig>,
+    seed: u64,
+    n: usize,
+) -> (RgbImage, Vec<String>) {
+    let (images, captions): (Vec<RgbImage>, Vec<String>) = match mix {
+        Some(mix) => mixed_samples(data, aug, mix, seed, n).into_iter().unzip(),
+        None => labelled_samples(data, aug, seed, n).into_iter().map(|(img, t)| (img, t.class)).unzip(),
+    };
+    let cols = (images.len() as f64).sqrt().ceil() as u32;
+    (tile(&images, cols.max(1)), captions)
+}
+
 /// `n` indices spread evenly over `0..len` (all of them when `n >= len`).
 fn spread(len: usize, n: usize) -> Vec<usize> {
     if len == 0 || n == 0 {
@@ -184,6 +217,33 @@ pub(crate) mod tests {
             test: None,
             skipped: vec![],
         }
+    }
+
+    #[test]
+    fn the_preview_shows_the_mix_of_the_fine_tune_that_follows() {
+        let text = "name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"resnet18\"\n\
+                    [[step]]\nkind = \"augment\"\nhorizontal_flip = true\n[[step]]\nkind = \"fine_tune\"\nmixup = 0.4\n\
+                    [[step]]\nkind = \"augment\"\n[[step]]\nkind = \"fine_tune\"\n";
+        let recipe = crate::recipe::parse(text, std::path::Path::new("/r.toml")).unwrap();
+        assert_eq!(mix_after(&recipe, 1).map(|m| m.mixup_alpha), Some(0.4));
+        assert_eq!(mix_after(&recipe, 3), None, "the second fine_tune does not mix");
+        let data = tiny_dataset(4, 8);
+        let mix = mix_after(&recipe, 1).unwrap();
+        let (grid, captions) = training_samples(&data, None, Some(&mix), 2, 4);
+        assert_eq!(grid.dimensions(), (2 * 8 + GAP, 2 * 8 + GAP));
+        for c in &captions {
+            // "0.73 a + 0.27 b": two weights that sum to one, two classes.
+            let parts: Vec<&str> = c.split(" + ").collect();
+            let w: Vec<f64> = parts.iter().map(|p| p.split(' ').next().unwrap().parse().unwrap()).collect();
+            assert!((w[0] + w[1] - 1.0).abs() < 0.011, "{c}");
+        }
+        // The first tile mixes image 0 (black) with the last shown (class b, level 120).
+        let lam: f64 = captions[0].split(' ').next().unwrap().parse().unwrap();
+        let want = 120.0 * (1.0 - lam);
+        // Captions round the weight to 0.01.
+        assert!((f64::from(grid.get_pixel(0, 0).0[0]) - want).abs() <= 120.0 * 0.005 + 1.0, "{}", captions[0]);
+        let (_, plain) = training_samples(&data, None, None, 2, 4);
+        assert_eq!(plain, ["a", "a", "b", "b"]);
     }
 
     #[test]

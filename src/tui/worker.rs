@@ -168,8 +168,8 @@ pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel:
 fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
     let Some(data) = lab.data() else { return };
     let aug = lab.augmenter();
-    let (image, tiles) = crate::preview::labelled_grid(data, aug.as_ref(), seed, 16);
-    let captions = tiles.into_iter().map(|t| t.class).collect();
+    let mix = crate::preview::mix_after(lab.recipe(), step);
+    let (image, captions) = crate::preview::training_samples(data, aug.as_ref(), mix.as_ref(), seed, 16);
     tx(FromWorker::Image { step, kind: ImageKind::Preview, image, captions });
 }
 
