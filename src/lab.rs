@@ -69,6 +69,8 @@ pub struct Lab {
     /// The data folders changed on disk since `data` was decoded: the next
     /// step that reads images decodes them again (keeping `data` if that fails).
     data_changed: bool,
+    /// `data` at the other sizes fine_tune steps train at, derived from it.
+    resized: Vec<Arc<Dataset>>,
     model: Option<Classifier>,
     /// Frozen-block outputs, kept across steps (keyed, never stale).
     features: train::cache::FeatureCache,
@@ -92,6 +94,7 @@ impl Lab {
             recipe,
             data: None,
             data_changed: false,
+            resized: Vec::new(),
             model: None,
             features: train::cache::FeatureCache::from_env(),
             augment: None,
@@ -443,15 +446,27 @@ impl Lab {
     /// Frozen block counts that steps after `index` will train from (a later
     /// `freeze` step, or a fine_tune's `unfreeze_to`), up to the next backbone
     /// step: the frozen-feature pass keeps those outputs on its way.
-    fn later_prefixes(&self, index: usize) -> Vec<usize> {
+    fn later_prefixes(&self, index: usize, size: u32) -> Vec<usize> {
         let Some(model) = &self.model else { return Vec::new() };
         let names = model.backbone.block_names();
+        let later = &self.recipe.steps[(index + 1).min(self.recipe.steps.len())..];
+        // Outputs at this step's size serve only a step that trains at it.
+        let trains_at = |t: &FineTuneConfig| t.image_size.unwrap_or(self.recipe.data.image_size) == size;
         let mut out = Vec::new();
-        for step in self.recipe.steps.iter().skip(index + 1) {
+        for (i, step) in later.iter().enumerate() {
             let point = match &step.kind {
                 StepKind::Backbone(_) => break,
-                StepKind::Freeze(f) if !f.train_bn => &f.up_to,
-                StepKind::FineTune(t) if t.freeze_epochs > 0 => &t.unfreeze_to,
+                StepKind::Freeze(f) if !f.train_bn => {
+                    let next = later[i + 1..].iter().find_map(|s| match &s.kind {
+                        StepKind::FineTune(t) => Some(t),
+                        _ => None,
+                    });
+                    if !next.is_some_and(trains_at) {
+                        continue;
+                    }
+                    &f.up_to
+                }
+                StepKind::FineTune(t) if t.freeze_epochs > 0 && trains_at(t) => &t.unfreeze_to,
                 _ => continue,
             };
             out.extend(models::frozen_block_count(point, &names).ok());
@@ -463,7 +478,7 @@ impl Lab {
         let data = self.load_data(obs)?;
         let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));
-        let later = self.later_prefixes(index);
+        let later = self.later_prefixes(index, data.size);
         let model = self.model.as_mut().ok_or_else(|| Error::Invalid("lr_find needs a backbone step first".into()))?;
         let setup = train::Setup {
             data: &data,
@@ -495,7 +510,7 @@ impl Lab {
     }
 
     fn run_fine_tune(&mut self, index: usize, cfg: &FineTuneConfig, obs: &mut dyn Observer) -> Result<FineTuneOutcome> {
-        let data = self.load_data(obs)?;
+        let data = self.data_at(cfg.image_size, obs)?;
         let mut cfg = cfg.clone();
         if let Some(which) = cfg.lr_suggested {
             cfg.lr = self.suggested_lr(index, which)?;
@@ -510,7 +525,7 @@ impl Lab {
                 None
             }
         };
-        let later = self.later_prefixes(index);
+        let later = self.later_prefixes(index, data.size);
         let model =
             self.model.as_mut().ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
         let setup = train::Setup {
@@ -554,8 +569,28 @@ impl Lab {
             obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::paths::shown(path).display())));
         }
         self.data = Some(data.clone());
+        self.resized.clear();
         self.data_changed = false;
         Ok(data)
+    }
+
+    /// The data at `size` (a fine_tune step's own `image_size`), resized once
+    /// from the decoded images and kept for later steps at the same size.
+    fn data_at(&mut self, size: Option<u32>, obs: &mut dyn Observer) -> Result<Arc<Dataset>> {
+        let data = self.load_data(obs)?;
+        let Some(size) = size.filter(|&s| s != data.size) else { return Ok(data) };
+        if let Some(d) = self.resized.iter().find(|d| d.size == size) {
+            return Ok(d.clone());
+        }
+        let t = Instant::now();
+        let resized = Arc::new(data.resized(size));
+        obs.event(train::Event::Log(format!(
+            "images resized from {}px to {size}px for this step in {:.1}s",
+            data.size,
+            t.elapsed().as_secs_f64()
+        )));
+        self.resized.push(resized.clone());
+        Ok(resized)
     }
 }
 

@@ -135,3 +135,36 @@ fn a_later_step_trains_from_the_outputs_the_earlier_one_kept() {
     assert!(feature_line(&logs).contains("augmentation runs live"), "{:?}", logs.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Progressive resizing: a fine_tune step with its own `image_size` trains
+/// and validates on the decoded images resized once (no second decode), and
+/// the next step at the full size trains from features at that size.
+#[test]
+fn a_step_at_its_own_image_size_trains_on_resized_images() {
+    let dir = std::env::temp_dir().join(format!("tlab-progressive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 4, 32, 8, 4);
+    let recipe = "name = \"progressive\"\nseed = 2\n[data]\ntrain = \"data/train\"\nvalid = \"data/valid\"\nimage_size = 32\nbatch_size = 8\n\
+        [[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\nweights = \"w.safetensors\"\n\
+        [[step]]\nkind = \"freeze\"\n\
+        [[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 0.003\nimage_size = 16\n\
+        [[step]]\nkind = \"fine_tune\"\nepochs = 2\nlr = 0.003\nimage_size = 16\n\
+        [[step]]\nkind = \"fine_tune\"\nepochs = 1\nlr = 0.001\n\
+        [[step]]\nkind = \"evaluate\"\n";
+    std::fs::write(dir.join("r.toml"), recipe).unwrap();
+    std::fs::copy(tlab::predict::shipped_imagenet_weights(), dir.join("w.safetensors")).unwrap();
+    let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, dir.join("unused")));
+    let count = |prefix: &str| logs.0.iter().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!(count("decoded "), 1, "{:?}", logs.0);
+    // Resized once, kept for the second step at the same size.
+    assert_eq!(count("images resized from 32px to 16px"), 1, "{:?}", logs.0);
+    let features: Vec<&String> = logs.0.iter().filter(|l| l.starts_with("frozen features")).collect();
+    assert_eq!(features.len(), 3, "{features:?}");
+    // The second 16px step reuses the first one's 16px features; the 32px
+    // step computes its own.
+    assert!(features[1].contains(" 0 computed"), "{}", features[1]);
+    assert!(!features[2].contains(" 0 computed"), "{}", features[2]);
+    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    assert!(accuracy > 0.6, "three colours separate after training at 16px and then 32px ({accuracy})");
+    let _ = std::fs::remove_dir_all(&dir);
+}

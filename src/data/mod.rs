@@ -35,6 +35,19 @@ pub struct Split {
 }
 
 impl Split {
+    /// The same images at `from` → `to` pixels square (bilinear, as decoding).
+    fn resized(&self, from: u32, to: u32) -> Split {
+        let pixels = self
+            .pixels
+            .par_iter()
+            .map(|px| match image::RgbImage::from_raw(from, from, px.clone()) {
+                Some(img) => image::imageops::resize(&img, to, to, image::imageops::FilterType::Triangle).into_raw(),
+                None => vec![0; (to * to * 3) as usize],
+            })
+            .collect();
+        Split { paths: self.paths.clone(), labels: self.labels.clone(), pixels }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -55,6 +68,23 @@ pub struct Dataset {
     /// Files that were not images, or failed to decode, and CSV rows that
     /// could not be used, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl Dataset {
+    /// Every split at `size`×`size`, resized from the decoded pixels: what a
+    /// step with its own `image_size` trains on (progressive resizing), with
+    /// no second decode.
+    pub fn resized(&self, size: u32) -> Dataset {
+        let from = self.size;
+        Dataset {
+            classes: self.classes.clone(),
+            size,
+            train: self.train.resized(from, size),
+            valid: self.valid.resized(from, size),
+            test: self.test.as_ref().map(|t| t.resized(from, size)),
+            skipped: self.skipped.clone(),
+        }
+    }
 }
 
 /// Image files with their labels.

@@ -58,6 +58,7 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "beta1",
     "beta2",
     "batch_size",
+    "image_size",
     "label_smoothing",
     "schedule",
     "warmup_epochs",
@@ -139,7 +140,7 @@ pub(super) fn build(text: &str, path: &Path) -> std::result::Result<Recipe, Vec<
     let steps = match root.field("step") {
         None if misspelt => None,
         None => keep(&mut errors, Err(src.error_at(&DOC_START, "recipe has no [[step]]"))),
-        Some(f) => steps(src, &f, base).map_err(|e| errors.extend(e)).ok(),
+        Some(f) => steps(src, &f, base, data.as_ref().map(|d| d.image_size)).map_err(|e| errors.extend(e)).ok(),
     };
     match (name, seed, data, steps) {
         (Some(name), Some(seed), Some(data), Some(steps)) if errors.is_empty() => {
@@ -217,7 +218,12 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
 
 /// All `[[step]]`s, in order, each checked against the steps before it;
 /// every step is checked even after one fails.
-fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> std::result::Result<Vec<Step>, Vec<RecipeError>> {
+fn steps(
+    src: Source<'_>,
+    f: &Field<'_>,
+    base: &Path,
+    data_size: Option<u32>,
+) -> std::result::Result<Vec<Step>, Vec<RecipeError>> {
     let tables = f.tables("an array of tables ([[step]])").map_err(|e| vec![e])?;
     if tables.is_empty() {
         return Err(vec![f.error("recipe has no [[step]]")]);
@@ -228,13 +234,11 @@ fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> std::result::Result<Vec
     for (i, (table, span)) in tables.into_iter().enumerate() {
         let line = src.line_of(&span);
         let s = Section::new(src, table, span.clone(), format!("in step #{}", i + 1));
-        let augmented = steps.iter().any(|s: &Step| matches!(s.kind, StepKind::Augment(_)));
         match step(s, base, &mut seen_backbone) {
-            Ok(StepKind::Evaluate(e)) if e.tta_views > 0 && !augmented => {
+            Ok(kind) if conflict(&kind, &steps, data_size).is_some() => {
+                let (key, message) = conflict(&kind, &steps, data_size).unwrap_or_default();
                 let s = Section::new(src, table, span, format!("in step #{}", i + 1));
-                if let Some(f) = s.field("tta_views") {
-                    errors.push(f.key_error("`tta_views` draws views with the recipe's augmentation: add an augment step before this evaluate"));
-                }
+                errors.extend(s.field(key).map(|f| f.key_error(message)));
             }
             Ok(kind) => {
                 let fingerprint = fingerprint(&kind);
@@ -247,6 +251,40 @@ fn steps(src: Source<'_>, f: &Field<'_>, base: &Path) -> std::result::Result<Vec
         Ok(steps)
     } else {
         Err(errors)
+    }
+}
+
+/// What a step may not say given the steps before it and `[data] image_size`:
+/// the key at fault and why.
+fn conflict(kind: &StepKind, before: &[Step], data_size: Option<u32>) -> Option<(&'static str, String)> {
+    match kind {
+        StepKind::Evaluate(e) if e.tta_views > 0 && !before.iter().any(|s| matches!(s.kind, StepKind::Augment(_))) => {
+            Some((
+                "tta_views",
+                "`tta_views` draws views with the recipe's augmentation: add an augment step before this evaluate"
+                    .into(),
+            ))
+        }
+        StepKind::FineTune(t) => {
+            let (size, full) = (t.image_size?, data_size?);
+            if size > full {
+                return Some((
+                    "image_size",
+                    format!(
+                        "`image_size` = {size} is larger than [data] image_size = {full}: images are decoded once, at \
+                         [data] image_size, so train smaller first and then at that size"
+                    ),
+                ));
+            }
+            let flatten = before.iter().rev().find_map(|s| match &s.kind {
+                StepKind::Backbone(b) => Some(b.head.pooling == Pooling::Flatten),
+                _ => None,
+            })?;
+            (flatten && size != full).then(|| {
+                ("image_size", "a `pooling = \"flatten\"` head is sized for [data] image_size; use \"avg\" or \"concat\" pooling to train at another size".into())
+            })
+        }
+        _ => None,
     }
 }
 
@@ -567,6 +605,7 @@ fn optimizer_and_schedule(s: &Section<'_>) -> Result<FineTuneConfig> {
         beta1: s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9),
         beta2: s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.999),
         batch_size: s.int_as("batch_size", Bounds::at_least(1))?,
+        image_size: s.int_as("image_size", Bounds::within(16, 1024))?,
         label_smoothing: s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0),
         schedule: s.choice("schedule", &schedules)?.unwrap_or(Schedule::Constant),
         warmup_epochs: s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0),
@@ -820,6 +859,28 @@ mod tests {
     }
 
     #[test]
+    fn a_fine_tune_step_may_train_smaller_than_the_data() {
+        let text = |pooling: &str, size: u32| {
+            format!(
+                "name = \"t\"\n[data]\ntrain = \"d\"\nimage_size = 96\n[[step]]\nkind = \"backbone\"\narch = \"resnet18\"\n\
+                 pooling = \"{pooling}\"\n[[step]]\nkind = \"fine_tune\"\nimage_size = {size}\n"
+            )
+        };
+        match &ok(&text("avg", 64)).steps[1].kind {
+            StepKind::FineTune(t) => assert_eq!(t.image_size, Some(64)),
+            other => panic!("not fine_tune: {other:?}"),
+        }
+        assert_eq!(tune("").image_size, None);
+        let (line, col, msg) = err(&text("avg", 128));
+        assert_eq!((line, col), (11, 1));
+        assert!(msg.starts_with("`image_size` = 128 is larger than [data] image_size = 96"), "{msg}");
+        let (line, _, msg) = err(&text("flatten", 64));
+        assert_eq!(line, 11);
+        assert!(msg.starts_with("a `pooling = \"flatten\"` head is sized for [data] image_size"), "{msg}");
+        ok(&text("flatten", 96));
+    }
+
+    #[test]
     fn augmentation_policies_parse() {
         assert!(aug("auto_augment = \"imagenet\"").auto_augment);
         assert!(!aug("auto_augment = \"none\"").auto_augment);
@@ -937,6 +998,7 @@ kind = "evaluate"
                 beta1: 0.9,
                 beta2: 0.999,
                 batch_size: None,
+                image_size: None,
                 label_smoothing: 0.0,
                 schedule: Schedule::Constant,
                 warmup_epochs: 0,

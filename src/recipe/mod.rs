@@ -446,6 +446,9 @@ pub struct FineTuneConfig {
     pub beta2: f64,
     /// Overrides `data.batch_size` for this step.
     pub batch_size: Option<usize>,
+    /// Trains and validates this step at this size, at most `data.image_size`
+    /// (fastai's progressive resizing: small first, then full size).
+    pub image_size: Option<u32>,
     pub label_smoothing: f64,
     pub schedule: Schedule,
     pub warmup_epochs: usize,
@@ -623,6 +626,7 @@ impl Default for FineTuneConfig {
             beta1: 0.9,
             beta2: 0.999,
             batch_size: None,
+            image_size: None,
             label_smoothing: 0.0,
             schedule: Schedule::Constant,
             warmup_epochs: 0,

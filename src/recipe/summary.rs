@@ -182,6 +182,9 @@ fn fine_tune(t: &FineTuneConfig) -> String {
         Schedule::OneCycle => s.push_str(", one-cycle"),
         Schedule::CosineRestarts => s.push_str(&format!(", cosine restarts every {}", t.restart_epochs)),
     }
+    if let Some(px) = t.image_size {
+        s.push_str(&format!(", at {px}px"));
+    }
     if let Some(d) = t.layer_decay {
         s.push_str(&format!(", layer decay {}", num(d)));
     }
@@ -250,6 +253,7 @@ mod tests {
             beta1: 0.9,
             beta2: 0.999,
             batch_size: None,
+            image_size: None,
             label_smoothing: 0.0,
             schedule: Schedule::Cosine,
             warmup_epochs: 0,
