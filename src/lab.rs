@@ -12,7 +12,10 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::layers::ParamLoader;
 use crate::models::{self, Classifier, Head, Snapshot};
-use crate::recipe::{self, AugmentConfig, FineTuneConfig, LrFindConfig, LrSuggestion, Recipe, StepKind, WeightsSource};
+use crate::recipe::{
+    self, AugmentConfig, BackboneStep, EvaluateConfig, FineTuneConfig, LrFindConfig, LrSuggestion, Recipe, StepKind,
+    WeightsSource,
+};
 use crate::train::lr_find::LrFindResult;
 use crate::train::{self, EpochRecord, Evaluation, FineTuneOutcome, Observer};
 
@@ -343,48 +346,7 @@ impl Lab {
         let step = self.recipe.steps[index].clone();
         let started = Instant::now();
         let output = match &step.kind {
-            StepKind::Backbone(b) => {
-                let data = self.load_data(obs)?;
-                let (tensors, source) = match &b.weights {
-                    None => (None, "random init".to_string()),
-                    Some(WeightsSource::Path(p)) => {
-                        let shown = crate::paths::shown(p).display().to_string();
-                        obs.event(train::Event::Log(format!("loading {shown}")));
-                        (Some(crate::weights::load(p)?), shown)
-                    }
-                    Some(remote) => {
-                        let name = match remote {
-                            WeightsSource::Hub { repo, file } => {
-                                format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
-                            }
-                            WeightsSource::Url(url) => url.clone(),
-                            WeightsSource::Path(p) => crate::paths::shown(p).display().to_string(),
-                        };
-                        obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
-                        let path = crate::weights::resolve_source(remote)
-                            .map_err(|e| self.step_error(index, e.to_string()))?;
-                        obs.event(train::Event::Log(format!("loading {}", path.display())));
-                        (Some(crate::weights::load(&path)?), name)
-                    }
-                };
-                let backbone = match tensors {
-                    None => models::build_backbone(&b.arch, &mut ParamLoader::random(self.recipe.seed), false)?,
-                    Some(t) => models::backbone_from_tensors(&b.arch, source.clone(), t, b.strict)?,
-                };
-                let in_features = head_inputs(backbone.as_ref(), &b.head, data.size)?;
-                let head = Head::new(&b.head, in_features, data.classes.len(), self.recipe.seed)?;
-                let blocks = backbone.num_blocks();
-                self.model = Some(Classifier::new(backbone, head));
-                StepOutput::Backbone {
-                    arch: b.arch.clone(),
-                    source,
-                    blocks,
-                    classes: data.classes.clone(),
-                    train_images: data.train.len(),
-                    valid_images: data.valid.len(),
-                    skipped: data.skipped.len(),
-                }
-            }
+            StepKind::Backbone(b) => self.run_backbone(index, b, obs)?,
             StepKind::Freeze(f) => {
                 let model =
                     self.model.as_mut().ok_or_else(|| Error::Invalid("freeze needs a backbone step first".into()))?;
@@ -407,21 +369,7 @@ impl Lab {
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
             }
-            StepKind::Evaluate(cfg) => {
-                let data = self.load_data(obs)?;
-                let model =
-                    self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
-                let augmenter = self.augment.clone().map(crate::augment::Augmenter::new).filter(|a| !a.is_identity());
-                let views = augmenter.as_ref().map(|augmenter| train::TtaViews { augmenter, seed: self.recipe.seed });
-                StepOutput::Evaluate(Box::new(train::evaluate(
-                    model,
-                    &data,
-                    cfg,
-                    self.recipe.data.batch_size,
-                    Some(&mut self.features),
-                    views,
-                )?))
-            }
+            StepKind::Evaluate(cfg) => StepOutput::Evaluate(Box::new(self.run_evaluate(cfg, obs)?)),
         };
         self.states[index] = Some(State {
             model: self.model.as_ref().map(Classifier::snapshot).transpose()?,
@@ -436,6 +384,59 @@ impl Lab {
             output,
         });
         Ok(())
+    }
+
+    /// Builds the backbone (weights from a file, the hub or random) with a
+    /// fresh head sized to the classes found.
+    fn run_backbone(&mut self, index: usize, b: &BackboneStep, obs: &mut dyn Observer) -> Result<StepOutput> {
+        let data = self.load_data(obs)?;
+        let (tensors, source) = match &b.weights {
+            None => (None, "random init".to_string()),
+            Some(WeightsSource::Path(p)) => {
+                let shown = crate::paths::shown(p).display().to_string();
+                obs.event(train::Event::Log(format!("loading {shown}")));
+                (Some(crate::weights::load(p)?), shown)
+            }
+            Some(remote) => {
+                let name = match remote {
+                    WeightsSource::Hub { repo, file } => {
+                        format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
+                    }
+                    WeightsSource::Url(url) => url.clone(),
+                    WeightsSource::Path(p) => crate::paths::shown(p).display().to_string(),
+                };
+                obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
+                let path = crate::weights::resolve_source(remote).map_err(|e| self.step_error(index, e.to_string()))?;
+                obs.event(train::Event::Log(format!("loading {}", path.display())));
+                (Some(crate::weights::load(&path)?), name)
+            }
+        };
+        let backbone = match tensors {
+            None => models::build_backbone(&b.arch, &mut ParamLoader::random(self.recipe.seed), false)?,
+            Some(t) => models::backbone_from_tensors(&b.arch, source.clone(), t, b.strict)?,
+        };
+        let in_features = head_inputs(backbone.as_ref(), &b.head, data.size)?;
+        let head = Head::new(&b.head, in_features, data.classes.len(), self.recipe.seed)?;
+        let blocks = backbone.num_blocks();
+        self.model = Some(Classifier::new(backbone, head));
+        Ok(StepOutput::Backbone {
+            arch: b.arch.clone(),
+            source,
+            blocks,
+            classes: data.classes.clone(),
+            train_images: data.train.len(),
+            valid_images: data.valid.len(),
+            skipped: data.skipped.len(),
+        })
+    }
+
+    fn run_evaluate(&mut self, cfg: &EvaluateConfig, obs: &mut dyn Observer) -> Result<Evaluation> {
+        let data = self.load_data(obs)?;
+        let model = self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
+        // Test-time views are drawn with the augmentation in force, if any.
+        let augmenter = self.augment.clone().map(crate::augment::Augmenter::new).filter(|a| !a.is_identity());
+        let views = augmenter.as_ref().map(|augmenter| train::TtaViews { augmenter, seed: self.recipe.seed });
+        train::evaluate(model, &data, cfg, self.recipe.data.batch_size, Some(&mut self.features), views)
     }
 
     /// The seed of step `index`'s training streams.

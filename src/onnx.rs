@@ -432,11 +432,40 @@ pub fn run_with(
     input: Tensor,
     conv: ConvFn<'_>,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
-    use candle_core::{DType, Device};
-    use std::collections::HashMap;
-    let bad = |m: String| Error::Invalid(format!("ONNX model: {m}"));
     let graph = model.graph.as_ref().ok_or_else(|| bad("no graph".into()))?;
-    let mut values: HashMap<String, Tensor> = HashMap::new();
+    let mut values = initializers(graph)?;
+    values.insert("input".into(), input);
+    for node in &graph.node {
+        let args = node
+            .input
+            .iter()
+            .map(|name| values.get(name).cloned().ok_or_else(|| bad(format!("`{name}` is used before it is computed"))))
+            .collect::<Result<Vec<Tensor>>>()?;
+        let y = eval_node(node, &args, conv)?;
+        let out = node.output.first().ok_or_else(|| bad(format!("{} has no output", node.name)))?;
+        values.insert(out.clone(), y);
+    }
+    graph
+        .output
+        .iter()
+        .map(|o| {
+            values
+                .remove(&o.name)
+                .map(|t| (o.name.clone(), t))
+                .ok_or_else(|| bad(format!("output `{}` is never computed", o.name)))
+        })
+        .collect()
+}
+
+/// An error about the model being interpreted.
+fn bad(m: String) -> Error {
+    Error::Invalid(format!("ONNX model: {m}"))
+}
+
+/// The graph's initializers (float32 or float16) by name.
+fn initializers(graph: &GraphProto) -> Result<std::collections::HashMap<String, Tensor>> {
+    use candle_core::Device;
+    let mut values = std::collections::HashMap::new();
     for t in &graph.initializer {
         let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         let tensor = match t.data_type {
@@ -454,7 +483,15 @@ pub fn run_with(
         };
         values.insert(t.name.clone(), tensor);
     }
-    values.insert("input".into(), input);
+    Ok(values)
+}
+
+/// One node of the graph on its input values `args`.
+fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tensor> {
+    use candle_core::DType;
+    let arg = |i: usize| -> Result<Tensor> {
+        args.get(i).cloned().ok_or_else(|| bad(format!("{} has no input {i}", node.name)))
+    };
     let ints = |n: &NodeProto, name: &str| -> Vec<usize> {
         n.attribute
             .iter()
@@ -464,73 +501,56 @@ pub fn run_with(
     };
     let int =
         |n: &NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
-    for node in &graph.node {
-        let arg = |i: usize| -> Result<Tensor> {
-            let name = node.input.get(i).ok_or_else(|| bad(format!("{} has no input {i}", node.name)))?;
-            values.get(name).cloned().ok_or_else(|| bad(format!("`{name}` is used before it is computed")))
-        };
-        let y = match node.op_type.as_str() {
-            "Conv" => {
-                let (x, w, b) = (arg(0)?, arg(1)?, arg(2)?);
-                let pads = ints(node, "pads");
-                let strides = ints(node, "strides");
-                if pads.len() != 4 || strides.is_empty() {
-                    return Err(bad(format!("{}: pads/strides missing", node.name)));
-                }
-                let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
-                let geometry = ConvGeometry { stride: strides[0], pad, groups: int(node, "group", 1).max(1) as usize };
-                let y = conv(&x, &w, geometry)?;
-                y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?
+    let y = match node.op_type.as_str() {
+        "Conv" => {
+            let (x, w, b) = (arg(0)?, arg(1)?, arg(2)?);
+            let pads = ints(node, "pads");
+            let strides = ints(node, "strides");
+            if pads.len() != 4 || strides.is_empty() {
+                return Err(bad(format!("{}: pads/strides missing", node.name)));
             }
-            "Relu" => arg(0)?.relu()?,
-            "Clip" => {
-                let (lo, hi) = (arg(1)?.to_scalar::<f32>()?, arg(2)?.to_scalar::<f32>()?);
-                arg(0)?.clamp(lo, hi)?
+            let pad = Padding { top: pads[0], left: pads[1], bottom: pads[2], right: pads[3] };
+            let geometry = ConvGeometry { stride: strides[0], pad, groups: int(node, "group", 1).max(1) as usize };
+            let y = conv(&x, &w, geometry)?;
+            y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?
+        }
+        "Relu" => arg(0)?.relu()?,
+        "Clip" => {
+            let (lo, hi) = (arg(1)?.to_scalar::<f32>()?, arg(2)?.to_scalar::<f32>()?);
+            arg(0)?.clamp(lo, hi)?
+        }
+        "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
+        "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
+        "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
+        "MaxPool" => {
+            let pads = ints(node, "pads");
+            let (k, s) = (ints(node, "kernel_shape"), ints(node, "strides"));
+            if pads.len() != 4 || k.is_empty() || s.is_empty() {
+                return Err(bad(format!("{}: pads/kernel/strides missing", node.name)));
             }
-            "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
-            "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
-            "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
-            "MaxPool" => {
-                let pads = ints(node, "pads");
-                let (k, s) = (ints(node, "kernel_shape"), ints(node, "strides"));
-                if pads.len() != 4 || k.is_empty() || s.is_empty() {
-                    return Err(bad(format!("{}: pads/kernel/strides missing", node.name)));
-                }
-                pad_planes(&arg(0)?, &pads, f32::NEG_INFINITY)?.max_pool2d_with_stride(k[0], s[0])?
+            pad_planes(&arg(0)?, &pads, f32::NEG_INFINITY)?.max_pool2d_with_stride(k[0], s[0])?
+        }
+        "GlobalAveragePool" => arg(0)?.mean_keepdim(3)?.mean_keepdim(2)?,
+        "GlobalMaxPool" => arg(0)?.max_keepdim(3)?.max_keepdim(2)?,
+        "Concat" => {
+            let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(1, |a| a.i) as usize;
+            let parts = (0..node.input.len()).map(&arg).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts, axis)?
+        }
+        "Flatten" => arg(0)?.flatten_from(1)?,
+        "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
+        "Softmax" => candle_nn::ops::softmax(&arg(0)?, 1)?,
+        "Cast" => arg(0)?.to_dtype(DType::F32)?,
+        "Transpose" => {
+            let p = ints(node, "perm");
+            if p.len() != 4 {
+                return Err(bad(format!("{}: perm must have 4 axes", node.name)));
             }
-            "GlobalAveragePool" => arg(0)?.mean_keepdim(3)?.mean_keepdim(2)?,
-            "GlobalMaxPool" => arg(0)?.max_keepdim(3)?.max_keepdim(2)?,
-            "Concat" => {
-                let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(1, |a| a.i) as usize;
-                let parts = (0..node.input.len()).map(&arg).collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&parts, axis)?
-            }
-            "Flatten" => arg(0)?.flatten_from(1)?,
-            "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
-            "Softmax" => candle_nn::ops::softmax(&arg(0)?, 1)?,
-            "Cast" => arg(0)?.to_dtype(DType::F32)?,
-            "Transpose" => {
-                let p = ints(node, "perm");
-                if p.len() != 4 {
-                    return Err(bad(format!("{}: perm must have 4 axes", node.name)));
-                }
-                arg(0)?.permute((p[0], p[1], p[2], p[3]))?.contiguous()?
-            }
-            other => return Err(bad(format!("op {other} is not one tlab exports"))),
-        };
-        let out = node.output.first().ok_or_else(|| bad(format!("{} has no output", node.name)))?;
-        values.insert(out.clone(), y);
-    }
-    graph
-        .output
-        .iter()
-        .map(|o| {
-            values
-                .remove(&o.name)
-                .map(|t| (o.name.clone(), t))
-                .ok_or_else(|| bad(format!("output `{}` is never computed", o.name)))
-        })
-        .collect()
+            arg(0)?.permute((p[0], p[1], p[2], p[3]))?.contiguous()?
+        }
+        other => return Err(bad(format!("op {other} is not one tlab exports"))),
+    };
+    Ok(y)
 }
 
 /// Pads dims 2 and 3 of `x` with `value` (`pads` = [top, left, bottom, right]).

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use toml_edit::{ImDocument, Item};
+use toml_edit::{ImDocument, Item, TableLike};
 
 use crate::recipe::RecipeError;
 
@@ -299,6 +299,11 @@ impl Disk<'_> {
             }
         }
         report.skipped = skipped.into_iter().map(|(p, _)| p).collect();
+        self.memory(data, train_item, report);
+    }
+
+    /// The decoded size of the images counted so far, against the memory budget.
+    fn memory(&self, data: &dyn TableLike, train_item: &Item, report: &mut Preflight) {
         let size = data.get("image_size").and_then(Item::as_integer).unwrap_or(224).max(1) as u64;
         let images: usize = report.classes.iter().map(|c| c.train + c.valid).sum();
         let bytes = crate::data::decoded_bytes(images, size as u32);

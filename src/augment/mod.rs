@@ -453,20 +453,7 @@ pub fn warp(
         return img.clone();
     }
     let (w, h) = (img.width, img.height);
-    let (x0, y0, cw, ch) = match crop {
-        Some((x0, y0, cw, ch)) => {
-            let x0 = x0.min(w - 1);
-            let y0 = y0.min(h - 1);
-            let cw = cw.min(w - x0);
-            let ch = ch.min(h - y0);
-            if cw == 0 || ch == 0 {
-                (0, 0, w, h)
-            } else {
-                (x0, y0, cw, ch)
-            }
-        }
-        None => (0, 0, w, h),
-    };
+    let (x0, y0, cw, ch) = crop.map_or((0, 0, w, h), |c| clip_crop(c, w, h));
     let params = params.sanitized();
     if params.is_identity() && (x0, y0, cw, ch) == (0, 0, w, h) {
         return img.clone();
@@ -477,21 +464,17 @@ pub fn warp(
     let sy = f64::from(ch) / hf;
     let crop_map = Affine { m: [[sx, 0.0], [0.0, sy]], t: [0.5 * sx - 0.5, 0.5 * sy - 0.5] };
     let map = crop_map.after(&inverse_map(&params, wf, hf));
-
-    let cval = if cval.is_finite() { cval as f32 } else { 0.0 };
-    let (cwi, chi) = (i64::from(cw), i64::from(ch));
-    let (maxx, maxy) = (f64::from(cw - 1), f64::from(ch - 1));
-    // Tolerance so that exact-edge samples (e.g. a 90° rotation giving -1e-16) are not
-    // mistaken for outside points in Constant mode.
-    const EPS: f64 = 1e-6;
-    // Far beyond any real image, but small enough that `floor() as i64 + 1` cannot overflow
-    // and the reflect/wrap arithmetic stays exact.
-    const LIMIT: f64 = 1e15;
     let stride = w as usize * 3;
-    let base = y0 as usize * stride + x0 as usize * 3;
-    let src = &img.data;
-    let mut out = Vec::with_capacity(src.len());
-
+    let sampler = Sampler {
+        src: &img.data,
+        stride,
+        base: y0 as usize * stride + x0 as usize * 3,
+        size: (i64::from(cw), i64::from(ch)),
+        max: (f64::from(cw - 1), f64::from(ch - 1)),
+        fill,
+        cval: if cval.is_finite() { cval as f32 } else { 0.0 },
+    };
+    let mut out = Vec::with_capacity(img.data.len());
     let [[a, b], [c, d]] = map.m;
     for oy in 0..h {
         let oyf = f64::from(oy);
@@ -500,45 +483,85 @@ pub fn warp(
         let ry = d * oyf + map.t[1];
         for ox in 0..w {
             let oxf = f64::from(ox);
-            let mut qx = rx + a * oxf;
-            let mut qy = ry + c * oxf;
-            if !(qx.is_finite() && qy.is_finite()) {
-                // Only reachable with absurd parameters; degrade to "outside".
-                qx = if qx.is_nan() { -LIMIT } else { qx.clamp(-LIMIT, LIMIT) };
-                qy = if qy.is_nan() { -LIMIT } else { qy.clamp(-LIMIT, LIMIT) };
-            }
-            if fill == FillMode::Constant && (qx < -EPS || qy < -EPS || qx > maxx + EPS || qy > maxy + EPS) {
-                out.extend_from_slice(&[cval; 3]);
-                continue;
-            }
-            if fill == FillMode::Nearest || fill == FillMode::Constant {
-                qx = qx.clamp(0.0, maxx);
-                qy = qy.clamp(0.0, maxy);
-            } else {
-                qx = qx.clamp(-LIMIT, LIMIT);
-                qy = qy.clamp(-LIMIT, LIMIT);
-            }
-            let fx = qx.floor();
-            let fy = qy.floor();
-            let wx = (qx - fx) as f32;
-            let wy = (qy - fy) as f32;
-            let (ix, iy) = (fx as i64, fy as i64);
-            let xa = fold_index(ix, cwi, fill) * 3;
-            let xb = fold_index(ix + 1, cwi, fill) * 3;
-            let ya = base + fold_index(iy, chi, fill) * stride;
-            let yb = base + fold_index(iy + 1, chi, fill) * stride;
-            let w00 = (1.0 - wx) * (1.0 - wy);
-            let w01 = wx * (1.0 - wy);
-            let w10 = (1.0 - wx) * wy;
-            let w11 = wx * wy;
-            for k in 0..3 {
-                out.push(
-                    w00 * src[ya + xa + k] + w01 * src[ya + xb + k] + w10 * src[yb + xa + k] + w11 * src[yb + xb + k],
-                );
-            }
+            out.extend_from_slice(&sampler.at(rx + a * oxf, ry + c * oxf));
         }
     }
     Image { width: w, height: h, data: out }
+}
+
+/// A crop `(x0, y0, w, h)` clipped to a `w`×`h` image; the whole image if
+/// nothing of it is left.
+fn clip_crop((x0, y0, cw, ch): (u32, u32, u32, u32), w: u32, h: u32) -> (u32, u32, u32, u32) {
+    let x0 = x0.min(w - 1);
+    let y0 = y0.min(h - 1);
+    let cw = cw.min(w - x0);
+    let ch = ch.min(h - y0);
+    if cw == 0 || ch == 0 {
+        (0, 0, w, h)
+    } else {
+        (x0, y0, cw, ch)
+    }
+}
+
+/// Bilinear sampling of a (cropped) region of an RGB image, with Keras's
+/// fill modes outside it.
+struct Sampler<'a> {
+    src: &'a [f32],
+    /// Floats per source row.
+    stride: usize,
+    /// Offset of the region's top-left pixel.
+    base: usize,
+    /// The region's width and height.
+    size: (i64, i64),
+    /// The largest in-region coordinates.
+    max: (f64, f64),
+    fill: FillMode,
+    cval: f32,
+}
+
+impl Sampler<'_> {
+    /// Tolerance so that exact-edge samples (e.g. a 90° rotation giving -1e-16)
+    /// are not mistaken for outside points in Constant mode.
+    const EPS: f64 = 1e-6;
+    /// Far beyond any real image, but small enough that `floor() as i64 + 1`
+    /// cannot overflow and the reflect/wrap arithmetic stays exact.
+    const LIMIT: f64 = 1e15;
+
+    /// The pixel at region coordinates `(qx, qy)`.
+    fn at(&self, mut qx: f64, mut qy: f64) -> [f32; 3] {
+        let (maxx, maxy) = self.max;
+        if !(qx.is_finite() && qy.is_finite()) {
+            // Only reachable with absurd parameters; degrade to "outside".
+            qx = if qx.is_nan() { -Self::LIMIT } else { qx.clamp(-Self::LIMIT, Self::LIMIT) };
+            qy = if qy.is_nan() { -Self::LIMIT } else { qy.clamp(-Self::LIMIT, Self::LIMIT) };
+        }
+        let fill = self.fill;
+        if fill == FillMode::Constant
+            && (qx < -Self::EPS || qy < -Self::EPS || qx > maxx + Self::EPS || qy > maxy + Self::EPS)
+        {
+            return [self.cval; 3];
+        }
+        if fill == FillMode::Nearest || fill == FillMode::Constant {
+            qx = qx.clamp(0.0, maxx);
+            qy = qy.clamp(0.0, maxy);
+        } else {
+            qx = qx.clamp(-Self::LIMIT, Self::LIMIT);
+            qy = qy.clamp(-Self::LIMIT, Self::LIMIT);
+        }
+        let (fx, fy) = (qx.floor(), qy.floor());
+        let (wx, wy) = ((qx - fx) as f32, (qy - fy) as f32);
+        let (ix, iy) = (fx as i64, fy as i64);
+        let xa = fold_index(ix, self.size.0, fill) * 3;
+        let xb = fold_index(ix + 1, self.size.0, fill) * 3;
+        let ya = self.base + fold_index(iy, self.size.1, fill) * self.stride;
+        let yb = self.base + fold_index(iy + 1, self.size.1, fill) * self.stride;
+        let (w00, w01) = ((1.0 - wx) * (1.0 - wy), wx * (1.0 - wy));
+        let (w10, w11) = ((1.0 - wx) * wy, wx * wy);
+        let src = self.src;
+        std::array::from_fn(|k| {
+            w00 * src[ya + xa + k] + w01 * src[ya + xb + k] + w10 * src[yb + xa + k] + w11 * src[yb + xb + k]
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

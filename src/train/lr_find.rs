@@ -125,10 +125,13 @@ pub fn lr_find(
     Ok(LrFindResult { lrs: finder.lrs, losses: finder.losses, suggestions, diverged: finder.diverged })
 }
 
-/// The three suggestions, over the curve without its last few (diverging) points.
+/// The three suggestions, over the curve without its first tenth (where the
+/// smoothed loss is still settling: a dip there is noise, not a rate that
+/// trains) and its last few (diverging) points, as fastai trims it.
 pub fn suggest(lrs: &[f64], losses: &[f64]) -> Vec<(LrSuggestion, f64)> {
-    let n = if losses.len() > 10 { losses.len() - 5 } else { losses.len() };
-    let (lrs, losses) = (&lrs[..n], &losses[..n]);
+    let (first, end) = if losses.len() > 10 { (losses.len() / 10, losses.len() - 5) } else { (0, losses.len()) };
+    let (lrs, losses) = (&lrs[first..end], &losses[first..end]);
+    let n = losses.len();
     let min_at = (0..n).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap_or(0);
     // Steepest descent of the loss against log10(lr) (central differences).
     let logs: Vec<f64> = lrs.iter().map(|l| l.log10()).collect();
@@ -194,5 +197,13 @@ mod tests {
         assert!((-2.6..=-1.8).contains(&min.log10()), "a tenth of the minimum's rate, got {min:e}");
         let valley = get(LrSuggestion::Valley);
         assert!((1e-4..1e-1).contains(&valley), "valley on the descent, got {valley:e}");
+        // A drop in the first points (the smoothed loss settling, as with a
+        // BatchNorm head) is not the steepest descent.
+        let mut settling = losses.clone();
+        settling[0] += 3.0;
+        settling[1] += 1.5;
+        let s = suggest(&lrs, &settling);
+        let steep = s.iter().find(|(k, _)| *k == LrSuggestion::Steep).unwrap().1;
+        assert!((steep.log10() + 3.0).abs() < 0.2, "steepest still at 1e-3, got {steep:e}");
     }
 }
