@@ -317,7 +317,7 @@ struct Progress {
     interrupted: Arc<AtomicBool>,
     /// Where epoch checkpoints go, with what they need: the recipe, the
     /// running step and the history of the steps before it.
-    checkpoints: Option<(PathBuf, tlab::recipe::Recipe)>,
+    checkpoints: Option<tlab::rundir::RunDir>,
     step: usize,
     earlier: Vec<(usize, tlab::train::EpochRecord)>,
     /// The run's TensorBoard log (`tb/`), fed as the run goes.
@@ -375,7 +375,7 @@ impl Observer for Progress {
 
     fn checkpoint(&mut self, state: &tlab::train::Checkpoint<'_>) -> tlab::Result<()> {
         match &self.checkpoints {
-            Some((dir, recipe)) => tlab::checkpoint::write(dir, recipe, self.step, &self.earlier, state),
+            Some(run) => run.checkpoint(self.step, &self.earlier, state),
             None => Ok(()),
         }
     }
@@ -441,34 +441,6 @@ fn run_recipe_path(
         }
         (None, None, None) => bail!("give a recipe"),
     })
-}
-
-/// Creates (or, resuming, reopens) the run directory; returns when the run
-/// started and the seconds it had run before (0 for a new run).
-fn open_run_dir(dir: &Path, recipe: &tlab::recipe::Recipe, resuming: bool) -> anyhow::Result<(u64, f64)> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // A resumed run keeps its start and adds the time it had run before.
-    let previous: serde_json::Value = std::fs::read_to_string(dir.join("status.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let started_at = previous["started"].as_u64().filter(|_| resuming).unwrap_or(now);
-    let earlier_seconds = previous["seconds"].as_f64().filter(|_| resuming).unwrap_or(0.0);
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    // A process killed mid-write leaves its temp file; never its target.
-    tlab::report::remove_stale_temps(dir);
-    // Name the recipe at once, so a run killed before its first checkpoint
-    // can still be resumed (it starts over).
-    if !dir.join("status.json").exists() {
-        let status = serde_json::json!({
-            "complete": false,
-            "steps": recipe.steps.len(),
-            "steps_done": [],
-            "recipe": tlab::paths::absolute(&recipe.path).display().to_string(),
-        });
-        tlab::report::atomic_write(&dir.join("status.json"), serde_json::to_string_pretty(&status)?.as_bytes())?;
-    }
-    Ok((started_at, earlier_seconds))
 }
 
 /// Runs steps `first..`, printing each; the error that stopped them, if any.
@@ -541,10 +513,11 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         }
     };
     let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
-    let (started_at, earlier_seconds) = open_run_dir(&dir, &recipe, resume.is_some())?;
+    let run_dir = tlab::rundir::RunDir::open(&dir, &recipe, resume.is_some())
+        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new();
-    progress.checkpoints = Some((dir.clone(), recipe.clone()));
+    progress.checkpoints = Some(run_dir.clone());
     progress.tb = Some(tlab::tensorboard::EventWriter::create(&dir.join("tb"))?);
     let mut first_step = 0;
     if let Some(state) = saved_state {
@@ -579,11 +552,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     if interrupted {
         progress.line("interrupted: stopped after the current batch; the reports below are incomplete".into());
     }
-    let info = tlab::rundir::RunInfo {
-        complete: !interrupted && failure.is_none(),
-        started: started_at,
-        seconds: started.elapsed().as_secs_f64() + earlier_seconds,
-    };
+    let info = run_dir.info(!interrupted && failure.is_none());
     write_run_files(&lab, &mut progress, &dir, info, started)?;
     if interrupted {
         eprintln!("interrupted: partial reports in {}", dir.display());

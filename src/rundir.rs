@@ -7,11 +7,13 @@
 //! in a run directory are the notebook's pictures.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
-use crate::recipe::StepKind;
+use crate::recipe::{Recipe, StepKind};
 use crate::report::{self, HeadCard, ModelCard};
+use crate::train::{Checkpoint, EpochRecord};
 use crate::views::{self, ClassReport, ConfusionMatrix, HistoryChart, Samples};
 
 /// How many mistakes the pictures and report.html show.
@@ -30,6 +32,96 @@ pub struct RunInfo {
     pub started: u64,
     /// Wall time so far, in seconds.
     pub seconds: f64,
+}
+
+/// A run directory as `tlab run`, a TUI session and a notebook leave it:
+/// status.json naming the recipe from the start (so a run killed before its
+/// first checkpoint can still be resumed), checkpoints after every epoch, and
+/// the reports. `tlab run --resume DIR` continues any of them.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+    recipe: Recipe,
+    /// When the run started (seconds since the Unix epoch), kept across resumes.
+    started_at: u64,
+    /// Wall time of the earlier processes of a resumed run.
+    earlier_seconds: f64,
+    opened: Instant,
+}
+
+impl RunDir {
+    /// Creates `path` for a new run of `recipe`, or with `resuming` reopens
+    /// it, keeping its start time and the seconds it had run. Temp files left
+    /// by a killed process are removed.
+    pub fn open(path: &Path, recipe: &Recipe, resuming: bool) -> Result<RunDir> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let previous: serde_json::Value = std::fs::read_to_string(path.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let started_at = previous["started"].as_u64().filter(|_| resuming).unwrap_or(now);
+        let earlier_seconds = previous["seconds"].as_f64().filter(|_| resuming).unwrap_or(0.0);
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        // A process killed mid-write leaves its temp file; never its target.
+        report::remove_stale_temps(path);
+        if !path.join("status.json").exists() {
+            let status = serde_json::json!({
+                "complete": false,
+                "steps": recipe.steps.len(),
+                "steps_done": [],
+                "recipe": crate::paths::absolute(&recipe.path).display().to_string(),
+            });
+            let text = serde_json::to_string_pretty(&status).map_err(|e| Error::Invalid(e.to_string()))?;
+            report::atomic_write(&path.join("status.json"), text.as_bytes())?;
+        }
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            recipe: recipe.clone(),
+            started_at,
+            earlier_seconds,
+            opened: Instant::now(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The recipe checkpoints are written for (a TUI session's recipe
+    /// changes when its file is edited).
+    pub fn set_recipe(&mut self, recipe: &Recipe) {
+        self.recipe = recipe.clone();
+    }
+
+    /// Saves a fine_tune step's state after an epoch (`earlier`: the epochs of
+    /// the steps before it), atomically, next to the reports.
+    pub fn checkpoint(&self, step: usize, earlier: &[(usize, EpochRecord)], state: &Checkpoint<'_>) -> Result<()> {
+        crate::checkpoint::write(&self.path, &self.recipe, step, earlier, state)
+    }
+
+    /// How the run went so far: wall time includes earlier processes.
+    pub fn info(&self, complete: bool) -> RunInfo {
+        RunInfo {
+            complete,
+            started: self.started_at,
+            seconds: self.earlier_seconds + self.opened.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Writes every report of `lab` (see [`write_reports`]).
+    pub fn write_reports(&self, lab: &Lab, complete: bool) -> Result<Vec<PathBuf>> {
+        write_reports(lab, &self.path, self.info(complete))
+    }
+}
+
+impl Lab {
+    /// Leaves this lab's run in `dir` as `tlab run` would (status.json, the
+    /// reports, the pictures, the model): what a notebook calls to keep its
+    /// work. Complete when every step has a result.
+    pub fn save_run(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+        let complete = self.results().count() == self.recipe().steps.len();
+        RunDir::open(dir.as_ref(), self.recipe(), false)?.write_reports(self, complete)
+    }
 }
 
 /// Writes every report of `lab` into `dir` (created if needed): status.json

@@ -136,6 +136,69 @@ fn resumed_runs_end_like_uninterrupted_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A TUI session leaves the same run directory as `tlab run`: its engine
+/// thread (driven here as the UI drives it) writes status.json at once, a
+/// checkpoint after every epoch and the reports when a command ends. The
+/// session is cancelled during the first fine_tune's third epoch and closed;
+/// `tlab run --resume` on its folder then ends like an uninterrupted run.
+#[cfg(feature = "tui")]
+#[test]
+fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use tlab::train::Event;
+    use tlab::tui::{app::Command, worker::FromWorker};
+
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-tui-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 7, 16, 8, 4);
+    let recipe = dir.join("resume.toml");
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+    let full = dir.join("full");
+    let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let loaded = tlab::recipe::load(&recipe).unwrap();
+    let session = dir.join("session");
+    let run = tlab::rundir::RunDir::open(&session, &loaded, false).unwrap();
+    let (cmd_tx, cmd_rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let (idle_tx, idle_rx) = mpsc::channel();
+    let on_message = move |m: FromWorker| match &m {
+        // The user presses `c` during epoch 3 (the step stops after it).
+        FromWorker::Event(2, Event::Epoch(r)) if r.epoch == 3 => flag.store(true, Ordering::Relaxed),
+        FromWorker::Idle => drop(idle_tx.send(())),
+        _ => {}
+    };
+    let engine = std::thread::spawn(move || {
+        tlab::tui::worker::run(tlab::Lab::new(loaded), cmd_rx, on_message, cancel, run);
+    });
+    let all: Vec<usize> = (0..6).collect();
+    cmd_tx.send(Command::Run(all)).unwrap();
+    idle_rx.recv().unwrap();
+    // The user quits: the engine finishes writing the reports and ends.
+    drop(cmd_tx);
+    engine.join().unwrap();
+
+    let state = tlab::checkpoint::read_state(&session).unwrap().expect("a checkpoint from the session");
+    assert_eq!((state.step, state.epochs_done, state.finished), (2, 3, false), "{state:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(session.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["complete"], false);
+    assert_eq!(status["steps_done"], serde_json::json!([1, 2, 3]));
+    assert!(session.join("tui.log").is_file() && session.join("report.html").is_file());
+    assert_every_file_parses(&session);
+
+    let out = tlab().args(["run", "--resume", session.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("resuming") && text.contains("at step 3 after epoch 3"), "{text}");
+    assert_same_result(&full, &session);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Starts `tlab run RECIPE --resume DIR` (a fresh start while DIR has no
 /// checkpoint) and kills it with SIGKILL after a random delay, `KILLS` times;
 /// checks the directory after every kill, then lets the last resume finish.
@@ -225,7 +288,8 @@ fn assert_every_file_parses(dir: &Path) {
                     assert_eq!(l.split(',').count(), cols, "{what}: row `{l}`");
                 }
             }
-            Some("md" | "txt" | "toml") => {
+            // tui.log: a TUI session's log, appended line by line.
+            Some("md" | "txt" | "toml" | "log") => {
                 let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(text.ends_with('\n'), "{what} is cut short");
             }

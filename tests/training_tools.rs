@@ -362,9 +362,11 @@ fn a_batchnorm_head_learns_its_statistics_and_reloads_with_them() {
     assert!(accuracy > 0.6, "three colours separate ({accuracy})");
     // The run directory's model reloads with the same head, statistics included.
     let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let info = tlab::rundir::RunInfo { complete: true, started: 0, seconds: 0.0 };
-    tlab::rundir::write_reports(&lab, &run, info).unwrap();
+    let written = lab.save_run(&run).unwrap();
+    assert!(written.contains(&run.join("model.safetensors")) && written.contains(&run.join("report.html")));
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["complete"], true);
     let (model, card) = tlab::predict::load_run_model(&run).unwrap();
     assert!(card.head.batchnorm);
     assert_eq!(weights(&model), trained);

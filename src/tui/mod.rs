@@ -35,6 +35,7 @@ use ratatui_image::thread::ResizeResponse;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
+use crate::rundir::RunDir;
 use app::{Action, App, Command, CommandKind, Effect};
 use views::images::{ImageKey, Images};
 use worker::FromWorker;
@@ -83,9 +84,8 @@ fn install_panic_hook() {
 /// Runs the TUI on `recipe_path` until the user quits.
 pub fn run(recipe_path: &Path) -> Result<()> {
     let recipe = crate::recipe::load(recipe_path)?;
-    let run_dir = crate::report::default_run_dir(&format!("{}-tui", recipe.name));
-    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-    let log_path = run_dir.join("tui.log");
+    let run_dir = RunDir::open(&crate::report::default_run_dir(&format!("{}-tui", recipe.name)), &recipe, false)?;
+    let log_path = run_dir.path().join("tui.log");
     let mut app = App::new(&recipe, log_path.clone());
 
     let (tx, rx) = mpsc::channel::<AppEvent>();
@@ -95,10 +95,9 @@ pub fn run(recipe_path: &Path) -> Result<()> {
         let tx = tx.clone();
         let cancel = cancel.clone();
         let lab = Lab::new(recipe.clone());
-        let log_path = log_path.clone();
         std::thread::Builder::new()
             .name("tlab-engine".into())
-            .spawn(move || worker::run(lab, cmd_rx, move |m| drop(tx.send(AppEvent::Worker(m))), cancel, log_path))
+            .spawn(move || worker::run(lab, cmd_rx, move |m| drop(tx.send(AppEvent::Worker(m))), cancel, run_dir))
             .map_err(|e| Error::io("engine thread", e))?;
     }
     let watcher = {

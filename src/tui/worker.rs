@@ -2,7 +2,6 @@
 //! through a channel, so the UI never waits on training.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -11,7 +10,8 @@ use image::RgbImage;
 
 use super::app::Command;
 use crate::lab::{Lab, StepOutput, StepResult};
-use crate::train::{Event, Observer};
+use crate::rundir::RunDir;
+use crate::train::{Checkpoint, EpochRecord, Event, Observer};
 
 /// Messages from the engine thread to the UI.
 pub enum FromWorker {
@@ -38,12 +38,16 @@ pub enum ImageKind {
     MistakesGradCam,
 }
 
-/// Forwards training events to the UI (and the log file) and relays cancels.
+/// Forwards training events to the UI (and the log file), relays cancels
+/// and writes the epoch checkpoints into the session's run directory.
 struct Forward<'a> {
     step: usize,
     tx: &'a dyn Fn(FromWorker),
     cancel: &'a AtomicBool,
     log: &'a mut Option<std::fs::File>,
+    run: &'a RunDir,
+    /// The epochs of the steps before this one, for the checkpoint.
+    earlier: &'a [(usize, EpochRecord)],
 }
 
 impl Observer for Forward<'_> {
@@ -64,103 +68,152 @@ impl Observer for Forward<'_> {
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
+    fn checkpoint(&mut self, state: &Checkpoint<'_>) -> crate::Result<()> {
+        self.run.checkpoint(self.step, self.earlier, state)
+    }
 }
 
-/// Runs the worker loop until the command channel closes.
-pub fn run(mut lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel: Arc<AtomicBool>, log_path: PathBuf) {
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
-    let mut queue: std::collections::VecDeque<Command> = Default::default();
-    loop {
-        let cmd = match queue.pop_front() {
-            Some(c) => c,
-            None => match rx.recv() {
-                Ok(c) => c,
-                Err(_) => return,
-            },
-        };
+/// Runs the worker loop until the command channel closes. The session's run
+/// directory gets `tui.log`, a checkpoint after every epoch and, whenever a
+/// command finishes, the reports — what `tlab run` leaves, so `tlab run
+/// --resume DIR` continues a session.
+pub fn run(lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel: Arc<AtomicBool>, run: RunDir) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(run.path().join("tui.log")).ok();
+    let mut worker = Worker { lab, rx, tx: &tx, cancel, run, log, queue: Default::default() };
+    while let Some(cmd) = worker.next() {
+        if !worker.handle(cmd) {
+            return;
+        }
+    }
+}
+
+struct Worker<'a> {
+    lab: Lab,
+    rx: Receiver<Command>,
+    tx: &'a dyn Fn(FromWorker),
+    cancel: Arc<AtomicBool>,
+    run: RunDir,
+    log: Option<std::fs::File>,
+    /// Commands that arrived while steps ran, in order.
+    queue: std::collections::VecDeque<Command>,
+}
+
+impl Worker<'_> {
+    /// The next command: queued ones first; `None` once the UI is gone.
+    fn next(&mut self) -> Option<Command> {
+        self.queue.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    fn log(&mut self, line: std::fmt::Arguments<'_>) {
+        if let Some(f) = self.log.as_mut() {
+            let _ = f.write_fmt(line);
+            let _ = f.write_all(b"\n");
+        }
+    }
+
+    /// Carries out one command; `false` when the UI is gone.
+    fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
             // Cancels act through the shared flag; a queued one is stale.
             Command::Cancel => {}
             Command::SetRecipe(recipe) => {
-                if let Err(e) = lab.set_recipe(*recipe) {
-                    if let Some(f) = log.as_mut() {
-                        let _ = writeln!(f, "reload failed: {e}");
-                    }
+                self.run.set_recipe(&recipe);
+                if let Err(e) = self.lab.set_recipe(*recipe) {
+                    self.log(format_args!("reload failed: {e}"));
                 }
             }
             Command::InputChanged(input) => {
-                let first = lab.input_changed(&input);
-                if let Some(f) = log.as_mut() {
-                    let _ = writeln!(
-                        f,
-                        "{} changed on disk: stale from step {:?}",
-                        crate::paths::shown(input.path()).display(),
-                        first.map(|i| i + 1)
-                    );
-                }
+                let first = self.lab.input_changed(&input);
+                let shown = crate::paths::shown(input.path()).display().to_string();
+                self.log(format_args!("{shown} changed on disk: stale from step {:?}", first.map(|i| i + 1)));
             }
-            Command::Preview { step, seed } => send_preview(&lab, step, seed, &tx),
+            Command::Preview { step, seed } => send_preview(&self.lab, step, seed, self.tx),
             Command::Run(steps) => {
-                cancel.store(false, Ordering::Relaxed);
-                'steps: for step in steps {
-                    // A reload or a changed input between steps aborts the rest
-                    // of the list; the UI asks again for what is stale.
-                    loop {
-                        match rx.try_recv() {
-                            Ok(Command::Cancel) => break 'steps,
-                            Ok(c @ (Command::SetRecipe(_) | Command::InputChanged(_))) => {
-                                queue.push_back(c);
-                                break 'steps;
-                            }
-                            Ok(other) => queue.push_back(other),
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => return,
-                        }
-                    }
-                    if cancel.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tx(FromWorker::Started(step));
-                    if let Some(f) = log.as_mut() {
-                        let _ = writeln!(f, "[step {}] started", step + 1);
-                    }
-                    let result = {
-                        let mut obs = Forward { step, tx: &tx, cancel: &cancel, log: &mut log };
-                        lab.run_step(step, &mut obs).cloned()
-                    };
-                    match result {
-                        Ok(r) => {
-                            let cancelled = cancel.load(Ordering::Relaxed);
-                            if let Some(f) = log.as_mut() {
-                                let _ = writeln!(f, "[step {}] done in {:.1}s", step + 1, r.seconds);
-                            }
-                            let is_augment = matches!(r.output, StepOutput::Augment { .. });
-                            let mistakes = match &r.output {
-                                StepOutput::Evaluate(e) => Some(e.mistakes.clone()),
-                                _ => None,
-                            };
-                            tx(FromWorker::Done(Box::new(r)));
-                            if is_augment {
-                                send_preview(&lab, step, lab.recipe().seed, &tx);
-                            }
-                            if let Some(m) = mistakes {
-                                send_mistakes(&lab, step, &m, &tx);
-                            }
-                            if cancelled {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            if let Some(f) = log.as_mut() {
-                                let _ = writeln!(f, "[step {}] failed: {e}", step + 1);
-                            }
-                            tx(FromWorker::Failed(step, e.to_string()));
-                            break;
-                        }
-                    }
-                }
-                tx(FromWorker::Idle);
+                let open = self.run_steps(steps);
+                (self.tx)(FromWorker::Idle);
+                // After Idle: the UI need not wait for the files, and a
+                // command sent meanwhile simply queues.
+                self.write_reports();
+                return open;
             }
+        }
+        true
+    }
+
+    /// Runs `steps` in order until one fails, a cancel, or a reload or
+    /// changed input arrives (the UI then asks again for what is stale);
+    /// `false` when the UI is gone.
+    fn run_steps(&mut self, steps: Vec<usize>) -> bool {
+        self.cancel.store(false, Ordering::Relaxed);
+        for step in steps {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Command::Cancel) => return true,
+                    Ok(c @ (Command::SetRecipe(_) | Command::InputChanged(_))) => {
+                        self.queue.push_back(c);
+                        return true;
+                    }
+                    Ok(other) => self.queue.push_back(other),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return false,
+                }
+            }
+            if self.cancel.load(Ordering::Relaxed) || !self.run_step(step) {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Runs one step and sends its result and pictures; `false` to stop the list.
+    fn run_step(&mut self, step: usize) -> bool {
+        (self.tx)(FromWorker::Started(step));
+        self.log(format_args!("[step {}] started", step + 1));
+        let earlier = self.lab.history().to_vec();
+        let result = {
+            let mut obs = Forward {
+                step,
+                tx: self.tx,
+                cancel: &self.cancel,
+                log: &mut self.log,
+                run: &self.run,
+                earlier: &earlier,
+            };
+            self.lab.run_step(step, &mut obs).cloned()
+        };
+        match result {
+            Ok(r) => {
+                let cancelled = self.cancel.load(Ordering::Relaxed);
+                self.log(format_args!("[step {}] done in {:.1}s", step + 1, r.seconds));
+                let is_augment = matches!(r.output, StepOutput::Augment { .. });
+                let mistakes = match &r.output {
+                    StepOutput::Evaluate(e) => Some(e.mistakes.clone()),
+                    _ => None,
+                };
+                (self.tx)(FromWorker::Done(Box::new(r)));
+                if is_augment {
+                    send_preview(&self.lab, step, self.lab.recipe().seed, self.tx);
+                }
+                if let Some(m) = mistakes {
+                    send_mistakes(&self.lab, step, &m, self.tx);
+                }
+                !cancelled
+            }
+            Err(e) => {
+                self.log(format_args!("[step {}] failed: {e}", step + 1));
+                (self.tx)(FromWorker::Failed(step, e.to_string()));
+                false
+            }
+        }
+    }
+
+    /// The reports of the steps run so far, as `tlab run` writes them
+    /// (complete once every step has a result).
+    fn write_reports(&mut self) {
+        let complete = self.lab.results().count() == self.lab.recipe().steps.len();
+        if let Err(e) = self.run.write_reports(&self.lab, complete) {
+            let dir = self.run.path().display().to_string();
+            self.log(format_args!("writing the reports to {dir} failed: {e}"));
         }
     }
 }
