@@ -348,31 +348,8 @@ impl App {
 
     /// Applies an action; returns what the loop must do.
     pub fn update(&mut self, action: Action) -> Vec<Effect> {
-        if self.confirm_quit {
-            self.confirm_quit = false;
-            if action == Action::Quit {
-                self.should_quit = true;
-                return vec![Effect::Send(CommandKind::Cancel), Effect::Quit];
-            }
-            return vec![];
-        }
-        if let Some(view) = &mut self.runs {
-            match action {
-                Action::Up => view.selected = view.selected.saturating_sub(1),
-                Action::Down => view.selected = (view.selected + 1).min(view.runs.len().saturating_sub(1)),
-                // Quit closes the popup and then quits as usual.
-                Action::Quit => self.runs = None,
-                _ => self.runs = None,
-            }
-            if action != Action::Quit {
-                return vec![];
-            }
-        }
-        if self.help && action != Action::Quit {
-            self.help = false;
-            if action == Action::Help {
-                return vec![];
-            }
+        if let Some(effects) = self.modal(action) {
+            return effects;
         }
         let last = self.cells.len().saturating_sub(1);
         match action {
@@ -392,22 +369,7 @@ impl App {
                 let n = self.selected_cell().map(|c| c.tabs().len()).unwrap_or(1);
                 self.tab = (self.tab + n - 1) % n;
             }
-            Action::RunToSelected => return self.run(self.pending_through(self.selected)),
-            Action::RunAll => return self.run(self.pending_through(last)),
-            Action::RunNext => {
-                let next = self.cells.iter().position(|c| !c.is_done() || c.stale);
-                return match next {
-                    Some(i) => self.run(self.pending_through(i)),
-                    None => vec![],
-                };
-            }
-            Action::Rerun => {
-                let mut steps = self.pending_through(self.selected);
-                if !steps.contains(&self.selected) {
-                    steps.push(self.selected);
-                }
-                return self.run(steps);
-            }
+            Action::RunToSelected | Action::RunAll | Action::RunNext | Action::Rerun => return self.run_action(action),
             Action::Cancel => {
                 if self.running.is_some() {
                     return vec![Effect::Send(CommandKind::Cancel)];
@@ -441,6 +403,58 @@ impl App {
             }
         }
         vec![]
+    }
+
+    /// An action while a question, the runs popup or the help is open: what
+    /// it does there (`Some`), or `None` when it goes on to the main view.
+    fn modal(&mut self, action: Action) -> Option<Vec<Effect>> {
+        if self.confirm_quit {
+            self.confirm_quit = false;
+            if action == Action::Quit {
+                self.should_quit = true;
+                return Some(vec![Effect::Send(CommandKind::Cancel), Effect::Quit]);
+            }
+            return Some(vec![]);
+        }
+        if let Some(view) = &mut self.runs {
+            match action {
+                Action::Up => view.selected = view.selected.saturating_sub(1),
+                Action::Down => view.selected = (view.selected + 1).min(view.runs.len().saturating_sub(1)),
+                // Quit closes the popup and then quits as usual.
+                _ => self.runs = None,
+            }
+            if action != Action::Quit {
+                return Some(vec![]);
+            }
+        }
+        if self.help && action != Action::Quit {
+            self.help = false;
+            if action == Action::Help {
+                return Some(vec![]);
+            }
+        }
+        None
+    }
+
+    /// The run actions: the steps each one runs (stale ones included).
+    fn run_action(&mut self, action: Action) -> Vec<Effect> {
+        let last = self.cells.len().saturating_sub(1);
+        let steps = match action {
+            Action::RunToSelected => self.pending_through(self.selected),
+            Action::RunAll => self.pending_through(last),
+            Action::RunNext => match self.cells.iter().position(|c| !c.is_done() || c.stale) {
+                Some(i) => self.pending_through(i),
+                None => return vec![],
+            },
+            _ => {
+                let mut steps = self.pending_through(self.selected);
+                if !steps.contains(&self.selected) {
+                    steps.push(self.selected);
+                }
+                steps
+            }
+        };
+        self.run(steps)
     }
 
     /// The earlier runs of this recipe arrived (`runs` from the runs
