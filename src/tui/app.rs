@@ -34,54 +34,76 @@ pub enum Action {
 }
 
 impl Action {
-    /// The key map (the help popup lists the same table).
+    /// The action bound to `key` in [`KEY_MAP`] (Ctrl-C also quits).
     pub fn from_key(key: KeyEvent) -> Option<Action> {
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
             return Some(Action::Quit);
         }
-        Some(match key.code {
-            KeyCode::Char('k') | KeyCode::Up => Action::Up,
-            KeyCode::Char('j') | KeyCode::Down => Action::Down,
-            KeyCode::Enter => Action::RunToSelected,
-            KeyCode::Char('n') => Action::RunNext,
-            KeyCode::Char('a') => Action::RunAll,
-            KeyCode::Char('r') => Action::Rerun,
-            KeyCode::Char('c') | KeyCode::Esc => Action::Cancel,
-            KeyCode::Tab => Action::NextTab,
-            KeyCode::BackTab => Action::PrevTab,
-            KeyCode::Char('e') => Action::Edit,
-            KeyCode::Char('p') => Action::Resample,
-            KeyCode::Char('w') => Action::ToggleAutorun,
-            KeyCode::Char('v') => Action::ToggleNormalised,
-            KeyCode::Char('g') => Action::ToggleGradCam,
-            KeyCode::Char('R') => Action::Runs,
-            KeyCode::Char('s') => Action::CycleSort,
-            KeyCode::Char('?') => Action::Help,
-            KeyCode::Char('q') => Action::Quit,
-            _ => return None,
-        })
+        KEY_MAP.iter().find(|b| b.keys.contains(&key.code)).map(|b| b.action)
     }
 }
 
-/// The key table shown by `?`.
-pub const KEYS: &[(&str, &str)] = &[
-    ("j / k, ↓ / ↑", "select a step"),
-    ("Enter", "run up to the selected step"),
-    ("n", "run the next step"),
-    ("a", "run all steps"),
-    ("r", "re-run the selected step"),
-    ("c / Esc", "cancel the running step (after the current batch)"),
-    ("Tab / Shift-Tab", "switch output tab"),
-    ("e", "edit the recipe in $EDITOR"),
-    ("p", "re-sample the augmentation preview"),
-    ("w", "toggle auto-run of stale steps"),
-    ("v", "confusion matrix: counts / row-normalised"),
-    ("g", "mistakes: toggle the Grad-CAM overlay"),
-    ("R", "earlier runs of this recipe, and the recipe diff (j/k select, R/Esc close)"),
-    ("s", "report: cycle the sort column"),
-    ("?", "this help"),
-    ("q", "quit (asks while a step runs)"),
-];
+/// One key binding: the keys, how the help shows them, the action, what it
+/// does, and its word in the status bar (for the most used ones).
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    pub shown: &'static str,
+    pub action: Action,
+    pub help: &'static str,
+    pub bar: Option<&'static str>,
+}
+
+const fn bind(
+    keys: &'static [KeyCode],
+    shown: &'static str,
+    action: Action,
+    help: &'static str,
+    bar: Option<&'static str>,
+) -> Binding {
+    Binding { keys, shown, action, help, bar }
+}
+
+/// The key map: [`Action::from_key`] dispatches through it, and the `?`
+/// help and the status bar are drawn from it, so they cannot drift apart.
+pub const KEY_MAP: &[Binding] = {
+    use Action::*;
+    use KeyCode::{BackTab, Char, Down as ArrowDown, Enter, Esc, Tab, Up as ArrowUp};
+    &[
+        bind(&[Char('j'), ArrowDown], "j / ↓", Down, "select the next step", None),
+        bind(&[Char('k'), ArrowUp], "k / ↑", Up, "select the previous step", None),
+        bind(&[Enter], "Enter", RunToSelected, "run up to the selected step", Some("run")),
+        bind(&[Char('n')], "n", RunNext, "run the next step", Some("next")),
+        bind(&[Char('a')], "a", RunAll, "run all steps", Some("all")),
+        bind(&[Char('r')], "r", Rerun, "re-run the selected step", None),
+        bind(&[Char('c'), Esc], "c / Esc", Cancel, "cancel the running step (after the current batch)", Some("cancel")),
+        bind(&[Tab], "Tab", NextTab, "next output tab", Some("tabs")),
+        bind(&[BackTab], "Shift-Tab", PrevTab, "previous output tab", None),
+        bind(&[Char('e')], "e", Edit, "edit the recipe in $EDITOR", Some("edit")),
+        bind(&[Char('p')], "p", Resample, "re-sample the augmentation preview", None),
+        bind(&[Char('w')], "w", ToggleAutorun, "toggle auto-run of stale steps", Some("auto")),
+        bind(&[Char('v')], "v", ToggleNormalised, "confusion matrix: counts / row-normalised", None),
+        bind(&[Char('g')], "g", ToggleGradCam, "mistakes: toggle the Grad-CAM overlay", None),
+        bind(
+            &[Char('R')],
+            "R",
+            Runs,
+            "earlier runs of this recipe, and the recipe diff (j/k select, R/Esc close)",
+            None,
+        ),
+        bind(&[Char('s')], "s", CycleSort, "report: cycle the sort column", None),
+        bind(&[Char('?')], "?", Help, "this help", Some("help")),
+        bind(&[Char('q')], "q / Ctrl-C", Quit, "quit (asks while a step runs)", Some("quit")),
+    ]
+};
+
+/// The status bar's key hints, from [`KEY_MAP`]: `Enter run · n next · …`.
+pub fn key_hints() -> String {
+    KEY_MAP
+        .iter()
+        .filter_map(|b| b.bar.map(|word| format!("{} {word}", b.shown.split(" / ").next().unwrap_or(b.shown))))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
 
 /// Commands for the engine thread.
 #[derive(Debug, Clone)]
@@ -677,6 +699,50 @@ impl App {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_key_map_dispatches_every_key_it_shows_and_covers_every_action() {
+        for b in KEY_MAP {
+            for &code in b.keys {
+                let key = KeyEvent::new(code, KeyModifiers::NONE);
+                assert_eq!(Action::from_key(key), Some(b.action), "{code:?} ({})", b.shown);
+            }
+        }
+        let every = [
+            Action::Up,
+            Action::Down,
+            Action::RunToSelected,
+            Action::RunNext,
+            Action::RunAll,
+            Action::Rerun,
+            Action::Cancel,
+            Action::NextTab,
+            Action::PrevTab,
+            Action::Edit,
+            Action::Resample,
+            Action::ToggleAutorun,
+            Action::ToggleNormalised,
+            Action::ToggleGradCam,
+            Action::Runs,
+            Action::CycleSort,
+            Action::Help,
+            Action::Quit,
+        ];
+        for a in every {
+            // Exhaustive: a new action fails to compile here until it is listed.
+            match a {
+                Action::Up | Action::Down | Action::RunToSelected | Action::RunNext | Action::RunAll => {}
+                Action::Rerun | Action::Cancel | Action::NextTab | Action::PrevTab | Action::Edit => {}
+                Action::Resample | Action::ToggleAutorun | Action::ToggleNormalised | Action::ToggleGradCam => {}
+                Action::Runs | Action::CycleSort | Action::Help | Action::Quit => {}
+            }
+            assert!(KEY_MAP.iter().any(|b| b.action == a), "{a:?} has no key");
+        }
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(Action::from_key(ctrl_c), Some(Action::Quit));
+        assert_eq!(Action::from_key(KeyEvent::new(KeyCode::Char('z'), KeyModifiers::NONE)), None);
+        assert_eq!(key_hints(), "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · ? help · q quit");
+    }
 
     const RECIPE: &str = r#"
 name = "t"

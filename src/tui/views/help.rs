@@ -5,16 +5,16 @@ use ratatui::style::{Modifier, Style};
 use ratatui::widgets::{Block, Clear, Row, Table};
 use ratatui::Frame;
 
-use crate::tui::app::KEYS;
+use crate::tui::app::KEY_MAP;
 
 pub fn render(frame: &mut Frame, area: Rect) {
-    let h = (KEYS.len() as u16 + 2).min(area.height);
+    let h = (KEY_MAP.len() as u16 + 2).min(area.height);
     let w = 64.min(area.width);
     let [_, mid, _] = Layout::vertical([Constraint::Fill(1), Constraint::Length(h), Constraint::Fill(1)]).areas(area);
     let [_, popup, _] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(w), Constraint::Fill(1)]).areas(mid);
     frame.render_widget(Clear, popup);
-    let rows = KEYS.iter().map(|(k, what)| Row::new(vec![*k, *what]));
+    let rows = KEY_MAP.iter().map(|b| Row::new(vec![b.shown, b.help]));
     let table = Table::new(rows, [Constraint::Length(18), Constraint::Min(10)]).block(
         Block::bordered().title(" keys (any key closes) ").title_style(Style::new().add_modifier(Modifier::BOLD)),
     );

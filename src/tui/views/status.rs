@@ -32,10 +32,7 @@ pub fn render(frame: &mut Frame, area: Rect, app: &App) {
             if app.autorun { "on" } else { "off" }
         )),
         Span::styled(quit, Style::new().bg(Color::Red).fg(Color::White)),
-        Span::styled(
-            "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · ? help · q quit",
-            Style::new().fg(Color::DarkGray),
-        ),
+        Span::styled(crate::tui::app::key_hints(), Style::new().fg(Color::DarkGray)),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }
