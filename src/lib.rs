@@ -5,6 +5,11 @@
 //! ([`lab::Lab`]) drives the headless runner (`tlab run`), the terminal UI
 //! and notebooks.
 //!
+//! Start from the [`prelude`]: `use tlab::prelude::*;` brings in what a
+//! notebook or an embedding program needs (a [`Lab`] from a recipe file or a
+//! [`RecipeBuilder`](recipe::RecipeBuilder), running steps with progress,
+//! their results, the pictures, predicting, saving the run).
+//!
 //! Where things live:
 //! - [`recipe`]: the TOML recipe format and its validation;
 //! - [`data`]: folder-per-class image loading;
@@ -27,6 +32,32 @@
 //!   notebooks); with feature `notebook` also rich display in Jupyter's evcxr
 //!   kernel, as `tlab::notebook`;
 //! - `tui` (feature `tui`): the terminal UI.
+
+/// What notebooks and embedding programs use, in one import.
+///
+/// ```no_run
+/// use tlab::prelude::*;
+///
+/// let mut lab = Lab::open("recipes/quickstart.toml")?;
+/// lab.run_all(&mut Progress::new())?;
+/// if let Some(eval) = lab.last_evaluation() {
+///     println!("accuracy {:.4}", eval.metrics.accuracy);
+/// }
+/// lab.save_run("runs/mine")?;
+/// # Ok::<(), tlab::Error>(())
+/// ```
+pub mod prelude {
+    pub use crate::cells::{Progress, StepStatus};
+    // Not `Result`: a glob import of it would shadow std's two-parameter one.
+    pub use crate::error::Error;
+    pub use crate::lab::{Lab, StepOutput, StepResult};
+    pub use crate::metrics::Metrics;
+    pub use crate::predict::Predictor;
+    pub use crate::recipe::{Recipe, RecipeBuilder};
+    pub use crate::rundir::RunDir;
+    pub use crate::train::{Evaluation, Event, Observer, Silent};
+    pub use crate::views::{ClassReport, ConfusionMatrix, HistoryChart, Mistakes, Samples};
+}
 
 pub mod augment;
 pub mod bench;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// Precision, recall, F1 and support of one class.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ClassReport {
+pub struct ClassScores {
     pub class: String,
     pub precision: f64,
     pub recall: f64,
@@ -43,7 +43,7 @@ pub struct Metrics {
     pub classes: Vec<String>,
     /// Rows = true class, columns = predicted class.
     pub confusion: Vec<Vec<usize>>,
-    pub per_class: Vec<ClassReport>,
+    pub per_class: Vec<ClassScores>,
     #[serde(rename = "macro")]
     pub macro_avg: Averages,
     pub weighted: Averages,
@@ -255,10 +255,10 @@ pub fn confusion_matrix(y_true: &[usize], y_pred: &[usize], n_classes: usize) ->
 /// uses the supports as weights (all zeros if there is no support at all). A ragged or
 /// undersized matrix is read as if missing cells were 0; classes beyond `classes.len()` are
 /// ignored.
-pub fn classification_report(confusion: &[Vec<usize>], classes: &[String]) -> (Vec<ClassReport>, Averages, Averages) {
+pub fn classification_report(confusion: &[Vec<usize>], classes: &[String]) -> (Vec<ClassScores>, Averages, Averages) {
     let n = classes.len();
     let cell = |t: usize, p: usize| -> usize { confusion.get(t).and_then(|r| r.get(p)).copied().unwrap_or(0) };
-    let per_class: Vec<ClassReport> = classes
+    let per_class: Vec<ClassScores> = classes
         .iter()
         .enumerate()
         .map(|(c, name)| {
@@ -266,7 +266,7 @@ pub fn classification_report(confusion: &[Vec<usize>], classes: &[String]) -> (V
             let support: usize = (0..n).map(|p| cell(c, p)).sum();
             let predicted: usize = (0..n).map(|t| cell(t, c)).sum();
             let (tpf, fpf, fnf) = (tp as f64, (predicted - tp) as f64, (support - tp) as f64);
-            ClassReport {
+            ClassScores {
                 class: name.clone(),
                 precision: ratio(tpf, predicted as f64),
                 recall: ratio(tpf, support as f64),
@@ -277,11 +277,11 @@ pub fn classification_report(confusion: &[Vec<usize>], classes: &[String]) -> (V
         .collect();
 
     let total: usize = per_class.iter().map(|r| r.support).sum();
-    let mean = |f: fn(&ClassReport) -> f64| ratio(per_class.iter().map(f).sum(), n as f64);
+    let mean = |f: fn(&ClassScores) -> f64| ratio(per_class.iter().map(f).sum(), n as f64);
     let macro_avg =
         Averages { precision: mean(|r| r.precision), recall: mean(|r| r.recall), f1: mean(|r| r.f1), support: total };
     let wmean =
-        |f: fn(&ClassReport) -> f64| ratio(per_class.iter().map(|r| f(r) * r.support as f64).sum(), total as f64);
+        |f: fn(&ClassScores) -> f64| ratio(per_class.iter().map(|r| f(r) * r.support as f64).sum(), total as f64);
     let weighted = Averages {
         precision: wmean(|r| r.precision),
         recall: wmean(|r| r.recall),

@@ -124,9 +124,9 @@ impl<T: Callback + ?Sized> Callback for &mut T {
 }
 
 /// Progress to the observer: epoch start, batch, epoch record.
-pub struct Progress;
+pub struct ProgressEvents;
 
-impl Callback for Progress {
+impl Callback for ProgressEvents {
     fn before_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
         let (epoch, epochs, batches) = (fit.epoch + 1, fit.epochs(), fit.batches());
         fit.obs.event(Event::EpochStart { epoch, epochs, batches });

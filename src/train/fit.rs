@@ -178,7 +178,7 @@ impl<'a> FineTune<'a> {
         resume_extra: Option<&std::collections::HashMap<String, Tensor>>,
     ) -> Vec<Box<dyn Callback>> {
         let mut cbs: Vec<Box<dyn Callback>> =
-            vec![Box::new(callbacks::Progress), Box::<callbacks::NanGuard>::default()];
+            vec![Box::new(callbacks::ProgressEvents), Box::<callbacks::NanGuard>::default()];
         if let Some(max_norm) = cfg.clip_grad_norm {
             cbs.push(Box::new(callbacks::ClipGradNorm { max_norm, vars: Vec::new() }));
         }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::callbacks::{BatchCtx, Callback, Progress};
+use super::callbacks::{BatchCtx, Callback, ProgressEvents};
 use super::fit::{FineTune, Setup};
 use super::{Observer, Resume};
 use crate::error::{Error, Result};
@@ -111,7 +111,7 @@ pub fn lr_find(
     };
     let mut finder = finder;
     {
-        let mut cbs: Vec<Box<dyn Callback + '_>> = vec![Box::new(Progress), Box::new(&mut finder)];
+        let mut cbs: Vec<Box<dyn Callback + '_>> = vec![Box::new(ProgressEvents), Box::new(&mut finder)];
         FineTune::prepare(model, setup, obs, None::<Resume>)?.run(&mut cbs)?;
     }
     if finder.lrs.len() < 5 {

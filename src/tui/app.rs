@@ -157,7 +157,7 @@ pub struct RunsView {
 
 /// Live training progress of a fine_tune step.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
+pub struct LiveProgress {
     pub epoch: usize,
     pub epochs: usize,
     pub batch: usize,
@@ -167,7 +167,7 @@ pub struct Progress {
     pub epoch_started: Option<Instant>,
 }
 
-impl Progress {
+impl LiveProgress {
     /// Estimated time left in the step, from the pace of the current epoch.
     pub fn eta(&self, now: Instant) -> Option<Duration> {
         let started = self.epoch_started?;
@@ -190,7 +190,7 @@ pub struct Cell {
     /// Outputs are from a recipe version that has since changed.
     pub stale: bool,
     pub log: Vec<String>,
-    pub progress: Progress,
+    pub progress: LiveProgress,
     pub history: Vec<EpochRecord>,
     pub result: Option<StepResult>,
     /// The last good outputs while the step re-runs, put back if the re-run fails.
@@ -206,7 +206,7 @@ impl Cell {
             status: Status::Pending,
             stale: false,
             log: Vec::new(),
-            progress: Progress::default(),
+            progress: LiveProgress::default(),
             history: Vec::new(),
             result: None,
             previous: None,
@@ -531,7 +531,7 @@ impl App {
             c.status = Status::Running { since: Instant::now() };
             c.stale = false;
             c.log.clear();
-            c.progress = Progress::default();
+            c.progress = LiveProgress::default();
             c.history.clear();
             c.result = None;
         }
@@ -543,7 +543,7 @@ impl App {
         match event {
             Event::Log(s) => c.log.push(s),
             Event::EpochStart { epoch, epochs, batches } => {
-                c.progress = Progress {
+                c.progress = LiveProgress {
                     epoch,
                     epochs,
                     batch: 0,

@@ -9,11 +9,11 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::Frame;
 
 use crate::lab::StepOutput;
-use crate::metrics::ClassReport;
+use crate::metrics::ClassScores;
 use crate::tui::app::{Cell, SortBy};
 
 /// The per-class rows in the requested order (metrics descending, classes ascending).
-pub fn sorted(rows: &[ClassReport], by: SortBy) -> Vec<ClassReport> {
+pub fn sorted(rows: &[ClassScores], by: SortBy) -> Vec<ClassScores> {
     let mut v = rows.to_vec();
     match by {
         SortBy::Class => v.sort_by(|a, b| a.class.cmp(&b.class)),
