@@ -135,7 +135,8 @@ pub fn mixed_samples(
 
 /// The mixup / CutMix setting of the first fine_tune step after recipe step
 /// `after`: what the images an augment step prepares are mixed with in
-/// training (`None` when that step does not mix, or none follows).
+/// training (`None` when that step does not mix images — no mixing, or
+/// `mix_at = "features"` — or none follows).
 pub fn mix_after(recipe: &crate::recipe::Recipe, after: usize) -> Option<crate::recipe::MixConfig> {
     recipe
         .steps
@@ -146,6 +147,7 @@ pub fn mix_after(recipe: &crate::recipe::Recipe, after: usize) -> Option<crate::
             _ => None,
         })
         .flatten()
+        .filter(|m| m.at == crate::recipe::MixAt::Input)
 }
 
 /// The augmentation preview of the TUI and `tlab preview`: `n` training

@@ -168,3 +168,29 @@ fn a_step_at_its_own_image_size_trains_on_resized_images() {
     assert!(accuracy > 0.6, "three colours separate after training at 16px and then 32px ({accuracy})");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mix_at = "features"` mixes the frozen blocks' output, so the training
+/// views stay cached (mixing the images would force live augmentation), and
+/// the mixing still changes what is learnt.
+#[test]
+fn mixing_at_the_features_keeps_the_views_cached() {
+    let dir = std::env::temp_dir().join(format!("tlab-mixfeat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 3, 16, 6, 3);
+    let with = |mix: &str| RECIPE.replace("augment_views = 2\n", &format!("augment_views = 2\n{mix}"));
+    let run_with = |mix: &str| {
+        std::fs::write(dir.join("r.toml"), with(mix)).unwrap();
+        run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, dir.join("unused")))
+    };
+    let (plain, _) = run_with("");
+    let (features, logs) = run_with("mixup = 0.4\nmix_at = \"features\"\n");
+    let line = feature_line(&logs);
+    assert!(line.contains("split and augmented training views: 3 computed"), "{line}");
+    let (again, _) = run_with("mixup = 0.4\nmix_at = \"features\"\n");
+    let (input, logs) = run_with("mixup = 0.4\n");
+    assert!(feature_line(&logs).contains("mixup/cutmix runs live"), "{}", feature_line(&logs));
+    assert_ne!(weights(&features), weights(&plain), "mixing changes the training");
+    assert_ne!(weights(&features), weights(&input), "mixing features is not mixing images");
+    assert_eq!(weights(&features), weights(&again), "seeded");
+    let _ = std::fs::remove_dir_all(&dir);
+}

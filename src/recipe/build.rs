@@ -13,7 +13,7 @@ use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
     AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, Erasing, EvalSplit,
-    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion,
+    EvaluateConfig, FillMode, MixAt, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion,
     MixConfig, Monitor, OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind,
     WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
@@ -86,6 +86,7 @@ const FINE_TUNE_KEYS: &[&str] = &[
     "cutmix",
     "mix_prob",
     "mix_switch_prob",
+    "mix_at",
     "freeze_epochs",
     "unfreeze_to",
     "class_weights",
@@ -726,13 +727,14 @@ fn mix(s: &Section<'_>) -> Result<Option<MixConfig>> {
     let cutmix_alpha = s.number("cutmix", Bounds::at_least(0.0).at_most(10.0))?.unwrap_or(0.0);
     let prob = s.number("mix_prob", Bounds::within(0.0, 1.0))?.unwrap_or(1.0);
     let switch_prob = s.number("mix_switch_prob", Bounds::within(0.0, 1.0))?.unwrap_or(0.5);
+    let at = s.choice("mix_at", &[("input", MixAt::Input), ("features", MixAt::Features)])?.unwrap_or_default();
     if mixup_alpha == 0.0 && cutmix_alpha == 0.0 {
-        if let Some(f) = s.field("mix_prob").or_else(|| s.field("mix_switch_prob")) {
+        if let Some(f) = s.field("mix_prob").or_else(|| s.field("mix_switch_prob")).or_else(|| s.field("mix_at")) {
             return Err(f.key_error(format!("`{}` needs `mixup = α` or `cutmix = α`", f.name())));
         }
         return Ok(None);
     }
-    Ok(Some(MixConfig { mixup_alpha, cutmix_alpha, prob, switch_prob }))
+    Ok(Some(MixConfig { mixup_alpha, cutmix_alpha, prob, switch_prob, at }))
 }
 
 fn class_weights(s: &Section<'_>) -> Result<ClassWeights> {
@@ -878,6 +880,14 @@ mod tests {
         assert_eq!(line, 11);
         assert!(msg.starts_with("a `pooling = \"flatten\"` head is sized for [data] image_size"), "{msg}");
         ok(&text("flatten", 96));
+    }
+
+    #[test]
+    fn mix_at_is_input_or_features_and_needs_a_mix() {
+        assert_eq!(tune("mixup = 0.2").mix.map(|m| m.at), Some(MixAt::Input));
+        assert_eq!(tune("mixup = 0.2\nmix_at = \"features\"").mix.map(|m| m.at), Some(MixAt::Features));
+        let (_, _, msg) = err(&with_step("[[step]]\nkind = \"fine_tune\"\nmix_at = \"features\"\n"));
+        assert_eq!(msg, "`mix_at` needs `mixup = α` or `cutmix = α`");
     }
 
     #[test]

@@ -578,6 +578,18 @@ impl Default for OneCycle {
     }
 }
 
+/// Where a batch is mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MixAt {
+    /// The images (timm, fastai).
+    #[default]
+    Input,
+    /// The frozen blocks' output (Manifold Mixup, Verma et al. 2019, at the
+    /// frozen boundary): the frozen features stay cacheable, so mixing costs
+    /// nothing extra; with no frozen blocks it is the input.
+    Features,
+}
+
 /// timm's mixup/cutmix settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MixConfig {
@@ -589,6 +601,7 @@ pub struct MixConfig {
     pub prob: f64,
     /// With both enabled: probability of CutMix rather than mixup.
     pub switch_prob: f64,
+    pub at: MixAt,
 }
 
 /// Loss weight per class.

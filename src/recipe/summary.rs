@@ -201,6 +201,9 @@ fn fine_tune(t: &FineTuneConfig) -> String {
             .map(|(n, a)| format!("{n} {}", num(*a)))
             .collect();
         s.push_str(&format!(", {}", parts.join("/")));
+        if m.at == crate::recipe::MixAt::Features {
+            s.push_str(" at features");
+        }
     }
     if t.class_weights != ClassWeights::None {
         s.push_str(", class weights");

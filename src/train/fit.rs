@@ -21,7 +21,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::layers::Mode;
 use crate::models::{Classifier, Snapshot};
-use crate::recipe::{ClassWeights, FineTuneConfig, Sampler};
+use crate::recipe::{ClassWeights, FineTuneConfig, MixAt, Sampler};
 
 /// What a fine_tune step trains on and with.
 pub struct Setup<'a> {
@@ -328,7 +328,7 @@ impl<'a> FineTune<'a> {
                 }
                 cbs.iter_mut().try_for_each(|c| c.before_batch(&mut ctx))?;
                 let (x, mixed) = match cached {
-                    Some(features) => (features.rows(idx)?, None),
+                    Some(features) => mix_if(features.rows(idx)?, cfg, inp.seed, epoch, b)?,
                     None => rx.recv().map_err(|_| Error::Invalid("the input pipeline stopped".into()))??,
                 };
                 let labels = &inp.data.train.labels;
@@ -376,15 +376,24 @@ fn produce(
     let pre = model.backbone.preprocess();
     let aug_seed = inp.seed ^ ((epoch as u64 + 1) << 32);
     let x = input(inp.data, &inp.data.train, idx, &pre, inp.aug.map(|a| (a, aug_seed)))?;
-    let (x, mixed) = match &cfg.mix {
-        Some(m) => {
-            let mut rng = Rng::derive(inp.seed ^ 0x313C, ((epoch as u64) << 32) | batch as u64);
-            mix::mix_batch(&x, m, &mut rng)?
-        }
-        None => (x, None),
-    };
+    let at_features = inp.k > 0 && cfg.mix.is_some_and(|m| m.at == MixAt::Features);
+    if at_features {
+        return mix_if(model.prefix(&x, inp.k)?, cfg, inp.seed, epoch, batch);
+    }
+    let (x, mixed) = mix_if(x, cfg, inp.seed, epoch, batch)?;
     let x = if inp.k > 0 { model.prefix(&x, inp.k)? } else { x };
     Ok((x, mixed))
+}
+
+/// `x` mixed as `cfg.mix` says (seeded by epoch and batch), or as it is.
+fn mix_if(x: Tensor, cfg: &FineTuneConfig, seed: u64, epoch: usize, batch: usize) -> Result<(Tensor, Option<Mixed>)> {
+    match &cfg.mix {
+        Some(m) => {
+            let mut rng = Rng::derive(seed ^ 0x313C, ((epoch as u64) << 32) | batch as u64);
+            mix::mix_batch(&x, m, &mut rng)
+        }
+        None => Ok((x, None)),
+    }
 }
 
 /// The batch's training loss: plain (smoothed) cross-entropy, or against
@@ -517,7 +526,8 @@ fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Obse
     let pass = PrefixPass::new(model, data, batch_size, later_prefixes);
     let valid = pass.features(cache, &data.valid, k, None, obs)?;
     let mut train = Vec::new();
-    let mixing = cfg.mix.is_some();
+    // Mixing the images needs them live; mixing the frozen features does not.
+    let mixing = cfg.mix.is_some_and(|m| m.at == MixAt::Input);
     match aug {
         _ if mixing => {}
         None => train.push(pass.features(cache, &data.train, k, None, obs)?),
