@@ -13,7 +13,7 @@ use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
     AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, Erasing, EvalSplit,
-    EvaluateConfig, FillMode, MixAt, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion,
+    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion, MixAt,
     MixConfig, Monitor, OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind,
     WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };

@@ -170,7 +170,13 @@ mod tests {
         )
         .unwrap();
         for (mixup, cutmix) in [(1.0, 0.0), (0.0, 1.0)] {
-            let cfg = MixConfig { mixup_alpha: mixup, cutmix_alpha: cutmix, prob: 1.0, switch_prob: 0.5, at: Default::default() };
+            let cfg = MixConfig {
+                mixup_alpha: mixup,
+                cutmix_alpha: cutmix,
+                prob: 1.0,
+                switch_prob: 0.5,
+                at: Default::default(),
+            };
             let mut rng = Rng::new(3);
             for _ in 0..20 {
                 let (m, info) = mix_batch(&x, &cfg, &mut rng).unwrap();
@@ -180,7 +186,8 @@ mod tests {
                 assert!((f64::from(first) - (1.0 - info.lam)).abs() < 1e-5, "{info:?}: mean {first}");
             }
         }
-        let never = MixConfig { mixup_alpha: 1.0, cutmix_alpha: 0.0, prob: 0.0, switch_prob: 0.5, at: Default::default() };
+        let never =
+            MixConfig { mixup_alpha: 1.0, cutmix_alpha: 0.0, prob: 0.0, switch_prob: 0.5, at: Default::default() };
         assert!(mix_batch(&x, &never, &mut Rng::new(1)).unwrap().1.is_none());
     }
 }
