@@ -57,12 +57,33 @@ fn io_err(e: std::io::Error) -> Error {
     Error::io("terminal", e)
 }
 
-fn enter_terminal() -> Result<Term> {
-    enable_raw_mode().map_err(io_err)?;
-    std::io::stdout().execute(EnterAlternateScreen).map_err(io_err)?;
-    let mut t = Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(io_err)?;
-    t.clear().map_err(io_err)?;
-    Ok(t)
+/// The terminal in raw mode on the alternate screen, for as long as this
+/// lives: dropping it restores the shell's terminal on every way out (return,
+/// error, unwinding). A panic hook restores it earlier still, so the panic
+/// message prints on the normal screen.
+struct Screen {
+    term: Term,
+}
+
+impl Screen {
+    fn enter() -> Result<Screen> {
+        enable_raw_mode().map_err(io_err)?;
+        let term = Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| {
+            leave_terminal();
+            io_err(e)
+        })?;
+        // From here on, a failure leaves through `Drop`.
+        let mut screen = Screen { term };
+        std::io::stdout().execute(EnterAlternateScreen).map_err(io_err)?;
+        screen.term.clear().map_err(io_err)?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        leave_terminal();
+    }
 }
 
 fn leave_terminal() {
@@ -112,7 +133,7 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     let mut watcher = watcher.ok();
 
     install_panic_hook();
-    let mut terminal = enter_terminal()?;
+    let mut screen = Screen::enter()?;
     let picker = pick_image_protocol();
     let deliver_tx = tx.clone();
     let mut images =
@@ -123,7 +144,7 @@ pub fn run(recipe_path: &Path) -> Result<()> {
     spawn_input(tx.clone(), paused.clone());
 
     let mut shell = Shell {
-        terminal: &mut terminal,
+        terminal: &mut screen.term,
         rx: &rx,
         cmd_tx: &cmd_tx,
         cancel: &cancel,
@@ -134,7 +155,7 @@ pub fn run(recipe_path: &Path) -> Result<()> {
         changed: Vec::new(),
     };
     let result = shell.event_loop(&mut app, &mut images);
-    leave_terminal();
+    drop(screen);
     if let Some((median, max)) = app.frame_stats() {
         let _ = writeln!(
             log,

@@ -9,7 +9,9 @@ use crate::tui::app::KEY_MAP;
 
 pub fn render(frame: &mut Frame, area: Rect) {
     let h = (KEY_MAP.len() as u16 + 2).min(area.height);
-    let w = 64.min(area.width);
+    // Wide enough for the longest line: keys column, gap, text, borders.
+    let longest = KEY_MAP.iter().map(|b| b.help.chars().count()).max().unwrap_or(0);
+    let w = (18 + 1 + longest as u16 + 2).min(area.width);
     let [_, mid, _] = Layout::vertical([Constraint::Fill(1), Constraint::Length(h), Constraint::Fill(1)]).areas(area);
     let [_, popup, _] =
         Layout::horizontal([Constraint::Fill(1), Constraint::Length(w), Constraint::Fill(1)]).areas(mid);
