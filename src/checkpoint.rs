@@ -98,7 +98,7 @@ pub fn write(
         best,
         since_best: c.since_best,
     };
-    let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&state).map_err(|source| Error::Json { what: "state.json", source })?;
     crate::report::atomic_write(&dir.join("state.json"), json.as_bytes())?;
     if let Some(old) = previous {
         for kind in ["model", "optim", "best", "extra"] {

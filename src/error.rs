@@ -35,8 +35,26 @@ pub enum Error {
     #[error("unknown backbone `{name}`{hint}; expected one of: {known}")]
     UnknownBackbone { name: String, hint: String, known: String },
 
-    #[error("step {step} ({kind}): {message}")]
-    Step { step: usize, kind: &'static str, message: String },
+    /// A step that failed, with the error that stopped it as its source.
+    #[error("step {step} ({kind}): {source}")]
+    Step {
+        step: usize,
+        kind: &'static str,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Something asked of the lab before the step it needs has run.
+    #[error("{what} needs {needs} first")]
+    NotYet { what: &'static str, needs: &'static str },
+
+    /// A JSON file's contents that could not be produced.
+    #[error("cannot write {what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error("training diverged: {0}")]
     Diverged(String),

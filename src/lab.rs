@@ -338,8 +338,8 @@ impl Lab {
         Ok(())
     }
 
-    fn step_error(&self, index: usize, message: impl Into<String>) -> Error {
-        Error::Step { step: index + 1, kind: self.recipe.steps[index].kind.name(), message: message.into() }
+    fn step_error(&self, index: usize, source: Error) -> Error {
+        Error::Step { step: index + 1, kind: self.recipe.steps[index].kind.name(), source: Box::new(source) }
     }
 
     fn run_one(&mut self, index: usize, obs: &mut dyn Observer) -> Result<()> {
@@ -349,7 +349,7 @@ impl Lab {
             StepKind::Backbone(b) => self.run_backbone(index, b, obs)?,
             StepKind::Freeze(f) => {
                 let model =
-                    self.model.as_mut().ok_or_else(|| Error::Invalid("freeze needs a backbone step first".into()))?;
+                    self.model.as_mut().ok_or_else(|| Error::NotYet { what: "freeze", needs: "a backbone step" })?;
                 let names = model.backbone.block_names();
                 let n = models::frozen_block_count(&f.up_to, &names)?;
                 model.freeze(n, f.train_bn)?;
@@ -364,7 +364,7 @@ impl Lab {
             StepKind::FineTune(cfg) => {
                 let outcome = self.run_fine_tune(index, cfg, obs).map_err(|e| match e {
                     Error::Step { .. } => e,
-                    other => self.step_error(index, other.to_string()),
+                    other => self.step_error(index, other),
                 })?;
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
@@ -406,7 +406,7 @@ impl Lab {
                     WeightsSource::Path(p) => crate::paths::shown(p).display().to_string(),
                 };
                 obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
-                let path = crate::weights::resolve_source(remote).map_err(|e| self.step_error(index, e.to_string()))?;
+                let path = crate::weights::resolve_source(remote).map_err(|e| self.step_error(index, e))?;
                 obs.event(train::Event::Log(format!("loading {}", path.display())));
                 (Some(crate::weights::load(&path)?), name)
             }
@@ -432,7 +432,7 @@ impl Lab {
 
     fn run_evaluate(&mut self, cfg: &EvaluateConfig, obs: &mut dyn Observer) -> Result<Evaluation> {
         let data = self.load_data(obs)?;
-        let model = self.model.as_ref().ok_or_else(|| Error::Invalid("evaluate needs a backbone step first".into()))?;
+        let model = self.model.as_ref().ok_or_else(|| Error::NotYet { what: "evaluate", needs: "a backbone step" })?;
         // Test-time views are drawn with the augmentation in force, if any.
         let augmenter = self.augment.clone().map(crate::augment::Augmenter::new).filter(|a| !a.is_identity());
         let views = augmenter.as_ref().map(|augmenter| train::TtaViews { augmenter, seed: self.recipe.seed });
@@ -480,7 +480,7 @@ impl Lab {
         let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));
         let later = self.later_prefixes(index, data.size);
-        let model = self.model.as_mut().ok_or_else(|| Error::Invalid("lr_find needs a backbone step first".into()))?;
+        let model = self.model.as_mut().ok_or_else(|| Error::NotYet { what: "lr_find", needs: "a backbone step" })?;
         let setup = train::Setup {
             data: &data,
             aug: aug.as_ref(),
@@ -527,8 +527,7 @@ impl Lab {
             }
         };
         let later = self.later_prefixes(index, data.size);
-        let model =
-            self.model.as_mut().ok_or_else(|| Error::Invalid("fine_tune needs a backbone step first".into()))?;
+        let model = self.model.as_mut().ok_or_else(|| Error::NotYet { what: "fine_tune", needs: "a backbone step" })?;
         let setup = train::Setup {
             data: &data,
             aug: aug.as_ref(),

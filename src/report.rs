@@ -105,7 +105,7 @@ fn csv_field(s: &str) -> String {
 
 /// `metrics.json` as the spine specifies it.
 pub fn metrics_json(m: &Metrics) -> Result<String> {
-    serde_json::to_string_pretty(m).map_err(|e| Error::Invalid(format!("cannot serialise metrics: {e}")))
+    serde_json::to_string_pretty(m).map_err(|source| Error::Json { what: "metrics.json", source })
 }
 
 /// `report.md`: a human-readable summary of the whole run.

@@ -71,7 +71,8 @@ impl RunDir {
                 "steps_done": [],
                 "recipe": crate::paths::absolute(&recipe.path).display().to_string(),
             });
-            let text = serde_json::to_string_pretty(&status).map_err(|e| Error::Invalid(e.to_string()))?;
+            let text =
+                serde_json::to_string_pretty(&status).map_err(|source| Error::Json { what: "status.json", source })?;
             report::atomic_write(&path.join("status.json"), text.as_bytes())?;
         }
         Ok(RunDir {
@@ -400,7 +401,7 @@ fn write_model(lab: &Lab, dir: &Path) -> Result<Vec<PathBuf>> {
     let tensors: Vec<_> = model.named_vars().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
     let weights = dir.join("model.safetensors");
     crate::weights::save_safetensors(&tensors, candle_core::DType::F32, &weights)?;
-    let json = serde_json::to_string_pretty(&card).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&card).map_err(|source| Error::Json { what: "model.json", source })?;
     let card_path = dir.join("model.json");
     report::atomic_write(&card_path, json.as_bytes())?;
     Ok(vec![weights, card_path])

@@ -21,17 +21,23 @@ impl Lab {
     /// `n` training images as the current augmentation (the last augment step
     /// run) transforms them with `seed`. Needs the data: run the backbone step first.
     pub fn augmented_samples(&self, n: usize, seed: u64) -> Result<Samples> {
-        let data =
-            self.data().ok_or_else(|| Error::Invalid("no data loaded yet; run the backbone step first".into()))?;
-        let aug = self.augmenter().ok_or_else(|| Error::Invalid("no augment step has run yet".into()))?;
+        let data = self
+            .data()
+            .ok_or_else(|| Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
+        let aug = self
+            .augmenter()
+            .ok_or_else(|| Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
         Ok(Samples::grid(data, &aug, seed, n))
     }
 
     /// Each of `images` training images beside `variants` augmented versions.
     pub fn augmentation_preview(&self, images: usize, variants: usize, seed: u64) -> Result<Samples> {
-        let data =
-            self.data().ok_or_else(|| Error::Invalid("no data loaded yet; run the backbone step first".into()))?;
-        let aug = self.augmenter().ok_or_else(|| Error::Invalid("no augment step has run yet".into()))?;
+        let data = self
+            .data()
+            .ok_or_else(|| Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
+        let aug = self
+            .augmenter()
+            .ok_or_else(|| Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
         Ok(Samples::variants(data, &aug, seed, images, variants))
     }
 }
@@ -45,7 +51,7 @@ impl Lab {
         let path = path.as_ref();
         let (model, data) = match (self.model(), self.data()) {
             (Some(m), Some(d)) => (m, d),
-            _ => return Err(Error::Invalid("no model yet; run the backbone step first".into())),
+            _ => return Err(Error::NotYet { what: "this view", needs: "a backbone step" }),
         };
         let pixels = crate::data::decode(path, data.size).map_err(|e| Error::data(path, e))?;
         let truth = crate::predict::class_of(path, &data.classes);
