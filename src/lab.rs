@@ -371,8 +371,10 @@ impl Lab {
             }
             StepKind::Evaluate(cfg) => StepOutput::Evaluate(Box::new(self.run_evaluate(cfg, obs)?)),
         };
+        // Shares the tensors this step left unchanged with the state before it.
+        let previous = self.states[..index].iter().rev().find_map(|s| s.as_ref()).and_then(|s| s.model.as_ref());
         self.states[index] = Some(State {
-            model: self.model.as_ref().map(Classifier::snapshot).transpose()?,
+            model: self.model.as_ref().map(|m| m.snapshot_sharing(previous)).transpose()?,
             augment: self.augment.clone(),
             history_len: self.history.len(),
         });

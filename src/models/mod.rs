@@ -477,6 +477,28 @@ impl Classifier {
         Ok(Snapshot { tensors, frozen_blocks: self.frozen_blocks, train_bn: self.train_bn })
     }
 
+    /// Like [`snapshot`](Self::snapshot), but every tensor whose values equal
+    /// the one of the same name in `previous` shares that tensor's storage
+    /// instead of being copied: the Lab's per-step states then cost only what
+    /// each step changed (the trained blocks, the head, BatchNorm statistics),
+    /// not a copy of the whole network per step.
+    pub fn snapshot_sharing(&self, previous: Option<&Snapshot>) -> Result<Snapshot> {
+        let Some(previous) = previous else { return self.snapshot() };
+        let before: HashMap<&str, &Tensor> = previous.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let tensors = self
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| {
+                let now = v.as_detached_tensor();
+                match before.get(n.as_str()) {
+                    Some(&old) if same_values(old, &now)? => Ok((n, old.clone())),
+                    _ => Ok((n, now.copy()?)),
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(Snapshot { tensors, frozen_blocks: self.frozen_blocks, train_bn: self.train_bn })
+    }
+
     /// Puts a snapshot back (weights, running statistics and freeze state).
     pub fn restore(&mut self, snap: &Snapshot) -> Result<()> {
         let by_name: HashMap<&str, &Tensor> = snap.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -488,6 +510,29 @@ impl Classifier {
         // Re-fold frozen layers from the restored weights.
         self.freeze(snap.frozen_blocks, snap.train_bn)
     }
+}
+
+/// Whether two CPU tensors hold the same shape and values, compared in place
+/// (no temporary mask the size of the tensor).
+fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.dims() != b.dims() || a.dtype() != b.dtype() {
+        return Ok(false);
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let n = a.elem_count();
+    Ok(match (&*sa, &*sb) {
+        (candle_core::Storage::Cpu(x), candle_core::Storage::Cpu(y)) => match (x, y) {
+            (candle_core::CpuStorage::F32(x), candle_core::CpuStorage::F32(y)) => {
+                let (oa, ob) = (la.start_offset(), lb.start_offset());
+                // Bitwise, so a NaN equals itself and -0.0 differs from 0.0.
+                x[oa..oa + n].iter().zip(&y[ob..ob + n]).all(|(p, q)| p.to_bits() == q.to_bits())
+            }
+            _ => false,
+        },
+        _ => false,
+    })
 }
 
 /// Saved weights of a [`Classifier`], for early stopping and step snapshots.
@@ -510,6 +555,38 @@ mod tests {
             fc.named_vars(&mut vars);
         }
         vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect()
+    }
+
+    #[test]
+    fn a_sharing_snapshot_copies_only_what_changed() {
+        let backbone = build_backbone("mobilenet_v2", &mut ParamLoader::random(1), false).unwrap();
+        let cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0, batchnorm: false };
+        let head = Head::new(&cfg, backbone.feature_channels(), 3, 2).unwrap();
+        let model = Classifier::new(backbone, head);
+        let first = model.snapshot().unwrap();
+        let (name, fc) = model.named_vars().into_iter().find(|(n, _)| n == "head.fc.weight").unwrap();
+        fc.set(&(fc.as_tensor() + 1.0).unwrap()).unwrap();
+        let second = model.snapshot_sharing(Some(&first)).unwrap();
+        for ((n, a), (_, b)) in first.tensors.iter().zip(&second.tensors) {
+            if *n == name {
+                assert_ne!(a.id(), b.id(), "the changed tensor is copied");
+                let want = fc.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(b.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+            } else {
+                assert_eq!(a.id(), b.id(), "{n} is unchanged and shared");
+            }
+        }
+        // Restoring the shared snapshot gives back the values, not aliases:
+        // changing the model afterwards leaves both snapshots as they were.
+        let mut model = model;
+        model.restore(&first).unwrap();
+        assert_eq!(
+            fc.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            first.tensors.iter().find(|(n, _)| *n == name).unwrap().1.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        fc.set(&(fc.as_tensor() * 0.0).unwrap()).unwrap();
+        let kept = second.tensors.iter().find(|(n, _)| *n == name).unwrap().1.flatten_all().unwrap();
+        assert!(kept.to_vec1::<f32>().unwrap().iter().any(|v| *v != 0.0));
     }
 
     #[test]
