@@ -17,7 +17,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::models::Snapshot;
 use crate::recipe::Recipe;
+use crate::train::lr_find::LrFindResult;
 use crate::train::{Checkpoint, EpochRecord, Resume};
+
+/// What the steps before a checkpointed one produced that a resume cannot
+/// recompute: their epochs, and their lr_find curves (replayed on other
+/// weights, a range test could suggest another rate).
+#[derive(Debug, Clone, Default)]
+pub struct Earlier {
+    pub history: Vec<(usize, EpochRecord)>,
+    pub lr_finds: Vec<(usize, LrFindResult)>,
+}
 
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +47,10 @@ pub struct State {
     pub optimizer_t: i32,
     pub best: Option<BestState>,
     pub since_best: usize,
+    /// The lr_find results of the steps before `step`, `(step, result)`
+    /// (absent in checkpoints written before they were kept).
+    #[serde(default)]
+    pub lr_finds: Vec<(usize, LrFindResult)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,14 +66,8 @@ fn folder(run_dir: &Path) -> PathBuf {
 }
 
 /// Writes a new generation for `step` and removes the previous one.
-/// `earlier` holds the history of the fine_tune steps before `step`.
-pub fn write(
-    run_dir: &Path,
-    recipe: &Recipe,
-    step: usize,
-    earlier: &[(usize, EpochRecord)],
-    c: &Checkpoint<'_>,
-) -> Result<()> {
+/// `earlier` holds what the steps before `step` produced.
+pub fn write(run_dir: &Path, recipe: &Recipe, step: usize, earlier: &Earlier, c: &Checkpoint<'_>) -> Result<()> {
     let dir = folder(run_dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let previous = read_state(run_dir).ok().flatten().map(|s| s.generation);
@@ -83,7 +91,7 @@ pub fn write(
         }
         None => None,
     };
-    let mut history = earlier.to_vec();
+    let mut history = earlier.history.clone();
     history.extend(c.history.iter().cloned().map(|r| (step, r)));
     let state = State {
         generation,
@@ -97,6 +105,7 @@ pub fn write(
         optimizer_t,
         best,
         since_best: c.since_best,
+        lr_finds: earlier.lr_finds.clone(),
     };
     let json = serde_json::to_string_pretty(&state).map_err(|source| Error::Json { what: "state.json", source })?;
     crate::report::atomic_write(&dir.join("state.json"), json.as_bytes())?;

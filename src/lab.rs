@@ -130,6 +130,19 @@ impl Lab {
         self.augment.clone().map(Augmenter::new)
     }
 
+    /// What the steps run so far produced that a checkpoint of the next one
+    /// keeps: their epochs and lr_find curves.
+    pub fn earlier(&self) -> crate::checkpoint::Earlier {
+        let lr_finds = self
+            .results()
+            .filter_map(|r| match &r.output {
+                StepOutput::LrFind(found) => Some((r.index, found.clone())),
+                _ => None,
+            })
+            .collect();
+        crate::checkpoint::Earlier { history: self.history.clone(), lr_finds }
+    }
+
     pub fn history(&self) -> &[(usize, EpochRecord)] {
         &self.history
     }
@@ -217,7 +230,7 @@ impl Lab {
     /// complete and the run continues after it.
     pub fn resume_from(&mut self, saved: crate::checkpoint::Saved, obs: &mut dyn Observer) -> Result<()> {
         let crate::checkpoint::Saved { state, weights, resume } = saved;
-        let (step, finished, history) = (state.step, state.finished, state.history);
+        let (step, finished, history, lr_finds) = (state.step, state.finished, state.history, state.lr_finds);
         if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
             return Err(Error::Invalid(format!("checkpoint names step {}, which is not a fine_tune step", step + 1)));
         }
@@ -245,6 +258,17 @@ impl Lab {
                         summary: self.recipe.steps[i].kind.summary(),
                         seconds: 0.0,
                         output,
+                    });
+                }
+                // The curve the run found, not one replayed on other weights.
+                StepKind::LrFind(_) if lr_finds.iter().any(|(s, _)| *s == i) => {
+                    let found = lr_finds.iter().find(|(s, _)| *s == i).map(|(_, r)| r.clone());
+                    self.results[i] = found.map(|r| StepResult {
+                        index: i,
+                        kind: self.recipe.steps[i].kind.name(),
+                        summary: self.recipe.steps[i].kind.summary(),
+                        seconds: 0.0,
+                        output: StepOutput::LrFind(r),
                     });
                 }
                 _ => self.run_one(i, obs)?,

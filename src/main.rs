@@ -319,7 +319,7 @@ struct Progress {
     /// running step and the history of the steps before it.
     checkpoints: Option<tlab::rundir::RunDir>,
     step: usize,
-    earlier: Vec<(usize, tlab::train::EpochRecord)>,
+    earlier: tlab::checkpoint::Earlier,
     /// The run's TensorBoard log (`tb/`), fed as the run goes.
     tb: Option<tlab::tensorboard::EventWriter>,
     /// Every trained batch: `step,epoch,batch,lr,loss` rows of batches.csv.
@@ -351,7 +351,7 @@ impl Progress {
             interrupted: Arc::new(AtomicBool::new(false)),
             checkpoints: None,
             step: 0,
-            earlier: Vec::new(),
+            earlier: Default::default(),
             tb: None,
             batches: String::from("step,epoch,batch,lr,loss\n"),
         }
@@ -451,7 +451,7 @@ fn run_steps(lab: &mut Lab, progress: &mut Progress, first: usize) -> Option<tla
             break;
         }
         progress.step = i;
-        progress.earlier = lab.history().to_vec();
+        progress.earlier = lab.earlier();
         let step = &lab.recipe().steps[i];
         progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
         progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));

@@ -9,11 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::checkpoint::Earlier;
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::recipe::{Recipe, StepKind};
 use crate::report::{self, HeadCard, ModelCard};
-use crate::train::{Checkpoint, EpochRecord};
+use crate::train::Checkpoint;
 use crate::views::{self, ClassReport, ConfusionMatrix, HistoryChart, Samples};
 
 /// How many mistakes the pictures and report.html show.
@@ -94,9 +95,9 @@ impl RunDir {
         self.recipe = recipe.clone();
     }
 
-    /// Saves a fine_tune step's state after an epoch (`earlier`: the epochs of
+    /// Saves a fine_tune step's state after an epoch (`earlier`: what the
     /// the steps before it), atomically, next to the reports.
-    pub fn checkpoint(&self, step: usize, earlier: &[(usize, EpochRecord)], state: &Checkpoint<'_>) -> Result<()> {
+    pub fn checkpoint(&self, step: usize, earlier: &Earlier, state: &Checkpoint<'_>) -> Result<()> {
         crate::checkpoint::write(&self.path, &self.recipe, step, earlier, state)
     }
 

@@ -136,6 +136,64 @@ fn resumed_runs_end_like_uninterrupted_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An lr_find after a fine_tune feeds the next step's rate. A resumed run
+/// takes the curve from the checkpoint instead of replaying the range test
+/// on the replayed (untrained) weights, so it trains at the same rate and
+/// ends like the uninterrupted run.
+#[test]
+fn a_resumed_run_keeps_the_rate_lr_find_suggested() {
+    const LR_RECIPE: &str = r#"name = "resume-lr"
+seed = 5
+[data]
+train = "data/train"
+valid = "data/valid"
+image_size = 32
+batch_size = 4
+[[step]]
+kind = "backbone"
+arch = "mobilenet_v2"
+weights = "WEIGHTS"
+[[step]]
+kind = "freeze"
+[[step]]
+kind = "fine_tune"
+epochs = 2
+lr = 0.003
+[[step]]
+kind = "lr_find"
+num_it = 20
+[[step]]
+kind = "fine_tune"
+lr = "valley"
+epochs = 5
+[[step]]
+kind = "evaluate"
+"#;
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-resume-lr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), 9, 16, 8, 4);
+    let recipe = dir.join("r.toml");
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(&recipe, LR_RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+    let full = dir.join("full");
+    let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rate_line = |text: &str| text.lines().find(|l| l.contains("suggestion of lr_find")).map(str::to_string);
+    let full_rate = rate_line(&String::from_utf8_lossy(&out.stdout)).expect("the suggested rate is logged");
+
+    // Interrupted in the second fine_tune (the first has only 2 epochs).
+    let run = dir.join("interrupted");
+    assert_eq!(interrupted_run(&recipe, &run, 3, libc::SIGINT), Some(130));
+    let state = tlab::checkpoint::read_state(&run).unwrap().expect("a checkpoint");
+    assert_eq!((state.step, state.lr_finds.len()), (4, 1), "{state:?}");
+    let out = tlab().args(["run", "--resume", run.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rate_line(&text).as_deref(), Some(full_rate.as_str()), "{text}");
+    assert_same_result(&full, &run);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A TUI session leaves the same run directory as `tlab run`: its engine
 /// thread (driven here as the UI drives it) writes status.json at once, a
 /// checkpoint after every epoch and the reports when a command ends. The

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use image::RgbImage;
 
 use super::app::Command;
+use crate::checkpoint::Earlier;
 use crate::lab::{Lab, StepOutput, StepResult};
 use crate::rundir::RunDir;
-use crate::train::{Checkpoint, EpochRecord, Event, Observer};
+use crate::train::{Checkpoint, Event, Observer};
 
 /// Messages from the engine thread to the UI.
 pub enum FromWorker {
@@ -47,7 +48,7 @@ struct Forward<'a> {
     log: &'a mut Option<std::fs::File>,
     run: &'a RunDir,
     /// The epochs of the steps before this one, for the checkpoint.
-    earlier: &'a [(usize, EpochRecord)],
+    earlier: &'a Earlier,
 }
 
 impl Observer for Forward<'_> {
@@ -169,7 +170,7 @@ impl Worker<'_> {
     fn run_step(&mut self, step: usize) -> bool {
         (self.tx)(FromWorker::Started(step));
         self.log(format_args!("[step {}] started", step + 1));
-        let earlier = self.lab.history().to_vec();
+        let earlier = self.lab.earlier();
         let result = {
             let mut obs = Forward {
                 step,
