@@ -118,9 +118,10 @@ impl Worker<'_> {
             // Cancels act through the shared flag; a queued one is stale.
             Command::Cancel => {}
             Command::SetRecipe(recipe) => {
-                self.run.set_recipe(&recipe);
-                if let Err(e) = self.lab.set_recipe(*recipe) {
-                    self.log(format_args!("reload failed: {e}"));
+                match self.lab.set_recipe(*recipe) {
+                    // Checkpoints from now on name the recipe the lab runs.
+                    Ok(_) => self.run.set_recipe(self.lab.recipe()),
+                    Err(e) => self.log(format_args!("reload failed: {e}")),
                 }
             }
             Command::InputChanged(input) => {
