@@ -62,7 +62,8 @@ for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n"),
         f'[[step]]\nkind = "backbone"\narch = "{arch}"\n{head}[[step]]\nkind = "freeze"\nup_to = 2\n'
         f'[[step]]\nkind = "fine_tune"\nepochs = 1\n')
     subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)
-    check(d / "run", images[:24], f"a {arch} ({head.strip() or 'linear head'})")
+    label = head.strip().replace("\n", ", ") or "linear head"
+    check(d / "run", images[:24], f"a {arch} ({label})")
 
 # The README's example, as a user pastes it, on the quickstart's export.
 readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
