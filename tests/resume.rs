@@ -103,19 +103,26 @@ fn assert_same_result(a: &Path, b: &Path) {
     assert_eq!(cols(&ha), cols(&hb), "history (without timings) differs");
 }
 
+/// A fresh folder `tlab-NAME-PID` with colour-square data (seed `data_seed`)
+/// and `recipe` (its `WEIGHTS` the shipped ImageNet file), run once
+/// uninterrupted into `full/`: `(folder, recipe path, full run, its stdout)`.
+fn uninterrupted(name: &str, data_seed: u64, recipe: &str) -> (PathBuf, PathBuf, PathBuf, String) {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    common::colour_squares(&dir.join("data"), data_seed, 16, 8, 4);
+    let path = dir.join("resume.toml");
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(&path, recipe.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+    let full = dir.join("full");
+    let out = tlab().args(["run", path.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (dir, path, full, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn resumed_runs_end_like_uninterrupted_ones() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::colour_squares(&dir.join("data"), 7, 16, 8, 4);
-    let recipe = dir.join("resume.toml");
-    let weights = tlab::predict::shipped_imagenet_weights();
-    std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
-
-    let full = dir.join("full");
     let started = std::time::Instant::now();
-    let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (dir, recipe, full, _) = uninterrupted("resume", 7, RECIPE);
     let full_run = started.elapsed();
     assert_every_file_parses(&full);
 
@@ -169,17 +176,9 @@ epochs = 5
 [[step]]
 kind = "evaluate"
 "#;
-    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-resume-lr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::colour_squares(&dir.join("data"), 9, 16, 8, 4);
-    let recipe = dir.join("r.toml");
-    let weights = tlab::predict::shipped_imagenet_weights();
-    std::fs::write(&recipe, LR_RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
-    let full = dir.join("full");
-    let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (dir, recipe, full, log) = uninterrupted("resume-lr", 9, LR_RECIPE);
     let rate_line = |text: &str| text.lines().find(|l| l.contains("suggestion of lr_find")).map(str::to_string);
-    let full_rate = rate_line(&String::from_utf8_lossy(&out.stdout)).expect("the suggested rate is logged");
+    let full_rate = rate_line(&log).expect("the suggested rate is logged");
 
     // Interrupted in the second fine_tune (the first has only 2 epochs).
     let run = dir.join("interrupted");
@@ -207,15 +206,7 @@ fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
     use tlab::train::Event;
     use tlab::tui::{app::Command, worker::FromWorker};
 
-    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-tui-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    common::colour_squares(&dir.join("data"), 7, 16, 8, 4);
-    let recipe = dir.join("resume.toml");
-    let weights = tlab::predict::shipped_imagenet_weights();
-    std::fs::write(&recipe, RECIPE.replace("WEIGHTS", &weights.display().to_string())).unwrap();
-    let full = dir.join("full");
-    let out = tlab().args(["run", recipe.to_str().unwrap(), "--out", full.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (dir, recipe, full, _) = uninterrupted("tui-resume", 7, RECIPE);
 
     let loaded = tlab::recipe::load(&recipe).unwrap();
     let session = dir.join("session");
