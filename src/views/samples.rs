@@ -21,24 +21,24 @@ impl Lab {
     /// `n` training images as the current augmentation (the last augment step
     /// run) transforms them with `seed`. Needs the data: run the backbone step first.
     pub fn augmented_samples(&self, n: usize, seed: u64) -> Result<Samples> {
-        let data = self
-            .data()
-            .ok_or_else(|| Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
-        let aug = self
-            .augmenter()
-            .ok_or_else(|| Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
+        let (data, aug) = self.data_and_augmenter()?;
         Ok(Samples::grid(data, &aug, seed, n))
     }
 
     /// Each of `images` training images beside `variants` augmented versions.
     pub fn augmentation_preview(&self, images: usize, variants: usize, seed: u64) -> Result<Samples> {
+        let (data, aug) = self.data_and_augmenter()?;
+        Ok(Samples::variants(data, &aug, seed, images, variants))
+    }
+
+    /// The decoded data and the augmentation in force, or which step is missing.
+    fn data_and_augmenter(&self) -> Result<(&crate::data::Dataset, crate::augment::Augmenter)> {
         let data = self
             .data()
-            .ok_or_else(|| Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
-        let aug = self
-            .augmenter()
-            .ok_or_else(|| Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
-        Ok(Samples::variants(data, &aug, seed, images, variants))
+            .ok_or(Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
+        let aug =
+            self.augmenter().ok_or(Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
+        Ok((data, aug))
     }
 }
 
