@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+import tlab_reference  # .ci/, beside this script
+
 tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 work = Path(tempfile.mkdtemp(prefix="tlab-onnx-"))
 images = sorted(str(p) for p in valid.rglob("*.png"))
@@ -29,19 +31,13 @@ onnx.checker.check_model(model, full_check=True)
 meta = {p.key: p.value for p in model.metadata_props}
 classes = json.loads(meta["tlab.classes"])
 
-subprocess.run([tlab, "predict", "--model", str(run), "--top", "1", "--npy", str(work / "tlab"), *images],
-               check=True, stdout=subprocess.DEVNULL)
-x = np.load(work / "tlab-inputs.npy")
-want = np.load(work / "tlab-probs.npy")
+x, want = tlab_reference.predictions(tlab, run, images, work / "tlab")
 options = ort.SessionOptions()
 options.intra_op_num_threads = 2
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 logits, probs = session.run(["logits", "probabilities"], {"input": x})
-diff = float(np.abs(probs - want).max())
-same = int((probs.argmax(1) == want.argmax(1)).sum())
-assert same == len(images), f"top-1 differs on {len(images) - same} of {len(images)} images"
-assert diff <= 1e-4, f"max |prob diff| {diff:.2e} > 1e-4"
+diff = tlab_reference.agree(probs, want, "ONNX Runtime")
 print(f"onnx: checker ok; ONNX Runtime {ort.__version__} agrees with tlab on {len(images)} images "
       f"(top-1 identical, max |prob diff| {diff:.1e}), {len(classes)} classes")
 

@@ -14,9 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
+
+import tlab_reference  # .ci/, beside this script
 
 torch.set_num_threads(2)
 tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -34,17 +35,10 @@ def check(run_dir, images, what):
     scope = {}
     exec(loader, scope)
     model = scope["model"]
-    prefix = work / run_dir.name
-    subprocess.run([tlab, "predict", "--model", str(run_dir), "--top", "1", "--npy", str(prefix), *images],
-                   check=True, stdout=subprocess.DEVNULL)
-    x = torch.from_numpy(np.load(f"{prefix}-inputs.npy"))
-    want = np.load(f"{prefix}-probs.npy")
+    x, want = tlab_reference.predictions(tlab, run_dir, images, work / run_dir.name)
     with torch.no_grad():
-        probs = torch.softmax(model(x), 1).numpy()
-    diff = float(np.abs(probs - want).max())
-    same = int((probs.argmax(1) == want.argmax(1)).sum())
-    assert same == len(images), f"{what}: top-1 differs on {len(images) - same} of {len(images)} images"
-    assert diff <= 1e-4, f"{what}: max |prob diff| {diff:.2e} > 1e-4"
+        probs = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    diff = tlab_reference.agree(probs, want, what)
     print(f"torch: {what} loads with strict=True and agrees with tlab on {len(images)} images "
           f"(top-1 identical, max |prob diff| {diff:.1e})")
 
