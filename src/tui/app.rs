@@ -1,5 +1,8 @@
-//! The TUI's state and its transitions: key → [`Action`] → state change and
-//! commands for the worker. Pure (no terminal, no threads), so it is unit-tested.
+//! The TUI's state and its transitions. Every input (a key, a message from the
+//! engine thread, a settled file change) is a [`Msg`]; [`App::update`] changes
+//! the state and returns the [`Effect`]s the event loop carries out (commands
+//! for the worker, the log, the watcher, the image cache). Pure (no terminal,
+//! no threads, no files), so it is unit-tested.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -120,21 +123,67 @@ pub enum Command {
     Cancel,
 }
 
+/// Every input the UI reacts to, as [`App::update`] takes it.
+#[derive(Debug)]
+pub enum Msg {
+    /// A key bound in [`KEY_MAP`].
+    Action(Action),
+    /// A key with no binding: it closes the help or answers "no" to quitting.
+    UnboundKey,
+    /// The engine thread started step `i`.
+    Started(usize),
+    /// Progress of a running step.
+    Event(usize, Event),
+    Done(Box<StepResult>),
+    Failed(usize, String),
+    /// The engine finished its command (or cut it short for a reload).
+    Idle,
+    /// The recipe file, re-read once an edit settled, or why it did not parse;
+    /// `took` is how long reading it took (for the log).
+    RecipeRead {
+        recipe: Result<Box<Recipe>, String>,
+        took: Duration,
+    },
+    /// A data folder or weights file changed on disk.
+    InputChanged(crate::recipe::Input),
+    /// The earlier runs of the recipe, and the recipe file's current text.
+    RunsLoaded {
+        runs: Vec<crate::runs::RunSummary>,
+        current: String,
+    },
+}
+
+impl From<Action> for Msg {
+    fn from(action: Action) -> Msg {
+        Msg::Action(action)
+    }
+}
+
 /// Side effects the loop performs for an update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     Send(CommandKind),
     OpenEditor,
-    /// Read the earlier runs of the recipe from disk ([`App::on_runs_loaded`]).
+    /// Read the earlier runs of the recipe from disk (answered with [`Msg::RunsLoaded`]).
     LoadRuns,
+    /// Forget the shown images of steps `from` on (their outputs changed).
+    ClearImagesFrom(usize),
+    /// Watch the inputs (data folders, weights files) of the current recipe.
+    WatchInputs,
+    /// A line for the session's `tui.log`.
+    Log(String),
     Quit,
 }
 
-/// [`Command`] without its payload (for tests and logs).
+/// [`Command`] without its payload, which the loop takes from the [`App`]
+/// (the recipe, the preview seed): for tests and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandKind {
     Run(Vec<usize>),
     Preview(usize),
+    /// The app's current recipe.
+    SetRecipe,
+    InputChanged(crate::recipe::Input),
     Cancel,
 }
 
@@ -368,8 +417,32 @@ impl App {
             .collect()
     }
 
-    /// Applies an action; returns what the loop must do.
-    pub fn update(&mut self, action: Action) -> Vec<Effect> {
+    /// Applies one input; returns what the loop must do.
+    pub fn update(&mut self, msg: impl Into<Msg>) -> Vec<Effect> {
+        match msg.into() {
+            Msg::Action(action) => return self.act(action),
+            Msg::UnboundKey => {
+                self.help = false;
+                self.confirm_quit = false;
+            }
+            Msg::Started(step) => self.on_step_started(step),
+            Msg::Event(step, event) => self.on_event(step, event),
+            Msg::Done(result) => self.on_step_done(*result),
+            Msg::Failed(step, message) => self.on_step_failed(step, message),
+            Msg::Idle => return self.on_idle(),
+            Msg::RecipeRead { recipe: Ok(recipe), took } => return self.on_recipe_read(*recipe, took),
+            Msg::RecipeRead { recipe: Err(message), .. } => {
+                self.on_recipe_error(message.clone());
+                return vec![Effect::Log(format!("reload failed: {message}"))];
+            }
+            Msg::InputChanged(input) => return self.on_input_changed(input),
+            Msg::RunsLoaded { runs, current } => self.on_runs_loaded(runs, current),
+        }
+        vec![]
+    }
+
+    /// A bound key's action.
+    fn act(&mut self, action: Action) -> Vec<Effect> {
         if let Some(effects) = self.modal(action) {
             return effects;
         }
@@ -481,7 +554,7 @@ impl App {
 
     /// The earlier runs of this recipe arrived (`runs` from the runs
     /// folder, newest first; `current` the recipe file's text): open the popup.
-    pub fn on_runs_loaded(&mut self, runs: Vec<crate::runs::RunSummary>, current: String) {
+    fn on_runs_loaded(&mut self, runs: Vec<crate::runs::RunSummary>, current: String) {
         let name = self.recipe.name.clone();
         let mine: Vec<_> = runs
             .into_iter()
@@ -524,7 +597,7 @@ impl App {
     }
 
     /// A step started on the worker.
-    pub fn on_step_started(&mut self, step: usize) {
+    fn on_step_started(&mut self, step: usize) {
         self.running = Some(step);
         if let Some(c) = self.cells.get_mut(step) {
             c.previous = c.result.is_some().then(|| Box::new(Cell { previous: None, ..c.clone() }));
@@ -538,7 +611,7 @@ impl App {
     }
 
     /// A progress event from the worker.
-    pub fn on_event(&mut self, step: usize, event: Event) {
+    fn on_event(&mut self, step: usize, event: Event) {
         let Some(c) = self.cells.get_mut(step) else { return };
         match event {
             Event::Log(s) => c.log.push(s),
@@ -569,7 +642,7 @@ impl App {
         }
     }
 
-    pub fn on_step_done(&mut self, result: StepResult) {
+    fn on_step_done(&mut self, result: StepResult) {
         let i = result.index;
         self.running = None;
         if let Some(c) = self.cells.get_mut(i) {
@@ -586,7 +659,7 @@ impl App {
         }
     }
 
-    pub fn on_step_failed(&mut self, step: usize, message: String) {
+    fn on_step_failed(&mut self, step: usize, message: String) {
         self.running = None;
         let Some(c) = self.cells.get_mut(step) else { return };
         match c.previous.take() {
@@ -611,10 +684,22 @@ impl App {
         }
     }
 
-    /// A data folder or weights file changed on disk: steps from `first` on
-    /// that have outputs turn stale (kept, dimmed) and auto-run re-runs them.
-    pub fn on_input_changed(&mut self, first: Option<usize>, what: &str) -> Vec<Effect> {
-        let Some(first) = first else { return vec![] };
+    /// A data folder or weights file changed on disk: the worker hears of it
+    /// (a running step that reads it stops after its batch), steps from the
+    /// first that reads it on turn stale (kept, dimmed) and auto-run re-runs them.
+    fn on_input_changed(&mut self, input: crate::recipe::Input) -> Vec<Effect> {
+        let first = self.recipe.first_step_using(&input);
+        let what = match &input {
+            crate::recipe::Input::Data(p) => format!("data folder {}", crate::paths::shown(p).display()),
+            crate::recipe::Input::Weights(p) => format!("weights file {}", crate::paths::shown(p).display()),
+        };
+        let mut effects =
+            vec![Effect::Log(format!("{what} changed on disk: stale from step {:?}", first.map(|f| f + 1)))];
+        let Some(first) = first else { return effects };
+        if self.running.is_some_and(|r| r >= first) {
+            effects.push(Effect::Send(CommandKind::Cancel));
+        }
+        effects.push(Effect::Send(CommandKind::InputChanged(input)));
         for c in self.cells.iter_mut().skip(first) {
             if !matches!(c.status, Status::Pending) {
                 c.stale = true;
@@ -624,14 +709,37 @@ impl App {
         self.notice =
             Some(format!("{what} changed on disk: steps {}–{} are stale ({how})", first + 1, self.cells.len()));
         if self.autorun && self.running.is_none() {
-            self.autorun_effects()
-        } else {
-            vec![]
+            effects.extend(self.autorun_effects());
         }
+        effects
+    }
+
+    /// The recipe file parsed after an edit: the worker gets the new recipe
+    /// when a step changed (a running step from it on stops after its
+    /// batch), the changed steps' images go, and the watcher follows the
+    /// recipe's inputs.
+    fn on_recipe_read(&mut self, recipe: Recipe, took: Duration) -> Vec<Effect> {
+        let running = self.running;
+        let (first, autorun) = self.on_recipe_changed(&recipe);
+        let mut effects = vec![Effect::Log(format!(
+            "reloaded in {:.1} ms: first changed step {:?}",
+            took.as_secs_f64() * 1e3,
+            first.map(|f| f + 1)
+        ))];
+        if let Some(first) = first {
+            effects.push(Effect::ClearImagesFrom(first));
+            if running.is_some_and(|r| r >= first) {
+                effects.push(Effect::Send(CommandKind::Cancel));
+            }
+            effects.push(Effect::Send(CommandKind::SetRecipe));
+        }
+        effects.extend(autorun);
+        effects.push(Effect::WatchInputs);
+        effects
     }
 
     /// The worker finished a command (or aborted it for a reload).
-    pub fn on_idle(&mut self) -> Vec<Effect> {
+    fn on_idle(&mut self) -> Vec<Effect> {
         self.running = None;
         self.pending = false;
         if self.autorun {
@@ -643,7 +751,7 @@ impl App {
 
     /// A new version of the recipe parsed: cells from the first changed one
     /// on turn stale (their outputs stay, dimmed); added steps are pending.
-    pub fn on_recipe_changed(&mut self, recipe: &Recipe) -> (Option<usize>, Vec<Effect>) {
+    fn on_recipe_changed(&mut self, recipe: &Recipe) -> (Option<usize>, Vec<Effect>) {
         let first = self.recipe.step_index_of_first_change(recipe);
         self.recipe = recipe.clone();
         self.reload = ReloadState::Reloaded { at: Instant::now(), first_changed: first };
@@ -673,7 +781,7 @@ impl App {
         (Some(first), effects)
     }
 
-    pub fn on_recipe_error(&mut self, message: String) {
+    fn on_recipe_error(&mut self, message: String) {
         self.reload = ReloadState::Error(message);
     }
 
@@ -771,11 +879,15 @@ kind = "evaluate"
         Action::from_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)).unwrap()
     }
 
+    fn read(recipe: Recipe) -> Msg {
+        Msg::RecipeRead { recipe: Ok(Box::new(recipe)), took: Duration::from_millis(2) }
+    }
+
     fn done(app: &mut App, i: usize) {
-        app.on_step_started(i);
+        app.update(Msg::Started(i));
         let kind = app.cells[i].kind;
         let output = crate::lab::StepOutput::Augment { config: Default::default() };
-        app.on_step_done(StepResult { index: i, kind, summary: "s".into(), seconds: 1.0, output });
+        app.update(Msg::Done(Box::new(StepResult { index: i, kind, summary: "s".into(), seconds: 1.0, output })));
     }
 
     #[test]
@@ -783,17 +895,17 @@ kind = "evaluate"
         let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
         assert_eq!(app.update(key('n')), vec![Effect::Send(CommandKind::Run(vec![0]))]);
         assert!(app.update(key('a')).is_empty(), "one run at a time");
-        app.on_idle();
+        app.update(Msg::Idle);
         app.update(key('j'));
         app.update(key('j'));
         assert_eq!(app.update(Action::RunToSelected), vec![Effect::Send(CommandKind::Run(vec![0, 1, 2]))]);
-        app.on_idle();
+        app.update(Msg::Idle);
         assert_eq!(app.update(key('a')), vec![Effect::Send(CommandKind::Run(vec![0, 1, 2, 3, 4]))]);
-        app.on_idle();
+        app.update(Msg::Idle);
         done(&mut app, 0);
         done(&mut app, 1);
         assert_eq!(app.update(key('a')), vec![Effect::Send(CommandKind::Run(vec![2, 3, 4]))]);
-        app.on_idle();
+        app.update(Msg::Idle);
         // Re-running a done step runs just it.
         app.selected = 1;
         assert_eq!(app.update(key('r')), vec![Effect::Send(CommandKind::Run(vec![1]))]);
@@ -802,7 +914,7 @@ kind = "evaluate"
     #[test]
     fn nothing_new_starts_while_running_and_quit_asks() {
         let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
-        app.on_step_started(0);
+        app.update(Msg::Started(0));
         assert!(app.update(key('a')).is_empty());
         assert_eq!(app.update(Action::Cancel), vec![Effect::Send(CommandKind::Cancel)]);
         assert!(app.update(key('q')).is_empty());
@@ -834,12 +946,35 @@ kind = "evaluate"
         app.update(key('w'));
         assert!(app.autorun);
         let edited = recipe(&RECIPE.replace("horizontal_flip = true", "horizontal_flip = true\nrotation_range = 10"));
-        let (first, effects) = app.on_recipe_changed(&edited);
-        assert_eq!(first, Some(2));
+        let effects = app.update(read(edited));
         let stale: Vec<bool> = app.cells.iter().map(|c| c.stale).collect();
         assert_eq!(stale, vec![false, false, true, true, true]);
         assert!(app.cells[3].result.is_some(), "stale outputs are kept");
-        assert_eq!(effects, vec![Effect::Send(CommandKind::Run(vec![2, 3, 4]))]);
+        assert_eq!(
+            effects[1..],
+            [
+                Effect::ClearImagesFrom(2),
+                Effect::Send(CommandKind::SetRecipe),
+                Effect::Send(CommandKind::Run(vec![2, 3, 4])),
+                Effect::WatchInputs
+            ]
+        );
+        assert!(matches!(&effects[0], Effect::Log(l) if l.contains("first changed step Some(3)")), "{effects:?}");
+    }
+
+    #[test]
+    fn an_edit_of_the_running_step_cancels_it_and_an_edit_after_it_does_not() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        done(&mut app, 0);
+        app.update(Msg::Started(1));
+        let later = recipe(&RECIPE.replace("epochs = 2", "epochs = 3"));
+        let effects = app.update(read(later));
+        assert!(!effects.contains(&Effect::Send(CommandKind::Cancel)), "step 4 changed, step 2 runs on");
+        assert!(effects.contains(&Effect::Send(CommandKind::SetRecipe)));
+        let freeze = recipe(&RECIPE.replace("kind = \"freeze\"", "kind = \"freeze\"\nup_to = 3"));
+        let effects = app.update(read(freeze));
+        assert!(effects.contains(&Effect::Send(CommandKind::Cancel)), "the running step changed: {effects:?}");
+        assert!(app.cells[1].stale || matches!(app.cells[1].status, Status::Running { .. }));
     }
 
     #[test]
@@ -847,9 +982,10 @@ kind = "evaluate"
         let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
         done(&mut app, 0);
         let reformatted = recipe(&RECIPE.replace("epochs = 2", "epochs   =   2   # same"));
-        assert_eq!(app.on_recipe_changed(&reformatted).0, None);
+        let effects = app.update(read(reformatted));
+        assert_eq!(effects.len(), 2, "a log line and the watcher, no command: {effects:?}");
         assert!(app.cells.iter().all(|c| !c.stale));
-        app.on_recipe_error("r.toml:3:1: bad".into());
+        app.update(Msg::RecipeRead { recipe: Err("r.toml:3:1: bad".into()), took: Duration::ZERO });
         assert!(matches!(app.reload, ReloadState::Error(_)));
         assert!(app.cells[0].is_done());
     }
@@ -865,25 +1001,32 @@ kind = "evaluate"
         let first = app.recipe.first_step_using(&crate::recipe::Input::Data("d".into()));
         assert_eq!(first, Some(0), "the backbone step reads the data");
         assert_eq!(app.recipe.first_step_using(&weights), None, "this recipe loads no weights file");
-        assert!(app.on_input_changed(None, "nothing").is_empty());
-        let effects = app.on_input_changed(Some(0), "data folder d");
+        assert!(matches!(app.update(Msg::InputChanged(weights))[..], [Effect::Log(_)]), "nothing reads it");
+        let data = crate::recipe::Input::Data("d".into());
+        let effects = app.update(Msg::InputChanged(data.clone()));
         assert!(app.cells.iter().all(|c| c.stale && c.result.is_some()));
         assert!(app.notice.as_deref().unwrap().contains("data folder d changed on disk"));
-        assert_eq!(effects, vec![Effect::Send(CommandKind::Run(vec![0, 1, 2, 3, 4]))]);
+        assert_eq!(
+            effects[1..],
+            [
+                Effect::Send(CommandKind::InputChanged(data.clone())),
+                Effect::Send(CommandKind::Run(vec![0, 1, 2, 3, 4]))
+            ]
+        );
 
         // The re-run of step 1 fails: its last good outputs come back, with the error.
-        app.on_step_started(0);
+        app.update(Msg::Started(0));
         assert!(app.cells[0].result.is_none());
-        app.on_event(0, Event::Log("decoding".into()));
-        app.on_step_failed(0, "data/train/cat: no images".into());
+        app.update(Msg::Event(0, Event::Log("decoding".into())));
+        app.update(Msg::Failed(0, "data/train/cat: no images".into()));
         let c = &app.cells[0];
         assert!(c.result.is_some() && matches!(c.status, Status::Failed(_)));
         assert!(c.log.last().unwrap().contains("no images") && c.log.iter().any(|l| l == "decoding"));
         assert!(app.notice.as_deref().unwrap().contains("step 1 failed on re-run"));
         // Auto-run does not retry the failed step by itself (no loop) …
-        assert!(app.on_idle().is_empty());
+        assert!(app.update(Msg::Idle).is_empty());
         // … until the input changes again; then a good re-run clears the banner.
-        assert_eq!(app.on_input_changed(Some(0), "data folder d").len(), 1);
+        assert_eq!(app.update(Msg::InputChanged(data)).len(), 3, "log, tell the worker, re-run");
         for i in 0..5 {
             done(&mut app, i);
         }
@@ -893,9 +1036,9 @@ kind = "evaluate"
     #[test]
     fn epoch_events_build_history_and_eta() {
         let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
-        app.on_step_started(3);
-        app.on_event(3, Event::EpochStart { epoch: 1, epochs: 2, batches: 10 });
-        app.on_event(3, Event::Batch { epoch: 1, batch: 5, batches: 10, loss: 0.5, accuracy: 0.8, lr: 1e-3 });
+        app.update(Msg::Started(3));
+        app.update(Msg::Event(3, Event::EpochStart { epoch: 1, epochs: 2, batches: 10 }));
+        app.update(Msg::Event(3, Event::Batch { epoch: 1, batch: 5, batches: 10, loss: 0.5, accuracy: 0.8, lr: 1e-3 }));
         assert!(app.cells[3].progress.eta(Instant::now() + Duration::from_secs(5)).unwrap() >= Duration::from_secs(14));
         let r = EpochRecord {
             epoch: 1,
@@ -906,7 +1049,7 @@ kind = "evaluate"
             lr: 1e-3,
             seconds: 2.0,
         };
-        app.on_event(3, Event::Epoch(r));
+        app.update(Msg::Event(3, Event::Epoch(r)));
         assert_eq!(app.cells[3].history.len(), 1);
     }
 }

@@ -36,7 +36,7 @@ use ratatui_image::thread::ResizeResponse;
 use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::rundir::RunDir;
-use app::{Action, App, Command, CommandKind, Effect};
+use app::{Action, App, Command, CommandKind, Effect, Msg};
 use views::images::{ImageKey, Images};
 use worker::FromWorker;
 
@@ -239,9 +239,9 @@ impl Shell<'_> {
             if !self.receive(app, images, &mut effects) {
                 return Ok(());
             }
-            self.reload_if_due(app, images, &mut effects);
+            self.reload_if_due(app, &mut effects);
             for effect in effects {
-                if self.apply(effect, app)? {
+                if self.apply(effect, app, images)? {
                     return Ok(());
                 }
             }
@@ -271,61 +271,60 @@ impl Shell<'_> {
         }
     }
 
+    /// Turns an event into the app's [`Msg`], except what only the shell
+    /// keeps: images for the image cache, and file changes until the debounce
+    /// has passed.
     fn handle(&mut self, ev: AppEvent, app: &mut App, images: &mut Images, effects: &mut Vec<Effect>) {
-        match ev {
-            AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => {
-                if let Some(a) = Action::from_key(k) {
-                    effects.extend(app.update(a));
-                } else if app.help || app.confirm_quit {
-                    // Any key closes the help popup or keeps the app open.
-                    effects.extend(app.update(Action::Help));
-                    app.help = false;
-                }
-            }
-            AppEvent::Input(_) => {}
+        let msg = match ev {
+            AppEvent::Input(TermEvent::Key(k)) if k.kind == KeyEventKind::Press => match Action::from_key(k) {
+                Some(action) => Msg::Action(action),
+                None => Msg::UnboundKey,
+            },
+            AppEvent::Input(_) => return,
             AppEvent::Worker(m) => match m {
-                FromWorker::Started(i) => app.on_step_started(i),
-                FromWorker::Event(i, e) => app.on_event(i, e),
-                FromWorker::Done(r) => app.on_step_done(*r),
-                FromWorker::Failed(i, msg) => app.on_step_failed(i, msg),
-                FromWorker::Idle => effects.extend(app.on_idle()),
-                FromWorker::Image { step, kind, image, captions } => images.set(step, kind, image, captions),
+                FromWorker::Started(i) => Msg::Started(i),
+                FromWorker::Event(i, e) => Msg::Event(i, e),
+                FromWorker::Done(r) => Msg::Done(r),
+                FromWorker::Failed(i, message) => Msg::Failed(i, message),
+                FromWorker::Idle => Msg::Idle,
+                FromWorker::Image { step, kind, image, captions } => return images.set(step, kind, image, captions),
             },
             AppEvent::FileChanged(c) => {
                 if !self.changed.contains(&c) {
                     self.changed.push(c);
                 }
                 self.reload_due = Some(Instant::now() + DEBOUNCE);
+                return;
             }
-            AppEvent::Resized(key, resp) => images.update(key, resp),
-        }
+            AppEvent::Resized(key, resp) => return images.update(key, resp),
+        };
+        effects.extend(app.update(msg));
     }
 
-    /// Once the debounce has passed: re-reads the recipe or notes the changed input.
-    fn reload_if_due(&mut self, app: &mut App, images: &mut Images, effects: &mut Vec<Effect>) {
+    /// Once the debounce has passed: re-reads the recipe, or tells the app
+    /// which input changed.
+    fn reload_if_due(&mut self, app: &mut App, effects: &mut Vec<Effect>) {
         if self.reload_due.is_none_or(|d| Instant::now() < d) {
             return;
         }
         self.reload_due = None;
         for c in std::mem::take(&mut self.changed) {
-            match c {
+            let msg = match c {
                 watch::Changed::Recipe => {
-                    effects.extend(reload(app, images, self.cmd_tx, self.cancel, self.log));
-                    if let Some(w) = self.watcher.as_mut() {
-                        if let Err(e) = w.retarget(&app.recipe) {
-                            let _ = writeln!(self.log, "cannot watch the recipe's inputs: {e}");
-                        }
-                    }
+                    let t0 = Instant::now();
+                    // A recipe that does not parse (or a deleted file) shows a
+                    // banner; the app keeps the last good recipe and state.
+                    let recipe = crate::recipe::load(&app.recipe_path).map(Box::new).map_err(|e| e.to_string());
+                    Msg::RecipeRead { recipe, took: t0.elapsed() }
                 }
-                watch::Changed::Input(input) => {
-                    effects.extend(input_changed(app, self.cmd_tx, self.cancel, self.log, input));
-                }
-            }
+                watch::Changed::Input(input) => Msg::InputChanged(input),
+            };
+            effects.extend(app.update(msg));
         }
     }
 
     /// Carries out one effect; true to quit.
-    fn apply(&mut self, effect: Effect, app: &mut App) -> Result<bool> {
+    fn apply(&mut self, effect: Effect, app: &mut App, images: &mut Images) -> Result<bool> {
         match effect {
             Effect::Send(CommandKind::Run(steps)) => {
                 let _ = writeln!(self.log, "run steps {:?}", steps.iter().map(|s| s + 1).collect::<Vec<_>>());
@@ -334,80 +333,39 @@ impl Shell<'_> {
             Effect::Send(CommandKind::Preview(step)) => {
                 let _ = self.cmd_tx.send(Command::Preview { step, seed: app.preview_seed });
             }
+            Effect::Send(CommandKind::SetRecipe) => {
+                let _ = self.cmd_tx.send(Command::SetRecipe(Box::new(app.recipe.clone())));
+            }
+            Effect::Send(CommandKind::InputChanged(input)) => {
+                let _ = self.cmd_tx.send(Command::InputChanged(input));
+            }
             Effect::Send(CommandKind::Cancel) => self.cancel.store(true, Ordering::Relaxed),
             Effect::OpenEditor => open_editor(self.terminal, &app.recipe_path, self.paused, self.log)?,
             Effect::LoadRuns => {
                 // A few small files per run; the popup opens at once.
                 let runs = crate::runs::list(std::path::Path::new("runs")).unwrap_or_default();
                 let current = std::fs::read_to_string(&app.recipe_path).unwrap_or_default();
-                app.on_runs_loaded(runs, current);
+                for effect in app.update(Msg::RunsLoaded { runs, current }) {
+                    if self.apply(effect, app, images)? {
+                        return Ok(true);
+                    }
+                }
+            }
+            Effect::ClearImagesFrom(step) => images.clear_from(step),
+            Effect::WatchInputs => {
+                if let Some(w) = self.watcher.as_mut() {
+                    if let Err(e) = w.retarget(&app.recipe) {
+                        let _ = writeln!(self.log, "cannot watch the recipe's inputs: {e}");
+                    }
+                }
+            }
+            Effect::Log(line) => {
+                let _ = writeln!(self.log, "{line}");
             }
             Effect::Quit => return Ok(true),
         }
         Ok(false)
     }
-}
-
-/// Re-reads the recipe after an edit. A recipe that does not parse (or a
-/// deleted file) shows a banner and keeps the last good recipe and state.
-fn reload(
-    app: &mut App,
-    images: &mut Images,
-    cmd_tx: &Sender<Command>,
-    cancel: &AtomicBool,
-    log: &mut std::fs::File,
-) -> Vec<Effect> {
-    let path = app.recipe_path.clone();
-    let t0 = Instant::now();
-    match crate::recipe::load(&path) {
-        Err(e) => {
-            let _ = writeln!(log, "reload failed: {e}");
-            app.on_recipe_error(e.to_string());
-            vec![]
-        }
-        Ok(recipe) => {
-            let running = app.running;
-            let (first, effects) = app.on_recipe_changed(&recipe);
-            let _ = writeln!(
-                log,
-                "reloaded in {:.1} ms: first changed step {:?}",
-                t0.elapsed().as_secs_f64() * 1e3,
-                first.map(|f| f + 1)
-            );
-            if let Some(first) = first {
-                images.clear_from(first);
-                // A running step that the edit invalidates stops after its current batch.
-                if running.is_some_and(|r| r >= first) {
-                    cancel.store(true, Ordering::Relaxed);
-                }
-                let _ = cmd_tx.send(Command::SetRecipe(Box::new(recipe)));
-            }
-            effects
-        }
-    }
-}
-
-/// A data folder or weights file changed on disk: the steps that read it turn
-/// stale (their outputs stay until a re-run succeeds) and a banner says so.
-fn input_changed(
-    app: &mut App,
-    cmd_tx: &Sender<Command>,
-    cancel: &AtomicBool,
-    log: &mut std::fs::File,
-    input: crate::recipe::Input,
-) -> Vec<Effect> {
-    let first = app.recipe.first_step_using(&input);
-    let what = match &input {
-        crate::recipe::Input::Data(p) => format!("data folder {}", crate::paths::shown(p).display()),
-        crate::recipe::Input::Weights(p) => format!("weights file {}", crate::paths::shown(p).display()),
-    };
-    let _ = writeln!(log, "{what} changed on disk: stale from step {:?}", first.map(|f| f + 1));
-    let Some(first) = first else { return vec![] };
-    if app.running.is_some_and(|r| r >= first) {
-        cancel.store(true, Ordering::Relaxed);
-    }
-    let _ = cmd_tx.send(Command::InputChanged(input));
-    app.on_input_changed(Some(first), &what)
 }
 
 /// Suspends the TUI, runs `$EDITOR` (or `vi`) on the recipe, and resumes.

@@ -110,7 +110,7 @@ mod tests {
     use crate::lab::{StepOutput, StepResult};
     use crate::metrics;
     use crate::train::{Evaluation, Event};
-    use crate::tui::app::{Action, Effect};
+    use crate::tui::app::{Action, Effect, Msg};
 
     const RECIPE: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\n[[step]]\nkind = \"evaluate\"\n";
 
@@ -144,15 +144,15 @@ mod tests {
     #[test]
     fn steps_show_status_marks_at_80x24() {
         let mut a = app();
-        a.on_step_started(0);
-        a.on_step_done(StepResult {
+        a.update(Msg::Started(0));
+        a.update(Msg::Done(Box::new(StepResult {
             index: 0,
             kind: "backbone",
             summary: "mobilenet_v2".into(),
             seconds: 1.25,
             output: StepOutput::Augment { config: Default::default() },
-        });
-        a.on_step_started(1);
+        })));
+        a.update(Msg::Started(1));
         let screen = render(&a, 80, 24);
         assert!(screen.contains("1. backbone  ✓ 1.2s") || screen.contains("1. backbone  ✓ 1.3s"), "{screen}");
         assert!(screen.contains("2. fine_tune"), "{screen}");
@@ -162,8 +162,8 @@ mod tests {
     #[test]
     fn confusion_and_report_tabs_show_the_numbers() {
         let mut a = app();
-        a.on_step_started(2);
-        a.on_step_done(evaluation());
+        a.update(Msg::Started(2));
+        a.update(Msg::Done(Box::new(evaluation())));
         a.selected = 2;
         let screen = render(&a, 100, 24);
         assert!(screen.contains("true \\ pred"), "{screen}");
@@ -178,13 +178,13 @@ mod tests {
     #[test]
     fn charts_progress_help_and_error_banner() {
         let mut a = app();
-        a.on_step_started(1);
-        a.on_event(1, Event::EpochStart { epoch: 1, epochs: 2, batches: 4 });
-        a.on_event(1, Event::Batch { epoch: 1, batch: 2, batches: 4, loss: 0.7, accuracy: 0.5, lr: 1e-3 });
+        a.update(Msg::Started(1));
+        a.update(Msg::Event(1, Event::EpochStart { epoch: 1, epochs: 2, batches: 4 }));
+        a.update(Msg::Event(1, Event::Batch { epoch: 1, batch: 2, batches: 4, loss: 0.7, accuracy: 0.5, lr: 1e-3 }));
         a.selected = 1;
         let screen = render(&a, 100, 30);
         assert!(screen.contains("1 / 2") && screen.contains("2 / 4") && screen.contains("loss 0.7000"), "{screen}");
-        a.on_event(
+        a.update(Msg::Event(
             1,
             Event::Epoch(crate::train::EpochRecord {
                 epoch: 1,
@@ -195,12 +195,15 @@ mod tests {
                 lr: 1e-3,
                 seconds: 1.0,
             }),
-        );
+        ));
         a.update(Action::NextTab);
         assert!(render(&a, 100, 30).contains("accuracy"));
         a.update(Action::Help);
         assert!(render(&a, 100, 30).contains("re-run the selected step"));
-        a.on_recipe_error("/tmp/r.toml:3:1: unknown key".into());
+        a.update(Msg::RecipeRead {
+            recipe: Err("/tmp/r.toml:3:1: unknown key".into()),
+            took: std::time::Duration::ZERO,
+        });
         let screen = render(&a, 100, 30);
         assert!(screen.contains("reload failed") && screen.contains("3:1"), "{screen}");
     }
@@ -227,7 +230,7 @@ mod tests {
             run("other-20261201-162931", "3e-4", 0.5),
         ];
         assert_eq!(a.update(Action::Runs), vec![Effect::LoadRuns]);
-        a.on_runs_loaded(runs, current);
+        a.update(Msg::RunsLoaded { runs, current });
         let screen = render(&a, 120, 30);
         assert!(screen.contains("20261201-163040") && screen.contains("0.8467"), "{screen}");
         assert!(!screen.contains("other-"), "another recipe's run is listed:\n{screen}");
@@ -241,7 +244,7 @@ mod tests {
     #[test]
     fn renders_at_tiny_sizes_without_panicking() {
         let mut a = app();
-        a.on_step_done(evaluation());
+        a.update(Msg::Done(Box::new(evaluation())));
         for (w, h) in [(20, 5), (80, 24), (40, 10), (200, 60)] {
             for s in 0..3 {
                 a.selected = s;
