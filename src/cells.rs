@@ -1,16 +1,16 @@
 //! A [`Lab`] API made for notebook cells (and any other step-by-step front end).
 //!
-//! A notebook keeps values alive between cells, so everything here returns
-//! *owned* data — a cell can bind the result to a variable without fighting a
-//! borrow of the lab. The methods are additive wrappers over
-//! [`Lab::run_step`], [`Lab::next_step`] and [`Lab::result`], so the CLI, the
-//! TUI and notebooks keep sharing one engine.
+//! One name per operation: runs and look-ups return results borrowed from the
+//! lab, which a cell displays as its value; a cell that keeps one in a
+//! variable while the lab runs on clones it. The methods are small wrappers
+//! over [`Lab::run_step`], [`Lab::next_step`] and [`Lab::result`], so the CLI,
+//! the TUI and notebooks keep sharing one engine.
 //!
 //! ```no_run
 //! use tlab::cells::Progress;
 //! let mut lab = tlab::Lab::open("recipes/quickstart.toml")?;
 //! println!("{}", lab.steps());                 // what will run
-//! let backbone = lab.run_next(&mut Progress::new())?;
+//! let backbone = lab.run_next(&mut Progress::new())?.clone();
 //! let rest = lab.run_rest(&mut Progress::new().time_limit(std::time::Duration::from_secs(120)))?;
 //! # Ok::<(), tlab::Error>(())
 //! ```
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::lab::{Lab, StepOutput, StepResult};
 use crate::recipe::{Recipe, StepKind};
-use crate::train::{EpochRecord, Evaluation, Event, Observer};
+use crate::train::{Evaluation, Event, Observer};
 
 /// Whether a step has run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,22 +195,20 @@ impl Lab {
         Steps { recipe: self.recipe().name.clone(), steps }
     }
 
-    /// Runs the first step that has not run and returns (a copy of) its result.
-    /// Errors when every step has run already.
-    pub fn run_next(&mut self, obs: &mut dyn Observer) -> Result<StepResult> {
-        let next = self.next_step().ok_or_else(|| {
-            Error::Invalid("every step has run; use `rerun(index)` to run one again or `rewind_to(index)`".into())
+    /// Runs the first step that has not run and returns its result. Errors
+    /// when every step has run already.
+    pub fn run_next(&mut self, obs: &mut dyn Observer) -> Result<&StepResult> {
+        let next = self.next_step().ok_or(Error::NotYet {
+            what: "run_next",
+            needs: "a step that has not run (use `run_step(index)` to run one again, or `rewind_to(index)`)",
         })?;
-        self.run_step(next, obs).cloned()
+        self.run_step(next, obs)
     }
 
     /// Runs every step that has not run up to and including `index` (0-based),
     /// returning their results in order. Steps that already ran are kept.
     pub fn run_to(&mut self, index: usize, obs: &mut dyn Observer) -> Result<StepResults> {
-        let n = self.recipe().steps.len();
-        if index >= n {
-            return Err(Error::Invalid(format!("the recipe has {n} steps; there is no step {}", index + 1)));
-        }
+        self.check_step(index)?;
         let mut out = Vec::new();
         while let Some(next) = self.next_step().filter(|&i| i <= index) {
             out.push(self.run_step(next, obs)?.clone());
@@ -226,38 +224,21 @@ impl Lab {
         }
     }
 
-    /// Runs step `index` again from the state the step before it left (later
-    /// results are forgotten), running earlier steps first if needed.
-    pub fn rerun(&mut self, index: usize, obs: &mut dyn Observer) -> Result<StepResult> {
-        self.run_step(index, obs).cloned()
-    }
-
-    /// A copy of step `index`'s result, if it has run.
-    pub fn step_result(&self, index: usize) -> Option<StepResult> {
-        self.result(index).cloned()
-    }
-
-    /// A copy of the last evaluation (in recipe order), or an error naming
-    /// what to run first.
-    pub fn evaluation(&self) -> Result<Evaluation> {
-        self.last_evaluation().cloned().ok_or_else(|| {
-            Error::Invalid("no evaluate step has run yet; run one first (e.g. `lab.run_rest(..)`)".into())
-        })
+    /// The last evaluation (in recipe order), or an error naming what to run
+    /// first.
+    pub fn evaluation(&self) -> Result<&Evaluation> {
+        self.evaluations().next().ok_or(Error::NotYet { what: "an evaluation", needs: "an evaluate step" })
     }
 
     /// The evaluation made by step `index`, or an error if that step is not a
     /// finished evaluate step.
-    pub fn evaluation_of(&self, index: usize) -> Result<Evaluation> {
+    pub fn evaluation_of(&self, index: usize) -> Result<&Evaluation> {
+        self.check_step(index)?;
         match self.result(index).map(|r| &r.output) {
-            Some(StepOutput::Evaluate(e)) => Ok((**e).clone()),
-            Some(_) => Err(Error::Invalid(format!("step {} is not an evaluate step", index + 1))),
-            None => Err(Error::Invalid(format!("step {} has not run yet", index + 1))),
+            Some(StepOutput::Evaluate(e)) => Ok(e),
+            Some(_) => Err(Error::NotEvaluate { step: index + 1 }),
+            None => Err(Error::NotRun { step: index + 1 }),
         }
-    }
-
-    /// A copy of every epoch trained so far, with the index of its step.
-    pub fn history_rows(&self) -> Vec<(usize, EpochRecord)> {
-        self.history().to_vec()
     }
 }
 
@@ -344,6 +325,7 @@ impl Observer for Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::EpochRecord;
 
     #[test]
     fn progress_formats_epochs_and_thins_batches() {

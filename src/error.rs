@@ -48,6 +48,18 @@ pub enum Error {
     #[error("{what} needs {needs} first")]
     NotYet { what: &'static str, needs: &'static str },
 
+    /// A step number beyond the recipe's last step.
+    #[error("the recipe has {steps} steps; there is no step {step}")]
+    NoSuchStep { step: usize, steps: usize },
+
+    /// A step's result asked for before the step has run.
+    #[error("step {step} has not run yet")]
+    NotRun { step: usize },
+
+    /// An evaluation asked of a step that is not an evaluate step.
+    #[error("step {step} is not an evaluate step")]
+    NotEvaluate { step: usize },
+
     /// A JSON file's contents that could not be produced.
     #[error("cannot write {what}: {source}")]
     Json {

@@ -160,23 +160,28 @@ impl Lab {
         self.results.iter().position(Option::is_none)
     }
 
-    /// The last evaluation in recipe order, if any step evaluated.
-    pub fn last_evaluation(&self) -> Option<&Evaluation> {
-        self.results.iter().rev().flatten().find_map(|r| match &r.output {
+    /// The evaluations made so far, the last in recipe order first.
+    pub(crate) fn evaluations(&self) -> impl Iterator<Item = &Evaluation> {
+        self.results.iter().rev().flatten().filter_map(|r| match &r.output {
             StepOutput::Evaluate(e) => Some(e.as_ref()),
             _ => None,
         })
     }
 
-    /// Runs step `index`, first running any earlier step that has not run.
-    pub fn run_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<&StepResult> {
-        if index >= self.recipe.steps.len() {
-            return Err(Error::Invalid(format!(
-                "the recipe has {} steps; there is no step {}",
-                self.recipe.steps.len(),
-                index + 1
-            )));
+    /// An error unless the recipe has a step `index` (0-based).
+    pub(crate) fn check_step(&self, index: usize) -> Result<()> {
+        let steps = self.recipe.steps.len();
+        if index >= steps {
+            return Err(Error::NoSuchStep { step: index + 1, steps });
         }
+        Ok(())
+    }
+
+    /// Runs step `index` (0-based), first running any earlier step that has
+    /// not run. A step that ran already runs again from the state the step
+    /// before it left, and the results after it are forgotten.
+    pub fn run_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<&StepResult> {
+        self.check_step(index)?;
         for i in 0..index {
             if self.results[i].is_none() {
                 self.run_one(i, obs)?;
@@ -211,14 +216,6 @@ impl Lab {
             self.run_one(index, obs)?;
         }
         Ok(self.results[index].as_ref().expect("just set"))
-    }
-
-    /// Runs every remaining step in order.
-    pub fn run_all(&mut self, obs: &mut dyn Observer) -> Result<()> {
-        while let Some(i) = self.next_step() {
-            self.run_one(i, obs)?;
-        }
-        Ok(())
     }
 
     /// Prepares to continue an interrupted run from a checkpoint taken in

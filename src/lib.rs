@@ -39,10 +39,8 @@
 /// use tlab::prelude::*;
 ///
 /// let mut lab = Lab::open("recipes/quickstart.toml")?;
-/// lab.run_all(&mut Progress::new())?;
-/// if let Some(eval) = lab.last_evaluation() {
-///     println!("accuracy {:.4}", eval.metrics.accuracy);
-/// }
+/// lab.run_rest(&mut Progress::new())?;
+/// println!("accuracy {:.4}", lab.evaluation()?.metrics.accuracy);
 /// lab.save_run("runs/mine")?;
 /// # Ok::<(), tlab::Error>(())
 /// ```

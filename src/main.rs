@@ -561,7 +561,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     match failure {
         Some(e) => Err(e.into()),
         None => {
-            if let Some(eval) = lab.last_evaluation() {
+            if let Ok(eval) = lab.evaluation() {
                 println!(
                     "accuracy {:.4}  top-{} {:.4}",
                     eval.metrics.accuracy, eval.metrics.top_k, eval.metrics.top_k_accuracy
@@ -592,7 +592,7 @@ fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab, dir: &
         };
         tb.image(name.trim_end_matches(".png"), step, png, w, h)?;
     }
-    if let Some(eval) = lab.last_evaluation() {
+    if let Ok(eval) = lab.evaluation() {
         tb.scalar("evaluate/accuracy", step, eval.metrics.accuracy)?;
         tb.scalar("evaluate/macro_f1", step, eval.metrics.macro_avg.f1)?;
         tb.scalar("evaluate/ece", step, eval.metrics.calibration.ece)?;

@@ -157,7 +157,7 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
     });
     put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
     put("recipe.toml", text.as_bytes())?;
-    let eval = lab.last_evaluation();
+    let eval = lab.evaluation().ok();
     if let Some(eval) = eval {
         put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
         put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
@@ -227,7 +227,7 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
     if let Some(found) = last_lr_find(lab) {
         out.push(("lr_find.png", found.to_png()));
     }
-    if let Some(eval) = lab.last_evaluation() {
+    if let Ok(eval) = lab.evaluation() {
         out.push(("confusion.png", ConfusionMatrix::from(&eval.metrics).to_png()));
         if let Ok(Some(picture)) = grad_cam_of_mistakes(lab, GRAD_CAM_SHOWN) {
             out.push(("gradcam.png", picture));
@@ -254,7 +254,7 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
     let recipe = lab.recipe();
     let esc = views::escape;
     let mut body = String::new();
-    let headline = match lab.last_evaluation() {
+    let headline = match lab.evaluation().ok() {
         Some(e) => format!(
             "accuracy <b>{:.4}</b> · top-{} {:.4} · macro F1 {:.4} on {} validation images",
             e.metrics.accuracy, e.metrics.top_k, e.metrics.top_k_accuracy, e.metrics.macro_avg.f1, e.metrics.count
@@ -275,7 +275,7 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
         };
         section(&mut body, "Learning-rate finder", &format!("{caption}{chart}"));
     }
-    if let Some(eval) = lab.last_evaluation() {
+    if let Ok(eval) = lab.evaluation() {
         evaluation_sections(&mut body, lab, eval, pictures)?;
     }
     if let Some(p) = picture("augment.png") {
@@ -350,7 +350,7 @@ fn evaluation_sections(
 /// Grad-CAM of the `n` worst mistakes of the last evaluation, one row each
 /// (image, predicted class's map, true class's map); `None` without any.
 pub fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImage>> {
-    let (Some(eval), Some(model), Some(data)) = (lab.last_evaluation(), lab.model(), lab.data()) else {
+    let (Some(eval), Some(model), Some(data)) = (lab.evaluation().ok(), lab.model(), lab.data()) else {
         return Ok(None);
     };
     let preprocess = model.backbone.preprocess();

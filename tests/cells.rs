@@ -64,18 +64,20 @@ fn step_through_a_built_recipe() {
     let rest = lab.run_rest(&mut quiet).expect("train and evaluate");
     assert_eq!(rest.len(), 2);
     assert!(lab.run_next(&mut quiet).is_err(), "every step ran");
-    assert_eq!(lab.history_rows().len(), 2);
+    assert_eq!(lab.history().len(), 2);
     let eval = lab.evaluation().expect("evaluated");
     assert_eq!(eval.metrics.count, 6);
-    assert!(lab.evaluation_of(4).is_ok() && lab.evaluation_of(3).is_err());
+    assert!(lab.evaluation_of(4).is_ok());
+    assert!(matches!(lab.evaluation_of(3), Err(tlab::Error::NotEvaluate { step: 4 })));
+    assert!(matches!(lab.evaluation_of(5), Err(tlab::Error::NoSuchStep { step: 6, steps: 5 })));
     let text = lab.steps().to_string();
     assert!(text.contains("✓  5. evaluate") && text.contains("accuracy"), "{text}");
 
     // Re-running a step replaces its result and forgets later ones.
-    let again = lab.rerun(3, &mut quiet).expect("rerun fine_tune");
+    let again = lab.run_step(3, &mut quiet).expect("rerun fine_tune").clone();
     assert_eq!(again.index, 3);
-    assert!(lab.step_result(4).is_none());
-    assert_eq!(lab.history_rows().len(), 2, "the old epochs are gone");
+    assert!(lab.result(4).is_none());
+    assert_eq!(lab.history().len(), 2, "the old epochs are gone");
 
     #[cfg(feature = "notebook")]
     {
@@ -90,7 +92,7 @@ fn step_through_a_built_recipe() {
         let samples = lab.augmented_samples(4, 1).unwrap();
         assert_eq!(samples.image.dimensions(), (2 * 32 + tlab::preview::GAP, 2 * 32 + tlab::preview::GAP));
         assert!(lab.augmentation_preview(2, 3, 1).unwrap().image.width() > samples.image.width());
-        assert!(lab.step_result(3).unwrap().to_html().unwrap().contains("Step 4 · fine_tune"));
+        assert!(lab.result(3).unwrap().to_html().unwrap().contains("Step 4 · fine_tune"));
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

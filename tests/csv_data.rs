@@ -54,7 +54,7 @@ fn csv_labels_override_the_folders_and_bad_rows_are_listed() {
 
     // The lab evaluates the test split: one image.
     let mut lab = Lab::open(dir.join("r.toml")).unwrap();
-    lab.run_all(&mut Silent).unwrap();
+    lab.run_rest(&mut Silent).unwrap();
     let StepOutput::Evaluate(e) = &lab.result(3).unwrap().output else { panic!() };
     assert_eq!(e.metrics.count, 1);
 

@@ -43,7 +43,7 @@ fn run(dir: &Path, cache: FeatureCache) -> (Lab, Logs) {
     let mut lab = Lab::open(dir.join("r.toml")).unwrap();
     lab.set_feature_cache(cache);
     let mut logs = Logs::default();
-    lab.run_all(&mut logs).unwrap();
+    lab.run_rest(&mut logs).unwrap();
     (lab, logs)
 }
 
@@ -67,13 +67,13 @@ fn augmented_views_are_cached_reused_and_equal_on_disk() {
     let line = feature_line(&logs);
     assert!(line.contains("0 computed, 3 reused"), "{line}");
     lab.run_step(4, &mut logs).unwrap();
-    let in_memory = (weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy);
+    let in_memory = (weights(&lab), lab.evaluation().ok().unwrap().metrics.accuracy);
 
     // The same recipe with every entry on disk: the same training, bit for bit.
     let disk = dir.join("features");
     let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Disk, disk.clone()));
     assert!(logs.0.iter().any(|l| l.contains("streaming them to")), "{:?}", logs.0);
-    assert_eq!((weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy), in_memory);
+    assert_eq!((weights(&lab), lab.evaluation().ok().unwrap().metrics.accuracy), in_memory);
     assert_eq!(std::fs::read_dir(&disk).unwrap().count(), 3, "valid + 2 views, no temp files");
 
     // Another process (a fresh cache object) reuses the files.
@@ -111,7 +111,7 @@ fn a_later_step_trains_from_the_outputs_the_earlier_one_kept() {
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].contains("augmented training views: 3 computed") && lines[0].contains("after 12 block(s) kept"));
     assert!(lines[1].starts_with("frozen features of 12 block(s)") && lines[1].contains("0 computed, 3 reused"));
-    let kept = (weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy);
+    let kept = (weights(&lab), lab.evaluation().ok().unwrap().metrics.accuracy);
 
     // The second step computing its features from the images itself trains to the same weights.
     let mut lab = Lab::open(dir.join("r.toml")).unwrap();
@@ -126,7 +126,7 @@ fn a_later_step_trains_from_the_outputs_the_earlier_one_kept() {
     }
     let line = logs.0.iter().rfind(|l| l.starts_with("frozen features")).unwrap();
     assert!(line.contains("3 computed, 0 reused"), "{line}");
-    assert_eq!((weights(&lab), lab.last_evaluation().unwrap().metrics.accuracy), kept);
+    assert_eq!((weights(&lab), lab.evaluation().ok().unwrap().metrics.accuracy), kept);
 
     // With early stopping the step may end long before: "auto" augments live.
     let stopping = TWO_PHASE.replace("epochs = 2\nlr = 0.001\n", "epochs = 2\nlr = 0.001\npatience = 1\n");
@@ -164,7 +164,7 @@ fn a_step_at_its_own_image_size_trains_on_resized_images() {
     // step computes its own.
     assert!(features[1].contains(" 0 computed"), "{}", features[1]);
     assert!(!features[2].contains(" 0 computed"), "{}", features[2]);
-    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    let accuracy = lab.evaluation().ok().unwrap().metrics.accuracy;
     assert!(accuracy > 0.6, "three colours separate after training at 16px and then 32px ({accuracy})");
     let _ = std::fs::remove_dir_all(&dir);
 }

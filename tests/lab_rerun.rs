@@ -19,9 +19,9 @@ fn failed_rerun_keeps_the_last_good_state() {
                   [[step]]\nkind = \"freeze\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 1\n[[step]]\nkind = \"evaluate\"\n";
     std::fs::write(dir.join("r.toml"), recipe).unwrap();
     let mut lab = Lab::open(dir.join("r.toml")).unwrap();
-    lab.run_all(&mut Silent).unwrap();
+    lab.run_rest(&mut Silent).unwrap();
     let before: Vec<f32> = lab.model().unwrap().named_vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
-    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    let accuracy = lab.evaluation().ok().unwrap().metrics.accuracy;
 
     std::fs::write(&weights, b"no longer weights").unwrap();
     let err = lab.run_step(0, &mut Silent).unwrap_err().to_string();
@@ -31,10 +31,10 @@ fn failed_rerun_keeps_the_last_good_state() {
     let after: Vec<f32> = lab.model().unwrap().named_vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(before, after);
     assert!((0..4).all(|i| lab.result(i).is_some()), "results are kept");
-    assert_eq!(lab.last_evaluation().unwrap().metrics.accuracy, accuracy);
+    assert_eq!(lab.evaluation().ok().unwrap().metrics.accuracy, accuracy);
     // And the lab still works: re-running evaluate from the kept state.
     lab.run_step(3, &mut Silent).unwrap();
-    assert_eq!(lab.last_evaluation().unwrap().metrics.accuracy, accuracy);
+    assert_eq!(lab.evaluation().ok().unwrap().metrics.accuracy, accuracy);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -51,7 +51,7 @@ fn changed_data_is_reloaded_and_broken_data_keeps_the_last_good_state() {
                   [[step]]\nkind = \"freeze\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 1\n[[step]]\nkind = \"evaluate\"\n";
     std::fs::write(dir.join("r.toml"), recipe).unwrap();
     let mut lab = Lab::open(dir.join("r.toml")).unwrap();
-    lab.run_all(&mut Silent).unwrap();
+    lab.run_rest(&mut Silent).unwrap();
     assert_eq!(lab.data().unwrap().train.len(), 18);
     let train = dir.join("data/train");
     let input = tlab::recipe::Input::Data(lab.recipe().data.train.clone());
@@ -69,7 +69,7 @@ fn changed_data_is_reloaded_and_broken_data_keeps_the_last_good_state() {
         lab.run_step(i, &mut Silent).unwrap();
     }
     assert_eq!(lab.data().unwrap().train.len(), 20);
-    let accuracy = lab.last_evaluation().unwrap().metrics.accuracy;
+    let accuracy = lab.evaluation().ok().unwrap().metrics.accuracy;
 
     // Every image of a class removed: the re-run fails and names the folder.
     for e in std::fs::read_dir(train.join("green")).unwrap() {
@@ -80,6 +80,6 @@ fn changed_data_is_reloaded_and_broken_data_keeps_the_last_good_state() {
     assert!(err.contains("green"), "{err}");
     assert_eq!(lab.data().unwrap().train.len(), 20, "the last good data is kept");
     assert!((0..4).all(|i| lab.result(i).is_some()), "results are kept");
-    assert_eq!(lab.last_evaluation().unwrap().metrics.accuracy, accuracy);
+    assert_eq!(lab.evaluation().ok().unwrap().metrics.accuracy, accuracy);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,7 @@ pub struct ClassReport {
 impl Lab {
     /// The classification report of the last evaluation.
     pub fn class_report(&self) -> Result<ClassReport> {
-        Ok(ClassReport { metrics: self.evaluation()?.metrics })
+        Ok(ClassReport { metrics: self.evaluation()?.metrics.clone() })
     }
 }
 
