@@ -296,10 +296,7 @@ impl Progress {
             Event::Batch { batch, batches, loss, accuracy, .. } => (self.every > 0
                 && (batch % self.every == 0 || batch == batches))
                 .then(|| format!("  batch {batch:>4}/{batches}  loss {loss:.4}  acc {accuracy:.3}")),
-            Event::Epoch(r) => Some(format!(
-                "epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s",
-                r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.lr, r.seconds
-            )),
+            Event::Epoch(r) => Some(crate::rows::epoch_line(r)),
         }
     }
 }

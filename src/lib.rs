@@ -81,6 +81,7 @@ pub mod preflight;
 pub mod preview;
 pub mod recipe;
 pub mod report;
+pub mod rows;
 pub mod rundir;
 pub mod runs;
 pub mod suggest;

@@ -412,10 +412,7 @@ impl Observer for Progress {
                     e.set_position(r.epoch as u64);
                     e.set_message(format!("valid acc {:.3}", r.valid_accuracy));
                 }
-                self.line(format!(
-                    "  epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}  lr {:.2e}  {:.1}s",
-                    r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.lr, r.seconds
-                ));
+                self.line(format!("  {}", tlab::rows::epoch_line(&r)));
             }
         }
     }

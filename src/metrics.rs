@@ -11,7 +11,6 @@
 //! and count as misclassified elsewhere.
 
 use std::cmp::Ordering;
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -384,63 +383,6 @@ pub fn softmax_rows(logits: &[f32], n_classes: usize) -> Vec<f32> {
     out
 }
 
-/// Escapes characters that would break a Markdown table cell.
-fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
-impl Metrics {
-    /// A human-readable Markdown report: headline numbers, a per-class table with macro and
-    /// weighted rows (like `classification_report`), and the confusion matrix.
-    pub fn to_markdown(&self) -> String {
-        let mut s = String::new();
-        // Writing to a String cannot fail; ignore the Ok(()) results. The
-        // section heading is the caller's (report.md has its own).
-        let _ = writeln!(s, "| metric | value |\n|---|---:|");
-        let _ = writeln!(s, "| samples | {} |", self.count);
-        let _ = writeln!(s, "| accuracy | {:.4} |", self.accuracy);
-        let _ = writeln!(s, "| top-{} accuracy | {:.4} |", self.top_k, self.top_k_accuracy);
-        let _ = writeln!(s, "| loss (cross-entropy) | {:.4} |", self.loss);
-
-        let _ = writeln!(s, "\n### Per class\n");
-        let _ = writeln!(s, "| class | precision | recall | f1 | support |\n|---|---:|---:|---:|---:|");
-        for r in &self.per_class {
-            let _ = writeln!(
-                s,
-                "| {} | {:.4} | {:.4} | {:.4} | {} |",
-                md_cell(&r.class),
-                r.precision,
-                r.recall,
-                r.f1,
-                r.support
-            );
-        }
-        for (name, a) in [("**macro avg**", &self.macro_avg), ("**weighted avg**", &self.weighted)] {
-            let _ = writeln!(s, "| {} | {:.4} | {:.4} | {:.4} | {} |", name, a.precision, a.recall, a.f1, a.support);
-        }
-
-        let _ = writeln!(s, "\n### Confusion matrix (rows = true, columns = predicted)\n");
-        let _ = write!(s, "| true \\ pred |");
-        for c in &self.classes {
-            let _ = write!(s, " {} |", md_cell(c));
-        }
-        let _ = write!(s, "\n|---|");
-        for _ in &self.classes {
-            let _ = write!(s, "---:|");
-        }
-        s.push('\n');
-        for (i, c) in self.classes.iter().enumerate() {
-            let _ = write!(s, "| {} |", md_cell(c));
-            for j in 0..self.classes.len() {
-                let v = self.confusion.get(i).and_then(|r| r.get(j)).copied().unwrap_or(0);
-                let _ = write!(s, " {v} |");
-            }
-            s.push('\n');
-        }
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -569,8 +511,6 @@ mod tests {
         let e = f64::EPSILON;
         let want = -(f64::from(0.7f32).ln() + f64::from(0.3f32).ln() + (1.0 - e).ln() + e.ln()) / 4.0;
         assert!(close(m.loss, want), "{} {}", m.loss, want);
-        let md = m.to_markdown();
-        assert!(md.contains("top-2 accuracy") && md.contains("macro avg") && md.contains("| c1 | 1 | 0 | 1 |"));
         let json = serde_json::to_value(&m).unwrap();
         assert!(json.get("macro").is_some() && json.get("macro_avg").is_none());
         let back: Metrics = serde_json::from_value(json).unwrap();
@@ -585,7 +525,6 @@ mod tests {
         assert_eq!(m.weighted.f1, 0.0);
         let m = compute(&[], &[], &[], 1);
         assert_eq!(m.count, 0);
-        let _ = m.to_markdown();
         // More labels than rows, a partial row, an out-of-range label, NaN probabilities.
         let m = compute(&[0.5, 0.5, f32::NAN, 0.2, 0.9], &[1, 9, 0, 0], &names(2), 1);
         assert_eq!(m.count, 2);

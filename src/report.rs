@@ -122,31 +122,12 @@ pub fn report_markdown(
         s.push_str(&format!("{}. {step}\n", i + 1));
     }
     if !history.is_empty() {
-        s.push_str("\n## Training history\n\n| step | epoch | train loss | train acc | valid loss | valid acc | lr | s |\n|---|---|---|---|---|---|---|---|\n");
-        for (step, r) in history {
-            s.push_str(&format!(
-                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.2e} | {:.1} |\n",
-                step + 1,
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy,
-                r.valid_loss,
-                r.valid_accuracy,
-                r.lr,
-                r.seconds
-            ));
-        }
+        s.push_str("\n## Training history\n\n");
+        s.push_str(&crate::rows::history_table(history).markdown());
     }
     if let Some(m) = metrics {
         s.push_str("\n## Evaluation\n\n");
-        s.push_str(&m.to_markdown());
-        s.push_str(&format!("\nExpected calibration error (ECE): {:.4}\n", m.calibration.ece));
-        if !m.most_confused.is_empty() {
-            s.push_str("\n### Most confused\n\n| true | predicted | count |\n|---|---|---:|\n");
-            for c in &m.most_confused {
-                s.push_str(&format!("| {} | {} | {} |\n", c.truth, c.predicted, c.count));
-            }
-        }
+        s.push_str(&crate::rows::evaluation_markdown(m));
     }
     if !mistakes.is_empty() {
         s.push_str("\n## Worst mistakes\n\n| image | true | predicted | confidence |\n|---|---|---|---|\n");

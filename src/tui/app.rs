@@ -334,6 +334,17 @@ impl SortBy {
             SortBy::Support => SortBy::Class,
         }
     }
+    /// The column of [`crate::rows::class_table`] this sorts by.
+    pub fn column(self) -> usize {
+        match self {
+            SortBy::Class => 0,
+            SortBy::Precision => 1,
+            SortBy::Recall => 2,
+            SortBy::F1 => 3,
+            SortBy::Support => 5,
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             SortBy::Class => "class",
@@ -633,10 +644,7 @@ impl App {
                 c.progress.accuracy = accuracy;
             }
             Event::Epoch(r) => {
-                c.log.push(format!(
-                    "epoch {}: train loss {:.4} acc {:.4} · valid loss {:.4} acc {:.4} · {:.1}s",
-                    r.epoch, r.train_loss, r.train_accuracy, r.valid_loss, r.valid_accuracy, r.seconds
-                ));
+                c.log.push(crate::rows::epoch_line(&r));
                 c.history.push(r);
             }
         }

@@ -5,7 +5,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::{escape, img_tag, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
+use super::{img_tag, Block};
 use crate::draw::{self, BLUE, DARK_GREY, ORANGE};
 use crate::error::Result;
 use crate::lab::Lab;
@@ -89,47 +89,14 @@ impl HistoryChart {
             return Ok(s);
         }
         s.push_str(&img_tag(&self.to_png(), "training history: loss and accuracy per epoch")?);
-        s.push_str(&format!("<table style=\"{TABLE_STYLE}\"><tr>"));
-        for h in ["#", "step", "epoch", "train loss", "train acc", "valid loss", "valid acc", "lr", "s"] {
-            s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{}</th>", escape(h)));
-        }
-        s.push_str("</tr>");
-        for (k, (step, r)) in self.rows.iter().enumerate() {
-            s.push_str(&format!(
-                "<tr><td style=\"{c}\">{}</td><td style=\"{c}\">{}</td><td style=\"{c}\">{}</td>\
-                 <td style=\"{c}\">{:.4}</td><td style=\"{c}\">{:.4}</td><td style=\"{c}\">{:.4}</td>\
-                 <td style=\"{c}\">{:.4}</td><td style=\"{c}\">{:.2e}</td><td style=\"{c}\">{:.1}</td></tr>",
-                k + 1,
-                step + 1,
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy,
-                r.valid_loss,
-                r.valid_accuracy,
-                r.lr,
-                r.seconds,
-                c = CELL_STYLE
-            ));
-        }
-        s.push_str("</table></div>");
+        s.push_str(&super::table_html(&crate::rows::history_table(&self.rows)));
+        s.push_str("</div>");
         Ok(s)
     }
 
     /// The table as text, for consoles.
     pub fn to_text(&self) -> String {
-        let mut s = String::from("step epoch  train loss  train acc  valid loss  valid acc\n");
-        for (step, r) in &self.rows {
-            s.push_str(&format!(
-                "{:>4} {:>5}  {:>10.4}  {:>9.4}  {:>10.4}  {:>9.4}\n",
-                step + 1,
-                r.epoch,
-                r.train_loss,
-                r.train_accuracy,
-                r.valid_loss,
-                r.valid_accuracy
-            ));
-        }
-        s
+        crate::rows::history_table(&self.rows).text()
     }
 
     pub fn blocks(&self) -> Result<Vec<Block>> {

@@ -184,6 +184,29 @@ pub(crate) const TABLE_STYLE: &str = "border-collapse:collapse;font-family:monos
 pub(crate) const CELL_STYLE: &str = "border:1px solid #ccc;padding:2px 6px;text-align:right";
 pub(crate) const HEAD_STYLE: &str = "border:1px solid #ccc;padding:2px 6px;text-align:left;background:#f3f3f3";
 
+/// A [`crate::rows::Table`] as an HTML table: the first column as row
+/// headings, summary rows in bold.
+pub fn table_html(table: &crate::rows::Table) -> String {
+    let mut s = format!("<table style=\"{TABLE_STYLE}\"><tr>");
+    for (title, _) in &table.columns {
+        s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{}</th>", escape(title)));
+    }
+    s.push_str("</tr>");
+    for row in &table.rows {
+        s.push_str("<tr>");
+        for (j, cell) in row.cells.iter().enumerate() {
+            let (tag, style) = if j == 0 { ("th", HEAD_STYLE) } else { ("td", CELL_STYLE) };
+            match row.summary && !cell.is_empty() {
+                true => s.push_str(&format!("<{tag} style=\"{style}\"><b>{}</b></{tag}>", escape(cell))),
+                false => s.push_str(&format!("<{tag} style=\"{style}\">{}</{tag}>", escape(cell))),
+            }
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+    s
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -3,11 +3,12 @@
 
 use image::{Rgb, RgbImage};
 
-use super::{escape, Block, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
+use super::{escape, Block};
 use crate::draw;
 use crate::error::Result;
 use crate::lab::Lab;
 use crate::metrics::Metrics;
+use crate::rows;
 
 /// Precision, recall, F1 and support per class, plus averages and accuracy.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,39 +34,12 @@ impl ClassReport {
         let m = &self.metrics;
         let mut s = format!(
             "<div><b>Evaluation</b> on {} images: accuracy <b>{:.4}</b>, top-{} accuracy {:.4}, loss {:.4}, \
-             ECE {:.4}<table style=\"{TABLE_STYLE}\"><tr>",
+             ECE {:.4}",
             m.count, m.accuracy, m.top_k, m.top_k_accuracy, m.loss, m.calibration.ece
         );
-        let top_k = format!("top-{} recall", m.top_k);
-        for h in ["class", "precision", "recall", "f1", top_k.as_str(), "support"] {
-            s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{h}</th>"));
-        }
-        s.push_str("</tr>");
-        let mut row = |name: String, p: f64, r: f64, f: f64, k: Option<f64>, support: usize, bold: bool| {
-            let (b0, b1) = if bold { ("<b>", "</b>") } else { ("", "") };
-            let k = k.map_or(String::new(), |k| format!("{k:.4}"));
-            s.push_str(&format!(
-                "<tr><th style=\"{HEAD_STYLE}\">{b0}{name}{b1}</th><td style=\"{c}\">{p:.4}</td>\
-                 <td style=\"{c}\">{r:.4}</td><td style=\"{c}\">{f:.4}</td><td style=\"{c}\">{k}</td>\
-                 <td style=\"{c}\">{support}</td></tr>",
-                c = CELL_STYLE
-            ));
-        };
-        for (i, r) in m.per_class.iter().enumerate() {
-            row(escape(&r.class), r.precision, r.recall, r.f1, m.per_class_top_k.get(i).copied(), r.support, false);
-        }
-        for (name, a) in [("macro avg", &m.macro_avg), ("weighted avg", &m.weighted)] {
-            row(name.to_string(), a.precision, a.recall, a.f1, None, a.support, true);
-        }
-        s.push_str("</table>");
+        s.push_str(&super::table_html(&rows::class_table(m)));
         if !m.most_confused.is_empty() {
-            let pairs: Vec<String> = m
-                .most_confused
-                .iter()
-                .take(5)
-                .map(|c| format!("{} → {} ({})", escape(&c.truth), escape(&c.predicted), c.count))
-                .collect();
-            s.push_str(&format!("<p>Most confused (true → predicted): {}</p>", pairs.join(" · ")));
+            s.push_str(&format!("<p>Most confused (true → predicted): {}</p>", escape(&rows::confused_line(m, 5))));
         }
         s.push_str("</div>");
         s
@@ -128,23 +102,7 @@ impl ClassReport {
 
     /// scikit-learn-like text report.
     pub fn to_text(&self) -> String {
-        let m = &self.metrics;
-        let width = m.per_class.iter().map(|r| r.class.chars().count()).max().unwrap_or(0).max(12);
-        let mut s = format!("{:>width$}  precision    recall  f1-score   support\n\n", "");
-        for r in &m.per_class {
-            s.push_str(&format!(
-                "{:>width$}  {:>9.4} {:>9.4} {:>9.4} {:>9}\n",
-                r.class, r.precision, r.recall, r.f1, r.support
-            ));
-        }
-        s.push_str(&format!("\n{:>width$}  {:>9} {:>9} {:>9.4} {:>9}\n", "accuracy", "", "", m.accuracy, m.count));
-        for (name, a) in [("macro avg", &m.macro_avg), ("weighted avg", &m.weighted)] {
-            s.push_str(&format!(
-                "{:>width$}  {:>9.4} {:>9.4} {:>9.4} {:>9}\n",
-                name, a.precision, a.recall, a.f1, a.support
-            ));
-        }
-        s
+        rows::class_table(&self.metrics).text()
     }
 
     pub fn blocks(&self) -> Result<Vec<Block>> {
