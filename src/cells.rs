@@ -107,36 +107,54 @@ impl StepResults {
     }
 }
 
-/// A one-line headline of a step's result.
+/// A one-line headline of a step's result: its [`outcome_lines`] joined.
 pub fn outcome_line(result: &StepResult) -> String {
-    match &result.output {
-        StepOutput::Backbone { arch, blocks, classes, train_images, valid_images, .. } => format!(
-            "{arch}: {blocks} blocks, {} classes, {train_images} train / {valid_images} valid images",
-            classes.len()
-        ),
+    outcome_lines(&result.output).join("; ")
+}
+
+/// What a finished step produced, as the lines `tlab run` logs under it (and
+/// joined, the headline the steps table, notebooks and the TUI show).
+pub fn outcome_lines(output: &StepOutput) -> Vec<String> {
+    match output {
+        StepOutput::Backbone { arch, source, blocks, classes, train_images, valid_images, skipped } => vec![
+            format!("{arch} ({blocks} blocks) from {source}"),
+            format!("{} classes, {train_images} train / {valid_images} valid images, {skipped} skipped", classes.len()),
+        ],
         StepOutput::Freeze { frozen_blocks, total_blocks, trainable_params } => {
-            format!("{frozen_blocks} of {total_blocks} blocks frozen, {trainable_params} trainable parameters")
+            vec![format!("{frozen_blocks} of {total_blocks} blocks frozen, {trainable_params} trainable parameters")]
         }
-        StepOutput::Augment { .. } => "augmentation set".to_string(),
-        StepOutput::Restored { note } => note.clone(),
-        StepOutput::LrFind(found) => found.to_text(),
-        StepOutput::FineTune(o) => match o.history.last() {
-            Some(r) => format!(
-                "{} epoch(s), {:?}; valid loss {:.4}, valid acc {:.4}",
-                o.history.len(),
-                o.stop,
-                r.valid_loss,
-                r.valid_accuracy
-            ),
-            None => format!("no complete epoch ({:?})", o.stop),
-        },
-        StepOutput::Evaluate(e) => format!(
-            "accuracy {:.4}, top-{} {:.4}, {} mistakes listed",
-            e.metrics.accuracy,
-            e.metrics.top_k,
-            e.metrics.top_k_accuracy,
-            e.mistakes.len()
-        ),
+        StepOutput::Augment { .. } => vec!["augmentation set".to_string()],
+        StepOutput::Restored { note } => vec![note.clone()],
+        StepOutput::LrFind(found) => vec![found.to_text()],
+        StepOutput::FineTune(o) => {
+            let mut v = vec![match o.history.last() {
+                Some(r) => format!(
+                    "{} epoch(s), {:?}; valid loss {:.4}, valid acc {:.4}",
+                    o.history.len(),
+                    o.stop,
+                    r.valid_loss,
+                    r.valid_accuracy
+                ),
+                None => format!("no complete epoch ({:?})", o.stop),
+            }];
+            v.extend(o.best_epoch.map(|b| format!("weights from epoch {b}")));
+            v
+        }
+        StepOutput::Evaluate(e) => {
+            let m = &e.metrics;
+            let tta = m.accuracy_without_tta.map(|a| format!("with TTA ({a:.4} without)"));
+            tta.into_iter()
+                .chain([format!(
+                    "accuracy {:.4}, top-{} {:.4}, macro F1 {:.4}, {} mistakes of {}",
+                    m.accuracy,
+                    m.top_k,
+                    m.top_k_accuracy,
+                    m.macro_avg.f1,
+                    e.predictions.iter().filter(|p| p.truth != p.predicted).count(),
+                    m.count
+                )])
+                .collect()
+        }
     }
 }
 

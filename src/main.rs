@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use tlab::lab::{Lab, StepOutput};
+use tlab::lab::Lab;
 use tlab::train::{Event, Observer};
 
 #[derive(Parser)]
@@ -455,7 +455,7 @@ fn run_steps(lab: &mut Lab, progress: &mut Progress, first: usize) -> Option<tla
         match lab.run_step(i, progress) {
             Ok(result) => {
                 let secs = result.seconds;
-                for l in describe(&result.output) {
+                for l in tlab::cells::outcome_lines(&result.output) {
                     progress.line(format!("  {l}"));
                 }
                 progress.line(format!("  ✓ {:.1}s", secs));
@@ -595,43 +595,6 @@ fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab, dir: &
         tb.scalar("evaluate/ece", step, eval.metrics.calibration.ece)?;
     }
     tb.flush()
-}
-
-/// A few lines about a finished step for the log.
-fn describe(output: &StepOutput) -> Vec<String> {
-    match output {
-        StepOutput::Backbone { arch, source, blocks, classes, train_images, valid_images, skipped } => vec![
-            format!("{arch} ({blocks} blocks) from {source}"),
-            format!("{} classes, {train_images} train / {valid_images} valid images, {skipped} skipped", classes.len()),
-        ],
-        StepOutput::Freeze { frozen_blocks, total_blocks, trainable_params } => {
-            vec![format!("{frozen_blocks}/{total_blocks} blocks frozen, {trainable_params} trainable parameters")]
-        }
-        StepOutput::Augment { .. } => vec![],
-        StepOutput::Restored { note } => vec![note.clone()],
-        StepOutput::LrFind(found) => vec![found.to_text()],
-        StepOutput::FineTune(o) => {
-            let mut v = vec![format!("stopped: {:?} after {} epoch(s)", o.stop, o.history.len())];
-            if let Some(b) = o.best_epoch {
-                v.push(format!("weights from epoch {b}"));
-            }
-            v
-        }
-        StepOutput::Evaluate(e) => {
-            let m = &e.metrics;
-            let tta = m.accuracy_without_tta.map(|a| format!("with TTA ({a:.4} without)")).into_iter();
-            tta.chain([format!(
-                "accuracy {:.4}, top-{} {:.4}, macro F1 {:.4}, {} mistakes of {}",
-                m.accuracy,
-                m.top_k,
-                m.top_k_accuracy,
-                m.macro_avg.f1,
-                e.predictions.iter().filter(|p| p.truth != p.predicted).count(),
-                m.count
-            )])
-            .collect()
-        }
-    }
 }
 
 /// Loads the data, applies every augment step up to the first fine_tune, and
