@@ -60,6 +60,42 @@ pub enum Error {
     #[error("step {step} is not an evaluate step")]
     NotEvaluate { step: usize },
 
+    /// A block number outside the backbone (`what` says whose: a Grad-CAM
+    /// layer, a freeze point).
+    #[error("{what} {block}: the backbone has blocks 1 to {blocks}")]
+    NoSuchBlock { what: &'static str, block: usize, blocks: usize },
+
+    /// A class index outside the model's classes.
+    #[error("class {class}: the model has {classes} classes")]
+    NoSuchClass { class: usize, classes: usize },
+
+    /// A fine_tune step with every parameter frozen.
+    #[error("nothing to train: every parameter is frozen")]
+    NothingToTrain,
+
+    /// A picture that could not be encoded.
+    #[error("cannot encode PNG: {source}")]
+    Png {
+        #[source]
+        source: image::ImageError,
+    },
+
+    /// A zip archive (a .pth file) that could not be assembled in memory.
+    #[error("cannot write {what}: {source}")]
+    Zip {
+        what: &'static str,
+        #[source]
+        source: zip::result::ZipError,
+    },
+
+    /// Worker threads the system would not start.
+    #[error("cannot start {what} threads: {source}")]
+    Threads {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A JSON file's contents that could not be produced.
     #[error("cannot write {what}: {source}")]
     Json {

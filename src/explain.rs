@@ -83,7 +83,7 @@ pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usiz
     let blocks = model.backbone.num_blocks();
     let layer = layer.unwrap_or(blocks);
     if layer == 0 || layer > blocks {
-        return Err(Error::Invalid(format!("Grad-CAM layer {layer}: the backbone has blocks 1 to {blocks}")));
+        return Err(Error::NoSuchBlock { what: "Grad-CAM layer", block: layer, blocks });
     }
     let mode = Mode { training: false };
     let acts = model.backbone.forward_blocks(x, 0..layer, mode)?.detach();
@@ -91,7 +91,7 @@ pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usiz
     let logits = model.forward_from(leaf.as_tensor(), layer, mode, &mut Rng::new(0))?;
     let classes = logits.dim(1)?;
     if class >= classes {
-        return Err(Error::Invalid(format!("class {class}: the model has {classes} classes")));
+        return Err(Error::NoSuchClass { class, classes });
     }
     let score = logits.narrow(1, class, 1)?.sum_all()?;
     let grads = score.backward()?;

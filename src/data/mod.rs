@@ -113,7 +113,7 @@ impl Dataset {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers.unwrap_or(0))
             .build()
-            .map_err(|e| Error::Invalid(format!("cannot start decode threads: {e}")))?;
+            .map_err(|e| Error::Threads { what: "decode", source: Box::new(e) })?;
         let train = pool.install(|| decode_all(list.train, cfg.image_size, &mut skipped));
         let valid = pool.install(|| decode_all(list.valid, cfg.image_size, &mut skipped));
         let test =

@@ -122,7 +122,7 @@ impl<'a> FineTune<'a> {
         let Setup { data, aug, cfg, batch_size, seed, .. } = setup;
         let groups = param_groups(model, cfg);
         if groups.iter().all(|g| g.vars.is_empty()) {
-            return Err(Error::Invalid("nothing to train: every parameter is frozen".into()));
+            return Err(Error::NothingToTrain);
         }
         let mut opt = Optimizer::with_groups(groups, cfg);
         let class_weights = class_weights(data, &cfg.class_weights)?;

@@ -128,7 +128,7 @@ pub(crate) use evcxr_display;
 pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
-        .map_err(|e| Error::Invalid(format!("cannot encode PNG: {e}")))?;
+        .map_err(|source| Error::Png { source })?;
     Ok(buf)
 }
 

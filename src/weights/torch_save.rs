@@ -121,8 +121,8 @@ pub fn state_dict_bytes(tensors: &[(String, Value)]) -> Result<Vec<u8>> {
     p.0.push(op::STOP);
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let zip_err = |e: zip::result::ZipError| Error::Invalid(format!("cannot write the .pth archive: {e}"));
-    let io_err = |e: std::io::Error| Error::Invalid(format!("cannot write the .pth archive: {e}"));
+    let zip_err = |source| Error::Zip { what: "the .pth archive", source };
+    let io_err = |e: std::io::Error| zip_err(zip::result::ZipError::Io(e));
     zip.start_file("archive/data.pkl", stored).map_err(zip_err)?;
     zip.write_all(&p.0).map_err(io_err)?;
     zip.start_file("archive/byteorder", stored).map_err(zip_err)?;
