@@ -130,16 +130,8 @@ pub fn report_markdown(
         s.push_str(&crate::rows::evaluation_markdown(m));
     }
     if !mistakes.is_empty() {
-        s.push_str("\n## Worst mistakes\n\n| image | true | predicted | confidence |\n|---|---|---|---|\n");
-        for p in mistakes {
-            s.push_str(&format!(
-                "| {} | {} | {} | {:.3} |\n",
-                crate::paths::shown(&p.path).display(),
-                classes[p.truth],
-                classes[p.predicted],
-                p.confidence
-            ));
-        }
+        s.push_str("\n## Worst mistakes\n\n");
+        s.push_str(&crate::rows::mistakes_table(mistakes, classes).markdown());
     }
     s
 }

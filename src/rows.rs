@@ -4,12 +4,12 @@
 //! [`epoch_line`]; report.md, the notebook HTML, the console text and the
 //! TUI's Report tab render the same [`Table`]s ([`class_table`],
 //! [`history_table`], [`summary_table`], [`confusion_table`],
-//! [`confused_table`]). Renderers only lay cells out: Markdown and aligned
+//! [`confused_table`], [`mistakes_table`]). Renderers only lay cells out: Markdown and aligned
 //! text here, HTML in the views module (`table_html`), ratatui rows in the TUI. A number
 //! formatted differently in two front ends is a bug this module prevents.
 
 use crate::metrics::Metrics;
-use crate::train::EpochRecord;
+use crate::train::{EpochRecord, Prediction};
 
 /// How a column's cells align.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +226,23 @@ pub fn confused_table(m: &Metrics) -> Table {
     t
 }
 
+/// Misclassified images: the file as the user reads its path, the true and
+/// predicted classes, and the model's confidence in its prediction.
+pub fn mistakes_table(mistakes: &[Prediction], classes: &[String]) -> Table {
+    use Align::{Left, Right};
+    let mut t = Table::new(&[("image", Left), ("true", Left), ("predicted", Left), ("confidence", Right)]);
+    let class = |i: usize| classes.get(i).cloned().unwrap_or_else(|| format!("class {i}"));
+    for p in mistakes {
+        t.push(vec![
+            crate::paths::shown(&p.path).display().to_string(),
+            class(p.truth),
+            class(p.predicted),
+            format!("{:.3}", p.confidence),
+        ]);
+    }
+    t
+}
+
 /// The first `n` most-confused pairs on one line: `a → b (3) · …`, or "none".
 pub fn confused_line(m: &Metrics, n: usize) -> String {
     let pairs: Vec<String> =
@@ -320,6 +337,9 @@ mod tests {
         let md = evaluation_markdown(&metrics());
         assert!(md.contains("| true \\ pred | a\\|x | b | c |"), "{md}");
         assert!(md.contains("### Most confused") && md.contains("| c | a\\|x | 1 |"), "{md}");
+        let wrong = Prediction { path: "d/c/7.png".into(), truth: 2, predicted: 9, confidence: 0.8125, loss: 2.0 };
+        let t = mistakes_table(&[wrong], &metrics().classes);
+        assert_eq!(t.rows[0].cells, ["d/c/7.png", "c", "class 9", "0.812"], "an unknown index is named, not a panic");
         // An empty evaluation renders without panicking.
         let empty = compute(&[], &[], &[], 1);
         assert!(evaluation_markdown(&empty).contains("| samples | 0 |"));
