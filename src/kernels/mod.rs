@@ -32,21 +32,10 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                // 512-bit vectors where the CPU has them: the loops are the
-                // same, the autovectoriser doubles their width.
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    imp($($arg),*)
-                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
-                }
-                if $crate::kernels::has_avx512() {
-                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time).
-                    return unsafe { avx512($($arg),*) };
                 }
                 if $crate::kernels::has_avx2() {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time).
@@ -67,19 +56,6 @@ pub(crate) fn has_avx2() -> bool {
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
 }
-
-/// Whether the CPU runs AVX-512F as well (and the baseline was not asked for).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub(crate) fn has_avx512() -> bool {
-    has_avx2() && !*AVX2_ONLY && std::arch::is_x86_feature_detected!("avx512f")
-}
-
-/// `TLAB_KERNELS=avx2` (read once) keeps [`multiversion!`] functions at 256
-/// bits, to compare the two widths on one machine.
-#[cfg(target_arch = "x86_64")]
-static AVX2_ONLY: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("TLAB_KERNELS").is_ok_and(|v| v == "avx2"));
 
 /// Set by a test to run the baseline versions of [`multiversion!`]
 /// functions (both must compute the same bits).
@@ -401,7 +377,7 @@ mod tests {
         assert_eq!(fast.len(), baseline.len());
         for (a, b) in fast.iter().zip(&baseline) {
             let same = a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
-            assert!(same, "the SIMD (AVX-512 or AVX2) and baseline versions differ");
+            assert!(same, "the AVX2 and baseline versions differ");
         }
     }
 
