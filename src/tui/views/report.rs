@@ -2,7 +2,7 @@
 //! weighted rows; `s` cycles the sort column. Underneath: the calibration
 //! error (ECE) and the most-confused pairs.
 
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
@@ -21,11 +21,21 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
     let mut table = rows::class_table(m);
     table.sort_by(sort.column());
     let bold = Style::new().add_modifier(Modifier::BOLD);
+    // Each cell aligned as its column says (numbers to the right).
+    let aligned = |cells: Vec<String>| {
+        Row::new(cells.into_iter().zip(&table.columns).map(|(text, (_, align))| {
+            let line = Line::from(text);
+            ratatui::widgets::Cell::from(match align {
+                rows::Align::Left => line,
+                rows::Align::Right => line.alignment(Alignment::Right),
+            })
+        }))
+    };
     let body: Vec<Row> = table
         .rows
         .iter()
         .map(|r| {
-            let row = Row::new(r.cells.clone());
+            let row = aligned(r.cells.clone());
             if r.summary {
                 row.style(bold)
             } else {
@@ -33,7 +43,7 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {
             }
         })
         .collect();
-    let header = Row::new(table.columns.iter().map(|(t, _)| t.clone())).style(bold);
+    let header = aligned(table.columns.iter().map(|(t, _)| t.clone()).collect()).style(bold);
     let table = Table::new(
         body,
         [
