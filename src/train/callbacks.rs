@@ -342,6 +342,42 @@ impl Ema {
     }
 }
 
+/// `shadow = shadow · keep + weight · take`, in place on the shadow's storage:
+/// the same arithmetic as the tensor expression, without allocating three
+/// tensors of every trainable weight per batch (fresh pages the kernel zeroes).
+struct EmaUpdate {
+    keep: f32,
+    take: f32,
+}
+
+impl candle_core::InplaceOp2 for EmaUpdate {
+    fn name(&self) -> &'static str {
+        "tlab-ema-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::CpuStorage::F32;
+        let (F32(shadow), F32(weight)) = (s1, s2) else { candle_core::bail!("the EMA update needs f32 weights") };
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("the EMA update needs contiguous weights")
+        };
+        let (shadow, weight) = (&mut shadow[a0..a1], &weight[b0..b1]);
+        if shadow.len() != weight.len() {
+            candle_core::bail!("EMA shadow has {} elements, the weight {}", shadow.len(), weight.len())
+        }
+        for (s, &w) in shadow.iter_mut().zip(weight) {
+            *s = *s * self.keep + w * self.take;
+        }
+        Ok(())
+    }
+}
+
 impl Callback for Ema {
     fn before_fit(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
         self.vars = fit.model.mutable_named_vars();
@@ -350,7 +386,8 @@ impl Callback for Ema {
             .vars
             .iter()
             .map(|(name, v)| match resumed.as_ref().and_then(|(_, r)| r.get(&format!("ema.{name}"))) {
-                Some(t) if t.dims() == v.dims() => Ok(t.to_dtype(v.dtype())?),
+                // Copies: the shadow is updated in place and owns its storage.
+                Some(t) if t.dims() == v.dims() => Ok(t.to_dtype(v.dtype())?.copy()?),
                 _ => Ok(v.as_tensor().copy()?),
             })
             .collect::<Result<_>>()?;
@@ -360,8 +397,9 @@ impl Callback for Ema {
     fn after_step(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
         let n = self.updates as f64;
         let d = self.decay.min((1.0 + n) / (10.0 + n));
-        for ((_, v), s) in self.vars.iter().zip(self.shadow.iter_mut()) {
-            *s = ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?;
+        let update = EmaUpdate { keep: d as f32, take: (1.0 - d) as f32 };
+        for ((_, v), s) in self.vars.iter().zip(&self.shadow) {
+            s.inplace_op2(v.as_tensor(), &update)?;
         }
         self.updates += 1;
         Ok(())
@@ -387,10 +425,30 @@ impl Callback for Ema {
     }
     fn save(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
         // Mid-validation the shadow is in the model; checkpoints happen after `swap_out`.
+        // Copies, not shares: the shadow keeps changing in place.
         for ((name, _), s) in self.vars.iter().zip(&self.shadow) {
-            out.push((format!("ema.{name}"), s.clone()));
+            out.push((format!("ema.{name}"), s.copy()?));
         }
         out.push(("ema.updates".into(), Tensor::new(self.updates as f32, &Device::Cpu)?));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_place_ema_update_gives_the_tensor_expressions_values() {
+        let dev = Device::Cpu;
+        let shadow = Tensor::randn(0f32, 1., (7, 33), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1., (7, 33), &dev).unwrap();
+        let d = 0.9f64;
+        let want = ((&shadow * d).unwrap() + (&weight * (1.0 - d)).unwrap()).unwrap();
+        let updated = shadow.copy().unwrap();
+        updated.inplace_op2(&weight, &EmaUpdate { keep: d as f32, take: (1.0 - d) as f32 }).unwrap();
+        let (want, got) = (want.flatten_all().unwrap().to_vec1::<f32>().unwrap(), updated.flatten_all().unwrap());
+        assert_eq!(got.to_vec1::<f32>().unwrap(), want);
+        assert_ne!(want, shadow.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "the update changed the shadow");
     }
 }
