@@ -106,7 +106,7 @@ fn default_fine_tune(extra: &str) -> Result<FineTuneConfig> {
         _ => None,
     }) {
         Some(c) => Ok(c),
-        None => Err(crate::error::Error::Invalid("bench: no fine_tune defaults".into())),
+        None => Err(crate::error::Error::Internal("no fine_tune defaults for the bench")),
     }
 }
 

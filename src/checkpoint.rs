@@ -140,11 +140,7 @@ pub struct Saved {
 pub fn load(run_dir: &Path, state: State, recipe: &Recipe) -> Result<Saved> {
     let fingerprints: Vec<u64> = recipe.steps.iter().map(|s| s.fingerprint).collect();
     if fingerprints != state.fingerprints || recipe.seed != state.seed {
-        return Err(Error::Invalid(format!(
-            "{}: the recipe changed since the checkpoint in {} was written; resume needs the same recipe",
-            recipe.path.display(),
-            run_dir.display()
-        )));
+        return Err(Error::StaleCheckpoint { recipe: recipe.path.clone(), run_dir: run_dir.to_path_buf() });
     }
     let dir = folder(run_dir);
     let g = state.generation;

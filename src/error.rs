@@ -110,8 +110,70 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// A run directory's checkpoint written by a different recipe.
+    #[error("{}: the recipe changed since the checkpoint in {} was written; resume needs the same recipe", crate::paths::shown(.recipe).display(), crate::paths::shown(.run_dir).display())]
+    StaleCheckpoint { recipe: PathBuf, run_dir: PathBuf },
+
+    /// A checkpoint that names a step which is not a fine_tune step.
+    #[error("checkpoint names step {step}, which is not a fine_tune step")]
+    CheckpointStep { step: usize },
+
+    /// A checkpoint tensor (weights or optimizer state) missing or of
+    /// another shape than the model's.
+    #[error("checkpoint tensor `{name}`: expected shape {expected:?}, {}", .found.as_ref().map_or("not in the checkpoint".to_string(), |f| format!("found {f:?}")))]
+    CheckpointTensor { name: String, expected: Vec<usize>, found: Option<Vec<usize>> },
+
+    /// `lr = "suggested"` without an lr_find step before it.
+    #[error("`lr = \"suggested\"` needs an lr_find step before this fine_tune step")]
+    NoLrFind,
+
+    /// The range test's loss diverged before it had a curve.
+    #[error("lr_find: the loss diverged after {batches} batch(es); lower start_lr (now {start_lr:e})")]
+    LrFindDiverged { batches: usize, start_lr: f64 },
+
+    /// An evaluate step on the test split of data without one.
+    #[error("`split = \"test\"` needs a test split: `[data] test = \"folder\"` or CSV rows with split `test`")]
+    NoTestSplit,
+
+    /// A recipe key that names a class the data does not have.
+    #[error("{key} names class \"{name}\", which the data does not have{hint}")]
+    UnknownClass { key: &'static str, name: String, hint: String },
+
+    /// A recipe key that names a block the backbone does not have.
+    #[error("{key} = \"{name}\": no such block; {hint}blocks are {first} … {last}")]
+    UnknownBlock { key: &'static str, name: String, hint: String, first: String, last: String },
+
+    /// A Grad-CAM map that cannot be computed for this model or image.
+    #[error("Grad-CAM: {0}")]
+    GradCam(&'static str),
+
+    /// A model that cannot be written in the asked format.
+    #[error("cannot export: {0}")]
+    Export(String),
+
+    /// An ONNX model tlab cannot interpret.
+    #[error("ONNX model: {0}")]
+    OnnxModel(String),
+
+    /// A model without the output a prediction needs.
     #[error("{0}")]
-    Invalid(String),
+    NoOutput(&'static str),
+
+    /// A model card (`model.json`) with a value tlab does not know.
+    #[error("model.json: {0}")]
+    ModelCard(String),
+
+    /// A feature-cache file that was written but does not read back.
+    #[error("feature cache {}: the file did not read back", .0.display())]
+    FeatureCacheFile(PathBuf),
+
+    /// Remote weights asked of a build without network access.
+    #[error("weights source {0} needs network access, which this build does not have (the `hub` feature is off); download the file and give its path")]
+    NoHub(String),
+
+    /// A broken invariant of tlab itself, not of the user's input.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

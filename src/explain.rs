@@ -95,9 +95,7 @@ pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usiz
     }
     let score = logits.narrow(1, class, 1)?.sum_all()?;
     let grads = score.backward()?;
-    let grad = grads
-        .get(leaf.as_tensor())
-        .ok_or_else(|| Error::Invalid("Grad-CAM: no gradient reached the chosen block".into()))?;
+    let grad = grads.get(leaf.as_tensor()).ok_or_else(|| Error::GradCam("no gradient reached the chosen block"))?;
     let (_, _, h, w) = acts.dims4()?;
     // α_k: the gradient averaged over the map, one weight per channel.
     let alpha = grad.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
@@ -139,7 +137,7 @@ pub fn explain_pixels(
     let probs = crate::metrics::softmax_rows(&logits.flatten_all()?.to_vec1::<f32>()?, classes.len());
     let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let image = RgbImage::from_raw(size, size, pixels.to_vec())
-        .ok_or_else(|| Error::Invalid("Grad-CAM: the pixels do not match the image size".into()))?;
+        .ok_or_else(|| Error::GradCam("the pixels do not match the image size"))?;
     let map = grad_cam(model, &x, predicted, None)?;
     let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| format!("#{i}")).replace('_', " ");
     // A map of zeros: nothing in the image speaks for that class (said on a

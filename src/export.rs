@@ -34,7 +34,7 @@ impl Default for OnnxOptions {
 /// outputs `logits` and `probabilities` (`[N, classes]`).
 pub fn onnx_model(model: &Classifier, card: &ModelCard, opts: &OnnxOptions) -> Result<onnx::ModelProto> {
     if !(13..=21).contains(&opts.opset) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Export(format!(
             "--opset {}: tlab writes opsets 13 to 21 (Clip with tensor bounds needs 13)",
             opts.opset
         )));
@@ -118,13 +118,13 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
         "resnet18" | "resnet34" | "resnet50" => ("fc", Some("fc")),
         "vgg16" | "vgg19" => ("classifier", None),
         other => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Export(format!(
                 "{other} has no torchvision constructor; use --format safetensors (its keys follow the checkpoint tlab loaded) or --format onnx"
             )))
         }
     };
     if model.head.config.pooling != crate::recipe::Pooling::Avg {
-        return Err(Error::Invalid(
+        return Err(Error::Export(
             "only heads on average-pooled features (pooling = \"avg\") have a torchvision equivalent; use --format onnx".into(),
         ));
     }
@@ -148,7 +148,7 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
         let renamed = rename
             .iter()
             .find_map(|(from, to)| name.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")))
-            .ok_or_else(|| Error::Invalid(format!("head tensor `{name}` has no torchvision name")))?;
+            .ok_or_else(|| Error::Export(format!("head tensor `{name}` has no torchvision name")))?;
         let bn = renamed.strip_suffix(".running_var").map(str::to_string);
         tensors.push((renamed, Saved::F32(t)));
         if let Some(prefix) = bn {

@@ -229,7 +229,7 @@ impl Lab {
         let crate::checkpoint::Saved { state, weights, resume } = saved;
         let (step, finished, history, lr_finds) = (state.step, state.finished, state.history, state.lr_finds);
         if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
-            return Err(Error::Invalid(format!("checkpoint names step {}, which is not a fine_tune step", step + 1)));
+            return Err(Error::CheckpointStep { step: step + 1 });
         }
         let upto = if finished { step + 1 } else { step };
         for i in 0..upto {
@@ -271,14 +271,21 @@ impl Lab {
                 _ => self.run_one(i, obs)?,
             }
         }
-        let model = self.model.as_mut().ok_or_else(|| Error::Invalid("checkpoint without a backbone step".into()))?;
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| Error::NotYet { what: "resuming a checkpoint", needs: "a backbone step" })?;
         let snap = model.snapshot()?;
         let tensors = snap
             .tensors
             .iter()
             .map(|(name, t)| match weights.get(name) {
                 Some(w) if w.dims() == t.dims() => Ok((name.clone(), w.clone())),
-                _ => Err(Error::Invalid(format!("checkpoint has no tensor `{name}` of shape {:?}", t.dims()))),
+                w => Err(Error::CheckpointTensor {
+                    name: name.clone(),
+                    expected: t.dims().to_vec(),
+                    found: w.map(|w| w.dims().to_vec()),
+                }),
             })
             .collect::<Result<Vec<_>>>()?;
         model.restore(&Snapshot { tensors, ..snap })?;
@@ -347,7 +354,7 @@ impl Lab {
                 match (state.model, &mut self.model) {
                     (Some(snap), Some(model)) => model.restore(&snap)?,
                     (None, _) => self.model = None,
-                    (Some(_), None) => return Err(Error::Invalid("internal: snapshot without a model".into())),
+                    (Some(_), None) => return Err(Error::Internal("a snapshot without a model")),
                 }
             }
             None => {
@@ -528,9 +535,7 @@ impl Lab {
                 StepOutput::LrFind(found) => found.suggestion(which),
                 _ => None,
             })
-            .ok_or_else(|| {
-                Error::Invalid("`lr = \"suggested\"` needs an lr_find step before this fine_tune step".into())
-            })
+            .ok_or(Error::NoLrFind)
     }
 
     fn run_fine_tune(&mut self, index: usize, cfg: &FineTuneConfig, obs: &mut dyn Observer) -> Result<FineTuneOutcome> {

@@ -62,11 +62,13 @@ pub mod bench;
 pub mod cells;
 pub mod checkpoint;
 pub mod data;
+// Plumbing the binary shares with the library, not an API.
+#[doc(hidden)]
 pub mod draw;
-pub mod error;
+mod error;
 pub mod explain;
 pub mod export;
-pub mod fs;
+pub(crate) mod fs;
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
@@ -75,6 +77,7 @@ pub mod onnx;
 /// The views under the name notebooks have always used.
 #[cfg(feature = "notebook")]
 pub use views as notebook;
+#[doc(hidden)]
 pub mod paths;
 pub mod predict;
 pub mod preflight;
@@ -84,7 +87,7 @@ pub mod report;
 pub mod rows;
 pub mod rundir;
 pub mod runs;
-pub mod suggest;
+pub(crate) mod suggest;
 pub mod tensorboard;
 pub mod train;
 #[cfg(feature = "tui")]

@@ -219,7 +219,7 @@ impl Graph {
 
     fn constant_values(&mut self, name: &str, dims: &[i64], values: &[f32]) -> Result<String> {
         if values.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Invalid(format!("cannot export `{name}`: it holds NaN or infinite values")));
+            return Err(Error::Export(format!("`{name}` holds NaN or infinite values")));
         }
         let (data_type, raw_data) = if self.fp16 {
             (dtype::FLOAT16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
@@ -459,7 +459,7 @@ pub fn run_with(
 
 /// An error about the model being interpreted.
 fn bad(m: String) -> Error {
-    Error::Invalid(format!("ONNX model: {m}"))
+    Error::OnnxModel(m)
 }
 
 /// The graph's initializers (float32 or float16) by name.

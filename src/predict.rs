@@ -164,7 +164,7 @@ impl Predictor {
         match &self.kind {
             Kind::Imagenet(b) => {
                 let f = b.forward_blocks(x, 0..b.num_blocks(), mode)?;
-                b.imagenet_logits(&f)?.ok_or_else(|| Error::Invalid("checkpoint has no classifier".into()))
+                b.imagenet_logits(&f)?.ok_or_else(|| Error::NoOutput("the checkpoint has no ImageNet classifier"))
             }
             Kind::Trained(m) => m.forward_from(x, 0, mode, &mut Rng::new(0)),
             Kind::Onnx { model, uint8_input } => {
@@ -175,7 +175,7 @@ impl Predictor {
                     x.clone()
                 };
                 let mut out = crate::onnx::run(model, input)?;
-                out.remove("logits").ok_or_else(|| Error::Invalid("the ONNX model has no `logits` output".into()))
+                out.remove("logits").ok_or_else(|| Error::NoOutput("the ONNX model has no `logits` output"))
             }
         }
     }

@@ -57,9 +57,7 @@ impl HeadCard {
             "flatten" => crate::recipe::Pooling::Flatten,
             "concat" => crate::recipe::Pooling::Concat,
             other => {
-                return Err(Error::Invalid(format!(
-                    "model.json: unknown pooling `{other}`, expected avg, flatten or concat"
-                )))
+                return Err(Error::ModelCard(format!("unknown pooling `{other}`, expected avg, flatten or concat")))
             }
         };
         Ok(HeadConfig { pooling, hidden: self.hidden.clone(), dropout: self.dropout, batchnorm: self.batchnorm })

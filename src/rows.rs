@@ -206,12 +206,12 @@ pub fn summary_table(m: &Metrics) -> Table {
 }
 
 /// The confusion matrix as counts: rows are the true classes.
-pub fn confusion_table(m: &Metrics) -> Table {
+pub fn confusion_table(classes: &[String], confusion: &[Vec<usize>]) -> Table {
     let mut columns = vec![("true \\ pred", Align::Left)];
-    columns.extend(m.classes.iter().map(|c| (c.as_str(), Align::Right)));
+    columns.extend(classes.iter().map(|c| (c.as_str(), Align::Right)));
     let mut t = Table::new(&columns);
-    for (i, c) in m.classes.iter().enumerate() {
-        let counts = (0..m.classes.len()).map(|j| m.confusion.get(i).and_then(|r| r.get(j)).copied().unwrap_or(0));
+    for (i, c) in classes.iter().enumerate() {
+        let counts = (0..classes.len()).map(|j| confusion.get(i).and_then(|r| r.get(j)).copied().unwrap_or(0));
         t.push([c.clone()].into_iter().chain(counts.map(|v| v.to_string())).collect());
     }
     t
@@ -261,7 +261,7 @@ pub fn evaluation_markdown(m: &Metrics) -> String {
     s.push_str("\n### Per class\n\n");
     s.push_str(&class_table(m).markdown());
     s.push_str("\n### Confusion matrix (rows = true, columns = predicted)\n\n");
-    s.push_str(&confusion_table(m).markdown());
+    s.push_str(&confusion_table(&m.classes, &m.confusion).markdown());
     if !m.most_confused.is_empty() {
         s.push_str("\n### Most confused\n\n");
         s.push_str(&confused_table(m).markdown());

@@ -191,20 +191,20 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
         FreezePoint::All => Ok(names.len()),
         FreezePoint::None => Ok(0),
         FreezePoint::Index(i) if *i <= names.len() => Ok(*i),
-        FreezePoint::Index(i) => {
-            Err(Error::Invalid(format!("freeze up_to = {i}: the backbone has only {} blocks", names.len())))
-        }
+        FreezePoint::Index(i) => Err(Error::NoSuchBlock { what: "freeze up_to", block: *i, blocks: names.len() }),
         FreezePoint::Block(name) => names.iter().position(|n| n == name).ok_or_else(|| {
             let close: Vec<&String> = names.iter().filter(|n| crate::suggest::levenshtein(n, name) <= 2).collect();
             let hint = match close.first() {
                 Some(c) => format!("did you mean `{c}`? "),
                 None => String::new(),
             };
-            Error::Invalid(format!(
-                "freeze up_to = \"{name}\": no such block; {hint}blocks are {} … {}",
-                names.first().map(String::as_str).unwrap_or(""),
-                names.last().map(String::as_str).unwrap_or("")
-            ))
+            Error::UnknownBlock {
+                key: "freeze up_to",
+                name: name.clone(),
+                hint,
+                first: names.first().cloned().unwrap_or_default(),
+                last: names.last().cloned().unwrap_or_default(),
+            }
         }),
     }
 }

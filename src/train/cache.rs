@@ -173,8 +173,8 @@ impl Features {
 
     /// The items `idx`, stacked into `[idx.len(), item_dims…]`.
     pub fn rows(&self, idx: &[usize]) -> Result<Tensor> {
-        if let Some(&bad) = idx.iter().find(|&&i| i >= self.n) {
-            return Err(Error::Invalid(format!("feature cache: item {bad} of {}", self.n)));
+        if idx.iter().any(|&i| i >= self.n) {
+            return Err(Error::Internal("a feature-cache item beyond the cached split"));
         }
         let mut shape = vec![idx.len()];
         shape.extend(&self.item_dims);
@@ -414,7 +414,7 @@ fn write_file(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    open_file(path, n).ok_or_else(|| Error::Invalid(format!("feature cache {} did not read back", path.display())))
+    open_file(path, n).ok_or_else(|| Error::FeatureCacheFile(path.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -329,7 +329,7 @@ impl<'a> FineTune<'a> {
                 cbs.iter_mut().try_for_each(|c| c.before_batch(&mut ctx))?;
                 let (x, mixed) = match cached {
                     Some(features) => mix_if(features.rows(idx)?, cfg, inp.seed, epoch, b)?,
-                    None => rx.recv().map_err(|_| Error::Invalid("the input pipeline stopped".into()))??,
+                    None => rx.recv().map_err(|_| Error::Internal("the input pipeline stopped"))??,
                 };
                 let labels = &inp.data.train.labels;
                 let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
@@ -460,9 +460,7 @@ fn class_weights(data: &Dataset, cfg: &ClassWeights) -> Result<Option<Tensor>> {
                         || format!("; the classes are: {}", names.join(", ")),
                         |s| format!("; did you mean \"{s}\"?"),
                     );
-                    return Err(Error::Invalid(format!(
-                        "class_weights names class \"{name}\", which the data does not have{hint}"
-                    )));
+                    return Err(Error::UnknownClass { key: "class_weights", name: name.clone(), hint });
                 };
                 w[i] = *weight as f32;
             }

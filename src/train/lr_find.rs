@@ -115,11 +115,7 @@ pub fn lr_find(
         FineTune::prepare(model, setup, obs, None::<Resume>)?.run(&mut cbs)?;
     }
     if finder.lrs.len() < 5 {
-        return Err(Error::Invalid(format!(
-            "lr_find: the loss diverged after {} batch(es); lower start_lr (now {:e})",
-            finder.lrs.len(),
-            cfg.start_lr
-        )));
+        return Err(Error::LrFindDiverged { batches: finder.lrs.len(), start_lr: cfg.start_lr });
     }
     let suggestions = suggest(&finder.lrs, &finder.losses);
     Ok(LrFindResult { lrs: finder.lrs, losses: finder.losses, suggestions, diverged: finder.diverged })

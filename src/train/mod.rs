@@ -384,12 +384,7 @@ pub fn evaluate(
     let classes = data.classes.len();
     let split = match cfg.split {
         EvalSplit::Valid => &data.valid,
-        EvalSplit::Test => data.test.as_ref().ok_or_else(|| {
-            Error::Invalid(
-                "`split = \"test\"` needs a test split: `[data] test = \"folder\"` or CSV rows with split `test`"
-                    .into(),
-            )
-        })?,
+        EvalSplit::Test => data.test.as_ref().ok_or(Error::NoTestSplit)?,
     };
     let k = model.constant_prefix();
     let features = match cache {
@@ -412,12 +407,9 @@ pub fn evaluate(
         };
         add(predict_view(model, data, split, batch_size, TtaView::Mirror)?);
         if cfg.tta_views > 0 {
-            let views = views.ok_or_else(|| {
-                Error::Invalid(
-                    "`tta_views` draws views with the recipe's augmentation: add an augment step before this evaluate"
-                        .into(),
-                )
-            })?;
+            // The views are drawn with the recipe's augmentation.
+            let views =
+                views.ok_or(Error::NotYet { what: "`tta_views`", needs: "an augment step before this evaluate" })?;
             for v in 0..cfg.tta_views {
                 add(predict_view(model, data, split, batch_size, TtaView::Augmented(views, v))?);
             }

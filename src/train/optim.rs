@@ -107,11 +107,11 @@ impl Optimizer {
                 *dst = match tensors.get(&name) {
                     Some(t) if t.dims() == slot.var.dims() => t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
                     Some(t) => {
-                        return Err(crate::error::Error::Invalid(format!(
-                            "checkpoint optimizer state `{name}` has shape {:?}, expected {:?}",
-                            t.dims(),
-                            slot.var.dims()
-                        )))
+                        return Err(crate::error::Error::CheckpointTensor {
+                            name: format!("optimizer.{name}"),
+                            expected: slot.var.dims().to_vec(),
+                            found: Some(t.dims().to_vec()),
+                        })
                     }
                     None => Vec::new(),
                 };

@@ -164,14 +164,10 @@ impl ConfusionMatrix {
         ))
     }
 
-    /// Plain-text matrix for consoles.
+    /// Plain-text matrix for consoles: the rows layer's table.
     pub fn to_text(&self) -> String {
-        let mut s = String::from("confusion (rows = true, columns = predicted)\n");
-        for (t, c) in self.classes.iter().enumerate() {
-            let row: Vec<String> = (0..self.n()).map(|p| format!("{:>4}", self.count(t, p))).collect();
-            s.push_str(&format!("{t:>2} {:<14} {}\n", c, row.join("")));
-        }
-        s
+        let table = crate::rows::confusion_table(&self.classes, &self.counts);
+        format!("confusion (rows = true, columns = predicted)\n{}", table.text())
     }
 
     pub fn blocks(&self) -> Result<Vec<Block>> {
@@ -229,5 +225,16 @@ mod tests {
         assert!(long.origin().0 <= TITLE_BAND + MAX_LABEL + 8);
         assert!(draw::fit(&"x".repeat(200), LABEL, MAX_LABEL).ends_with('…'));
         assert!(empty.to_text().starts_with("confusion"));
+    }
+
+    #[test]
+    fn text_is_the_rows_table_with_counts_right_aligned() {
+        let text = matrix().to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("cat") && lines[1].contains("<fox>"), "{text}");
+        let fox = lines.iter().rfind(|l| l.starts_with("<fox>")).unwrap();
+        let cat = lines.iter().find(|l| l.starts_with("cat")).unwrap();
+        // The last column's counts end at the same place.
+        assert!(fox.ends_with("123") && cat.ends_with("  0") && fox.len() == cat.len(), "{text}");
     }
 }

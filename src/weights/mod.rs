@@ -69,9 +69,7 @@ pub fn resolve_source(source: &WeightsSource) -> Result<PathBuf> {
     #[cfg(not(feature = "hub"))]
     match source {
         WeightsSource::Path(p) => Ok(p.clone()),
-        other => Err(Error::Invalid(format!(
-            "weights source {other:?} needs network access, which this build does not have (the `hub` feature is off); download the file and give its path"
-        ))),
+        other => Err(Error::NoHub(format!("{other:?}"))),
     }
 }
 

@@ -49,7 +49,7 @@ impl Pickler {
         self.0.extend_from_slice(s.as_bytes());
     }
     fn int(&mut self, v: usize) -> Result<()> {
-        let v = i32::try_from(v).map_err(|_| Error::Invalid(format!("tensor dimension {v} too large to save")))?;
+        let v = i32::try_from(v).map_err(|_| Error::Export(format!("tensor dimension {v} too large to save")))?;
         self.0.push(op::BININT);
         self.0.extend_from_slice(&v.to_le_bytes());
         Ok(())
