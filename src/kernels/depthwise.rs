@@ -2,9 +2,10 @@
 //!
 //! candle runs a grouped convolution as one full convolution per group, so a
 //! depthwise 3×3 over 960 channels becomes 960 tiny im2col + GEMM calls. Here
-//! each (image, channel) plane is one independent task: for every kernel tap
-//! the valid output span of a row is a single fused multiply-add loop over
-//! contiguous memory (for stride 1), which the compiler vectorises. Forward,
+//! each (image, channel) plane is one independent task. The forward pass
+//! reads the plane from a zero-padded copy split into stride phases, so every
+//! tap of a chunk of output columns is one multiply-add over contiguous
+//! memory, summed in registers and stored once. Forward,
 //! input gradient and weight gradient are all direct, and parallel over planes
 //! (forward, input gradient) or channels (weight gradient), so no two threads
 //! ever write the same element.
@@ -357,53 +358,119 @@ fn forward(
     }
 
     let mut out = vec![0f32; d.n * d.c * d.oh * d.ow];
-    out.par_chunks_mut(d.oh * d.ow).enumerate().for_each(|(plane, o)| {
-        let ch = plane % d.c;
-        let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
-        let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
-        forward_plane(&geo, &d, &taps, xin, ker, o, ch, epi.as_ref());
-    });
+    let phases = Phases::new(&geo, &d);
+    out.par_chunks_mut(d.oh * d.ow).enumerate().for_each_init(
+        || vec![0f32; phases.len()],
+        |scratch, (plane, o)| {
+            let ch = plane % d.c;
+            let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
+            let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
+            fill_phases(&phases, &geo, &d, xin, scratch);
+            forward_plane(&d, &phases, scratch, ker, o);
+            if let Some(epi) = &epi {
+                epi.plane(ch, o);
+            }
+        },
+    );
     Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))))
 }
 
-multiversion! {
-    /// One output plane of the direct (planar) forward pass: each tap a
-    /// multiply-add along output rows.
-    fn forward_plane(
-        geo: &DwGeometry,
-        d: &Dims,
-        taps: &Taps,
-        xin: &[f32],
-        ker: &[f32],
-        o: &mut [f32],
-        ch: usize,
-        epi: Option<&Epilogue>,
-    ) {
+/// Output columns one chunk of [`forward_plane`] sums in registers.
+const CHUNK: usize = 16;
+
+/// The layout of one input plane as [`forward_plane`] reads it: zero-padded
+/// on every side, and each padded row split into its `stride` phases
+/// (columns `p, p + s, p + 2s, …`), so that the input columns of one tap
+/// for consecutive output columns are contiguous at every stride, with no
+/// bounds checks. Each phase has `CHUNK` zeros of slack after it, so a
+/// chunk may read past the last output column.
+struct Phases {
+    stride: usize,
+    /// Floats per phase.
+    slot: usize,
+    /// Padded rows.
+    rows: usize,
+}
+
+impl Phases {
+    fn new(geo: &DwGeometry, d: &Dims) -> Phases {
         let s = geo.stride;
-        for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
-            for ky in 0..d.kh {
-                let Some(iy) = taps.row(oy, ky) else { continue };
-                let irow = &xin[iy * d.w..(iy + 1) * d.w];
-                for (&wv, &(lo, hi, start)) in ker[ky * d.kw..(ky + 1) * d.kw].iter().zip(&taps.cols) {
-                    if lo >= hi {
-                        continue;
-                    }
-                    let dst = &mut orow[lo..hi];
-                    let len = dst.len();
-                    if s == 1 {
-                        for (ov, iv) in dst.iter_mut().zip(&irow[start..start + len]) {
-                            *ov += wv * iv;
-                        }
-                    } else {
-                        for (ov, iv) in dst.iter_mut().zip(irow[start..].iter().step_by(s)) {
-                            *ov += wv * iv;
-                        }
-                    }
+        Phases { stride: s, slot: d.ow + (d.kw - 1) / s + CHUNK, rows: d.h + geo.pad_top + geo.pad_bottom }
+    }
+
+    fn row_len(&self) -> usize {
+        self.stride * self.slot
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.row_len()
+    }
+}
+
+multiversion! {
+    /// Copies `xin` (`h × w`) into `out` laid out as `phases`. Only the
+    /// image's own positions are written, the same ones for every plane of a
+    /// call: a scratch that starts zeroed keeps its padding zero across planes.
+    fn fill_phases(phases: &Phases, geo: &DwGeometry, d: &Dims, xin: &[f32], out: &mut [f32]) {
+        let (s, slot, r) = (phases.stride, phases.slot, phases.row_len());
+        for (iy, src) in xin.chunks_exact(d.w).enumerate() {
+            let row = &mut out[(iy + geo.pad_top) * r..(iy + geo.pad_top + 1) * r];
+            if s == 1 {
+                row[geo.pad_left..geo.pad_left + d.w].copy_from_slice(src);
+                continue;
+            }
+            if s == 2 {
+                // Pairs of columns split into the two phases (vectorises).
+                let (a, b) = (geo.pad_left % 2, 1 - geo.pad_left % 2);
+                let (a0, b0) = (a * slot + geo.pad_left / 2, b * slot + geo.pad_left.div_ceil(2));
+                let pairs = src.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    row[a0 + d.w / 2] = *last;
+                }
+                for (i, pair) in pairs.enumerate() {
+                    row[a0 + i] = pair[0];
+                    row[b0 + i] = pair[1];
+                }
+                continue;
+            }
+            // Phase p holds the padded columns p, p + s, …: the image columns
+            // from the first `ix` with (ix + pad_left) ≡ p (mod s).
+            for p in 0..s {
+                let first = (p + s - geo.pad_left % s) % s;
+                if first >= d.w {
+                    continue;
+                }
+                let dst = &mut row[p * slot + (first + geo.pad_left) / s..(p + 1) * slot];
+                for (o, &v) in dst.iter_mut().zip(src[first..].iter().step_by(s)) {
+                    *o = v;
                 }
             }
         }
-        if let Some(epi) = epi {
-            epi.plane(ch, o);
+    }
+}
+
+multiversion! {
+    /// One output plane of the direct (planar) forward pass, from the input
+    /// laid out as [`Phases`]: each chunk of an output row sums all its taps
+    /// in registers and is stored once.
+    fn forward_plane(d: &Dims, phases: &Phases, input: &[f32], ker: &[f32], o: &mut [f32]) {
+        let (s, slot, r) = (phases.stride, phases.slot, phases.row_len());
+        for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
+            for start in (0..d.ow).step_by(CHUNK) {
+                let mut acc = [0f32; CHUNK];
+                for ky in 0..d.kh {
+                    let row = &input[(oy * s + ky) * r..(oy * s + ky + 1) * r];
+                    for (kx, &wv) in ker[ky * d.kw..(ky + 1) * d.kw].iter().enumerate() {
+                        let at = (kx % s) * slot + kx / s + start;
+                        let src = &row[at..at + CHUNK];
+                        for i in 0..CHUNK {
+                            acc[i] = wv.mul_add(src[i], acc[i]);
+                        }
+                    }
+                }
+                let n = (d.ow - start).min(CHUNK);
+                orow[start..start + n].copy_from_slice(&acc[..n]);
+            }
         }
     }
 }
@@ -580,6 +647,10 @@ mod tests {
             (1, 2, 2, 2, 5, 2, 2),
             (2, 2, 3, 3, 5, 2, 2),
             (2, 16, 1, 1, 5, 1, 2),
+            // Rows of several register chunks, the last partial, at both strides.
+            (1, 3, 10, 40, 3, 2, 1),
+            (1, 2, 6, 50, 5, 2, 2),
+            (1, 2, 5, 37, 3, 1, 1),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
             let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, k, k), &dev).unwrap()).unwrap();
