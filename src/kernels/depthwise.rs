@@ -206,7 +206,7 @@ multiversion! {
             let (di, si) = if dir == Direction::Forward { (op, ip) } else { (ip, op) };
             let (dst, sv, wk) = (&mut acc[di * c..(di + 1) * c], &st[si * c..(si + 1) * c], &kt[t * c..(t + 1) * c]);
             for ((a, &v), &wv) in dst.iter_mut().zip(sv).zip(wk) {
-                *a += v * wv;
+                *a = v.mul_add(wv, *a);
             }
         });
         to_planes(&acc, c, dst_p, o);
@@ -501,6 +501,9 @@ impl CustomOp2 for DepthwiseInputGrad {
             let out = channels_last(&geo, &d, &taps, g, k, Direction::InputGrad, None);
             return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
         }
+        if let Some(out) = input_grad_as_forward(&geo, &d, g, k) {
+            return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
+        }
         let mut out = vec![0f32; n * c * h * w];
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
             let ch = plane % c;
@@ -509,6 +512,39 @@ impl CustomOp2 for DepthwiseInputGrad {
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
     }
+}
+
+/// At stride 1 the input gradient is a forward pass: `dY` correlated with
+/// the kernel turned by 180°, padded by `k − 1 − pad` on each side. It then
+/// runs as [`forward_plane`] (taps summed in registers) instead of a scatter
+/// that reads and writes each input row once per tap. `None` at other
+/// strides, or padding wider than the kernel reaches.
+fn input_grad_as_forward(geo: &DwGeometry, d: &Dims, g: &[f32], k: &[f32]) -> Option<Vec<f32>> {
+    let turned = |k: usize, pad: usize| (k - 1).checked_sub(pad);
+    if geo.stride != 1 {
+        return None;
+    }
+    let back = DwGeometry {
+        stride: 1,
+        pad_top: turned(d.kh, geo.pad_top)?,
+        pad_left: turned(d.kw, geo.pad_left)?,
+        pad_bottom: turned(d.kh, geo.pad_bottom)?,
+        pad_right: turned(d.kw, geo.pad_right)?,
+    };
+    let bd = Dims { h: d.oh, w: d.ow, oh: d.h, ow: d.w, ..*d };
+    let taps = d.kh * d.kw;
+    let flipped: Vec<f32> = k.chunks_exact(taps).flat_map(|ch| ch.iter().rev().copied()).collect();
+    let phases = Phases::new(&back, &bd);
+    let mut out = vec![0f32; d.n * d.c * d.h * d.w];
+    out.par_chunks_mut(d.h * d.w).enumerate().for_each_init(
+        || vec![0f32; phases.len()],
+        |scratch, (plane, gin)| {
+            let ch = plane % d.c;
+            fill_phases(&phases, &back, &bd, &g[plane * d.oh * d.ow..(plane + 1) * d.oh * d.ow], scratch);
+            forward_plane(&bd, &phases, scratch, &flipped[ch * taps..(ch + 1) * taps], gin);
+        },
+    );
+    Some(out)
 }
 
 multiversion! {
@@ -526,11 +562,11 @@ multiversion! {
                     let src = &grow[lo..hi];
                     if s == 1 {
                         for (iv, gv) in irow[start..start + src.len()].iter_mut().zip(src) {
-                            *iv += wv * gv;
+                            *iv = wv.mul_add(*gv, *iv);
                         }
                     } else {
                         for (iv, gv) in irow[start..].iter_mut().step_by(s).zip(src) {
-                            *iv += wv * gv;
+                            *iv = wv.mul_add(*gv, *iv);
                         }
                     }
                 }
