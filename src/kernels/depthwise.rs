@@ -468,8 +468,11 @@ multiversion! {
                         }
                     }
                 }
-                let n = (d.ow - start).min(CHUNK);
-                orow[start..start + n].copy_from_slice(&acc[..n]);
+                // A whole chunk is a fixed-size copy (vector stores, not a memmove call).
+                match orow.get_mut(start..start + CHUNK) {
+                    Some(whole) => whole.copy_from_slice(&acc),
+                    None => orow[start..].copy_from_slice(&acc[..d.ow - start]),
+                }
             }
         }
     }
