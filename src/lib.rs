@@ -16,7 +16,6 @@
 //! - [`augment`]: seeded image augmentation (Keras `ImageDataGenerator` parity);
 //! - [`models`]: architectures, the new head, freezing;
 //! - [`weights`]: safetensors and PyTorch checkpoint reading/writing;
-//! - [`kernels`]: fast CPU convolution kernels;
 //! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
 //! - [`metrics`]: accuracy, confusion matrix, per-class report;
 //! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
@@ -27,11 +26,13 @@
 //! - [`predict`]: classifying images with a trained or ImageNet model;
 //! - [`explain`]: Grad-CAM heat-maps (`tlab explain`, report.html, notebooks);
 //! - [`tensorboard`]: TensorBoard event files (`tb/` in a run directory);
-//! - [`bench`](mod@bench): `tlab bench` throughput measurements;
 //! - [`views`]: results as PNG pictures and HTML (run directories, report.html,
 //!   notebooks); with feature `notebook` also rich display in Jupyter's evcxr
 //!   kernel, as `tlab::notebook`;
-//! - `tui` (feature `tui`): the terminal UI.
+//!
+//! Modules the `tlab` binary shares with the library but that are no API
+//! (hidden from these pages): `kernels` (the CPU convolution kernels),
+//! `bench` (`tlab bench`), `preflight` (`tlab check`), `tui`, `draw`, `paths`.
 
 /// What notebooks and embedding programs use, in one import.
 ///
@@ -58,6 +59,7 @@ pub mod prelude {
 }
 
 pub mod augment;
+#[doc(hidden)]
 pub mod bench;
 pub mod cells;
 pub mod checkpoint;
@@ -69,6 +71,7 @@ mod error;
 pub mod explain;
 pub mod export;
 pub(crate) mod fs;
+#[doc(hidden)]
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
@@ -80,6 +83,7 @@ pub use views as notebook;
 #[doc(hidden)]
 pub mod paths;
 pub mod predict;
+#[doc(hidden)]
 pub mod preflight;
 pub mod preview;
 pub mod recipe;
@@ -91,6 +95,7 @@ pub(crate) mod suggest;
 pub mod tensorboard;
 pub mod train;
 #[cfg(feature = "tui")]
+#[doc(hidden)]
 pub mod tui;
 pub mod views;
 pub mod weights;

@@ -159,10 +159,37 @@ enum Direction {
     InputGrad,
 }
 
+/// For each destination pixel (the output pixel in the forward pass, the
+/// input pixel in the input gradient), the `(source pixel, tap)` pairs that
+/// reach it, in [`for_each_tap`]'s order; one table serves every image.
+struct Gathers {
+    /// `pairs[start[p]..start[p + 1]]` reach destination pixel `p`.
+    start: Vec<usize>,
+    pairs: Vec<(usize, usize)>,
+}
+
+impl Gathers {
+    fn new(geo: &DwGeometry, d: &Dims, taps: &Taps, dir: Direction) -> Gathers {
+        let dst_p = if dir == Direction::Forward { d.oh * d.ow } else { d.h * d.w };
+        let mut lists = vec![Vec::new(); dst_p];
+        for_each_tap(geo, d, taps, |op, ip, t| match dir {
+            Direction::Forward => lists[op].push((ip, t)),
+            Direction::InputGrad => lists[ip].push((op, t)),
+        });
+        let mut start = vec![0];
+        start.extend(lists.iter().scan(0, |n, l| {
+            *n += l.len();
+            Some(*n)
+        }));
+        Gathers { start, pairs: lists.concat() }
+    }
+}
+
 /// The forward pass or the input gradient in channels-last order, per image:
-/// transpose the source (`x`, or `dy`) to `[pixels, C]`, accumulate every tap
-/// as a multiply-add over contiguous channels (vectorised), transpose the
-/// result back to planes; `epi` is applied to each finished image.
+/// transpose the source (`x`, or `dy`) to `[pixels, C]`, sum the taps that
+/// reach each destination pixel over chunks of contiguous channels in
+/// registers, transpose the result back to planes; `epi` is applied to each
+/// finished image.
 fn channels_last(
     geo: &DwGeometry,
     d: &Dims,
@@ -176,40 +203,53 @@ fn channels_last(
     let (src_p, dst_p) = if dir == Direction::Forward { (input, output) } else { (output, input) };
     let c = d.c;
     let kt = taps_by_channel(k, c, d.kh * d.kw);
+    let gathers = Gathers::new(geo, d, taps, dir);
     let mut out = vec![0f32; d.n * c * dst_p];
-    out.par_chunks_mut(c * dst_p).enumerate().for_each(|(img, o)| {
-        image_channels_last(geo, d, taps, &src[img * c * src_p..(img + 1) * c * src_p], &kt, dir, o);
-        if let Some(epi) = &epi {
-            epi.image(o, dst_p);
-        }
-    });
+    out.par_chunks_mut(c * dst_p).enumerate().for_each_init(
+        || (vec![0f32; src_p * c], vec![0f32; dst_p * c]),
+        |(st, acc), (img, o)| {
+            image_channels_last(&gathers, c, &src[img * c * src_p..(img + 1) * c * src_p], &kt, st, acc, o);
+            if let Some(epi) = &epi {
+                epi.image(o, dst_p);
+            }
+        },
+    );
     out
 }
 
 multiversion! {
-    /// One image of [`channels_last`].
+    /// One image of [`channels_last`], from planes `src` to planes `o`
+    /// through the channels-last scratch `st` and `acc`: each chunk of
+    /// channels of a destination pixel sums its taps in registers and is
+    /// stored once.
     fn image_channels_last(
-        geo: &DwGeometry,
-        d: &Dims,
-        taps: &Taps,
+        g: &Gathers,
+        c: usize,
         src: &[f32],
         kt: &[f32],
-        dir: Direction,
+        st: &mut [f32],
+        acc: &mut [f32],
         o: &mut [f32],
     ) {
-        let c = d.c;
-        let (src_p, dst_p) = (src.len() / c, o.len() / c);
-        let mut st = vec![0f32; src_p * c];
-        to_channels_last(src, c, src_p, &mut st);
-        let mut acc = vec![0f32; dst_p * c];
-        for_each_tap(geo, d, taps, |op, ip, t| {
-            let (di, si) = if dir == Direction::Forward { (op, ip) } else { (ip, op) };
-            let (dst, sv, wk) = (&mut acc[di * c..(di + 1) * c], &st[si * c..(si + 1) * c], &kt[t * c..(t + 1) * c]);
-            for ((a, &v), &wv) in dst.iter_mut().zip(sv).zip(wk) {
-                *a = v.mul_add(wv, *a);
+        to_channels_last(src, c, src.len() / c, st);
+        for (dp, row) in acc.chunks_exact_mut(c).enumerate() {
+            let pairs = &g.pairs[g.start[dp]..g.start[dp + 1]];
+            let whole = c - c % CHUNK;
+            for ch in (0..whole).step_by(CHUNK) {
+                let mut a = [0f32; CHUNK];
+                for &(sp, t) in pairs {
+                    let (s, w) = (&st[sp * c + ch..sp * c + ch + CHUNK], &kt[t * c + ch..t * c + ch + CHUNK]);
+                    for i in 0..CHUNK {
+                        a[i] = s[i].mul_add(w[i], a[i]);
+                    }
+                }
+                row[ch..ch + CHUNK].copy_from_slice(&a);
             }
-        });
-        to_planes(&acc, c, dst_p, o);
+            for (ch, r) in row.iter_mut().enumerate().skip(whole) {
+                *r = pairs.iter().fold(0.0, |a: f32, &(sp, t)| st[sp * c + ch].mul_add(kt[t * c + ch], a));
+            }
+        }
+        to_planes(acc, c, o.len() / c, o);
     }
 }
 
