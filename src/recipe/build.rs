@@ -141,7 +141,7 @@ pub(super) fn build(text: &str, path: &Path) -> std::result::Result<Recipe, Vec<
     let steps = match root.field("step") {
         None if misspelt => None,
         None => keep(&mut errors, Err(src.error_at(&DOC_START, "recipe has no [[step]]"))),
-        Some(f) => steps(src, &f, base, data.as_ref().map(|d| d.image_size)).map_err(|e| errors.extend(e)).ok(),
+        Some(f) => steps(src, &f, base, data.as_ref()).map_err(|e| errors.extend(e)).ok(),
     };
     match (name, seed, data, steps) {
         (Some(name), Some(seed), Some(data), Some(steps)) if errors.is_empty() => {
@@ -223,7 +223,7 @@ fn steps(
     src: Source<'_>,
     f: &Field<'_>,
     base: &Path,
-    data_size: Option<u32>,
+    data: Option<&DataConfig>,
 ) -> std::result::Result<Vec<Step>, Vec<RecipeError>> {
     let tables = f.tables("an array of tables ([[step]])").map_err(|e| vec![e])?;
     if tables.is_empty() {
@@ -236,8 +236,8 @@ fn steps(
         let line = src.line_of(&span);
         let s = Section::new(src, table, span.clone(), format!("in step #{}", i + 1));
         match step(s, base, &mut seen_backbone) {
-            Ok(kind) if conflict(&kind, &steps, data_size).is_some() => {
-                let (key, message) = conflict(&kind, &steps, data_size).unwrap_or_default();
+            Ok(kind) if conflict(&kind, &steps, data).is_some() => {
+                let (key, message) = conflict(&kind, &steps, data).unwrap_or_default();
                 let s = Section::new(src, table, span, format!("in step #{}", i + 1));
                 errors.extend(s.field(key).map(|f| f.key_error(message)));
             }
@@ -255,10 +255,16 @@ fn steps(
     }
 }
 
-/// What a step may not say given the steps before it and `[data] image_size`:
-/// the key at fault and why.
-fn conflict(kind: &StepKind, before: &[Step], data_size: Option<u32>) -> Option<(&'static str, String)> {
+/// What a step may not say given the steps before it and `[data]`: the key
+/// at fault and why.
+fn conflict(kind: &StepKind, before: &[Step], data: Option<&DataConfig>) -> Option<(&'static str, String)> {
     match kind {
+        // Without a CSV (whose rows may name a test split) the test split is a folder.
+        StepKind::Evaluate(e)
+            if e.split == EvalSplit::Test && data.is_some_and(|d| d.test.is_none() && d.csv.is_none()) =>
+        {
+            Some(("split", "`split = \"test\"` needs a test split: add `test = \"folder\"` to [data]".into()))
+        }
         StepKind::Evaluate(e) if e.tta_views > 0 && !before.iter().any(|s| matches!(s.kind, StepKind::Augment(_))) => {
             Some((
                 "tta_views",
@@ -267,7 +273,7 @@ fn conflict(kind: &StepKind, before: &[Step], data_size: Option<u32>) -> Option<
             ))
         }
         StepKind::FineTune(t) => {
-            let (size, full) = (t.image_size?, data_size?);
+            let (size, full) = (t.image_size?, data?.image_size);
             if size > full {
                 return Some((
                     "image_size",
@@ -858,6 +864,16 @@ mod tests {
         let (line, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\ntta_views = 2\n"));
         assert_eq!(line, 9);
         assert!(msg.starts_with("`tta_views` draws views with the recipe's augmentation"), "{msg}");
+    }
+
+    #[test]
+    fn evaluating_the_test_split_needs_one_in_data() {
+        let (line, _, msg) = err(&with_step("[[step]]\nkind = \"evaluate\"\nsplit = \"test\"\n"));
+        assert_eq!(line, 9);
+        assert!(msg.starts_with("`split = \"test\"` needs a test split"), "{msg}");
+        let with_test = with_step("[[step]]\nkind = \"evaluate\"\nsplit = \"test\"\n")
+            .replace("train = \"d\"\n", "train = \"d\"\ntest = \"t\"\n");
+        assert!(matches!(&ok(&with_test).steps[1].kind, StepKind::Evaluate(e) if e.split == EvalSplit::Test));
     }
 
     #[test]
