@@ -551,6 +551,11 @@ impl CustomOp2 for DepthwiseInputGrad {
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
             let ch = plane % c;
             let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
+            // Write before the scatter reads: a large zeroed allocation is
+            // fresh, untouched memory, and a first touch that reads maps the
+            // kernel's shared zero page, so the first write then takes a
+            // copy-on-write fault and a TLB flush on every core, per page.
+            gin.fill(0.0);
             input_grad_plane(&geo, &d, &taps, gout, &k[ch * kh * kw..(ch + 1) * kh * kw], gin);
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
