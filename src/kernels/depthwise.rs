@@ -391,8 +391,8 @@ fn forward(
     let d = dims(&geo, l1, l2)?;
     let x = contiguous(s1, l1, "input")?;
     let k = contiguous(s2, l2, "weight")?;
-    let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
     if channels_last_pays(&d) {
+        let taps = Taps::new(&geo, d.h, d.w, d.oh, d.ow, d.kh, d.kw);
         let out = channels_last(&geo, &d, &taps, x, k, Direction::Forward, epi);
         return Ok((CpuStorage::F32(out), Shape::from((d.n, d.c, d.oh, d.ow))));
     }
