@@ -194,7 +194,7 @@ impl CustomOp3 for Normalize {
         let x = slice(s1, l1, "input")?;
         let gamma = slice(s2, l2, "weight")?;
         let beta = slice(s3, l3, "bias")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::output_buffer(x.len()); // every plane normalised whole
         let (lo, hi) = (self.lo, self.hi);
         super::par_planes_mut(&mut y, hw, |plane, out| {
             let ch = plane % c;
@@ -347,7 +347,7 @@ impl CustomOp2 for InputGrad {
         let m = (n * hw) as f32;
         let x = slice(s1, l1, "input")?;
         let dy = slice(s2, l2, "gradient")?;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::output_buffer(x.len()); // every plane written whole
         let g = &self.grad;
         super::par_planes_mut(&mut dx, hw, |plane, out| {
             let ch = plane % c;

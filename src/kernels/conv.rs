@@ -435,7 +435,8 @@ fn forward(
     let wt = contiguous(s2, l2, "weight")?;
     let (k, p) = (d.k(), d.p());
     let direct = geo.is_direct(&d);
-    let mut out = vec![0f32; d.n * d.cout * p];
+    // Every element is written: by the GEMMs (which do not read it) or by Winograd's tile rows.
+    let mut out = super::output_buffer(d.n * d.cout * p);
     let sched = schedule(d.n);
     if let (Some(shape), Schedule::Chunks(per)) = (winograd_shape(&geo, &d), sched) {
         winograd::forward(&shape, x, wt, per, epi, &mut out);

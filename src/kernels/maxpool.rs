@@ -106,7 +106,8 @@ impl CustomOp1 for MaxPool {
         let geo = self.0;
         let (n, c, d) = geo.dims(l.shape())?;
         let x = contiguous(s, l, "input")?;
-        let mut out = vec![0f32; d.planes * d.oh * d.ow];
+        // Every output row is written whole (below).
+        let mut out = super::output_buffer(d.planes * d.oh * d.ow);
         // Separable: the maximum over the window's rows (a vectorised pass
         // along whole input rows), then over each window's columns of that.
         // Only the backward pass needs the winner's position.

@@ -163,6 +163,27 @@ multiversion! {
     }
 }
 
+/// The output buffer of a kernel that writes every element before anything
+/// reads it.
+///
+/// Zeroing it first (`vec![0.0; len]`) cost a memset of every activation,
+/// about a tenth of a MobileNetV2 forward pass (perf, b32 × 224): the
+/// allocator hands back reused memory, which calloc has to clear. Debug
+/// builds (the tests) fill it with NaN instead, so an element a kernel
+/// forgot to write shows up in every comparison with a reference.
+#[allow(clippy::uninit_vec)]
+fn output_buffer(len: usize) -> Vec<f32> {
+    if cfg!(debug_assertions) {
+        return vec![f32::NAN; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: the capacity is `len`; every caller writes all `len` elements
+    // before the buffer is read or handed on (see each call site), and the
+    // debug-build NaN fill makes a missed element fail the tests.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Runs `f(plane index, plane)` over the `plane`-sized planes of `data` in
 /// parallel, a task per run of whole planes of about 16 K values: small
 /// late-stage planes (9 values for 3×3 at 96 px) would otherwise make a
