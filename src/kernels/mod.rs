@@ -151,14 +151,19 @@ impl Epilogue<'_> {
 
     /// Every plane of one image's output `[C, p]`.
     fn image(&self, out: &mut [f32], p: usize) {
-        epilogue_image(self, out, p)
+        epilogue_columns(self, out, p, 0, p)
+    }
+
+    /// Columns `cols` of every plane of one image's output `[C, p]`.
+    fn columns(&self, out: &mut [f32], p: usize, cols: std::ops::Range<usize>) {
+        epilogue_columns(self, out, p, cols.start, cols.end)
     }
 }
 
 multiversion! {
-    fn epilogue_image(epi: &Epilogue, out: &mut [f32], p: usize) {
+    fn epilogue_columns(epi: &Epilogue, out: &mut [f32], p: usize, from: usize, to: usize) {
         for (c, plane) in out.chunks_exact_mut(p.max(1)).enumerate() {
-            epi.plane(c, plane);
+            epi.plane(c, &mut plane[from..to]);
         }
     }
 }
@@ -334,11 +339,13 @@ mod tests {
     fn fused_bias_clamp_equals_the_separate_ops() {
         let dev = Device::Cpu;
         // (n, cin, cout, size, kernel, stride, pad, groups): 3×3 with
-        // im2col, 1×1 direct, small maps through the grouped GEMM path,
-        // depthwise planar and channels-last.
+        // im2col, 1×1 direct (in one GEMM, and in column blocks of 64, 64
+        // and 16), small maps through the grouped GEMM path, depthwise
+        // planar and channels-last.
         let cases = [
             (3, 5, 7, 9, 3, 2, Padding::same(1), 1),
             (4, 6, 8, 5, 1, 1, Padding::default(), 1),
+            (2, 6, 8, 12, 1, 1, Padding::default(), 1),
             (9, 4, 6, 3, 3, 1, Padding::same(1), 1),
             (3, 6, 6, 11, 3, 1, Padding { top: 0, left: 1, bottom: 1, right: 0 }, 6),
             (3, 32, 32, 4, 3, 1, Padding::same(1), 32),
