@@ -465,9 +465,12 @@ fn forward(
         // image afterwards came back from memory: 8% of a MobileNetV2
         // forward pass at 224 px).
         if direct {
-            let cols = match &epi {
-                Some(_) => epilogue_cols(d.cout, p),
-                None => p,
+            // Only where a thread has the image to itself: with the GEMM
+            // split over the threads (one image at a time), each block would
+            // add a fork and join.
+            let cols = match (&epi, par) {
+                (Some(_), None) => epilogue_cols(d.cout, p),
+                _ => p,
             };
             for c0 in (0..p).step_by(cols) {
                 let nb = cols.min(p - c0);
