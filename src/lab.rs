@@ -92,6 +92,7 @@ impl Lab {
     }
 
     pub fn new(recipe: Recipe) -> Self {
+        crate::kernels::keep_candle_pool_off();
         let n = recipe.steps.len();
         Lab {
             recipe,

@@ -247,6 +247,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     tune_allocator();
+    tlab::kernels::keep_candle_pool_off();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { recipe, out, resume } => run(recipe, out, resume),

@@ -62,6 +62,29 @@ pub(crate) fn has_avx2() -> bool {
 #[cfg(target_arch = "x86_64")]
 static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Keeps candle's own elementwise thread pool from starting, unless the
+/// user set `CANDLE_NUM_THREADS`: call before the first tensor op.
+///
+/// candle 0.11 runs every elementwise op of 64 K values or more (the
+/// gradient sums of its backward pass, residual adds) on a second pool
+/// beside rayon's, whose worker spins 25 000 rounds after each op before it
+/// sleeps. During training that op comes every few hundred microseconds, so
+/// the spinner holds a core that tlab's kernels (on rayon) need: on the
+/// 2-core machine the quickstart's unfrozen phase ran 1.3× slower with it
+/// (medians of 3 alternations, 9.2 s against 7.1 s). The ops it splits are
+/// memory-bound; run on the calling thread they cost less than the core
+/// they steal.
+pub fn keep_candle_pool_off() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // candle reads the variable once, when the pool first starts;
+            // 1 thread means no workers: ops run on the calling thread.
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    });
+}
+
 pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
