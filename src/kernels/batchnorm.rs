@@ -349,35 +349,62 @@ impl CustomOp2 for InputGrad {
         let dy = slice(s2, l2, "gradient")?;
         let mut dx = super::output_buffer(x.len()); // every plane written whole
         let g = &self.grad;
-        super::par_planes_mut(&mut dx, hw, |plane, out| {
-            let ch = plane % c;
-            let k = self.gamma[ch] * g.inv_std[ch] / m;
-            let (mu, is) = (g.mean[ch], g.inv_std[ch]);
-            let (sd, sdx) = (self.sum_dy[ch], self.sum_dy_xhat[ch]);
-            let xs = &x[plane * hw..(plane + 1) * hw];
-            let ds = &dy[plane * hw..(plane + 1) * hw];
-            input_grad_plane(out, xs, ds, [k, m, mu, is, sd, sdx], g.clamp(ch));
+        let consts: Vec<[f32; 6]> = (0..c)
+            .map(|ch| {
+                let k = self.gamma[ch] * g.inv_std[ch] / m;
+                [k, m, g.mean[ch], g.inv_std[ch], self.sum_dy[ch], self.sum_dy_xhat[ch]]
+            })
+            .collect();
+        let clamps: Vec<Option<Affine>> = (0..c).map(|ch| g.clamp(ch)).collect();
+        // Runs of whole planes per task, one call per run: with 3×3 planes a
+        // call (and its CPU-feature dispatch) per plane cost more than the
+        // plane's arithmetic.
+        let per_task = ((1 << 14) / hw.max(1)).max(1);
+        dx.par_chunks_mut(hw * per_task).enumerate().for_each(|(t, out)| {
+            let first = t * per_task;
+            let range = first * hw..first * hw + out.len();
+            input_grad_planes(out, &x[range.clone()], &dy[range], first, c, hw, &consts, &clamps);
         });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
     }
 }
 
-multiversion! {
-    /// `dx = k·(M·dy' − Σdy' − x̂·Σdy'x̂)` over one plane, `dy'` through the
-    /// activation; `c = [k, M, μ, 1/σ, Σdy', Σdy'x̂]`.
-    fn input_grad_plane(out: &mut [f32], xs: &[f32], ds: &[f32], c: [f32; 6], aff: Option<Affine>) {
-        let [k, m, mu, is, sd, sdx] = c;
-        let (ox, orest) = out.as_chunks_mut::<LANES>();
-        let ((cx, rx), (cd, rd)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
-        for ((o, xl), dl) in ox.iter_mut().zip(cx).zip(cd) {
-            let d = through_lanes(aff, xl, dl);
-            for l in 0..LANES {
-                o[l] = k * (m * d[l] - sd - (xl[l] - mu) * is * sdx);
-            }
+/// `dx = k·(M·dy' − Σdy' − x̂·Σdy'x̂)` over one plane, `dy'` through the
+/// activation; `c = [k, M, μ, 1/σ, Σdy', Σdy'x̂]`.
+#[inline(always)]
+fn input_grad_plane(out: &mut [f32], xs: &[f32], ds: &[f32], c: [f32; 6], aff: Option<Affine>) {
+    let [k, m, mu, is, sd, sdx] = c;
+    let (ox, orest) = out.as_chunks_mut::<LANES>();
+    let ((cx, rx), (cd, rd)) = (xs.as_chunks::<LANES>(), ds.as_chunks::<LANES>());
+    for ((o, xl), dl) in ox.iter_mut().zip(cx).zip(cd) {
+        let d = through_lanes(aff, xl, dl);
+        for l in 0..LANES {
+            o[l] = k * (m * d[l] - sd - (xl[l] - mu) * is * sdx);
         }
-        for ((o, &xv), &dv) in orest.iter_mut().zip(rx).zip(rd) {
-            let d = through(aff, xv, dv);
-            *o = k * (m * d - sd - (xv - mu) * is * sdx);
+    }
+    for ((o, &xv), &dv) in orest.iter_mut().zip(rx).zip(rd) {
+        let d = through(aff, xv, dv);
+        *o = k * (m * d - sd - (xv - mu) * is * sdx);
+    }
+}
+
+multiversion! {
+    /// [`input_grad_plane`] over a run of whole planes, the first of them
+    /// plane `first` of the tensor (channel `plane mod c`).
+    fn input_grad_planes(
+        out: &mut [f32],
+        xs: &[f32],
+        ds: &[f32],
+        first: usize,
+        c: usize,
+        hw: usize,
+        consts: &[[f32; 6]],
+        clamps: &[Option<Affine>],
+    ) {
+        let planes = out.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).zip(ds.chunks_exact(hw));
+        for (j, ((o, xp), dp)) in planes.enumerate() {
+            let ch = (first + j) % c;
+            input_grad_plane(o, xp, dp, consts[ch], clamps[ch]);
         }
     }
 }
