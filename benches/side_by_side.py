@@ -15,6 +15,8 @@ Usage:
 Each case also reports the peak RSS of both processes (wait4's ru_maxrss).
 PyTorch comes from PyPI into a venv (~/.cache/tlab/venv-bench) the first time;
 set TORCH_PYTHON to an interpreter that already has torch + torchvision.
+The EfficientNet-Lite0 training case also needs timm in that interpreter
+(torchvision has no Lite variants).
 """
 import argparse
 import json
@@ -56,6 +58,10 @@ CASES = [
     ("resnet18 train full network b32 224",
      ["train-step", "--backbone", "resnet18", "--freeze", "none", "--batch", "32", "--size", "224"],
      dict(kind="train", arch="resnet18", batch=32, size=224, trainable_from="conv1")),
+    # torchvision has no EfficientNet-Lite: PyTorch's side is timm's (pip install timm).
+    ("efficientnet_lite0 train full network b32 224",
+     ["train-step", "--backbone", "efficientnet_lite0", "--freeze", "none", "--batch", "32", "--size", "224"],
+     dict(kind="train", arch="efficientnet_lite0", batch=32, size=224, trainable_from="conv_stem")),
     # The optimizer alone: one AdamW update of all of ResNet-18 + a 10-class head
     # (updates per second in the img/s columns).
     ("resnet18 adamw update, all params", ["optimizer-step", "--backbone", "resnet18", "--optimizer", "adamw"],
@@ -134,7 +140,11 @@ TORCH_CASE = textwrap.dedent('''
     import json, statistics, sys, time, torch, torchvision
     case = json.loads(sys.argv[1]); threads = int(sys.argv[2]); iters = int(sys.argv[3]); warmup = int(sys.argv[4])
     torch.set_num_threads(threads)
-    m = getattr(torchvision.models, case["arch"])()
+    if case["arch"] == "efficientnet_lite0":
+        import timm
+        m = timm.create_model("efficientnet_lite0")
+    else:
+        m = getattr(torchvision.models, case["arch"])()
     if case["kind"] == "optimizer":
         m.fc = torch.nn.Linear(m.fc.in_features, 10)
         params = list(m.parameters())
@@ -149,6 +159,9 @@ TORCH_CASE = textwrap.dedent('''
         sys.exit(0)
     if case["arch"] == "mobilenet_v2":
         backbone = m.features
+        feat = 1280
+    elif case["arch"] == "efficientnet_lite0":
+        backbone = torch.nn.Sequential(m.conv_stem, m.bn1, *m.blocks, m.conv_head, m.bn2)
         feat = 1280
     else:
         backbone = torch.nn.Sequential(*list(m.children())[:-2])
@@ -165,7 +178,10 @@ TORCH_CASE = textwrap.dedent('''
         # Blocks before `trainable_from` frozen (eval mode, no grad); the rest and a new head train.
         names = [n for n, _ in backbone.named_children()] if case["arch"] != "mobilenet_v2" else [str(i) for i in range(len(backbone))]
         start = case["trainable_from"].replace("features.", "")
-        if case["arch"] != "mobilenet_v2":
+        if case["arch"] == "efficientnet_lite0":
+            assert start == "conv_stem", "EfficientNet-Lite0: whole network only"
+            start = "0"
+        elif case["arch"] != "mobilenet_v2":
             start = str(["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"].index(start))
         k = int(start)
         mods = list(backbone.children())
