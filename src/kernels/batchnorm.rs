@@ -257,7 +257,7 @@ impl Grad {
 /// Adds `dy'` and `dy'·x̂` of whole `LANES`-chunks to the lane sums `a`,
 /// `b` (lane `l` of a chunk into `a[l]`, `b[l]`, in order). Written with
 /// [`through_lanes`] and a loop over the lanes, the compiler kept the sums in
-/// memory and did the arithmetic one value at a time (this was a seventh of
+/// memory and did the arithmetic one value at a time (this was an eighth of
 /// a MobileNetV2 whole-network step at 96 px); on x86-64 the sums stay in
 /// SSE registers. Same operations in the same order, so the same bits.
 #[inline(always)]
@@ -415,12 +415,9 @@ impl CustomOp2 for InputGrad {
             })
             .collect();
         let clamps: Vec<Option<Affine>> = (0..c).map(|ch| g.clamp(ch)).collect();
-        // Runs of whole planes per task, one call per run: with 3×3 planes a
-        // call (and its CPU-feature dispatch) per plane cost more than the
-        // plane's arithmetic.
-        let per_task = ((1 << 14) / hw.max(1)).max(1);
-        dx.par_chunks_mut(hw * per_task).enumerate().for_each(|(t, out)| {
-            let first = t * per_task;
+        // One call per run of planes: with 3×3 planes a call (and its
+        // CPU-feature dispatch) per plane cost more than the plane's arithmetic.
+        super::par_plane_runs(&mut dx, hw, |first, out| {
             let range = first * hw..first * hw + out.len();
             input_grad_planes(out, &x[range.clone()], &dy[range], first, c, hw, &consts, &clamps);
         });

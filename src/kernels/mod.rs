@@ -218,12 +218,19 @@ fn output_buffer(len: usize) -> Vec<f32> {
 /// rayon task each.
 fn par_planes_mut(data: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     let plane = plane.max(1);
-    let per_task = ((1 << 14) / plane).max(1);
-    data.par_chunks_mut(plane * per_task).enumerate().for_each(|(t, planes)| {
+    par_plane_runs(data, plane, |first, planes| {
         for (j, p) in planes.chunks_exact_mut(plane).enumerate() {
-            f(t * per_task + j, p);
+            f(first + j, p);
         }
     });
+}
+
+/// Runs `f(index of the first plane, run)` over runs of whole `plane`-sized
+/// planes of `data` (about 16 K values each), in parallel: for a kernel that
+/// walks a run itself, one call per run rather than per plane.
+fn par_plane_runs(data: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let per_task = ((1 << 14) / plane.max(1)).max(1);
+    data.par_chunks_mut(plane.max(1) * per_task).enumerate().for_each(|(t, run)| f(t * per_task, run));
 }
 
 /// A convolution whose forward pass can apply an [`Epilogue`] as it goes.
