@@ -52,6 +52,9 @@ pub struct Predictor {
 impl Predictor {
     /// An ImageNet checkpoint of `arch` with its original classifier.
     pub fn imagenet(arch: &str, weights: &Path, classes_file: &Path) -> Result<Self> {
+        // A notebook may predict without ever making a `Lab`: keep candle's
+        // spinning pool off here too (see the function).
+        crate::kernels::keep_candle_pool_off();
         let tensors = crate::weights::load(weights)?;
         let mut p = ParamLoader::from_tensors(weights.display().to_string(), tensors);
         let backbone = models::build_backbone(arch, &mut p, true)?;
@@ -71,6 +74,7 @@ impl Predictor {
 
     /// A model saved by `tlab run` in `dir` (model.json + model.safetensors).
     pub fn from_run_dir(dir: &Path) -> Result<Self> {
+        crate::kernels::keep_candle_pool_off();
         let (mut model, card) = load_run_model(dir)?;
         // Inference only: every block frozen, so BatchNorm is folded into
         // the convolutions and the fused kernels run (as `tlab bench forward`).
@@ -184,6 +188,7 @@ impl Predictor {
     /// interpreter: checks a shipped file without its run directory.
     pub fn from_onnx(path: &Path) -> Result<Self> {
         use prost::Message;
+        crate::kernels::keep_candle_pool_off();
         let card = card_of_onnx(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let model = crate::onnx::ModelProto::decode(bytes.as_slice())
