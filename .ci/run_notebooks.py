@@ -7,7 +7,11 @@ A notebook fails when
   * any cell has an `error` output (evcxr reports compile errors and a dead
     child process — e.g. a panic under the aborting hook — this way);
   * any cell writes "panicked at" or "Error" to its stderr stream (errors that
-    were printed but did not stop the cell).
+    were printed but did not stop the cell);
+  * a cell that must fail does not, or fails with another message. Such a cell
+    carries nbclient's `raises-exception` tag (so the notebook runs on after
+    it) and the message it must show in its metadata,
+    `"tlab": {"expect_error": "text"}`; its own error output is then expected.
 
 Each notebook runs from its own folder, so `:dep tlab = { path = ".." }` and
 relative data paths resolve as they do for a reader. With --write the executed
@@ -36,10 +40,29 @@ LATE_OUTPUT_QUIET_S = 0.5
 LATE_OUTPUT_MAX_S = 10.0
 
 
+def error_text(cell):
+    """Everything a cell showed as an error: error outputs and stderr."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            parts += [out.get("ename", ""), out.get("evalue", ""), *out.get("traceback", [])]
+        elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+            parts.append(out.get("text", ""))
+    return "\n".join(parts)
+
+
 def problems_in(nb):
     """Every error output or error-looking stderr text, as readable lines."""
     found = []
     for index, cell in enumerate(nb.cells):
+        expected = cell.get("metadata", {}).get("tlab", {}).get("expect_error")
+        if expected is not None:
+            shown = error_text(cell)
+            if not any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+                found.append(f"cell {index}: must fail with {expected!r}, but showed no error ({shown.strip()[:500]!r})")
+            elif expected not in shown:
+                found.append(f"cell {index}: must fail with {expected!r}, but showed: {shown.strip()[:2000]}")
+            continue
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 found.append(f"cell {index}: {out.get('ename')}: {out.get('evalue')}")

@@ -28,9 +28,27 @@ pub struct BenchResult {
     /// Images per second; for `optimizer-step`, updates per second.
     pub images_per_sec: f64,
     pub threads: usize,
+    /// The processor's model name (from /proc/cpuinfo; empty where unknown):
+    /// ratios differ between machine kinds, so every figure names its CPU.
+    pub cpu: String,
+    /// The widest SIMD path the GEMM takes on it ([`crate::kernels::simd_level`]).
+    pub simd: &'static str,
     /// Parameters updated (`optimizer-step` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<usize>,
+}
+
+/// The first `model name` line of /proc/cpuinfo.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -88,6 +106,8 @@ pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usiz
         median_seconds: m,
         images_per_sec: batch as f64 / m,
         threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        simd: crate::kernels::simd_level(),
         params: None,
     })
 }
@@ -156,6 +176,8 @@ pub fn train_step(
         median_seconds: m,
         images_per_sec: batch as f64 / m,
         threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        simd: crate::kernels::simd_level(),
         params: None,
     })
 }
@@ -188,6 +210,8 @@ pub fn optimizer_step(arch: &str, optimizer: &str, iters: usize, warmup: usize) 
         median_seconds: m,
         images_per_sec: 1.0 / m,
         threads: rayon::current_num_threads(),
+        cpu: cpu_name(),
+        simd: crate::kernels::simd_level(),
         params: Some(params),
     })
 }

@@ -1,27 +1,35 @@
 //! A [`Lab`] API made for notebook cells (and any other step-by-step front end).
 //!
-//! One name per operation: runs and look-ups return results borrowed from the
-//! lab, which a cell displays as its value; a cell that keeps one in a
-//! variable while the lab runs on clones it. The methods are small wrappers
-//! over [`Lab::run_step`], [`Lab::next_step`] and [`Lab::result`], so the CLI,
-//! the TUI and notebooks keep sharing one engine.
+//! One name per operation, and every run or look-up returns an **owned**
+//! value: evcxr keeps a cell's top-level `let` only if the value borrows
+//! nothing, so `let e = lab.evaluation()?;` in one cell and
+//! `e.metrics.accuracy` in the next must work while the lab runs on. Large
+//! parts (an evaluation's predictions, the data set) are shared behind `Arc`,
+//! so keeping a result copies no image and no prediction. The methods are
+//! small wrappers over [`Lab::run_step`], [`Lab::next_step`] and
+//! [`Lab::result`], so the CLI, the TUI and notebooks keep sharing one engine.
 //!
 //! ```no_run
-//! use tlab::cells::Progress;
-//! let mut lab = tlab::Lab::open("recipes/quickstart.toml")?;
+//! use tlab::prelude::*;
+//! let mut lab = Lab::open("recipes/quickstart.toml")?;
 //! println!("{}", lab.steps());                 // what will run
-//! let backbone = lab.run_next(&mut Progress::new())?.clone();
+//! let backbone = lab.run_next(&mut Progress::new())?;
 //! let rest = lab.run_rest(&mut Progress::new().time_limit(std::time::Duration::from_secs(120)))?;
+//! let e = lab.evaluation()?;                   // kept: the lab can run on
+//! lab.run_step(0, &mut Silent)?;
+//! println!("{:.4}", e.metrics.accuracy);
 //! # Ok::<(), tlab::Error>(())
 //! ```
 
 use std::fmt;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lab::{Lab, StepOutput, StepResult};
 use crate::recipe::{Recipe, StepKind};
+use crate::train::lr_find::LrFindResult;
 use crate::train::{Evaluation, Event, Observer};
 
 /// Whether a step has run.
@@ -200,7 +208,7 @@ impl Lab {
             .iter()
             .enumerate()
             .map(|(index, step)| {
-                let result = self.result(index);
+                let result = self.result_ref(index);
                 StepInfo {
                     index,
                     kind: step.kind.name(),
@@ -215,7 +223,7 @@ impl Lab {
 
     /// Runs the first step that has not run and returns its result. Errors
     /// when every step has run already.
-    pub fn run_next(&mut self, obs: &mut dyn Observer) -> Result<&StepResult> {
+    pub fn run_next(&mut self, obs: &mut dyn Observer) -> Result<StepResult> {
         let next = self.next_step().ok_or(Error::NotYet {
             what: "run_next",
             needs: "a step that has not run (use `run_step(index)` to run one again, or `rewind_to(index)`)",
@@ -229,7 +237,7 @@ impl Lab {
         self.check_step(index)?;
         let mut out = Vec::new();
         while let Some(next) = self.next_step().filter(|&i| i <= index) {
-            out.push(self.run_step(next, obs)?.clone());
+            out.push(self.run_step(next, obs)?);
         }
         Ok(StepResults(out))
     }
@@ -243,17 +251,29 @@ impl Lab {
     }
 
     /// The last evaluation (in recipe order), or an error naming what to run
-    /// first.
-    pub fn evaluation(&self) -> Result<&Evaluation> {
-        self.evaluations().next().ok_or(Error::NotYet { what: "an evaluation", needs: "an evaluate step" })
+    /// first. Shared, not borrowed: keep it in a variable across cells.
+    pub fn evaluation(&self) -> Result<Arc<Evaluation>> {
+        self.evaluations().next().cloned().ok_or(Error::NotYet { what: "an evaluation", needs: "an evaluate step" })
+    }
+
+    /// The last lr_find step's curve and suggestions (in recipe order), or an
+    /// error naming what to run first. Owned: keep it across cells.
+    pub fn lr_find(&self) -> Result<LrFindResult> {
+        self.results()
+            .filter_map(|r| match &r.output {
+                StepOutput::LrFind(found) => Some(found.clone()),
+                _ => None,
+            })
+            .last()
+            .ok_or(Error::NotYet { what: "an lr_find curve", needs: "an lr_find step" })
     }
 
     /// The evaluation made by step `index`, or an error if that step is not a
-    /// finished evaluate step.
-    pub fn evaluation_of(&self, index: usize) -> Result<&Evaluation> {
+    /// finished evaluate step. Shared, like [`Lab::evaluation`].
+    pub fn evaluation_of(&self, index: usize) -> Result<Arc<Evaluation>> {
         self.check_step(index)?;
-        match self.result(index).map(|r| &r.output) {
-            Some(StepOutput::Evaluate(e)) => Ok(e),
+        match self.result_ref(index).map(|r| &r.output) {
+            Some(StepOutput::Evaluate(e)) => Ok(Arc::clone(e)),
             Some(_) => Err(Error::NotEvaluate { step: index + 1 }),
             None => Err(Error::NotRun { step: index + 1 }),
         }

@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 /// Errors raised by the tlab engine.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same one line as `Display` (as anyhow's errors do): a
+/// notebook's `.expect("…")` and a top-level `?` in an evcxr cell show an
+/// error through `Debug`, and a user reads a message there, not a dump.
+#[derive(thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Recipe(#[from] crate::recipe::RecipeError),
@@ -190,5 +194,11 @@ impl Error {
     }
     pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Data { path: path.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }

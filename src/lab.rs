@@ -41,7 +41,8 @@ pub enum StepOutput {
     },
     LrFind(LrFindResult),
     FineTune(FineTuneOutcome),
-    Evaluate(Box<Evaluation>),
+    /// Shared: a notebook keeps it across cells without copying the predictions.
+    Evaluate(Arc<Evaluation>),
     /// A step taken over from an interrupted run (`tlab run --resume`).
     Restored {
         note: String,
@@ -119,7 +120,13 @@ impl Lab {
         &self.recipe
     }
 
-    pub fn data(&self) -> Option<&Dataset> {
+    /// The decoded data set, once the backbone step has loaded it (shared:
+    /// cheap to keep), or an error naming that step.
+    pub fn data(&self) -> Result<Arc<Dataset>> {
+        self.data.clone().ok_or(Error::NotYet { what: "the data", needs: "the backbone step (it loads the data)" })
+    }
+
+    pub(crate) fn data_ref(&self) -> Option<&Dataset> {
         self.data.as_deref()
     }
 
@@ -144,11 +151,25 @@ impl Lab {
         crate::checkpoint::Earlier { history: self.history.clone(), lr_finds }
     }
 
-    pub fn history(&self) -> &[(usize, EpochRecord)] {
+    /// Every epoch trained so far, with the 0-based step that trained it.
+    pub fn history(&self) -> Vec<(usize, EpochRecord)> {
+        self.history.clone()
+    }
+
+    /// The epochs, borrowed (for the engine's own writers).
+    pub(crate) fn history_ref(&self) -> &[(usize, EpochRecord)] {
         &self.history
     }
 
-    pub fn result(&self, step: usize) -> Option<&StepResult> {
+    /// Step `step`'s result (0-based), once it has run: an owned copy, so a
+    /// notebook cell can keep it while the lab runs on (its large parts, an
+    /// evaluation's predictions, are shared, not copied).
+    pub fn result(&self, step: usize) -> Result<StepResult> {
+        self.check_step(step)?;
+        self.result_ref(step).cloned().ok_or(Error::NotRun { step: step + 1 })
+    }
+
+    pub(crate) fn result_ref(&self, step: usize) -> Option<&StepResult> {
         self.results.get(step).and_then(Option::as_ref)
     }
 
@@ -162,11 +183,16 @@ impl Lab {
     }
 
     /// The evaluations made so far, the last in recipe order first.
-    pub(crate) fn evaluations(&self) -> impl Iterator<Item = &Evaluation> {
+    pub(crate) fn evaluations(&self) -> impl Iterator<Item = &Arc<Evaluation>> {
         self.results.iter().rev().flatten().filter_map(|r| match &r.output {
-            StepOutput::Evaluate(e) => Some(e.as_ref()),
+            StepOutput::Evaluate(e) => Some(e),
             _ => None,
         })
+    }
+
+    /// The last evaluation, borrowed (for the engine's own writers).
+    pub(crate) fn evaluation_ref(&self) -> Option<&Evaluation> {
+        self.evaluations().next().map(|e| e.as_ref())
     }
 
     /// An error unless the recipe has a step `index` (0-based).
@@ -181,7 +207,9 @@ impl Lab {
     /// Runs step `index` (0-based), first running any earlier step that has
     /// not run. A step that ran already runs again from the state the step
     /// before it left, and the results after it are forgotten.
-    pub fn run_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<&StepResult> {
+    ///
+    /// The result comes back owned (see [`Lab::result`]).
+    pub fn run_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<StepResult> {
         self.check_step(index)?;
         for i in 0..index {
             if self.results[i].is_none() {
@@ -216,7 +244,7 @@ impl Lab {
         } else {
             self.run_one(index, obs)?;
         }
-        Ok(self.results[index].as_ref().expect("just set"))
+        Ok(self.results[index].clone().expect("just set"))
     }
 
     /// Prepares to continue an interrupted run from a checkpoint taken in
@@ -398,7 +426,7 @@ impl Lab {
                 self.history.extend(outcome.history.iter().cloned().map(|r| (index, r)));
                 StepOutput::FineTune(outcome)
             }
-            StepKind::Evaluate(cfg) => StepOutput::Evaluate(Box::new(self.run_evaluate(cfg, obs)?)),
+            StepKind::Evaluate(cfg) => StepOutput::Evaluate(Arc::new(self.run_evaluate(cfg, obs)?)),
         };
         // Shares the tensors this step left unchanged with the state before it.
         let previous = self.states[..index].iter().rev().find_map(|s| s.as_ref()).and_then(|s| s.model.as_ref());

@@ -143,7 +143,7 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
         Ok(())
     };
     let recipe = lab.recipe();
-    let classes: Vec<String> = lab.data().map(|d| d.classes.clone()).unwrap_or_default();
+    let classes: Vec<String> = lab.data_ref().map(|d| d.classes.clone()).unwrap_or_default();
     let done: Vec<usize> = lab.results().map(|r| r.index + 1).collect();
     let text = std::fs::read_to_string(&recipe.path).unwrap_or_default();
     let status = serde_json::json!({
@@ -157,12 +157,12 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
     });
     put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
     put("recipe.toml", text.as_bytes())?;
-    let eval = lab.evaluation().ok();
+    let eval = lab.evaluation_ref();
     if let Some(eval) = eval {
         put("metrics.json", report::metrics_json(&eval.metrics)?.as_bytes())?;
         put("predictions.csv", report::predictions_csv(&eval.predictions, &classes).as_bytes())?;
     }
-    put("history.csv", report::history_csv(lab.history()).as_bytes())?;
+    put("history.csv", report::history_csv(lab.history_ref()).as_bytes())?;
     if let Some(found) = last_lr_find(lab) {
         put("lr_find.csv", found.to_csv().as_bytes())?;
     }
@@ -174,7 +174,7 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
     md += &report::report_markdown(
         &recipe.name,
         &steps,
-        lab.history(),
+        lab.history_ref(),
         eval.map(|e| &e.metrics),
         eval.map(|e| e.mistakes.as_slice()).unwrap_or(&[]),
         &classes,
@@ -221,13 +221,13 @@ fn last_lr_find(lab: &Lab) -> Option<&crate::train::lr_find::LrFindResult> {
 /// The run's pictures by file name, each only where there is something to draw.
 pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
     let mut out = Vec::new();
-    if !lab.history().is_empty() {
+    if !lab.history_ref().is_empty() {
         out.push(("curves.png", lab.history_chart().to_png()));
     }
     if let Some(found) = last_lr_find(lab) {
         out.push(("lr_find.png", found.to_png()));
     }
-    if let Ok(eval) = lab.evaluation() {
+    if let Some(eval) = lab.evaluation_ref() {
         out.push(("confusion.png", ConfusionMatrix::from(&eval.metrics).to_png()));
         if let Ok(Some(picture)) = grad_cam_of_mistakes(lab, GRAD_CAM_SHOWN) {
             out.push(("gradcam.png", picture));
@@ -240,7 +240,7 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
             }
         }
     }
-    if let (Some(data), Some(aug)) = (lab.data(), lab.augmenter()) {
+    if let (Some(data), Some(aug)) = (lab.data_ref(), lab.augmenter()) {
         out.push(("augment.png", Samples::labelled(data, Some(&aug), lab.recipe().seed, SAMPLES_SHOWN).image));
     }
     out
@@ -254,7 +254,7 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
     let recipe = lab.recipe();
     let esc = views::escape;
     let mut body = String::new();
-    let headline = match lab.evaluation().ok() {
+    let headline = match lab.evaluation_ref() {
         Some(e) => format!(
             "accuracy <b>{:.4}</b> · top-{} {:.4} · macro F1 {:.4} on {} validation images",
             e.metrics.accuracy, e.metrics.top_k, e.metrics.top_k_accuracy, e.metrics.macro_avg.f1, e.metrics.count
@@ -264,8 +264,8 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
     let state = if complete { "complete" } else { "<span class=\"bad\">incomplete</span>" };
     body.push_str(&format!("<h1>tlab run <code>{}</code></h1><p>{state} · {headline}</p>", esc(&recipe.name)));
     section(&mut body, "Steps", &lab.steps().to_html());
-    if !lab.history().is_empty() {
-        section(&mut body, "Training history", &HistoryChart::new(lab.history().to_vec()).to_html()?);
+    if !lab.history_ref().is_empty() {
+        section(&mut body, "Training history", &HistoryChart::new(lab.history()).to_html()?);
     }
     if let Some(found) = last_lr_find(lab) {
         let caption = format!("<p>{}</p>", views::escape(&found.to_text()));
@@ -275,7 +275,7 @@ pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage
         };
         section(&mut body, "Learning-rate finder", &format!("{caption}{chart}"));
     }
-    if let Ok(eval) = lab.evaluation() {
+    if let Some(eval) = lab.evaluation_ref() {
         evaluation_sections(&mut body, lab, eval, pictures)?;
     }
     if let Some(p) = picture("augment.png") {
@@ -350,7 +350,7 @@ fn evaluation_sections(
 /// Grad-CAM of the `n` worst mistakes of the last evaluation, one row each
 /// (image, predicted class's map, true class's map); `None` without any.
 pub fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImage>> {
-    let (Some(eval), Some(model), Some(data)) = (lab.evaluation().ok(), lab.model(), lab.data()) else {
+    let (Some(eval), Some(model), Some(data)) = (lab.evaluation_ref(), lab.model(), lab.data_ref()) else {
         return Ok(None);
     };
     let preprocess = model.backbone.preprocess();
@@ -385,7 +385,7 @@ img{max-width:100%;height:auto}.bad{color:#c00;font-weight:bold}";
 
 /// model.safetensors and model.json, when a backbone has been built.
 fn write_model(lab: &Lab, dir: &Path) -> Result<Vec<PathBuf>> {
-    let (Some(model), Some(data)) = (lab.model(), lab.data()) else { return Ok(vec![]) };
+    let (Some(model), Some(data)) = (lab.model(), lab.data_ref()) else { return Ok(vec![]) };
     let backbone_step = lab.recipe().steps.iter().find_map(|s| match &s.kind {
         StepKind::Backbone(b) => Some(b.clone()),
         _ => None,

@@ -31,6 +31,12 @@ fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// Takes a value a notebook cell would bind with a top-level `let`: evcxr
+/// keeps only values that borrow nothing and can move between threads.
+fn keep<T: 'static + Send + Sync>(value: T) -> T {
+    value
+}
+
 #[test]
 fn step_through_a_built_recipe() {
     let dir = tempdir("steps");
@@ -73,11 +79,41 @@ fn step_through_a_built_recipe() {
     let text = lab.steps().to_string();
     assert!(text.contains("✓  5. evaluate") && text.contains("accuracy"), "{text}");
 
+    // What a notebook binds at a cell's top level is kept by evcxr only if it
+    // borrows nothing ('static): every result must outlive the lab's next
+    // run. Keep them through a re-run, then read them.
+    let kept = (
+        keep(lab.evaluation().expect("evaluated")),
+        keep(lab.evaluation_of(4).expect("evaluated")),
+        keep(lab.result(3).expect("fine_tune ran")),
+        keep(lab.history()),
+        keep(lab.data().expect("data loaded")),
+        keep(lab.steps()),
+    );
+    #[cfg(feature = "notebook")]
+    let views = (keep(lab.confusion().unwrap()), keep(lab.class_report().unwrap()), keep(lab.mistakes(2).unwrap()));
+
     // Re-running a step replaces its result and forgets later ones.
-    let again = lab.run_step(3, &mut quiet).expect("rerun fine_tune").clone();
+    let again = keep(lab.run_step(3, &mut quiet).expect("rerun fine_tune"));
     assert_eq!(again.index, 3);
-    assert!(lab.result(4).is_none());
+    assert!(lab.result(4).is_err());
     assert_eq!(lab.history().len(), 2, "the old epochs are gone");
+    assert!(lab.evaluation().is_err(), "the evaluation after the re-run step is forgotten");
+    // … while the values kept before it still read as they did.
+    assert_eq!(kept.0.metrics.count, 6);
+    assert!(std::sync::Arc::ptr_eq(&kept.0, &kept.1), "shared, not copied");
+    assert_eq!(kept.2.kind, "fine_tune");
+    assert_eq!(kept.3.len(), 2);
+    assert_eq!(kept.4.train.len(), 12);
+    assert_eq!(kept.5.next(), None);
+    #[cfg(feature = "notebook")]
+    assert_eq!(views.0.counts.iter().flatten().sum::<usize>(), 6);
+
+    // A failed `.expect` or a top-level `?` shows an error through Debug: the
+    // one-line message, not a struct dump.
+    let err = lab.evaluation().unwrap_err();
+    assert_eq!(format!("{err:?}"), err.to_string());
+    assert!(err.to_string().contains("evaluate step"), "{err}");
 
     #[cfg(feature = "notebook")]
     {

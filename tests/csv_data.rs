@@ -34,7 +34,7 @@ fn csv_labels_override_the_folders_and_bad_rows_are_listed() {
                   [[step]]\nkind = \"fine_tune\"\nepochs = 1\n\
                   [[step]]\nkind = \"evaluate\"\nsplit = \"test\"\n";
     std::fs::write(dir.join("r.toml"), recipe).unwrap();
-    let r = tlab::recipe::load(&dir.join("r.toml")).unwrap();
+    let r = tlab::recipe::load(dir.join("r.toml")).unwrap();
     assert_eq!(r.data.train, dir.join("data"), "images live beside the CSV");
 
     let data = Dataset::load(&r.data, r.seed).unwrap();

@@ -61,7 +61,7 @@ fn augmented_views_are_cached_reused_and_equal_on_disk() {
     // Only the learning rate changes: fine_tune re-runs on the cached views.
     let edited = RECIPE.replace("lr = 0.001", "lr = 0.002");
     std::fs::write(dir.join("r.toml"), &edited).unwrap();
-    assert_eq!(lab.set_recipe(tlab::recipe::load(&dir.join("r.toml")).unwrap()).unwrap(), Some(3));
+    assert_eq!(lab.set_recipe(tlab::recipe::load(dir.join("r.toml")).unwrap()).unwrap(), Some(3));
     let mut logs = Logs::default();
     lab.run_step(3, &mut logs).unwrap();
     let line = feature_line(&logs);

@@ -30,7 +30,7 @@ fn failed_rerun_keeps_the_last_good_state() {
     assert!(lab.model().is_some(), "the model survives the failed re-run");
     let after: Vec<f32> = lab.model().unwrap().named_vars()[0].1.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(before, after);
-    assert!((0..4).all(|i| lab.result(i).is_some()), "results are kept");
+    assert!((0..4).all(|i| lab.result(i).is_ok()), "results are kept");
     assert_eq!(lab.evaluation().ok().unwrap().metrics.accuracy, accuracy);
     // And the lab still works: re-running evaluate from the kept state.
     lab.run_step(3, &mut Silent).unwrap();
@@ -79,7 +79,7 @@ fn changed_data_is_reloaded_and_broken_data_keeps_the_last_good_state() {
     let err = lab.run_step(0, &mut Silent).unwrap_err().to_string();
     assert!(err.contains("green"), "{err}");
     assert_eq!(lab.data().unwrap().train.len(), 20, "the last good data is kept");
-    assert!((0..4).all(|i| lab.result(i).is_some()), "results are kept");
+    assert!((0..4).all(|i| lab.result(i).is_ok()), "results are kept");
     assert_eq!(lab.evaluation().ok().unwrap().metrics.accuracy, accuracy);
     let _ = std::fs::remove_dir_all(&dir);
 }

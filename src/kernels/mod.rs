@@ -57,6 +57,24 @@ pub(crate) fn has_avx2() -> bool {
         && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// The widest SIMD path the GEMM takes on this CPU in this build:
+/// `"avx512"` (needs the `avx512` feature), `"avx2"` (AVX2 + FMA, also the
+/// width of tlab's own `multiversion!` kernels) or `"baseline"`. The same
+/// seed gives different bits on different paths (the GEMM sums in another
+/// order), so reports and benchmarks name it.
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "baseline"
+}
+
 /// Set by a test to run the baseline versions of [`multiversion!`]
 /// functions (both must compute the same bits).
 #[cfg(target_arch = "x86_64")]

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 ///
 /// `Invalid` always carries a 1-based `line`/`col` (columns count characters, not
 /// bytes) so editors and terminals can jump straight to the offending key or value.
-#[derive(Debug, thiserror::Error)]
+/// `Debug` prints that same line (see [`crate::Error`]).
+#[derive(thiserror::Error)]
 pub enum RecipeError {
     /// The file could not be read at all.
     #[error("{path}: cannot read recipe: {source}")]
@@ -19,6 +20,12 @@ pub enum RecipeError {
     /// The file was read but is not a valid recipe (syntax or semantics).
     #[error("{path}:{line}:{col}: {message}")]
     Invalid { path: PathBuf, line: usize, col: usize, message: String },
+}
+
+impl std::fmt::Debug for RecipeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl RecipeError {

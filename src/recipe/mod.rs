@@ -54,8 +54,8 @@ pub const KNOWN_ARCHS: &[&str] = &[
 pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"];
 
 /// Reads and parses the recipe at `path`; the first problem if it has any.
-pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
-    load_all(path).map_err(first)
+pub fn load(path: impl AsRef<Path>) -> Result<Recipe, RecipeError> {
+    load_all(path.as_ref()).map_err(first)
 }
 
 /// Reads and parses the recipe at `path`, or every problem found in it

@@ -181,7 +181,7 @@ impl Worker<'_> {
                 run: &self.run,
                 earlier: &earlier,
             };
-            self.lab.run_step(step, &mut obs).cloned()
+            self.lab.run_step(step, &mut obs)
         };
         match result {
             Ok(r) => {
@@ -221,7 +221,7 @@ impl Worker<'_> {
 }
 
 fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
-    let Some(data) = lab.data() else { return };
+    let Some(data) = lab.data_ref() else { return };
     let aug = lab.augmenter();
     let mix = crate::preview::mix_after(lab.recipe(), step);
     let (image, captions) = crate::preview::training_samples(data, aug.as_ref(), mix.as_ref(), seed, 16);
@@ -229,7 +229,7 @@ fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
 }
 
 fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction], tx: &dyn Fn(FromWorker)) {
-    let Some(data) = lab.data() else { return };
+    let Some(data) = lab.data_ref() else { return };
     let shown: Vec<_> = mistakes.iter().take(12).collect();
     if shown.is_empty() {
         return;

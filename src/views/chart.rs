@@ -29,7 +29,7 @@ pub struct HistoryChart {
 impl Lab {
     /// The training history so far as a chart.
     pub fn history_chart(&self) -> HistoryChart {
-        HistoryChart { rows: self.history().to_vec() }
+        HistoryChart { rows: self.history() }
     }
 }
 

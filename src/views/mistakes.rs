@@ -33,7 +33,7 @@ impl Lab {
     /// Up to `n` of the last evaluation's mistakes (worst first), with thumbnails.
     pub fn mistakes(&self, n: usize) -> Result<Mistakes> {
         let eval = self.evaluation()?;
-        Ok(self.data().map_or_else(|| Mistakes::without_images(eval, n), |d| Mistakes::new(eval, d, n)))
+        Ok(self.data_ref().map_or_else(|| Mistakes::without_images(&eval, n), |d| Mistakes::new(&eval, d, n)))
     }
 }
 

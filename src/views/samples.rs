@@ -34,7 +34,7 @@ impl Lab {
     /// The decoded data and the augmentation in force, or which step is missing.
     fn data_and_augmenter(&self) -> Result<(&crate::data::Dataset, crate::augment::Augmenter)> {
         let data = self
-            .data()
+            .data_ref()
             .ok_or(Error::NotYet { what: "showing samples", needs: "the backbone step (it loads the data)" })?;
         let aug =
             self.augmenter().ok_or(Error::NotYet { what: "showing augmented samples", needs: "an augment step" })?;
@@ -49,7 +49,7 @@ impl Lab {
     /// run the backbone step first.
     pub fn explain(&self, path: impl AsRef<std::path::Path>) -> Result<Samples> {
         let path = path.as_ref();
-        let (model, data) = match (self.model(), self.data()) {
+        let (model, data) = match (self.model(), self.data_ref()) {
             (Some(m), Some(d)) => (m, d),
             _ => return Err(Error::NotYet { what: "this view", needs: "a backbone step" }),
         };

@@ -137,7 +137,7 @@ mod tests {
             kind: "evaluate",
             summary: "evaluate".into(),
             seconds: 0.5,
-            output: StepOutput::Evaluate(Box::new(eval)),
+            output: StepOutput::Evaluate(std::sync::Arc::new(eval)),
         }
     }
 
