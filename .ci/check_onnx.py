@@ -64,3 +64,23 @@ out = subprocess.run([sys.executable, "-c", example], cwd=work, check=True, capt
 predicted = out.split()[0]
 assert predicted in classes, out
 print(f"onnx: the README example runs: {out.strip()}")
+
+# Inception v3 with the Keras tutorial's head (flatten, dense, softmax): its
+# branches, average pools with counted padding, concatenations and
+# transform_input, on a tiny run (random init, one epoch, 80 px).
+d = work / "inception_v3"
+d.mkdir()
+data = valid.resolve()
+(d / "r.toml").write_text(
+    f'name = "inception"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = 80\nmax_per_class = 3\n'
+    '[[step]]\nkind = "backbone"\narch = "inception_v3"\npooling = "flatten"\nhidden = [16]\n'
+    '[[step]]\nkind = "freeze"\nup_to = "Mixed_7c"\n[[step]]\nkind = "fine_tune"\nepochs = 1\n')
+subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)
+inc_path = d / "model.onnx"
+subprocess.run([tlab, "export", str(d / "run"), "--format", "onnx", "--dynamic-batch", "-o", str(inc_path)],
+               check=True, stdout=subprocess.DEVNULL)
+onnx.checker.check_model(onnx.load(str(inc_path)), full_check=True)
+x, want = tlab_reference.predictions(tlab, d / "run", images[:24], d / "tlab")
+session = ort.InferenceSession(str(inc_path), options, providers=["CPUExecutionProvider"])
+diff = tlab_reference.agree(session.run(["probabilities"], {"input": x})[0], want, "ONNX Runtime (inception_v3)")
+print(f"onnx: inception_v3 with the tutorial's head agrees with tlab on 24 images (max |prob diff| {diff:.1e})")

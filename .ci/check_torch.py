@@ -48,11 +48,13 @@ check(run, images, "the quickstart's mobilenet_v2")
 # Other heads and architectures, on a tiny run each (random init, one epoch).
 data = valid.resolve()
 for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n"),
-                   ("mobilenet_v2", "hidden = [16]\nbatchnorm = true\n")]:
-    d = work / arch
+                   ("mobilenet_v2", "hidden = [16]\nbatchnorm = true\n"), ("inception_v3", ""),
+                   ("inception_v3", "hidden = [16]\n")]:
+    d = work / f"{arch}-{len(head)}"
     d.mkdir()
+    size = 80 if arch == "inception_v3" else 32  # Inception needs 75 px or more
     (d / "r.toml").write_text(
-        f'name = "{arch}"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = 32\nmax_per_class = 3\n'
+        f'name = "{arch}"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = {size}\nmax_per_class = 3\n'
         f'[[step]]\nkind = "backbone"\narch = "{arch}"\n{head}[[step]]\nkind = "freeze"\nup_to = 2\n'
         f'[[step]]\nkind = "fine_tune"\nepochs = 1\n')
     subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)

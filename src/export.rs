@@ -115,7 +115,7 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
     let arch = card.backbone.as_str();
     let (head_module, single_key) = match arch {
         "mobilenet_v2" => ("classifier", Some("classifier.1")),
-        "resnet18" | "resnet34" | "resnet50" => ("fc", Some("fc")),
+        "resnet18" | "resnet34" | "resnet50" | "inception_v3" => ("fc", Some("fc")),
         "vgg16" | "vgg19" => ("classifier", None),
         other => {
             return Err(Error::Export(format!(
@@ -157,10 +157,14 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
     }
     torch_save::save(&tensors, &path)?;
     let file = crate::paths::shown(&path).display().to_string();
-    let construct = if setup.is_empty() {
-        format!("model = torchvision.models.{arch}(num_classes={n})\n")
-    } else {
-        format!("model = torchvision.models.{arch}()\n{setup}")
+    // Inception v3 as torchvision builds it for its own pretrained weights:
+    // transform_input on (tlab applies it too), no auxiliary classifier
+    // (tlab trains none), and no random initialisation to overwrite.
+    let extra = if arch == "inception_v3" { "aux_logits=False, transform_input=True, init_weights=False" } else { "" };
+    let construct = match (setup.is_empty(), extra.is_empty()) {
+        (true, true) => format!("model = torchvision.models.{arch}(num_classes={n})\n"),
+        (true, false) => format!("model = torchvision.models.{arch}(num_classes={n}, {extra})\n"),
+        (false, _) => format!("model = torchvision.models.{arch}({extra})\n{setup}"),
     };
     let load = format!(
         "{construct}model.load_state_dict(torch.load({file:?}, weights_only=True), strict=True)\nmodel.eval()\n"

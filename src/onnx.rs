@@ -240,17 +240,17 @@ impl Graph {
         Ok(name.to_string())
     }
 
-    /// `Conv` with weight `w` `[cout, cin/groups, k, k]` and bias `b` `[cout]`.
+    /// `Conv` with weight `w` `[cout, cin/groups, kh, kw]` and bias `b` `[cout]`.
     pub fn conv(&mut self, x: &Value, name: &str, (w, b): (&Tensor, &Tensor), geometry: ConvGeometry) -> Result<Value> {
         let ConvGeometry { stride, pad, groups } = geometry;
-        let (cout, k) = (w.dim(0)?, w.dim(2)?);
+        let (cout, kh, kw) = (w.dim(0)?, w.dim(2)?, w.dim(3)?);
         let (h, wd) = (x.shape[1], x.shape[2]);
-        let out = |n: usize, before: usize, after: usize| (n + before + after - k) / stride + 1;
-        let shape = vec![cout, out(h, pad.top, pad.bottom), out(wd, pad.left, pad.right)];
+        let out = |n: usize, before: usize, after: usize, k: usize| (n + before + after - k) / stride + 1;
+        let shape = vec![cout, out(h, pad.top, pad.bottom, kh), out(wd, pad.left, pad.right, kw)];
         let w = self.constant(&format!("{name}.weight"), w)?;
         let b = self.constant(&format!("{name}.bias"), &b.flatten_all()?)?;
         let attributes = vec![
-            ints("kernel_shape", &[k as i64, k as i64]),
+            ints("kernel_shape", &[kh as i64, kw as i64]),
             ints("strides", &[stride as i64, stride as i64]),
             ints("pads", &[pad.top as i64, pad.left as i64, pad.bottom as i64, pad.right as i64]),
             ints("dilations", &[1, 1]),
@@ -302,6 +302,38 @@ impl Graph {
             ints("pads", &[pad.top as i64, pad.left as i64, pad.bottom as i64, pad.right as i64]),
         ];
         Value { name: self.node("MaxPool", vec![x.name.clone()], attributes), shape }
+    }
+
+    /// `AveragePool` whose zero padding counts in the mean (PyTorch's
+    /// `avg_pool2d` default, `count_include_pad`).
+    pub fn avg_pool(&mut self, x: &Value, k: usize, stride: usize, pad: usize) -> Value {
+        let out = |n: usize| (n + 2 * pad - k) / stride + 1;
+        let shape = vec![x.shape[0], out(x.shape[1]), out(x.shape[2])];
+        let attributes = vec![
+            ints("kernel_shape", &[k as i64, k as i64]),
+            ints("strides", &[stride as i64, stride as i64]),
+            ints("pads", &[pad as i64; 4]),
+            int("count_include_pad", 1),
+        ];
+        Value { name: self.node("AveragePool", vec![x.name.clone()], attributes), shape }
+    }
+
+    /// Feature maps of the same size joined along the channels.
+    pub fn concat_channels(&mut self, parts: &[Value]) -> Value {
+        let channels = parts.iter().map(|p| p.shape[0]).sum();
+        let mut shape = parts[0].shape.clone();
+        shape[0] = channels;
+        let inputs = parts.iter().map(|p| p.name.clone()).collect();
+        Value { name: self.node("Concat", inputs, vec![int("axis", 1)]), shape }
+    }
+
+    /// `x · scale[c] + shift[c]` per channel (constants named `name.scale`, `name.shift`).
+    pub fn channel_affine(&mut self, x: &Value, name: &str, scale: &[f32], shift: &[f32]) -> Result<Value> {
+        let c = scale.len() as i64;
+        let scale = self.constant_values(&format!("{name}.scale"), &[1, c, 1, 1], scale)?;
+        let shift = self.constant_values(&format!("{name}.shift"), &[1, c, 1, 1], shift)?;
+        let scaled = self.node("Mul", vec![x.name.clone(), scale], vec![]);
+        Ok(Value { name: self.node("Add", vec![scaled, shift], vec![]), shape: x.shape.clone() })
     }
 
     /// Global average pooling to a vector of channels.
@@ -521,6 +553,7 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         }
         "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
         "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
+        "Mul" => arg(0)?.broadcast_mul(&arg(1)?)?,
         "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
         "MaxPool" => {
             let pads = ints(node, "pads");
@@ -529,6 +562,14 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
                 return Err(bad(format!("{}: pads/kernel/strides missing", node.name)));
             }
             pad_planes(&arg(0)?, &pads, f32::NEG_INFINITY)?.max_pool2d_with_stride(k[0], s[0])?
+        }
+        "AveragePool" => {
+            let pads = ints(node, "pads");
+            let (k, s) = (ints(node, "kernel_shape"), ints(node, "strides"));
+            if pads.len() != 4 || k.is_empty() || s.is_empty() || int(node, "count_include_pad", 0) != 1 {
+                return Err(bad(format!("{}: pads/kernel/strides missing, or padding not counted", node.name)));
+            }
+            pad_planes(&arg(0)?, &pads, 0.0)?.avg_pool2d_with_stride(k[0], s[0])?
         }
         "GlobalAveragePool" => arg(0)?.mean_keepdim(3)?.mean_keepdim(2)?,
         "GlobalMaxPool" => arg(0)?.max_keepdim(3)?.max_keepdim(2)?,

@@ -157,6 +157,11 @@ fn efficientnet_lite_exports_tf_same_padding_exactly() {
 }
 
 #[test]
+fn inception_v3_exports_its_branches_pools_and_input_transform_exactly() {
+    check("inception_v3", 79, avg(), OnnxOptions::default(), 1e-4);
+}
+
+#[test]
 fn preprocessing_and_fp16_variants() {
     check("mobilenet_v2", 48, avg(), OnnxOptions { with_preprocessing: true, ..OnnxOptions::default() }, 1e-4);
     // float16 weights: close, not exact.

@@ -172,6 +172,11 @@ fn efficientnet_lite2_matches_reference() {
 }
 
 #[test]
+fn inception_v3_matches_torchvision() {
+    check("inception_v3");
+}
+
+#[test]
 fn fixture_covers_every_architecture_but_mobilenet() {
     // MobileNetV2 is checked with its real weights in weights_parity.rs.
     let fixture = fixture();

@@ -94,7 +94,7 @@ pub struct EfficientNetLite {
 
 fn spec(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) -> ConvSpec {
     // The padding is recomputed per input ("SAME"); this one is never used.
-    ConvSpec { cin, cout, kernel, stride, pad: Padding::default(), groups }
+    ConvSpec { cin, cout, kernel: (kernel, kernel), stride, pad: Padding::default(), groups }
 }
 
 impl EfficientNetLite {

@@ -348,7 +348,8 @@ pub struct ConvBnAct {
 pub struct ConvSpec {
     pub cin: usize,
     pub cout: usize,
-    pub kernel: usize,
+    /// `(height, width)`: Inception's 1×7 and 7×1 convolutions are not square.
+    pub kernel: (usize, usize),
     pub stride: usize,
     pub pad: Padding,
     pub groups: usize,
@@ -363,7 +364,7 @@ impl ConvBnAct {
         bn_eps: f64,
         act: Act,
     ) -> Result<Self> {
-        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel, spec.kernel];
+        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel.0, spec.kernel.1];
         let weight = p.get(&format!("{conv_name}.weight"), &shape, Init::KaimingFanOut)?;
         let bn = BatchNorm::load(p, bn_prefix, spec.cout, bn_eps)?;
         Ok(ConvBnAct {
@@ -466,7 +467,7 @@ pub struct Conv {
 impl Conv {
     /// Loads `{name}.weight` and `{name}.bias`.
     pub fn load(p: &mut ParamLoader, name: &str, spec: ConvSpec, act: Act) -> Result<Self> {
-        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel, spec.kernel];
+        let shape = [spec.cout, spec.cin / spec.groups, spec.kernel.0, spec.kernel.1];
         Ok(Conv {
             weight: p.get(&format!("{name}.weight"), &shape, Init::KaimingFanOut)?,
             // torchvision initialises conv biases to zero.
@@ -641,7 +642,7 @@ mod tests {
     #[test]
     fn folded_frozen_conv_equals_unfolded_eval() {
         let mut p = ParamLoader::random(3);
-        let spec = ConvSpec { cin: 4, cout: 6, kernel: 3, stride: 2, pad: Padding::same(1), groups: 1 };
+        let spec = ConvSpec { cin: 4, cout: 6, kernel: (3, 3), stride: 2, pad: Padding::same(1), groups: 1 };
         let mut layer = ConvBnAct::load(&mut p, "c", "bn", spec, 1e-5, Act::Relu6).unwrap();
         // Give BN non-trivial statistics.
         layer.bn.running_mean.set(&Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5, -1.0], &Device::Cpu).unwrap()).unwrap();
@@ -656,7 +657,7 @@ mod tests {
     #[test]
     fn frozen_layers_yield_no_trainable_vars() {
         let mut p = ParamLoader::random(1);
-        let spec = ConvSpec { cin: 2, cout: 2, kernel: 1, stride: 1, pad: Padding::default(), groups: 1 };
+        let spec = ConvSpec { cin: 2, cout: 2, kernel: (1, 1), stride: 1, pad: Padding::default(), groups: 1 };
         let mut layer = ConvBnAct::load(&mut p, "c", "bn", spec, 1e-5, Act::None).unwrap();
         let mut vars = Vec::new();
         layer.trainable_vars(&mut vars);

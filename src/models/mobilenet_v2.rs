@@ -45,7 +45,7 @@ pub struct MobileNetV2 {
 }
 
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) -> ConvSpec {
-    ConvSpec { cin, cout, kernel, stride, pad: Padding::same((kernel - 1) / 2), groups }
+    ConvSpec { cin, cout, kernel: (kernel, kernel), stride, pad: Padding::same((kernel - 1) / 2), groups }
 }
 
 impl MobileNetV2 {

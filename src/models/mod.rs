@@ -7,6 +7,7 @@
 //! like Keras' `layers[:14]`.
 
 pub mod efficientnet_lite;
+pub mod inception_v3;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;
@@ -135,6 +136,7 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
         "mobilenet_v2" => boxed(Some(mobilenet_v2::MobileNetV2::load(p, with_classifier)?)),
         a if a.starts_with("resnet") => boxed(resnet::ResNet::load(arch, p, with_classifier)?),
         a if a.starts_with("vgg") => boxed(vgg::Vgg::load(arch, p, with_classifier)?),
+        "inception_v3" => boxed(Some(inception_v3::InceptionV3::load(p, with_classifier)?)),
         a if a.starts_with("efficientnet_lite") => {
             boxed(efficientnet_lite::EfficientNetLite::load(arch, p, with_classifier)?)
         }

@@ -78,7 +78,7 @@ pub struct ResNet {
 }
 
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvSpec {
-    ConvSpec { cin, cout, kernel, stride, pad: Padding::same(kernel / 2), groups: 1 }
+    ConvSpec { cin, cout, kernel: (kernel, kernel), stride, pad: Padding::same(kernel / 2), groups: 1 }
 }
 
 impl ResNet {

@@ -54,7 +54,7 @@ impl Vgg {
             let cout = (64 << s).min(512);
             let mut convs = Vec::with_capacity(depth);
             for _ in 0..depth {
-                let spec = ConvSpec { cin, cout, kernel: 3, stride: 1, pad: Padding::same(1), groups: 1 };
+                let spec = ConvSpec { cin, cout, kernel: (3, 3), stride: 1, pad: Padding::same(1), groups: 1 };
                 convs.push(Conv::load(p, &format!("features.{index}"), spec, Act::Relu)?);
                 cin = cout;
                 index += 2; // conv, ReLU

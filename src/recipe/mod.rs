@@ -43,6 +43,7 @@ pub const KNOWN_ARCHS: &[&str] = &[
     "efficientnet_lite0",
     "efficientnet_lite1",
     "efficientnet_lite2",
+    "inception_v3",
     "resnet18",
     "resnet34",
     "resnet50",
