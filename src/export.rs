@@ -115,8 +115,11 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
     let arch = card.backbone.as_str();
     let (head_module, single_key) = match arch {
         "mobilenet_v2" => ("classifier", Some("classifier.1")),
-        "resnet18" | "resnet34" | "resnet50" | "inception_v3" => ("fc", Some("fc")),
-        "vgg16" | "vgg19" => ("classifier", None),
+        "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152" | "wide_resnet50_2" | "inception_v3" => {
+            ("fc", Some("fc"))
+        }
+        // Their own classifier has a hidden layer: tlab's head replaces it whole.
+        "vgg16" | "vgg19" | "mobilenet_v3_large" | "mobilenet_v3_small" => ("classifier", None),
         other => {
             return Err(Error::Export(format!(
                 "{other} has no torchvision constructor; use --format safetensors (its keys follow the checkpoint tlab loaded) or --format onnx"

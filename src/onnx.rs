@@ -284,6 +284,46 @@ impl Graph {
         Ok(Value { name, shape: x.shape })
     }
 
+    /// A float32 scalar initializer named after its value (shared by every use).
+    fn scalar(&mut self, v: f32) -> String {
+        let name = format!("scalar.{v}");
+        if !self.initializers.iter().any(|t| t.name == name) {
+            self.initializers.push(TensorProto {
+                dims: vec![],
+                data_type: dtype::FLOAT,
+                name: name.clone(),
+                raw_data: v.to_le_bytes().to_vec(),
+            });
+        }
+        name
+    }
+
+    /// PyTorch's `Hardsigmoid`, `relu6(x + 3) / 6`, from opset-13 ops (the
+    /// `HardSigmoid` op's default slope is 0.2, not 1/6).
+    pub fn hard_sigmoid(&mut self, x: &Value) -> Result<Value> {
+        let three = self.scalar(3.0);
+        let six = self.scalar(6.0);
+        let shifted = Value { name: self.node("Add", vec![x.name.clone(), three], vec![]), shape: x.shape.clone() };
+        let clipped = self.clamp(shifted, 0.0, 6.0)?;
+        Ok(Value { name: self.node("Div", vec![clipped.name, six], vec![]), shape: x.shape.clone() })
+    }
+
+    /// PyTorch's `Hardswish`, `x · relu6(x + 3) / 6` (`HardSwish` needs opset 14).
+    pub fn hard_swish(&mut self, x: &Value) -> Result<Value> {
+        let gate = self.hard_sigmoid(x)?;
+        Ok(self.mul(x, &gate))
+    }
+
+    /// Elementwise product, `b` broadcast over `a` (a `[c, 1, 1]` scale over a map).
+    pub fn mul(&mut self, a: &Value, b: &Value) -> Value {
+        Value { name: self.node("Mul", vec![a.name.clone(), b.name.clone()], vec![]), shape: a.shape.clone() }
+    }
+
+    /// Global average pooling that keeps the map's rank: `[c, 1, 1]`.
+    pub fn global_avg_pool_keep(&mut self, x: &Value) -> Value {
+        Value { name: self.node("GlobalAveragePool", vec![x.name.clone()], vec![]), shape: vec![x.shape[0], 1, 1] }
+    }
+
     pub fn relu(&mut self, x: &Value) -> Value {
         Value { name: self.node("Relu", vec![x.name.clone()], vec![]), shape: x.shape.clone() }
     }

@@ -157,6 +157,12 @@ fn efficientnet_lite_exports_tf_same_padding_exactly() {
 }
 
 #[test]
+fn mobilenet_v3_exports_hard_swish_and_squeeze_excitation_exactly() {
+    check("mobilenet_v3_large", 67, avg(), OnnxOptions::default(), 1e-4);
+    check("mobilenet_v3_small", 64, avg(), OnnxOptions { opset: 13, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
 fn inception_v3_exports_its_branches_pools_and_input_transform_exactly() {
     check("inception_v3", 79, avg(), OnnxOptions::default(), 1e-4);
 }

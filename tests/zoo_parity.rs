@@ -147,6 +147,21 @@ fn resnet50_matches_torchvision() {
 }
 
 #[test]
+fn resnet101_matches_torchvision() {
+    check("resnet101");
+}
+
+#[test]
+fn resnet152_matches_torchvision() {
+    check("resnet152");
+}
+
+#[test]
+fn wide_resnet50_2_matches_torchvision() {
+    check("wide_resnet50_2");
+}
+
+#[test]
 fn vgg16_matches_torchvision() {
     check("vgg16");
 }
@@ -169,6 +184,16 @@ fn efficientnet_lite1_matches_reference() {
 #[test]
 fn efficientnet_lite2_matches_reference() {
     check("efficientnet_lite2");
+}
+
+#[test]
+fn mobilenet_v3_large_matches_torchvision() {
+    check("mobilenet_v3_large");
+}
+
+#[test]
+fn mobilenet_v3_small_matches_torchvision() {
+    check("mobilenet_v3_small");
 }
 
 #[test]

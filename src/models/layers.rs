@@ -192,15 +192,42 @@ pub enum Act {
     None,
     Relu,
     Relu6,
+    /// PyTorch's `Hardswish`, `x · relu6(x + 3) / 6` (MobileNetV3).
+    Hardswish,
+    /// PyTorch's `Hardsigmoid`, `relu6(x + 3) / 6` (MobileNetV3's squeeze-and-excitation gate).
+    Hardsigmoid,
 }
 
 impl Act {
-    /// The activation as `clamp(lo, hi)`.
+    /// The part of the activation that is a `clamp(lo, hi)`, which the
+    /// kernels fuse into the convolution or the BatchNorm; the hard
+    /// activations have none, and [`Act::after_clamp`] applies them whole.
     pub(crate) fn bounds(self) -> (f32, f32) {
         match self {
-            Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::None | Act::Hardswish | Act::Hardsigmoid => (f32::NEG_INFINITY, f32::INFINITY),
             Act::Relu => (0.0, f32::INFINITY),
             Act::Relu6 => (0.0, 6.0),
+        }
+    }
+
+    /// What is left of the activation after a fused clamp of [`Act::bounds`].
+    pub(crate) fn after_clamp(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Act::Hardswish | Act::Hardsigmoid => self.apply(&y),
+            Act::None | Act::Relu | Act::Relu6 => Ok(y),
+        }
+    }
+
+    /// The activation in an ONNX graph: clamps as `Relu`/`Clip`, the hard
+    /// sigmoid and swish from elementary ops.
+    pub(crate) fn export_onnx(self, g: &mut Graph, x: Value) -> Result<Value> {
+        match self {
+            Act::Hardswish => g.hard_swish(&x),
+            Act::Hardsigmoid => g.hard_sigmoid(&x),
+            Act::None | Act::Relu | Act::Relu6 => {
+                let (lo, hi) = self.bounds();
+                g.clamp(x, lo, hi)
+            }
         }
     }
 
@@ -209,6 +236,8 @@ impl Act {
             Act::None => x.clone(),
             Act::Relu => x.relu()?,
             Act::Relu6 => kernels::elementwise::relu6(x)?,
+            Act::Hardsigmoid => (kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?,
+            Act::Hardswish => x.mul(&(kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?)?,
         })
     }
 }
@@ -298,6 +327,7 @@ impl BatchNorm {
             self.eps,
             act.bounds(),
         )?;
+        let y = act.after_clamp(y)?;
         // Running estimates use torch's momentum convention and the unbiased variance.
         let m = self.momentum;
         let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
@@ -413,7 +443,8 @@ impl ConvBnAct {
         let pad = self.padding(x)?;
         if let Some((w, b)) = &self.folded {
             let (lo, hi) = self.act.bounds();
-            return Ok(kernels::conv2d_bias_clamp(x, w, b, self.stride, pad, self.groups, lo, hi)?);
+            let y = kernels::conv2d_bias_clamp(x, w, b, self.stride, pad, self.groups, lo, hi)?;
+            return self.act.after_clamp(y);
         }
         let trainable = !self.freeze.frozen;
         let y = kernels::conv2d(x, &read(&self.weight, trainable), self.stride, pad, self.groups)?;
@@ -431,8 +462,7 @@ impl ConvBnAct {
         let w = self.weight.as_detached_tensor().broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
         let y =
             g.conv(x, &self.conv_name, (&w, &shift), ConvGeometry { stride: self.stride, pad, groups: self.groups })?;
-        let (lo, hi) = self.act.bounds();
-        g.clamp(y, lo, hi)
+        self.act.export_onnx(g, y)
     }
 
     pub fn trainable_vars(&self, out: &mut Vec<Var>) {
@@ -490,8 +520,7 @@ impl Conv {
         let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
         let geometry = ConvGeometry { stride: self.stride, pad: self.pad, groups: self.groups };
         let y = g.conv(x, &self.name, (&w, &b), geometry)?;
-        let (lo, hi) = self.act.bounds();
-        g.clamp(y, lo, hi)
+        self.act.export_onnx(g, y)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -500,7 +529,8 @@ impl Conv {
         if !trainable {
             let (lo, hi) = self.act.bounds();
             let b = read(&self.bias, false);
-            return Ok(kernels::conv2d_bias_clamp(x, &w, &b, self.stride, self.pad, self.groups, lo, hi)?);
+            let y = kernels::conv2d_bias_clamp(x, &w, &b, self.stride, self.pad, self.groups, lo, hi)?;
+            return self.act.after_clamp(y);
         }
         let y = kernels::conv2d(x, &w, self.stride, self.pad, self.groups)?;
         let c = self.bias.dim(0)?;

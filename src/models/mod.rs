@@ -10,6 +10,7 @@ pub mod efficientnet_lite;
 pub mod inception_v3;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod mobilenet_v3;
 pub mod resnet;
 pub mod vgg;
 
@@ -134,9 +135,12 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
     }
     let backbone = match arch {
         "mobilenet_v2" => boxed(Some(mobilenet_v2::MobileNetV2::load(p, with_classifier)?)),
-        a if a.starts_with("resnet") => boxed(resnet::ResNet::load(arch, p, with_classifier)?),
+        a if a.starts_with("resnet") || a.starts_with("wide_resnet") => {
+            boxed(resnet::ResNet::load(arch, p, with_classifier)?)
+        }
         a if a.starts_with("vgg") => boxed(vgg::Vgg::load(arch, p, with_classifier)?),
         "inception_v3" => boxed(Some(inception_v3::InceptionV3::load(p, with_classifier)?)),
+        a if a.starts_with("mobilenet_v3") => boxed(mobilenet_v3::MobileNetV3::load(arch, p, with_classifier)?),
         a if a.starts_with("efficientnet_lite") => {
             boxed(efficientnet_lite::EfficientNetLite::load(arch, p, with_classifier)?)
         }
@@ -622,7 +626,7 @@ mod tests {
             let unique: std::collections::HashSet<_> = names.iter().collect();
             assert_eq!(unique.len(), names.len(), "{arch}: duplicate block names");
         }
-        assert!(build_backbone("resnet101", &mut ParamLoader::random(0), false).is_err());
+        assert!(build_backbone("resnet200", &mut ParamLoader::random(0), false).is_err());
         let err = build_backbone("resnet5O", &mut ParamLoader::random(0), false).err().unwrap().to_string();
         assert!(err.contains("did you mean `resnet50`"), "{err}");
     }

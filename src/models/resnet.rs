@@ -1,5 +1,5 @@
-//! ResNet-18/34/50, as in torchvision (v1.5: the bottleneck strides in its 3×3
-//! convolution).
+//! ResNet-18/34/50/101/152 and Wide ResNet-50-2, as in torchvision (v1.5: the
+//! bottleneck strides in its 3×3 convolution).
 //!
 //! He et al., "Deep Residual Learning for Image Recognition", CVPR 2016,
 //! <https://arxiv.org/abs/1512.03385>.
@@ -82,21 +82,27 @@ fn conv(cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvSpec {
 }
 
 impl ResNet {
-    /// Builds `resnet18`, `resnet34` or `resnet50`; `None` for another name.
+    /// Builds `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152` or
+    /// `wide_resnet50_2`; `None` for another name.
     /// `with_classifier` also loads the ImageNet `fc` (→ 1000).
     pub fn load(arch: &str, p: &mut ParamLoader, with_classifier: bool) -> Result<Option<Self>> {
-        let (arch, unit, depths): (&'static str, Unit, [usize; 4]) = match arch {
-            "resnet18" => ("resnet18", Unit::Basic, [2, 2, 2, 2]),
-            "resnet34" => ("resnet34", Unit::Basic, [3, 4, 6, 3]),
-            "resnet50" => ("resnet50", Unit::Bottleneck, [3, 4, 6, 3]),
+        // Wide ResNet-50-2 (Zagoruyko & Komodakis 2016) doubles the
+        // bottleneck's inner width; its output channels stay 4 × 64·2^s.
+        let (arch, unit, depths, inner): (&'static str, Unit, [usize; 4], usize) = match arch {
+            "resnet18" => ("resnet18", Unit::Basic, [2, 2, 2, 2], 1),
+            "resnet34" => ("resnet34", Unit::Basic, [3, 4, 6, 3], 1),
+            "resnet50" => ("resnet50", Unit::Bottleneck, [3, 4, 6, 3], 1),
+            "resnet101" => ("resnet101", Unit::Bottleneck, [3, 4, 23, 3], 1),
+            "resnet152" => ("resnet152", Unit::Bottleneck, [3, 8, 36, 3], 1),
+            "wide_resnet50_2" => ("wide_resnet50_2", Unit::Bottleneck, [3, 4, 6, 3], 2),
             _ => return Ok(None),
         };
         let stem = ConvBnAct::load(p, "conv1", "bn1", conv(3, 64, 7, 2), BN_EPS, Act::Relu)?;
         let mut cin = 64;
         let mut stages = Vec::with_capacity(4);
         for (s, &depth) in depths.iter().enumerate() {
-            let width = 64 << s;
-            let cout = width * unit.expansion();
+            let cout = (64 << s) * unit.expansion();
+            let width = (64 << s) * inner;
             let mut blocks = Vec::with_capacity(depth);
             for b in 0..depth {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };

@@ -40,6 +40,8 @@ pub use summary::augment_settings;
 /// caught with a suggestion before any weights are downloaded or loaded.
 pub const KNOWN_ARCHS: &[&str] = &[
     "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
     "efficientnet_lite0",
     "efficientnet_lite1",
     "efficientnet_lite2",
@@ -47,6 +49,9 @@ pub const KNOWN_ARCHS: &[&str] = &[
     "resnet18",
     "resnet34",
     "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
     "vgg16",
     "vgg19",
 ];
