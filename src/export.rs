@@ -114,7 +114,8 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
     }
     let arch = card.backbone.as_str();
     let (head_module, single_key) = match arch {
-        "mobilenet_v2" => ("classifier", Some("classifier.1")),
+        "mobilenet_v2" | "efficientnet_b0" | "efficientnet_b1" | "efficientnet_b2" | "efficientnet_b3"
+        | "efficientnet_v2_s" => ("classifier", Some("classifier.1")),
         "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152" | "wide_resnet50_2" | "inception_v3" => {
             ("fc", Some("fc"))
         }

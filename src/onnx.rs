@@ -314,6 +314,10 @@ impl Graph {
         Ok(self.mul(x, &gate))
     }
 
+    pub fn sigmoid(&mut self, x: &Value) -> Value {
+        Value { name: self.node("Sigmoid", vec![x.name.clone()], vec![]), shape: x.shape.clone() }
+    }
+
     /// Elementwise product, `b` broadcast over `a` (a `[c, 1, 1]` scale over a map).
     pub fn mul(&mut self, a: &Value, b: &Value) -> Value {
         Value { name: self.node("Mul", vec![a.name.clone(), b.name.clone()], vec![]), shape: a.shape.clone() }
@@ -594,6 +598,7 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         "Add" => arg(0)?.broadcast_add(&arg(1)?)?,
         "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
         "Mul" => arg(0)?.broadcast_mul(&arg(1)?)?,
+        "Sigmoid" => candle_nn::ops::sigmoid(&arg(0)?)?,
         "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
         "MaxPool" => {
             let pads = ints(node, "pads");

@@ -163,6 +163,12 @@ fn mobilenet_v3_exports_hard_swish_and_squeeze_excitation_exactly() {
 }
 
 #[test]
+fn efficientnet_exports_silu_and_squeeze_excitation_exactly() {
+    check("efficientnet_b0", 67, avg(), OnnxOptions::default(), 1e-4);
+    check("efficientnet_v2_s", 64, avg(), OnnxOptions { opset: 13, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
 fn inception_v3_exports_its_branches_pools_and_input_transform_exactly() {
     check("inception_v3", 79, avg(), OnnxOptions::default(), 1e-4);
 }

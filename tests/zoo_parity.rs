@@ -187,6 +187,18 @@ fn efficientnet_lite2_matches_reference() {
 }
 
 #[test]
+fn efficientnet_b0_to_b3_match_torchvision() {
+    for arch in ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"] {
+        check(arch);
+    }
+}
+
+#[test]
+fn efficientnet_v2_s_matches_torchvision() {
+    check("efficientnet_v2_s");
+}
+
+#[test]
 fn mobilenet_v3_large_matches_torchvision() {
     check("mobilenet_v3_large");
 }

@@ -196,6 +196,10 @@ pub enum Act {
     Hardswish,
     /// PyTorch's `Hardsigmoid`, `relu6(x + 3) / 6` (MobileNetV3's squeeze-and-excitation gate).
     Hardsigmoid,
+    /// `x · sigmoid(x)` (EfficientNet).
+    Silu,
+    /// EfficientNet's squeeze-and-excitation gate.
+    Sigmoid,
 }
 
 impl Act {
@@ -204,7 +208,9 @@ impl Act {
     /// activations have none, and [`Act::after_clamp`] applies them whole.
     pub(crate) fn bounds(self) -> (f32, f32) {
         match self {
-            Act::None | Act::Hardswish | Act::Hardsigmoid => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::None | Act::Hardswish | Act::Hardsigmoid | Act::Silu | Act::Sigmoid => {
+                (f32::NEG_INFINITY, f32::INFINITY)
+            }
             Act::Relu => (0.0, f32::INFINITY),
             Act::Relu6 => (0.0, 6.0),
         }
@@ -213,7 +219,7 @@ impl Act {
     /// What is left of the activation after a fused clamp of [`Act::bounds`].
     pub(crate) fn after_clamp(self, y: Tensor) -> Result<Tensor> {
         match self {
-            Act::Hardswish | Act::Hardsigmoid => self.apply(&y),
+            Act::Hardswish | Act::Hardsigmoid | Act::Silu | Act::Sigmoid => self.apply(&y),
             Act::None | Act::Relu | Act::Relu6 => Ok(y),
         }
     }
@@ -224,6 +230,11 @@ impl Act {
         match self {
             Act::Hardswish => g.hard_swish(&x),
             Act::Hardsigmoid => g.hard_sigmoid(&x),
+            Act::Sigmoid => Ok(g.sigmoid(&x)),
+            Act::Silu => {
+                let gate = g.sigmoid(&x);
+                Ok(g.mul(&x, &gate))
+            }
             Act::None | Act::Relu | Act::Relu6 => {
                 let (lo, hi) = self.bounds();
                 g.clamp(x, lo, hi)
@@ -238,6 +249,8 @@ impl Act {
             Act::Relu6 => kernels::elementwise::relu6(x)?,
             Act::Hardsigmoid => (kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?,
             Act::Hardswish => x.mul(&(kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?)?,
+            Act::Silu => x.silu()?,
+            Act::Sigmoid => candle_nn::ops::sigmoid(x)?,
         })
     }
 }
