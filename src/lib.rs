@@ -21,6 +21,7 @@
 //! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
 //!   directory (reports, pictures, report.html, the model); [`runs`]: reading
 //!   earlier runs back (`tlab runs`, `tlab compare`);
+//! - [`starter`]: `tlab new`, a commented starter recipe surveyed from a data folder;
 //! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
 //! - [`preview`]: grids of (augmented) sample images;
 //! - [`predict`]: classifying images with a trained or ImageNet model;
@@ -91,6 +92,7 @@ pub mod report;
 pub mod rows;
 pub mod rundir;
 pub mod runs;
+pub mod starter;
 pub(crate) mod suggest;
 pub mod tensorboard;
 pub mod train;

@@ -36,7 +36,18 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
     },
+    /// Write a commented starter recipe from a data folder (classes, counts,
+    /// colour, typical size, imbalance), with lr_find in front.
+    New {
+        /// A folder with train/ (and valid/, test/) class folders, or class folders alone.
+        data: PathBuf,
+        /// The recipe file (default: <data folder name>.toml here; never overwritten).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Step through a recipe in the terminal UI (hot-reloads the file on edit).
+    /// Given a data folder, writes its starter recipe first (as `tlab new`)
+    /// or opens the one written before.
     #[cfg(feature = "tui")]
     Tui { recipe: PathBuf },
     /// Print a grid of augmented training samples and exit.
@@ -254,7 +265,8 @@ fn main() -> ExitCode {
         Command::Check { recipes, syntax_only, json } => check(&recipes, syntax_only, json),
         Command::Bench { case } => bench(case),
         #[cfg(feature = "tui")]
-        Command::Tui { recipe } => tlab::tui::run(&recipe).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Command::Tui { recipe } => tui(&recipe),
+        Command::New { data, output } => new_recipe(&data, output),
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
@@ -294,6 +306,39 @@ fn dedup_chain(chain: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+fn new_recipe(data: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let out = output.unwrap_or_else(|| tlab::starter::default_path(data));
+    let survey = tlab::starter::write_new(data, &out, &tlab::predict::shipped_imagenet_weights())?;
+    let (w, h) = survey.median_size;
+    println!(
+        "{}: {} classes, {} training images, typical {w}x{h} px, {}; largest class {:.1}x the smallest",
+        tlab::paths::shown(data).display(),
+        survey.classes.len(),
+        survey.train_images(),
+        if survey.greyscale { "greyscale" } else { "colour" },
+        survey.imbalance()
+    );
+    println!("wrote {} (check it: tlab check {0}; run it: tlab run {0})", tlab::paths::shown(&out).display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tlab tui RECIPE`, or `tlab tui DATA_DIR`: the starter recipe of the
+/// folder, written first unless it is there from an earlier `tlab new`.
+#[cfg(feature = "tui")]
+fn tui(path: &Path) -> anyhow::Result<ExitCode> {
+    let recipe = if path.is_dir() {
+        let out = tlab::starter::default_path(path);
+        if !out.exists() {
+            tlab::starter::write_new(path, &out, &tlab::predict::shipped_imagenet_weights())?;
+        }
+        out
+    } else {
+        path.to_path_buf()
+    };
+    tlab::tui::run(&recipe)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(recipes: &[PathBuf], syntax_only: bool, json: bool) -> anyhow::Result<ExitCode> {
