@@ -272,7 +272,7 @@ pub fn starter_recipe(survey: &Survey, out: &Path, weights: &Path) -> String {
     } else {
         String::new()
     };
-    let _ = writeln!(t, "[[step]]\nkind = \"fine_tune\"\nepochs = 4\nlr = \"steep\"             # lr_find's steepest-descent rate\n{weights_line}");
+    let _ = writeln!(t, "[[step]]\nkind = \"fine_tune\"\nepochs = 4\nlr = \"valley\"            # lr_find's valley rate (fastai's default suggestion)\n{weights_line}");
     let _ = writeln!(t, "[[step]]\nkind = \"freeze\"\nup_to = \"{unfreeze}\"     # {why_unfreeze}\n");
     let _ = writeln!(
         t,

@@ -37,7 +37,7 @@ fn a_split_colour_folder_gets_a_recipe_that_checks_and_runs() {
         "valid = \"squares/valid\"",
         "image_size = 96",
         "kind = \"lr_find\"",
-        "lr = \"steep\"",
+        "lr = \"valley\"",
         "up_to = \"features.14\"",
         "brightness_range",
     ] {
