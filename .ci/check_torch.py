@@ -50,7 +50,8 @@ data = valid.resolve()
 for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n"),
                    ("mobilenet_v2", "hidden = [16]\nbatchnorm = true\n"), ("inception_v3", ""),
                    ("inception_v3", "hidden = [16]\n"), ("mobilenet_v3_small", ""), ("mobilenet_v3_large", ""),
-                   ("efficientnet_b0", ""), ("efficientnet_v2_s", "hidden = [16]\n")]:
+                   ("efficientnet_b0", ""), ("efficientnet_v2_s", "hidden = [16]\n"),
+                   ("convnext_tiny", "")]:
     d = work / f"{arch}-{len(head)}"
     d.mkdir()
     size = 80 if arch == "inception_v3" else 32  # Inception needs 75 px or more

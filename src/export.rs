@@ -120,7 +120,9 @@ pub fn export_torchvision(run: &Path, out: Option<&Path>) -> Result<TorchvisionE
             ("fc", Some("fc"))
         }
         // Their own classifier has a hidden layer: tlab's head replaces it whole.
-        "vgg16" | "vgg19" | "mobilenet_v3_large" | "mobilenet_v3_small" => ("classifier", None),
+        "vgg16" | "vgg19" | "mobilenet_v3_large" | "mobilenet_v3_small" | "convnext_tiny" | "convnext_small" => {
+            ("classifier", None)
+        }
         other => {
             return Err(Error::Export(format!(
                 "{other} has no torchvision constructor; use --format safetensors (its keys follow the checkpoint tlab loaded) or --format onnx"
@@ -191,7 +193,9 @@ fn torchvision_head(
         return (vec![("head.fc.".into(), format!("{key}."))], String::new());
     }
     // The same order as `Head::forward`: [BatchNorm1d] → [Dropout] → Linear [→ ReLU].
-    let (mut layers, mut renames) = (Vec::new(), Vec::<(String, String)>::new());
+    // ConvNeXt flattens inside its classifier, not in `forward`.
+    let mut layers = if arch.starts_with("convnext") { vec!["torch.nn.Flatten(1)".to_string()] } else { Vec::new() };
+    let mut renames = Vec::<(String, String)>::new();
     let mut fan_in = model.backbone.feature_channels();
     let widths = config.hidden.iter().copied().chain(std::iter::once(classes));
     for (i, units) in widths.enumerate() {

@@ -318,6 +318,27 @@ impl Graph {
         Value { name: self.node("Sigmoid", vec![x.name.clone()], vec![]), shape: x.shape.clone() }
     }
 
+    /// A one-input op that keeps the shape (`Sqrt`, `Erf`, …).
+    pub fn unary(&mut self, op: &str, x: &Value) -> Value {
+        Value { name: self.node(op, vec![x.name.clone()], vec![]), shape: x.shape.clone() }
+    }
+
+    /// A broadcasting two-input op (`Sub`, `Div`, …) shaped like `a`.
+    pub fn binary(&mut self, op: &str, a: &Value, b: &Value) -> Value {
+        Value { name: self.node(op, vec![a.name.clone(), b.name.clone()], vec![]), shape: a.shape.clone() }
+    }
+
+    /// A float32 scalar as a value (shared by every use).
+    pub fn scalar_value(&mut self, v: f32) -> Value {
+        Value { name: self.scalar(v), shape: vec![] }
+    }
+
+    /// A named constant tensor as a value (a per-channel scale, …); `shape`
+    /// without the batch dimension.
+    pub fn tensor_value(&mut self, name: &str, t: &Tensor) -> Result<Value> {
+        Ok(Value { name: self.constant(name, t)?, shape: t.dims().to_vec() })
+    }
+
     /// Elementwise product, `b` broadcast over `a` (a `[c, 1, 1]` scale over a map).
     pub fn mul(&mut self, a: &Value, b: &Value) -> Value {
         Value { name: self.node("Mul", vec![a.name.clone(), b.name.clone()], vec![]), shape: a.shape.clone() }
@@ -599,6 +620,8 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         "Sub" => arg(0)?.broadcast_sub(&arg(1)?)?,
         "Mul" => arg(0)?.broadcast_mul(&arg(1)?)?,
         "Sigmoid" => candle_nn::ops::sigmoid(&arg(0)?)?,
+        "Sqrt" => arg(0)?.sqrt()?,
+        "Erf" => arg(0)?.erf()?,
         "Div" => arg(0)?.broadcast_div(&arg(1)?)?,
         "MaxPool" => {
             let pads = ints(node, "pads");

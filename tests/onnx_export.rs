@@ -169,6 +169,11 @@ fn efficientnet_exports_silu_and_squeeze_excitation_exactly() {
 }
 
 #[test]
+fn convnext_exports_its_channel_norm_gelu_and_layer_scale_exactly() {
+    check("convnext_tiny", 64, avg(), OnnxOptions { opset: 13, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
 fn inception_v3_exports_its_branches_pools_and_input_transform_exactly() {
     check("inception_v3", 79, avg(), OnnxOptions::default(), 1e-4);
 }

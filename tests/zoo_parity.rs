@@ -46,6 +46,7 @@ fn formula(key: &str, shape: &[usize], gain: f64) -> Tensor {
         "weight" => uniform(key, n).map(|u| (1.0 + 0.2 * u) as f32).collect(),
         "bias" | "running_mean" => uniform(key, n).map(|u| (0.1 * u) as f32).collect(),
         "running_var" => uniform(key, n).map(|u| (1.0 + 0.4 * u) as f32).collect(),
+        "layer_scale" => uniform(key, n).map(|u| (0.2 * (1.0 + 0.5 * u)) as f32).collect(),
         other => panic!("no formula for {other}"),
     };
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
@@ -184,6 +185,12 @@ fn efficientnet_lite1_matches_reference() {
 #[test]
 fn efficientnet_lite2_matches_reference() {
     check("efficientnet_lite2");
+}
+
+#[test]
+fn convnext_tiny_and_small_match_torchvision() {
+    check("convnext_tiny");
+    check("convnext_small");
 }
 
 #[test]

@@ -599,6 +599,11 @@ impl Linear {
         Ok(x.matmul(&read(&self.weight, trainable).t()?)?.broadcast_add(&read(&self.bias, trainable))?)
     }
 
+    /// The weight `[out, in]` and bias, detached (for export).
+    pub fn tensors(&self) -> (Tensor, Tensor) {
+        (self.weight.as_detached_tensor(), self.bias.as_detached_tensor())
+    }
+
     /// This layer in an ONNX graph (`Gemm`).
     pub fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
         self.export_onnx_after(g, x, None)

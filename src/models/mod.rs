@@ -6,6 +6,7 @@
 //! `freeze up_to = "features.14"` freezes every block before `features.14`,
 //! like Keras' `layers[:14]`.
 
+pub mod convnext;
 pub mod efficientnet;
 pub mod efficientnet_lite;
 pub mod inception_v3;
@@ -141,6 +142,7 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
         }
         a if a.starts_with("vgg") => boxed(vgg::Vgg::load(arch, p, with_classifier)?),
         "inception_v3" => boxed(Some(inception_v3::InceptionV3::load(p, with_classifier)?)),
+        a if a.starts_with("convnext") => boxed(convnext::ConvNeXt::load(arch, p, with_classifier)?),
         a if a.starts_with("mobilenet_v3") => boxed(mobilenet_v3::MobileNetV3::load(arch, p, with_classifier)?),
         a if a.starts_with("efficientnet_b") || a.starts_with("efficientnet_v2") => {
             boxed(efficientnet::EfficientNet::load(arch, p, with_classifier)?)

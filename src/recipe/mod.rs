@@ -51,6 +51,8 @@ pub const KNOWN_ARCHS: &[&str] = &[
     "efficientnet_lite1",
     "efficientnet_lite2",
     "inception_v3",
+    "convnext_tiny",
+    "convnext_small",
     "resnet18",
     "resnet34",
     "resnet50",
