@@ -750,17 +750,16 @@ fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
     let map: std::collections::HashMap<_, _> = tensors.into_iter().collect();
     let mut fits = Vec::new();
     for arch in tlab::models::ARCHITECTURES {
+        let (renamed, naming) = tlab::models::naming::to_reference(arch, map.clone())?;
         for with_classifier in [true, false] {
-            let mut p = tlab::models::layers::ParamLoader::from_tensors(file.display().to_string(), map.clone());
+            let mut p = tlab::models::layers::ParamLoader::from_tensors(file.display().to_string(), renamed.clone());
             if let Ok(b) = tlab::models::build_backbone(arch, &mut p, with_classifier) {
                 if !with_classifier {
                     p.skip_prefix(b.classifier_prefix());
                 }
                 if p.finish(true, None).is_ok() {
-                    fits.push(format!(
-                        "{arch}{}",
-                        if with_classifier { " (with ImageNet classifier)" } else { " (backbone only)" }
-                    ));
+                    let part = if with_classifier { "with ImageNet classifier" } else { "backbone only" };
+                    fits.push(format!("{arch} ({part}, {})", naming.name()));
                     break;
                 }
             }

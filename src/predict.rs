@@ -55,7 +55,7 @@ impl Predictor {
         // A notebook may predict without ever making a `Lab`: keep candle's
         // spinning pool off here too (see the function).
         crate::kernels::keep_candle_pool_off();
-        let tensors = crate::weights::load(weights)?;
+        let (tensors, _) = models::naming::to_reference(arch, crate::weights::load(weights)?)?;
         let mut p = ParamLoader::from_tensors(weights.display().to_string(), tensors);
         let backbone = models::build_backbone(arch, &mut p, true)?;
         p.finish(true, None)?;

@@ -49,7 +49,10 @@ fn safetensors_converts_to_f16_and_still_fits_and_classifies() {
     assert!(std::fs::metadata(&f16).unwrap().len() * 10 < std::fs::metadata(&src).unwrap().len() * 6);
 
     let (ok, text) = tlab(&[Path::new("inspect"), &f16]);
-    assert!(ok && text.contains("f16") && text.contains("fits: mobilenet_v2 (with ImageNet classifier)"), "{text}");
+    assert!(
+        ok && text.contains("f16") && text.contains("fits: mobilenet_v2 (with ImageNet classifier, reference names)"),
+        "{text}"
+    );
 
     let orange = Path::new("/usr/share/doc/opencv-doc/examples/data/orange.jpg");
     if orange.is_file() {
@@ -87,7 +90,7 @@ fn inspect_recognises_each_zoo_architecture() {
             tlab::weights::save_safetensors(&tensors, DType::F16, &path).unwrap();
             let (ok, text) = tlab(&[Path::new("inspect"), &path]);
             let want = if with_classifier { "with ImageNet classifier" } else { "backbone only" };
-            assert!(ok && text.contains(&format!("fits: {arch} ({want})")), "{text}");
+            assert!(ok && text.contains(&format!("fits: {arch} ({want}, reference names)")), "{text}");
         }
     }
     std::fs::remove_dir_all(dir).unwrap();

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use tlab::models::layers::{Freeze, Mode, ParamLoader};
+use tlab::models::naming::Naming;
 
 fn fixture() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoo_logits.json");
@@ -78,16 +79,29 @@ fn check(arch: &str) -> f64 {
         let size = case["size"].as_u64().unwrap() as usize;
         let gain = case["gain"].as_f64().unwrap();
         let stride = case["stride"].as_u64().unwrap() as usize;
+        let dims = |v: &serde_json::Value| -> Vec<usize> {
+            v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()
+        };
+        // A timm-named case lists each timm key and shape with the reference
+        // key and shape whose formula value it holds.
+        let timm = case["naming"] == "timm";
         let tensors: HashMap<String, Tensor> = case["keys"]
             .as_array()
             .unwrap()
             .iter()
             .map(|k| {
                 let name = k[0].as_str().unwrap();
-                let shape: Vec<usize> = k[1].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-                (name.to_owned(), formula(name, &shape, gain))
+                let t = if timm {
+                    formula(k[2].as_str().unwrap(), &dims(&k[3]), gain).reshape(dims(&k[1])).unwrap()
+                } else {
+                    formula(name, &dims(&k[1]), gain)
+                };
+                (name.to_owned(), t)
             })
             .collect();
+        let (tensors, naming) = tlab::models::naming::to_reference(arch, tensors).unwrap();
+        let expected = if timm { Naming::Timm } else { Naming::Reference };
+        assert_eq!(naming, expected, "{arch}: the checkpoint's naming");
         let want: Vec<Vec<f64>> = case["logits"]
             .as_array()
             .unwrap()
@@ -191,6 +205,15 @@ fn efficientnet_lite2_matches_reference() {
 fn convnext_tiny_and_small_match_torchvision() {
     check("convnext_tiny");
     check("convnext_small");
+}
+
+#[test]
+fn timm_named_checkpoints_load_renamed() {
+    // The convnext_tiny cases include one saved under timm's names, with
+    // timm's own logits (checked in `check`).
+    let fixture = fixture();
+    let timm: Vec<_> = fixture["cases"].as_array().unwrap().iter().filter(|c| c["naming"] == "timm").collect();
+    assert!(timm.iter().any(|c| c["arch"] == "convnext_tiny"), "no timm-named case");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod inception_v3;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
+pub mod naming;
 pub mod resnet;
 pub mod vgg;
 
@@ -166,6 +167,7 @@ pub fn backbone_from_tensors(
     tensors: std::collections::HashMap<String, Tensor>,
     strict: bool,
 ) -> Result<Box<dyn Backbone>> {
+    let (tensors, _) = naming::to_reference(arch, tensors)?;
     let mut p = ParamLoader::from_tensors(source, tensors);
     let backbone = build_backbone(arch, &mut p, false)?;
     p.skip_prefix(backbone.classifier_prefix());

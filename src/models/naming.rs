@@ -1,0 +1,110 @@
+//! Checkpoint naming conventions. tlab's architectures are built with the
+//! reference implementation's state-dict names (torchvision's, or the
+//! EfficientNet-Lite port's); timm publishes some of the same networks under
+//! its own names. [`to_reference`] recognises a timm checkpoint from its keys
+//! and renames it (reshaping where the two differ), so
+//! `weights = "hf:timm/convnext_tiny.fb_in22k_ft_in1k"` loads like
+//! torchvision's file. ResNet needs nothing: timm's names are torchvision's.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// The convention a checkpoint's keys follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// The names tlab's architectures are built with.
+    Reference,
+    /// timm's, renamed on loading.
+    Timm,
+}
+
+impl Naming {
+    pub fn name(self) -> &'static str {
+        match self {
+            Naming::Reference => "reference names",
+            Naming::Timm => "timm names",
+        }
+    }
+}
+
+/// `tensors` under the names `arch` is built with, and the convention found.
+pub fn to_reference(arch: &str, tensors: HashMap<String, Tensor>) -> Result<(HashMap<String, Tensor>, Naming)> {
+    if arch.starts_with("convnext") && tensors.contains_key("stem.0.weight") {
+        let mut out = HashMap::with_capacity(tensors.len());
+        for (key, t) in tensors {
+            let (name, t) = convnext_from_timm(&key, t)?;
+            out.insert(name, t);
+        }
+        return Ok((out, Naming::Timm));
+    }
+    Ok((tensors, Naming::Reference))
+}
+
+/// timm's ConvNeXt key → torchvision's: `stem.K` → `features.0.K`;
+/// `stages.S.downsample.K` → `features.{2S}.K`; `stages.S.blocks.I.conv_dw`
+/// / `norm` / `mlp.fc1` / `mlp.fc2` → `features.{2S+1}.I.block.0/2/3/5`;
+/// `…gamma` `[C]` → `…layer_scale` `[C, 1, 1]`; `head.norm` / `head.fc` →
+/// `classifier.0` / `classifier.2`. A key it does not know keeps its name
+/// (strict loading then names it).
+fn convnext_from_timm(key: &str, t: Tensor) -> Result<(String, Tensor)> {
+    if let Some(rest) = key.strip_prefix("stem.") {
+        return Ok((format!("features.0.{rest}"), t));
+    }
+    if let Some(rest) = key.strip_prefix("head.norm.") {
+        return Ok((format!("classifier.0.{rest}"), t));
+    }
+    if let Some(rest) = key.strip_prefix("head.fc.") {
+        return Ok((format!("classifier.2.{rest}"), t));
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    if let ["stages", s, kind, tail @ ..] = parts.as_slice() {
+        let Ok(s) = s.parse::<usize>() else { return Ok((key.to_owned(), t)) };
+        match (*kind, tail) {
+            ("downsample", [k, leaf]) => return Ok((format!("features.{}.{k}.{leaf}", 2 * s), t)),
+            ("blocks", [i, "gamma"]) => {
+                let c = t.dim(0)?;
+                return Ok((format!("features.{}.{i}.layer_scale", 2 * s + 1), t.reshape((c, 1, 1))?));
+            }
+            ("blocks", [i, module @ .., leaf]) => {
+                let block = match module {
+                    ["conv_dw"] => Some(0),
+                    ["norm"] => Some(2),
+                    ["mlp", "fc1"] => Some(3),
+                    ["mlp", "fc2"] => Some(5),
+                    _ => None,
+                };
+                if let Some(b) = block {
+                    return Ok((format!("features.{}.{i}.block.{b}.{leaf}", 2 * s + 1), t));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((key.to_owned(), t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn renamed(key: &str, shape: &[usize]) -> (String, Vec<usize>) {
+        let t = Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (k, t) = convnext_from_timm(key, t).unwrap();
+        (k, t.dims().to_vec())
+    }
+
+    #[test]
+    fn timm_convnext_keys_become_torchvision_keys() {
+        assert_eq!(renamed("stem.0.weight", &[96, 3, 4, 4]).0, "features.0.0.weight");
+        assert_eq!(renamed("stages.0.blocks.2.conv_dw.bias", &[96]).0, "features.1.2.block.0.bias");
+        assert_eq!(renamed("stages.2.blocks.8.mlp.fc2.weight", &[384, 1536]).0, "features.5.8.block.5.weight");
+        assert_eq!(renamed("stages.3.downsample.1.weight", &[768, 384, 2, 2]).0, "features.6.1.weight");
+        assert_eq!(renamed("stages.1.blocks.0.gamma", &[192]), ("features.3.0.layer_scale".into(), vec![192, 1, 1]));
+        assert_eq!(renamed("head.fc.bias", &[1000]).0, "classifier.2.bias");
+        assert_eq!(renamed("something.else", &[1]).0, "something.else");
+    }
+}
