@@ -209,11 +209,13 @@ fn convnext_tiny_and_small_match_torchvision() {
 
 #[test]
 fn timm_named_checkpoints_load_renamed() {
-    // The convnext_tiny cases include one saved under timm's names, with
-    // timm's own logits (checked in `check`).
+    // The convnext_tiny and efficientnet_b0 cases include one saved under
+    // timm's names, with timm's own logits (checked in `check`).
     let fixture = fixture();
     let timm: Vec<_> = fixture["cases"].as_array().unwrap().iter().filter(|c| c["naming"] == "timm").collect();
-    assert!(timm.iter().any(|c| c["arch"] == "convnext_tiny"), "no timm-named case");
+    for arch in ["convnext_tiny", "efficientnet_b0"] {
+        assert!(timm.iter().any(|c| c["arch"] == arch), "no timm-named case for {arch}");
+    }
 }
 
 #[test]

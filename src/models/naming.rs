@@ -2,7 +2,8 @@
 //! reference implementation's state-dict names (torchvision's, or the
 //! EfficientNet-Lite port's); timm publishes some of the same networks under
 //! its own names. [`to_reference`] recognises a timm checkpoint from its keys
-//! and renames it (reshaping where the two differ), so
+//! and renames it (reshaping where the two differ): ConvNeXt and
+//! EfficientNet-B so far, so
 //! `weights = "hf:timm/convnext_tiny.fb_in22k_ft_in1k"` loads like
 //! torchvision's file. ResNet needs nothing: timm's names are torchvision's.
 
@@ -40,7 +41,70 @@ pub fn to_reference(arch: &str, tensors: HashMap<String, Tensor>) -> Result<(Has
         }
         return Ok((out, Naming::Timm));
     }
+    if arch.starts_with("efficientnet_b") && tensors.contains_key("conv_stem.weight") {
+        return Ok((efficientnet_from_timm(tensors), Naming::Timm));
+    }
     Ok((tensors, Naming::Reference))
+}
+
+/// timm's EfficientNet-B keys (its PyTorch-native `efficientnet_b*`, not the
+/// TF ports `tf_efficientnet_*`, which pad differently) → torchvision's:
+/// `conv_stem`/`bn1` → `features.0.0/1`; `blocks.S.I` → `features.{S+1}.I.block`,
+/// its units numbered in order (an inverted residual's `conv_pw`, `bn1`,
+/// `conv_dw`, `bn2`, `se`, `conv_pwl`, `bn3` → `0.0`, `0.1`, `1.0`, `1.1`,
+/// `2.fc1/fc2`, `3.0`, `3.1`; the first stage's depthwise-separable
+/// `conv_dw`, `bn1`, `se`, `conv_pw`, `bn2` → `0.0`, `0.1`, `1`, `2.0`, `2.1`);
+/// `conv_head`/`bn2` → the last `features.N.0/1`; `classifier` → `classifier.1`.
+fn efficientnet_from_timm(tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let stages = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |s| s + 1);
+    let inverted: std::collections::HashSet<(String, String)> = tensors
+        .keys()
+        .filter_map(|k| {
+            let p: Vec<&str> = k.split('.').collect();
+            (p.len() > 3 && p[0] == "blocks" && p[3] == "conv_pwl").then(|| (p[1].to_owned(), p[2].to_owned()))
+        })
+        .collect();
+    let last = stages + 1;
+    tensors
+        .into_iter()
+        .map(|(key, t)| {
+            let p: Vec<&str> = key.split('.').collect();
+            let name = match p.as_slice() {
+                ["conv_stem", leaf] => format!("features.0.0.{leaf}"),
+                ["bn1", leaf] => format!("features.0.1.{leaf}"),
+                ["conv_head", leaf] => format!("features.{last}.0.{leaf}"),
+                ["bn2", leaf] => format!("features.{last}.1.{leaf}"),
+                ["classifier", leaf] => format!("classifier.1.{leaf}"),
+                ["blocks", s, i, module @ .., leaf] => {
+                    let ir = inverted.contains(&(s.to_string(), i.to_string()));
+                    let unit = match (ir, module) {
+                        (true, ["conv_pw"]) | (false, ["conv_dw"]) => Some("0.0".to_owned()),
+                        (true, ["bn1"]) | (false, ["bn1"]) => Some("0.1".to_owned()),
+                        (true, ["conv_dw"]) => Some("1.0".to_owned()),
+                        (true, ["bn2"]) => Some("1.1".to_owned()),
+                        (true, ["se", fc]) | (false, ["se", fc]) => {
+                            let at = if ir { 2 } else { 1 };
+                            let which = if *fc == "conv_reduce" { "fc1" } else { "fc2" };
+                            Some(format!("{at}.{which}"))
+                        }
+                        (true, ["conv_pwl"]) | (false, ["conv_pw"]) => Some(if ir { "3.0" } else { "2.0" }.to_owned()),
+                        (true, ["bn3"]) | (false, ["bn2"]) => Some(if ir { "3.1" } else { "2.1" }.to_owned()),
+                        _ => None,
+                    };
+                    match (s.parse::<usize>(), unit) {
+                        (Ok(stage), Some(u)) => format!("features.{}.{i}.block.{u}.{leaf}", stage + 1),
+                        _ => key.clone(),
+                    }
+                }
+                _ => key.clone(),
+            };
+            (name, t)
+        })
+        .collect()
 }
 
 /// timm's ConvNeXt key → torchvision's: `stem.K` → `features.0.K`;
