@@ -21,7 +21,8 @@ use std::ops::Range;
 
 use candle_core::{Tensor, Var};
 
-use super::layers::{Act, Conv, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
+use super::blocks::{InvertedResidual, SqueezeExcite};
+use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
@@ -146,98 +147,6 @@ const VARIANTS: [Variant; 5] = [
     },
 ];
 
-/// Squeeze-and-excitation: `x · sigmoid(fc2(silu(fc1(avgpool(x)))))`.
-struct SqueezeExcite {
-    fc1: Conv,
-    fc2: Conv,
-}
-
-impl SqueezeExcite {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = x.mean_keepdim(3)?.mean_keepdim(2)?;
-        Ok(x.broadcast_mul(&self.fc2.forward(&self.fc1.forward(&pooled)?)?)?)
-    }
-
-    fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
-        let pooled = g.global_avg_pool_keep(x);
-        let hidden = self.fc1.export_onnx(g, &pooled)?;
-        let gate = self.fc2.export_onnx(g, &hidden)?;
-        Ok(g.mul(x, &gate))
-    }
-}
-
-/// One MBConv or FusedMBConv: the convolutions before SE, SE, the rest.
-struct MbBlock {
-    head: Vec<ConvBnAct>,
-    se: Option<SqueezeExcite>,
-    tail: Vec<ConvBnAct>,
-    residual: bool,
-}
-
-impl MbBlock {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = x.clone();
-        for c in &self.head {
-            y = c.forward(&y, mode)?;
-        }
-        if let Some(se) = &self.se {
-            y = se.forward(&y)?;
-        }
-        for c in &self.tail {
-            y = c.forward(&y, mode)?;
-        }
-        Ok(if self.residual { (y + x)? } else { y })
-    }
-
-    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
-        let mut y = x.clone();
-        for c in &self.head {
-            y = c.export_onnx(g, &y)?;
-        }
-        if let Some(se) = &self.se {
-            y = se.export_onnx(g, &y)?;
-        }
-        for c in &self.tail {
-            y = c.export_onnx(g, &y)?;
-        }
-        Ok(if self.residual { g.add(&y, &x) } else { y })
-    }
-
-    fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
-        for c in self.head.iter_mut().chain(self.tail.iter_mut()) {
-            c.set_freeze(freeze)?;
-        }
-        if let Some(se) = &mut self.se {
-            se.fc1.set_frozen(freeze.frozen);
-            se.fc2.set_frozen(freeze.frozen);
-        }
-        Ok(())
-    }
-
-    fn trainable_vars(&self, out: &mut Vec<Var>) {
-        for c in self.head.iter().chain(&self.tail) {
-            c.trainable_vars(out);
-        }
-        if let Some(se) = &self.se {
-            se.fc1.trainable_vars(out);
-            se.fc2.trainable_vars(out);
-        }
-    }
-
-    fn named_vars(&self, out: &mut Vec<(String, Var)>) {
-        for c in &self.head {
-            c.named_vars(out);
-        }
-        if let Some(se) = &self.se {
-            se.fc1.named_vars(out);
-            se.fc2.named_vars(out);
-        }
-        for c in &self.tail {
-            c.named_vars(out);
-        }
-    }
-}
-
 fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) -> ConvSpec {
     ConvSpec { cin, cout, kernel: (kernel, kernel), stride, pad: Padding::same((kernel - 1) / 2), groups }
 }
@@ -260,27 +169,23 @@ impl Units<'_> {
     fn se(&mut self, channels: usize, squeeze: usize) -> Result<SqueezeExcite> {
         let pre = format!("{}.block.{}", self.prefix, self.next);
         self.next += 1;
-        let one = |cin, cout| conv(cin, cout, 1, 1, 1);
-        Ok(SqueezeExcite {
-            fc1: Conv::load(self.p, &format!("{pre}.fc1"), one(channels, squeeze), Act::Silu)?,
-            fc2: Conv::load(self.p, &format!("{pre}.fc2"), one(squeeze, channels), Act::Sigmoid)?,
-        })
+        SqueezeExcite::load(self.p, &pre, (channels, squeeze), (Act::Silu, Act::Sigmoid))
     }
 }
 
 /// One block of `stage` with input `cin` and stride `stride`.
-fn block(u: &mut Units, stage: &Stage, cin: usize, cout: usize, stride: usize) -> Result<MbBlock> {
+fn block(u: &mut Units, stage: &Stage, cin: usize, cout: usize, stride: usize) -> Result<InvertedResidual> {
     let exp = make_divisible((cin * stage.expand) as f64);
     let k = stage.kernel;
     let residual = stride == 1 && cin == cout;
     if stage.fused {
         if exp == cin {
             let only = u.conv(conv(cin, cout, k, stride, 1), Act::Silu)?;
-            return Ok(MbBlock { head: vec![only], se: None, tail: Vec::new(), residual });
+            return Ok(InvertedResidual { head: vec![only], se: None, tail: Vec::new(), residual });
         }
         let expand = u.conv(conv(cin, exp, k, stride, 1), Act::Silu)?;
         let project = u.conv(conv(exp, cout, 1, 1, 1), Act::None)?;
-        return Ok(MbBlock { head: vec![expand, project], se: None, tail: Vec::new(), residual });
+        return Ok(InvertedResidual { head: vec![expand, project], se: None, tail: Vec::new(), residual });
     }
     let mut head = Vec::new();
     if exp != cin {
@@ -289,14 +194,14 @@ fn block(u: &mut Units, stage: &Stage, cin: usize, cout: usize, stride: usize) -
     head.push(u.conv(conv(exp, exp, k, stride, exp), Act::Silu)?);
     let se = Some(u.se(exp, (cin / 4).max(1))?);
     let tail = vec![u.conv(conv(exp, cout, 1, 1, 1), Act::None)?];
-    Ok(MbBlock { head, se, tail, residual })
+    Ok(InvertedResidual { head, se, tail, residual })
 }
 
 pub struct EfficientNet {
     variant: &'static Variant,
     stem: ConvBnAct,
     /// `features.1` … : the stages.
-    stages: Vec<Vec<MbBlock>>,
+    stages: Vec<Vec<InvertedResidual>>,
     last: ConvBnAct,
     feature_channels: usize,
     classifier: Option<Linear>,

@@ -15,7 +15,8 @@ use std::ops::Range;
 
 use candle_core::{Tensor, Var};
 
-use super::layers::{self, Act, Conv, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
+use super::blocks::{InvertedResidual, SqueezeExcite};
+use super::layers::{self, Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
@@ -71,116 +72,9 @@ fn make_divisible(v: usize) -> usize {
     }
 }
 
-/// torchvision's `SqueezeExcitation` with MobileNetV3's hard-sigmoid gate:
-/// `x · hardsigmoid(fc2(relu(fc1(avgpool(x)))))`, `fc1`/`fc2` 1×1
-/// convolutions with biases.
-struct SqueezeExcite {
-    fc1: Conv,
-    fc2: Conv,
-}
-
-impl SqueezeExcite {
-    fn load(p: &mut ParamLoader, prefix: &str, channels: usize) -> Result<Self> {
-        let squeeze = make_divisible(channels / 4);
-        let spec = |cin, cout| ConvSpec { cin, cout, kernel: (1, 1), stride: 1, pad: Padding::default(), groups: 1 };
-        Ok(SqueezeExcite {
-            fc1: Conv::load(p, &format!("{prefix}.fc1"), spec(channels, squeeze), Act::Relu)?,
-            fc2: Conv::load(p, &format!("{prefix}.fc2"), spec(squeeze, channels), Act::Hardsigmoid)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pooled = x.mean_keepdim(3)?.mean_keepdim(2)?;
-        let gate = self.fc2.forward(&self.fc1.forward(&pooled)?)?;
-        Ok(x.broadcast_mul(&gate)?)
-    }
-
-    fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
-        let pooled = g.global_avg_pool_keep(x);
-        let hidden = self.fc1.export_onnx(g, &pooled)?;
-        let gate = self.fc2.export_onnx(g, &hidden)?;
-        Ok(g.mul(x, &gate))
-    }
-}
-
-/// A `features.N` entry: expand (optional), depthwise, SE (optional),
-/// project; the input added back when the shape allows.
-struct Block {
-    /// Expand and depthwise (or the stem / last convolution alone).
-    convs: Vec<ConvBnAct>,
-    se: Option<SqueezeExcite>,
-    project: Option<ConvBnAct>,
-    residual: bool,
-}
-
-impl Block {
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = x.clone();
-        for c in &self.convs {
-            y = c.forward(&y, mode)?;
-        }
-        if let Some(se) = &self.se {
-            y = se.forward(&y)?;
-        }
-        if let Some(project) = &self.project {
-            y = project.forward(&y, mode)?;
-        }
-        Ok(if self.residual { (y + x)? } else { y })
-    }
-
-    fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {
-        let mut y = x.clone();
-        for c in &self.convs {
-            y = c.export_onnx(g, &y)?;
-        }
-        if let Some(se) = &self.se {
-            y = se.export_onnx(g, &y)?;
-        }
-        if let Some(project) = &self.project {
-            y = project.export_onnx(g, &y)?;
-        }
-        Ok(if self.residual { g.add(&y, &x) } else { y })
-    }
-
-    fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
-        for c in self.convs.iter_mut().chain(self.project.as_mut()) {
-            c.set_freeze(freeze)?;
-        }
-        if let Some(se) = &mut self.se {
-            se.fc1.set_frozen(freeze.frozen);
-            se.fc2.set_frozen(freeze.frozen);
-        }
-        Ok(())
-    }
-
-    fn trainable_vars(&self, out: &mut Vec<Var>) {
-        for c in self.convs.iter().chain(self.project.as_ref()) {
-            c.trainable_vars(out);
-        }
-        if let Some(se) = &self.se {
-            se.fc1.trainable_vars(out);
-            se.fc2.trainable_vars(out);
-        }
-    }
-
-    /// In the state dict's order: expand, depthwise, SE, project.
-    fn named_vars(&self, out: &mut Vec<(String, Var)>) {
-        for c in &self.convs {
-            c.named_vars(out);
-        }
-        if let Some(se) = &self.se {
-            se.fc1.named_vars(out);
-            se.fc2.named_vars(out);
-        }
-        if let Some(project) = &self.project {
-            project.named_vars(out);
-        }
-    }
-}
-
 pub struct MobileNetV3 {
     arch: &'static str,
-    blocks: Vec<Block>,
+    blocks: Vec<InvertedResidual>,
     feature_channels: usize,
     /// `classifier.0` (→ 1280 or 1024, hard-swish, dropout) and `classifier.3` (→ 1000).
     classifier: Option<(Linear, Linear)>,
@@ -192,7 +86,7 @@ fn conv(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) ->
 
 /// `features.{idx}`'s inverted residual: `block.K.0`/`block.K.1` for each
 /// conv unit and `block.K.fc1`/`fc2` for SE, K counting only what is there.
-fn inverted_residual(p: &mut ParamLoader, idx: usize, s: Setting) -> Result<Block> {
+fn inverted_residual(p: &mut ParamLoader, idx: usize, s: Setting) -> Result<InvertedResidual> {
     let (cin, k, exp, cout, use_se, hard_swish, stride) = s;
     let act = if hard_swish { Act::Hardswish } else { Act::Relu };
     let unit = |p: &mut ParamLoader, at: usize, spec: ConvSpec, act: Act| {
@@ -205,12 +99,15 @@ fn inverted_residual(p: &mut ParamLoader, idx: usize, s: Setting) -> Result<Bloc
     }
     convs.push(unit(p, convs.len(), conv(exp, exp, k, stride, exp), act)?);
     let se = match use_se {
-        true => Some(SqueezeExcite::load(p, &format!("features.{idx}.block.{}", convs.len()), exp)?),
+        true => {
+            let prefix = format!("features.{idx}.block.{}", convs.len());
+            Some(SqueezeExcite::load(p, &prefix, (exp, make_divisible(exp / 4)), (Act::Relu, Act::Hardsigmoid))?)
+        }
         false => None,
     };
     let at = convs.len() + usize::from(use_se);
     let project = unit(p, at, conv(exp, cout, 1, 1, 1), Act::None)?;
-    Ok(Block { convs, se, project: Some(project), residual: stride == 1 && cin == cout })
+    Ok(InvertedResidual { head: convs, se, tail: vec![project], residual: stride == 1 && cin == cout })
 }
 
 impl MobileNetV3 {
@@ -222,9 +119,8 @@ impl MobileNetV3 {
             "mobilenet_v3_small" => ("mobilenet_v3_small", &SMALL, 1024),
             _ => return Ok(None),
         };
-        let single = |convs| Block { convs, se: None, project: None, residual: false };
         let stem = ConvBnAct::load(p, "features.0.0", "features.0.1", conv(3, 16, 3, 2, 1), BN_EPS, Act::Hardswish)?;
-        let mut blocks = vec![single(vec![stem])];
+        let mut blocks = vec![InvertedResidual::single(stem)];
         for &s in settings {
             let idx = blocks.len();
             blocks.push(inverted_residual(p, idx, s)?);
@@ -240,7 +136,7 @@ impl MobileNetV3 {
             BN_EPS,
             Act::Hardswish,
         )?;
-        blocks.push(single(vec![last]));
+        blocks.push(InvertedResidual::single(last));
         let classifier = if with_classifier {
             Some((
                 Linear::load(p, "classifier.0", features, last_channel)?,

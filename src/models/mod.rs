@@ -6,6 +6,7 @@
 //! `freeze up_to = "features.14"` freezes every block before `features.14`,
 //! like Keras' `layers[:14]`.
 
+mod blocks;
 pub mod convnext;
 pub mod efficientnet;
 pub mod efficientnet_lite;
