@@ -75,18 +75,39 @@ fn colour(v: f32) -> Rgb<u8> {
     Rgb([out[0] as u8, out[1] as u8, out[2] as u8])
 }
 
+/// The last block (1-based count of blocks run) whose output map is at
+/// least 2×2, with that output: a 1×1 map (Inception v3 at 96 px, ConvNeXt
+/// at 32 px) weighs every channel by one number and can only colour the
+/// whole image. When every map is 1×1, the last block.
+fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usize, Tensor)> {
+    let blocks = model.backbone.num_blocks();
+    let mut y = x.clone();
+    let mut best = None;
+    for b in 0..blocks {
+        y = model.backbone.forward_blocks(&y, b..b + 1, mode)?.detach();
+        let (_, _, h, w) = y.dims4()?;
+        if h.min(w) >= 2 {
+            best = Some((b + 1, y.clone()));
+        }
+    }
+    Ok(best.unwrap_or((blocks, y)))
+}
+
 /// The Grad-CAM map of class `class` for the input `x` (`[1, 3, s, s]`,
 /// normalised), taken at the output of block `layer` (`None`: the last
-/// block). The model is used in inference mode; its blocks must be
-/// unfrozen from `layer` on so gradients flow (see [`Classifier::freeze`]).
+/// block whose map is at least 2×2). The model is used in inference mode;
+/// gradients flow back through frozen blocks too (their fused kernels step
+/// aside when the input is tracked).
 pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usize>) -> Result<Heatmap> {
     let blocks = model.backbone.num_blocks();
-    let layer = layer.unwrap_or(blocks);
-    if layer == 0 || layer > blocks {
-        return Err(Error::NoSuchBlock { what: "Grad-CAM layer", block: layer, blocks });
-    }
     let mode = Mode { training: false };
-    let acts = model.backbone.forward_blocks(x, 0..layer, mode)?.detach();
+    let (layer, acts) = match layer {
+        Some(layer) if layer == 0 || layer > blocks => {
+            return Err(Error::NoSuchBlock { what: "Grad-CAM layer", block: layer, blocks })
+        }
+        Some(layer) => (layer, model.backbone.forward_blocks(x, 0..layer, mode)?.detach()),
+        None => last_spatial_block(model, x, mode)?,
+    };
     let leaf = Var::from_tensor(&acts)?;
     let logits = model.forward_from(leaf.as_tensor(), layer, mode, &mut Rng::new(0))?;
     let classes = logits.dim(1)?;
@@ -168,6 +189,25 @@ const GREY: Rgb<u8> = Rgb([110, 110, 110]);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_layer_is_the_last_with_a_spatial_map() {
+        use crate::models::layers::ParamLoader;
+        use crate::recipe::{HeadConfig, Pooling};
+        // Inception v3 at 96 px: Mixed_6e's map is 4×4, Mixed_7a's on 1×1.
+        let backbone = crate::models::build_backbone("inception_v3", &mut ParamLoader::random(5), false).unwrap();
+        let cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0, batchnorm: false };
+        let head = crate::models::Head::new(&cfg, backbone.feature_channels(), 3, 0).unwrap();
+        let mut model = Classifier::new(backbone, head);
+        // Every block frozen (BatchNorm folded), as a run's model is after a
+        // head-only recipe: gradients must still reach the chosen block.
+        model.freeze(16, false).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 96, 96), &candle_core::Device::Cpu).unwrap();
+        let map = grad_cam(&model, &x, 1, None).unwrap();
+        assert_eq!((map.width, map.height), (4, 4));
+        let last = grad_cam(&model, &x, 1, Some(16)).unwrap();
+        assert_eq!((last.width, last.height), (1, 1));
+    }
 
     #[test]
     fn peak_and_overlay() {

@@ -97,7 +97,8 @@ enum Command {
         /// Output folder (default: RUN/explain).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// The block whose output is explained (default: the last), e.g. features.14 or layer3.
+        /// The block whose output is explained (default: the last whose map is at
+        /// least 2×2), e.g. features.14 or layer3.
         #[arg(long)]
         layer: Option<String>,
     },
