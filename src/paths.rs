@@ -57,9 +57,43 @@ pub fn shown_from(path: &Path, cwd: &Path) -> PathBuf {
     }
 }
 
+/// `target` as seen from folder `base` (both made absolute first), so a
+/// recipe written anywhere names the data and weights relative to itself.
+pub fn relative_to(target: &Path, base: &Path) -> PathBuf {
+    let (t, b) = (absolute(target), absolute(base));
+    let (tc, bc): (Vec<_>, Vec<_>) = (t.components().collect(), b.components().collect());
+    let common = tc.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    // Sharing only the root (`/tmp` and `/work`): the absolute path reads better.
+    if common <= 1 {
+        return t;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &tc[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_climb_and_descend() {
+        assert_eq!(
+            relative_to(Path::new("/a/b/data/train"), Path::new("/a/b/recipes")),
+            PathBuf::from("../data/train")
+        );
+        assert_eq!(relative_to(Path::new("/a/b/data"), Path::new("/a/b")), PathBuf::from("data"));
+        assert_eq!(relative_to(Path::new("/a/b"), Path::new("/a/b")), PathBuf::from("."));
+    }
 
     #[test]
     fn normalize_folds_dots_lexically() {

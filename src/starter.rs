@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::paths::relative_to;
 
 /// Images sampled per class for the size and colour survey.
 const SAMPLE_PER_CLASS: usize = 8;
@@ -129,30 +130,6 @@ fn is_grey(path: &Path) -> bool {
     }
 }
 
-/// `target` as seen from folder `base` (both made absolute first), so a
-/// recipe written anywhere names the data and weights relative to itself.
-fn relative(target: &Path, base: &Path) -> PathBuf {
-    let (t, b) = (crate::paths::absolute(target), crate::paths::absolute(base));
-    let (tc, bc): (Vec<_>, Vec<_>) = (t.components().collect(), b.components().collect());
-    let common = tc.iter().zip(&bc).take_while(|(x, y)| x == y).count();
-    // Sharing only the root (`/tmp` and `/work`): the absolute path reads better.
-    if common <= 1 {
-        return t;
-    }
-    let mut out = PathBuf::new();
-    for _ in common..bc.len() {
-        out.push("..");
-    }
-    for c in &tc[common..] {
-        out.push(c);
-    }
-    if out.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        out
-    }
-}
-
 /// The training image size for a typical short side: small images are
 /// enlarged to 96 (the quickstart's size for 28-px clothes), mid-sized ones
 /// kept near their size, large ones trained at 224, the backbones' own.
@@ -196,10 +173,10 @@ fn run_name(dir: &Path) -> String {
 fn data_keys(t: &mut String, survey: &Survey, base: &Path) {
     let (w, h) = survey.median_size;
     let size = image_size_for(w.min(h));
-    let _ = writeln!(*t, "train = {}", toml_str(&relative(&survey.layout.train, base)));
+    let _ = writeln!(*t, "train = {}", toml_str(&relative_to(&survey.layout.train, base)));
     match &survey.layout.valid {
         Some(v) => {
-            let _ = writeln!(*t, "valid = {}", toml_str(&relative(v, base)));
+            let _ = writeln!(*t, "valid = {}", toml_str(&relative_to(v, base)));
         }
         None => {
             let _ = writeln!(
@@ -212,7 +189,7 @@ fn data_keys(t: &mut String, survey: &Survey, base: &Path) {
         let _ = writeln!(
             t,
             "test = {}            # evaluate with split = \"test\" once, at the end",
-            toml_str(&relative(test, base))
+            toml_str(&relative_to(test, base))
         );
     }
     let _ = writeln!(
@@ -231,7 +208,7 @@ pub fn starter_recipe(survey: &Survey, out: &Path, weights: &Path) -> String {
     let (unfreeze, why_unfreeze) = unfreeze_for(per_class);
     let imbalanced = survey.imbalance() >= 3.0;
     let mut t = String::new();
-    let _ = writeln!(t, "# Starter recipe written by `tlab new` from {}.", relative(&survey.root, base).display());
+    let _ = writeln!(t, "# Starter recipe written by `tlab new` from {}.", relative_to(&survey.root, base).display());
     let _ = writeln!(
         t,
         "# {} classes, {} training images ({} to {} per class); typical image {w}x{h} px, {}.",
@@ -246,7 +223,7 @@ pub fn starter_recipe(survey: &Survey, out: &Path, weights: &Path) -> String {
     data_keys(&mut t, survey, base);
     let _ = writeln!(t, "batch_size = 32\n");
     let _ = writeln!(t, "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"");
-    let _ = writeln!(t, "weights = {}   # torchvision's ImageNet weights", toml_str(&relative(weights, base)));
+    let _ = writeln!(t, "weights = {}   # torchvision's ImageNet weights", toml_str(&relative_to(weights, base)));
     let _ = writeln!(
         t,
         "dropout = 0.2\n\n[[step]]\nkind = \"freeze\"          # the whole backbone: first only the new head trains\n"
@@ -302,13 +279,6 @@ pub fn write_new(dir: &Path, out: &Path, weights: &Path) -> Result<Survey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_paths_climb_and_descend() {
-        assert_eq!(relative(Path::new("/a/b/data/train"), Path::new("/a/b/recipes")), PathBuf::from("../data/train"));
-        assert_eq!(relative(Path::new("/a/b/data"), Path::new("/a/b")), PathBuf::from("data"));
-        assert_eq!(relative(Path::new("/a/b"), Path::new("/a/b")), PathBuf::from("."));
-    }
 
     #[test]
     fn sizes_and_unfreezing_follow_the_data() {

@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use candle_core::{Tensor, Var, D};
 
-use super::layers::{Act, Conv, ConvSpec, Freeze, Init, Linear, Mode, ParamLoader};
+use super::layers::{read, Act, Conv, ConvSpec, Freeze, Init, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
@@ -45,20 +45,14 @@ impl ChannelNorm {
         })
     }
 
-    fn read(&self, v: &Var) -> Tensor {
-        if self.frozen {
-            v.as_detached_tensor()
-        } else {
-            v.as_tensor().clone()
-        }
-    }
-
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = x.dim(1)?;
         let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
         let var = centred.sqr()?.mean_keepdim(1)?;
         let y = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
-        let (w, b) = (self.read(&self.weight).reshape((1, c, 1, 1))?, self.read(&self.bias).reshape((1, c, 1, 1))?);
+        let trainable = !self.frozen;
+        let (w, b) =
+            (read(&self.weight, trainable).reshape((1, c, 1, 1))?, read(&self.bias, trainable).reshape((1, c, 1, 1))?);
         Ok(y.broadcast_mul(&w)?.broadcast_add(&b)?)
     }
 
@@ -139,8 +133,7 @@ impl CnBlock {
         let rows = y.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
         let rows = self.fc2.forward(&self.fc1.forward(&rows)?.gelu_erf()?)?;
         let y = rows.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
-        let scale =
-            if self.norm.frozen { self.layer_scale.as_detached_tensor() } else { self.layer_scale.as_tensor().clone() };
+        let scale = read(&self.layer_scale, !self.norm.frozen);
         Ok((y.broadcast_mul(&scale.unsqueeze(0)?)? + x)?)
     }
 

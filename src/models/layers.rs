@@ -272,7 +272,7 @@ pub struct Freeze {
 
 /// Reads a parameter for the forward pass: tracked when trainable, detached
 /// (so no graph and no gradient) when frozen.
-fn read(v: &Var, trainable: bool) -> Tensor {
+pub(crate) fn read(v: &Var, trainable: bool) -> Tensor {
     if trainable {
         v.as_tensor().clone()
     } else {
