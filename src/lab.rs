@@ -84,6 +84,39 @@ pub struct Lab {
     states: Vec<Option<State>>,
     /// A fine_tune step to continue from a checkpoint instead of starting afresh.
     pending_resume: Option<(usize, train::Resume)>,
+    /// Follows every step this lab runs (a notebook's run directory, see
+    /// [`crate::recorder`]).
+    recorder: Option<Box<dyn StepRecorder>>,
+}
+
+/// Something that follows every step a [`Lab`] runs, whoever asks for it:
+/// it sees the step begin, its events and how it ended. A notebook's run
+/// directory is kept this way ([`Lab::record_to`](crate::recorder)).
+pub trait StepRecorder: Observer + Send {
+    fn begin_step(&mut self, lab: &Lab, index: usize);
+    fn end_step(&mut self, result: std::result::Result<&StepResult, &Error>);
+    /// For finding out which recorder is attached.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// Sends every event to two observers; the first one's cancel counts.
+struct Tee<'a> {
+    first: &'a mut dyn Observer,
+    second: &'a mut dyn Observer,
+}
+
+impl Observer for Tee<'_> {
+    fn event(&mut self, event: crate::train::Event) {
+        self.second.event(event.clone());
+        self.first.event(event);
+    }
+    fn cancelled(&self) -> bool {
+        self.first.cancelled()
+    }
+    fn checkpoint(&mut self, state: &crate::train::Checkpoint<'_>) -> Result<()> {
+        self.first.checkpoint(state)?;
+        self.second.checkpoint(state)
+    }
 }
 
 impl Lab {
@@ -107,7 +140,24 @@ impl Lab {
             results: vec![None; n],
             states: vec![None; n],
             pending_resume: None,
+            recorder: None,
         }
+    }
+
+    /// Attaches `recorder` to follow every step from now on (replacing any).
+    pub fn set_recorder(&mut self, recorder: Option<Box<dyn StepRecorder>>) {
+        self.recorder = recorder;
+    }
+
+    /// Detaches the recorder, if one is attached.
+    pub fn take_recorder(&mut self) -> Option<Box<dyn StepRecorder>> {
+        self.recorder.take()
+    }
+
+    /// Takes the frozen-feature cache out, leaving an empty one: a tune hands
+    /// it from one trial's lab to the next.
+    pub fn take_feature_cache(&mut self) -> train::cache::FeatureCache {
+        std::mem::take(&mut self.features)
     }
 
     /// Replaces the frozen-feature cache (by default configured from the
@@ -400,6 +450,18 @@ impl Lab {
     }
 
     fn run_one(&mut self, index: usize, obs: &mut dyn Observer) -> Result<()> {
+        let Some(mut recorder) = self.recorder.take() else { return self.run_one_step(index, obs) };
+        recorder.begin_step(self, index);
+        let outcome = self.run_one_step(index, &mut Tee { first: obs, second: recorder.as_mut() });
+        match &outcome {
+            Ok(()) => recorder.end_step(self.results[index].as_ref().ok_or(&Error::NotRun { step: index + 1 })),
+            Err(e) => recorder.end_step(Err(e)),
+        }
+        self.recorder = Some(recorder);
+        outcome
+    }
+
+    fn run_one_step(&mut self, index: usize, obs: &mut dyn Observer) -> Result<()> {
         let step = self.recipe.steps[index].clone();
         let started = Instant::now();
         let output = match &step.kind {

@@ -88,6 +88,7 @@ pub mod predict;
 pub mod preflight;
 pub mod preview;
 pub mod recipe;
+pub mod recorder;
 pub mod report;
 pub mod rows;
 pub mod rundir;

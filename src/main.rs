@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use tlab::lab::Lab;
+use tlab::recorder::RunRecorder;
 use tlab::train::{Event, Observer};
 
 #[derive(Parser)]
@@ -362,26 +363,18 @@ fn check(recipes: &[PathBuf], syntax_only: bool, json: bool) -> anyhow::Result<E
     Ok(if reports.iter().all(|r| r.ok()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Progress bars on a terminal, plain lines otherwise; every line also goes to the run log.
+/// Progress bars on a terminal, plain lines otherwise; the run directory's
+/// files come from the [`RunRecorder`] every event and line also goes to.
 struct Progress {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
-    log: Vec<String>,
     step_label: String,
     /// Set by SIGINT/SIGTERM: stop after the current batch.
     interrupted: Arc<AtomicBool>,
-    /// Where epoch checkpoints go, with what they need: the recipe, the
-    /// running step and the history of the steps before it.
-    checkpoints: Option<tlab::rundir::RunDir>,
-    step: usize,
-    earlier: tlab::checkpoint::Earlier,
-    /// The run's TensorBoard log (`tb/`), fed as the run goes.
-    tb: Option<tlab::tensorboard::EventWriter>,
-    /// Every trained batch: `step,epoch,batch,lr,loss` rows of batches.csv.
-    batches: String,
+    recorder: RunRecorder,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(recorder: RunRecorder) -> Self {
         let bars = std::io::stdout().is_terminal().then(|| {
             let multi = MultiProgress::new();
             let epoch = multi.add(ProgressBar::new(0));
@@ -398,27 +391,23 @@ impl Progress {
             );
             (multi, epoch, batch)
         });
-        Progress {
-            bars,
-            log: Vec::new(),
-            step_label: String::new(),
-            interrupted: Arc::new(AtomicBool::new(false)),
-            checkpoints: None,
-            step: 0,
-            earlier: Default::default(),
-            tb: None,
-            batches: String::from("step,epoch,batch,lr,loss\n"),
-        }
+        Progress { bars, step_label: String::new(), interrupted: Arc::new(AtomicBool::new(false)), recorder }
     }
 
-    fn line(&mut self, s: String) {
+    /// Shows `s` (the recorder has already logged it).
+    fn show(&self, s: &str) {
         match &self.bars {
             Some((multi, _, _)) => {
-                let _ = multi.println(&s);
+                let _ = multi.println(s);
             }
             None => println!("{s}"),
         }
-        self.log.push(s);
+    }
+
+    /// Shows and logs `s`.
+    fn line(&mut self, s: String) {
+        self.show(&s);
+        self.recorder.line(s);
     }
 }
 
@@ -428,36 +417,27 @@ impl Observer for Progress {
     }
 
     fn checkpoint(&mut self, state: &tlab::train::Checkpoint<'_>) -> tlab::Result<()> {
-        match &self.checkpoints {
-            Some(run) => run.checkpoint(self.step, &self.earlier, state),
-            None => Ok(()),
-        }
+        self.recorder.checkpoint(state)
     }
 
     fn event(&mut self, event: Event) {
-        if let Some(tb) = &mut self.tb {
-            if let Err(e) = tb.observe(&event) {
-                // The log is a convenience: a full disk must not stop training.
-                self.tb = None;
-                self.line(format!("  warning: TensorBoard log stopped: {e}"));
-            }
+        if let Some(line) = tlab::recorder::event_line(&event) {
+            self.show(&line);
         }
-        match event {
-            Event::Log(s) => self.line(format!("  {s}")),
+        match &event {
             Event::EpochStart { epoch, epochs, batches } => {
                 if let Some((_, e, b)) = &self.bars {
-                    e.set_length(epochs as u64);
-                    e.set_position(epoch as u64 - 1);
+                    e.set_length(*epochs as u64);
+                    e.set_position(*epoch as u64 - 1);
                     e.set_prefix(self.step_label.clone());
-                    b.set_length(batches as u64);
+                    b.set_length(*batches as u64);
                     b.set_position(0);
                     b.reset_eta();
                 }
             }
-            Event::Batch { epoch, batch, loss, accuracy, lr, .. } => {
-                self.batches.push_str(&format!("{},{epoch},{batch},{lr:e},{loss}\n", self.step + 1));
+            Event::Batch { batch, loss, accuracy, .. } => {
                 if let Some((_, _, b)) = &self.bars {
-                    b.set_position(batch as u64);
+                    b.set_position(*batch as u64);
                     b.set_message(format!("loss {loss:.4} acc {accuracy:.3}"));
                 }
             }
@@ -466,9 +446,10 @@ impl Observer for Progress {
                     e.set_position(r.epoch as u64);
                     e.set_message(format!("valid acc {:.3}", r.valid_accuracy));
                 }
-                self.line(format!("  {}", tlab::rows::epoch_line(&r)));
             }
+            Event::Log(_) => {}
         }
+        self.recorder.event(event);
     }
 }
 
@@ -482,14 +463,7 @@ fn run_recipe_path(
     Ok(match (given, saved, resume) {
         (Some(p), _, _) => p,
         (None, Some(s), _) => s.recipe.clone(),
-        (None, None, Some(dir)) => {
-            let status = dir.join("status.json");
-            let text = std::fs::read_to_string(&status).with_context(|| {
-                format!("{} is not a tlab run directory (no checkpoint, no status.json)", dir.display())
-            })?;
-            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", status.display()))?;
-            PathBuf::from(v["recipe"].as_str().context("status.json names no recipe")?)
-        }
+        (None, None, Some(dir)) => tlab::rundir::Status::read(dir)?.recipe,
         (None, None, None) => bail!("give a recipe"),
     })
 }
@@ -501,50 +475,18 @@ fn run_steps(lab: &mut Lab, progress: &mut Progress, first: usize) -> Option<tla
         if progress.interrupted.load(Ordering::Relaxed) {
             break;
         }
-        progress.step = i;
-        progress.earlier = lab.earlier();
-        let step = &lab.recipe().steps[i];
-        progress.step_label = format!("[{}/{steps}] {}", i + 1, step.kind.name());
-        progress.line(format!("[{}/{steps}] {}: {}", i + 1, step.kind.name(), step.kind.summary()));
-        match lab.run_step(i, progress) {
-            Ok(result) => {
-                let secs = result.seconds;
-                for l in tlab::cells::outcome_lines(&result.output) {
-                    progress.line(format!("  {l}"));
-                }
-                progress.line(format!("  ✓ {:.1}s", secs));
-            }
-            Err(e) => {
-                progress.line(format!("  ✗ {e}"));
-                return Some(e);
-            }
+        progress.step_label = format!("[{}/{steps}] {}", i + 1, lab.recipe().steps[i].kind.name());
+        let header = progress.recorder.begin_step(lab, i);
+        progress.show(&header);
+        let result = lab.run_step(i, progress);
+        for line in progress.recorder.end_step(result.as_ref()) {
+            progress.show(&line);
+        }
+        if let Err(e) = result {
+            return Some(e);
         }
     }
     None
-}
-
-/// The reports, the per-batch trace, the TensorBoard log's end and log.txt.
-fn write_run_files(
-    lab: &Lab,
-    progress: &mut Progress,
-    dir: &Path,
-    info: tlab::rundir::RunInfo,
-    started: Instant,
-) -> anyhow::Result<()> {
-    let written = tlab::rundir::write_reports(lab, dir, info).context("writing reports")?;
-    // The per-batch trace (one-cycle and warm-up shapes show here); a resumed run has only its own batches.
-    tlab::report::atomic_write(&dir.join("batches.csv"), progress.batches.as_bytes())?;
-    if let Some(mut tb) = progress.tb.take() {
-        finish_tensorboard(&mut tb, lab, dir).context("writing the TensorBoard log")?;
-    }
-    progress.line(format!(
-        "wrote {} files to {} in {:.1}s total",
-        written.len() + 2,
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    ));
-    tlab::report::atomic_write(&dir.join("log.txt"), (progress.log.join("\n") + "\n").as_bytes())?;
-    Ok(())
 }
 
 fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -564,12 +506,10 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         }
     };
     let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
-    let run_dir = tlab::rundir::RunDir::open(&dir, &recipe, resume.is_some())
+    let recorder = RunRecorder::open(&dir, &recipe, resume.is_some())
         .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let mut lab = Lab::new(recipe.clone());
-    let mut progress = Progress::new();
-    progress.checkpoints = Some(run_dir.clone());
-    progress.tb = Some(tlab::tensorboard::EventWriter::create(&dir.join("tb"))?);
+    let mut progress = Progress::new(recorder);
     let mut first_step = 0;
     if let Some(state) = saved_state {
         let saved = tlab::checkpoint::load(&dir, state, &recipe)?;
@@ -581,9 +521,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             saved.state.epochs_done
         ));
         lab.resume_from(saved, &mut progress)?;
-        if let Some(tb) = &mut progress.tb {
-            tb.skip_epochs(epochs);
-        }
+        progress.recorder.resumed(epochs);
         first_step = if finished { step + 1 } else { step };
     }
     // First Ctrl-C (or SIGTERM): finish the current batch, write the reports
@@ -603,8 +541,13 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     if interrupted {
         progress.line("interrupted: stopped after the current batch; the reports below are incomplete".into());
     }
-    let info = run_dir.info(!interrupted && failure.is_none());
-    write_run_files(&lab, &mut progress, &dir, info, started)?;
+    let written = progress.recorder.write(&lab, !interrupted && failure.is_none()).context("writing reports")?;
+    progress.show(&format!(
+        "wrote {} files to {} in {:.1}s total",
+        written.len(),
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    ));
     if interrupted {
         eprintln!("interrupted: partial reports in {}", dir.display());
         return Ok(ExitCode::from(130));
@@ -621,34 +564,6 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The end of a run in TensorBoard: the recipe as text, the pictures, and
-/// the evaluation's headline numbers.
-fn finish_tensorboard(tb: &mut tlab::tensorboard::EventWriter, lab: &Lab, dir: &Path) -> tlab::Result<()> {
-    let step = lab.history().len() as i64;
-    let recipe = std::fs::read_to_string(&lab.recipe().path).unwrap_or_default();
-    // Indented: TensorBoard renders text as Markdown, and TOML is code.
-    let block: String = recipe.lines().map(|l| format!("    {l}\n")).collect();
-    tb.text("recipe", 0, &block)?;
-    // The pictures write_reports just wrote, read back rather than drawn again.
-    for name in tlab::rundir::PICTURES {
-        let Ok(png) = std::fs::read(dir.join(name)) else { continue };
-        let Ok((w, h)) = image::ImageReader::new(std::io::Cursor::new(&png))
-            .with_guessed_format()
-            .map_err(drop)
-            .and_then(|r| r.into_dimensions().map_err(drop))
-        else {
-            continue;
-        };
-        tb.image(name.trim_end_matches(".png"), step, png, w, h)?;
-    }
-    if let Ok(eval) = lab.evaluation() {
-        tb.scalar("evaluate/accuracy", step, eval.metrics.accuracy)?;
-        tb.scalar("evaluate/macro_f1", step, eval.metrics.macro_avg.f1)?;
-        tb.scalar("evaluate/ece", step, eval.metrics.calibration.ece)?;
-    }
-    tb.flush()
 }
 
 /// Loads the data, applies every augment step up to the first fine_tune, and

@@ -35,6 +35,47 @@ pub struct RunInfo {
     pub seconds: f64,
 }
 
+/// `status.json`: what a run directory holds and how its run went. Written
+/// when the directory is created (so a run killed before its first
+/// checkpoint names its recipe) and again with every set of reports.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Every step finished.
+    pub complete: bool,
+    /// How many steps the recipe has.
+    pub steps: usize,
+    /// The finished steps, 1-based.
+    pub steps_done: Vec<usize>,
+    /// The recipe's absolute path.
+    pub recipe: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_hash: Option<String>,
+    /// When the run started (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+    /// Wall time, over every process of a resumed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+impl Status {
+    /// Reads `dir/status.json`; a clear error when it is missing or malformed.
+    pub fn read(dir: &Path) -> Result<Status> {
+        let path = dir.join("status.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::data(dir, "not a tlab run directory (no status.json)"),
+            _ => Error::io(&path, e),
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("invalid status: {e}")))
+    }
+
+    /// Writes `dir/status.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json { what: "status.json", source })?;
+        report::atomic_write(&dir.join("status.json"), text.as_bytes())
+    }
+}
+
 /// A run directory as `tlab run`, a TUI session and a notebook leave it:
 /// status.json naming the recipe from the start (so a run killed before its
 /// first checkpoint can still be resumed), checkpoints after every epoch, and
@@ -56,25 +97,16 @@ impl RunDir {
     /// by a killed process are removed.
     pub fn open(path: &Path, recipe: &Recipe, resuming: bool) -> Result<RunDir> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let previous: serde_json::Value = std::fs::read_to_string(path.join("status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let started_at = previous["started"].as_u64().filter(|_| resuming).unwrap_or(now);
-        let earlier_seconds = previous["seconds"].as_f64().filter(|_| resuming).unwrap_or(0.0);
+        let previous = Status::read(path).ok().filter(|_| resuming).unwrap_or_default();
+        let started_at = previous.started.unwrap_or(now);
+        let earlier_seconds = previous.seconds.unwrap_or(0.0);
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
         // A process killed mid-write leaves its temp file; never its target.
         report::remove_stale_temps(path);
         if !path.join("status.json").exists() {
-            let status = serde_json::json!({
-                "complete": false,
-                "steps": recipe.steps.len(),
-                "steps_done": [],
-                "recipe": crate::paths::absolute(&recipe.path).display().to_string(),
-            });
-            let text =
-                serde_json::to_string_pretty(&status).map_err(|source| Error::Json { what: "status.json", source })?;
-            report::atomic_write(&path.join("status.json"), text.as_bytes())?;
+            let status =
+                Status { steps: recipe.steps.len(), recipe: crate::paths::absolute(&recipe.path), ..Status::default() };
+            status.write(path)?;
         }
         Ok(RunDir {
             path: path.to_path_buf(),
@@ -116,16 +148,6 @@ impl RunDir {
     }
 }
 
-impl Lab {
-    /// Leaves this lab's run in `dir` as `tlab run` would (status.json, the
-    /// reports, the pictures, the model): what a notebook calls to keep its
-    /// work. Complete when every step has a result.
-    pub fn save_run(&self, dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
-        let complete = self.results().count() == self.recipe().steps.len();
-        RunDir::open(dir.as_ref(), self.recipe(), false)?.write_reports(self, complete)
-    }
-}
-
 /// Writes every report of `lab` into `dir` (created if needed): status.json
 /// saying whether every step completed (with the start, the wall time and a
 /// hash of the recipe), recipe.toml (the recipe as run), metrics.json and predictions.csv
@@ -146,15 +168,15 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
     let classes: Vec<String> = lab.data_ref().map(|d| d.classes.clone()).unwrap_or_default();
     let done: Vec<usize> = lab.results().map(|r| r.index + 1).collect();
     let text = std::fs::read_to_string(&recipe.path).unwrap_or_default();
-    let status = serde_json::json!({
-        "complete": complete,
-        "steps": recipe.steps.len(),
-        "steps_done": done,
-        "recipe": crate::paths::absolute(&recipe.path).display().to_string(),
-        "recipe_hash": recipe_hash(&text),
-        "started": info.started,
-        "seconds": info.seconds,
-    });
+    let status = Status {
+        complete,
+        steps: recipe.steps.len(),
+        steps_done: done,
+        recipe: crate::paths::absolute(&recipe.path),
+        recipe_hash: Some(recipe_hash(&text)),
+        started: Some(info.started),
+        seconds: Some(info.seconds),
+    };
     put("status.json", serde_json::to_string_pretty(&status).unwrap_or_default().as_bytes())?;
     put("recipe.toml", text.as_bytes())?;
     let eval = lab.evaluation_ref();

@@ -29,13 +29,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// Reads `dir`; it must hold a `status.json`.
     pub fn read(dir: &Path) -> Result<RunSummary> {
-        let status_path = dir.join("status.json");
-        let text = std::fs::read_to_string(&status_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::data(dir, "not a tlab run directory (no status.json)"),
-            _ => Error::io(&status_path, e),
-        })?;
-        let status: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::data(&status_path, format!("invalid JSON: {e}")))?;
+        let status = crate::rundir::Status::read(dir)?;
         let metrics = match std::fs::read_to_string(dir.join("metrics.json")) {
             Ok(t) => Some(
                 serde_json::from_str(&t)
@@ -50,10 +44,10 @@ impl RunSummary {
         Ok(RunSummary {
             dir: dir.to_path_buf(),
             name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            started: status["started"].as_u64(),
-            complete: status["complete"].as_bool().unwrap_or(false),
-            seconds: status["seconds"].as_f64(),
-            recipe_hash: status["recipe_hash"].as_str().map(str::to_owned),
+            started: status.started,
+            complete: status.complete,
+            seconds: status.seconds,
+            recipe_hash: status.recipe_hash,
             recipe: std::fs::read_to_string(dir.join("recipe.toml")).ok(),
             metrics,
             history,

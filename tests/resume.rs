@@ -210,7 +210,7 @@ fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
 
     let loaded = tlab::recipe::load(&recipe).unwrap();
     let session = dir.join("session");
-    let run = tlab::rundir::RunDir::open(&session, &loaded, false).unwrap();
+    let run = tlab::recorder::RunRecorder::open(&session, &loaded, false).unwrap();
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
@@ -245,7 +245,45 @@ fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("resuming") && text.contains("at step 3 after epoch 3"), "{text}");
     assert_same_result(&full, &session);
+    // The same files as `tlab run`'s, and the session's own log besides.
+    let mut expected = file_set(&full);
+    expected.insert("tui.log".into());
+    assert_eq!(file_set(&session), expected);
+    let log = std::fs::read_to_string(session.join("log.txt")).unwrap();
+    assert!(
+        log.contains("[3/6] fine_tune") && log.contains("resuming"),
+        "the session's lines, then the resumed run's:\n{log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A notebook's run (`record_to`, the cells, `save_run`) leaves the files
+/// `tlab run` leaves, and a checkpoint that `tlab run --resume` accepts.
+#[test]
+fn a_notebook_run_leaves_the_same_files_as_tlab_run() {
+    let (dir, recipe, full, _) = uninterrupted("notebook-files", 7, RECIPE);
+    let nb = dir.join("notebook");
+    let mut lab = tlab::Lab::open(&recipe).unwrap();
+    lab.record_to(&nb).unwrap();
+    lab.run_rest(&mut tlab::cells::Progress::new()).unwrap();
+    lab.save_run(&nb).unwrap();
+    assert_eq!(file_set(&nb), file_set(&full));
+    assert_same_result(&full, &nb);
+    let batches = std::fs::read_to_string(nb.join("batches.csv")).unwrap();
+    assert_eq!(batches, std::fs::read_to_string(full.join("batches.csv")).unwrap());
+    assert!(std::fs::read_to_string(nb.join("log.txt")).unwrap().contains("[6/6] evaluate"));
+    assert!(tlab::checkpoint::read_state(&nb).unwrap().is_some());
+    // Saving elsewhere (nothing recorded there) still leaves the whole set.
+    let other = dir.join("saved");
+    lab.save_run(&other).unwrap();
+    assert_eq!(file_set(&other), file_set(&full).into_iter().filter(|f| f != "checkpoint").collect());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The names directly in a run directory (TensorBoard's event files differ
+/// by name, so `tb` counts as one entry).
+fn file_set(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
 /// Starts `tlab run RECIPE --resume DIR` (a fresh start while DIR has no

@@ -35,7 +35,7 @@ use ratatui_image::thread::ResizeResponse;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
-use crate::rundir::RunDir;
+use crate::recorder::RunRecorder;
 use app::{Action, App, Command, CommandKind, Effect, Msg};
 use views::images::{ImageKey, Images};
 use worker::FromWorker;
@@ -105,7 +105,7 @@ fn install_panic_hook() {
 /// Runs the TUI on `recipe_path` until the user quits.
 pub fn run(recipe_path: &Path) -> Result<()> {
     let recipe = crate::recipe::load(recipe_path)?;
-    let run_dir = RunDir::open(&crate::report::default_run_dir(&format!("{}-tui", recipe.name)), &recipe, false)?;
+    let run_dir = RunRecorder::open(&crate::report::default_run_dir(&format!("{}-tui", recipe.name)), &recipe, false)?;
     let log_path = run_dir.path().join("tui.log");
     let mut app = App::new(&recipe, log_path.clone());
 

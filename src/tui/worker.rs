@@ -9,9 +9,8 @@ use std::sync::Arc;
 use image::RgbImage;
 
 use super::app::Command;
-use crate::checkpoint::Earlier;
 use crate::lab::{Lab, StepOutput, StepResult};
-use crate::rundir::RunDir;
+use crate::recorder::RunRecorder;
 use crate::train::{Checkpoint, Event, Observer};
 
 /// Messages from the engine thread to the UI.
@@ -39,46 +38,34 @@ pub enum ImageKind {
     MistakesGradCam,
 }
 
-/// Forwards training events to the UI (and the log file), relays cancels
-/// and writes the epoch checkpoints into the session's run directory.
+/// Forwards training events to the UI and to the session's run recorder
+/// (log, batches, TensorBoard, epoch checkpoints), and relays cancels.
 struct Forward<'a> {
     step: usize,
     tx: &'a dyn Fn(FromWorker),
     cancel: &'a AtomicBool,
-    log: &'a mut Option<std::fs::File>,
-    run: &'a RunDir,
-    /// The epochs of the steps before this one, for the checkpoint.
-    earlier: &'a Earlier,
+    run: &'a mut RunRecorder,
 }
 
 impl Observer for Forward<'_> {
     fn event(&mut self, event: Event) {
-        if let Some(f) = self.log.as_mut() {
-            match &event {
-                Event::Log(s) => {
-                    let _ = writeln!(f, "[step {}] {s}", self.step + 1);
-                }
-                Event::Epoch(r) => {
-                    let _ = writeln!(f, "[step {}] epoch {} {:?}", self.step + 1, r.epoch, r);
-                }
-                _ => {}
-            }
-        }
+        self.run.event(event.clone());
         (self.tx)(FromWorker::Event(self.step, event));
     }
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
     fn checkpoint(&mut self, state: &Checkpoint<'_>) -> crate::Result<()> {
-        self.run.checkpoint(self.step, self.earlier, state)
+        self.run.checkpoint(state)
     }
 }
 
 /// Runs the worker loop until the command channel closes. The session's run
-/// directory gets `tui.log`, a checkpoint after every epoch and, whenever a
-/// command finishes, the reports — what `tlab run` leaves, so `tlab run
-/// --resume DIR` continues a session.
-pub fn run(lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel: Arc<AtomicBool>, run: RunDir) {
+/// directory gets what `tlab run` leaves there (through the same
+/// [`RunRecorder`]: log.txt, batches.csv, tb/, a checkpoint after every
+/// epoch and, whenever a command finishes, the reports), so `tlab run
+/// --resume DIR` continues a session; `tui.log` adds the session's own events.
+pub fn run(lab: Lab, rx: Receiver<Command>, tx: impl Fn(FromWorker), cancel: Arc<AtomicBool>, run: RunRecorder) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(run.path().join("tui.log")).ok();
     let mut worker = Worker { lab, rx, tx: &tx, cancel, run, log, queue: Default::default() };
     while let Some(cmd) = worker.next() {
@@ -93,7 +80,7 @@ struct Worker<'a> {
     rx: Receiver<Command>,
     tx: &'a dyn Fn(FromWorker),
     cancel: Arc<AtomicBool>,
-    run: RunDir,
+    run: RunRecorder,
     log: Option<std::fs::File>,
     /// Commands that arrived while steps ran, in order.
     queue: std::collections::VecDeque<Command>,
@@ -171,18 +158,12 @@ impl Worker<'_> {
     fn run_step(&mut self, step: usize) -> bool {
         (self.tx)(FromWorker::Started(step));
         self.log(format_args!("[step {}] started", step + 1));
-        let earlier = self.lab.earlier();
+        self.run.begin_step(&self.lab, step);
         let result = {
-            let mut obs = Forward {
-                step,
-                tx: self.tx,
-                cancel: &self.cancel,
-                log: &mut self.log,
-                run: &self.run,
-                earlier: &earlier,
-            };
+            let mut obs = Forward { step, tx: self.tx, cancel: &self.cancel, run: &mut self.run };
             self.lab.run_step(step, &mut obs)
         };
+        self.run.end_step(result.as_ref());
         match result {
             Ok(r) => {
                 let cancelled = self.cancel.load(Ordering::Relaxed);
@@ -213,7 +194,7 @@ impl Worker<'_> {
     /// (complete once every step has a result).
     fn write_reports(&mut self) {
         let complete = self.lab.results().count() == self.lab.recipe().steps.len();
-        if let Err(e) = self.run.write_reports(&self.lab, complete) {
+        if let Err(e) = self.run.write(&self.lab, complete) {
             let dir = self.run.path().display().to_string();
             self.log(format_args!("writing the reports to {dir} failed: {e}"));
         }
