@@ -85,13 +85,13 @@ pub struct Lab {
     /// A fine_tune step to continue from a checkpoint instead of starting afresh.
     pending_resume: Option<(usize, train::Resume)>,
     /// Follows every step this lab runs (a notebook's run directory, see
-    /// [`crate::recorder`]).
+    /// the run recorder).
     recorder: Option<Box<dyn StepRecorder>>,
 }
 
 /// Something that follows every step a [`Lab`] runs, whoever asks for it:
 /// it sees the step begin, its events and how it ended. A notebook's run
-/// directory is kept this way ([`Lab::record_to`](crate::recorder)).
+/// directory is kept this way (`Lab::record_to`).
 pub trait StepRecorder: Observer + Send {
     fn begin_step(&mut self, lab: &Lab, index: usize);
     fn end_step(&mut self, result: std::result::Result<&StepResult, &Error>);

@@ -100,6 +100,7 @@ pub mod train;
 #[cfg(feature = "tui")]
 #[doc(hidden)]
 pub mod tui;
+pub mod tune;
 pub mod views;
 pub mod weights;
 

@@ -37,6 +37,33 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
     },
+    /// Search the recipe's `[tune]` keys (or a default space) by successive
+    /// halving, scoring trials on an inner split of the training data; then
+    /// train the best recipe (best.toml) on all of it and evaluate on valid.
+    Tune {
+        /// The recipe (optional with --resume: the tune directory remembers it).
+        #[arg(required_unless_present = "resume")]
+        recipe: Option<PathBuf>,
+        /// Stop starting trials after this long: 20m, 90s, 1h30m.
+        #[arg(long, value_parser = parse_budget)]
+        budget: Option<std::time::Duration>,
+        /// At most this many trials.
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Successive-halving rungs (default 3): a trial at the first rung
+        /// trains 1/eta^(rungs-1) of the recipe's epochs.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=6))]
+        rungs: Option<u32>,
+        /// The halving factor (default 3): the best 1/eta go on.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=8))]
+        eta: Option<u32>,
+        /// Tune directory (default: runs/<name>-tune-<timestamp>).
+        #[arg(long, conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue an interrupted tune in DIR without redoing finished trials.
+        #[arg(long, value_name = "DIR")]
+        resume: Option<PathBuf>,
+    },
     /// Write a commented starter recipe from a data folder (classes, counts,
     /// colour, typical size, imbalance), with lr_find in front.
     New {
@@ -265,6 +292,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { recipe, out, resume } => run(recipe, out, resume),
         Command::Check { recipes, syntax_only, json } => check(&recipes, syntax_only, json),
+        Command::Tune { recipe, budget, trials, rungs, eta, out, resume } => {
+            let opts =
+                tlab::tune::Options { budget, trials, rungs: rungs.map(|r| r as usize), eta: eta.map(|e| e as usize) };
+            tune(recipe.as_deref(), out, resume, &opts)
+        }
         Command::Bench { case } => bench(case),
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tui(&recipe),
@@ -340,6 +372,47 @@ fn tui(path: &Path) -> anyhow::Result<ExitCode> {
         path.to_path_buf()
     };
     tlab::tui::run(&recipe)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_budget(text: &str) -> Result<std::time::Duration, String> {
+    tlab::tune::space::budget_text(text)
+}
+
+fn tune(
+    recipe: Option<&Path>,
+    out: Option<PathBuf>,
+    resume: Option<PathBuf>,
+    opts: &tlab::tune::Options,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = recipe {
+        // The same checks as `tlab check`, before any trial trains.
+        let report = tlab::preflight::check(path, false);
+        if !report.ok() {
+            for l in report.problems() {
+                eprintln!("{l}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let dir = match (&resume, out, recipe) {
+        (Some(d), _, _) => d.clone(),
+        (None, Some(o), _) => o,
+        (None, None, Some(p)) => tlab::report::default_run_dir(&format!("{}-tune", tlab::recipe::load(p)?.name)),
+        (None, None, None) => bail!("give a recipe"),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.clone())?;
+        signal_hook::flag::register(sig, cancel.clone())?;
+    }
+    println!("tlab tune → {}", dir.display());
+    let outcome = tlab::tune::run(recipe, &dir, resume.is_some(), opts, cancel, &mut |l| println!("{l}"))?;
+    println!("wrote tune.csv, tune.md, scores.png, trials.png to {}", dir.display());
+    if outcome.interrupted {
+        eprintln!("interrupted: `tlab tune --resume {}` continues", dir.display());
+        return Ok(ExitCode::from(130));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -764,10 +837,10 @@ fn show_predictions(
             let top: Vec<String> = order.iter().map(|&i| format!("{}:{:.4}", classes[i], p[i])).collect();
             text.push_str(&format!(
                 "{},{},{:.6},{}\n",
-                csv_field(&tlab::paths::shown(path).display().to_string()),
-                csv_field(&classes[order[0]]),
+                tlab::report::csv_field(&tlab::paths::shown(path).display().to_string()),
+                tlab::report::csv_field(&classes[order[0]]),
                 p[order[0]],
-                csv_field(&top.join(" "))
+                tlab::report::csv_field(&top.join(" "))
             ));
         }
         tlab::report::atomic_write(file, text.as_bytes())?;
@@ -1019,15 +1092,6 @@ fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
         tlab::paths::shown(&output.join("compare.html")).display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A CSV field, quoted when it has to be.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 /// A NumPy `.npy` file (format 1.0) of little-endian float32 values.

@@ -148,7 +148,14 @@ pub fn check(path: &Path, syntax_only: bool) -> Preflight {
         }
     };
     match crate::recipe::parse_all(&text, path) {
-        Ok(recipe) => report.steps = Some(recipe.steps.len()),
+        Ok(recipe) => {
+            report.steps = Some(recipe.steps.len());
+            // The `[tune]` table's keys, ranges and values, checked against
+            // the recipe schema before any trial trains.
+            if let Err(e) = crate::tune::space::parse(&text, path) {
+                report.findings.push(finding(e));
+            }
+        }
         Err(errors) => report.findings.extend(errors.into_iter().map(finding)),
     }
     if !syntax_only {

@@ -93,7 +93,8 @@ pub fn predictions_csv(preds: &[Prediction], classes: &[String]) -> String {
     s
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted where it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -28,7 +28,7 @@ enum Which {
 
 /// Splits a CSV line into fields: commas separate, double quotes enclose
 /// fields that contain commas (`""` is a quote inside one).
-fn fields(line: &str) -> Vec<String> {
+pub(crate) fn fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut field = String::new();
     let mut quoted = false;

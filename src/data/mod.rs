@@ -155,6 +155,26 @@ impl Dataset {
     }
 }
 
+/// The classes and the training images of `cfg` (after the validation
+/// split where it is carved from `train`), listed without decoding and
+/// without looking into a `valid` folder: what `tlab tune` carves its inner
+/// split from, so a search never reads the validation images.
+pub(crate) fn training_listing(cfg: &DataConfig, seed: u64) -> Result<(Vec<String>, Labelled)> {
+    let mut skipped = Vec::new();
+    if let Some(csv) = &cfg.csv {
+        let list = crate::data::csv::list(csv, cfg, seed, &mut skipped)?;
+        return Ok((list.classes, list.train));
+    }
+    let train_files = scan(&cfg.train, &mut skipped)?;
+    let classes: Vec<String> = train_files.iter().map(|(c, _)| c.clone()).collect();
+    let per_class: Vec<Vec<PathBuf>> = train_files.into_iter().map(|(_, f)| cap(f, cfg.max_per_class)).collect();
+    let train = match cfg.valid {
+        Some(_) => per_class.into_iter().enumerate().flat_map(|(l, f)| f.into_iter().map(move |p| (p, l))).collect(),
+        None => stratified_split(per_class, cfg.valid_split, seed).0,
+    };
+    Ok((classes, train))
+}
+
 /// Folder-per-class listing: `train`, then `valid` or a stratified split of
 /// `train`, and the optional `test` folder.
 fn list_folders(cfg: &DataConfig, seed: u64, skipped: &mut Vec<(PathBuf, String)>) -> Result<Listing> {

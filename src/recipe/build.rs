@@ -18,8 +18,8 @@ use super::{
     WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
 
-const TOP_KEYS: &[&str] = &["name", "seed", "data", "step"];
-const DATA_KEYS: &[&str] =
+const TOP_KEYS: &[&str] = &["name", "seed", "data", "step", "tune"];
+pub(crate) const DATA_KEYS: &[&str] =
     &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers", "csv", "test"];
 const BACKBONE_KEYS: &[&str] =
     &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "batchnorm", "head"];
@@ -107,6 +107,19 @@ const LR_FIND_KEYS: &[&str] = &[
     "batch_size",
     "label_smoothing",
 ];
+
+/// The keys a step of `kind` accepts (none for an unknown kind).
+pub(crate) fn step_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "backbone" => BACKBONE_KEYS,
+        "freeze" => FREEZE_KEYS,
+        "augment" => AUGMENT_KEYS,
+        "lr_find" => LR_FIND_KEYS,
+        "fine_tune" => FINE_TUNE_KEYS,
+        "evaluate" => EVALUATE_KEYS,
+        _ => &[],
+    }
+}
 
 /// The document start: where errors about the document as a whole point.
 const DOC_START: Option<std::ops::Range<usize>> = Some(0..0);

@@ -29,6 +29,7 @@ mod toml_reader;
 
 use std::path::{Path, PathBuf};
 
+pub(crate) use build::{step_keys, DATA_KEYS};
 pub use builder::{
     AugmentBuilder, BackboneBuilder, DataBuilder, EvaluateBuilder, FineTuneBuilder, RecipeBuilder, Setting,
 };
