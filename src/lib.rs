@@ -21,7 +21,10 @@
 //! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
 //!   directory (reports, pictures, report.html, the model); [`runs`]: reading
 //!   earlier runs back (`tlab runs`, `tlab compare`);
+//! - [`recorder`]: the one observer that fills a run directory as a run goes
+//!   (`tlab run`, the TUI, `tlab tune`'s trials, `Lab::record_to`);
 //! - [`starter`]: `tlab new`, a commented starter recipe surveyed from a data folder;
+//! - [`tune`]: `tlab tune` and `Lab::tune`, successive halving over a recipe's keys;
 //! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
 //! - [`preview`]: grids of (augmented) sample images;
 //! - [`predict`]: classifying images with a trained or ImageNet model;
@@ -44,6 +47,8 @@
 /// lab.run_rest(&mut Progress::new())?;
 /// println!("accuracy {:.4}", lab.evaluation()?.metrics.accuracy);
 /// lab.save_run("runs/mine")?;
+/// // A search over the recipe's [tune] keys, scored on an inner split:
+/// let tuned = lab.tune(&TuneOptions { trials: Some(9), ..Default::default() })?;
 /// # Ok::<(), tlab::Error>(())
 /// ```
 pub mod prelude {
@@ -56,6 +61,7 @@ pub mod prelude {
     pub use crate::recipe::{Recipe, RecipeBuilder};
     pub use crate::rundir::RunDir;
     pub use crate::train::{Evaluation, Event, Observer, Silent};
+    pub use crate::tune::Options as TuneOptions;
     pub use crate::views::{ClassReport, ConfusionMatrix, HistoryChart, Mistakes, Samples};
 }
 

@@ -50,8 +50,9 @@ enum Command {
         /// At most this many trials.
         #[arg(long)]
         trials: Option<usize>,
-        /// Successive-halving rungs (default 3): a trial at the first rung
-        /// trains 1/eta^(rungs-1) of the recipe's epochs.
+        /// Successive-halving rungs: a trial at the first rung trains
+        /// 1/eta^(rungs-1) of the recipe's epochs (default: as many as give
+        /// every rung more epochs than the one below, at most 3).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=6))]
         rungs: Option<u32>,
         /// The halving factor (default 3): the best 1/eta go on.

@@ -76,6 +76,70 @@ pub struct Outcome {
     pub final_accuracy: Option<f64>,
     /// Interrupted (Ctrl-C): `--resume` continues.
     pub interrupted: bool,
+    /// What was searched (for the pictures).
+    pub space: Space,
+    pub rungs: usize,
+}
+
+impl Outcome {
+    /// The leaderboard as Markdown (tune.md's table and verdict).
+    pub fn to_markdown(&self) -> String {
+        summary_markdown(self)
+    }
+
+    /// `scores.png`: the inner-split score against each searched key.
+    pub fn scores_png(&self) -> image::RgbImage {
+        charts::scores_chart(self, &self.space)
+    }
+
+    /// `trials.png`: each trial's score rung by rung.
+    pub fn trials_png(&self) -> image::RgbImage {
+        charts::trials_chart(self, self.rungs)
+    }
+
+    /// A notebook cell's view: the leaderboard and both pictures.
+    pub fn blocks(&self) -> Result<Vec<crate::views::Block>> {
+        use crate::views::{escape, img_tag, Block};
+        let mut html =
+            String::from("<table><tr><th>trial</th><th>rung</th><th>share</th><th>inner accuracy</th><th>s</th>");
+        for k in &self.keys {
+            html += &format!("<th>{}</th>", escape(k));
+        }
+        html += "</tr>";
+        for r in leaderboard(&self.rows) {
+            html += &format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.1}</td>",
+                r.trial + 1,
+                r.rung,
+                r.share,
+                r.score,
+                r.seconds
+            );
+            html += &r.values.iter().map(|v| format!("<td>{}</td>", escape(v))).collect::<String>();
+            html += "</tr>";
+        }
+        html += "</table>";
+        html += &format!("<p>{}</p>", escape(verdict(self).trim()));
+        if !self.rows.is_empty() {
+            html += &img_tag(&self.scores_png(), "score against each key")?;
+            html += &img_tag(&self.trials_png(), "each trial rung by rung")?;
+        }
+        Ok(vec![Block::text(self.to_markdown()), Block::html(html)])
+    }
+}
+
+crate::views::evcxr_display!(Outcome);
+
+impl Lab {
+    /// Tunes this lab's recipe (its file's `[tune]` table, else the default
+    /// space) into `runs/<name>-tune-<timestamp>`, printing a line per trial
+    /// and rung, as `tlab tune` does; the outcome shows its leaderboard and
+    /// pictures in a notebook cell.
+    pub fn tune(&self, opts: &Options) -> Result<Outcome> {
+        let dir = report::default_run_dir(&format!("{}-tune", self.recipe().name));
+        let path = self.recipe().path.clone();
+        run(Some(&path), &dir, false, opts, Arc::new(AtomicBool::new(false)), &mut |l| println!("{l}"))
+    }
 }
 
 /// The settings a tune directory records, so `--resume` needs only the folder.
@@ -159,8 +223,11 @@ impl<'a> Tune<'a> {
         let text = std::fs::read_to_string(&recipe_path).map_err(|e| Error::io(&recipe_path, e))?;
         let space = space::parse(&text, &recipe_path)?;
         let st = &space.settings;
-        let rungs = opts.rungs.or(saved.as_ref().map(|s| s.rungs)).unwrap_or(st.rungs).max(1);
         let eta = opts.eta.or(saved.as_ref().map(|s| s.eta)).unwrap_or(st.eta).max(2);
+        let rungs = match opts.rungs.or(saved.as_ref().map(|s| s.rungs)).or(st.rungs) {
+            Some(r) => r.max(1),
+            None => space::default_rungs(&recipe::parse(&text, &recipe_path)?, eta),
+        };
         let budget =
             opts.budget.or(saved.as_ref().and_then(|s| s.budget_seconds).map(Duration::from_secs_f64)).or(st.budget);
         let trials = opts.trials.or(saved.as_ref().and_then(|s| s.trials)).or(st.trials);
@@ -443,6 +510,7 @@ impl<'a> Tune<'a> {
     }
 
     fn outcome(&self, interrupted: bool) -> Outcome {
+        let (space, rungs) = (self.space.clone(), self.rungs);
         let mut rows: Vec<Row> = self.done.values().cloned().collect();
         rows.sort_by_key(|r| (r.trial, r.rung));
         let best = best_of(&rows);
@@ -453,6 +521,8 @@ impl<'a> Tune<'a> {
             best,
             final_accuracy: None,
             interrupted,
+            space,
+            rungs,
         }
     }
 
@@ -497,13 +567,10 @@ impl<'a> Tune<'a> {
     }
 
     fn write_summary(&self, outcome: &Outcome) -> Result<()> {
-        let md = summary_markdown(outcome, &self.space, self.rungs, self.eta);
-        report::atomic_write(&self.dir.join("tune.md"), md.as_bytes())?;
+        report::atomic_write(&self.dir.join("tune.md"), outcome.to_markdown().as_bytes())?;
         if !outcome.rows.is_empty() {
-            let scores = charts::scores_chart(outcome, &self.space);
-            report::atomic_write(&self.dir.join("scores.png"), &crate::views::png_bytes(&scores)?)?;
-            let trials = charts::trials_chart(outcome, self.rungs);
-            report::atomic_write(&self.dir.join("trials.png"), &crate::views::png_bytes(&trials)?)?;
+            report::atomic_write(&self.dir.join("scores.png"), &crate::views::png_bytes(&outcome.scores_png())?)?;
+            report::atomic_write(&self.dir.join("trials.png"), &crate::views::png_bytes(&outcome.trials_png())?)?;
         }
         Ok(())
     }
@@ -534,15 +601,16 @@ pub fn leaderboard(rows: &[Row]) -> Vec<&Row> {
     out
 }
 
-fn summary_markdown(o: &Outcome, space: &Space, rungs: usize, eta: usize) -> String {
+fn summary_markdown(o: &Outcome) -> String {
     let mut md = String::from("# tlab tune\n\n");
     md += &format!(
-        "Successive halving: {rungs} rung(s), eta {eta}; {} trial(s), {} trial-rung(s) run. Scores are accuracy on an inner split of the training data ({:.0} % of each class): `valid` was not read during the search.\n\n",
+        "Successive halving: {} rung(s); {} trial(s), {} trial-rung(s) run. Scores are accuracy on an inner split of the training data ({:.0} % of each class): `valid` was not read during the search.\n\n",
+        o.rungs,
         leaderboard(&o.rows).len(),
         o.rows.len(),
-        space.settings.inner_split * 100.0
+        o.space.settings.inner_split * 100.0
     );
-    if space.default {
+    if o.space.default {
         md += "The recipe had no `[tune]` keys: the default space was searched.\n\n";
     }
     md += &format!("| trial | rung | share of epochs | inner accuracy | seconds | {} |\n", o.keys.join(" | "));
@@ -558,14 +626,20 @@ fn summary_markdown(o: &Outcome, space: &Space, rungs: usize, eta: usize) -> Str
             r.values.join(" | ")
         );
     }
+    md + &verdict(o)
+}
+
+/// Which numbers were tuned on what: the best trial's inner-split score and
+/// the final run's accuracy on valid.
+fn verdict(o: &Outcome) -> String {
     match (o.best, o.final_accuracy) {
-        (Some((t, s)), Some(a)) => {
-            md += &format!("\nBest: trial {} ({s:.4} on the inner split). `best.toml` trained on all the training data (`final/`): **accuracy {a:.4} on valid**.\n", t + 1)
-        }
-        _ if o.interrupted => md += "\nInterrupted: `tlab tune --resume DIR` continues.\n",
-        _ => {}
+        (Some((t, s)), Some(a)) => format!(
+            "\nBest: trial {} ({s:.4} on the inner split). `best.toml` trained on all the training data (`final/`): **accuracy {a:.4} on valid**.\n",
+            t + 1
+        ),
+        _ if o.interrupted => "\nInterrupted: `tlab tune --resume DIR` continues.\n".into(),
+        _ => String::new(),
     }
-    md
 }
 
 /// Passes cancellation to a trial; prints nothing.

@@ -120,8 +120,10 @@ pub struct Settings {
     /// At most this many trials (configurations).
     pub trials: Option<usize>,
     /// Successive-halving rungs: a trial at rung `k` of `R` trains
-    /// `eta^(k-R+1)` of the recipe's epochs; the top `1/eta` go on.
-    pub rungs: usize,
+    /// `eta^(k-R+1)` of the recipe's epochs; the top `1/eta` go on. By
+    /// default as many as give each rung more epochs than the one below
+    /// (at most 3).
+    pub rungs: Option<usize>,
     pub eta: usize,
     /// The share of the training data held out to score trials.
     pub inner_split: f64,
@@ -129,7 +131,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { budget: None, trials: None, rungs: 3, eta: 3, inner_split: 0.2 }
+        Settings { budget: None, trials: None, rungs: None, eta: 3, inner_split: 0.2 }
     }
 }
 
@@ -189,7 +191,7 @@ fn setting(s: &mut Settings, key: &str, item: &Item) -> Result<(), String> {
     match key {
         "budget" => s.budget = Some(parse_budget(item)?),
         "trials" => s.trials = Some(int(1)?),
-        "rungs" => s.rungs = int(1)?,
+        "rungs" => s.rungs = Some(int(1)?),
         "eta" => s.eta = int(2)?,
         _ => {
             s.inner_split = item
@@ -310,6 +312,25 @@ fn check_values(text: &str, path: &Path, param: &Param) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The rungs that give each rung more epochs than the one below (at most
+/// 3): 1 + ⌊log_eta(E)⌋ for the longest fine_tune phase's E epochs.
+pub fn default_rungs(recipe: &Recipe, eta: usize) -> usize {
+    let longest = recipe
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::FineTune(c) => Some(c.epochs.max(c.freeze_epochs)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(1);
+    let mut rungs = 1;
+    while rungs < 3 && eta.pow(rungs as u32) <= longest {
+        rungs += 1;
+    }
+    rungs
 }
 
 /// The space searched when the recipe has no `[tune]` keys: every numeric
@@ -450,6 +471,16 @@ mod tests {
         assert_eq!(names, ["step1.dropout", "step2.lr", "step4.lr", "step4.label_smoothing"]);
         assert_eq!(s.settings.budget, Some(Duration::from_secs(120)));
         assert_eq!(s.settings.trials, Some(4));
+    }
+
+    #[test]
+    fn default_rungs_follow_the_epochs() {
+        let r = recipe::parse(RECIPE, Path::new("r.toml")).unwrap();
+        // Five epochs (the default) in the longest phase: 1/3 is one epoch, 1/9 none.
+        assert_eq!(default_rungs(&r, 3), 2);
+        let long = RECIPE.replace("lr = 0.0003\n", "lr = 0.0003\nepochs = 9\n");
+        assert_eq!(default_rungs(&recipe::parse(&long, Path::new("r.toml")).unwrap(), 3), 3);
+        assert_eq!(default_rungs(&recipe::parse(&long, Path::new("r.toml")).unwrap(), 10), 1);
     }
 
     #[test]
