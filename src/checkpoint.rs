@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::models::Snapshot;
 use crate::recipe::Recipe;
 use crate::train::lr_find::LrFindResult;
-use crate::train::{Checkpoint, EpochRecord, Resume};
+use crate::train::{Checkpoint, Ended, EpochRecord, Resume};
 
 /// What the steps before a checkpointed one produced that a resume cannot
 /// recompute: their epochs, and their lr_find curves (replayed on other
@@ -27,6 +27,8 @@ use crate::train::{Checkpoint, EpochRecord, Resume};
 pub struct Earlier {
     pub history: Vec<(usize, EpochRecord)>,
     pub lr_finds: Vec<(usize, LrFindResult)>,
+    /// How each finished fine_tune step ended, `(step, ended)`.
+    pub ended: Vec<(usize, Ended)>,
 }
 
 /// `state.json`.
@@ -51,6 +53,10 @@ pub struct State {
     /// (absent in checkpoints written before they were kept).
     #[serde(default)]
     pub lr_finds: Vec<(usize, LrFindResult)>,
+    /// How each finished fine_tune step ended (this one too, once
+    /// `finished`), `(step, ended)`; absent in older checkpoints.
+    #[serde(default)]
+    pub ended: Vec<(usize, Ended)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +112,7 @@ pub fn write(run_dir: &Path, recipe: &Recipe, step: usize, earlier: &Earlier, c:
         best,
         since_best: c.since_best,
         lr_finds: earlier.lr_finds.clone(),
+        ended: earlier.ended.iter().copied().chain(c.finished.then_some((step, c.ended))).collect(),
     };
     let json = serde_json::to_string_pretty(&state).map_err(|source| Error::Json { what: "state.json", source })?;
     crate::report::atomic_write(&dir.join("state.json"), json.as_bytes())?;

@@ -198,7 +198,17 @@ impl Lab {
                 _ => None,
             })
             .collect();
-        crate::checkpoint::Earlier { history: self.history.clone(), lr_finds }
+        let ended = self
+            .results()
+            .filter_map(|r| match &r.output {
+                StepOutput::FineTune(o) => Some((
+                    r.index,
+                    train::Ended { stop: o.stop, best_epoch: o.best_epoch, trainable_params: o.trainable_params },
+                )),
+                _ => None,
+            })
+            .collect();
+        crate::checkpoint::Earlier { history: self.history.clone(), lr_finds, ended }
     }
 
     /// Every epoch trained so far, with the 0-based step that trained it.
@@ -307,6 +317,7 @@ impl Lab {
     pub fn resume_from(&mut self, saved: crate::checkpoint::Saved, obs: &mut dyn Observer) -> Result<()> {
         let crate::checkpoint::Saved { state, weights, resume } = saved;
         let (step, finished, history, lr_finds) = (state.step, state.finished, state.history, state.lr_finds);
+        let ended = state.ended;
         if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
             return Err(Error::CheckpointStep { step: step + 1 });
         }
@@ -319,11 +330,18 @@ impl Lab {
                         history.iter().filter(|(s, _)| *s == i).map(|(_, r)| r.clone()).collect();
                     self.history.extend(rows.iter().cloned().map(|r| (i, r)));
                     let output = if is_fine_tune {
-                        StepOutput::FineTune(train::FineTuneOutcome {
-                            best_epoch: rows.last().map(|r| r.epoch),
-                            history: rows,
+                        // As the step ended; a checkpoint from before this
+                        // was kept says what it can (the count unknown).
+                        let e = ended.iter().find(|(s, _)| *s == i).map(|(_, e)| *e).unwrap_or(train::Ended {
                             stop: train::Stop::Completed,
+                            best_epoch: rows.last().map(|r| r.epoch),
                             trainable_params: 0,
+                        });
+                        StepOutput::FineTune(train::FineTuneOutcome {
+                            best_epoch: e.best_epoch,
+                            history: rows,
+                            stop: e.stop,
+                            trainable_params: e.trainable_params,
                         })
                     } else {
                         StepOutput::Restored { note: "evaluated before the interruption; not repeated".into() }

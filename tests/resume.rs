@@ -272,7 +272,22 @@ fn a_notebook_run_leaves_the_same_files_as_tlab_run() {
     let batches = std::fs::read_to_string(nb.join("batches.csv")).unwrap();
     assert_eq!(batches, std::fs::read_to_string(full.join("batches.csv")).unwrap());
     assert!(std::fs::read_to_string(nb.join("log.txt")).unwrap().contains("[6/6] evaluate"));
-    assert!(tlab::checkpoint::read_state(&nb).unwrap().is_some());
+    // Resumed from that checkpoint, the fine_tune steps report how they
+    // ended (stop, best epoch, parameters trained), not made-up values.
+    let state = tlab::checkpoint::read_state(&nb).unwrap().expect("a checkpoint");
+    let mut resumed = tlab::Lab::open(&recipe).unwrap();
+    resumed
+        .resume_from(tlab::checkpoint::load(&nb, state, resumed.recipe()).unwrap(), &mut tlab::train::Silent)
+        .unwrap();
+    for step in [2, 4] {
+        let outcome = |lab: &tlab::Lab| match lab.result(step).unwrap().output {
+            tlab::lab::StepOutput::FineTune(o) => (o.stop, o.best_epoch, o.trainable_params),
+            other => panic!("step {step}: {other:?}"),
+        };
+        let (before, after) = (outcome(&lab), outcome(&resumed));
+        assert!(before.2 > 0);
+        assert_eq!(after, before, "step {}", step + 1);
+    }
     // Saving elsewhere (nothing recorded there) still leaves the whole set.
     let other = dir.join("saved");
     lab.save_run(&other).unwrap();

@@ -372,3 +372,47 @@ fn a_batchnorm_head_learns_its_statistics_and_reloads_with_them() {
     assert_eq!(weights(&model), trained);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Makes the loss of one batch not a number, as a diverging run does.
+struct Poison;
+impl Callback for Poison {
+    fn after_loss(&mut self, ctx: &mut BatchCtx<'_>) -> tlab::Result<()> {
+        if ctx.epoch == 1 && ctx.batch == 2 {
+            ctx.loss = f64::NAN;
+        }
+        Ok(())
+    }
+}
+
+/// A loss that is not a number ends the fit with an error whatever the
+/// callbacks: here a custom list without NanGuard.
+#[test]
+fn a_diverged_fit_is_an_error_without_nan_guard() {
+    let dir = workdir("diverge");
+    let r = recipe(
+        &dir,
+        "[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 3\n",
+    );
+    let data = Dataset::load(&r.data, r.seed).unwrap();
+    let cfg = fine_tune_config(&r);
+    let mut model = classifier(16);
+    let mut cache = FeatureCache::default();
+    let setup = Setup {
+        data: &data,
+        aug: None,
+        cfg: &cfg,
+        batch_size: 4,
+        seed: 1,
+        view_seed: 1,
+        later_prefixes: &[],
+        cache: &mut cache,
+    };
+    let mut cbs: Vec<Box<dyn Callback>> = vec![Box::new(Poison)];
+    let outcome = FineTune::prepare(&mut model, setup, &mut Silent, None).unwrap().run(&mut cbs);
+    match outcome {
+        Err(tlab::Error::Diverged(m)) => assert_eq!(m, "loss became NaN at epoch 2 batch 3 (try a lower lr)"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(o) => panic!("ended as {:?} after {} epoch(s)", o.stop, o.history.len()),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

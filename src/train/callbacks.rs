@@ -243,6 +243,11 @@ impl Checkpointing {
             best: fit.best.as_ref().map(|(s, e, snap)| (*s, *e, snap)),
             since_best: fit.since_best,
             finished,
+            ended: crate::train::Ended {
+                stop: fit.stop.unwrap_or(Stop::Completed),
+                best_epoch: fit.best_epoch.or(fit.history.last().map(|r| r.epoch)),
+                trainable_params: fit.opt.num_params(),
+            },
             extra: &fit.extra_state,
         };
         fit.obs.checkpoint(&c)

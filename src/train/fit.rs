@@ -337,7 +337,18 @@ impl<'a> FineTune<'a> {
                 let loss = batch_loss(&logits, &y, cfg.label_smoothing, mixed, inp.class_weights.as_ref())?;
                 ctx.loss = f64::from(loss.to_scalar::<f32>()?);
                 cbs.iter_mut().try_for_each(|c| c.after_loss(&mut ctx))?;
-                if ctx.stop || !ctx.loss.is_finite() {
+                if !ctx.loss.is_finite() {
+                    // Whatever the callbacks: a fit whose loss is not a
+                    // number has not completed (NanGuard, when present, has
+                    // already said so and restores the weights).
+                    return Err(Error::Diverged(format!(
+                        "loss became {} at epoch {} batch {} (try a lower lr)",
+                        ctx.loss,
+                        epoch + 1,
+                        b + 1
+                    )));
+                }
+                if ctx.stop {
                     *stop = Some(Stop::Completed);
                     break;
                 }

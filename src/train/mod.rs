@@ -101,6 +101,9 @@ pub struct Checkpoint<'a> {
     pub since_best: usize,
     /// The step has ended (the weights are final, e.g. restored to the best epoch).
     pub finished: bool,
+    /// How it is ending (or would end now): the stop, the epoch whose
+    /// weights the model holds (1-based) and the parameters trained.
+    pub ended: Ended,
     /// The callbacks' state (see [`Callback::save`]).
     pub extra: &'a [(String, Tensor)],
 }
@@ -118,6 +121,15 @@ pub enum Stop {
     EarlyStopped,
     TimeLimit,
     Cancelled,
+}
+
+/// How a finished fine_tune step ended, as a checkpoint keeps it: a resumed
+/// run reports the step as it was, not made up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub stop: Stop,
+    pub best_epoch: Option<usize>,
+    pub trainable_params: usize,
 }
 
 #[derive(Debug, Clone)]

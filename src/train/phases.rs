@@ -133,6 +133,8 @@ impl Observer for Phase<'_> {
         history.extend(c.history.iter().map(|r| self.shift(r)));
         // The step is finished only when the second phase is.
         let finished = c.finished && !self.before.is_empty();
-        self.inner.checkpoint(&Checkpoint { history: &history, finished, ..*c })
+        let best_epoch = c.ended.best_epoch.map(|e| e + self.before.len());
+        let ended = super::Ended { best_epoch, ..c.ended };
+        self.inner.checkpoint(&Checkpoint { history: &history, finished, ended, ..*c })
     }
 }
