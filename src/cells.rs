@@ -107,9 +107,6 @@ impl StepResults {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn into_vec(self) -> Vec<StepResult> {
-        self.0
-    }
     pub fn iter(&self) -> std::slice::Iter<'_, StepResult> {
         self.0.iter()
     }

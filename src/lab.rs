@@ -284,7 +284,10 @@ impl Lab {
             let states = self.states.clone();
             let history = self.history.clone();
             let augment = self.augment.clone();
-            let snapshot = self.model.as_ref().map(Classifier::snapshot).transpose()?;
+            // Shares what the last state already holds: the rollback copies
+            // only what changed since, not the frozen backbone.
+            let last = self.states.iter().rev().find_map(|s| s.as_ref()).and_then(|s| s.model.as_ref());
+            let snapshot = self.model.as_ref().map(|m| m.snapshot_sharing(last)).transpose()?;
             // Keep the model object itself: rewinding to the start drops it.
             let parked = if index == 0 { self.model.take() } else { None };
             let outcome = self.rewind_to(index).and_then(|_| self.run_one(index, obs));

@@ -882,7 +882,7 @@ fn score(
                 truth,
                 predicted,
                 confidence: p[predicted],
-                loss: -p[truth].max(f32::MIN_POSITIVE).ln(),
+                loss: tlab::metrics::nll(p[truth]) as f32,
             }
         })
         .collect();

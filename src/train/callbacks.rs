@@ -2,126 +2,20 @@
 //! each, on named events (fastai's `Learner` callbacks; burn-train's
 //! early-stopping and checkpoint strategies).
 //!
-//! Epoch-level events get the whole [`FineTune`]; batch-level events, which
-//! run while the input pipeline borrows the model, get a [`BatchCtx`].
+//! The events and the [`Callback`] trait belong to the loop ([`super::fit`]);
+//! this module holds the standard callbacks and [`standard`], the list a
+//! fine_tune step runs with. Epoch-level events get the whole [`FineTune`];
+//! batch-level events, which run while the input pipeline borrows the
+//! model, get a [`BatchCtx`].
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::fit::FineTune;
-use super::{Checkpoint, EpochRecord, Event, Observer, Stop};
+use super::fit::{BatchCtx, Callback, FineTune};
+use super::{Checkpoint, EpochRecord, Event, Stop};
 use crate::error::{Error, Result};
-use crate::models::{Classifier, Snapshot};
+use crate::models::Snapshot;
 use crate::recipe::{EarlyStopping as EarlyStoppingConfig, Monitor};
-
-/// One training batch, as the batch-level events see it.
-pub struct BatchCtx<'b> {
-    pub model: &'b Classifier,
-    pub obs: &'b mut dyn Observer,
-    /// 0-based epoch and batch.
-    pub epoch: usize,
-    pub batch: usize,
-    pub batches: usize,
-    /// The rate this batch trains at; `before_batch` may change it.
-    pub lr: f64,
-    /// This batch's loss (from `after_loss` on).
-    pub loss: f64,
-    /// Set to end the epoch (and the fit) after this batch.
-    pub stop: bool,
-}
-
-/// Hooks into the fine_tune loop. Every method has a default that does
-/// nothing, so a callback implements only the events it needs. Callbacks run
-/// in the order given; `save` contributes tensors to the checkpoint, and
-/// `load` gets them back on resume.
-pub trait Callback {
-    fn before_fit(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn before_epoch(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn before_batch(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
-        Ok(())
-    }
-    /// After the forward pass, before backward; an error ends the fit.
-    fn after_loss(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn after_backward(&mut self, _ctx: &mut BatchCtx<'_>, _grads: &mut GradStore) -> Result<()> {
-        Ok(())
-    }
-    /// After the optimizer updated the weights.
-    fn after_step(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn after_batch(&mut self, _ctx: &mut BatchCtx<'_>, _loss: f64, _accuracy: f64) -> Result<()> {
-        Ok(())
-    }
-    fn before_validate(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn after_validate(&mut self, _fit: &mut FineTune<'_>, _record: &EpochRecord) -> Result<()> {
-        Ok(())
-    }
-    fn after_epoch(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
-        Ok(())
-    }
-    fn after_fit(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
-        Ok(())
-    }
-    /// The fit failed with `error`; put things back where they belong.
-    fn on_error(&mut self, _fit: &mut FineTune<'_>, _error: &Error) -> Result<()> {
-        Ok(())
-    }
-    /// Tensors to keep in the checkpoint, named under this callback's prefix.
-    fn save(&self, _out: &mut Vec<(String, Tensor)>) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A borrowed callback, so the caller keeps it (and reads its record) after the fit.
-impl<T: Callback + ?Sized> Callback for &mut T {
-    fn before_fit(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        (**self).before_fit(fit)
-    }
-    fn before_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        (**self).before_epoch(fit)
-    }
-    fn before_batch(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
-        (**self).before_batch(ctx)
-    }
-    fn after_loss(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
-        (**self).after_loss(ctx)
-    }
-    fn after_backward(&mut self, ctx: &mut BatchCtx<'_>, grads: &mut GradStore) -> Result<()> {
-        (**self).after_backward(ctx, grads)
-    }
-    fn after_step(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
-        (**self).after_step(ctx)
-    }
-    fn after_batch(&mut self, ctx: &mut BatchCtx<'_>, loss: f64, accuracy: f64) -> Result<()> {
-        (**self).after_batch(ctx, loss, accuracy)
-    }
-    fn before_validate(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        (**self).before_validate(fit)
-    }
-    fn after_validate(&mut self, fit: &mut FineTune<'_>, record: &EpochRecord) -> Result<()> {
-        (**self).after_validate(fit, record)
-    }
-    fn after_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        (**self).after_epoch(fit)
-    }
-    fn after_fit(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        (**self).after_fit(fit)
-    }
-    fn on_error(&mut self, fit: &mut FineTune<'_>, error: &Error) -> Result<()> {
-        (**self).on_error(fit, error)
-    }
-    fn save(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
-        (**self).save(out)
-    }
-}
 
 /// Progress to the observer: epoch start, batch, epoch record.
 pub struct ProgressEvents;
@@ -143,6 +37,28 @@ impl Callback for ProgressEvents {
     }
 }
 
+/// The standard callbacks for `cfg`, in the order their events must run.
+pub fn standard(
+    cfg: &crate::recipe::FineTuneConfig,
+    resume_extra: Option<&std::collections::HashMap<String, Tensor>>,
+) -> Vec<Box<dyn Callback>> {
+    let mut cbs: Vec<Box<dyn Callback>> = vec![Box::new(ProgressEvents), Box::<NanGuard>::default()];
+    if let Some(max_norm) = cfg.clip_grad_norm {
+        cbs.push(Box::new(ClipGradNorm { max_norm, vars: Vec::new() }));
+    }
+    if let Some(decay) = cfg.ema {
+        cbs.push(Box::new(Ema::new(decay, resume_extra)));
+    }
+    if let Some(es) = &cfg.early_stopping {
+        cbs.push(Box::new(EarlyStopping { config: es.clone() }));
+    }
+    if let Some(seconds) = cfg.time_limit_secs {
+        cbs.push(Box::new(TimeLimit { seconds }));
+    }
+    cbs.push(Box::new(Checkpointing));
+    cbs
+}
+
 /// Ends the fit when the loss is not finite, with the weights put back to
 /// the start of that epoch.
 #[derive(Default)]
@@ -152,7 +68,7 @@ pub struct NanGuard {
 
 impl Callback for NanGuard {
     fn before_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
-        self.last_good = Some(fit.model.snapshot()?);
+        self.last_good = Some(fit.model.snapshot_trainable()?);
         Ok(())
     }
     fn after_loss(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
@@ -188,7 +104,7 @@ impl Callback for EarlyStopping {
             Monitor::ValidAccuracy => r.valid_accuracy,
         };
         if fit.best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            fit.best = Some((score, r.epoch, fit.model.snapshot()?));
+            fit.best = Some((score, r.epoch, fit.model.snapshot_trainable()?));
             fit.since_best = 0;
         } else {
             fit.since_best += 1;

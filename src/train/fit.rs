@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, D};
 
 use super::cache::{FeatureCache, Features};
-use super::callbacks::{self, BatchCtx, Callback};
 use super::mix::{self, Mixed};
 use super::optim::{Optimizer, ParamGroup};
 use super::schedule::LrSchedule;
@@ -22,6 +22,115 @@ use crate::error::{Error, Result};
 use crate::models::layers::Mode;
 use crate::models::{Classifier, Snapshot};
 use crate::recipe::{ClassWeights, FineTuneConfig, MixAt, Sampler};
+
+/// One training batch, as the batch-level events see it.
+pub struct BatchCtx<'b> {
+    pub model: &'b Classifier,
+    pub obs: &'b mut dyn Observer,
+    /// 0-based epoch and batch.
+    pub epoch: usize,
+    pub batch: usize,
+    pub batches: usize,
+    /// The rate this batch trains at; `before_batch` may change it.
+    pub lr: f64,
+    /// This batch's loss (from `after_loss` on).
+    pub loss: f64,
+    /// Set to end the epoch (and the fit) after this batch.
+    pub stop: bool,
+}
+
+/// Hooks into the fine_tune loop. Every method has a default that does
+/// nothing, so a callback implements only the events it needs. Callbacks run
+/// in the order given; `save` contributes tensors to the checkpoint, and
+/// `load` gets them back on resume.
+pub trait Callback {
+    fn before_fit(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn before_epoch(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn before_batch(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// After the forward pass, before backward; an error ends the fit.
+    fn after_loss(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn after_backward(&mut self, _ctx: &mut BatchCtx<'_>, _grads: &mut GradStore) -> Result<()> {
+        Ok(())
+    }
+    /// After the optimizer updated the weights.
+    fn after_step(&mut self, _ctx: &mut BatchCtx<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn after_batch(&mut self, _ctx: &mut BatchCtx<'_>, _loss: f64, _accuracy: f64) -> Result<()> {
+        Ok(())
+    }
+    fn before_validate(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn after_validate(&mut self, _fit: &mut FineTune<'_>, _record: &EpochRecord) -> Result<()> {
+        Ok(())
+    }
+    fn after_epoch(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn after_fit(&mut self, _fit: &mut FineTune<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// The fit failed with `error`; put things back where they belong.
+    fn on_error(&mut self, _fit: &mut FineTune<'_>, _error: &Error) -> Result<()> {
+        Ok(())
+    }
+    /// Tensors to keep in the checkpoint, named under this callback's prefix.
+    fn save(&self, _out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A borrowed callback, so the caller keeps it (and reads its record) after the fit.
+impl<T: Callback + ?Sized> Callback for &mut T {
+    fn before_fit(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
+        (**self).before_fit(fit)
+    }
+    fn before_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
+        (**self).before_epoch(fit)
+    }
+    fn before_batch(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
+        (**self).before_batch(ctx)
+    }
+    fn after_loss(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
+        (**self).after_loss(ctx)
+    }
+    fn after_backward(&mut self, ctx: &mut BatchCtx<'_>, grads: &mut GradStore) -> Result<()> {
+        (**self).after_backward(ctx, grads)
+    }
+    fn after_step(&mut self, ctx: &mut BatchCtx<'_>) -> Result<()> {
+        (**self).after_step(ctx)
+    }
+    fn after_batch(&mut self, ctx: &mut BatchCtx<'_>, loss: f64, accuracy: f64) -> Result<()> {
+        (**self).after_batch(ctx, loss, accuracy)
+    }
+    fn before_validate(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
+        (**self).before_validate(fit)
+    }
+    fn after_validate(&mut self, fit: &mut FineTune<'_>, record: &EpochRecord) -> Result<()> {
+        (**self).after_validate(fit, record)
+    }
+    fn after_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
+        (**self).after_epoch(fit)
+    }
+    fn after_fit(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
+        (**self).after_fit(fit)
+    }
+    fn on_error(&mut self, fit: &mut FineTune<'_>, error: &Error) -> Result<()> {
+        (**self).on_error(fit, error)
+    }
+    fn save(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        (**self).save(out)
+    }
+}
 
 /// What a fine_tune step trains on and with.
 pub struct Setup<'a> {
@@ -170,29 +279,6 @@ impl<'a> FineTune<'a> {
 
     pub fn batches(&self) -> usize {
         self.input.data.train.len().div_ceil(self.input.batch_size)
-    }
-
-    /// The standard callbacks for `cfg`, in the order their events must run.
-    pub fn callbacks(
-        cfg: &FineTuneConfig,
-        resume_extra: Option<&std::collections::HashMap<String, Tensor>>,
-    ) -> Vec<Box<dyn Callback>> {
-        let mut cbs: Vec<Box<dyn Callback>> =
-            vec![Box::new(callbacks::ProgressEvents), Box::<callbacks::NanGuard>::default()];
-        if let Some(max_norm) = cfg.clip_grad_norm {
-            cbs.push(Box::new(callbacks::ClipGradNorm { max_norm, vars: Vec::new() }));
-        }
-        if let Some(decay) = cfg.ema {
-            cbs.push(Box::new(callbacks::Ema::new(decay, resume_extra)));
-        }
-        if let Some(es) = &cfg.early_stopping {
-            cbs.push(Box::new(callbacks::EarlyStopping { config: es.clone() }));
-        }
-        if let Some(seconds) = cfg.time_limit_secs {
-            cbs.push(Box::new(callbacks::TimeLimit { seconds }));
-        }
-        cbs.push(Box::new(callbacks::Checkpointing));
-        cbs
     }
 
     /// Trains epoch after epoch until the last one or a stop, then lets the

@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::callbacks::{BatchCtx, Callback, ProgressEvents};
+use super::callbacks::ProgressEvents;
+use super::fit::{BatchCtx, Callback};
 use super::fit::{FineTune, Setup};
 use super::{Observer, Resume};
 use crate::error::{Error, Result};

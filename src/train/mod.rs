@@ -27,7 +27,7 @@ use crate::models::layers::Mode;
 use crate::models::{Classifier, Preprocess};
 use crate::recipe::{EvalSplit, EvaluateConfig};
 use cache::{FeatureCache, Features};
-pub use callbacks::{BatchCtx, Callback};
+pub use fit::{BatchCtx, Callback};
 pub use fit::{FineTune, Setup};
 
 /// One epoch of a fine_tune step.
@@ -335,7 +335,7 @@ fn loss_and_accuracy(logits: &[f32], labels: &[usize], classes: usize) -> (f64, 
     let mut loss = 0.0;
     let mut correct = 0usize;
     for (row, &y) in probs.chunks(classes).zip(labels) {
-        loss -= f64::from(row[y].max(1e-12)).ln();
+        loss += metrics::nll(row[y]);
         correct += usize::from(metrics::argmax(row) == y);
     }
     (loss / n, correct as f64 / n)
@@ -350,7 +350,7 @@ pub fn fine_tune(
     resume: Option<Resume>,
 ) -> Result<FineTuneOutcome> {
     let extra = resume.as_ref().map(|r| r.extra.clone());
-    let mut cbs = FineTune::callbacks(setup.cfg, extra.as_ref());
+    let mut cbs = callbacks::standard(setup.cfg, extra.as_ref());
     FineTune::prepare(model, setup, obs, resume)?.run(&mut cbs)
 }
 
@@ -442,7 +442,7 @@ pub fn evaluate(
                 truth,
                 predicted,
                 confidence: row[predicted],
-                loss: -row[truth].max(1e-12).ln(),
+                loss: metrics::nll(row[truth]) as f32,
             }
         })
         .collect();
