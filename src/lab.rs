@@ -99,6 +99,23 @@ pub trait StepRecorder: Observer + Send {
     fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 
+/// A fine_tune step's result restored from a checkpoint: its epochs, and
+/// how it ended (a checkpoint from before that was kept says what it can:
+/// completed at its last epoch, the parameter count unknown).
+fn restored_fine_tune(rows: Vec<EpochRecord>, ended: Option<train::Ended>) -> StepOutput {
+    let e = ended.unwrap_or(train::Ended {
+        stop: train::Stop::Completed,
+        best_epoch: rows.last().map(|r| r.epoch),
+        trainable_params: 0,
+    });
+    StepOutput::FineTune(train::FineTuneOutcome {
+        best_epoch: e.best_epoch,
+        history: rows,
+        stop: e.stop,
+        trainable_params: e.trainable_params,
+    })
+}
+
 /// Sends every event to two observers; the first one's cancel counts.
 struct Tee<'a> {
     first: &'a mut dyn Observer,
@@ -333,19 +350,7 @@ impl Lab {
                         history.iter().filter(|(s, _)| *s == i).map(|(_, r)| r.clone()).collect();
                     self.history.extend(rows.iter().cloned().map(|r| (i, r)));
                     let output = if is_fine_tune {
-                        // As the step ended; a checkpoint from before this
-                        // was kept says what it can (the count unknown).
-                        let e = ended.iter().find(|(s, _)| *s == i).map(|(_, e)| *e).unwrap_or(train::Ended {
-                            stop: train::Stop::Completed,
-                            best_epoch: rows.last().map(|r| r.epoch),
-                            trainable_params: 0,
-                        });
-                        StepOutput::FineTune(train::FineTuneOutcome {
-                            best_epoch: e.best_epoch,
-                            history: rows,
-                            stop: e.stop,
-                            trainable_params: e.trainable_params,
-                        })
+                        restored_fine_tune(rows, ended.iter().find(|(s, _)| *s == i).map(|(_, e)| *e))
                     } else {
                         StepOutput::Restored { note: "evaluated before the interruption; not repeated".into() }
                     };

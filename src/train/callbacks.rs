@@ -147,7 +147,7 @@ impl Callback for TimeLimit {
 }
 
 /// Hands the state after every epoch, and at the end, to the observer's
-/// [`Observer::checkpoint`] (which the front end points at a run directory).
+/// [`Observer::checkpoint`](super::Observer::checkpoint) (which the front end points at a run directory).
 pub struct Checkpointing;
 
 impl Checkpointing {

@@ -424,15 +424,7 @@ impl<'a> FineTune<'a> {
                 ctx.loss = f64::from(loss.to_scalar::<f32>()?);
                 cbs.iter_mut().try_for_each(|c| c.after_loss(&mut ctx))?;
                 if !ctx.loss.is_finite() {
-                    // Whatever the callbacks: a fit whose loss is not a
-                    // number has not completed (NanGuard, when present, has
-                    // already said so and restores the weights).
-                    return Err(Error::Diverged(format!(
-                        "loss became {} at epoch {} batch {} (try a lower lr)",
-                        ctx.loss,
-                        epoch + 1,
-                        b + 1
-                    )));
+                    return Err(diverged(ctx.loss, epoch, b));
                 }
                 if ctx.stop {
                     *stop = Some(Stop::Completed);
@@ -458,6 +450,13 @@ impl<'a> FineTune<'a> {
         })?;
         Ok(stats)
     }
+}
+
+/// Whatever the callbacks, a fit whose loss is not a number has not
+/// completed (NanGuard, when present, has already said so and restores the
+/// weights).
+fn diverged(loss: f64, epoch: usize, batch: usize) -> Error {
+    Error::Diverged(format!("loss became {loss} at epoch {} batch {} (try a lower lr)", epoch + 1, batch + 1))
 }
 
 /// One training batch, ready for the trainable blocks: augmented, mixed
