@@ -408,7 +408,12 @@ fn tune(
         signal_hook::flag::register(sig, cancel.clone())?;
     }
     println!("tlab tune → {}", dir.display());
-    let outcome = tlab::tune::run(recipe, &dir, resume.is_some(), opts, cancel, &mut |l| println!("{l}"))?;
+    let mut print = |p: tlab::tune::Progress| {
+        if let tlab::tune::Progress::Line(l) = p {
+            println!("{l}");
+        }
+    };
+    let outcome = tlab::tune::run(recipe, &dir, resume.is_some(), opts, cancel, &mut print)?;
     println!("wrote tune.csv, tune.md, scores.png, trials.png to {}", dir.display());
     if outcome.interrupted {
         eprintln!("interrupted: `tlab tune --resume {}` continues", dir.display());

@@ -31,6 +31,7 @@ pub enum Action {
     ToggleNormalised,
     ToggleGradCam,
     Runs,
+    Tune,
     CycleSort,
     Help,
     Quit,
@@ -93,6 +94,13 @@ pub const KEY_MAP: &[Binding] = {
             "earlier runs of this recipe, and the recipe diff (j/k select, R/Esc close)",
             None,
         ),
+        bind(
+            &[Char('T')],
+            "T",
+            Tune,
+            "tune: search the recipe's [tune] keys on an inner split of train (T/Esc hide, c cancels)",
+            Some("tune"),
+        ),
         bind(&[Char('s')], "s", CycleSort, "report: cycle the sort column", None),
         bind(&[Char('?')], "?", Help, "this help", Some("help")),
         bind(&[Char('q')], "q / Ctrl-C", Quit, "quit (asks while a step runs)", Some("quit")),
@@ -120,6 +128,8 @@ pub enum Command {
         step: usize,
         seed: u64,
     },
+    /// Tune the recipe file (`tlab tune` with its `[tune]` settings).
+    Tune(std::path::PathBuf),
     Cancel,
 }
 
@@ -150,6 +160,14 @@ pub enum Msg {
     RunsLoaded {
         runs: Vec<crate::runs::RunSummary>,
         current: String,
+    },
+    /// Progress of the running tune.
+    Tune(crate::tune::Progress),
+    /// The tune ended: the final run's accuracy on valid (or why not), and
+    /// the text of best.toml when one was written.
+    TuneEnded {
+        outcome: Result<Option<f64>, String>,
+        best: Option<String>,
     },
 }
 
@@ -184,6 +202,7 @@ pub enum CommandKind {
     /// The app's current recipe.
     SetRecipe,
     InputChanged(crate::recipe::Input),
+    Tune,
     Cancel,
 }
 
@@ -202,6 +221,26 @@ pub struct RunsView {
     pub selected: usize,
     /// The recipe file's current text, diffed against each run's.
     pub current: String,
+}
+
+/// The Tune view (`T`): the leaderboard of the running or last tune, and
+/// the best recipe against the one it started from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TuneView {
+    /// Shown (`T` hides and shows it; the tune goes on either way).
+    pub open: bool,
+    pub keys: Vec<String>,
+    pub rows: Vec<crate::tune::Row>,
+    /// The last progress lines.
+    pub lines: Vec<String>,
+    pub dir: Option<PathBuf>,
+    /// The recipe file's text when the tune started.
+    pub original: String,
+    pub started: Instant,
+    /// `None` while it runs; then the final accuracy on valid, or the error.
+    pub ended: Option<Result<Option<f64>, String>>,
+    /// best.toml's text, once written.
+    pub best: Option<String>,
 }
 
 /// Live training progress of a fine_tune step.
@@ -370,6 +409,8 @@ pub struct App {
     pub gradcam: bool,
     /// The Runs popup (`R`): earlier runs of this recipe and the selected one.
     pub runs: Option<RunsView>,
+    /// The Tune view (`T`), from the first tune of the session on.
+    pub tune: Option<TuneView>,
     pub sort: SortBy,
     pub help: bool,
     pub confirm_quit: bool,
@@ -399,6 +440,7 @@ impl App {
             normalised: false,
             gradcam: false,
             runs: None,
+            tune: None,
             sort: SortBy::default(),
             help: false,
             confirm_quit: false,
@@ -448,6 +490,13 @@ impl App {
             }
             Msg::InputChanged(input) => return self.on_input_changed(input),
             Msg::RunsLoaded { runs, current } => self.on_runs_loaded(runs, current),
+            Msg::Tune(progress) => self.on_tune_progress(progress),
+            Msg::TuneEnded { outcome, best } => {
+                if let Some(view) = &mut self.tune {
+                    view.ended = Some(outcome);
+                    view.best = best;
+                }
+            }
         }
         vec![]
     }
@@ -477,7 +526,7 @@ impl App {
             }
             Action::RunToSelected | Action::RunAll | Action::RunNext | Action::Rerun => return self.run_action(action),
             Action::Cancel => {
-                if self.running.is_some() {
+                if self.running.is_some() || self.tune.as_ref().is_some_and(|v| v.ended.is_none()) {
                     return vec![Effect::Send(CommandKind::Cancel)];
                 }
             }
@@ -497,6 +546,7 @@ impl App {
             Action::ToggleNormalised => self.normalised = !self.normalised,
             Action::ToggleGradCam => self.gradcam = !self.gradcam,
             Action::Runs => return vec![Effect::LoadRuns],
+            Action::Tune => return self.start_tune(),
             Action::CycleSort => self.sort = self.sort.next(),
             Action::Help => self.help = true,
             Action::Quit => {
@@ -521,6 +571,16 @@ impl App {
                 return Some(vec![Effect::Send(CommandKind::Cancel), Effect::Quit]);
             }
             return Some(vec![]);
+        }
+        if let Some(view) = self.tune.as_mut().filter(|v| v.open) {
+            match action {
+                Action::Cancel if view.ended.is_none() => return Some(vec![Effect::Send(CommandKind::Cancel)]),
+                Action::Quit => {}
+                _ => {
+                    view.open = false;
+                    return Some(vec![]);
+                }
+            }
         }
         if let Some(view) = &mut self.runs {
             match action {
@@ -575,6 +635,48 @@ impl App {
             })
             .collect();
         self.runs = Some(RunsView { runs: mine, selected: 0, current });
+    }
+
+    /// `T`: shows the tune view again while a tune runs, else starts one
+    /// (when the engine is free) on the recipe file as it is on disk.
+    fn start_tune(&mut self) -> Vec<Effect> {
+        if let Some(view) = self.tune.as_mut().filter(|v| v.ended.is_none()) {
+            view.open = true;
+            return vec![];
+        }
+        if self.running.is_some() || self.pending {
+            self.notice = Some("a step is running: tune once it ends (or c cancels it)".into());
+            return vec![];
+        }
+        self.pending = true;
+        self.tune = Some(TuneView {
+            open: true,
+            keys: Vec::new(),
+            rows: Vec::new(),
+            lines: Vec::new(),
+            dir: None,
+            original: std::fs::read_to_string(&self.recipe_path).unwrap_or_default(),
+            started: Instant::now(),
+            ended: None,
+            best: None,
+        });
+        vec![Effect::Send(CommandKind::Tune), Effect::Log("tune started".into())]
+    }
+
+    fn on_tune_progress(&mut self, progress: crate::tune::Progress) {
+        let Some(view) = &mut self.tune else { return };
+        match progress {
+            crate::tune::Progress::Started { keys, dir } => {
+                view.keys = keys;
+                view.dir = Some(dir);
+            }
+            crate::tune::Progress::Line(line) => {
+                view.lines.push(line);
+                let extra = view.lines.len().saturating_sub(3);
+                view.lines.drain(..extra);
+            }
+            crate::tune::Progress::Row(row) => view.rows.push(row),
+        }
     }
 
     fn run(&mut self, steps: Vec<usize>) -> Vec<Effect> {
@@ -840,6 +942,7 @@ mod tests {
             Action::ToggleNormalised,
             Action::ToggleGradCam,
             Action::Runs,
+            Action::Tune,
             Action::CycleSort,
             Action::Help,
             Action::Quit,
@@ -850,14 +953,14 @@ mod tests {
                 Action::Up | Action::Down | Action::RunToSelected | Action::RunNext | Action::RunAll => {}
                 Action::Rerun | Action::Cancel | Action::NextTab | Action::PrevTab | Action::Edit => {}
                 Action::Resample | Action::ToggleAutorun | Action::ToggleNormalised | Action::ToggleGradCam => {}
-                Action::Runs | Action::CycleSort | Action::Help | Action::Quit => {}
+                Action::Runs | Action::Tune | Action::CycleSort | Action::Help | Action::Quit => {}
             }
             assert!(KEY_MAP.iter().any(|b| b.action == a), "{a:?} has no key");
         }
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(Action::from_key(ctrl_c), Some(Action::Quit));
         assert_eq!(Action::from_key(KeyEvent::new(KeyCode::Char('z'), KeyModifiers::NONE)), None);
-        assert_eq!(key_hints(), "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · ? help · q quit");
+        assert_eq!(key_hints(), "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · T tune · ? help · q quit");
     }
 
     const RECIPE: &str = r#"

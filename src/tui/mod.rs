@@ -287,6 +287,8 @@ impl Shell<'_> {
                 FromWorker::Done(r) => Msg::Done(r),
                 FromWorker::Failed(i, message) => Msg::Failed(i, message),
                 FromWorker::Idle => Msg::Idle,
+                FromWorker::Tune(p) => Msg::Tune(p),
+                FromWorker::TuneEnded { outcome, best } => Msg::TuneEnded { outcome, best },
                 FromWorker::Image { step, kind, image, captions } => return images.set(step, kind, image, captions),
             },
             AppEvent::FileChanged(c) => {
@@ -338,6 +340,10 @@ impl Shell<'_> {
             }
             Effect::Send(CommandKind::InputChanged(input)) => {
                 let _ = self.cmd_tx.send(Command::InputChanged(input));
+            }
+            Effect::Send(CommandKind::Tune) => {
+                let _ = writeln!(self.log, "tune {}", app.recipe_path.display());
+                let _ = self.cmd_tx.send(Command::Tune(app.recipe_path.clone()));
             }
             Effect::Send(CommandKind::Cancel) => self.cancel.store(true, Ordering::Relaxed),
             Effect::OpenEditor => open_editor(self.terminal, &app.recipe_path, self.paused, self.log)?,

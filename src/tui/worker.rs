@@ -21,6 +21,13 @@ pub enum FromWorker {
     Failed(usize, String),
     /// The current command finished (or was cut short by a reload).
     Idle,
+    /// Progress of a tune (`T`).
+    Tune(crate::tune::Progress),
+    /// The tune ended: the final accuracy on valid or the error, and best.toml's text.
+    TuneEnded {
+        outcome: Result<Option<f64>, String>,
+        best: Option<String>,
+    },
     /// An image for a step's Preview or Mistakes tab.
     Image {
         step: usize,
@@ -117,6 +124,10 @@ impl Worker<'_> {
                 self.log(format_args!("{shown} changed on disk: stale from step {:?}", first.map(|i| i + 1)));
             }
             Command::Preview { step, seed } => send_preview(&self.lab, step, seed, self.tx),
+            Command::Tune(recipe) => {
+                self.tune(&recipe);
+                (self.tx)(FromWorker::Idle);
+            }
             Command::Run(steps) => {
                 let open = self.run_steps(steps);
                 (self.tx)(FromWorker::Idle);
@@ -188,6 +199,27 @@ impl Worker<'_> {
                 false
             }
         }
+    }
+
+    /// Runs `tlab tune` on the recipe file into `runs/<name>-tune-<time>`,
+    /// reporting each line and row; the shared cancel flag stops it.
+    fn tune(&mut self, recipe: &std::path::Path) {
+        self.cancel.store(false, Ordering::Relaxed);
+        let name = &self.lab.recipe().name;
+        let dir = crate::report::default_run_dir(&format!("{name}-tune"));
+        self.log(format_args!("tune {} → {}", recipe.display(), dir.display()));
+        let tx = self.tx;
+        let mut send = |p: crate::tune::Progress| tx(FromWorker::Tune(p));
+        let opts = crate::tune::Options::default();
+        let outcome = crate::tune::run(Some(recipe), &dir, false, &opts, self.cancel.clone(), &mut send);
+        let best = std::fs::read_to_string(dir.join("best.toml")).ok();
+        let outcome = match outcome {
+            Ok(o) if o.interrupted => Err(format!("cancelled: `tlab tune --resume {}` continues", dir.display())),
+            Ok(o) => Ok(o.final_accuracy),
+            Err(e) => Err(e.to_string()),
+        };
+        self.log(format_args!("tune ended: {outcome:?}"));
+        (self.tx)(FromWorker::TuneEnded { outcome, best });
     }
 
     /// The reports of the steps run so far, as `tlab run` writes them

@@ -49,6 +49,18 @@ pub struct Options {
     pub eta: Option<usize>,
 }
 
+/// What a tune reports as it goes (to `tlab tune`'s lines, the TUI's Tune
+/// view, a notebook).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The searched keys and the tune directory, before the first trial.
+    Started { keys: Vec<String>, dir: PathBuf },
+    /// A line of progress: what `tlab tune` prints.
+    Line(String),
+    /// A trial finished a rung (after its line).
+    Row(Row),
+}
+
 /// One finished trial at one rung: a row of `tune.csv`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -138,7 +150,12 @@ impl Lab {
     pub fn tune(&self, opts: &Options) -> Result<Outcome> {
         let dir = report::default_run_dir(&format!("{}-tune", self.recipe().name));
         let path = self.recipe().path.clone();
-        run(Some(&path), &dir, false, opts, Arc::new(AtomicBool::new(false)), &mut |l| println!("{l}"))
+        let mut print = |p: Progress| {
+            if let Progress::Line(l) = p {
+                println!("{l}");
+            }
+        };
+        run(Some(&path), &dir, false, opts, Arc::new(AtomicBool::new(false)), &mut print)
     }
 }
 
@@ -170,7 +187,7 @@ struct Tune<'a> {
     spent: f64,
     features: crate::train::cache::FeatureCache,
     cancel: Arc<AtomicBool>,
-    say: &'a mut dyn FnMut(&str),
+    say: &'a mut dyn FnMut(Progress),
 }
 
 /// Starts a tune of the recipe at `recipe_path` in `dir` (or with `resume`
@@ -182,9 +199,11 @@ pub fn run(
     resume: bool,
     opts: &Options,
     cancel: Arc<AtomicBool>,
-    say: &mut dyn FnMut(&str),
+    say: &mut dyn FnMut(Progress),
 ) -> Result<Outcome> {
     let mut tune = Tune::open(recipe_path, dir, resume, opts, cancel, say)?;
+    let keys = tune.space.params.iter().map(|p| p.name.clone()).collect();
+    (tune.say)(Progress::Started { keys, dir: dir.to_path_buf() });
     tune.write_inner_split()?;
     let interrupted = !tune.search()?;
     let mut outcome = tune.outcome(interrupted);
@@ -209,7 +228,7 @@ impl<'a> Tune<'a> {
         resume: bool,
         opts: &Options,
         cancel: Arc<AtomicBool>,
-        say: &'a mut dyn FnMut(&str),
+        say: &'a mut dyn FnMut(Progress),
     ) -> Result<Tune<'a>> {
         let saved: Option<Saved> = match resume {
             true => Some(read_json(&dir.join("tune.json"))?),
@@ -299,7 +318,7 @@ impl<'a> Tune<'a> {
                 for &trial in &alive {
                     let elapsed = before + started.elapsed().as_secs_f64();
                     if !self.done.contains_key(&(trial, rung)) && self.over_budget(elapsed, rung) {
-                        (self.say)(&format!("budget spent after {elapsed:.0}s: the search stops"));
+                        (self.say)(Progress::Line(format!("budget spent after {elapsed:.0}s: the search stops")));
                         return Ok(true);
                     }
                     if !self.trial(trial, rung)? {
@@ -353,8 +372,9 @@ impl<'a> Tune<'a> {
     /// `false` when cancelled.
     fn trial(&mut self, trial: usize, rung: usize) -> Result<bool> {
         if let Some(row) = self.done.get(&(trial, rung)) {
-            let line = format!("{}  (done before)", self.row_line(row));
-            (self.say)(&line);
+            let (line, row) = (format!("{}  (done before)", self.row_line(row)), row.clone());
+            (self.say)(Progress::Line(line));
+            (self.say)(Progress::Row(row));
             return Ok(true);
         }
         let name = format!("t{:03}-r{rung}", trial + 1);
@@ -386,9 +406,10 @@ impl<'a> Tune<'a> {
         // The row is on disk before it is shown: a kill after the line
         // never loses the trial.
         let line = self.row_line(&row);
-        self.done.insert((trial, rung), row);
+        self.done.insert((trial, rung), row.clone());
         self.write_rows()?;
-        (self.say)(&line);
+        (self.say)(Progress::Line(line));
+        (self.say)(Progress::Row(row));
         Ok(true)
     }
 
@@ -549,7 +570,11 @@ impl<'a> Tune<'a> {
         let text = header + &doc.to_string();
         let best = self.dir.join("best.toml");
         report::atomic_write(&best, text.as_bytes())?;
-        (self.say)(&format!("best: trial {} ({score:.4} on the inner split) → {}", trial + 1, best.display()));
+        (self.say)(Progress::Line(format!(
+            "best: trial {} ({score:.4} on the inner split) → {}",
+            trial + 1,
+            best.display()
+        )));
         let recipe = recipe::parse(&text, &best)?;
         let mut lab = Lab::new(recipe);
         lab.set_feature_cache(std::mem::take(&mut self.features));
@@ -561,7 +586,9 @@ impl<'a> Tune<'a> {
         outcome?;
         let accuracy = lab.evaluation().ok().map(|e| e.metrics.accuracy);
         if let Some(a) = accuracy {
-            (self.say)(&format!("final: best.toml trained on all the training data: accuracy {a:.4} on valid"));
+            (self.say)(Progress::Line(format!(
+                "final: best.toml trained on all the training data: accuracy {a:.4} on valid"
+            )));
         }
         Ok(accuracy)
     }

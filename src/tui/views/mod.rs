@@ -11,6 +11,7 @@ pub mod report;
 pub mod runs;
 pub mod status;
 pub mod steps;
+pub mod tune;
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -52,6 +53,9 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut Images) {
     status::render(frame, status_area, app);
     if let Some(view) = &app.runs {
         runs::render(frame, frame.area(), view);
+    }
+    if let Some(view) = app.tune.as_ref().filter(|v| v.open) {
+        tune::render(frame, frame.area(), view);
     }
     if app.help {
         help::render(frame, frame.area());
@@ -110,7 +114,7 @@ mod tests {
     use crate::lab::{StepOutput, StepResult};
     use crate::metrics;
     use crate::train::{Evaluation, Event};
-    use crate::tui::app::{Action, Effect, Msg};
+    use crate::tui::app::{Action, CommandKind, Effect, Msg};
 
     const RECIPE: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"mobilenet_v2\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\n[[step]]\nkind = \"evaluate\"\n";
 
@@ -239,6 +243,48 @@ mod tests {
         assert!(render(&a, 120, 30).contains("same recipe"));
         a.update(Action::Cancel);
         assert!(a.runs.is_none(), "Esc closes the popup");
+    }
+
+    #[test]
+    fn tune_view_shows_the_leaderboard_live_and_the_best_recipes_diff() {
+        use crate::tune::{Progress, Row};
+        let mut a = app();
+        assert_eq!(a.update(Action::Tune)[0], Effect::Send(CommandKind::Tune));
+        assert!(a.pending, "no step runs while the tune does");
+        let keys = vec!["step4.lr".to_string(), "step1.dropout".to_string()];
+        a.update(Msg::Tune(Progress::Started { keys, dir: "runs/t-tune-1".into() }));
+        let row = |trial: usize, rung: usize, score: f64, lr: &str| Row {
+            trial,
+            rung,
+            share: if rung == 0 { "1/3".into() } else { "1".into() },
+            score,
+            seconds: 2.5,
+            values: vec![lr.into(), "0.2".into()],
+        };
+        for r in [row(0, 0, 0.80, "0.001"), row(1, 0, 0.85, "0.0003"), row(1, 1, 0.875, "0.0003")] {
+            a.update(Msg::Tune(Progress::Line(format!("t{:03} rung {}", r.trial + 1, r.rung))));
+            a.update(Msg::Tune(Progress::Row(r)));
+        }
+        let screen = render(&a, 130, 32);
+        assert!(screen.contains("2 trial(s), 3 trial-rung(s)") && screen.contains("0.8750"), "{screen}");
+        assert!(screen.contains("leading: trial 2") && screen.contains("step4.lr = 0.0003"), "{screen}");
+        // Esc hides it (the tune goes on), T shows it again, c cancels it.
+        a.update(Action::Cancel);
+        assert_eq!(a.update(Action::Help), vec![]);
+        a.update(Action::Help);
+        assert!(!a.tune.as_ref().unwrap().open);
+        a.update(Action::Tune);
+        assert!(a.tune.as_ref().unwrap().open);
+        assert_eq!(a.update(Action::Cancel), vec![Effect::Send(CommandKind::Cancel)]);
+        let best = a.tune.as_ref().unwrap().original.clone() + "# tuned\n";
+        a.update(Msg::TuneEnded { outcome: Ok(Some(0.8633)), best: Some(best) });
+        a.update(Msg::Idle);
+        let screen = render(&a, 130, 32);
+        assert!(screen.contains("accuracy 0.8633 on valid") && screen.contains("best.toml against"), "{screen}");
+        // Ended: T closes it, and a second T starts a new tune.
+        a.update(Action::Tune);
+        assert!(!a.tune.as_ref().unwrap().open);
+        assert_eq!(a.update(Action::Tune)[0], Effect::Send(CommandKind::Tune));
     }
 
     #[test]
