@@ -578,6 +578,7 @@ impl Lab {
     }
 
     fn run_evaluate(&mut self, cfg: &EvaluateConfig, obs: &mut dyn Observer) -> Result<Evaluation> {
+        let _t = crate::profile::scope("evaluate");
         let data = self.load_data(obs)?;
         let model = self.model.as_ref().ok_or_else(|| Error::NotYet { what: "evaluate", needs: "a backbone step" })?;
         // Test-time views are drawn with the augmentation in force, if any.
@@ -623,6 +624,7 @@ impl Lab {
     }
 
     fn run_lr_find(&mut self, index: usize, cfg: &LrFindConfig, obs: &mut dyn Observer) -> Result<LrFindResult> {
+        let _t = crate::profile::scope("lr_find");
         let data = self.load_data(obs)?;
         let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));

@@ -93,6 +93,7 @@ pub mod predict;
 #[doc(hidden)]
 pub mod preflight;
 pub mod preview;
+pub mod profile;
 pub mod recipe;
 pub mod recorder;
 pub mod report;

@@ -36,6 +36,11 @@ enum Command {
         /// Continue an interrupted run in DIR from its last completed epoch.
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
+        /// Time every phase (decode, augment, each block's forward, backward,
+        /// optimizer, validation, reports): a table at the end and
+        /// profile.json in the run directory (also TLAB_PROFILE=1).
+        #[arg(long)]
+        profile: bool,
     },
     /// Search the recipe's `[tune]` keys (or a default space) by successive
     /// halving, scoring trials on an inner split of the training data; then
@@ -291,7 +296,12 @@ fn main() -> ExitCode {
     tlab::kernels::keep_candle_pool_off();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { recipe, out, resume } => run(recipe, out, resume),
+        Command::Run { recipe, out, resume, profile } => {
+            if profile {
+                tlab::profile::enable();
+            }
+            run(recipe, out, resume)
+        }
         Command::Check { recipes, syntax_only, json } => check(&recipes, syntax_only, json),
         Command::Tune { recipe, budget, trials, rungs, eta, out, resume } => {
             let opts =
@@ -627,6 +637,14 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         dir.display(),
         started.elapsed().as_secs_f64()
     ));
+    if tlab::profile::enabled() {
+        let wall = started.elapsed().as_secs_f64();
+        println!("where the time went (seconds summed over threads; phases nest):");
+        for line in tlab::profile::table(wall) {
+            println!("  {line}");
+        }
+        tlab::report::atomic_write(&dir.join("profile.json"), tlab::profile::to_json(wall).as_bytes())?;
+    }
     if interrupted {
         eprintln!("interrupted: partial reports in {}", dir.display());
         return Ok(ExitCode::from(130));

@@ -156,6 +156,7 @@ impl RunDir {
 /// augment.png — each where there is something to draw), and
 /// model.safetensors + model.json. Every file is written atomically.
 pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf>> {
+    let _t = crate::profile::scope("reports (files, pictures, Grad-CAM)");
     let complete = info.complete;
     let mut written = Vec::new();
     let mut put = |name: &str, bytes: &[u8]| -> Result<()> {

@@ -434,3 +434,39 @@ fn sigint_stops_after_the_batch_and_exits_130() {
     assert!(std::fs::read_to_string(run_dir.join("report.md")).unwrap().contains("Incomplete run"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `tlab run --profile` prints where the time went and writes profile.json
+/// with the phases a fine_tune step has: each trained block's forward,
+/// backward, the optimizer, augmentation, validation, the reports.
+#[test]
+fn profile_says_where_the_time_went() {
+    let dir = tempdir("profile");
+    make_data(&dir.join("data"));
+    let weights = tlab::predict::shipped_imagenet_weights();
+    std::fs::write(dir.join("tiny.toml"), TINY.replace("WEIGHTS", &weights.display().to_string())).unwrap();
+    let run_dir = dir.join("run");
+    let out = tlab(&["run", dir.join("tiny.toml").to_str().unwrap(), "--out", run_dir.to_str().unwrap(), "--profile"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("where the time went"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("profile.json")).unwrap()).unwrap();
+    let phases: Vec<&str> = json["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    for phase in [
+        "train forward features.18",
+        "train forward head",
+        "backward",
+        "optimizer",
+        "augment",
+        "validation",
+        "decode images",
+        "reports (files, pictures, Grad-CAM)",
+    ] {
+        assert!(phases.contains(&phase), "{phase} missing from {phases:?}");
+    }
+    assert!(json["wall_seconds"].as_f64().unwrap() > 0.0);
+    // Without the flag, no profile.
+    let plain = dir.join("plain");
+    assert!(tlab(&["run", dir.join("tiny.toml").to_str().unwrap(), "--out", plain.to_str().unwrap()]).status.success());
+    assert!(!plain.join("profile.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -423,12 +423,25 @@ impl Classifier {
     /// Logits for a batch, optionally starting from a cached prefix output.
     pub fn forward_from(&self, x: &Tensor, start_block: usize, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
         let n = self.backbone.num_blocks();
-        let features = self.backbone.forward_blocks(x, start_block..n, mode)?;
+        let features = if crate::profile::enabled() && mode.training {
+            // One block at a time, so that each block's time is its own.
+            let names = self.backbone.block_names();
+            let mut x = x.clone();
+            for (b, name) in names.iter().enumerate().take(n).skip(start_block) {
+                let _t = crate::profile::scope(&format!("train forward {name}"));
+                x = self.backbone.forward_blocks(&x, b..b + 1, mode)?;
+            }
+            x
+        } else {
+            self.backbone.forward_blocks(x, start_block..n, mode)?
+        };
+        let _t = mode.training.then(|| crate::profile::scope("train forward head"));
         self.head.forward(&features, mode, rng)
     }
 
     /// Output of the first `blocks` blocks (no graph: they must be frozen).
     pub fn prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
+        let _t = crate::profile::scope("frozen blocks (forward, no graph)");
         Ok(self.backbone.forward_blocks(x, 0..blocks, Mode { training: false })?.detach())
     }
 

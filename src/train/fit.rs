@@ -338,6 +338,7 @@ impl<'a> FineTune<'a> {
 
     /// Loss and accuracy on the validation split, as this epoch's record.
     fn validate_epoch(&mut self, stats: &EpochStats, t0: Instant) -> Result<EpochRecord> {
+        let _t = crate::profile::scope("validation");
         let inp = &self.input;
         let valid = &inp.data.valid;
         let cache = inp.valid_cache.as_deref().map(|c| (c, inp.k));
@@ -430,9 +431,15 @@ impl<'a> FineTune<'a> {
                     *stop = Some(Stop::Completed);
                     break;
                 }
-                let mut grads = loss.backward()?;
+                let mut grads = {
+                    let _t = crate::profile::scope("backward");
+                    loss.backward()?
+                };
                 cbs.iter_mut().try_for_each(|c| c.after_backward(&mut ctx, &mut grads))?;
-                opt.step(&grads, ctx.lr)?;
+                {
+                    let _t = crate::profile::scope("optimizer");
+                    opt.step(&grads, ctx.lr)?;
+                }
                 cbs.iter_mut().try_for_each(|c| c.after_step(&mut ctx))?;
                 stats.add(&logits, y, mixed, ctx.loss, ctx.lr)?;
                 let (loss, acc) = (stats.loss_sum / stats.seen as f64, stats.correct as f64 / stats.seen as f64);

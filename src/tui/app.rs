@@ -960,7 +960,10 @@ mod tests {
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(Action::from_key(ctrl_c), Some(Action::Quit));
         assert_eq!(Action::from_key(KeyEvent::new(KeyCode::Char('z'), KeyModifiers::NONE)), None);
-        assert_eq!(key_hints(), "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · T tune · ? help · q quit");
+        assert_eq!(
+            key_hints(),
+            "Enter run · n next · a all · c cancel · Tab tabs · e edit · w auto · T tune · ? help · q quit"
+        );
     }
 
     const RECIPE: &str = r#"
