@@ -542,6 +542,16 @@ impl Observer for Progress {
     }
 }
 
+/// `--profile`: where the time went, printed and in profile.json.
+fn show_profile(dir: &Path, wall: f64) -> anyhow::Result<()> {
+    println!("where the time went (seconds summed over threads; phases nest):");
+    for line in tlab::profile::table(wall) {
+        println!("  {line}");
+    }
+    tlab::report::atomic_write(&dir.join("profile.json"), tlab::profile::to_json(wall).as_bytes())?;
+    Ok(())
+}
+
 /// The recipe a run uses: the one given, or with `--resume` the one the run
 /// directory names (in its checkpoint, else its status.json).
 fn run_recipe_path(
@@ -638,12 +648,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         started.elapsed().as_secs_f64()
     ));
     if tlab::profile::enabled() {
-        let wall = started.elapsed().as_secs_f64();
-        println!("where the time went (seconds summed over threads; phases nest):");
-        for line in tlab::profile::table(wall) {
-            println!("  {line}");
-        }
-        tlab::report::atomic_write(&dir.join("profile.json"), tlab::profile::to_json(wall).as_bytes())?;
+        show_profile(&dir, started.elapsed().as_secs_f64())?;
     }
     if interrupted {
         eprintln!("interrupted: partial reports in {}", dir.display());

@@ -37,6 +37,12 @@ pub fn scope(phase: &str) -> Scope {
     Scope { phase: enabled().then(|| (phase.to_string(), Instant::now())) }
 }
 
+/// Runs `f`, timed as `phase`.
+pub fn timed<T>(phase: &str, f: impl FnOnce() -> T) -> T {
+    let _t = scope(phase);
+    f()
+}
+
 /// A running phase; its time is added when dropped.
 pub struct Scope {
     phase: Option<(String, Instant)>,

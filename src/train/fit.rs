@@ -431,15 +431,9 @@ impl<'a> FineTune<'a> {
                     *stop = Some(Stop::Completed);
                     break;
                 }
-                let mut grads = {
-                    let _t = crate::profile::scope("backward");
-                    loss.backward()?
-                };
+                let mut grads = crate::profile::timed("backward", || loss.backward())?;
                 cbs.iter_mut().try_for_each(|c| c.after_backward(&mut ctx, &mut grads))?;
-                {
-                    let _t = crate::profile::scope("optimizer");
-                    opt.step(&grads, ctx.lr)?;
-                }
+                crate::profile::timed("optimizer", || opt.step(&grads, ctx.lr))?;
                 cbs.iter_mut().try_for_each(|c| c.after_step(&mut ctx))?;
                 stats.add(&logits, y, mixed, ctx.loss, ctx.lr)?;
                 let (loss, acc) = (stats.loss_sum / stats.seen as f64, stats.correct as f64 / stats.seen as f64);
