@@ -71,6 +71,7 @@ pub mod bench;
 pub mod cells;
 pub mod checkpoint;
 pub mod data;
+pub mod doctor;
 // Plumbing the binary shares with the library, not an API.
 #[doc(hidden)]
 pub mod draw;

@@ -70,6 +70,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         resume: Option<PathBuf>,
     },
+    /// The data doctor: classes and splits, formats and sizes, and
+    /// CleanVision's issue types (duplicates within and across splits,
+    /// dark, light, low information, blurry, odd aspect or size, greyscale),
+    /// unreadable and tiny files; report.md, report.json, issues.csv and a
+    /// mosaic per class in the output folder.
+    Data {
+        /// A folder with train/ (and valid/, test/) class folders, or class folders alone.
+        dir: PathBuf,
+        /// Print the diagnosis as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Near duplicates' perceptual hashes may differ in this many of 64
+        /// bits (0: equal, CleanVision's rule).
+        #[arg(long, value_name = "N", default_value_t = tlab::doctor::NEAR_BITS)]
+        near_bits: u32,
+        /// Where the reports go (default: runs/data-<folder>-<timestamp>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a commented starter recipe from a data folder (classes, counts,
     /// colour, typical size, imbalance), with lr_find in front.
     New {
@@ -312,6 +331,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tui(&recipe),
         Command::New { data, output } => new_recipe(&data, output),
+        Command::Data { dir, json, near_bits, out } => data_doctor(&dir, json, near_bits, out),
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
@@ -383,6 +403,35 @@ fn tui(path: &Path) -> anyhow::Result<ExitCode> {
         path.to_path_buf()
     };
     tlab::tui::run(&recipe)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn data_doctor(dir: &Path, json: bool, near_bits: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let d = tlab::doctor::diagnose(dir, near_bits)?;
+    let name = tlab::paths::absolute(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out = out.unwrap_or_else(|| tlab::report::default_run_dir(&format!("data-{name}")));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let text = serde_json::to_string_pretty(&d)?;
+    tlab::report::atomic_write(&out.join("report.json"), text.as_bytes())?;
+    tlab::report::atomic_write(&out.join("report.md"), (d.lines().join("\n") + "\n").as_bytes())?;
+    let mut csv = String::from("path,split,class,issues\n");
+    for im in d.images.iter().filter(|i| !i.issues.is_empty()) {
+        let path = tlab::report::csv_field(&im.path.display().to_string());
+        csv += &format!("{path},{},{},{}\n", im.split, tlab::report::csv_field(&im.class), im.issues.join(" "));
+    }
+    tlab::report::atomic_write(&out.join("issues.csv"), csv.as_bytes())?;
+    for c in &d.classes {
+        let png = tlab::views::png_bytes(&d.mosaic(&c.class, 32))?;
+        tlab::report::atomic_write(&out.join(format!("mosaic-{}.png", c.class)), &png)?;
+    }
+    if json {
+        println!("{text}");
+    } else {
+        for line in d.lines() {
+            println!("{line}");
+        }
+        println!("wrote report.md, report.json, issues.csv and {} mosaic(s) to {}", d.classes.len(), out.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -74,16 +74,23 @@ fn sub_folder(dir: &Path, names: &[&str]) -> Option<PathBuf> {
     names.iter().map(|n| dir.join(n)).find(|p| p.is_dir())
 }
 
-/// Reads `dir`'s layout, classes, counts and a sample of its images.
-pub fn survey(dir: &Path) -> Result<Survey> {
-    let layout = match sub_folder(dir, &["train", "training"]) {
+/// Where `dir` keeps its splits: `train/` (or `training/`) with `valid/`
+/// (`val/`, `validation/`) and `test/` (`testing/`) beside it, else class
+/// folders right in `dir`.
+pub fn layout(dir: &Path) -> Layout {
+    match sub_folder(dir, &["train", "training"]) {
         Some(train) => Layout {
             train,
             valid: sub_folder(dir, &["valid", "val", "validation"]),
             test: sub_folder(dir, &["test", "testing"]),
         },
         None => Layout { train: dir.to_path_buf(), valid: None, test: None },
-    };
+    }
+}
+
+/// Reads `dir`'s layout, classes, counts and a sample of its images.
+pub fn survey(dir: &Path) -> Result<Survey> {
+    let layout = layout(dir);
     let mut skipped = Vec::new();
     let train = crate::data::scan(&layout.train, &mut skipped)?;
     let valid = match &layout.valid {

@@ -470,3 +470,77 @@ fn profile_says_where_the_time_went() {
     assert!(!plain.join("profile.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tlab data` on a messy folder: a photo copied from train into valid
+/// (leakage), a resized copy (near duplicate), a black image, a sliver, a
+/// file that is not an image; every one is named, and the reports exist.
+#[test]
+fn the_data_doctor_finds_leakage_and_broken_files() {
+    let dir = tempdir("doctor");
+    let data = dir.join("data");
+    make_data(&data);
+    let first = |d: &Path| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files[0].clone()
+    };
+    let class = std::fs::read_dir(data.join("train")).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let name = class.file_name().unwrap().to_owned();
+    let leaked = first(&class);
+    std::fs::copy(&leaked, data.join("valid").join(&name).join("leaked.png")).unwrap();
+    // A resized copy of a picture: a close perceptual hash, other pixels.
+    let stripes = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([((x as f32 - 24.0).hypot(y as f32 - 36.0) * 5.0) as u8, (x * y / 16) as u8, 90])
+    });
+    stripes.save(class.join("stripes.png")).unwrap();
+    image::imageops::resize(&stripes, 80, 80, image::imageops::FilterType::Triangle)
+        .save(class.join("stripes-big.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(48, 48, image::Rgb([3, 3, 3])).save(class.join("black.png")).unwrap();
+    image::RgbImage::from_fn(200, 40, |x, _| image::Rgb([(x % 256) as u8, 60, 200]))
+        .save(class.join("sliver.png"))
+        .unwrap();
+    std::fs::write(class.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+
+    let out_dir = dir.join("report");
+    let out = tlab(&["data", data.to_str().unwrap(), "--json", "--near-bits", "4", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flagged = |issue: &str| -> Vec<String> {
+        json["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["issues"].as_array().unwrap().iter().any(|k| k == issue))
+            .map(|i| Path::new(i["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(flagged("dark").contains(&"black.png".to_string()), "{:?}", flagged("dark"));
+    assert!(flagged("low_information").contains(&"black.png".to_string()));
+    assert_eq!(flagged("odd_aspect_ratio"), ["sliver.png"]);
+    let sets = json["duplicates"].as_array().unwrap();
+    let leak = sets.iter().find(|s| s["kind"] == "exact_duplicates").expect("the copied file is an exact duplicate");
+    assert_eq!(leak["across_splits"], true);
+    assert_eq!(leak["paths"].as_array().unwrap().len(), 2);
+    let near = sets.iter().find(|s| s["kind"] == "near_duplicates").expect("the resized copy is a near duplicate");
+    let near: Vec<&str> = near["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(
+        near.iter().any(|p| p.ends_with("stripes-big.png")) && near.iter().any(|p| p.ends_with("stripes.png")),
+        "{near:?}"
+    );
+    let unreadable = json["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1);
+    assert!(unreadable[0][0].as_str().unwrap().ends_with("broken.png"));
+    for file in ["report.md", "report.json", "issues.csv"] {
+        assert!(out_dir.join(file).is_file(), "{file} missing");
+    }
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(md.contains("LEAKAGE: 1 duplicate set(s)"), "{md}");
+    let mosaic = image::open(out_dir.join(format!("mosaic-{}.png", name.to_string_lossy()))).unwrap();
+    assert!(mosaic.width() > 96);
+    // Not a folder of images: one line naming it.
+    let bad = tlab(&["data", dir.join("nowhere").to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("nowhere"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}
