@@ -715,6 +715,7 @@ impl Lab {
         for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
             obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::paths::shown(path).display())));
         }
+        leakage_warnings(&data, obs);
         self.data = Some(data.clone());
         self.resized.clear();
         self.data_changed = false;
@@ -745,6 +746,24 @@ impl Lab {
 /// feature map for flatten (found with one forward pass at the data's size).
 fn head_inputs(backbone: &dyn models::Backbone, head: &recipe::HeadConfig, size: u32) -> Result<usize> {
     models::head_inputs(backbone, head.pooling, size)
+}
+
+/// Validation and test images that are pixel for pixel copies of training
+/// images (the same photo in two splits inflates the accuracy reported).
+fn leakage_warnings(data: &Dataset, obs: &mut dyn Observer) {
+    let others = [("validation", Some(&data.valid)), ("test", data.test.as_ref())];
+    for (name, split) in others {
+        let Some(split) = split else { continue };
+        let copies = crate::doctor::copies_of_training(&data.train, split);
+        if let Some((copy, original)) = copies.first() {
+            obs.event(train::Event::Log(format!(
+                "warning: {} {name} image(s) are copies of training images (leakage: they inflate accuracy), e.g. {} = {}; `tlab data` lists them",
+                copies.len(),
+                crate::paths::shown(copy).display(),
+                crate::paths::shown(original).display()
+            )));
+        }
+    }
 }
 
 /// `class train/valid[/test]` for every class, for the log.

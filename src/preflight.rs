@@ -284,6 +284,7 @@ impl Disk<'_> {
                         ),
                     ));
                 }
+                self.leakage(&train, &valid, valid_item, report);
                 report.classes = train
                     .iter()
                     .map(|(class, files)| ClassCount {
@@ -307,6 +308,33 @@ impl Disk<'_> {
         }
         report.skipped = skipped.into_iter().map(|(p, _)| p).collect();
         self.memory(data, train_item, report);
+    }
+
+    /// Validation files that are byte-for-byte copies of training files: a
+    /// warning, since they inflate the accuracy a run reports.
+    fn leakage(
+        &self,
+        train: &[(String, Vec<PathBuf>)],
+        valid: &[(String, Vec<PathBuf>)],
+        item: &Item,
+        report: &mut Preflight,
+    ) {
+        let files =
+            |split: &[(String, Vec<PathBuf>)]| split.iter().flat_map(|(_, f)| f.iter().cloned()).collect::<Vec<_>>();
+        let copies = crate::doctor::identical_files(&files(train), &files(valid));
+        if let Some((copy, original)) = copies.first() {
+            let shown = |p: &Path| crate::paths::shown(p).display().to_string();
+            report.findings.push(self.at(
+                item,
+                Severity::Warning,
+                format!(
+                    "{} validation file(s) are copies of training files (leakage: they inflate accuracy), e.g. {} = {}; `tlab data` lists them and near copies",
+                    copies.len(),
+                    shown(copy),
+                    shown(original)
+                ),
+            ));
+        }
     }
 
     /// The decoded size of the images counted so far, against the memory budget.

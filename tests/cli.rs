@@ -538,6 +538,16 @@ fn the_data_doctor_finds_leakage_and_broken_files() {
     assert!(md.contains("LEAKAGE: 1 duplicate set(s)"), "{md}");
     let mosaic = image::open(out_dir.join(format!("mosaic-{}.png", name.to_string_lossy()))).unwrap();
     assert!(mosaic.width() > 96);
+    // `tlab check` warns about the leaked copy (byte for byte) and still passes.
+    std::fs::write(
+        dir.join("tiny.toml"),
+        TINY.replace("WEIGHTS", &tlab::predict::shipped_imagenet_weights().display().to_string()),
+    )
+    .unwrap();
+    let check = tlab(&["check", dir.join("tiny.toml").to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(stderr(&check).contains("1 validation file(s) are copies of training files"), "{}", stderr(&check));
+    assert!(stderr(&check).contains("leaked.png"), "{}", stderr(&check));
     // Not a folder of images: one line naming it.
     let bad = tlab(&["data", dir.join("nowhere").to_str().unwrap()]);
     assert!(!bad.status.success());
