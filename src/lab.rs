@@ -754,7 +754,7 @@ fn leakage_warnings(data: &Dataset, obs: &mut dyn Observer) {
     let others = [("validation", Some(&data.valid)), ("test", data.test.as_ref())];
     for (name, split) in others {
         let Some(split) = split else { continue };
-        let copies = crate::doctor::copies_of_training(&data.train, split);
+        let copies = crate::data::leakage::copies_of_training(&data.train, split);
         if let Some((copy, original)) = copies.first() {
             obs.event(train::Event::Log(format!(
                 "warning: {} {name} image(s) are copies of training images (leakage: they inflate accuracy), e.g. {} = {}; `tlab data` lists them",

@@ -77,7 +77,17 @@ enum Command {
     /// mosaic per class in the output folder.
     Data {
         /// A folder with train/ (and valid/, test/) class folders, or class folders alone.
-        dir: PathBuf,
+        #[arg(required_unless_present = "label_issues")]
+        dir: Option<PathBuf>,
+        /// Instead: rank the training images of a run (or a recipe) whose
+        /// given label a k-fold linear probe on the frozen backbone most
+        /// doubts (cleanlab's confident learning); writes label_issues.csv
+        /// and label_issues.png into the run (or --out).
+        #[arg(long, value_name = "RUN_OR_RECIPE", conflicts_with = "dir")]
+        label_issues: Option<PathBuf>,
+        /// Folds of the out-of-sample probe (with --label-issues).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=20))]
+        folds: u64,
         /// Print the diagnosis as JSON.
         #[arg(long)]
         json: bool,
@@ -331,7 +341,11 @@ fn main() -> ExitCode {
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tui(&recipe),
         Command::New { data, output } => new_recipe(&data, output),
-        Command::Data { dir, json, near_bits, out } => data_doctor(&dir, json, near_bits, out),
+        Command::Data { dir: Some(dir), json, near_bits, out, .. } => data_doctor(&dir, json, near_bits, out),
+        Command::Data { label_issues: Some(run), folds, json, out, .. } => {
+            label_issues(&run, folds as usize, json, out)
+        }
+        Command::Data { .. } => Err(anyhow::anyhow!("give a data folder or --label-issues RUN")),
         Command::Preview { recipe, png, count, seed } => preview(&recipe, png, count, seed),
         Command::Convert { input, output, dtype } => convert(&input, &output, &dtype),
         Command::Inspect { file } => inspect(&file),
@@ -431,6 +445,34 @@ fn data_doctor(dir: &Path, json: bool, near_bits: u32, out: Option<PathBuf>) -> 
             println!("{line}");
         }
         println!("wrote report.md, report.json, issues.csv and {} mosaic(s) to {}", d.classes.len(), out.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn label_issues(run: &Path, folds: usize, json: bool, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let recipe = tlab::doctor::labels::recipe_of(run)?;
+    let out = match out {
+        Some(o) => o,
+        None if run.is_dir() => run.to_path_buf(),
+        None => tlab::report::default_run_dir(&format!("{}-label-issues", recipe.name)),
+    };
+    let cfg = tlab::doctor::labels::ProbeConfig { folds, seed: recipe.seed, ..Default::default() };
+    let mut log = |line: String| {
+        if !json {
+            println!("  {line}");
+        }
+    };
+    let found = tlab::doctor::labels::find(recipe, &cfg, &mut log)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    tlab::report::atomic_write(&out.join("label_issues.csv"), found.csv().as_bytes())?;
+    tlab::report::atomic_write(&out.join("label_issues.png"), &tlab::views::png_bytes(&found.mosaic(48))?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        for line in found.lines(20) {
+            println!("{line}");
+        }
+        println!("wrote label_issues.csv and label_issues.png to {}", out.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -321,7 +321,7 @@ impl Disk<'_> {
     ) {
         let files =
             |split: &[(String, Vec<PathBuf>)]| split.iter().flat_map(|(_, f)| f.iter().cloned()).collect::<Vec<_>>();
-        let copies = crate::doctor::identical_files(&files(train), &files(valid));
+        let copies = crate::data::leakage::identical_files(&files(train), &files(valid));
         if let Some((copy, original)) = copies.first() {
             let shown = |p: &Path| crate::paths::shown(p).display().to_string();
             report.findings.push(self.at(

@@ -5,6 +5,7 @@
 //! as RGB bytes; augmentation and normalisation happen per batch.
 
 pub mod csv;
+pub mod leakage;
 
 use std::path::{Path, PathBuf};
 

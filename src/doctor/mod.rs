@@ -35,6 +35,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub mod labels;
+
 /// CleanVision's default thresholds (see the module docs).
 const DARK: f64 = 0.32;
 const LIGHT: f64 = 0.05;
@@ -450,47 +452,6 @@ fn near_groups(images: &[ImageReport], near_bits: u32) -> Vec<Vec<usize>> {
     groups.into_values().filter(|g| g.len() > 1).collect()
 }
 
-/// Images of `other` (valid or test) that are pixel for pixel copies of
-/// training images as the run decoded them: `(copy, original)` pairs. The
-/// backbone step warns about them; hashing decoded bytes costs a fraction of
-/// decoding them.
-pub fn copies_of_training(train: &crate::data::Split, other: &crate::data::Split) -> Vec<(PathBuf, PathBuf)> {
-    let hash = |px: &Vec<u8>| {
-        let mut h = crate::train::cache::KeyHasher::default();
-        h.bytes(px);
-        h.finish()
-    };
-    let seen: HashMap<u64, usize> =
-        train.pixels.par_iter().map(hash).collect::<Vec<_>>().into_iter().zip(0..).collect();
-    let copies: Vec<Option<usize>> = other.pixels.par_iter().map(|px| seen.get(&hash(px)).copied()).collect();
-    copies.into_iter().zip(&other.paths).filter_map(|(t, p)| Some((p.clone(), train.paths[t?].clone()))).collect()
-}
-
-/// Files of `other` whose bytes equal a file of `train`: `(copy, original)`.
-/// Only files of a size both lists share are read, so `tlab check` stays
-/// quick on photos.
-pub fn identical_files(train: &[PathBuf], other: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
-    let sized = |files: &[PathBuf]| -> Vec<(u64, PathBuf)> {
-        files.par_iter().filter_map(|p| Some((std::fs::metadata(p).ok()?.len(), p.clone()))).collect()
-    };
-    let (train, other) = (sized(train), sized(other));
-    let other_sizes: std::collections::HashSet<u64> = other.iter().map(|(n, _)| *n).collect();
-    let train_sizes: std::collections::HashSet<u64> = train.iter().map(|(n, _)| *n).collect();
-    let hashed = |files: Vec<(u64, PathBuf)>, keep: &std::collections::HashSet<u64>| -> Vec<(u64, PathBuf)> {
-        files
-            .into_par_iter()
-            .filter(|(n, _)| keep.contains(n))
-            .filter_map(|(_, p)| {
-                let mut h = crate::train::cache::KeyHasher::default();
-                h.bytes(&std::fs::read(&p).ok()?);
-                Some((h.finish(), p))
-            })
-            .collect()
-    };
-    let originals: HashMap<u64, PathBuf> = hashed(train, &other_sizes).into_iter().collect();
-    hashed(other, &train_sizes).into_iter().filter_map(|(h, p)| Some((p, originals.get(&h)?.clone()))).collect()
-}
-
 impl Diagnosis {
     /// The report as lines for the terminal and `report.md`.
     pub fn lines(&self) -> Vec<String> {
@@ -627,17 +588,5 @@ mod tests {
         // misses it, four bits find it; the other picture stays apart.
         assert_eq!(kinds(NEAR_BITS), [("exact_duplicates", 2)]);
         assert_eq!(kinds(4), [("exact_duplicates", 2), ("near_duplicates", 3)]);
-    }
-
-    #[test]
-    fn copies_of_training_images_are_found_by_their_pixels() {
-        let split = |names: &[&str], pixels: Vec<Vec<u8>>| crate::data::Split {
-            paths: names.iter().map(PathBuf::from).collect(),
-            labels: vec![0; names.len()],
-            pixels,
-        };
-        let train = split(&["t0", "t1"], vec![vec![1, 2, 3], vec![4, 5, 6]]);
-        let valid = split(&["v0", "v1", "v2"], vec![vec![4, 5, 6], vec![7, 8, 9], vec![1, 2, 4]]);
-        assert_eq!(copies_of_training(&train, &valid), [(PathBuf::from("v0"), PathBuf::from("t1"))]);
     }
 }
