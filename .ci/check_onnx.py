@@ -1,8 +1,8 @@
 """Exports a run's model with `tlab export --format onnx` and checks it with
 the real consumers: `onnx.checker` and ONNX Runtime over the whole validation
 split, on exactly the inputs tlab used (`tlab predict --npy`): identical
-top-1 and max |probability difference| <= 1e-4. Then runs the README's
-ONNX Runtime example on the export with preprocessing.
+top-1 and max |probability difference| <= 1e-4. Then runs the
+ONNX Runtime example of docs/export.md on the export with preprocessing.
 
 Usage: check_onnx.py TLAB_BINARY RUN_DIR VALID_DIR"""
 
@@ -55,15 +55,15 @@ diff_pre = float(np.abs(probs_pre - want).max())
 assert (probs_pre.argmax(1) == want.argmax(1)).all() and diff_pre <= 1e-4, diff_pre
 print(f"onnx: --with-preprocessing on uint8 NHWC pixels agrees too (max |prob diff| {diff_pre:.1e})")
 
-# The README's example, as a user pastes it, on that export and one image.
-readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-example = re.search(r"<!-- onnx-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+# docs/export.md's example, as a user pastes it, on that export and one image.
+page = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+example = re.search(r"<!-- onnx-example -->\s*```python\n(.*?)```", page, re.S).group(1)
 (work / "image.png").write_bytes(Path(images[0]).read_bytes())
 (work / "model.onnx").write_bytes(pre_path.read_bytes())
 out = subprocess.run([sys.executable, "-c", example], cwd=work, check=True, capture_output=True, text=True).stdout
 predicted = out.split()[0]
 assert predicted in classes, out
-print(f"onnx: the README example runs: {out.strip()}")
+print(f"onnx: the docs/export.md example runs: {out.strip()}")
 
 # Inception v3 with the Keras tutorial's head (flatten, dense, softmax): its
 # branches, average pools with counted padding, concatenations and

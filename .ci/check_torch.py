@@ -4,7 +4,7 @@ the way a PyTorch user does: the quickstart's MobileNetV2 into
 with `tlab predict` over the whole validation split on exactly tlab's inputs
 (identical top-1, max |probability difference| <= 1e-4); a ResNet-18, a
 VGG-16 with a hidden head layer and a MobileNetV2 with fastai's BatchNorm head
-(built by the printed snippets) likewise on a tiny run; then the README's PyTorch example as a user pastes it.
+(built by the printed snippets) likewise on a tiny run; then the PyTorch example of docs/export.md as a user pastes it.
 
 Usage: check_torch.py TLAB_BINARY RUN_DIR VALID_DIR"""
 
@@ -63,12 +63,12 @@ for arch, head in [("resnet18", ""), ("vgg16", "hidden = [16]\n"),
     label = head.strip().replace("\n", ", ") or "linear head"
     check(d / "run", images[:24], f"a {arch} ({label})")
 
-# The README's example, as a user pastes it, on the quickstart's export.
-readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-example = re.search(r"<!-- torch-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+# docs/export.md's example, as a user pastes it, on the quickstart's export.
+page = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+example = re.search(r"<!-- torch-example -->\s*```python\n(.*?)```", page, re.S).group(1)
 subprocess.run([tlab, "export", str(run), "--format", "torchvision", "-o", str(work / "model.pth")],
                check=True, stdout=subprocess.DEVNULL)
 (work / "image.png").write_bytes(Path(images[0]).read_bytes())
 out = subprocess.run([sys.executable, "-c", example], cwd=work, check=True, capture_output=True, text=True).stdout
 assert out.split()[0].isdigit(), out
-print(f"torch: the README example runs: {out.strip()}")
+print(f"torch: the docs/export.md example runs: {out.strip()}")

