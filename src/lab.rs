@@ -187,6 +187,27 @@ impl Lab {
         &self.recipe
     }
 
+    /// The backbone's output for every image of `split` (from [`data`](Self::data)),
+    /// averaged over its positions: `[images, channels]`, computed `batch`
+    /// images at a time with the model as it stands (after the backbone
+    /// step, the pretrained one) — for a nearest-neighbour search, a
+    /// scikit-learn model or a label check (`tlab data --label-issues`).
+    pub fn embeddings(&self, split: &crate::data::Split, batch: usize) -> Result<candle_core::Tensor> {
+        let model = self.model.as_ref().ok_or(Error::NotYet { what: "embeddings", needs: "a backbone step" })?;
+        let data = self.data.as_ref().ok_or(Error::NotYet { what: "embeddings", needs: "a backbone step" })?;
+        let pre = model.backbone.preprocess();
+        let blocks = model.backbone.num_blocks();
+        let s = data.size as usize;
+        let mut parts = Vec::new();
+        for start in (0..split.len()).step_by(batch.max(1)) {
+            let idx: Vec<usize> = (start..(start + batch.max(1)).min(split.len())).collect();
+            let x = pre.to_tensor(&data.batch_pixels(split, &idx, None), idx.len(), s, s)?;
+            let f = model.prefix(&x, blocks)?;
+            parts.push(if f.rank() > 2 { f.flatten_from(2)?.mean(2)? } else { f }.detach());
+        }
+        Ok(candle_core::Tensor::cat(&parts, 0)?)
+    }
+
     /// The decoded data set, once the backbone step has loaded it (shared:
     /// cheap to keep), or an error naming that step.
     pub fn data(&self) -> Result<Arc<Dataset>> {

@@ -75,6 +75,7 @@ pub mod doctor;
 // Plumbing the binary shares with the library, not an API.
 #[doc(hidden)]
 pub mod draw;
+pub mod embed;
 mod error;
 pub mod explain;
 pub mod export;

@@ -99,6 +99,31 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A frozen backbone's pooled features for every image under a folder
+    /// (searched recursively): FILE.safetensors (`features`, images ×
+    /// channels) and FILE.csv (`index,path,class`), for scikit-learn,
+    /// nearest neighbours or a notebook.
+    Embed {
+        /// The folder of images (class sub-folders name each image's class in the CSV).
+        dir: PathBuf,
+        /// The architecture (`tlab inspect` lists them).
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        /// Weights: a file, `hf:owner/repo[/file]` or a URL (default: the shipped MobileNetV2).
+        #[arg(long)]
+        weights: Option<String>,
+        /// Pool the output of this block instead of the last one.
+        #[arg(long, value_name = "BLOCK")]
+        layer: Option<String>,
+        /// Input size in pixels (default: the architecture's).
+        #[arg(long)]
+        size: Option<u32>,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Output file.
+        #[arg(short, long, default_value = "features.safetensors")]
+        output: PathBuf,
+    },
     /// Write a commented starter recipe from a data folder (classes, counts,
     /// colour, typical size, imbalance), with lr_find in front.
     New {
@@ -341,6 +366,13 @@ fn main() -> ExitCode {
         #[cfg(feature = "tui")]
         Command::Tui { recipe } => tui(&recipe),
         Command::New { data, output } => new_recipe(&data, output),
+        Command::Embed { dir, backbone, weights, layer, size, batch, output } => {
+            let weights = weights.unwrap_or_else(|| tlab::predict::shipped_imagenet_weights().display().to_string());
+            match tlab::embed::Embedder::new(&backbone, &weights, layer.as_deref(), size) {
+                Ok(embedder) => embed(&embedder, &dir, batch, &output),
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Data { dir: Some(dir), json, near_bits, out, .. } => data_doctor(&dir, json, near_bits, out),
         Command::Data { label_issues: Some(run), folds, json, out, .. } => {
             label_issues(&run, folds as usize, json, out)
@@ -474,6 +506,29 @@ fn label_issues(run: &Path, folds: usize, json: bool, out: Option<PathBuf>) -> a
         }
         println!("wrote label_issues.csv and label_issues.png to {}", out.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn embed(embedder: &tlab::embed::Embedder, dir: &Path, batch: usize, output: &Path) -> anyhow::Result<ExitCode> {
+    let paths: Vec<PathBuf> =
+        tlab::predict::expand_inputs(&[dir.to_path_buf()], &[])?.into_iter().map(|(p, _)| p).collect();
+    let bar = indicatif::ProgressBar::new(paths.len() as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, ETA {eta}")?);
+    let started = std::time::Instant::now();
+    let e = embedder.embed(&paths, batch.max(1), &mut |n| bar.set_position(n as u64))?;
+    bar.finish_and_clear();
+    for (path, why) in &e.skipped {
+        eprintln!("warning: skipped {}: {why}", tlab::paths::shown(path).display());
+    }
+    let index = e.save(output, dir)?;
+    let (n, c) = e.features.dims2()?;
+    println!(
+        "{n} images × {c} features (after {}) in {:.1}s → {} and {}",
+        embedder.layer,
+        started.elapsed().as_secs_f64(),
+        output.display(),
+        index.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

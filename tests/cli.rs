@@ -613,3 +613,39 @@ fn label_issues_find_planted_flips() {
     assert!(stderr(&bad).contains("status.json"), "{}", stderr(&bad));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tlab embed` writes one pooled feature row per image and an index CSV;
+/// the features carry the classes (a nearest neighbour among the other
+/// images is mostly of the same class), and a misnamed block is one line.
+#[test]
+fn embed_writes_features_a_nearest_neighbour_can_use() {
+    let dir = tempdir("embed");
+    let valid = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-mini/valid");
+    let out = dir.join("f.safetensors");
+    let run = tlab(&["embed", valid.to_str().unwrap(), "--size", "64", "-o", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let tensors = tlab::weights::load(&out).unwrap();
+    let features = &tensors["features"];
+    assert_eq!(features.dims(), [300, 1280]);
+    let rows: Vec<Vec<f32>> = features.to_vec2().unwrap();
+    let index = std::fs::read_to_string(dir.join("f.csv")).unwrap();
+    let classes: Vec<String> = index.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().to_owned()).collect();
+    assert_eq!(classes.len(), 300);
+    assert!(index.lines().nth(1).unwrap().ends_with(",ankle_boot"));
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+    let agree = (0..rows.len())
+        .filter(|&i| {
+            let nearest = (0..rows.len())
+                .filter(|&j| j != i)
+                .min_by(|&a, &b| dist(&rows[i], &rows[a]).total_cmp(&dist(&rows[i], &rows[b])))
+                .unwrap();
+            classes[nearest] == classes[i]
+        })
+        .count();
+    // Ten classes: chance is 0.1.
+    assert!(agree as f64 / 300.0 > 0.6, "nearest neighbour agrees on {agree} of 300");
+    let bad = tlab(&["embed", valid.to_str().unwrap(), "--layer", "features.99", "-o", out.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("did you mean `features.9`"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,9 +23,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
-use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
-use crate::models::Classifier;
 use crate::recipe::{Recipe, StepKind};
 use crate::train::{Event, Observer};
 
@@ -113,9 +111,8 @@ pub fn find(recipe: Recipe, cfg: &ProbeConfig, log: &mut dyn FnMut(String)) -> R
         lab.run_step(index, &mut Logs(log))?;
     }
     let data = lab.data()?;
-    let model = lab.model().ok_or(Error::NotYet { what: "--label-issues", needs: "a backbone step" })?;
     log(format!("pooled features of {} training images", data.train.len()));
-    let features = pooled_features(model, &data, &data.train, batch)?;
+    let features = lab.embeddings(&data.train, batch)?;
     let probs = out_of_sample(&features, &data.train.labels, data.classes.len(), cfg, log)?;
     let agree = probs.iter().zip(&data.train.labels).filter(|(p, &y)| argmax(p) == y).count();
     let issues = confident_learning(&probs, &data.train.labels)
@@ -134,23 +131,6 @@ pub fn find(recipe: Recipe, cfg: &ProbeConfig, log: &mut dyn FnMut(String)) -> R
         folds: cfg.folds,
         probe_accuracy: agree as f64 / probs.len().max(1) as f64,
     })
-}
-
-/// The whole backbone's output for every image of `split`, averaged over
-/// its spatial (or token) positions: `[images, channels]`.
-pub fn pooled_features(model: &Classifier, data: &Dataset, split: &Split, batch: usize) -> Result<Tensor> {
-    let pre = model.backbone.preprocess();
-    let blocks = model.backbone.num_blocks();
-    let s = data.size as usize;
-    let mut parts = Vec::new();
-    for start in (0..split.len()).step_by(batch) {
-        let idx: Vec<usize> = (start..(start + batch).min(split.len())).collect();
-        let x = pre.to_tensor(&data.batch_pixels(split, &idx, None), idx.len(), s, s)?;
-        let f = model.prefix(&x, blocks)?;
-        let f = if f.rank() > 2 { f.flatten_from(2)?.mean(2)? } else { f };
-        parts.push(f.detach());
-    }
-    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// Probabilities of every image from a probe trained on the other folds.
