@@ -226,7 +226,14 @@ fn examine(split: &str, class: &str, path: &Path) -> std::result::Result<ImageRe
     if 1.0 - percentile(&brightness, 5.0) < LIGHT {
         issues.push("light");
     }
-    if (ENTROPY_FACTOR * entropy(&rgb)).min(1.0) < LOW_INFORMATION {
+    let stored_grey = matches!(
+        img.color(),
+        image::ColorType::L8 | image::ColorType::L16 | image::ColorType::La8 | image::ColorType::La16
+    );
+    // PIL's entropy is over the image as stored: one histogram for a grey
+    // image (three equal ones of its RGB copy would add log2(3) bits).
+    let bits = if stored_grey { grey_entropy(&img.to_luma8()) } else { entropy(&rgb) };
+    if (ENTROPY_FACTOR * bits).min(1.0) < LOW_INFORMATION {
         issues.push("low_information");
     }
     if blur_score(&img) < BLURRY {
@@ -235,10 +242,7 @@ fn examine(split: &str, class: &str, path: &Path) -> std::result::Result<ImageRe
     if f64::from(width.min(height)) / f64::from(width.max(height)) < ODD_ASPECT {
         issues.push("odd_aspect_ratio");
     }
-    if matches!(
-        img.color(),
-        image::ColorType::L8 | image::ColorType::L16 | image::ColorType::La8 | image::ColorType::La16
-    ) {
+    if stored_grey {
         issues.push("grayscale");
     }
     if width.min(height) < TINY {
@@ -286,6 +290,15 @@ fn entropy(rgb: &RgbImage) -> f64 {
         for (c, &v) in p.0.iter().enumerate() {
             hist[c * 256 + usize::from(v)] += 1;
         }
+    }
+    bits(&hist)
+}
+
+/// Entropy in bits of a grey image's 256-bin histogram.
+fn grey_entropy(grey: &image::GrayImage) -> f64 {
+    let mut hist = [0u64; 256];
+    for p in grey.pixels() {
+        hist[usize::from(p.0[0])] += 1;
     }
     bits(&hist)
 }
@@ -588,5 +601,21 @@ mod tests {
         // misses it, four bits find it; the other picture stays apart.
         assert_eq!(kinds(NEAR_BITS), [("exact_duplicates", 2)]);
         assert_eq!(kinds(4), [("exact_duplicates", 2), ("near_duplicates", 3)]);
+    }
+
+    #[test]
+    fn a_grey_file_is_low_information_by_its_own_histogram() {
+        // Four grey levels: 2 bits as stored (under CleanVision's 3), but
+        // 3.58 bits over the three equal histograms of its RGB copy.
+        let dir = std::env::temp_dir().join(format!("tlab-doctor-grey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let grey = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([(x / 16 * 60) as u8]));
+        grey.save(dir.join("grey.png")).unwrap();
+        DynamicImage::ImageLuma8(grey).to_rgb8().save(dir.join("rgb.png")).unwrap();
+        let grey = examine("train", "a", &dir.join("grey.png")).unwrap();
+        let rgb = examine("train", "a", &dir.join("rgb.png")).unwrap();
+        assert!(grey.issues.contains(&"low_information") && grey.issues.contains(&"grayscale"), "{:?}", grey.issues);
+        assert!(!rgb.issues.contains(&"low_information"), "{:?}", rgb.issues);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
