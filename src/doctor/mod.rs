@@ -130,13 +130,24 @@ pub const ISSUES: &[&str] = &[
 /// differ in ([`NEAR_BITS`] by default).
 pub fn diagnose(dir: &Path, near_bits: u32) -> Result<Diagnosis> {
     let layout = crate::starter::layout(dir);
+    diagnose_splits(dir, &layout.train, layout.valid.as_deref(), layout.test.as_deref(), near_bits)
+}
+
+/// The same for split folders given one by one (a recipe's `[data]`);
+/// `root` names the data set in the report.
+pub fn diagnose_splits(
+    root: &Path,
+    train: &Path,
+    valid: Option<&Path>,
+    test: Option<&Path>,
+    near_bits: u32,
+) -> Result<Diagnosis> {
+    let dir = root;
     let mut skipped = Vec::new();
     let mut listed = Vec::new();
-    let splits =
-        [("train", Some(layout.train.clone())), ("valid", layout.valid.clone()), ("test", layout.test.clone())];
-    for (split, folder) in splits {
+    for (split, folder) in [("train", Some(train)), ("valid", valid), ("test", test)] {
         let Some(folder) = folder else { continue };
-        for (class, files) in crate::data::scan(&folder, &mut skipped)? {
+        for (class, files) in crate::data::scan(folder, &mut skipped)? {
             listed.extend(files.into_iter().map(|f| (split, class.clone(), f)));
         }
     }
@@ -498,16 +509,18 @@ impl Diagnosis {
         for (path, why) in &self.unreadable {
             out.push(format!("    {}: {why}", shown(path)));
         }
+        // Leakage changes what a run's accuracy means: it comes right after the headline.
         let leaks: Vec<&DuplicateSet> = self.duplicates.iter().filter(|d| d.across_splits).collect();
         if !leaks.is_empty() {
-            out.push(format!(
+            let mut block = vec![format!(
                 "LEAKAGE: {} duplicate set(s) span splits (the same image in train and valid/test):",
                 leaks.len()
-            ));
+            )];
             for d in leaks.iter().take(10) {
                 let paths: Vec<String> = d.paths.iter().map(|p| shown(p)).collect();
-                out.push(format!("  {}: {}", d.kind, paths.join(" = ")));
+                block.push(format!("  {}: {}", d.kind, paths.join(" = ")));
             }
+            out.splice(1..1, block);
         }
         out
     }

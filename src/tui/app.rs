@@ -161,6 +161,11 @@ pub enum Msg {
         runs: Vec<crate::runs::RunSummary>,
         current: String,
     },
+    /// The data doctor's lines for the backbone step `step`'s Data tab.
+    DataReport {
+        step: usize,
+        lines: Vec<String>,
+    },
     /// Progress of the running tune.
     Tune(crate::tune::Progress),
     /// The tune ended: the final run's accuracy on valid (or why not), and
@@ -283,6 +288,8 @@ pub struct Cell {
     pub result: Option<StepResult>,
     /// The last good outputs while the step re-runs, put back if the re-run fails.
     pub previous: Option<Box<Cell>>,
+    /// A backbone step's data doctor report (its Data tab), once examined.
+    pub data_report: Option<Vec<String>>,
 }
 
 impl Cell {
@@ -298,11 +305,13 @@ impl Cell {
             history: Vec::new(),
             result: None,
             previous: None,
+            data_report: None,
         }
     }
 
     pub fn tabs(&self) -> &'static [Tab] {
         match self.kind {
+            "backbone" => &[Tab::Data, Tab::Log],
             "augment" => &[Tab::Preview, Tab::Log],
             "fine_tune" | "lr_find" => &[Tab::Progress, Tab::Charts, Tab::Log],
             "evaluate" => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
@@ -324,6 +333,7 @@ pub enum Tab {
     Confusion,
     Report,
     Mistakes,
+    Data,
 }
 
 impl Tab {
@@ -336,6 +346,7 @@ impl Tab {
             Tab::Confusion => "Confusion",
             Tab::Report => "Report",
             Tab::Mistakes => "Mistakes",
+            Tab::Data => "Data",
         }
     }
 }
@@ -491,6 +502,11 @@ impl App {
             Msg::InputChanged(input) => return self.on_input_changed(input),
             Msg::RunsLoaded { runs, current } => self.on_runs_loaded(runs, current),
             Msg::Tune(progress) => self.on_tune_progress(progress),
+            Msg::DataReport { step, lines } => {
+                if let Some(cell) = self.cells.get_mut(step) {
+                    cell.data_report = Some(lines);
+                }
+            }
             Msg::TuneEnded { outcome, best } => {
                 if let Some(view) = &mut self.tune {
                     view.ended = Some(outcome);

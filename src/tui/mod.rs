@@ -289,6 +289,7 @@ impl Shell<'_> {
                 FromWorker::Idle => Msg::Idle,
                 FromWorker::Tune(p) => Msg::Tune(p),
                 FromWorker::TuneEnded { outcome, best } => Msg::TuneEnded { outcome, best },
+                FromWorker::Data { step, lines } => Msg::DataReport { step, lines },
                 FromWorker::Image { step, kind, image, captions } => return images.set(step, kind, image, captions),
             },
             AppEvent::FileChanged(c) => {

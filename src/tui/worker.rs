@@ -28,6 +28,8 @@ pub enum FromWorker {
         outcome: Result<Option<f64>, String>,
         best: Option<String>,
     },
+    /// The data doctor's report on the recipe's data, for the backbone step's Data tab.
+    Data { step: usize, lines: Vec<String> },
     /// An image for a step's Preview or Mistakes tab.
     Image {
         step: usize,
@@ -180,6 +182,7 @@ impl Worker<'_> {
                 let cancelled = self.cancel.load(Ordering::Relaxed);
                 self.log(format_args!("[step {}] done in {:.1}s", step + 1, r.seconds));
                 let is_augment = matches!(r.output, StepOutput::Augment { .. });
+                let is_backbone = matches!(r.output, StepOutput::Backbone { .. });
                 let mistakes = match &r.output {
                     StepOutput::Evaluate(e) => Some(e.mistakes.clone()),
                     _ => None,
@@ -187,6 +190,9 @@ impl Worker<'_> {
                 (self.tx)(FromWorker::Done(Box::new(r)));
                 if is_augment {
                     send_preview(&self.lab, step, self.lab.recipe().seed, self.tx);
+                }
+                if is_backbone {
+                    (self.tx)(FromWorker::Data { step, lines: data_report(&self.lab.recipe().data) });
                 }
                 if let Some(m) = mistakes {
                     send_mistakes(&self.lab, step, &m, self.tx);
@@ -230,6 +236,27 @@ impl Worker<'_> {
             let dir = self.run.path().display().to_string();
             self.log(format_args!("writing the reports to {dir} failed: {e}"));
         }
+    }
+}
+
+/// `tlab data` on the recipe's split folders (a CSV listing has none to examine).
+fn data_report(data: &crate::recipe::DataConfig) -> Vec<String> {
+    if let Some(csv) = &data.csv {
+        return vec![format!(
+            "the images are listed by {}: `tlab data FOLDER` examines a folder of class folders",
+            crate::paths::shown(csv).display()
+        )];
+    }
+    let root = data.train.parent().unwrap_or(&data.train);
+    match crate::doctor::diagnose_splits(
+        root,
+        &data.train,
+        data.valid.as_deref(),
+        data.test.as_deref(),
+        crate::doctor::NEAR_BITS,
+    ) {
+        Ok(d) => d.lines(),
+        Err(e) => vec![format!("cannot examine the data: {e}")],
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod charts;
 pub mod confusion;
+pub mod data;
 pub mod help;
 pub mod images;
 pub mod log;
@@ -80,6 +81,7 @@ fn render_output(frame: &mut Frame, area: Rect, app: &App, images: &mut Images) 
     let dim = cell.stale;
     match current {
         Tab::Log => log::render(frame, body, cell),
+        Tab::Data => data::render(frame, body, cell),
         Tab::Progress => progress::render(frame, body, cell),
         Tab::Charts => charts::render(frame, body, cell),
         Tab::Preview => images.render(frame, body, app.selected, images::ImageKind::Preview, dim),
@@ -161,6 +163,23 @@ mod tests {
         assert!(screen.contains("1. backbone  ✓ 1.2s") || screen.contains("1. backbone  ✓ 1.3s"), "{screen}");
         assert!(screen.contains("2. fine_tune"), "{screen}");
         assert!(screen.contains("watching"), "{screen}");
+    }
+
+    #[test]
+    fn the_backbone_step_shows_the_data_doctor_report() {
+        let mut a = app();
+        assert!(render(&a, 100, 24).contains("the data is examined when the backbone step runs"));
+        a.update(Msg::Started(0));
+        assert!(render(&a, 100, 24).contains("examining the data folders"));
+        let lines = vec![
+            "data: 20 images, 2 classes".to_string(),
+            "LEAKAGE: 1 duplicate set(s) span splits (the same image in train and valid/test):".to_string(),
+        ];
+        a.update(Msg::DataReport { step: 0, lines });
+        let screen = render(&a, 100, 24);
+        assert!(screen.contains("Data") && screen.contains("LEAKAGE: 1 duplicate set(s)"), "{screen}");
+        a.update(Action::NextTab);
+        assert!(!render(&a, 100, 24).contains("LEAKAGE"), "the Log tab is the second");
     }
 
     #[test]
