@@ -29,7 +29,10 @@ pub enum FromWorker {
         best: Option<String>,
     },
     /// The data doctor's report on the recipe's data, for the backbone step's Data tab.
-    Data { step: usize, lines: Vec<String> },
+    Data {
+        step: usize,
+        lines: Vec<String>,
+    },
     /// An image for a step's Preview or Mistakes tab.
     Image {
         step: usize,
