@@ -93,7 +93,7 @@ impl Embedder {
             if count > 0 {
                 let x = self.preprocess.to_tensor(&pixels, count, s, s)?;
                 let f = self.model.prefix(&x, self.blocks)?;
-                parts.push(if f.rank() > 2 { f.flatten_from(2)?.mean(2)? } else { f });
+                parts.push(models::mean_over_positions(f)?);
             }
             progress((n * batch + chunk.len()).min(paths.len()));
         }

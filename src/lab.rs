@@ -203,7 +203,7 @@ impl Lab {
             let idx: Vec<usize> = (start..(start + batch.max(1)).min(split.len())).collect();
             let x = pre.to_tensor(&data.batch_pixels(split, &idx, None), idx.len(), s, s)?;
             let f = model.prefix(&x, blocks)?;
-            parts.push(if f.rank() > 2 { f.flatten_from(2)?.mean(2)? } else { f }.detach());
+            parts.push(models::mean_over_positions(f)?.detach());
         }
         Ok(candle_core::Tensor::cat(&parts, 0)?)
     }

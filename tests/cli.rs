@@ -17,6 +17,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `tlab ARGS` fails with an error that mentions `text`.
+fn fails_naming(args: &[&str], text: &str) {
+    let out = tlab(args);
+    assert!(!out.status.success(), "tlab {args:?} succeeded");
+    assert!(stderr(&out).contains(text), "{}", stderr(&out));
+}
+
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tlab-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -549,9 +556,7 @@ fn the_data_doctor_finds_leakage_and_broken_files() {
     assert!(stderr(&check).contains("1 validation file(s) are copies of training files"), "{}", stderr(&check));
     assert!(stderr(&check).contains("leaked.png"), "{}", stderr(&check));
     // Not a folder of images: one line naming it.
-    let bad = tlab(&["data", dir.join("nowhere").to_str().unwrap()]);
-    assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("nowhere"), "{}", stderr(&bad));
+    fails_naming(&["data", dir.join("nowhere").to_str().unwrap()], "nowhere");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -608,9 +613,7 @@ fn label_issues_find_planted_flips() {
     assert!(found >= 12, "{found} of 20 flips in the top 40:\n{}", top.join("\n"));
     assert!(image::open(run.join("label_issues.png")).unwrap().width() > 96);
     // A folder that is neither a run nor a recipe: one line naming it.
-    let bad = tlab(&["data", "--label-issues", dir.join("train").to_str().unwrap()]);
-    assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("status.json"), "{}", stderr(&bad));
+    fails_naming(&["data", "--label-issues", dir.join("train").to_str().unwrap()], "status.json");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -644,8 +647,9 @@ fn embed_writes_features_a_nearest_neighbour_can_use() {
         .count();
     // Ten classes: chance is 0.1.
     assert!(agree as f64 / 300.0 > 0.6, "nearest neighbour agrees on {agree} of 300");
-    let bad = tlab(&["embed", valid.to_str().unwrap(), "--layer", "features.99", "-o", out.to_str().unwrap()]);
-    assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("did you mean `features.9`"), "{}", stderr(&bad));
+    fails_naming(
+        &["embed", valid.to_str().unwrap(), "--layer", "features.99", "-o", out.to_str().unwrap()],
+        "did you mean `features.9`",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -230,7 +230,7 @@ fn examine(split: &str, class: &str, path: &Path) -> std::result::Result<ImageRe
     let (width, height) = img.dimensions();
     let rgb = img.to_rgb8();
     let mut issues = Vec::new();
-    let brightness = pixel_brightness(&rgb);
+    let brightness = sorted(pixel_brightness(&rgb));
     if percentile(&brightness, 99.0) < DARK {
         issues.push("dark");
     }
@@ -284,13 +284,22 @@ fn pixel_brightness(rgb: &RgbImage) -> Vec<f64> {
         .collect()
 }
 
-/// NumPy's default (linear) percentile.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let pos = q / 100.0 * (v.len() - 1) as f64;
+/// NumPy's default (linear) percentile of values sorted ascending.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q / 100.0 * (sorted.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
+}
+
+/// Population standard deviation (NumPy's and PIL's `ImageStat`'s).
+fn std_dev(values: &[f64]) -> f64 {
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
 }
 
 /// Entropy in bits of the image's histogram, every channel's 256 bins
@@ -355,13 +364,11 @@ fn blur_score(img: &DynamicImage) -> f64 {
             edges.push(v);
         }
     }
-    let mean = edges.iter().sum::<f64>() / edges.len() as f64;
-    let sd = (edges.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / edges.len() as f64).sqrt();
+    let sd = std_dev(&edges);
     // The grey levels' spread (PIL's ImageStat stddev): a low-contrast
     // image without edges is blurry, a contrasted one is not.
     let levels: Vec<f64> = grey.pixels().map(|p| f64::from(p.0[0])).collect();
-    let mean = levels.iter().sum::<f64>() / levels.len() as f64;
-    let level_sd = (levels.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / levels.len() as f64).sqrt();
+    let level_sd = std_dev(&levels);
     let blur = 1.0 - (-sd * BLUR_FACTOR).exp();
     let spread = 1.0 - (-level_sd * BLUR_FACTOR).exp();
     (blur + if spread > BLUR_COLOUR { spread } else { 0.0 }).min(1.0)
@@ -407,7 +414,8 @@ fn phash(img: &DynamicImage) -> u64 {
 /// Marks `odd_size`: `√(w·h)` beyond three IQRs from the quartiles.
 fn mark_odd_sizes(images: &mut [ImageReport]) {
     let sizes: Vec<f64> = images.iter().map(|i| (f64::from(i.width) * f64::from(i.height)).sqrt()).collect();
-    let (q1, q3) = (percentile(&sizes, 25.0), percentile(&sizes, 75.0));
+    let ordered = sorted(sizes.clone());
+    let (q1, q3) = (percentile(&ordered, 25.0), percentile(&ordered, 75.0));
     let iqr = q3 - q1;
     let (lo, hi) = (q1 - ODD_SIZE_IQR * iqr, q3 + ODD_SIZE_IQR * iqr);
     for (im, s) in images.iter_mut().zip(sizes) {
@@ -574,9 +582,9 @@ mod tests {
     fn flat_images_are_low_information_and_dark_or_light() {
         let black = RgbImage::from_pixel(40, 40, image::Rgb([5, 5, 5]));
         assert!(entropy(&black) < 3.0);
-        assert!(percentile(&pixel_brightness(&black), 99.0) < DARK);
+        assert!(percentile(&sorted(pixel_brightness(&black)), 99.0) < DARK);
         let white = RgbImage::from_pixel(40, 40, image::Rgb([252, 252, 252]));
-        assert!(1.0 - percentile(&pixel_brightness(&white), 5.0) < LIGHT);
+        assert!(1.0 - percentile(&sorted(pixel_brightness(&white)), 5.0) < LIGHT);
         // PIL's FIND_EDGES copies the border pixels, so a small flat image has
         // edges of its own (and CleanVision does not call it blurry).
         let flat = DynamicImage::ImageRgb8(RgbImage::from_pixel(200, 200, image::Rgb([120, 120, 120])));

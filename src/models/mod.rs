@@ -191,6 +191,13 @@ pub(crate) fn export_chain(
     Ok(if residual { g.add(&y, &x) } else { y })
 }
 
+/// A backbone output averaged over its positions (the spatial map, or a
+/// ViT's tokens): `[batch, channels]`, what `tlab embed` and
+/// [`crate::lab::Lab::embeddings`] give.
+pub fn mean_over_positions(features: Tensor) -> Result<Tensor> {
+    Ok(if features.rank() > 2 { features.flatten_from(2)?.mean(2)? } else { features })
+}
+
 pub fn unknown_backbone(name: &str) -> Error {
     let best = crate::suggest::suggest(name, ARCHITECTURES);
     Error::UnknownBackbone {
