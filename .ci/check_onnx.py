@@ -67,20 +67,25 @@ print(f"onnx: the docs/export.md example runs: {out.strip()}")
 
 # Inception v3 with the Keras tutorial's head (flatten, dense, softmax): its
 # branches, average pools with counted padding, concatenations and
-# transform_input, on a tiny run (random init, one epoch, 80 px).
-d = work / "inception_v3"
-d.mkdir()
-data = valid.resolve()
-(d / "r.toml").write_text(
-    f'name = "inception"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = 80\nmax_per_class = 3\n'
-    '[[step]]\nkind = "backbone"\narch = "inception_v3"\npooling = "flatten"\nhidden = [16]\n'
-    '[[step]]\nkind = "freeze"\nup_to = "Mixed_7c"\n[[step]]\nkind = "fine_tune"\nepochs = 1\n')
-subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)
-inc_path = d / "model.onnx"
-subprocess.run([tlab, "export", str(d / "run"), "--format", "onnx", "--dynamic-batch", "-o", str(inc_path)],
-               check=True, stdout=subprocess.DEVNULL)
-onnx.checker.check_model(onnx.load(str(inc_path)), full_check=True)
-x, want = tlab_reference.predictions(tlab, d / "run", images[:24], d / "tlab")
-session = ort.InferenceSession(str(inc_path), options, providers=["CPUExecutionProvider"])
-diff = tlab_reference.agree(session.run(["probabilities"], {"input": x})[0], want, "ONNX Runtime (inception_v3)")
-print(f"onnx: inception_v3 with the tutorial's head agrees with tlab on 24 images (max |prob diff| {diff:.1e})")
+# transform_input; and a Vision Transformer (DeiT-S at 64 px, its position
+# embedding resampled from 14 x 14 to 4 x 4): patches, the class token,
+# attention as MatMul + Softmax, LayerNorm and GELU. Tiny runs (random init,
+# one epoch), each exported and run by ONNX Runtime.
+for arch, size, head, last in [("inception_v3", 80, 'pooling = "flatten"\nhidden = [16]', "Mixed_7c"),
+                               ("deit_small_patch16_224", 64, 'pooling = "avg"', "blocks.11")]:
+    d = work / arch
+    d.mkdir()
+    data = valid.resolve()
+    (d / "r.toml").write_text(
+        f'name = "{arch}"\n[data]\ntrain = "{data}"\nvalid = "{data}"\nimage_size = {size}\nmax_per_class = 3\n'
+        f'[[step]]\nkind = "backbone"\narch = "{arch}"\n{head}\n'
+        f'[[step]]\nkind = "freeze"\nup_to = "{last}"\n[[step]]\nkind = "fine_tune"\nepochs = 1\n')
+    subprocess.run([tlab, "run", str(d / "r.toml"), "--out", str(d / "run")], check=True, stdout=subprocess.DEVNULL)
+    path = d / "model.onnx"
+    subprocess.run([tlab, "export", str(d / "run"), "--format", "onnx", "--dynamic-batch", "-o", str(path)],
+                   check=True, stdout=subprocess.DEVNULL)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    x, want = tlab_reference.predictions(tlab, d / "run", images[:24], d / "tlab")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    diff = tlab_reference.agree(session.run(["probabilities"], {"input": x})[0], want, f"ONNX Runtime ({arch})")
+    print(f"onnx: {arch} ({head.splitlines()[0]}) agrees with tlab on 24 images (max |prob diff| {diff:.1e})")

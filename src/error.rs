@@ -175,6 +175,10 @@ pub enum Error {
     #[error("weights source {0} needs network access, which this build does not have (the `hub` feature is off); download the file and give its path")]
     NoHub(String),
 
+    /// An image size a Vision Transformer cannot cut into whole patches.
+    #[error("{arch} cuts images into {patch}×{patch} patches: {height}×{width} is not a square whose side is a multiple of {patch}")]
+    PatchSize { arch: &'static str, patch: usize, height: usize, width: usize },
+
     /// A broken invariant of tlab itself, not of the user's input.
     #[error("internal error: {0}")]
     Internal(&'static str),

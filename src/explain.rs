@@ -76,7 +76,7 @@ fn colour(v: f32) -> Rgb<u8> {
 }
 
 /// The last block (1-based count of blocks run) whose output map is at
-/// least 2×2, with that output: a 1×1 map (Inception v3 at 96 px, ConvNeXt
+/// least 2×2 (a Vision Transformer's patch grid counts), with that output: a 1×1 map (Inception v3 at 96 px, ConvNeXt
 /// at 32 px) weighs every channel by one number and can only colour the
 /// whole image. When every map is 1×1, the last block.
 fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usize, Tensor)> {
@@ -85,7 +85,8 @@ fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usi
     let mut best = None;
     for b in 0..blocks {
         y = model.backbone.forward_blocks(&y, b..b + 1, mode)?.detach();
-        let (_, _, h, w) = y.dims4()?;
+        let Some(map) = model.backbone.spatial_map(&y)? else { continue };
+        let (_, _, h, w) = map.dims4()?;
         if h.min(w) >= 2 {
             best = Some((b + 1, y.clone()));
         }
@@ -117,6 +118,11 @@ pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usiz
     let score = logits.narrow(1, class, 1)?.sum_all()?;
     let grads = score.backward()?;
     let grad = grads.get(leaf.as_tensor()).ok_or_else(|| Error::GradCam("no gradient reached the chosen block"))?;
+    // A Vision Transformer's tokens become their grid here, after the
+    // gradient is taken with respect to them.
+    let no_map = || Error::GradCam("the chosen block's output has no spatial layout");
+    let acts = model.backbone.spatial_map(&acts)?.ok_or_else(no_map)?;
+    let grad = model.backbone.spatial_map(grad)?.ok_or_else(no_map)?;
     let (_, _, h, w) = acts.dims4()?;
     // α_k: the gradient averaged over the map, one weight per channel.
     let alpha = grad.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;

@@ -23,6 +23,7 @@ const IR_VERSION: i64 = 8;
 pub mod dtype {
     pub const FLOAT: i32 = 1;
     pub const UINT8: i32 = 2;
+    pub const INT64: i32 = 7;
     pub const FLOAT16: i32 = 10;
 }
 
@@ -436,6 +437,79 @@ impl Graph {
         Value { name: self.node("Softmax", vec![x.name.clone()], vec![int("axis", 1)]), shape: x.shape.clone() }
     }
 
+    /// `x` with the shape `shape` (without the batch dimension, which is
+    /// kept: a 0 in ONNX's `Reshape` copies it).
+    pub fn reshape(&mut self, x: &Value, shape: &[usize]) -> Value {
+        self.counter += 1;
+        let name = format!("shape_{}", self.counter);
+        let dims: Vec<i64> = std::iter::once(0).chain(shape.iter().map(|&d| d as i64)).collect();
+        let raw_data = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+        self.initializers.push(TensorProto {
+            dims: vec![dims.len() as i64],
+            data_type: dtype::INT64,
+            name: name.clone(),
+            raw_data,
+        });
+        Value { name: self.node("Reshape", vec![x.name.clone(), name], vec![]), shape: shape.to_vec() }
+    }
+
+    /// `Transpose` with `perm` over every axis, the batch's (0) included.
+    pub fn transpose(&mut self, x: &Value, perm: &[usize]) -> Value {
+        let shape = perm[1..].iter().map(|&p| x.shape[p - 1]).collect();
+        let perm: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+        Value { name: self.node("Transpose", vec![x.name.clone()], vec![ints("perm", &perm)]), shape }
+    }
+
+    /// `MatMul` of two values (batched over their leading axes).
+    pub fn matmul(&mut self, a: &Value, b: &Value) -> Value {
+        let mut shape = a.shape.clone();
+        if let (Some(last), Some(&cols)) = (shape.last_mut(), b.shape.last()) {
+            *last = cols;
+        }
+        Value { name: self.node("MatMul", vec![a.name.clone(), b.name.clone()], vec![]), shape }
+    }
+
+    /// `x Wᵀ + b` over the last axis of `x` (tokens `[t, in]` → `[t, out]`),
+    /// `MatMul` then `Add`, with `w` `[out, in]`.
+    pub fn dense(&mut self, x: &Value, name: &str, w: &Tensor, b: &Tensor) -> Result<Value> {
+        let wt = self.tensor_value(&format!("{name}.weight"), &w.t()?.contiguous()?)?;
+        let b = self.tensor_value(&format!("{name}.bias"), b)?;
+        let y = self.matmul(x, &wt);
+        Ok(self.add(&y, &b))
+    }
+
+    /// The mean over the last axis, kept as an axis of 1: a `MatMul` by a
+    /// column of 1/n (`ReduceMean` moved its axes to an input in opset 18,
+    /// and tlab writes opsets 13 to 21).
+    pub fn mean_last(&mut self, x: &Value) -> Result<Value> {
+        let n = *x.shape.last().unwrap_or(&1);
+        let column = Tensor::full(1.0 / n as f32, (n, 1), &candle_core::Device::Cpu)?;
+        self.counter += 1;
+        let column = self.tensor_value(&format!("mean_{}", self.counter), &column)?;
+        Ok(self.matmul(x, &column))
+    }
+
+    /// `rows · x` for a constant `rows` `[r, t]` and tokens `x` `[t, d]`:
+    /// `[r, d]` per image (a weighted sum over the tokens).
+    pub fn mix_tokens(&mut self, name: &str, rows: &Tensor, x: &Value) -> Result<Value> {
+        let r = self.tensor_value(name, rows)?;
+        let shape = vec![rows.dim(0)?, x.shape[1]];
+        Ok(Value { name: self.node("MatMul", vec![r.name, x.name.clone()], vec![]), shape })
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax_last(&mut self, x: &Value) -> Value {
+        Value { name: self.node("Softmax", vec![x.name.clone()], vec![int("axis", -1)]), shape: x.shape.clone() }
+    }
+
+    /// Values joined along `axis` (counting the batch as 0).
+    pub fn concat(&mut self, parts: &[Value], axis: usize) -> Value {
+        let mut shape = parts[0].shape.clone();
+        shape[axis - 1] = parts.iter().map(|p| p.shape[axis - 1]).sum();
+        let inputs = parts.iter().map(|p| p.name.clone()).collect();
+        Value { name: self.node("Concat", inputs, vec![int("axis", axis as i64)]), shape }
+    }
+
     /// `uint8` NHWC RGB → normalised float NCHW: `(x / 255 − mean) / std`,
     /// folded into one `Sub` and one `Div` on the 0–255 scale.
     pub fn preprocess(&mut self, input: &str, size: usize, mean: [f32; 3], std: [f32; 3]) -> Result<Value> {
@@ -576,6 +650,15 @@ fn initializers(graph: &GraphProto) -> Result<std::collections::HashMap<String, 
                     t.raw_data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
                 Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?
             }
+            // Shapes (`Reshape`): kept as float, which holds them exactly.
+            dtype::INT64 => {
+                let v: Vec<f32> = t
+                    .raw_data
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                    .collect();
+                Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?
+            }
             other => return Err(bad(format!("initializer `{}` has data type {other}, not float", t.name))),
         };
         values.insert(t.name.clone(), tensor);
@@ -648,14 +731,30 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         }
         "Flatten" => arg(0)?.flatten_from(1)?,
         "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
-        "Softmax" => candle_nn::ops::softmax(&arg(0)?, 1)?,
+        "Softmax" => {
+            let x = arg(0)?;
+            let axis = int(node, "axis", -1);
+            let axis = if axis < 0 { x.rank() as i64 + axis } else { axis };
+            candle_nn::ops::softmax(&x, axis.max(0) as usize)?
+        }
+        "MatMul" => arg(0)?.broadcast_matmul(&arg(1)?)?,
+        "Reshape" => {
+            let x = arg(0)?;
+            let dims: Vec<usize> = arg(1)?
+                .to_vec1::<f32>()?
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if d == 0.0 { x.dims().get(i).copied().unwrap_or(1) } else { d as usize })
+                .collect();
+            x.reshape(dims)?
+        }
         "Cast" => arg(0)?.to_dtype(DType::F32)?,
         "Transpose" => {
-            let p = ints(node, "perm");
-            if p.len() != 4 {
-                return Err(bad(format!("{}: perm must have 4 axes", node.name)));
+            let (x, p) = (arg(0)?, ints(node, "perm"));
+            if p.len() != x.rank() {
+                return Err(bad(format!("{}: perm must name each of the {} axes", node.name, x.rank())));
             }
-            arg(0)?.permute((p[0], p[1], p[2], p[3]))?.contiguous()?
+            x.permute(p)?.contiguous()?
         }
         other => return Err(bad(format!("op {other} is not one tlab exports"))),
     };

@@ -174,6 +174,18 @@ fn convnext_exports_its_channel_norm_gelu_and_layer_scale_exactly() {
 }
 
 #[test]
+fn vision_transformers_export_attention_and_resampled_positions_exactly() {
+    // DeiT at 32 px (a resampled 2 × 2 grid) with the lowest and highest
+    // opsets tlab writes; DINOv2 adds layer scale; ViT-B a hidden layer.
+    for opset in [13, 21] {
+        check("deit_small_patch16_224", 32, avg(), OnnxOptions { opset, ..OnnxOptions::default() }, 1e-4);
+    }
+    check("vit_small_patch14_dinov2", 28, avg(), OnnxOptions::default(), 1e-4);
+    let hidden = HeadConfig { hidden: vec![8], ..avg() };
+    check("vit_b_16", 32, hidden, OnnxOptions { dynamic_batch: true, ..OnnxOptions::default() }, 1e-4);
+}
+
+#[test]
 fn inception_v3_exports_its_branches_pools_and_input_transform_exactly() {
     check("inception_v3", 79, avg(), OnnxOptions::default(), 1e-4);
 }

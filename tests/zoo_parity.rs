@@ -40,14 +40,17 @@ fn formula(key: &str, shape: &[usize], gain: f64) -> Tensor {
     let n: usize = shape.iter().product();
     let leaf = key.rsplit('.').next().unwrap();
     let values: Vec<f32> = match leaf {
-        "weight" if shape.len() >= 2 => {
+        "weight" | "in_proj_weight" if shape.len() >= 2 => {
             let fan_in = (shape[1..].iter().product::<usize>() as f64).sqrt();
             uniform(key, n).map(|u| (u * gain / fan_in) as f32).collect()
         }
         "weight" => uniform(key, n).map(|u| (1.0 + 0.2 * u) as f32).collect(),
-        "bias" | "running_mean" => uniform(key, n).map(|u| (0.1 * u) as f32).collect(),
+        "bias" | "running_mean" | "in_proj_bias" => uniform(key, n).map(|u| (0.1 * u) as f32).collect(),
         "running_var" => uniform(key, n).map(|u| (1.0 + 0.4 * u) as f32).collect(),
-        "layer_scale" => uniform(key, n).map(|u| (0.2 * (1.0 + 0.5 * u)) as f32).collect(),
+        "class_token" | "cls_token" | "pos_embedding" | "pos_embed" => {
+            uniform(key, n).map(|u| (0.5 * u) as f32).collect()
+        }
+        "layer_scale" | "gamma" => uniform(key, n).map(|u| (0.2 * (1.0 + 0.5 * u)) as f32).collect(),
         other => panic!("no formula for {other}"),
     };
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
@@ -208,12 +211,22 @@ fn convnext_tiny_and_small_match_torchvision() {
 }
 
 #[test]
+fn vision_transformers_match_torchvision_and_timm() {
+    // ViT-B/16 at 48 px and DeiT-S at 64 and 80 px run with position
+    // embeddings resampled from the 14 × 14 pretraining grid, DINOv2 at 70 px
+    // from its 37 × 37 one: the resampling is checked with the network.
+    check("vit_b_16");
+    check("deit_small_patch16_224");
+    check("vit_small_patch14_dinov2");
+}
+
+#[test]
 fn timm_named_checkpoints_load_renamed() {
-    // The convnext_tiny and efficientnet_b0 cases include one saved under
-    // timm's names, with timm's own logits (checked in `check`).
+    // The convnext_tiny, efficientnet_b0 and vit_b_16 cases include one saved
+    // under timm's names, with timm's own logits (checked in `check`).
     let fixture = fixture();
     let timm: Vec<_> = fixture["cases"].as_array().unwrap().iter().filter(|c| c["naming"] == "timm").collect();
-    for arch in ["convnext_tiny", "efficientnet_b0"] {
+    for arch in ["convnext_tiny", "efficientnet_b0", "vit_b_16"] {
         assert!(timm.iter().any(|c| c["arch"] == arch), "no timm-named case for {arch}");
     }
 }

@@ -93,7 +93,7 @@ impl ChannelNorm {
 }
 
 /// Exact GELU, `x · (1 + erf(x / √2)) / 2`, from opset-13 ops.
-fn gelu_onnx(g: &mut Graph, x: &Value) -> Value {
+pub(super) fn gelu_onnx(g: &mut Graph, x: &Value) -> Value {
     let root2 = g.scalar_value(std::f32::consts::SQRT_2);
     let (one, half) = (g.scalar_value(1.0), g.scalar_value(0.5));
     let scaled = g.binary("Div", x, &root2);

@@ -567,6 +567,10 @@ impl Conv {
 /// Fully connected layer, `y = x Wᵀ + b`, torchvision names.
 pub struct Linear {
     prefix: String,
+    /// The state-dict names of the weight and the bias: `prefix.weight` and
+    /// `prefix.bias`, except where the reference names them otherwise
+    /// (torchvision's attention: `in_proj_weight`, `in_proj_bias`).
+    names: (String, String),
     weight: Var,
     bias: Var,
     pub frozen: bool,
@@ -574,11 +578,24 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(p: &mut ParamLoader, prefix: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+        Self::load_named(p, prefix, (format!("{prefix}.weight"), format!("{prefix}.bias")), fan_in, fan_out)
+    }
+
+    /// A layer whose weight and bias are called `names` in the checkpoint
+    /// (`prefix` names its ONNX constants).
+    pub fn load_named(
+        p: &mut ParamLoader,
+        prefix: &str,
+        names: (String, String),
+        fan_in: usize,
+        fan_out: usize,
+    ) -> Result<Self> {
         let init = Init::LinearUniform { fan_in };
         Ok(Linear {
-            weight: p.get(&format!("{prefix}.weight"), &[fan_out, fan_in], init)?,
-            bias: p.get(&format!("{prefix}.bias"), &[fan_out], init)?,
+            weight: p.get(&names.0, &[fan_out, fan_in], init)?,
+            bias: p.get(&names.1, &[fan_out], init)?,
             prefix: prefix.to_owned(),
+            names,
             frozen: false,
         })
     }
@@ -590,6 +607,7 @@ impl Linear {
             weight: p.fresh(&format!("{prefix}.weight"), &[fan_out, fan_in], init)?,
             bias: p.fresh(&format!("{prefix}.bias"), &[fan_out], init)?,
             prefix: prefix.to_owned(),
+            names: (format!("{prefix}.weight"), format!("{prefix}.bias")),
             frozen: false,
         })
     }
@@ -634,8 +652,8 @@ impl Linear {
     }
 
     pub fn named_vars(&self, out: &mut Vec<(String, Var)>) {
-        out.push((format!("{}.weight", self.prefix), self.weight.clone()));
-        out.push((format!("{}.bias", self.prefix), self.bias.clone()));
+        out.push((self.names.0.clone(), self.weight.clone()));
+        out.push((self.names.1.clone(), self.bias.clone()));
     }
 }
 

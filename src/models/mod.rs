@@ -17,6 +17,7 @@ pub mod mobilenet_v3;
 pub mod naming;
 pub mod resnet;
 pub mod vgg;
+pub mod vit;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -60,6 +61,13 @@ pub trait Backbone: Send + Sync {
     /// Every block, in inference mode, as ONNX ops from `x` (the input image,
     /// `[3, h, w]`) to the last block's output.
     fn export_onnx(&self, g: &mut crate::onnx::Graph, x: crate::onnx::Value) -> Result<crate::onnx::Value>;
+
+    /// A block's output as an NCHW map for Grad-CAM: the output itself for
+    /// a CNN, the patch tokens laid out on their grid for a Vision
+    /// Transformer; `None` when it has no spatial layout.
+    fn spatial_map(&self, output: &Tensor) -> Result<Option<Tensor>> {
+        Ok((output.rank() == 4).then(|| output.clone()))
+    }
 
     fn num_blocks(&self) -> usize {
         self.block_names().len()
@@ -149,6 +157,7 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
         a if a.starts_with("efficientnet_b") || a.starts_with("efficientnet_v2") => {
             boxed(efficientnet::EfficientNet::load(arch, p, with_classifier)?)
         }
+        a if vit::patch_size(a).is_some() => boxed(vit::Vit::load(arch, p, with_classifier)?),
         a if a.starts_with("efficientnet_lite") => {
             boxed(efficientnet_lite::EfficientNetLite::load(arch, p, with_classifier)?)
         }

@@ -2,8 +2,8 @@
 //! reference implementation's state-dict names (torchvision's, or the
 //! EfficientNet-Lite port's); timm publishes some of the same networks under
 //! its own names. [`to_reference`] recognises a timm checkpoint from its keys
-//! and renames it (reshaping where the two differ): ConvNeXt and
-//! EfficientNet-B so far, so
+//! and renames it (reshaping where the two differ): ConvNeXt,
+//! EfficientNet-B and ViT-B/16 so far, so
 //! `weights = "hf:timm/convnext_tiny.fb_in22k_ft_in1k"` loads like
 //! torchvision's file. ResNet needs nothing: timm's names are torchvision's.
 
@@ -41,10 +41,44 @@ pub fn to_reference(arch: &str, tensors: HashMap<String, Tensor>) -> Result<(Has
         }
         return Ok((out, Naming::Timm));
     }
+    if arch == "vit_b_16" && tensors.contains_key("cls_token") {
+        return Ok((tensors.into_iter().map(|(k, t)| (vit_from_timm(&k), t)).collect(), Naming::Timm));
+    }
     if arch.starts_with("efficientnet_b") && tensors.contains_key("conv_stem.weight") {
         return Ok((efficientnet_from_timm(tensors), Naming::Timm));
     }
     Ok((tensors, Naming::Reference))
+}
+
+/// timm's ViT-B/16 key (`vit_base_patch16_224.*`) → torchvision's:
+/// `cls_token` → `class_token`, `pos_embed` → `encoder.pos_embedding`,
+/// `patch_embed.proj` → `conv_proj`, `blocks.I.{norm1, attn.qkv, attn.proj,
+/// norm2, mlp.fc1, mlp.fc2}` → `encoder.layers.encoder_layer_I.{ln_1,
+/// self_attention.in_proj_*, self_attention.out_proj, ln_2, mlp.0, mlp.3}`,
+/// `norm` → `encoder.ln`, `head` → `heads.head`. The tensors are laid out
+/// alike (q, k and v stacked in the same order).
+fn vit_from_timm(key: &str) -> String {
+    let p: Vec<&str> = key.split('.').collect();
+    match p.as_slice() {
+        ["cls_token"] => "class_token".into(),
+        ["pos_embed"] => "encoder.pos_embedding".into(),
+        ["patch_embed", "proj", leaf] => format!("conv_proj.{leaf}"),
+        ["norm", leaf] => format!("encoder.ln.{leaf}"),
+        ["head", leaf] => format!("heads.head.{leaf}"),
+        ["blocks", i, module @ .., leaf] => {
+            let layer = format!("encoder.layers.encoder_layer_{i}");
+            match module {
+                ["attn", "qkv"] => format!("{layer}.self_attention.in_proj_{leaf}"),
+                ["norm1"] => format!("{layer}.ln_1.{leaf}"),
+                ["attn", "proj"] => format!("{layer}.self_attention.out_proj.{leaf}"),
+                ["norm2"] => format!("{layer}.ln_2.{leaf}"),
+                ["mlp", "fc1"] => format!("{layer}.mlp.0.{leaf}"),
+                ["mlp", "fc2"] => format!("{layer}.mlp.3.{leaf}"),
+                _ => key.to_owned(),
+            }
+        }
+        _ => key.to_owned(),
+    }
 }
 
 /// timm's EfficientNet-B keys (its PyTorch-native `efficientnet_b*`, not the

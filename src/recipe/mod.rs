@@ -62,6 +62,9 @@ pub const KNOWN_ARCHS: &[&str] = &[
     "wide_resnet50_2",
     "vgg16",
     "vgg19",
+    "vit_b_16",
+    "deit_small_patch16_224",
+    "vit_small_patch14_dinov2",
 ];
 
 /// The valid values of a step's `kind`, in the order they usually appear.
