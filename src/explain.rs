@@ -75,15 +75,17 @@ fn colour(v: f32) -> Rgb<u8> {
     Rgb([out[0] as u8, out[1] as u8, out[2] as u8])
 }
 
-/// The last block (1-based count of blocks run) whose output map is at
-/// least 2×2 (a Vision Transformer's patch grid counts), with that output: a 1×1 map (Inception v3 at 96 px, ConvNeXt
-/// at 32 px) weighs every channel by one number and can only colour the
-/// whole image. When every map is 1×1, the last block.
+/// The last block (1-based count of blocks run) among the backbone's
+/// [`cam_blocks`](crate::models::Backbone::cam_blocks) whose output map is
+/// at least 2×2 (a Vision Transformer's patch grid counts), with that
+/// output: a 1×1 map (Inception v3 at 96 px, ConvNeXt at 32 px) weighs
+/// every channel by one number and can only colour the whole image. When
+/// every map is 1×1, the last block.
 fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usize, Tensor)> {
     let blocks = model.backbone.num_blocks();
     let mut y = x.clone();
     let mut best = None;
-    for b in 0..blocks {
+    for b in 0..model.backbone.cam_blocks().min(blocks) {
         y = model.backbone.forward_blocks(&y, b..b + 1, mode)?.detach();
         let Some(map) = model.backbone.spatial_map(&y)? else { continue };
         let (_, _, h, w) = map.dims4()?;
@@ -91,7 +93,10 @@ fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usi
             best = Some((b + 1, y.clone()));
         }
     }
-    Ok(best.unwrap_or((blocks, y)))
+    match best {
+        Some(found) => Ok(found),
+        None => Ok((blocks, model.backbone.forward_blocks(x, 0..blocks, mode)?.detach())),
+    }
 }
 
 /// The Grad-CAM map of class `class` for the input `x` (`[1, 3, s, s]`,
@@ -213,6 +218,27 @@ mod tests {
         assert_eq!((map.width, map.height), (4, 4));
         let last = grad_cam(&model, &x, 1, Some(16)).unwrap();
         assert_eq!((last.width, last.height), (1, 1));
+    }
+
+    #[test]
+    fn a_vision_transformer_is_explained_on_the_patches_entering_its_last_block() {
+        use crate::models::layers::ParamLoader;
+        use crate::recipe::{HeadConfig, Pooling};
+        let backbone =
+            crate::models::build_backbone("deit_small_patch16_224", &mut ParamLoader::random(5), false).unwrap();
+        let cfg = HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.0, batchnorm: false };
+        let head = crate::models::Head::new(&cfg, backbone.feature_channels(), 3, 0).unwrap();
+        let mut model = Classifier::new(backbone, head);
+        model.freeze(14, false).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &candle_core::Device::Cpu).unwrap();
+        // The default: the 4 × 4 patch grid out of blocks.10, which the last
+        // block's attention reads, so the map has evidence somewhere.
+        let map = grad_cam(&model, &x, 1, None).unwrap();
+        assert_eq!((map.width, map.height), (4, 4));
+        assert!(map.values.iter().any(|&v| v > 0.0), "{:?}", map.values);
+        // blocks.11's patch tokens feed nothing: no gradient, an empty map.
+        let last = grad_cam(&model, &x, 1, Some(13)).unwrap();
+        assert!(last.values.iter().all(|&v| v == 0.0), "{:?}", last.values);
     }
 
     #[test]

@@ -69,6 +69,14 @@ pub trait Backbone: Send + Sync {
         Ok((output.rank() == 4).then(|| output.clone()))
     }
 
+    /// How many leading blocks may give Grad-CAM's default map: all of them
+    /// for a CNN. A Vision Transformer's last encoder block hands only its
+    /// class token on, so its patch tokens get no gradient: its map is the
+    /// input to that block (what pytorch-grad-cam's ViT example uses).
+    fn cam_blocks(&self) -> usize {
+        self.num_blocks()
+    }
+
     fn num_blocks(&self) -> usize {
         self.block_names().len()
     }
@@ -157,7 +165,7 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
         a if a.starts_with("efficientnet_b") || a.starts_with("efficientnet_v2") => {
             boxed(efficientnet::EfficientNet::load(arch, p, with_classifier)?)
         }
-        a if vit::patch_size(a).is_some() => boxed(vit::Vit::load(arch, p, with_classifier)?),
+        a if crate::recipe::patch_size(a).is_some() => boxed(vit::Vit::load(arch, p, with_classifier)?),
         a if a.starts_with("efficientnet_lite") => {
             boxed(efficientnet_lite::EfficientNetLite::load(arch, p, with_classifier)?)
         }

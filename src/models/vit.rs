@@ -121,6 +121,8 @@ fn config(arch: &str) -> Option<Config> {
         resize_size,
         ..Preprocess::imagenet_torchvision(input_size)
     };
+    // The patch sides live with the recipe schema, which checks image sizes.
+    let patch = crate::recipe::patch_size(arch)? as usize;
     let c = match arch {
         "vit_b_16" => Config {
             arch: "vit_b_16",
@@ -128,7 +130,7 @@ fn config(arch: &str) -> Option<Config> {
             dim: 768,
             depth: 12,
             heads: 12,
-            patch: 16,
+            patch,
             grid: 14,
             layer_scale: false,
             preprocess: Preprocess::imagenet_torchvision(224),
@@ -140,7 +142,7 @@ fn config(arch: &str) -> Option<Config> {
             dim: 384,
             depth: 12,
             heads: 6,
-            patch: 16,
+            patch,
             grid: 14,
             layer_scale: false,
             preprocess: timm(224, 248),
@@ -152,7 +154,7 @@ fn config(arch: &str) -> Option<Config> {
             dim: 384,
             depth: 12,
             heads: 6,
-            patch: 14,
+            patch,
             grid: 37,
             layer_scale: true,
             preprocess: timm(518, 518),
@@ -585,6 +587,10 @@ impl Backbone for Vit {
         Ok(Some(patches.reshape((n, d, side, side))?))
     }
 
+    fn cam_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {
         let frozen = freeze.frozen;
         let last = self.layers.len() + 1;
@@ -660,11 +666,6 @@ impl Backbone for Vit {
         let cls = self.norm.export_onnx(g, &cls)?;
         Ok(g.reshape(&cls, &[d, 1, 1]))
     }
-}
-
-/// The patch side of a Vision Transformer `arch` (`None` for a CNN).
-pub fn patch_size(arch: &str) -> Option<usize> {
-    config(arch).map(|c| c.patch)
 }
 
 #[cfg(test)]

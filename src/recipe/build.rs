@@ -285,8 +285,23 @@ fn conflict(kind: &StepKind, before: &[Step], data: Option<&DataConfig>) -> Opti
                     .into(),
             ))
         }
+        StepKind::Backbone(b) => {
+            let patch = super::patch_size(&b.arch)?;
+            let size = data?.image_size;
+            (size % patch != 0).then(|| ("arch", not_whole_patches(&b.arch, patch, size, "[data] image_size")))
+        }
         StepKind::FineTune(t) => {
-            let (size, full) = (t.image_size?, data?.image_size);
+            let size = t.image_size?;
+            let arch = before.iter().rev().find_map(|s| match &s.kind {
+                StepKind::Backbone(b) => Some(b.arch.as_str()),
+                _ => None,
+            });
+            if let Some((arch, patch)) = arch.and_then(|a| Some((a, super::patch_size(a)?))) {
+                if size % patch != 0 {
+                    return Some(("image_size", not_whole_patches(arch, patch, size, "`image_size`")));
+                }
+            }
+            let full = data?.image_size;
             if size > full {
                 return Some((
                     "image_size",
@@ -306,6 +321,16 @@ fn conflict(kind: &StepKind, before: &[Step], data: Option<&DataConfig>) -> Opti
         }
         _ => None,
     }
+}
+
+/// Why a Vision Transformer cannot take `size`-px images, with the nearest
+/// sizes it can.
+fn not_whole_patches(arch: &str, patch: u32, size: u32, what: &str) -> String {
+    let below = (size / patch).max(1) * patch;
+    format!(
+        "{arch} cuts images into {patch}×{patch} patches: {what} = {size} is not a multiple of {patch} (try {below} or {})",
+        below + patch
+    )
 }
 
 /// One step: its kind, then all of its unknown keys at once, then its values.
@@ -887,6 +912,26 @@ mod tests {
         let with_test = with_step("[[step]]\nkind = \"evaluate\"\nsplit = \"test\"\n")
             .replace("train = \"d\"\n", "train = \"d\"\ntest = \"t\"\n");
         assert!(matches!(&ok(&with_test).steps[1].kind, StepKind::Evaluate(e) if e.split == EvalSplit::Test));
+    }
+
+    #[test]
+    fn a_vision_transformer_needs_whole_patches() {
+        let text = |data: u32, tune: u32| {
+            format!(
+                "name = \"t\"\n[data]\ntrain = \"d\"\nimage_size = {data}\n[[step]]\nkind = \"backbone\"\n\
+                 arch = \"vit_small_patch14_dinov2\"\n[[step]]\nkind = \"fine_tune\"\nimage_size = {tune}\n"
+            )
+        };
+        assert!(matches!(&ok(&text(98, 56)).steps[1].kind, StepKind::FineTune(t) if t.image_size == Some(56)));
+        let (line, _, msg) = err(&text(96, 56));
+        assert_eq!(line, 7, "the arch line");
+        assert_eq!(
+            msg,
+            "vit_small_patch14_dinov2 cuts images into 14×14 patches: [data] image_size = 96 is not a multiple of 14 (try 84 or 98)"
+        );
+        let (line, _, msg) = err(&text(98, 64));
+        assert_eq!(line, 10, "the fine_tune's image_size line");
+        assert!(msg.contains("`image_size` = 64 is not a multiple of 14 (try 56 or 70)"), "{msg}");
     }
 
     #[test]

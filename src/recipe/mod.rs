@@ -67,6 +67,17 @@ pub const KNOWN_ARCHS: &[&str] = &[
     "vit_small_patch14_dinov2",
 ];
 
+/// The Vision Transformers among [`KNOWN_ARCHS`] and their patch sides: an
+/// image size must be a multiple of it, which the recipe checks before
+/// anything loads.
+const PATCH_SIDES: &[(&str, u32)] =
+    &[("vit_b_16", 16), ("deit_small_patch16_224", 16), ("vit_small_patch14_dinov2", 14)];
+
+/// The patch side of a Vision Transformer `arch` (`None` for a CNN).
+pub fn patch_size(arch: &str) -> Option<u32> {
+    PATCH_SIDES.iter().find(|(a, _)| *a == arch).map(|(_, p)| *p)
+}
+
 /// The valid values of a step's `kind`, in the order they usually appear.
 pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"];
 
