@@ -62,6 +62,9 @@ CASES = [
     ("efficientnet_lite0 train full network b32 224",
      ["train-step", "--backbone", "efficientnet_lite0", "--freeze", "none", "--batch", "32", "--size", "224"],
      dict(kind="train", arch="efficientnet_lite0", batch=32, size=224, trainable_from="conv_stem")),
+    # A Vision Transformer's forward: attention as batched matmuls and a softmax.
+    ("vit_b_16 forward b32 224", ["forward", "--backbone", "vit_b_16", "--batch", "32", "--size", "224"],
+     dict(kind="forward", arch="vit_b_16", batch=32, size=224)),
     # The optimizer alone: one AdamW update of all of ResNet-18 + a 10-class head
     # (updates per second in the img/s columns).
     ("resnet18 adamw update, all params", ["optimizer-step", "--backbone", "resnet18", "--optimizer", "adamw"],
@@ -160,6 +163,9 @@ TORCH_CASE = textwrap.dedent('''
     if case["arch"] == "mobilenet_v2":
         backbone = m.features
         feat = 1280
+    elif case["arch"] == "vit_b_16":
+        m.heads = torch.nn.Identity()  # the encoder up to the final norm's class token
+        backbone, feat = m, 768
     elif case["arch"] == "efficientnet_lite0":
         backbone = torch.nn.Sequential(m.conv_stem, m.bn1, *m.blocks, m.conv_head, m.bn2)
         feat = 1280
