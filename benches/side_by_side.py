@@ -65,6 +65,27 @@ CASES = [
     # A Vision Transformer's forward: attention as batched matmuls and a softmax.
     ("vit_b_16 forward b32 224", ["forward", "--backbone", "vit_b_16", "--batch", "32", "--size", "224"],
      dict(kind="forward", arch="vit_b_16", batch=32, size=224)),
+    # The second zoo's families (issue 26): forward at b32 (299 px for
+    # Inception), and a training step with the last stage unfrozen.
+    ("inception_v3 forward b32 299", ["forward", "--backbone", "inception_v3", "--batch", "32", "--size", "299"],
+     dict(kind="forward", arch="inception_v3", batch=32, size=299)),
+    ("efficientnet_b0 forward b32 224", ["forward", "--backbone", "efficientnet_b0", "--batch", "32", "--size", "224"],
+     dict(kind="forward", arch="efficientnet_b0", batch=32, size=224)),
+    ("convnext_tiny forward b32 224", ["forward", "--backbone", "convnext_tiny", "--batch", "32", "--size", "224"],
+     dict(kind="forward", arch="convnext_tiny", batch=32, size=224)),
+    ("inception_v3 train Mixed_7b+ b32 299",
+     ["train-step", "--backbone", "inception_v3", "--freeze", "Mixed_7b", "--batch", "32", "--size", "299"],
+     dict(kind="train", arch="inception_v3", batch=32, size=299, trainable_from="Mixed_7b")),
+    ("efficientnet_b0 train features.7+ b32 224",
+     ["train-step", "--backbone", "efficientnet_b0", "--freeze", "features.7", "--batch", "32", "--size", "224"],
+     dict(kind="train", arch="efficientnet_b0", batch=32, size=224, trainable_from="features.7")),
+    ("convnext_tiny train features.7 b32 224",
+     ["train-step", "--backbone", "convnext_tiny", "--freeze", "features.7", "--batch", "32", "--size", "224"],
+     dict(kind="train", arch="convnext_tiny", batch=32, size=224, trainable_from="features.7")),
+    ("vit_b_16 train last block+ln b32 224",
+     ["train-step", "--backbone", "vit_b_16", "--freeze", "encoder.layers.encoder_layer_11", "--batch", "32",
+      "--size", "224"],
+     dict(kind="train", arch="vit_b_16", batch=32, size=224, trainable_from="encoder.layers.encoder_layer_11")),
     # The optimizer alone: one AdamW update of all of ResNet-18 + a 10-class head
     # (updates per second in the img/s columns).
     ("resnet18 adamw update, all params", ["optimizer-step", "--backbone", "resnet18", "--optimizer", "adamw"],
@@ -160,12 +181,37 @@ TORCH_CASE = textwrap.dedent('''
         med = statistics.median(times)
         print(json.dumps({"images_per_sec": 1 / med, "median_seconds": med}))
         sys.exit(0)
-    if case["arch"] == "mobilenet_v2":
+    class VitEmbed(torch.nn.Module):
+        """torchvision's ViT up to the encoder's first layer (tlab's `conv_proj` block)."""
+        def __init__(self, m): super().__init__(); self.m = m.conv_proj; self.v = m
+        def forward(self, x):
+            x = self.v._process_input(x)
+            x = torch.cat([self.v.class_token.expand(x.shape[0], -1, -1), x], 1)
+            return x + self.v.encoder.pos_embedding
+    class VitNorm(torch.nn.Module):
+        """The final LayerNorm's class token as a 1 x 1 map (tlab's `encoder.ln` block)."""
+        def __init__(self, ln): super().__init__(); self.ln = ln
+        def forward(self, x): return self.ln(x)[:, 0][:, :, None, None]
+    # tlab's blocks (its freeze points) as modules, in order, for the newer families.
+    BLOCKS = {
+        "inception_v3": lambda m: [(n, getattr(m, n)) for n in ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3",
+            "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+            "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]],
+        "efficientnet_b0": lambda m: [(f"features.{i}", b) for i, b in enumerate(m.features)],
+        "convnext_tiny": lambda m: [(f"features.{i}", b) for i, b in enumerate(m.features)],
+        "vit_b_16": lambda m: [("conv_proj", VitEmbed(m))]
+            + [(f"encoder.layers.encoder_layer_{i}", l) for i, l in enumerate(m.encoder.layers)]
+            + [("encoder.ln", VitNorm(m.encoder.ln))],
+    }
+    FEATURES = {"inception_v3": 2048, "efficientnet_b0": 1280, "convnext_tiny": 768, "vit_b_16": 768}
+    if case["arch"] == "inception_v3":
+        m = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    if case["arch"] in BLOCKS:
+        named = BLOCKS[case["arch"]](m)
+        backbone, feat = torch.nn.Sequential(*[b for _, b in named]), FEATURES[case["arch"]]
+    elif case["arch"] == "mobilenet_v2":
         backbone = m.features
         feat = 1280
-    elif case["arch"] == "vit_b_16":
-        m.heads = torch.nn.Identity()  # the encoder up to the final norm's class token
-        backbone, feat = m, 768
     elif case["arch"] == "efficientnet_lite0":
         backbone = torch.nn.Sequential(m.conv_stem, m.bn1, *m.blocks, m.conv_head, m.bn2)
         feat = 1280
@@ -184,7 +230,9 @@ TORCH_CASE = textwrap.dedent('''
         # Blocks before `trainable_from` frozen (eval mode, no grad); the rest and a new head train.
         names = [n for n, _ in backbone.named_children()] if case["arch"] != "mobilenet_v2" else [str(i) for i in range(len(backbone))]
         start = case["trainable_from"].replace("features.", "")
-        if case["arch"] == "efficientnet_lite0":
+        if case["arch"] in BLOCKS:
+            start = str([n for n, _ in named].index(case["trainable_from"]))
+        elif case["arch"] == "efficientnet_lite0":
             assert start == "conv_stem", "EfficientNet-Lite0: whole network only"
             start = "0"
         elif case["arch"] != "mobilenet_v2":

@@ -91,7 +91,7 @@ pub fn forward(arch: &str, batch: usize, size: usize, iters: usize, warmup: usiz
     let x = input(batch, size)?;
     let n = backbone.num_blocks();
     let m = median_seconds(warmup, iters, || {
-        let y = backbone.forward_blocks(&x, 0..n, Mode { training: false })?;
+        let y = backbone.forward_blocks(&x, 0..n, Mode::EVAL)?;
         y.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })?;
@@ -158,7 +158,7 @@ pub fn train_step(
     let mut rng = Rng::new(0);
     let m = median_seconds(warmup, iters, || {
         let h = if k > 0 { model.prefix(&x, k)? } else { x.clone() };
-        let logits = model.forward_from(&h, k, Mode { training: true }, &mut rng)?;
+        let logits = model.forward_from(&h, k, Mode::train(0), &mut rng)?;
         let loss = crate::train::cross_entropy(&logits, &labels, 0.0)?;
         let grads = loss.backward()?;
         opt.step(&grads, 1e-4)?;

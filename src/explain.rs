@@ -106,7 +106,7 @@ fn last_spatial_block(model: &Classifier, x: &Tensor, mode: Mode) -> Result<(usi
 /// aside when the input is tracked).
 pub fn grad_cam(model: &Classifier, x: &Tensor, class: usize, layer: Option<usize>) -> Result<Heatmap> {
     let blocks = model.backbone.num_blocks();
-    let mode = Mode { training: false };
+    let mode = Mode::EVAL;
     let (layer, acts) = match layer {
         Some(layer) if layer == 0 || layer > blocks => {
             return Err(Error::NoSuchBlock { what: "Grad-CAM layer", block: layer, blocks })
@@ -165,7 +165,7 @@ pub fn explain_pixels(
     let s = size as usize;
     let as_f32: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
     let x = preprocess.to_tensor(&as_f32, 1, s, s)?;
-    let logits = model.forward_from(&x, 0, Mode { training: false }, &mut Rng::new(0))?;
+    let logits = model.forward_from(&x, 0, Mode::EVAL, &mut Rng::new(0))?;
     let probs = crate::metrics::softmax_rows(&logits.flatten_all()?.to_vec1::<f32>()?, classes.len());
     let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let image = RgbImage::from_raw(size, size, pixels.to_vec())

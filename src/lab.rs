@@ -586,7 +586,9 @@ impl Lab {
         let in_features = head_inputs(backbone.as_ref(), &b.head, data.size)?;
         let head = Head::new(&b.head, in_features, data.classes.len(), self.recipe.seed)?;
         let blocks = backbone.num_blocks();
-        self.model = Some(Classifier::new(backbone, head));
+        let mut model = Classifier::new(backbone, head);
+        model.set_drop_path(b.drop_path as f32);
+        self.model = Some(model);
         Ok(StepOutput::Backbone {
             arch: b.arch.clone(),
             source,

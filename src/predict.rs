@@ -164,7 +164,7 @@ impl Predictor {
     /// Logits for a batch: `x` normalised (`[n, 3, s, s]`), or for an ONNX
     /// export that preprocesses itself, the raw `pixels` (`n × s × s × 3`).
     fn logits(&self, x: &Tensor, pixels: &[f32], n: usize) -> Result<Tensor> {
-        let mode = Mode { training: false };
+        let mode = Mode::EVAL;
         match &self.kind {
             Kind::Imagenet(b) => {
                 let f = b.forward_blocks(x, 0..b.num_blocks(), mode)?;

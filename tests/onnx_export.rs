@@ -24,7 +24,7 @@ fn classifier(arch: &str, size: usize, head: &HeadConfig, classes: usize) -> (Cl
     let preprocess = backbone.preprocess();
     let model = Classifier::new(backbone, Head::new(head, in_features, classes, 9).unwrap());
     let x = input(4, size, 1.0);
-    model.forward_from(&x, 0, Mode { training: true }, &mut Rng::new(1)).unwrap();
+    model.forward_from(&x, 0, Mode::train(0), &mut Rng::new(1)).unwrap();
     // A head BatchNorm's scale and shift away from 1 / 0 as well, so folding
     // it into the Gemm is checked on every term.
     for (name, var) in model.named_vars().into_iter().filter(|(n, _)| n.starts_with("head.bn.")) {
@@ -72,7 +72,7 @@ fn check(arch: &str, size: usize, head: HeadConfig, opts: OnnxOptions, limit: f3
     let meta: HashMap<_, _> = proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
     assert_eq!(meta["tlab.classes"], r#"["class0","class1","class2","class3"]"#);
     let x = input(2, size, 0.3);
-    let want = model.forward_from(&x, 0, Mode { training: false }, &mut Rng::new(0)).unwrap();
+    let want = model.forward_from(&x, 0, Mode::EVAL, &mut Rng::new(0)).unwrap();
     let fed = if opts.with_preprocessing {
         // Integer pixels, as the graph's uint8 input holds them.
         let px: Vec<u8> = (0..2 * size * size * 3).map(|i| ((i * 37 + i / 5) % 256) as u8).collect();
@@ -80,7 +80,7 @@ fn check(arch: &str, size: usize, head: HeadConfig, opts: OnnxOptions, limit: f3
         let nhwc = Tensor::from_vec(as_f32, (2, size, size, 3), &Device::Cpu).unwrap();
         let nchw =
             card.preprocess.to_tensor(&nhwc.flatten_all().unwrap().to_vec1::<f32>().unwrap(), 2, size, size).unwrap();
-        let want = model.forward_from(&nchw, 0, Mode { training: false }, &mut Rng::new(0)).unwrap();
+        let want = model.forward_from(&nchw, 0, Mode::EVAL, &mut Rng::new(0)).unwrap();
         let got = evaluate(&proto, nhwc);
         let d = max_diff(&got["logits"], &want);
         assert!(d < limit, "{arch} with preprocessing: max |logit diff| {d}");

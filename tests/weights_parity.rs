@@ -117,7 +117,7 @@ fn mobilenet_logits(frozen: bool) -> Vec<Vec<f32>> {
         }
     }
     let x = formula_input(2, 224);
-    let f = backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false }).unwrap();
+    let f = backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode::EVAL).unwrap();
     let logits = backbone.imagenet_classifier().unwrap().forward(&layers::global_avg_pool(&f).unwrap()).unwrap();
     logits.to_vec2::<f32>().unwrap()
 }

@@ -121,7 +121,7 @@ fn check(arch: &str) -> f64 {
             for b in 0..backbone.num_blocks() {
                 backbone.set_block_freeze(b, Freeze { frozen, train_bn: false }).unwrap();
             }
-            let f = backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false }).unwrap();
+            let f = backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode::EVAL).unwrap();
             let logits = backbone.imagenet_logits(&f).unwrap().expect("classifier loaded").to_vec2::<f32>().unwrap();
             assert_eq!(logits[0].len(), 1000);
             let mut max = 0f64;
@@ -222,11 +222,11 @@ fn vision_transformers_match_torchvision_and_timm() {
 
 #[test]
 fn timm_named_checkpoints_load_renamed() {
-    // The convnext_tiny, efficientnet_b0 and vit_b_16 cases include one saved
+    // The convnext_tiny, efficientnet_b0, vit_b_16 and MobileNetV3 cases include one saved
     // under timm's names, with timm's own logits (checked in `check`).
     let fixture = fixture();
     let timm: Vec<_> = fixture["cases"].as_array().unwrap().iter().filter(|c| c["naming"] == "timm").collect();
-    for arch in ["convnext_tiny", "efficientnet_b0", "vit_b_16"] {
+    for arch in ["convnext_tiny", "efficientnet_b0", "vit_b_16", "mobilenet_v3_large", "mobilenet_v3_small"] {
         assert!(timm.iter().any(|c| c["arch"] == arch), "no timm-named case for {arch}");
     }
 }

@@ -194,9 +194,8 @@ impl CustomOp3 for Normalize {
         let x = slice(s1, l1, "input")?;
         let gamma = slice(s2, l2, "weight")?;
         let beta = slice(s3, l3, "bias")?;
-        let mut y = super::output_buffer(x.len()); // every plane normalised whole
         let (lo, hi) = (self.lo, self.hi);
-        super::par_planes_mut(&mut y, hw, |plane, out| {
+        let y = super::Output::new(x.len()).par_planes(hw, |plane, out| {
             let ch = plane % c;
             let a = Affine::new(gamma[ch], beta[ch], self.mean[ch], self.inv_std[ch], lo, hi);
             normalize_plane(out, &x[plane * hw..(plane + 1) * hw], a);
@@ -406,7 +405,6 @@ impl CustomOp2 for InputGrad {
         let m = (n * hw) as f32;
         let x = slice(s1, l1, "input")?;
         let dy = slice(s2, l2, "gradient")?;
-        let mut dx = super::output_buffer(x.len()); // every plane written whole
         let g = &self.grad;
         let consts: Vec<[f32; 6]> = (0..c)
             .map(|ch| {
@@ -417,7 +415,7 @@ impl CustomOp2 for InputGrad {
         let clamps: Vec<Option<Affine>> = (0..c).map(|ch| g.clamp(ch)).collect();
         // One call per run of planes: with 3×3 planes a call (and its
         // CPU-feature dispatch) per plane cost more than the plane's arithmetic.
-        super::par_plane_runs(&mut dx, hw, |first, out| {
+        let dx = super::Output::new(x.len()).par_plane_runs(hw, |first, out| {
             let range = first * hw..first * hw + out.len();
             input_grad_planes(out, &x[range.clone()], &dy[range], first, c, hw, &consts, &clamps);
         });

@@ -449,10 +449,10 @@ fn forward(
     let (k, p) = (d.k(), d.p());
     let direct = geo.is_direct(&d);
     // Every element is written: by the GEMMs (which do not read it) or by Winograd's tile rows.
-    let mut out = super::output_buffer(d.n * d.cout * p);
+    let out = super::Output::new(d.n * d.cout * p);
     let sched = schedule(d.n);
     if let (Some(shape), Schedule::Chunks(per)) = (winograd_shape(&geo, &d), sched) {
-        winograd::forward(&shape, x, wt, per, epi, &mut out);
+        let out = winograd::forward(&shape, x, wt, per, epi, out);
         return Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))));
     }
     let rows = block_rows(&geo, &d);
@@ -494,20 +494,19 @@ fn forward(
             }
         }
     };
-    if out.is_empty() {
+    let per_image = d.cout * p;
+    let out = if per_image == 0 {
         // Nothing to compute (and no zero-sized chunks to split into).
+        out.chunks(1, |_, _| {})
     } else {
-        let per_image = d.cout * p;
         match sched {
             Schedule::Serial(par) => {
                 let mut col = Vec::new();
-                for (img, o) in out.chunks_exact_mut(per_image).enumerate() {
-                    one(img, o, &mut col, Some(par));
-                }
+                out.chunks(per_image, |img, o| one(img, o, &mut col, Some(par)))
             }
             Schedule::Chunks(per) => {
                 let nb = group_images(&d, per);
-                out.par_chunks_mut(per * per_image).enumerate().for_each(|(c, chunk)| {
+                out.par_chunks(per * per_image, |c, chunk| {
                     let mut col = Vec::new();
                     if nb == 1 {
                         for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
@@ -534,7 +533,7 @@ fn forward(
                 })
             }
         }
-    }
+    };
     Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))
 }
 
@@ -563,12 +562,14 @@ impl CustomOp2 for GemmConvInputGrad {
         let wt = contiguous(s2, l2, "weight")?;
         let (k, p) = (d.k(), d.p());
         let direct = geo.is_direct(&d);
-        let mut out = vec![0f32; n * d.image()];
         let sched = schedule(n);
         if let (Some(shape), Schedule::Chunks(per)) = (winograd_input_grad_shape(&geo, &d), sched) {
-            winograd::forward(&shape, g, &flipped_transpose(wt, &d), per, None, &mut out);
+            let out = super::Output::new(n * d.image());
+            let out = winograd::forward(&shape, g, &flipped_transpose(wt, &d), per, None, out);
             return Ok((CpuStorage::F32(out), Shape::from((n, cin, h, w))));
         }
+        // Zeroed: col2im adds into it.
+        let mut out = vec![0f32; n * d.image()];
         // Wᵀ: [K, Cout] over the row-major [Cout, K] weight.
         let wt_t = Mat::transposed(wt, k);
         let rows = block_rows(&geo, &d);

@@ -205,17 +205,16 @@ fn channels_last(
     let kt = taps_by_channel(k, c, d.kh * d.kw);
     let gathers = Gathers::new(geo, d, taps, dir);
     // Every element is written: each image's planes by the transpose back.
-    let mut out = super::output_buffer(d.n * c * dst_p);
-    out.par_chunks_mut(c * dst_p).enumerate().for_each_init(
+    super::Output::new(d.n * c * dst_p).par_chunks_init(
+        c * dst_p,
         || (vec![0f32; src_p * c], vec![0f32; dst_p * c]),
-        |(st, acc), (img, o)| {
+        |(st, acc), img, o| {
             image_channels_last(&gathers, c, &src[img * c * src_p..(img + 1) * c * src_p], &kt, st, acc, o);
             if let Some(epi) = &epi {
                 epi.image(o, dst_p);
             }
         },
-    );
-    out
+    )
 }
 
 multiversion! {
@@ -399,11 +398,11 @@ fn forward(
     }
 
     // Every element is written, by `forward_plane`.
-    let mut out = super::output_buffer(d.n * d.c * d.oh * d.ow);
     let phases = Phases::new(&geo, &d);
-    out.par_chunks_mut(d.oh * d.ow).enumerate().for_each_init(
+    let out = super::Output::new(d.n * d.c * d.oh * d.ow).par_chunks_init(
+        d.oh * d.ow,
         || vec![0f32; phases.len()],
-        |scratch, (plane, o)| {
+        |scratch, plane, o| {
             let ch = plane % d.c;
             let xin = &x[plane * d.h * d.w..(plane + 1) * d.h * d.w];
             let ker = &k[ch * d.kh * d.kw..(ch + 1) * d.kh * d.kw];
@@ -558,16 +557,16 @@ impl CustomOp2 for DepthwiseInputGrad {
         if let Some(out) = input_grad_as_forward(&geo, &d, g, k) {
             return Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))));
         }
-        // Each plane is cleared just before its scatter (below).
-        let mut out = super::output_buffer(n * c * h * w);
-        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, gin)| {
+        // Each plane is cleared by `Output` just before its scatter: fresh
+        // memory read first would map the kernel's shared zero page, then
+        // take a copy-on-write fault and a TLB flush on every core at the
+        // first write, per page.
+        let out = super::Output::new(n * c * h * w).par_chunks(h * w, |plane, gin| {
             let ch = plane % c;
             let gout = &g[plane * oh * ow..(plane + 1) * oh * ow];
-            // Written before the scatter reads it: the buffer is not zeroed,
-            // and fresh memory read first would map the kernel's shared zero
-            // page, then take a copy-on-write fault and a TLB flush on every
-            // core at the first write, per page.
-            gin.fill(0.0);
+            if cfg!(debug_assertions) {
+                gin.fill(0.0); // debug builds fill with NaN; the scatter adds
+            }
             input_grad_plane(&geo, &d, &taps, gout, &k[ch * kh * kw..(ch + 1) * kh * kw], gin);
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
@@ -596,10 +595,10 @@ fn input_grad_as_forward(geo: &DwGeometry, d: &Dims, g: &[f32], k: &[f32]) -> Op
     let flipped: Vec<f32> = k.chunks_exact(taps).flat_map(|ch| ch.iter().rev().copied()).collect();
     let phases = Phases::new(&back, &bd);
     // Every element is written, by `forward_plane`.
-    let mut out = super::output_buffer(d.n * d.c * d.h * d.w);
-    out.par_chunks_mut(d.h * d.w).enumerate().for_each_init(
+    let out = super::Output::new(d.n * d.c * d.h * d.w).par_chunks_init(
+        d.h * d.w,
         || vec![0f32; phases.len()],
-        |scratch, (plane, gin)| {
+        |scratch, plane, gin| {
             let ch = plane % d.c;
             fill_phases(&phases, &back, &bd, &g[plane * d.oh * d.ow..(plane + 1) * d.oh * d.ow], scratch);
             forward_plane(&bd, &phases, scratch, &flipped[ch * taps..(ch + 1) * taps], gin);

@@ -8,7 +8,6 @@
 //!   ops that each allocate and write a full tensor.
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
@@ -28,9 +27,8 @@ impl CustomOp1 for Relu6 {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l)?;
-        let mut y = super::output_buffer(x.len()); // every element written
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| {
-            for (o, &v) in o.iter_mut().zip(i) {
+        let y = super::Output::new(x.len()).par_chunks(CHUNK, |c, o| {
+            for (o, &v) in o.iter_mut().zip(&x[c * CHUNK..]) {
                 *o = v.clamp(0.0, 6.0);
             }
         });
@@ -50,9 +48,8 @@ impl candle_core::CustomOp2 for Relu6Grad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s1, l1)?;
         let g = contiguous(s2, l2)?;
-        let mut out = super::output_buffer(x.len()); // every element written
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (xs, gs))| {
-            for ((o, &xv), &gv) in o.iter_mut().zip(xs).zip(gs) {
+        let out = super::Output::new(x.len()).par_chunks(CHUNK, |c, o| {
+            for ((o, &xv), &gv) in o.iter_mut().zip(&x[c * CHUNK..]).zip(&g[c * CHUNK..]) {
                 *o = if xv > 0.0 && xv < 6.0 { gv } else { 0.0 };
             }
         });

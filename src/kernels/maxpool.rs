@@ -107,14 +107,15 @@ impl CustomOp1 for MaxPool {
         let (n, c, d) = geo.dims(l.shape())?;
         let x = contiguous(s, l, "input")?;
         // Every output row is written whole (below).
-        let mut out = super::output_buffer(d.planes * d.oh * d.ow);
+        let out = super::Output::new(d.planes * d.oh * d.ow);
         // Separable: the maximum over the window's rows (a vectorised pass
         // along whole input rows), then over each window's columns of that.
         // Only the backward pass needs the winner's position.
         let (k, s) = (geo.kernel, geo.stride);
-        out.par_chunks_mut(d.oh * d.ow).enumerate().for_each_init(
+        let out = out.par_chunks_init(
+            d.oh * d.ow,
             || vec![0f32; d.w],
-            |cols, (p, o)| {
+            |cols, p, o| {
                 let plane = &x[p * d.h * d.w..(p + 1) * d.h * d.w];
                 for (oy, orow) in o.chunks_exact_mut(d.ow).enumerate() {
                     let y0 = (oy * s).saturating_sub(geo.pad.top);

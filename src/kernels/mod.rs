@@ -103,15 +103,19 @@ pub fn keep_candle_pool_off() {
     });
 }
 
+pub mod attention;
 pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 mod gemm;
 pub mod maxpool;
+pub mod norm;
 mod winograd;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 pub use conv::ConvGeometry;
@@ -209,25 +213,95 @@ multiversion! {
     }
 }
 
-/// The output buffer of a kernel that writes every element before anything
-/// reads it.
+/// The output of a kernel, filled chunk by chunk.
 ///
-/// Zeroing it first (`vec![0.0; len]`) cost a memset of every activation,
-/// about a tenth of a MobileNetV2 forward pass (perf, b32 × 224): the
-/// allocator hands back reused memory, which calloc has to clear. Debug
-/// builds (the tests) fill it with NaN instead, so an element a kernel
-/// forgot to write shows up in every comparison with a reference.
-#[allow(clippy::uninit_vec)]
-fn output_buffer(len: usize) -> Vec<f32> {
-    if cfg!(debug_assertions) {
-        return vec![f32::NAN; len];
+/// Kernels write through `&mut [f32]`, which Rust allows only over
+/// initialised memory. Zeroing the whole buffer first (`vec![0.0; len]`, a
+/// calloc that clears reused memory, or a parallel fill) cost 10–20 % of a
+/// MobileNetV2 forward pass (perf, and `tlab bench` on the AVX2 EPYC): a
+/// pass over memory before the kernel's own. Here each chunk is cleared by
+/// the task that then fills it, just before, while the chunk is in cache;
+/// every chunk is visited, so the whole buffer is initialised when it is
+/// handed on. Debug builds (the tests) fill with NaN instead of zeros, so
+/// an element a kernel forgot to write shows up in every comparison with a
+/// reference.
+pub(super) struct Output {
+    buf: Vec<MaybeUninit<f32>>,
+}
+
+impl Output {
+    pub(super) fn new(len: usize) -> Self {
+        let mut buf = Vec::with_capacity(len);
+        buf.resize_with(len, MaybeUninit::uninit);
+        Output { buf }
     }
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: the capacity is `len`; every caller writes all `len` elements
-    // before the buffer is read or handed on (see each call site), and the
-    // debug-build NaN fill makes a missed element fail the tests.
-    unsafe { v.set_len(len) };
-    v
+
+    /// `f(chunk index, chunk)` on every `size`-element chunk, in parallel.
+    pub(super) fn par_chunks(self, size: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+        self.par_chunks_init(size, || (), |(), i, chunk| f(i, chunk))
+    }
+
+    /// As [`Output::par_chunks`], with per-task scratch from `init`.
+    pub(super) fn par_chunks_init<T>(
+        mut self,
+        size: usize,
+        init: impl Fn() -> T + Sync + Send,
+        f: impl Fn(&mut T, usize, &mut [f32]) + Sync + Send,
+    ) -> Vec<f32> {
+        self.buf.par_chunks_mut(size.max(1)).enumerate().for_each_init(init, |scratch, (i, chunk)| {
+            f(scratch, i, initialise(chunk));
+        });
+        self.finish()
+    }
+
+    /// `f(index of the first plane, run)` over runs of whole `plane`-sized
+    /// planes (about 16 K values each), in parallel, as [`par_plane_runs`].
+    pub(super) fn par_plane_runs(self, plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+        let per_task = ((1 << 14) / plane.max(1)).max(1);
+        self.par_chunks(plane.max(1) * per_task, |t, run| f(t * per_task, run))
+    }
+
+    /// `f(plane index, plane)` on every `plane`-sized plane, in parallel
+    /// runs of planes, as [`par_planes_mut`].
+    pub(super) fn par_planes(self, plane: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+        let plane = plane.max(1);
+        self.par_plane_runs(plane, |first, planes| {
+            for (j, p) in planes.chunks_exact_mut(plane).enumerate() {
+                f(first + j, p);
+            }
+        })
+    }
+
+    /// `f(chunk index, chunk)` on every `size`-element chunk in order, on
+    /// this thread (for callers that parallelise inside a chunk).
+    pub(super) fn chunks(mut self, size: usize, mut f: impl FnMut(usize, &mut [f32])) -> Vec<f32> {
+        for (i, chunk) in self.buf.chunks_mut(size.max(1)).enumerate() {
+            f(i, initialise(chunk));
+        }
+        self.finish()
+    }
+
+    /// Every chunk was initialised by the loop that ran over all of them.
+    fn finish(self) -> Vec<f32> {
+        let mut buf = std::mem::ManuallyDrop::new(self.buf);
+        let (ptr, len, cap) = (buf.as_mut_ptr(), buf.len(), buf.capacity());
+        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, the allocation
+        // is handed over whole (pointer, length, capacity), and each of the
+        // `len` elements was written by `initialise` (every chunk is visited
+        // by the callers above before they call this).
+        unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+    }
+}
+
+/// Clears `chunk` (NaN in debug builds) and views it as initialised floats.
+fn initialise(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    let fill = if cfg!(debug_assertions) { f32::NAN } else { 0.0 };
+    for x in chunk.iter_mut() {
+        x.write(fill);
+    }
+    // SAFETY: every element was just written, and `MaybeUninit<f32>` has
+    // the layout of `f32`.
+    unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(chunk) as *mut [f32]) }
 }
 
 /// Runs `f(plane index, plane)` over the `plane`-sized planes of `data` in
@@ -373,6 +447,28 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding, groups: usize
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn an_output_is_initialised_whole_even_over_reused_memory() {
+        // The allocator hands freed memory back: a buffer left uninitialised
+        // (as before) would show these values where a kernel writes nothing,
+        // and reading them was undefined behaviour to begin with.
+        let fill = if cfg!(debug_assertions) { f32::NAN } else { 0.0 };
+        for _ in 0..4 {
+            let junk = vec![1.5f32; 1 << 20];
+            drop(std::hint::black_box(junk));
+            let out = Output::new(1 << 20).par_chunks(1000, |i, c| c[0] = i as f32);
+            assert_eq!(out.len(), 1 << 20);
+            assert!(out.iter().enumerate().all(|(j, &v)| if j % 1000 == 0 {
+                v == (j / 1000) as f32
+            } else {
+                v.to_bits() == fill.to_bits()
+            }));
+            let serial = Output::new(10).chunks(4, |i, c| c[c.len() - 1] = i as f32);
+            assert_eq!(serial[3], 0.0);
+            assert_eq!((serial[7], serial[9]), (1.0, 2.0));
+        }
+    }
 
     #[test]
     fn tf_same_padding_puts_the_odd_pixel_after() {

@@ -20,7 +20,7 @@
 //! im2col.
 
 use super::gemm::{matmul, Mat};
-use super::{Epilogue, Padding};
+use super::{Epilogue, Output, Padding};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -100,14 +100,14 @@ multiversion! {
 /// The convolution of `x` `[N, Cin, H, W]` with `w` `[Cout, Cin, 3, 3]`
 /// into `out` `[N, Cout, OH, OW]`, `epi` applied to every output. The batch
 /// is split into contiguous chunks of `per` images, one per rayon task.
-pub(super) fn forward(s: &Shape, x: &[f32], w: &[f32], per: usize, epi: Option<Epilogue>, out: &mut [f32]) {
+pub(super) fn forward(s: &Shape, x: &[f32], w: &[f32], per: usize, epi: Option<Epilogue>, out: Output) -> Vec<f32> {
     let u = transform_weights(s, w);
     let (image_in, image_out) = (s.cin * s.h * s.w, s.cout * s.oh * s.ow);
     let tiles_x = s.tiles_x();
     let rows_per_block = (tiles_per_block(s) / tiles_x).max(1);
-    out.par_chunks_mut(per * image_out)
-        .enumerate()
-        .for_each(|(chunk, o)| images(s, &x[chunk * per * image_in..], &u, rows_per_block, epi.as_ref(), o));
+    out.par_chunks(per * image_out, |chunk, o| {
+        images(s, &x[chunk * per * image_in..], &u, rows_per_block, epi.as_ref(), o);
+    })
 }
 
 multiversion! {

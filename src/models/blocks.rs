@@ -4,7 +4,7 @@
 
 use candle_core::{Tensor, Var};
 
-use super::layers::{Act, Conv, ConvBnAct, ConvSpec, Freeze, Mode, ParamLoader};
+use super::layers::{Act, Conv, ConvBnAct, ConvSpec, DropPath, Freeze, Mode, ParamLoader};
 use crate::error::Result;
 use crate::kernels::Padding;
 use crate::onnx::{Graph, Value};
@@ -67,12 +67,14 @@ pub(crate) struct InvertedResidual {
     pub se: Option<SqueezeExcite>,
     pub tail: Vec<ConvBnAct>,
     pub residual: bool,
+    /// Stochastic depth of the branch when `residual` (EfficientNet's).
+    pub drop: DropPath,
 }
 
 impl InvertedResidual {
     /// One convolution alone.
     pub(crate) fn single(conv: ConvBnAct) -> Self {
-        InvertedResidual { head: vec![conv], se: None, tail: Vec::new(), residual: false }
+        InvertedResidual { head: vec![conv], se: None, tail: Vec::new(), residual: false, drop: DropPath::NONE }
     }
 
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -86,7 +88,7 @@ impl InvertedResidual {
         for c in &self.tail {
             y = c.forward(&y, mode)?;
         }
-        Ok(if self.residual { (y + x)? } else { y })
+        Ok(if self.residual { (self.drop.apply(y, mode)? + x)? } else { y })
     }
 
     pub(crate) fn export_onnx(&self, g: &mut Graph, x: Value) -> Result<Value> {

@@ -10,18 +10,17 @@
 //! torchvision's `features.0` … `features.7`: the stem, the four stages and
 //! the three downsampling layers between them. A block is a 7×7 depthwise
 //! convolution, LayerNorm over the channels (eps 1e-6), a 4× MLP with exact
-//! GELU, a per-channel layer scale, and the residual. Stochastic depth is not
-//! applied when fine-tuning (the residual branch is always kept, as in
-//! evaluation).
+//! GELU, a per-channel layer scale, and the residual, its branch dropped per
+//! image when training with a backbone `drop_path` (stochastic depth).
 
 use std::ops::Range;
 
 use candle_core::{Tensor, Var, D};
 
-use super::layers::{read, Act, Conv, ConvSpec, Freeze, Init, Linear, Mode, ParamLoader};
+use super::layers::{drop_path_rate, read, Act, Conv, ConvSpec, DropPath, Freeze, Init, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
-use crate::kernels::Padding;
+use crate::kernels::{self, Padding};
 use crate::onnx::{ConvGeometry, Graph, Value};
 
 const LN_EPS: f64 = 1e-6;
@@ -47,6 +46,10 @@ impl ChannelNorm {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = x.dim(1)?;
+        if self.frozen && !x.track_op() {
+            let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
+            return Ok(crate::kernels::norm::channel_layer_norm(x, &w, &b, LN_EPS as f32)?);
+        }
         let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
         let var = centred.sqr()?.mean_keepdim(1)?;
         let y = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
@@ -111,6 +114,7 @@ struct CnBlock {
     fc2: Linear,
     layer_scale: Var,
     name: String,
+    drop: DropPath,
 }
 
 impl CnBlock {
@@ -123,10 +127,14 @@ impl CnBlock {
             fc2: Linear::load(p, &format!("{name}.block.5"), 4 * dim, dim)?,
             layer_scale: p.get(&format!("{name}.layer_scale"), &[dim, 1, 1], Init::Const(1e-6))?,
             name: name.to_owned(),
+            drop: DropPath::NONE,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if self.norm.frozen && !x.track_op() {
+            return self.forward_frozen(x);
+        }
         let (n, c, h, w) = x.dims4()?;
         let y = self.norm.forward(&self.dwconv.forward(x)?)?;
         // The MLP acts on every position's channels: NHWC rows.
@@ -134,7 +142,27 @@ impl CnBlock {
         let rows = self.fc2.forward(&self.fc1.forward(&rows)?.gelu_erf()?)?;
         let y = rows.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
         let scale = read(&self.layer_scale, !self.norm.frozen);
-        Ok((y.broadcast_mul(&scale.unsqueeze(0)?)? + x)?)
+        Ok((self.drop.apply(y.broadcast_mul(&scale.unsqueeze(0)?)?, mode)? + x)?)
+    }
+
+    /// Inference on tlab's kernels: the MLP as two 1×1 convolutions on the
+    /// NCHW map (no permutes), GELU in parallel, the layer scale folded into
+    /// the second convolution's weights and bias.
+    fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        let (none_lo, none_hi) = Act::None.bounds();
+        let one = |w: Tensor| -> Result<Tensor> {
+            let (o, i) = w.dims2()?;
+            Ok(w.reshape((o, i, 1, 1))?)
+        };
+        let y = self.norm.forward(&self.dwconv.forward(x)?)?;
+        let (w1, b1) = self.fc1.tensors();
+        let y = kernels::conv2d_bias_clamp(&y, &one(w1)?, &b1, 1, Padding::default(), 1, none_lo, none_hi)?;
+        let y = kernels::norm::gelu(&y)?;
+        let scale = self.layer_scale.as_detached_tensor().flatten_all()?;
+        let (w2, b2) = self.fc2.tensors();
+        let (w2, b2) = (w2.broadcast_mul(&scale.unsqueeze(1)?)?, (b2 * &scale)?);
+        let y = kernels::conv2d_bias_clamp(&y, &one(w2)?, &b2, 1, Padding::default(), 1, none_lo, none_hi)?;
+        Ok((y + x)?)
     }
 
     /// The MLP's linear layers as 1×1 convolutions on the NCHW map.
@@ -193,10 +221,10 @@ enum Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
             Block::Stem(conv, norm) => norm.forward(&conv.forward(x)?),
-            Block::Stage(blocks) => blocks.iter().try_fold(x.clone(), |y, b| b.forward(&y)),
+            Block::Stage(blocks) => blocks.iter().try_fold(x.clone(), |y, b| b.forward(&y, mode)),
             Block::Down(norm, conv) => conv.forward(&norm.forward(x)?),
         }
     }
@@ -304,8 +332,26 @@ impl Backbone for ConvNeXt {
         (0..self.blocks.len()).map(|i| format!("features.{i}")).collect()
     }
 
-    fn forward_blocks(&self, x: &Tensor, range: Range<usize>, _mode: Mode) -> Result<Tensor> {
-        self.blocks[range].iter().try_fold(x.clone(), |y, b| b.forward(&y))
+    fn forward_blocks(&self, x: &Tensor, range: Range<usize>, mode: Mode) -> Result<Tensor> {
+        self.blocks[range].iter().try_fold(x.clone(), |y, b| b.forward(&y, mode))
+    }
+
+    /// torchvision's schedule: block `i` of `n` (over every stage) gets
+    /// `rate · i / (n − 1)`.
+    fn set_drop_path(&mut self, rate: f32) {
+        let mut blocks: Vec<&mut CnBlock> = self
+            .blocks
+            .iter_mut()
+            .filter_map(|b| match b {
+                Block::Stage(s) => Some(s.iter_mut()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let n = blocks.len();
+        for (i, b) in blocks.iter_mut().enumerate() {
+            b.drop = DropPath { rate: drop_path_rate(rate, i, n), site: i as u64 };
+        }
     }
 
     fn feature_channels(&self) -> usize {
@@ -386,7 +432,7 @@ mod tests {
             net.set_block_freeze(b, Freeze { frozen: b < 5, train_bn: false }).unwrap();
         }
         let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        let y = net.forward_blocks(&x, 0..8, Mode { training: true }).unwrap();
+        let y = net.forward_blocks(&x, 0..8, Mode::train(0)).unwrap();
         assert_eq!(y.dims(), [2, 768, 1, 1]);
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let mut vars = Vec::new();

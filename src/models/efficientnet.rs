@@ -14,15 +14,16 @@
 //! (SiLU, sigmoid gate, `input / 4` wide), project 1×1; V2's FusedMBConv
 //! replaces expand + depthwise with one full convolution and has no SE. SiLU
 //! throughout. BatchNorm eps is 1e-5 for B0–B3 and 1e-3 for V2, as
-//! torchvision sets it. Stochastic depth is not applied when fine-tuning
-//! (the residual branch is always kept, as in evaluation).
+//! torchvision sets it. With a backbone `drop_path` a residual branch is
+//! dropped per image while training (torchvision's stochastic depth,
+//! `rate · i / n` for block `i` of `n`).
 
 use std::ops::Range;
 
 use candle_core::{Tensor, Var};
 
 use super::blocks::{InvertedResidual, SqueezeExcite};
-use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
+use super::layers::{Act, ConvBnAct, ConvSpec, DropPath, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
@@ -181,11 +182,23 @@ fn block(u: &mut Units, stage: &Stage, cin: usize, cout: usize, stride: usize) -
     if stage.fused {
         if exp == cin {
             let only = u.conv(conv(cin, cout, k, stride, 1), Act::Silu)?;
-            return Ok(InvertedResidual { head: vec![only], se: None, tail: Vec::new(), residual });
+            return Ok(InvertedResidual {
+                head: vec![only],
+                se: None,
+                tail: Vec::new(),
+                residual,
+                drop: DropPath::NONE,
+            });
         }
         let expand = u.conv(conv(cin, exp, k, stride, 1), Act::Silu)?;
         let project = u.conv(conv(exp, cout, 1, 1, 1), Act::None)?;
-        return Ok(InvertedResidual { head: vec![expand, project], se: None, tail: Vec::new(), residual });
+        return Ok(InvertedResidual {
+            head: vec![expand, project],
+            se: None,
+            tail: Vec::new(),
+            residual,
+            drop: DropPath::NONE,
+        });
     }
     let mut head = Vec::new();
     if exp != cin {
@@ -194,7 +207,7 @@ fn block(u: &mut Units, stage: &Stage, cin: usize, cout: usize, stride: usize) -
     head.push(u.conv(conv(exp, exp, k, stride, exp), Act::Silu)?);
     let se = Some(u.se(exp, (cin / 4).max(1))?);
     let tail = vec![u.conv(conv(exp, cout, 1, 1, 1), Act::None)?];
-    Ok(InvertedResidual { head, se, tail, residual })
+    Ok(InvertedResidual { head, se, tail, residual, drop: DropPath::NONE })
 }
 
 pub struct EfficientNet {
@@ -282,6 +295,15 @@ impl Backbone for EfficientNet {
         self.last.export_onnx(g, &y)
     }
 
+    /// torchvision's schedule: block `i` of `n` (counted over every stage)
+    /// gets `rate · i / n`; a branch without a residual has none.
+    fn set_drop_path(&mut self, rate: f32) {
+        let n = self.stages.iter().map(Vec::len).sum::<usize>().max(1);
+        for (i, block) in self.stages.iter_mut().flatten().enumerate() {
+            block.drop = DropPath { rate: rate * i as f32 / n as f32, site: i as u64 };
+        }
+    }
+
     fn set_block_freeze(&mut self, block: usize, freeze: Freeze) -> Result<()> {
         match block {
             0 => self.stem.set_freeze(freeze),
@@ -351,7 +373,7 @@ mod tests {
                 net.set_block_freeze(b, Freeze { frozen: b + 2 < n, train_bn: false }).unwrap();
             }
             let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-            let y = net.forward_blocks(&x, 0..n, Mode { training: true }).unwrap();
+            let y = net.forward_blocks(&x, 0..n, Mode::train(0)).unwrap();
             assert_eq!(y.dim(1).unwrap(), net.feature_channels(), "{}", variant.arch);
             let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let mut vars = Vec::new();

@@ -446,7 +446,7 @@ mod tests {
         }
         // 75 px is torchvision's minimum: the last map is 1 × 1.
         let x = Tensor::randn(0f32, 1.0, (2, 3, 75, 75), &Device::Cpu).unwrap();
-        let y = net.forward_blocks(&x, 0..16, Mode { training: true }).unwrap();
+        let y = net.forward_blocks(&x, 0..16, Mode::train(0)).unwrap();
         assert_eq!(y.dims(), [2, 2048, 1, 1]);
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let mut vars = Vec::new();

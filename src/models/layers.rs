@@ -260,6 +260,61 @@ impl Act {
 pub struct Mode {
     /// True during fine-tuning (dropout on, trainable BN uses batch statistics).
     pub training: bool,
+    /// Where this batch's stochastic-depth draws come from (the fit loop
+    /// derives it from the seed, the epoch and the batch), so that a run is
+    /// reproducible and resumes alike.
+    pub noise: u64,
+}
+
+impl Mode {
+    /// Inference: BatchNorm on its running statistics, every branch kept.
+    pub const EVAL: Mode = Mode { training: false, noise: 0 };
+
+    /// Training, with `noise` for stochastic depth.
+    pub fn train(noise: u64) -> Mode {
+        Mode { training: true, noise }
+    }
+}
+
+/// Stochastic depth of one residual branch (Huang et al. 2016;
+/// torchvision's `StochasticDepth` in "row" mode, timm's `DropPath`): while
+/// training, each image's branch is dropped with probability `rate` and a
+/// kept one is scaled by `1 / (1 − rate)`. `site` numbers the branch within
+/// the network, so that every branch draws its own images from the batch's
+/// `mode.noise`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DropPath {
+    pub rate: f32,
+    pub site: u64,
+}
+
+impl DropPath {
+    pub const NONE: DropPath = DropPath { rate: 0.0, site: 0 };
+
+    pub fn apply(self, branch: Tensor, mode: Mode) -> Result<Tensor> {
+        if !mode.training || self.rate <= 0.0 {
+            return Ok(branch);
+        }
+        let n = branch.dim(0)?;
+        let keep = 1.0 - self.rate;
+        let mut rng = Rng::derive(mode.noise, self.site);
+        let mask: Vec<f32> =
+            (0..n).map(|_| if rng.uniform(0.0, 1.0) < f64::from(keep) { 1.0 / keep } else { 0.0 }).collect();
+        let mut shape = vec![1; branch.rank()];
+        shape[0] = n;
+        let mask = Tensor::from_vec(mask, shape, branch.device())?;
+        Ok(branch.broadcast_mul(&mask)?)
+    }
+}
+
+/// The rate of residual branch `index` of `count` when the deepest gets
+/// `rate` and the first none (torchvision's ConvNeXt, timm's ViT:
+/// `rate · index / (count − 1)`).
+pub fn drop_path_rate(rate: f32, index: usize, count: usize) -> f32 {
+    if count <= 1 {
+        return 0.0;
+    }
+    rate * index as f32 / (count - 1) as f32
 }
 
 /// The freeze state of one layer.
@@ -706,6 +761,25 @@ mod tests {
     }
 
     #[test]
+    fn drop_path_drops_whole_images_at_its_rate_and_keeps_the_mean() {
+        let branch = Tensor::ones((2000, 3, 2), DType::F32, &Device::Cpu).unwrap();
+        let drop = DropPath { rate: 0.3, site: 7 };
+        assert_eq!(max_diff(&drop.apply(branch.clone(), Mode::EVAL).unwrap(), &branch), 0.0, "eval keeps all");
+        let y = drop.apply(branch.clone(), Mode::train(11)).unwrap();
+        let per_image = y.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        let kept = per_image.iter().filter(|r| r.iter().all(|&v| (v - 1.0 / 0.7).abs() < 1e-6)).count();
+        let dropped = per_image.iter().filter(|r| r.iter().all(|&v| v == 0.0)).count();
+        assert_eq!(kept + dropped, 2000, "an image is kept or dropped whole");
+        assert!((kept as f64 / 2000.0 - 0.7).abs() < 0.04, "{kept} of 2000 kept");
+        // The same noise and site draw the same images; another site others.
+        assert_eq!(max_diff(&drop.apply(branch.clone(), Mode::train(11)).unwrap(), &y), 0.0);
+        let other = DropPath { site: 8, ..drop }.apply(branch.clone(), Mode::train(11)).unwrap();
+        assert!(max_diff(&other, &y) > 0.0);
+        assert_eq!(drop_path_rate(0.4, 0, 5), 0.0);
+        assert!((drop_path_rate(0.4, 4, 5) - 0.4).abs() < 1e-7);
+    }
+
+    #[test]
     fn folded_frozen_conv_equals_unfolded_eval() {
         let mut p = ParamLoader::random(3);
         let spec = ConvSpec { cin: 4, cout: 6, kernel: (3, 3), stride: 2, pad: Padding::same(1), groups: 1 };
@@ -714,9 +788,9 @@ mod tests {
         layer.bn.running_mean.set(&Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5, -1.0], &Device::Cpu).unwrap()).unwrap();
         layer.bn.running_var.set(&Tensor::new(&[1.5f32, 0.2, 0.9, 2.0, 0.7, 1.1], &Device::Cpu).unwrap()).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &Device::Cpu).unwrap();
-        let eval = layer.forward(&x, Mode { training: false }).unwrap();
+        let eval = layer.forward(&x, Mode::EVAL).unwrap();
         layer.set_freeze(Freeze { frozen: true, train_bn: false }).unwrap();
-        let folded = layer.forward(&x, Mode { training: true }).unwrap();
+        let folded = layer.forward(&x, Mode::train(0)).unwrap();
         assert!(max_diff(&eval, &folded) < 1e-4);
     }
 

@@ -16,7 +16,7 @@ use std::ops::Range;
 use candle_core::{Tensor, Var};
 
 use super::blocks::{InvertedResidual, SqueezeExcite};
-use super::layers::{self, Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
+use super::layers::{self, Act, ConvBnAct, ConvSpec, DropPath, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
 use crate::kernels::Padding;
@@ -107,7 +107,8 @@ fn inverted_residual(p: &mut ParamLoader, idx: usize, s: Setting) -> Result<Inve
     };
     let at = convs.len() + usize::from(use_se);
     let project = unit(p, at, conv(exp, cout, 1, 1, 1), Act::None)?;
-    Ok(InvertedResidual { head: convs, se, tail: vec![project], residual: stride == 1 && cin == cout })
+    let residual = stride == 1 && cin == cout;
+    Ok(InvertedResidual { head: convs, se, tail: vec![project], residual, drop: DropPath::NONE })
 }
 
 impl MobileNetV3 {
@@ -256,7 +257,7 @@ mod tests {
                 net.set_block_freeze(b, Freeze { frozen: false, train_bn: false }).unwrap();
             }
             let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-            let y = net.forward_blocks(&x, 0..n, Mode { training: true }).unwrap();
+            let y = net.forward_blocks(&x, 0..n, Mode::train(0)).unwrap();
             assert_eq!(y.dim(1).unwrap(), net.feature_channels());
             let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let mut vars = Vec::new();

@@ -69,6 +69,13 @@ pub trait Backbone: Send + Sync {
         Ok((output.rank() == 4).then(|| output.clone()))
     }
 
+    /// Stochastic depth for training: the deepest residual branch dropped
+    /// with probability `rate`, shallower ones less, on the reference's
+    /// schedule. Only the families with that regulariser in their reference
+    /// training (EfficientNet B/V2, ConvNeXt, Vision Transformers) have it;
+    /// the recipe refuses `drop_path` for the others, so this does nothing.
+    fn set_drop_path(&mut self, _rate: f32) {}
+
     /// How many leading blocks may give Grad-CAM's default map: all of them
     /// for a CNN. A Vision Transformer's last encoder block hands only its
     /// class token on, so its patch tokens get no gradient: its map is the
@@ -258,7 +265,7 @@ pub fn head_inputs(backbone: &dyn Backbone, pooling: Pooling, size: u32) -> Resu
         Pooling::Flatten => {
             let s = size as usize;
             let x = Tensor::zeros((1, 3, s, s), candle_core::DType::F32, &Device::Cpu)?;
-            Ok(backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode { training: false })?.elem_count())
+            Ok(backbone.forward_blocks(&x, 0..backbone.num_blocks(), Mode::EVAL)?.elem_count())
         }
     }
 }
@@ -406,11 +413,24 @@ pub struct Classifier {
     /// Leading blocks that are frozen.
     frozen_blocks: usize,
     train_bn: bool,
+    /// The backbone's stochastic-depth rate (0: none).
+    drop_path: f32,
 }
 
 impl Classifier {
     pub fn new(backbone: Box<dyn Backbone>, head: Head) -> Self {
-        Classifier { backbone, head, frozen_blocks: 0, train_bn: false }
+        Classifier { backbone, head, frozen_blocks: 0, train_bn: false, drop_path: 0.0 }
+    }
+
+    /// Stochastic depth while training (see [`Backbone::set_drop_path`]).
+    pub fn set_drop_path(&mut self, rate: f32) {
+        self.backbone.set_drop_path(rate);
+        self.drop_path = rate;
+    }
+
+    /// The stochastic-depth rate set with [`Classifier::set_drop_path`].
+    pub fn drop_path(&self) -> f32 {
+        self.drop_path
     }
 
     /// Freezes the first `n` blocks (and unfreezes the rest).
@@ -466,7 +486,7 @@ impl Classifier {
     /// Output of the first `blocks` blocks (no graph: they must be frozen).
     pub fn prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
         let _t = crate::profile::scope("frozen blocks (forward, no graph)");
-        Ok(self.backbone.forward_blocks(x, 0..blocks, Mode { training: false })?.detach())
+        Ok(self.backbone.forward_blocks(x, 0..blocks, Mode::EVAL)?.detach())
     }
 
     pub fn trainable_vars(&self) -> Vec<Var> {

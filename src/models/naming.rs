@@ -3,7 +3,7 @@
 //! EfficientNet-Lite port's); timm publishes some of the same networks under
 //! its own names. [`to_reference`] recognises a timm checkpoint from its keys
 //! and renames it (reshaping where the two differ): ConvNeXt,
-//! EfficientNet-B and ViT-B/16 so far, so
+//! EfficientNet-B, MobileNetV3 and ViT-B/16 so far, so
 //! `weights = "hf:timm/convnext_tiny.fb_in22k_ft_in1k"` loads like
 //! torchvision's file. ResNet needs nothing: timm's names are torchvision's.
 
@@ -44,6 +44,9 @@ pub fn to_reference(arch: &str, tensors: HashMap<String, Tensor>) -> Result<(Has
     if arch == "vit_b_16" && tensors.contains_key("cls_token") {
         return Ok((tensors.into_iter().map(|(k, t)| (vit_from_timm(&k), t)).collect(), Naming::Timm));
     }
+    if arch.starts_with("mobilenet_v3") && tensors.contains_key("conv_stem.weight") {
+        return Ok((mobilenet_v3_from_timm(tensors)?, Naming::Timm));
+    }
     if arch.starts_with("efficientnet_b") && tensors.contains_key("conv_stem.weight") {
         return Ok((efficientnet_from_timm(tensors), Naming::Timm));
     }
@@ -79,6 +82,81 @@ fn vit_from_timm(key: &str) -> String {
         }
         _ => key.to_owned(),
     }
+}
+
+/// timm's MobileNetV3 keys (`mobilenetv3_large_100.*`, `…_small_100.*`) →
+/// torchvision's: `conv_stem`/`bn1` → `features.0.0/1`; the blocks of every
+/// stage but the last numbered on, `features.1` …, their units as in
+/// EfficientNet-B but the projection one place earlier where a block has no
+/// squeeze-and-excitation; the last stage's `conv`/`bn1` → the last
+/// `features.N.0/1`; `conv_head` (a 1×1 convolution after the pooling, with
+/// a bias) → `classifier.0` (the same numbers as a linear layer);
+/// `classifier` → `classifier.3`. timm builds these networks with
+/// BatchNorm eps 1e-5 where torchvision has 1e-3: every running variance is
+/// shifted by their difference, so that `var' + 1e-3 = var + 1e-5` and
+/// torchvision's arithmetic gives timm's numbers exactly.
+fn mobilenet_v3_from_timm(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    type Block = (usize, usize);
+    let block_of = |k: &str| -> Option<Block> {
+        let p: Vec<&str> = k.split('.').collect();
+        (p.len() > 3 && p[0] == "blocks").then(|| Some((p[1].parse().ok()?, p[2].parse().ok()?))).flatten()
+    };
+    let mut blocks: Vec<Block> = tensors.keys().filter_map(|k| block_of(k)).collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let last_stage = blocks.last().map_or(0, |b| b.0);
+    let index: HashMap<Block, usize> =
+        blocks.iter().filter(|b| b.0 != last_stage).enumerate().map(|(i, b)| (*b, i + 1)).collect();
+    let last = index.len() + 1;
+    let with = |what: &str| -> std::collections::HashSet<Block> {
+        tensors.keys().filter(|k| k.contains(what)).filter_map(|k| block_of(k)).collect()
+    };
+    let (inverted, se) = (with(".conv_pwl."), with(".se."));
+    let mut out = HashMap::with_capacity(tensors.len());
+    for (key, t) in tensors {
+        let p: Vec<&str> = key.split('.').collect();
+        let name = match (p.as_slice(), block_of(&key)) {
+            (["conv_stem", leaf], _) => format!("features.0.0.{leaf}"),
+            (["bn1", leaf], _) => format!("features.0.1.{leaf}"),
+            (["conv_head", leaf], _) => format!("classifier.0.{leaf}"),
+            (["classifier", leaf], _) => format!("classifier.3.{leaf}"),
+            ([.., module, leaf], Some(b)) if b.0 == last_stage => match *module {
+                "conv" => format!("features.{last}.0.{leaf}"),
+                "bn1" => format!("features.{last}.1.{leaf}"),
+                _ => key.clone(),
+            },
+            ([_, _, _, module @ .., leaf], Some(b)) => {
+                let project = 1 + usize::from(inverted.contains(&b)) + usize::from(se.contains(&b));
+                let unit = match (inverted.contains(&b), module) {
+                    (true, ["conv_pw"]) | (false, ["conv_dw"]) => Some("0.0".to_owned()),
+                    (_, ["bn1"]) => Some("0.1".to_owned()),
+                    (true, ["conv_dw"]) => Some("1.0".to_owned()),
+                    (true, ["bn2"]) => Some("1.1".to_owned()),
+                    (ir, ["se", fc]) => {
+                        let which = if *fc == "conv_reduce" { "fc1" } else { "fc2" };
+                        Some(format!("{}.{which}", 1 + usize::from(ir)))
+                    }
+                    (true, ["conv_pwl"]) | (false, ["conv_pw"]) => Some(format!("{project}.0")),
+                    (true, ["bn3"]) | (false, ["bn2"]) => Some(format!("{project}.1")),
+                    _ => None,
+                };
+                match (index.get(&b), unit) {
+                    (Some(i), Some(u)) => format!("features.{i}.block.{u}.{leaf}"),
+                    _ => key.clone(),
+                }
+            }
+            _ => key.clone(),
+        };
+        let t = if name.starts_with("classifier.0.") && t.rank() == 4 {
+            t.flatten_from(1)?
+        } else if name.ends_with(".running_var") {
+            (t + (1e-5 - 1e-3))?
+        } else {
+            t
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
 /// timm's EfficientNet-B keys (its PyTorch-native `efficientnet_b*`, not the

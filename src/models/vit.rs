@@ -28,13 +28,15 @@
 //! At an image size other than the pretraining one, the position embedding
 //! is resampled to the new grid as timm does when it loads a checkpoint
 //! (`resample_abs_pos_embed`: bicubic, antialiased, the class token's entry
-//! kept): a fixed linear map, so the embedding still trains.
+//! kept): a fixed linear map, so the embedding still trains. A backbone
+//! `drop_path` drops each block's branches per image while training (timm's
+//! stochastic depth, linear over the depth).
 
 use std::ops::Range;
 
 use candle_core::{Device, Tensor, Var, D};
 
-use super::layers::{read, Act, Conv, ConvSpec, Freeze, Init, Linear, Mode, ParamLoader};
+use super::layers::{drop_path_rate, read, Act, Conv, ConvSpec, DropPath, Freeze, Init, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::{Error, Result};
 use crate::kernels::Padding;
@@ -183,6 +185,11 @@ impl TokenNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.frozen && !x.track_op() {
+            // candle's fused LayerNorm has no backward: inference only.
+            let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
+            return Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &w, &b, LN_EPS as f32)?);
+        }
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let y = centred.broadcast_div(&(var + LN_EPS)?.sqrt()?)?;
@@ -236,6 +243,8 @@ struct EncoderBlock {
     fc1: Linear,
     fc2: Linear,
     heads: usize,
+    /// Stochastic depth of the attention branch; the MLP's is the next site.
+    drop: DropPath,
 }
 
 impl EncoderBlock {
@@ -276,12 +285,18 @@ impl EncoderBlock {
             fc2: Linear::load(p, &fc2, 4 * d, d)?,
             heads: c.heads,
             name,
+            drop: DropPath::NONE,
         })
     }
 
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
         let (h, hd) = (self.heads, d / self.heads);
+        if self.qkv.frozen && !x.track_op() {
+            let qkv = dense(&self.qkv, x)?;
+            let y = crate::kernels::attention::self_attention(&qkv, h, 1.0 / (hd as f32).sqrt())?;
+            return dense(&self.proj, &y);
+        }
         let qkv = dense(&self.qkv, x)?.reshape((n, t, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
         let part = |i: usize| -> Result<Tensor> { Ok(qkv.get(i)?.contiguous()?) };
         let q = (part(0)? * (1.0 / (hd as f64).sqrt()))?;
@@ -291,7 +306,7 @@ impl EncoderBlock {
         dense(&self.proj, &y)
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let trainable = !self.norm1.frozen;
         let scaled = |y: Tensor, gamma: Option<&Var>| -> Result<Tensor> {
             Ok(match gamma {
@@ -300,10 +315,11 @@ impl EncoderBlock {
             })
         };
         let a = scaled(self.attention(&self.norm1.forward(x)?)?, self.scales.as_ref().map(|s| &s.0))?;
-        let x = (x + a)?;
-        let m = dense(&self.fc2, &dense(&self.fc1, &self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        let x = (x + self.drop.apply(a, mode)?)?;
+        let m = dense(&self.fc2, &crate::kernels::norm::gelu(&dense(&self.fc1, &self.norm2.forward(&x)?)?)?)?;
         let m = scaled(m, self.scales.as_ref().map(|s| &s.1))?;
-        Ok((x + m)?)
+        let mlp_drop = DropPath { site: self.drop.site + 1, ..self.drop };
+        Ok((x + mlp_drop.apply(m, mode)?)?)
     }
 
     fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {
@@ -537,11 +553,11 @@ impl Vit {
         Ok(Some(Vit { config: c, embedding, layers, norm, classifier }))
     }
 
-    fn forward_block(&self, block: usize, x: &Tensor) -> Result<Tensor> {
+    fn forward_block(&self, block: usize, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let last = self.layers.len() + 1;
         match block {
             0 => self.embedding.forward(x),
-            b if b < last => self.layers[b - 1].forward(x),
+            b if b < last => self.layers[b - 1].forward(x, mode),
             _ => {
                 // The class token after the final norm, as a 1 × 1 map.
                 let cls = self.norm.forward(&x.narrow(1, 0, 1)?)?;
@@ -565,8 +581,17 @@ impl Backbone for Vit {
         out
     }
 
-    fn forward_blocks(&self, x: &Tensor, range: Range<usize>, _mode: Mode) -> Result<Tensor> {
-        range.into_iter().try_fold(x.clone(), |y, b| self.forward_block(b, &y))
+    fn forward_blocks(&self, x: &Tensor, range: Range<usize>, mode: Mode) -> Result<Tensor> {
+        range.into_iter().try_fold(x.clone(), |y, b| self.forward_block(b, &y, mode))
+    }
+
+    /// timm's schedule: encoder block `i` of `n` gets `rate · i / (n − 1)`
+    /// on both of its branches.
+    fn set_drop_path(&mut self, rate: f32) {
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.drop = DropPath { rate: drop_path_rate(rate, i, n), site: 2 * i as u64 };
+        }
     }
 
     fn feature_channels(&self) -> usize {
@@ -697,10 +722,10 @@ mod tests {
             net.set_block_freeze(b, Freeze { frozen: b < 12, train_bn: false }).unwrap();
         }
         let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
-        let tokens = net.forward_blocks(&x, 0..12, Mode { training: true }).unwrap();
+        let tokens = net.forward_blocks(&x, 0..12, Mode::train(0)).unwrap();
         assert_eq!(tokens.dims(), [2, 5, 384]);
         assert_eq!(net.spatial_map(&tokens).unwrap().unwrap().dims(), [2, 384, 2, 2]);
-        let y = net.forward_blocks(&tokens, 12..14, Mode { training: true }).unwrap();
+        let y = net.forward_blocks(&tokens, 12..14, Mode::train(0)).unwrap();
         assert_eq!(y.dims(), [2, 384, 1, 1]);
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let mut vars = Vec::new();
@@ -710,10 +735,25 @@ mod tests {
     }
 
     #[test]
+    fn drop_path_changes_training_passes_only() {
+        let mut net = Vit::load("deit_small_patch16_224", &mut ParamLoader::random(3), false).unwrap().unwrap();
+        let x = Tensor::randn(0f32, 1.0, (8, 3, 32, 32), &Device::Cpu).unwrap();
+        let run = |net: &Vit, mode| net.forward_blocks(&x, 0..14, mode).unwrap().flatten_all().unwrap();
+        let (eval, plain) = (run(&net, Mode::EVAL), run(&net, Mode::train(5)));
+        net.set_drop_path(0.5);
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff(&run(&net, Mode::EVAL), &eval), 0.0, "inference keeps every branch");
+        assert_eq!(diff(&plain, &eval), 0.0, "no drop_path, no change in training");
+        let (a, b) = (run(&net, Mode::train(5)), run(&net, Mode::train(6)));
+        assert!(diff(&a, &eval) > 0.0 && diff(&a, &b) > 0.0, "branches dropped, by the batch's noise");
+        assert_eq!(diff(&run(&net, Mode::train(5)), &a), 0.0, "the same noise, the same draws");
+    }
+
+    #[test]
     fn an_image_that_is_not_whole_patches_is_refused_by_name() {
         let net = Vit::load("vit_small_patch14_dinov2", &mut ParamLoader::random(3), false).unwrap().unwrap();
         let x = Tensor::zeros((1, 3, 30, 30), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let e = net.forward_blocks(&x, 0..1, Mode { training: false }).unwrap_err().to_string();
+        let e = net.forward_blocks(&x, 0..1, Mode::EVAL).unwrap_err().to_string();
         assert!(e.contains("multiple of 14") && e.contains("30×30") && e.contains("vit_small_patch14_dinov2"), "{e}");
     }
 }

@@ -22,7 +22,7 @@ const TOP_KEYS: &[&str] = &["name", "seed", "data", "step", "tune"];
 pub(crate) const DATA_KEYS: &[&str] =
     &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers", "csv", "test"];
 const BACKBONE_KEYS: &[&str] =
-    &["kind", "arch", "weights", "strict", "pooling", "hidden", "dropout", "batchnorm", "head"];
+    &["kind", "arch", "weights", "strict", "drop_path", "pooling", "hidden", "dropout", "batchnorm", "head"];
 const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout", "batchnorm"];
 const FREEZE_KEYS: &[&str] = &["kind", "up_to", "train_bn"];
 const AUGMENT_KEYS: &[&str] = &[
@@ -417,10 +417,23 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
         None => 0.2,
     };
     let batchnorm = pick("batchnorm")?.map(|f| f.bool()).transpose()?.unwrap_or(false);
+    let drop_path = match s.field("drop_path") {
+        Some(f) => {
+            let rate = f.number(Bounds::closed_open(0.0, 1.0))?;
+            if rate > 0.0 && !super::has_drop_path(arch) {
+                return Err(f.key_error(format!(
+                    "`drop_path` (stochastic depth) drops residual branches of EfficientNet B/V2, ConvNeXt and the Vision Transformers, which {arch} is not"
+                )));
+            }
+            rate
+        }
+        None => 0.0,
+    };
     Ok(BackboneStep {
         arch: arch.to_string(),
         weights,
         strict,
+        drop_path,
         head: HeadConfig { pooling, hidden, dropout, batchnorm },
     })
 }
@@ -915,6 +928,26 @@ mod tests {
     }
 
     #[test]
+    fn drop_path_is_for_the_families_that_have_residual_branches_to_drop() {
+        let text = |arch: &str, rate: &str| {
+            format!("name = \"t\"\n[data]\ntrain = \"d\"\n[[step]]\nkind = \"backbone\"\narch = \"{arch}\"\ndrop_path = {rate}\n")
+        };
+        assert!(
+            matches!(&ok(&text("convnext_tiny", "0.1")).steps[0].kind, StepKind::Backbone(b) if b.drop_path == 0.1)
+        );
+        assert!(matches!(&ok(&text("resnet18", "0.0")).steps[0].kind, StepKind::Backbone(b) if b.drop_path == 0.0));
+        let (line, _, msg) = err(&text("resnet18", "0.1"));
+        assert_eq!(line, 7);
+        assert!(
+            msg.starts_with("`drop_path` (stochastic depth) drops residual branches of EfficientNet B/V2"),
+            "{msg}"
+        );
+        assert!(msg.ends_with("which resnet18 is not"), "{msg}");
+        let (line, _, msg) = err(&text("vit_b_16", "1.0"));
+        assert_eq!(line, 7, "{msg}");
+    }
+
+    #[test]
     fn a_vision_transformer_needs_whole_patches() {
         let text = |data: u32, tune: u32| {
             format!(
@@ -1058,6 +1091,7 @@ kind = "evaluate"
                 arch: "mobilenet_v2".into(),
                 weights: Some(WeightsSource::Path(PathBuf::from("/x/y/../assets/weights/mobilenet_v2.safetensors"))),
                 strict: true,
+                drop_path: 0.0,
                 head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
             })
         );

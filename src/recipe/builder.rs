@@ -91,7 +91,7 @@ keys!(DataBuilder {
 /// A `kind = "backbone"` step's extra keys.
 #[derive(Debug, Clone, Default)]
 pub struct BackboneBuilder(Keys);
-keys!(BackboneBuilder { strict: bool, pooling: &str, hidden: Vec<usize>, dropout: f64, batchnorm: bool });
+keys!(BackboneBuilder { strict: bool, drop_path: f64, pooling: &str, hidden: Vec<usize>, dropout: f64, batchnorm: bool });
 
 /// A `kind = "augment"` step.
 #[derive(Debug, Clone, Default)]

@@ -78,6 +78,12 @@ pub fn patch_size(arch: &str) -> Option<u32> {
     PATCH_SIDES.iter().find(|(a, _)| *a == arch).map(|(_, p)| *p)
 }
 
+/// Whether `arch` has residual branches that stochastic depth drops (its
+/// reference trains with it): EfficientNet B/V2, ConvNeXt, the ViTs.
+pub fn has_drop_path(arch: &str) -> bool {
+    ["efficientnet_b", "efficientnet_v2", "convnext"].iter().any(|f| arch.starts_with(f)) || patch_size(arch).is_some()
+}
+
 /// The valid values of a step's `kind`, in the order they usually appear.
 pub const STEP_KINDS: &[&str] = &["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"];
 
@@ -288,6 +294,9 @@ pub struct BackboneStep {
     pub weights: Option<WeightsSource>,
     /// Whether every weight tensor must be present and match (default true).
     pub strict: bool,
+    /// Stochastic depth while training: the deepest residual branch's drop
+    /// rate (default 0, as timm's `drop_path_rate` when fine-tuning).
+    pub drop_path: f64,
     pub head: HeadConfig,
 }
 

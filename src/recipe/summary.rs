@@ -59,6 +59,9 @@ fn backbone(b: &BackboneStep) -> String {
     if !b.strict {
         s.push_str(", non-strict");
     }
+    if b.drop_path > 0.0 {
+        s.push_str(&format!(", drop_path {}", b.drop_path));
+    }
     match b.head.pooling {
         Pooling::Avg => {}
         Pooling::Flatten => s.push_str(", flatten"),
@@ -276,6 +279,7 @@ mod tests {
             arch: "mobilenet_v2".into(),
             weights: Some(WeightsSource::Path(PathBuf::from("assets/weights/mobilenet_v2.safetensors"))),
             strict: true,
+            drop_path: 0.0,
             head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
         });
         assert_eq!(backbone.summary(), "mobilenet_v2 ← assets/weights/mobilenet_v2.safetensors");
@@ -305,6 +309,7 @@ mod tests {
             arch: "resnet18".into(),
             weights: Some(WeightsSource::Hub { repo: "timm/resnet18".into(), file: Some("m.safetensors".into()) }),
             strict: false,
+            drop_path: 0.0,
             head: HeadConfig { pooling: Pooling::Flatten, hidden: vec![256, 64], dropout: 0.5, batchnorm: false },
         });
         assert_eq!(
@@ -315,6 +320,7 @@ mod tests {
             arch: "vgg16".into(),
             weights: None,
             strict: true,
+            drop_path: 0.0,
             head: HeadConfig { pooling: Pooling::Avg, hidden: vec![], dropout: 0.2, batchnorm: false },
         });
         assert_eq!(random.summary(), "vgg16 (random init)");

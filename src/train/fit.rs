@@ -420,7 +420,14 @@ impl<'a> FineTune<'a> {
                 };
                 let labels = &inp.data.train.labels;
                 let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-                let logits = frozen.forward_from(&x, inp.k, Mode { training: true }, &mut dropout_rng)?;
+                // Stochastic depth's draws come from (seed, epoch, batch), not
+                // from the dropout stream, which stays as it was without it.
+                let noise = if frozen.drop_path() > 0.0 {
+                    Rng::derive(inp.seed ^ 0x5D0C_D3A7, (epoch as u64) << 32 | b as u64).next_u64()
+                } else {
+                    0
+                };
+                let logits = frozen.forward_from(&x, inp.k, Mode::train(noise), &mut dropout_rng)?;
                 let loss = batch_loss(&logits, &y, cfg.label_smoothing, mixed, inp.class_weights.as_ref())?;
                 ctx.loss = f64::from(loss.to_scalar::<f32>()?);
                 cbs.iter_mut().try_for_each(|c| c.after_loss(&mut ctx))?;

@@ -238,7 +238,7 @@ impl<'a> PrefixPass<'a> {
         if let Some(f) = cache.get(key, split.len(), &mut |s| obs.event(Event::Log(s))) {
             return Ok(f);
         }
-        let eval = Mode { training: false };
+        let eval = Mode::EVAL;
         // The longest kept prefix below `blocks` is computed (or found) first and continued from.
         let stop = self.stops.iter().copied().filter(|&j| j > 0 && j < blocks).max();
         let start = match stop {
@@ -273,7 +273,7 @@ fn predict_split(
     batch: usize,
 ) -> Result<Vec<f32>> {
     let pre = model.backbone.preprocess();
-    let mode = Mode { training: false };
+    let mode = Mode::EVAL;
     let mut rng = Rng::new(0);
     let mut out = Vec::with_capacity(split.len() * model.head.classes());
     let all: Vec<usize> = (0..split.len()).collect();
@@ -322,7 +322,7 @@ fn predict_view(
                 input(data, split, idx, &pre, Some((augmenter, Rng::derive(seed, v as u64).next_u64())))?
             }
         };
-        let logits = model.forward_from(&x, 0, Mode { training: false }, &mut rng)?;
+        let logits = model.forward_from(&x, 0, Mode::EVAL, &mut rng)?;
         out.extend(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)
