@@ -731,23 +731,9 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         }
         "Flatten" => arg(0)?.flatten_from(1)?,
         "Gemm" => arg(0)?.matmul(&arg(1)?.t()?)?.broadcast_add(&arg(2)?)?,
-        "Softmax" => {
-            let x = arg(0)?;
-            let axis = int(node, "axis", -1);
-            let axis = if axis < 0 { x.rank() as i64 + axis } else { axis };
-            candle_nn::ops::softmax(&x, axis.max(0) as usize)?
-        }
+        "Softmax" => softmax(&arg(0)?, int(node, "axis", -1))?,
         "MatMul" => arg(0)?.broadcast_matmul(&arg(1)?)?,
-        "Reshape" => {
-            let x = arg(0)?;
-            let dims: Vec<usize> = arg(1)?
-                .to_vec1::<f32>()?
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| if d == 0.0 { x.dims().get(i).copied().unwrap_or(1) } else { d as usize })
-                .collect();
-            x.reshape(dims)?
-        }
+        "Reshape" => reshape(&arg(0)?, &arg(1)?)?,
         "Cast" => arg(0)?.to_dtype(DType::F32)?,
         "Transpose" => {
             let (x, p) = (arg(0)?, ints(node, "perm"));
@@ -759,6 +745,23 @@ fn eval_node(node: &NodeProto, args: &[Tensor], conv: ConvFn<'_>) -> Result<Tens
         other => return Err(bad(format!("op {other} is not one tlab exports"))),
     };
     Ok(y)
+}
+
+/// ONNX `Softmax` over `axis` (negative: from the end).
+fn softmax(x: &Tensor, axis: i64) -> Result<Tensor> {
+    let axis = if axis < 0 { x.rank() as i64 + axis } else { axis };
+    Ok(candle_nn::ops::softmax(x, axis.max(0) as usize)?)
+}
+
+/// ONNX `Reshape` to `shape` (read as floats; a 0 copies the input's dimension).
+fn reshape(x: &Tensor, shape: &Tensor) -> Result<Tensor> {
+    let dims: Vec<usize> = shape
+        .to_vec1::<f32>()?
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if d == 0.0 { x.dims().get(i).copied().unwrap_or(1) } else { d as usize })
+        .collect();
+    Ok(x.reshape(dims)?)
 }
 
 /// Pads dims 2 and 3 of `x` with `value` (`pads` = [top, left, bottom, right]).

@@ -111,26 +111,12 @@ fn options(server: &Server, dir: &Path) -> FetchOptions {
     }
 }
 
-/// A ResNet-18 checkpoint with timm's (= torchvision's) names, random weights.
-fn resnet18_safetensors(dir: &Path) -> Vec<u8> {
-    let backbone = tlab::models::build_backbone("resnet18", &mut ParamLoader::random(5), true).unwrap();
-    let mut vars = Vec::new();
-    backbone.named_vars(&mut vars);
-    let mut tensors: Vec<_> = vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
-    let mut fc = Vec::new();
-    backbone.imagenet_classifier().unwrap().named_vars(&mut fc);
-    tensors.extend(fc.into_iter().map(|(n, v)| (n, v.as_detached_tensor())));
-    let path = dir.join("resnet18.safetensors");
-    tlab::weights::save_safetensors(&tensors, candle_core::DType::F32, &path).unwrap();
-    std::fs::read(path).unwrap()
-}
-
 const REPO_FILE: &str = "/timm/resnet18.a1_in1k/resolve/main/model.safetensors";
 
 #[test]
 fn hub_files_download_once_then_come_from_the_cache() {
     let dir = tempdir("hf");
-    let bytes = resnet18_safetensors(&dir);
+    let bytes = checkpoint("resnet18", &dir);
     let server = Server::start(HashMap::from([(REPO_FILE.to_owned(), bytes.clone())]));
     let opts = options(&server, &dir);
 
@@ -214,11 +200,28 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn recipe_with_hf_weights_runs_through_the_loopback_hub() {
-    let dir = tempdir("recipe");
-    let bytes = resnet18_safetensors(&dir);
-    let server = Server::start(HashMap::from([(REPO_FILE.to_owned(), bytes)]));
+/// A checkpoint of `arch` with random weights under the names tlab builds it
+/// with, its ImageNet classifier included (timm's names for ResNet, DeiT).
+fn checkpoint(arch: &str, dir: &Path) -> Vec<u8> {
+    let backbone = tlab::models::build_backbone(arch, &mut ParamLoader::random(5), true).unwrap();
+    let mut vars = Vec::new();
+    backbone.named_vars(&mut vars);
+    let mut tensors: Vec<_> = vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
+    let mut fc = Vec::new();
+    backbone.imagenet_classifier().unwrap().named_vars(&mut fc);
+    tensors.extend(fc.into_iter().map(|(n, v)| (n, v.as_detached_tensor())));
+    let path = dir.join(format!("{arch}.safetensors"));
+    tlab::weights::save_safetensors(&tensors, candle_core::DType::F32, &path).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// `tlab run` on a recipe whose backbone is `arch` from `hf:{repo}`, served by
+/// a loopback Hub; then offline from the cache, without a request.
+fn run_through_the_loopback_hub(arch: &str, repo: &str, size: u32) {
+    let dir = tempdir(arch);
+    let bytes = checkpoint(arch, &dir);
+    let file = format!("/{repo}/resolve/main/model.safetensors");
+    let server = Server::start(HashMap::from([(file.clone(), bytes)]));
     for (split, n) in [("train", 4), ("valid", 2)] {
         for (c, name) in ["dark", "light"].iter().enumerate() {
             let d = dir.join("data").join(split).join(name);
@@ -229,25 +232,11 @@ fn recipe_with_hf_weights_runs_through_the_loopback_hub() {
             }
         }
     }
-    let recipe = r#"
-name = "hub"
-[data]
-train = "data/train"
-valid = "data/valid"
-image_size = 32
-batch_size = 4
-[[step]]
-kind = "backbone"
-arch = "resnet18"
-weights = "hf:timm/resnet18.a1_in1k"
-[[step]]
-kind = "freeze"
-[[step]]
-kind = "fine_tune"
-epochs = 1
-[[step]]
-kind = "evaluate"
-"#;
+    let recipe = format!(
+        "name = \"hub\"\n[data]\ntrain = \"data/train\"\nvalid = \"data/valid\"\nimage_size = {size}\nbatch_size = 4\n\
+         [[step]]\nkind = \"backbone\"\narch = \"{arch}\"\nweights = \"hf:{repo}\"\n\
+         [[step]]\nkind = \"freeze\"\n[[step]]\nkind = \"fine_tune\"\nepochs = 1\n[[step]]\nkind = \"evaluate\"\n"
+    );
     std::fs::write(dir.join("hub.toml"), recipe).unwrap();
     let run = |offline: bool| {
         Command::new(env!("CARGO_BIN_EXE_tlab"))
@@ -265,12 +254,24 @@ kind = "evaluate"
     let out = run(false);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("hf:timm/resnet18.a1_in1k"), "{text}");
+    assert!(text.contains(&format!("hf:{repo}")), "{text}");
     assert!(dir.join("run/metrics.json").is_file());
-    let hits = server.hits(REPO_FILE);
+    let hits = server.hits(&file);
     // Offline, the cached file serves the same recipe without a request.
     let out = run(true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(server.hits(REPO_FILE), hits);
+    assert_eq!(server.hits(&file), hits);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn recipe_with_hf_weights_runs_through_the_loopback_hub() {
+    run_through_the_loopback_hub("resnet18", "timm/resnet18.a1_in1k", 32);
+}
+
+#[test]
+fn a_timm_vision_transformer_runs_from_the_loopback_hub() {
+    // recipes/deit-small.toml's source, at 32 px (its 14 × 14 position
+    // embedding resampled to 2 × 2).
+    run_through_the_loopback_hub("deit_small_patch16_224", "timm/deit_small_patch16_224.fb_in1k", 32);
 }

@@ -420,14 +420,8 @@ impl<'a> FineTune<'a> {
                 };
                 let labels = &inp.data.train.labels;
                 let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-                // Stochastic depth's draws come from (seed, epoch, batch), not
-                // from the dropout stream, which stays as it was without it.
-                let noise = if frozen.drop_path() > 0.0 {
-                    Rng::derive(inp.seed ^ 0x5D0C_D3A7, (epoch as u64) << 32 | b as u64).next_u64()
-                } else {
-                    0
-                };
-                let logits = frozen.forward_from(&x, inp.k, Mode::train(noise), &mut dropout_rng)?;
+                let mode = Mode::train(drop_path_noise(frozen, inp.seed, epoch, b));
+                let logits = frozen.forward_from(&x, inp.k, mode, &mut dropout_rng)?;
                 let loss = batch_loss(&logits, &y, cfg.label_smoothing, mixed, inp.class_weights.as_ref())?;
                 ctx.loss = f64::from(loss.to_scalar::<f32>()?);
                 cbs.iter_mut().try_for_each(|c| c.after_loss(&mut ctx))?;
@@ -659,6 +653,17 @@ fn frozen_features(model: &Classifier, setup: &mut Setup<'_>, obs: &mut dyn Obse
         t.elapsed().as_secs_f64()
     )));
     Ok((Some(valid), train))
+}
+
+/// The stochastic-depth draws of batch `b` of `epoch`: from (seed, epoch,
+/// batch), not from the dropout stream, which stays as it was for models
+/// without `drop_path`.
+fn drop_path_noise(model: &Classifier, seed: u64, epoch: usize, b: usize) -> u64 {
+    if model.drop_path() > 0.0 {
+        Rng::derive(seed ^ 0x5D0C_D3A7, (epoch as u64) << 32 | b as u64).next_u64()
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
