@@ -32,7 +32,7 @@ impl SqueezeExcite {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let pooled = x.mean_keepdim(3)?.mean_keepdim(2)?;
-        Ok(x.broadcast_mul(&self.fc2.forward(&self.fc1.forward(&pooled)?)?)?)
+        Ok(crate::kernels::norm::scale_planes(x, &self.fc2.forward(&self.fc1.forward(&pooled)?)?)?)
     }
 
     fn export_onnx(&self, g: &mut Graph, x: &Value) -> Result<Value> {

@@ -249,7 +249,7 @@ impl Act {
             Act::Relu6 => kernels::elementwise::relu6(x)?,
             Act::Hardsigmoid => (kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?,
             Act::Hardswish => x.mul(&(kernels::elementwise::relu6(&(x + 3.0)?)? / 6.0)?)?,
-            Act::Silu => x.silu()?,
+            Act::Silu => kernels::norm::silu(x)?,
             Act::Sigmoid => candle_nn::ops::sigmoid(x)?,
         })
     }
