@@ -30,11 +30,7 @@ impl CustomOp1 for SelfAttention {
             candle_core::bail!("self-attention: {three_d} qkv features for {} heads", self.heads);
         }
         let hd = d / self.heads;
-        let data = s.as_slice::<f32>()?;
-        let x = match l.contiguous_offsets() {
-            Some((a, b)) => &data[a..b],
-            None => candle_core::bail!("self-attention: qkv must be contiguous"),
-        };
+        let x = super::elementwise::contiguous(s, l)?;
         let out = super::Output::new(n * t * d).par_chunks_init(
             t * d,
             || vec![0f32; t * t],

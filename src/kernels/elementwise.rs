@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Result, Shape, Tens
 
 const CHUNK: usize = 1 << 14;
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(super) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),

@@ -10,13 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
+use super::elementwise::contiguous;
 
 /// `y[c][p] = (x[c][p] − mean_c x[·][p]) / √(var_c + eps) · weight[c] + bias[c]`.
 struct ChannelNorm {
@@ -77,18 +71,24 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-struct Gelu;
+/// A function applied to every element, in parallel chunks on rayon.
+struct Map<F> {
+    name: &'static str,
+    /// Generic, not a function pointer, so that it inlines into the loop (a
+    /// pointer call per element cost a fifth of an EfficientNet-B0 forward).
+    f: F,
+}
 
-impl CustomOp1 for Gelu {
+impl<F: Fn(f32) -> f32 + Send + Sync> CustomOp1 for Map<F> {
     fn name(&self) -> &'static str {
-        "gelu-erf"
+        self.name
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l)?;
         let out = super::Output::new(x.len()).par_chunks(1 << 14, |c, o| {
             for (o, &v) in o.iter_mut().zip(&x[c << 14..]) {
-                *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+                *o = (self.f)(v);
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -101,25 +101,8 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
         return x.gelu_erf();
     }
-    x.contiguous()?.apply_op1_no_bwd(&Gelu)
-}
-
-struct Silu;
-
-impl CustomOp1 for Silu {
-    fn name(&self) -> &'static str {
-        "silu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s, l)?;
-        let out = super::Output::new(x.len()).par_chunks(1 << 14, |c, o| {
-            for (o, &v) in o.iter_mut().zip(&x[c << 14..]) {
-                *o = v / (1.0 + (-v).exp());
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
+    let gelu = |v: f32| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+    x.contiguous()?.apply_op1_no_bwd(&Map { name: "gelu-erf", f: gelu })
 }
 
 /// SiLU, `x · sigmoid(x)`, in parallel on rayon for inference (candle's own
@@ -129,7 +112,7 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
         return x.silu();
     }
-    x.contiguous()?.apply_op1_no_bwd(&Silu)
+    x.contiguous()?.apply_op1_no_bwd(&Map { name: "silu", f: |v: f32| v / (1.0 + (-v).exp()) })
 }
 
 /// `x[n][c] · s[n][c]` over each plane of the NCHW map `x` (`s` is
