@@ -14,7 +14,7 @@ pub enum Error {
     Recipe(#[from] crate::recipe::RecipeError),
 
     // Paths as the user reads them (`data/x`, not `recipes/../data/x`).
-    #[error("{}: {source}", crate::paths::shown(.path).display())]
+    #[error("{}: {source}", crate::util::paths::shown(.path).display())]
     Io {
         path: PathBuf,
         #[source]
@@ -22,7 +22,7 @@ pub enum Error {
     },
 
     /// A weights file that cannot be read as any supported format.
-    #[error("{}: {message}", crate::paths::shown(.path).display())]
+    #[error("{}: {message}", crate::util::paths::shown(.path).display())]
     Weights { path: PathBuf, message: String },
 
     /// Remote weights (`hf:…` or a URL) that could not be fetched.
@@ -33,7 +33,7 @@ pub enum Error {
     #[error("{source_name}: {message}")]
     Mismatch { source_name: String, message: String },
 
-    #[error("{}: {message}", crate::paths::shown(.path).display())]
+    #[error("{}: {message}", crate::util::paths::shown(.path).display())]
     Data { path: PathBuf, message: String },
 
     #[error("unknown backbone `{name}`{hint}; expected one of: {known}")]
@@ -115,7 +115,7 @@ pub enum Error {
     Cancelled,
 
     /// A run directory's checkpoint written by a different recipe.
-    #[error("{}: the recipe changed since the checkpoint in {} was written; resume needs the same recipe", crate::paths::shown(.recipe).display(), crate::paths::shown(.run_dir).display())]
+    #[error("{}: the recipe changed since the checkpoint in {} was written; resume needs the same recipe", crate::util::paths::shown(.recipe).display(), crate::util::paths::shown(.run_dir).display())]
     StaleCheckpoint { recipe: PathBuf, run_dir: PathBuf },
 
     /// A checkpoint that names a step which is not a fine_tune step.

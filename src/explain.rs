@@ -181,7 +181,7 @@ pub fn explain_pixels(
         }
         lines
     };
-    let mut tiles: Vec<crate::draw::Captioned> = vec![(image.clone(), vec![("image".into(), DARK)])];
+    let mut tiles: Vec<crate::util::draw::Captioned> = vec![(image.clone(), vec![("image".into(), DARK)])];
     let head = format!("pred {} {:.2}", name(predicted), probs[predicted]);
     tiles.push((map.overlay(&image), caption(head, RED, &map)));
     if let Some(t) = truth.filter(|&t| t != predicted && t < classes.len()) {
@@ -189,7 +189,7 @@ pub fn explain_pixels(
         let head = format!("true {} {:.2}", name(t), probs[t]);
         tiles.push((true_map.overlay(&image), caption(head, DARK, &true_map)));
     }
-    let picture = crate::draw::gallery(&tiles, tiles.len(), 160);
+    let picture = crate::util::draw::gallery(&tiles, tiles.len(), 160);
     Ok(Explanation { picture, predicted, confidence: probs[predicted], peak: map.peak(), map })
 }
 

@@ -1,5 +1,5 @@
-//! Atomic writes, shared by every writer: a crash never leaves a
-//! half-written file.
+//! Files written whole or not at all (a crash never leaves a half-written
+//! file), and the one CSV quoting rule every writer uses.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,4 +52,49 @@ pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// A CSV field, quoted where it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_of_killed_writers_are_removed() {
+        let dir = std::env::temp_dir().join(format!("tlab-stale-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+        for f in [".a.json.1.tmp", "checkpoint/.state.json.2.tmp", "keep.tmp", "report.md"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let mut removed = remove_stale_temps(&dir);
+        removed.sort();
+        assert_eq!(removed, vec![dir.join(".a.json.1.tmp"), dir.join("checkpoint/.state.json.2.tmp")]);
+        assert!(dir.join("keep.tmp").exists() && dir.join("report.md").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("tlab-atomic-{}", std::process::id()));
+        let f = dir.join("a.json");
+        atomic_write(&f, b"one").unwrap();
+        atomic_write(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn csv_quotes_commas() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
 }

@@ -228,7 +228,7 @@ impl Lab {
 
     /// What the steps run so far produced that a checkpoint of the next one
     /// keeps: their epochs and lr_find curves.
-    pub fn earlier(&self) -> crate::checkpoint::Earlier {
+    pub fn earlier(&self) -> crate::train::checkpoint::Earlier {
         let lr_finds = self
             .results()
             .filter_map(|r| match &r.output {
@@ -246,7 +246,7 @@ impl Lab {
                 _ => None,
             })
             .collect();
-        crate::checkpoint::Earlier { history: self.history.clone(), lr_finds, ended }
+        crate::train::checkpoint::Earlier { history: self.history.clone(), lr_finds, ended }
     }
 
     /// Every epoch trained so far, with the 0-based step that trained it.
@@ -355,8 +355,8 @@ impl Lab {
     /// steps, loads the checkpoint's weights, and arms its optimizer state for
     /// step `step`. When the checkpoint says `finished`, step `step` itself is
     /// complete and the run continues after it.
-    pub fn resume_from(&mut self, saved: crate::checkpoint::Saved, obs: &mut dyn Observer) -> Result<()> {
-        let crate::checkpoint::Saved { state, weights, resume } = saved;
+    pub fn resume_from(&mut self, saved: crate::train::checkpoint::Saved, obs: &mut dyn Observer) -> Result<()> {
+        let crate::train::checkpoint::Saved { state, weights, resume } = saved;
         let (step, finished, history, lr_finds) = (state.step, state.finished, state.history, state.lr_finds);
         let ended = state.ended;
         if !matches!(self.recipe.steps.get(step).map(|s| &s.kind), Some(StepKind::FineTune(_))) {
@@ -561,9 +561,9 @@ impl Lab {
         let (tensors, source) = match &b.weights {
             None => (None, "random init".to_string()),
             Some(WeightsSource::Path(p)) => {
-                let shown = crate::paths::shown(p).display().to_string();
+                let shown = crate::util::paths::shown(p).display().to_string();
                 obs.event(train::Event::Log(format!("loading {shown}")));
-                (Some(crate::weights::load(p)?), shown)
+                (Some(crate::formats::weights::load(p)?), shown)
             }
             Some(remote) => {
                 let name = match remote {
@@ -571,12 +571,12 @@ impl Lab {
                         format!("hf:{repo}:{}", file.as_deref().unwrap_or("model.safetensors"))
                     }
                     WeightsSource::Url(url) => url.clone(),
-                    WeightsSource::Path(p) => crate::paths::shown(p).display().to_string(),
+                    WeightsSource::Path(p) => crate::util::paths::shown(p).display().to_string(),
                 };
                 obs.event(train::Event::Log(format!("fetching {name} (cached after the first time)")));
-                let path = crate::weights::resolve_source(remote).map_err(|e| self.step_error(index, e))?;
+                let path = crate::formats::weights::resolve_source(remote).map_err(|e| self.step_error(index, e))?;
                 obs.event(train::Event::Log(format!("loading {}", path.display())));
-                (Some(crate::weights::load(&path)?), name)
+                (Some(crate::formats::weights::load(&path)?), name)
             }
         };
         let backbone = match tensors {
@@ -601,7 +601,7 @@ impl Lab {
     }
 
     fn run_evaluate(&mut self, cfg: &EvaluateConfig, obs: &mut dyn Observer) -> Result<Evaluation> {
-        let _t = crate::profile::scope("evaluate");
+        let _t = crate::util::profile::scope("evaluate");
         let data = self.load_data(obs)?;
         let model = self.model.as_ref().ok_or_else(|| Error::NotYet { what: "evaluate", needs: "a backbone step" })?;
         // Test-time views are drawn with the augmentation in force, if any.
@@ -647,7 +647,7 @@ impl Lab {
     }
 
     fn run_lr_find(&mut self, index: usize, cfg: &LrFindConfig, obs: &mut dyn Observer) -> Result<LrFindResult> {
-        let _t = crate::profile::scope("lr_find");
+        let _t = crate::util::profile::scope("lr_find");
         let data = self.load_data(obs)?;
         let batch_size = cfg.train.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));
@@ -736,7 +736,10 @@ impl Lab {
             class_counts(&data)
         )));
         for (path, why) in data.skipped.iter().filter(|(_, why)| why != "not an image file").take(20) {
-            obs.event(train::Event::Log(format!("warning: skipped {}: {why}", crate::paths::shown(path).display())));
+            obs.event(train::Event::Log(format!(
+                "warning: skipped {}: {why}",
+                crate::util::paths::shown(path).display()
+            )));
         }
         leakage_warnings(&data, obs);
         self.data = Some(data.clone());
@@ -782,8 +785,8 @@ fn leakage_warnings(data: &Dataset, obs: &mut dyn Observer) {
             obs.event(train::Event::Log(format!(
                 "warning: {} {name} image(s) are copies of training images (leakage: they inflate accuracy), e.g. {} = {}; `tlab data` lists them",
                 copies.len(),
-                crate::paths::shown(copy).display(),
-                crate::paths::shown(original).display()
+                crate::util::paths::shown(copy).display(),
+                crate::util::paths::shown(original).display()
             )));
         }
     }

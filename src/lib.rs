@@ -10,33 +10,25 @@
 //! [`RecipeBuilder`](recipe::RecipeBuilder), running steps with progress,
 //! their results, the pictures, predicting, saving the run).
 //!
-//! Where things live:
-//! - [`recipe`]: the TOML recipe format and its validation;
-//! - [`data`]: folder-per-class image loading;
-//! - [`augment`]: seeded image augmentation (Keras `ImageDataGenerator` parity);
-//! - [`models`]: architectures, the new head, freezing;
-//! - [`weights`]: safetensors and PyTorch checkpoint reading/writing;
-//! - [`train`]: fine-tuning and evaluation loops, optimisers, schedules;
-//! - [`metrics`]: accuracy, confusion matrix, per-class report;
-//! - [`report`]: the run directory's file formats; [`rundir`]: writing a run
-//!   directory (reports, pictures, report.html, the model); [`runs`]: reading
-//!   earlier runs back (`tlab runs`, `tlab compare`);
-//! - [`recorder`]: the one observer that fills a run directory as a run goes
-//!   (`tlab run`, the TUI, `tlab tune`'s trials, `Lab::record_to`);
-//! - [`starter`]: `tlab new`, a commented starter recipe surveyed from a data folder;
-//! - [`tune`]: `tlab tune` and `Lab::tune`, successive halving over a recipe's keys;
-//! - [`cells`]: an owned, step-by-step API over [`lab::Lab`] for notebook cells;
-//! - [`preview`]: grids of (augmented) sample images;
-//! - [`predict`]: classifying images with a trained or ImageNet model;
-//! - [`explain`]: Grad-CAM heat-maps (`tlab explain`, report.html, notebooks);
-//! - [`tensorboard`]: TensorBoard event files (`tb/` in a run directory);
-//! - [`views`]: results as PNG pictures and HTML (run directories, report.html,
-//!   notebooks); with feature `notebook` also rich display in Jupyter's evcxr
-//!   kernel, as `tlab::notebook`;
+//! Where things live, by layer (`docs/architecture.md` draws the graph):
+//! - the engine: [`recipe`] (the TOML format and its validation), [`data`]
+//!   (folder-per-class and CSV images), [`augment`] (seeded augmentation),
+//!   [`models`] (architectures, the head, freezing, the model card),
+//!   [`train`] (the fit loop, callbacks, optimisers, schedules, epoch
+//!   checkpoints), [`metrics`], [`lab`] (the [`Lab`] every front end drives),
+//!   [`predict`] and [`explain`] (classifying, Grad-CAM);
+//! - [`formats`]: weights (safetensors, PyTorch checkpoints, the Hub) and ONNX;
+//! - [`present`]: results as rows, pictures and HTML, once for every front
+//!   end, and the step-by-step notebook API ([`present::cells`]); with
+//!   feature `notebook` the views also display in Jupyter's evcxr kernel, as
+//!   `tlab::notebook`;
+//! - [`run`]: the run directory — the one recorder every front end uses, the
+//!   reports it writes, TensorBoard files, reading runs back;
+//! - [`tools`]: `tlab tune`, the data doctor, export, embed, `tlab new`;
+//! - the front ends: the `tlab` binary and (hidden from these pages) `tui`.
 //!
-//! Modules the `tlab` binary shares with the library but that are no API
-//! (hidden from these pages): `kernels` (the CPU convolution kernels),
-//! `bench` (`tlab bench`), `preflight` (`tlab check`), `tui`, `draw`, `paths`.
+//! Below them all: [`Error`], `fs` (whole-file writes) and `util` (paths,
+//! suggestions, the profiler, drawing), which are plumbing, not API.
 
 /// What notebooks and embedding programs use, in one import.
 ///
@@ -52,66 +44,55 @@
 /// # Ok::<(), tlab::Error>(())
 /// ```
 pub mod prelude {
-    pub use crate::cells::{Progress, StepStatus};
+    pub use crate::present::cells::{Progress, StepStatus};
     // Not `Result`: a glob import of it would shadow std's two-parameter one.
     pub use crate::error::Error;
     pub use crate::lab::{Lab, StepOutput, StepResult};
     pub use crate::metrics::Metrics;
     pub use crate::predict::Predictor;
+    pub use crate::present::views::{ClassReport, ConfusionMatrix, HistoryChart, Mistakes, Samples};
     pub use crate::recipe::{Recipe, RecipeBuilder};
-    pub use crate::rundir::RunDir;
+    pub use crate::run::dir::RunDir;
+    pub use crate::tools::tune::Options as TuneOptions;
     pub use crate::train::{Evaluation, Event, Observer, Silent};
-    pub use crate::tune::Options as TuneOptions;
-    pub use crate::views::{ClassReport, ConfusionMatrix, HistoryChart, Mistakes, Samples};
 }
 
+// The engine: a recipe's steps on candle, from the data to the evaluation.
 pub mod augment;
-#[doc(hidden)]
-pub mod bench;
-pub mod cells;
-pub mod checkpoint;
 pub mod data;
-pub mod doctor;
-// Plumbing the binary shares with the library, not an API.
-#[doc(hidden)]
-pub mod draw;
-pub mod embed;
-mod error;
 pub mod explain;
-pub mod export;
-pub(crate) mod fs;
 #[doc(hidden)]
 pub mod kernels;
 pub mod lab;
 pub mod metrics;
 pub mod models;
-pub mod onnx;
-/// The views under the name notebooks have always used.
-#[cfg(feature = "notebook")]
-pub use views as notebook;
-#[doc(hidden)]
-pub mod paths;
 pub mod predict;
-#[doc(hidden)]
-pub mod preflight;
-pub mod preview;
-pub mod profile;
 pub mod recipe;
-pub mod recorder;
-pub mod report;
-pub mod rows;
-pub mod rundir;
-pub mod runs;
-pub mod starter;
-pub(crate) mod suggest;
-pub mod tensorboard;
 pub mod train;
+
+// Below the engine: errors, whole-file writes, small shared helpers.
+mod error;
+#[doc(hidden)]
+pub mod fs;
+#[doc(hidden)]
+pub mod util;
+
+// Files tlab reads and writes for other programs.
+pub mod formats;
+// Results as rows, pictures and HTML, and the notebook API over a Lab.
+pub mod present;
+// The run directory: recording, reading back, comparing.
+pub mod run;
+// Commands built on the engine: tune, the data doctor, export, embed, new, check, bench.
+pub mod tools;
+// The terminal UI, one of the front ends (the CLI is the binary's).
 #[cfg(feature = "tui")]
 #[doc(hidden)]
 pub mod tui;
-pub mod tune;
-pub mod views;
-pub mod weights;
+
+/// The views under the name notebooks have always used.
+#[cfg(feature = "notebook")]
+pub use present::views as notebook;
 
 pub use error::{Error, Result};
 pub use lab::Lab;

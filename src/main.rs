@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use tlab::lab::Lab;
-use tlab::recorder::RunRecorder;
+use tlab::run::recorder::RunRecorder;
 use tlab::train::{Event, Observer};
 
 #[derive(Parser)]
@@ -93,7 +93,7 @@ enum Command {
         json: bool,
         /// Near duplicates' perceptual hashes may differ in this many of 64
         /// bits (0: equal, CleanVision's rule).
-        #[arg(long, value_name = "N", default_value_t = tlab::doctor::NEAR_BITS)]
+        #[arg(long, value_name = "N", default_value_t = tlab::tools::doctor::NEAR_BITS)]
         near_bits: u32,
         /// Where the reports go (default: runs/data-<folder>-<timestamp>).
         #[arg(long)]
@@ -217,7 +217,7 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// ONNX opset (13–21).
-        #[arg(long, default_value_t = tlab::onnx::DEFAULT_OPSET)]
+        #[arg(long, default_value_t = tlab::formats::onnx::DEFAULT_OPSET)]
         opset: i64,
         /// A batch size chosen at run time instead of 1.
         #[arg(long)]
@@ -352,14 +352,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { recipe, out, resume, profile } => {
             if profile {
-                tlab::profile::enable();
+                tlab::util::profile::enable();
             }
             run(recipe, out, resume)
         }
         Command::Check { recipes, syntax_only, json } => check(&recipes, syntax_only, json),
         Command::Tune { recipe, budget, trials, rungs, eta, out, resume } => {
-            let opts =
-                tlab::tune::Options { budget, trials, rungs: rungs.map(|r| r as usize), eta: eta.map(|e| e as usize) };
+            let opts = tlab::tools::tune::Options {
+                budget,
+                trials,
+                rungs: rungs.map(|r| r as usize),
+                eta: eta.map(|e| e as usize),
+            };
             tune(recipe.as_deref(), out, resume, &opts)
         }
         Command::Bench { case } => bench(case),
@@ -368,7 +372,7 @@ fn main() -> ExitCode {
         Command::New { data, output } => new_recipe(&data, output),
         Command::Embed { dir, backbone, weights, layer, size, batch, output } => {
             let weights = weights.unwrap_or_else(|| tlab::predict::shipped_imagenet_weights().display().to_string());
-            match tlab::embed::Embedder::new(&backbone, &weights, layer.as_deref(), size) {
+            match tlab::tools::embed::Embedder::new(&backbone, &weights, layer.as_deref(), size) {
                 Ok(embedder) => embed(&embedder, &dir, batch, &output),
                 Err(e) => Err(e.into()),
             }
@@ -391,7 +395,7 @@ fn main() -> ExitCode {
         Command::Explain { run, images, output, layer } => explain(&run, &images, output, layer.as_deref()),
         Command::Compare { runs, output } => compare(&runs, &output),
         Command::Export { run, format, output, opset, dynamic_batch, fp16, with_preprocessing } => {
-            let opts = tlab::export::OnnxOptions { opset, dynamic_batch, fp16, with_preprocessing };
+            let opts = tlab::tools::export::OnnxOptions { opset, dynamic_batch, fp16, with_preprocessing };
             export(&run, &format, output.as_deref(), &opts)
         }
     };
@@ -420,18 +424,18 @@ fn dedup_chain(chain: &[String]) -> Vec<String> {
 }
 
 fn new_recipe(data: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let out = output.unwrap_or_else(|| tlab::starter::default_path(data));
-    let survey = tlab::starter::write_new(data, &out, &tlab::predict::shipped_imagenet_weights())?;
+    let out = output.unwrap_or_else(|| tlab::tools::starter::default_path(data));
+    let survey = tlab::tools::starter::write_new(data, &out, &tlab::predict::shipped_imagenet_weights())?;
     let (w, h) = survey.median_size;
     println!(
         "{}: {} classes, {} training images, typical {w}x{h} px, {}; largest class {:.1}x the smallest",
-        tlab::paths::shown(data).display(),
+        tlab::util::paths::shown(data).display(),
         survey.classes.len(),
         survey.train_images(),
         if survey.greyscale { "greyscale" } else { "colour" },
         survey.imbalance()
     );
-    println!("wrote {} (check it: tlab check {0}; run it: tlab run {0})", tlab::paths::shown(&out).display());
+    println!("wrote {} (check it: tlab check {0}; run it: tlab run {0})", tlab::util::paths::shown(&out).display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -440,9 +444,9 @@ fn new_recipe(data: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> 
 #[cfg(feature = "tui")]
 fn tui(path: &Path) -> anyhow::Result<ExitCode> {
     let recipe = if path.is_dir() {
-        let out = tlab::starter::default_path(path);
+        let out = tlab::tools::starter::default_path(path);
         if !out.exists() {
-            tlab::starter::write_new(path, &out, &tlab::predict::shipped_imagenet_weights())?;
+            tlab::tools::starter::write_new(path, &out, &tlab::predict::shipped_imagenet_weights())?;
         }
         out
     } else {
@@ -453,22 +457,23 @@ fn tui(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn data_doctor(dir: &Path, json: bool, near_bits: u32, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let d = tlab::doctor::diagnose(dir, near_bits)?;
-    let name = tlab::paths::absolute(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let out = out.unwrap_or_else(|| tlab::report::default_run_dir(&format!("data-{name}")));
+    let d = tlab::tools::doctor::diagnose(dir, near_bits)?;
+    let name =
+        tlab::util::paths::absolute(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let out = out.unwrap_or_else(|| tlab::run::files::default_run_dir(&format!("data-{name}")));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let text = serde_json::to_string_pretty(&d)?;
-    tlab::report::atomic_write(&out.join("report.json"), text.as_bytes())?;
-    tlab::report::atomic_write(&out.join("report.md"), (d.lines().join("\n") + "\n").as_bytes())?;
+    tlab::fs::atomic_write(&out.join("report.json"), text.as_bytes())?;
+    tlab::fs::atomic_write(&out.join("report.md"), (d.lines().join("\n") + "\n").as_bytes())?;
     let mut csv = String::from("path,split,class,issues\n");
     for im in d.images.iter().filter(|i| !i.issues.is_empty()) {
-        let path = tlab::report::csv_field(&im.path.display().to_string());
-        csv += &format!("{path},{},{},{}\n", im.split, tlab::report::csv_field(&im.class), im.issues.join(" "));
+        let path = tlab::fs::csv_field(&im.path.display().to_string());
+        csv += &format!("{path},{},{},{}\n", im.split, tlab::fs::csv_field(&im.class), im.issues.join(" "));
     }
-    tlab::report::atomic_write(&out.join("issues.csv"), csv.as_bytes())?;
+    tlab::fs::atomic_write(&out.join("issues.csv"), csv.as_bytes())?;
     for c in &d.classes {
-        let png = tlab::views::png_bytes(&d.mosaic(&c.class, 32))?;
-        tlab::report::atomic_write(&out.join(format!("mosaic-{}.png", c.class)), &png)?;
+        let png = tlab::present::views::png_bytes(&d.mosaic(&c.class, 32))?;
+        tlab::fs::atomic_write(&out.join(format!("mosaic-{}.png", c.class)), &png)?;
     }
     if json {
         println!("{text}");
@@ -482,22 +487,22 @@ fn data_doctor(dir: &Path, json: bool, near_bits: u32, out: Option<PathBuf>) -> 
 }
 
 fn label_issues(run: &Path, folds: usize, json: bool, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let recipe = tlab::doctor::labels::recipe_of(run)?;
+    let recipe = tlab::tools::doctor::labels::recipe_of(run)?;
     let out = match out {
         Some(o) => o,
         None if run.is_dir() => run.to_path_buf(),
-        None => tlab::report::default_run_dir(&format!("{}-label-issues", recipe.name)),
+        None => tlab::run::files::default_run_dir(&format!("{}-label-issues", recipe.name)),
     };
-    let cfg = tlab::doctor::labels::ProbeConfig { folds, seed: recipe.seed, ..Default::default() };
+    let cfg = tlab::tools::doctor::labels::ProbeConfig { folds, seed: recipe.seed, ..Default::default() };
     let mut log = |line: String| {
         if !json {
             println!("  {line}");
         }
     };
-    let found = tlab::doctor::labels::find(recipe, &cfg, &mut log)?;
+    let found = tlab::tools::doctor::labels::find(recipe, &cfg, &mut log)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    tlab::report::atomic_write(&out.join("label_issues.csv"), found.csv().as_bytes())?;
-    tlab::report::atomic_write(&out.join("label_issues.png"), &tlab::views::png_bytes(&found.mosaic(48))?)?;
+    tlab::fs::atomic_write(&out.join("label_issues.csv"), found.csv().as_bytes())?;
+    tlab::fs::atomic_write(&out.join("label_issues.png"), &tlab::present::views::png_bytes(&found.mosaic(48))?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {
@@ -509,7 +514,7 @@ fn label_issues(run: &Path, folds: usize, json: bool, out: Option<PathBuf>) -> a
     Ok(ExitCode::SUCCESS)
 }
 
-fn embed(embedder: &tlab::embed::Embedder, dir: &Path, batch: usize, output: &Path) -> anyhow::Result<ExitCode> {
+fn embed(embedder: &tlab::tools::embed::Embedder, dir: &Path, batch: usize, output: &Path) -> anyhow::Result<ExitCode> {
     let paths: Vec<PathBuf> =
         tlab::predict::expand_inputs(&[dir.to_path_buf()], &[])?.into_iter().map(|(p, _)| p).collect();
     let bar = indicatif::ProgressBar::new(paths.len() as u64);
@@ -518,7 +523,7 @@ fn embed(embedder: &tlab::embed::Embedder, dir: &Path, batch: usize, output: &Pa
     let e = embedder.embed(&paths, batch.max(1), &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     for (path, why) in &e.skipped {
-        eprintln!("warning: skipped {}: {why}", tlab::paths::shown(path).display());
+        eprintln!("warning: skipped {}: {why}", tlab::util::paths::shown(path).display());
     }
     let index = e.save(output, dir)?;
     let (n, c) = e.features.dims2()?;
@@ -533,18 +538,18 @@ fn embed(embedder: &tlab::embed::Embedder, dir: &Path, batch: usize, output: &Pa
 }
 
 fn parse_budget(text: &str) -> Result<std::time::Duration, String> {
-    tlab::tune::space::budget_text(text)
+    tlab::tools::tune::space::budget_text(text)
 }
 
 fn tune(
     recipe: Option<&Path>,
     out: Option<PathBuf>,
     resume: Option<PathBuf>,
-    opts: &tlab::tune::Options,
+    opts: &tlab::tools::tune::Options,
 ) -> anyhow::Result<ExitCode> {
     if let Some(path) = recipe {
         // The same checks as `tlab check`, before any trial trains.
-        let report = tlab::preflight::check(path, false);
+        let report = tlab::tools::preflight::check(path, false);
         if !report.ok() {
             for l in report.problems() {
                 eprintln!("{l}");
@@ -555,7 +560,7 @@ fn tune(
     let dir = match (&resume, out, recipe) {
         (Some(d), _, _) => d.clone(),
         (None, Some(o), _) => o,
-        (None, None, Some(p)) => tlab::report::default_run_dir(&format!("{}-tune", tlab::recipe::load(p)?.name)),
+        (None, None, Some(p)) => tlab::run::files::default_run_dir(&format!("{}-tune", tlab::recipe::load(p)?.name)),
         (None, None, None) => bail!("give a recipe"),
     };
     let cancel = Arc::new(AtomicBool::new(false));
@@ -564,12 +569,12 @@ fn tune(
         signal_hook::flag::register(sig, cancel.clone())?;
     }
     println!("tlab tune → {}", dir.display());
-    let mut print = |p: tlab::tune::Progress| {
-        if let tlab::tune::Progress::Line(l) = p {
+    let mut print = |p: tlab::tools::tune::Progress| {
+        if let tlab::tools::tune::Progress::Line(l) = p {
             println!("{l}");
         }
     };
-    let outcome = tlab::tune::run(recipe, &dir, resume.is_some(), opts, cancel, &mut print)?;
+    let outcome = tlab::tools::tune::run(recipe, &dir, resume.is_some(), opts, cancel, &mut print)?;
     println!("wrote tune.csv, tune.md, scores.png, trials.png to {}", dir.display());
     if outcome.interrupted {
         eprintln!("interrupted: `tlab tune --resume {}` continues", dir.display());
@@ -582,7 +587,7 @@ fn check(recipes: &[PathBuf], syntax_only: bool, json: bool) -> anyhow::Result<E
     if recipes.is_empty() {
         bail!("give at least one recipe file");
     }
-    let reports: Vec<_> = recipes.iter().map(|p| tlab::preflight::check(p, syntax_only)).collect();
+    let reports: Vec<_> = recipes.iter().map(|p| tlab::tools::preflight::check(p, syntax_only)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
@@ -656,7 +661,7 @@ impl Observer for Progress {
     }
 
     fn event(&mut self, event: Event) {
-        if let Some(line) = tlab::recorder::event_line(&event) {
+        if let Some(line) = tlab::run::recorder::event_line(&event) {
             self.show(&line);
         }
         match &event {
@@ -691,10 +696,10 @@ impl Observer for Progress {
 /// `--profile`: where the time went, printed and in profile.json.
 fn show_profile(dir: &Path, wall: f64) -> anyhow::Result<()> {
     println!("where the time went (seconds summed over threads; phases nest):");
-    for line in tlab::profile::table(wall) {
+    for line in tlab::util::profile::table(wall) {
         println!("  {line}");
     }
-    tlab::report::atomic_write(&dir.join("profile.json"), tlab::profile::to_json(wall).as_bytes())?;
+    tlab::fs::atomic_write(&dir.join("profile.json"), tlab::util::profile::to_json(wall).as_bytes())?;
     Ok(())
 }
 
@@ -702,13 +707,13 @@ fn show_profile(dir: &Path, wall: f64) -> anyhow::Result<()> {
 /// directory names (in its checkpoint, else its status.json).
 fn run_recipe_path(
     given: Option<PathBuf>,
-    saved: Option<&tlab::checkpoint::State>,
+    saved: Option<&tlab::train::checkpoint::State>,
     resume: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
     Ok(match (given, saved, resume) {
         (Some(p), _, _) => p,
         (None, Some(s), _) => s.recipe.clone(),
-        (None, None, Some(dir)) => tlab::rundir::Status::read(dir)?.recipe,
+        (None, None, Some(dir)) => tlab::run::dir::Status::read(dir)?.recipe,
         (None, None, None) => bail!("give a recipe"),
     })
 }
@@ -738,7 +743,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
     let started = Instant::now();
     // With --resume, the run directory says which recipe it ran.
     let saved_state = match &resume {
-        Some(dir) => tlab::checkpoint::read_state(dir)?,
+        Some(dir) => tlab::train::checkpoint::read_state(dir)?,
         None => None,
     };
     let recipe_path = run_recipe_path(recipe_path, saved_state.as_ref(), resume.as_deref())?;
@@ -750,14 +755,14 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
             return Ok(ExitCode::from(1));
         }
     };
-    let dir = resume.clone().or(out).unwrap_or_else(|| tlab::report::default_run_dir(&recipe.name));
+    let dir = resume.clone().or(out).unwrap_or_else(|| tlab::run::files::default_run_dir(&recipe.name));
     let recorder = RunRecorder::open(&dir, &recipe, resume.is_some())
         .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     let mut lab = Lab::new(recipe.clone());
     let mut progress = Progress::new(recorder);
     let mut first_step = 0;
     if let Some(state) = saved_state {
-        let saved = tlab::checkpoint::load(&dir, state, &recipe)?;
+        let saved = tlab::train::checkpoint::load(&dir, state, &recipe)?;
         let (step, finished, epochs) = (saved.state.step, saved.state.finished, saved.state.history.len());
         progress.line(format!(
             "resuming {} at step {} after epoch {}",
@@ -793,7 +798,7 @@ fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<PathBu
         dir.display(),
         started.elapsed().as_secs_f64()
     ));
-    if tlab::profile::enabled() {
+    if tlab::util::profile::enabled() {
         show_profile(&dir, started.elapsed().as_secs_f64())?;
     }
     if interrupted {
@@ -837,30 +842,30 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
     let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
     let aug = augment.map(tlab::augment::Augmenter::new);
     // With mixup/CutMix in the first fine_tune, show what it trains on: mixed images.
-    let (grid, names) = match tlab::preview::mix_after(&recipe, 0) {
+    let (grid, names) = match tlab::present::preview::mix_after(&recipe, 0) {
         Some(mix) => {
-            let samples = tlab::preview::mixed_samples(&data, aug.as_ref(), &mix, seed, count);
+            let samples = tlab::present::preview::mixed_samples(&data, aug.as_ref(), &mix, seed, count);
             let captions: Vec<String> = samples.iter().map(|(_, c)| c.clone()).collect();
             // Two lines per tile: the weight and class of each image.
-            let tiles: Vec<tlab::draw::Captioned> = samples
+            let tiles: Vec<tlab::util::draw::Captioned> = samples
                 .into_iter()
                 .map(|(img, c)| {
-                    let lines = c.split(" + ").map(|l| (l.to_string(), tlab::draw::BLACK)).collect();
+                    let lines = c.split(" + ").map(|l| (l.to_string(), tlab::util::draw::BLACK)).collect();
                     (img, lines)
                 })
                 .collect();
             let cols = (tiles.len() as f64).sqrt().ceil() as usize;
-            (tlab::draw::gallery(&tiles, cols.max(1), 128), captions)
+            (tlab::util::draw::gallery(&tiles, cols.max(1), 128), captions)
         }
         None => {
-            let (grid, tiles) = tlab::preview::labelled_grid(&data, aug.as_ref(), seed, count);
+            let (grid, tiles) = tlab::present::preview::labelled_grid(&data, aug.as_ref(), seed, count);
             (grid, tiles.into_iter().map(|t| t.class).collect())
         }
     };
     if let Some(p) = &png {
         let mut bytes = Vec::new();
         grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        tlab::report::atomic_write(p, &bytes)?;
+        tlab::fs::atomic_write(p, &bytes)?;
         println!("wrote {} ({}×{}, {} samples)", p.display(), grid.width(), grid.height(), names.len());
     }
     if png.is_none() || std::io::stdout().is_terminal() {
@@ -874,13 +879,13 @@ fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<
 fn bench(case: BenchCase) -> anyhow::Result<ExitCode> {
     let result = match case {
         BenchCase::Forward { backbone, batch, size, iters, warmup } => {
-            tlab::bench::forward(&backbone, batch, size, iters.max(1), warmup)?
+            tlab::tools::bench::forward(&backbone, batch, size, iters.max(1), warmup)?
         }
         BenchCase::TrainStep { backbone, freeze, batch, size, iters, warmup } => {
-            tlab::bench::train_step(&backbone, &freeze, batch, size, iters.max(1), warmup)?
+            tlab::tools::bench::train_step(&backbone, &freeze, batch, size, iters.max(1), warmup)?
         }
         BenchCase::OptimizerStep { backbone, optimizer, iters, warmup } => {
-            tlab::bench::optimizer_step(&backbone, &optimizer, iters.max(1), warmup)?
+            tlab::tools::bench::optimizer_step(&backbone, &optimizer, iters.max(1), warmup)?
         }
     };
     println!("{}", serde_json::to_string(&result)?);
@@ -889,16 +894,16 @@ fn bench(case: BenchCase) -> anyhow::Result<ExitCode> {
 
 fn convert(input: &Path, output: &Path, dtype: &str) -> anyhow::Result<ExitCode> {
     let dtype = if dtype == "f16" { candle_core::DType::F16 } else { candle_core::DType::F32 };
-    let tensors = tlab::weights::load_ordered(input)?;
-    tlab::weights::save_safetensors(&tensors, dtype, output)?;
+    let tensors = tlab::formats::weights::load_ordered(input)?;
+    tlab::formats::weights::save_safetensors(&tensors, dtype, output)?;
     let params: usize = tensors.iter().map(|(_, t)| t.elem_count()).sum();
     println!("{} → {}: {} tensors, {} values", input.display(), output.display(), tensors.len(), params);
     Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(file: &Path) -> anyhow::Result<ExitCode> {
-    let format = tlab::weights::detect(file)?;
-    let tensors = tlab::weights::load_ordered(file)?;
+    let format = tlab::formats::weights::detect(file)?;
+    let tensors = tlab::formats::weights::load_ordered(file)?;
     println!("{}: {} with {} tensors", file.display(), format.name(), tensors.len());
     let mut total = 0usize;
     for (name, t) in &tensors {
@@ -989,7 +994,7 @@ fn show_predictions(
         for (path, p) in paths.iter().zip(probs) {
             let top: Vec<(String, f32)> = ranked(p, args.top).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
             let line = serde_json::json!({
-                "path": tlab::paths::shown(path).display().to_string(),
+                "path": tlab::util::paths::shown(path).display().to_string(),
                 "predicted": top[0].0,
                 "confidence": top[0].1,
                 "top": top,
@@ -999,7 +1004,7 @@ fn show_predictions(
     }
     if !quiet {
         for (path, p) in paths.iter().zip(probs) {
-            println!("{}", tlab::paths::shown(path).display());
+            println!("{}", tlab::util::paths::shown(path).display());
             for i in ranked(p, args.top) {
                 println!("  {:>7.4}  {}", p[i], classes[i]);
             }
@@ -1012,13 +1017,13 @@ fn show_predictions(
             let top: Vec<String> = order.iter().map(|&i| format!("{}:{:.4}", classes[i], p[i])).collect();
             text.push_str(&format!(
                 "{},{},{:.6},{}\n",
-                tlab::report::csv_field(&tlab::paths::shown(path).display().to_string()),
-                tlab::report::csv_field(&classes[order[0]]),
+                tlab::fs::csv_field(&tlab::util::paths::shown(path).display().to_string()),
+                tlab::fs::csv_field(&classes[order[0]]),
                 p[order[0]],
-                tlab::report::csv_field(&top.join(" "))
+                tlab::fs::csv_field(&top.join(" "))
             ));
         }
-        tlab::report::atomic_write(file, text.as_bytes())?;
+        tlab::fs::atomic_write(file, text.as_bytes())?;
     }
     Ok(())
 }
@@ -1045,13 +1050,13 @@ fn score(
         println!("{line}");
     }
     let Some(dir) = &args.out else { return Ok(()) };
-    let predictions: Vec<tlab::report::Prediction> = paths
+    let predictions: Vec<tlab::train::Prediction> = paths
         .iter()
         .zip(probs)
         .zip(labels)
         .map(|((path, p), &truth)| {
             let predicted = ranked(p, 1)[0];
-            tlab::report::Prediction {
+            tlab::train::Prediction {
                 path: path.clone(),
                 truth,
                 predicted,
@@ -1060,10 +1065,10 @@ fn score(
             }
         })
         .collect();
-    tlab::report::atomic_write(&dir.join("metrics.json"), tlab::report::metrics_json(&metrics)?.as_bytes())?;
-    tlab::report::atomic_write(
+    tlab::fs::atomic_write(&dir.join("metrics.json"), tlab::run::files::metrics_json(&metrics)?.as_bytes())?;
+    tlab::fs::atomic_write(
         &dir.join("predictions.csv"),
-        tlab::report::predictions_csv(&predictions, classes).as_bytes(),
+        tlab::run::files::predictions_csv(&predictions, classes).as_bytes(),
     )?;
     Ok(())
 }
@@ -1084,9 +1089,9 @@ fn write_npy(
         p.push(suffix);
         PathBuf::from(p)
     };
-    tlab::report::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
+    tlab::fs::atomic_write(&name("-inputs.npy"), &npy(&shape, &values))?;
     let classes = predictor.classes().len();
-    tlab::report::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes], &probs.concat()))?;
+    tlab::fs::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), classes], &probs.concat()))?;
     Ok(())
 }
 
@@ -1162,10 +1167,10 @@ fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Optio
                 let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
                 let map = tlab::explain::grad_cam(model, &x, predicted, Some(l))?;
                 let image = image::RgbImage::from_raw(size, size, pixels.clone()).context("image size")?;
-                let picture = tlab::draw::gallery(
+                let picture = tlab::util::draw::gallery(
                     &[
-                        (image.clone(), vec![("image".into(), tlab::draw::BLACK)]),
-                        (map.overlay(&image), vec![(format!("pred {}", classes[predicted]), tlab::draw::BLACK)]),
+                        (image.clone(), vec![("image".into(), tlab::util::draw::BLACK)]),
+                        (map.overlay(&image), vec![(format!("pred {}", classes[predicted]), tlab::util::draw::BLACK)]),
                     ],
                     2,
                     160,
@@ -1175,23 +1180,23 @@ fn explain(run: &Path, images: &[PathBuf], output: Option<PathBuf>, layer: Optio
         };
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let file = out.join(format!("{stem}-gradcam.png"));
-        tlab::report::atomic_write(&file, &tlab::views::png_bytes(&e.picture)?)?;
+        tlab::fs::atomic_write(&file, &tlab::present::views::png_bytes(&e.picture)?)?;
         println!(
             "{} → {} ({:.3}){}  {}",
-            tlab::paths::shown(&path).display(),
+            tlab::util::paths::shown(&path).display(),
             classes[e.predicted],
             e.confidence,
             truth.map(|t| format!(", true {}", classes[t])).unwrap_or_default(),
-            tlab::paths::shown(&file).display()
+            tlab::util::paths::shown(&file).display()
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn runs(dir: &Path) -> anyhow::Result<ExitCode> {
-    let runs = tlab::runs::list(dir)?;
+    let runs = tlab::run::history::list(dir)?;
     if runs.is_empty() {
-        println!("no runs in {}", tlab::paths::shown(dir).display());
+        println!("no runs in {}", tlab::util::paths::shown(dir).display());
         return Ok(ExitCode::SUCCESS);
     }
     let width = runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
@@ -1216,15 +1221,15 @@ fn runs(dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
-    let runs: Vec<tlab::runs::RunSummary> =
-        dirs.iter().map(|d| tlab::runs::RunSummary::read(d)).collect::<tlab::Result<_>>()?;
+    let runs: Vec<tlab::run::history::RunSummary> =
+        dirs.iter().map(|d| tlab::run::history::RunSummary::read(d)).collect::<tlab::Result<_>>()?;
     let width = runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(8).max(18);
     print!("{:<16}", "");
     for r in &runs {
         print!("  {:>width$}", r.name);
     }
     println!();
-    for (name, p, values) in tlab::runs::metric_rows(&runs) {
+    for (name, p, values) in tlab::run::history::metric_rows(&runs) {
         print!("{name:<16}");
         for (k, v) in values.iter().enumerate() {
             let cell = match (v, values[0]) {
@@ -1240,7 +1245,7 @@ fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
         println!("\nrecipe {} → {}:", runs[0].name, r.name);
         match (&runs[0].recipe, &r.recipe) {
             (Some(a), Some(b)) => {
-                let diff = tlab::runs::recipe_diff(a, b);
+                let diff = tlab::run::history::recipe_diff(a, b);
                 if diff.is_empty() {
                     println!("  same recipe");
                 }
@@ -1252,19 +1257,19 @@ fn compare(dirs: &[PathBuf], output: &Path) -> anyhow::Result<ExitCode> {
             _ => println!("  (a run without recipe.toml: made by an older tlab)"),
         }
     }
-    let chart = tlab::views::CompareChart {
+    let chart = tlab::present::views::CompareChart {
         runs: runs.iter().map(|r| (r.name.clone(), r.history.iter().map(|(_, e)| e.clone()).collect())).collect(),
     };
     let png = chart.to_png();
     if !output.is_dir() {
-        bail!("{}: the output folder does not exist", tlab::paths::shown(output).display());
+        bail!("{}: the output folder does not exist", tlab::util::paths::shown(output).display());
     }
-    tlab::report::atomic_write(&output.join("compare.png"), &tlab::views::png_bytes(&png)?)?;
-    tlab::report::atomic_write(&output.join("compare.html"), tlab::runs::compare_html(&runs, &png)?.as_bytes())?;
+    tlab::fs::atomic_write(&output.join("compare.png"), &tlab::present::views::png_bytes(&png)?)?;
+    tlab::fs::atomic_write(&output.join("compare.html"), tlab::run::history::compare_html(&runs, &png)?.as_bytes())?;
     println!(
         "\nwrote {} and {}",
-        tlab::paths::shown(&output.join("compare.png")).display(),
-        tlab::paths::shown(&output.join("compare.html")).display()
+        tlab::util::paths::shown(&output.join("compare.png")).display(),
+        tlab::util::paths::shown(&output.join("compare.html")).display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -1290,23 +1295,23 @@ fn export(
     run: &Path,
     format: &str,
     output: Option<&Path>,
-    opts: &tlab::export::OnnxOptions,
+    opts: &tlab::tools::export::OnnxOptions,
 ) -> anyhow::Result<ExitCode> {
     match format {
         "onnx" => {
-            let (path, bytes) = tlab::export::export_onnx(run, output, opts)?;
+            let (path, bytes) = tlab::tools::export::export_onnx(run, output, opts)?;
             println!(
                 "wrote {} ({:.1} MB, opset {}, input `input`, outputs `logits` and `probabilities`)",
-                tlab::paths::shown(&path).display(),
+                tlab::util::paths::shown(&path).display(),
                 bytes as f64 / 1e6,
                 opts.opset
             );
         }
         "torchvision" => {
-            let e = tlab::export::export_torchvision(run, output)?;
+            let e = tlab::tools::export::export_torchvision(run, output)?;
             println!(
                 "wrote {} ({} tensors); load it in PyTorch with:",
-                tlab::paths::shown(&e.path).display(),
+                tlab::util::paths::shown(&e.path).display(),
                 e.tensors
             );
             println!("import torch, torchvision\n{}", e.load.trim_end());
@@ -1316,12 +1321,15 @@ fn export(
             // backbone (`features.0.0.weight`, …), `head.*` for the new head.
             let from = run.join("model.safetensors");
             if !from.is_file() {
-                bail!("{}: no model.safetensors (is it a finished run directory?)", tlab::paths::shown(run).display());
+                bail!(
+                    "{}: no model.safetensors (is it a finished run directory?)",
+                    tlab::util::paths::shown(run).display()
+                );
             }
             let to = output.map_or_else(|| run.join("export.safetensors"), Path::to_path_buf);
             let bytes = std::fs::read(&from).with_context(|| format!("{}", from.display()))?;
-            tlab::report::atomic_write(&to, &bytes)?;
-            println!("wrote {}", tlab::paths::shown(&to).display());
+            tlab::fs::atomic_write(&to, &bytes)?;
+            println!("wrote {}", tlab::util::paths::shown(&to).display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,9 +7,9 @@ use candle_core::Tensor;
 
 use crate::augment::Rng;
 use crate::error::{Error, Result};
+use crate::models::card::ModelCard;
 use crate::models::layers::{Mode, ParamLoader};
 use crate::models::{self, Backbone, Classifier, Head, Preprocess};
-use crate::report::ModelCard;
 
 /// The shipped ImageNet MobileNetV2 and its class names.
 pub fn shipped_imagenet_weights() -> PathBuf {
@@ -31,10 +31,10 @@ pub struct Ranked {
 enum Kind {
     Imagenet(Box<dyn Backbone>),
     Trained(Classifier),
-    /// An `.onnx` file exported by tlab, run by [`crate::onnx::run`];
+    /// An `.onnx` file exported by tlab, run by [`crate::formats::onnx::run`];
     /// `uint8_input` when it was exported with its preprocessing.
     Onnx {
-        model: Box<crate::onnx::ModelProto>,
+        model: Box<crate::formats::onnx::ModelProto>,
         uint8_input: bool,
     },
 }
@@ -55,7 +55,7 @@ impl Predictor {
         // A notebook may predict without ever making a `Lab`: keep candle's
         // spinning pool off here too (see the function).
         crate::kernels::keep_candle_pool_off();
-        let (tensors, _) = models::naming::to_reference(arch, crate::weights::load(weights)?)?;
+        let (tensors, _) = models::naming::to_reference(arch, crate::formats::weights::load(weights)?)?;
         let mut p = ParamLoader::from_tensors(weights.display().to_string(), tensors);
         let backbone = models::build_backbone(arch, &mut p, true)?;
         p.finish(true, None)?;
@@ -178,7 +178,7 @@ impl Predictor {
                 } else {
                     x.clone()
                 };
-                let mut out = crate::onnx::run(model, input)?;
+                let mut out = crate::formats::onnx::run(model, input)?;
                 out.remove("logits").ok_or_else(|| Error::NoOutput("the ONNX model has no `logits` output"))
             }
         }
@@ -191,14 +191,14 @@ impl Predictor {
         crate::kernels::keep_candle_pool_off();
         let card = card_of_onnx(path)?;
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let model = crate::onnx::ModelProto::decode(bytes.as_slice())
+        let model = crate::formats::onnx::ModelProto::decode(bytes.as_slice())
             .map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
         let uint8_input = model
             .graph
             .as_ref()
             .and_then(|g| g.input.first())
             .and_then(|i| i.r#type.as_ref()?.tensor_type.as_ref())
-            .is_some_and(|t| t.elem_type == crate::onnx::dtype::UINT8);
+            .is_some_and(|t| t.elem_type == crate::formats::onnx::dtype::UINT8);
         Ok(Predictor {
             size: card.image_size,
             kind: Kind::Onnx { model: Box::new(model), uint8_input },
@@ -268,7 +268,7 @@ pub fn load_run_model(dir: &Path) -> Result<(Classifier, ModelCard)> {
     let card: ModelCard =
         serde_json::from_str(&text).map_err(|e| Error::data(&card_path, format!("invalid model card: {e}")))?;
     let weights = dir.join("model.safetensors");
-    let mut p = ParamLoader::from_tensors(weights.display().to_string(), crate::weights::load(&weights)?);
+    let mut p = ParamLoader::from_tensors(weights.display().to_string(), crate::formats::weights::load(&weights)?);
     let backbone = models::build_backbone(&card.backbone, &mut p, false)?;
     let head_cfg = card.head.to_config()?;
     let in_features = models::head_inputs(backbone.as_ref(), head_cfg.pooling, card.image_size)?;
@@ -334,7 +334,7 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 pub fn card_of_onnx(path: &Path) -> Result<ModelCard> {
     use prost::Message;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let model = crate::onnx::ModelProto::decode(bytes.as_slice())
+    let model = crate::formats::onnx::ModelProto::decode(bytes.as_slice())
         .map_err(|e| Error::data(path, format!("not an ONNX model: {e}")))?;
     let card = model.metadata_props.iter().find(|p| p.key == "tlab.model_card").ok_or_else(|| {
         Error::data(path, "an ONNX model, but not one exported by tlab (no tlab.model_card metadata)")

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tlab::cells::{Progress, StepStatus};
 use tlab::lab::StepOutput;
+use tlab::present::cells::{Progress, StepStatus};
 use tlab::recipe::RecipeBuilder;
 use tlab::Lab;
 
@@ -126,7 +126,10 @@ fn step_through_a_built_recipe() {
         let mistakes = lab.mistakes(10).unwrap();
         assert!(mistakes.items.iter().all(|m| m.image.as_ref().is_some_and(|i| i.dimensions() == (32, 32))));
         let samples = lab.augmented_samples(4, 1).unwrap();
-        assert_eq!(samples.image.dimensions(), (2 * 32 + tlab::preview::GAP, 2 * 32 + tlab::preview::GAP));
+        assert_eq!(
+            samples.image.dimensions(),
+            (2 * 32 + tlab::present::preview::GAP, 2 * 32 + tlab::present::preview::GAP)
+        );
         assert!(lab.augmentation_preview(2, 3, 1).unwrap().image.width() > samples.image.width());
         assert!(lab.result(3).unwrap().to_html().unwrap().contains("Step 4 · fine_tune"));
     }

@@ -128,7 +128,7 @@ fn tiny_recipe_runs_end_to_end_and_the_model_predicts() {
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     assert!(html.contains("<title>tlab run tiny</title>") && html.contains("data:image/png;base64,"));
     let tb = std::fs::read_dir(run_dir.join("tb")).unwrap().next().unwrap().unwrap().path();
-    let events = tlab::tensorboard::read_events(&tb).unwrap();
+    let events = tlab::run::tensorboard::read_events(&tb).unwrap();
     let epochs =
         events.iter().flat_map(|e| &e.summary).flat_map(|s| &s.value).filter(|v| v.tag == "epoch/valid_accuracy");
     assert_eq!(epochs.count(), 4);
@@ -627,7 +627,7 @@ fn embed_writes_features_a_nearest_neighbour_can_use() {
     let out = dir.join("f.safetensors");
     let run = tlab(&["embed", valid.to_str().unwrap(), "--size", "64", "-o", out.to_str().unwrap()]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let tensors = tlab::weights::load(&out).unwrap();
+    let tensors = tlab::formats::weights::load(&out).unwrap();
     let features = &tensors["features"];
     assert_eq!(features.dims(), [300, 1280]);
     let rows: Vec<Vec<f32>> = features.to_vec2().unwrap();

@@ -1,5 +1,5 @@
 //! The ONNX export of every architecture, evaluated op by op by a small
-//! reference interpreter (`tlab::onnx::run`, on candle's generic ops, not
+//! reference interpreter (`tlab::formats::onnx::run`, on candle's generic ops, not
 //! tlab's kernels), against tlab's own logits. ONNX Runtime checks the real thing
 //! in `.ci/test` (`.ci/check_onnx.py`); this keeps every architecture's
 //! export honest in plain `cargo test`.
@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use prost::Message;
 use tlab::augment::Rng;
-use tlab::export::{onnx_model, OnnxOptions};
+use tlab::formats::onnx::ModelProto;
+use tlab::models::card::{HeadCard, ModelCard};
 use tlab::models::layers::{Mode, ParamLoader};
 use tlab::models::{self, Classifier, Head, Preprocess};
-use tlab::onnx::ModelProto;
 use tlab::recipe::{HeadConfig, Pooling};
-use tlab::report::{HeadCard, ModelCard};
+use tlab::tools::export::{onnx_model, OnnxOptions};
 
 /// A random classifier whose BatchNorm statistics are not the trivial
 /// 0 / 1 of a fresh init (one training-mode pass moves them).
@@ -53,11 +53,11 @@ fn input(n: usize, size: usize, phase: f32) -> Tensor {
 /// Runs `model` on `x` with the library's interpreter, its convolutions on
 /// candle's own `conv2d` (zero padding added first), not tlab's kernels.
 fn evaluate(model: &ModelProto, x: Tensor) -> HashMap<String, Tensor> {
-    let candle_conv = |x: &Tensor, w: &Tensor, g: tlab::onnx::ConvGeometry| -> tlab::Result<Tensor> {
+    let candle_conv = |x: &Tensor, w: &Tensor, g: tlab::formats::onnx::ConvGeometry| -> tlab::Result<Tensor> {
         let x = x.pad_with_zeros(2, g.pad.top, g.pad.bottom)?.pad_with_zeros(3, g.pad.left, g.pad.right)?;
         Ok(x.conv2d(w, 0, g.stride, 1, g.groups)?)
     };
-    tlab::onnx::run_with(model, x, &candle_conv).unwrap()
+    tlab::formats::onnx::run_with(model, x, &candle_conv).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

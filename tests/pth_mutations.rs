@@ -77,7 +77,7 @@ fn corrupted_checkpoints_never_panic() {
         let src = fixture(name);
         for _ in 0..10_000 {
             let bytes = mutate(&src, &mut rng);
-            let result = std::panic::catch_unwind(|| tlab::weights::pth::read_bytes(&bytes));
+            let result = std::panic::catch_unwind(|| tlab::formats::weights::pth::read_bytes(&bytes));
             match result {
                 Ok(Ok(_)) => ok += 1,
                 Ok(Err(msg)) => assert!(!msg.is_empty()),

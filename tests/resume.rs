@@ -68,7 +68,7 @@ fn interrupted_run(recipe: &Path, out: &Path, epoch: usize, signal: i32) -> Opti
 }
 
 fn tensors(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
-    tlab::weights::load(&dir.join("model.safetensors")).unwrap()
+    tlab::formats::weights::load(&dir.join("model.safetensors")).unwrap()
 }
 
 fn assert_same_result(a: &Path, b: &Path) {
@@ -129,7 +129,7 @@ fn resumed_runs_end_like_uninterrupted_ones() {
     for (name, epoch, signal, code) in [("sigint", 3, libc::SIGINT, Some(130)), ("kill9", 5, libc::SIGKILL, None)] {
         let run = dir.join(name);
         assert_eq!(interrupted_run(&recipe, &run, epoch, signal), code, "{name}");
-        let state = tlab::checkpoint::read_state(&run).unwrap().expect("a checkpoint");
+        let state = tlab::train::checkpoint::read_state(&run).unwrap().expect("a checkpoint");
         assert!(state.epochs_done >= epoch - 1 && !state.finished, "{name}: {state:?}");
         let out = tlab().args(["run", "--resume", run.to_str().unwrap()]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -183,7 +183,7 @@ kind = "evaluate"
     // Interrupted in the second fine_tune (the first has only 2 epochs).
     let run = dir.join("interrupted");
     assert_eq!(interrupted_run(&recipe, &run, 3, libc::SIGINT), Some(130));
-    let state = tlab::checkpoint::read_state(&run).unwrap().expect("a checkpoint");
+    let state = tlab::train::checkpoint::read_state(&run).unwrap().expect("a checkpoint");
     assert_eq!((state.step, state.lr_finds.len()), (4, 1), "{state:?}");
     let out = tlab().args(["run", "--resume", run.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -210,7 +210,7 @@ fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
 
     let loaded = tlab::recipe::load(&recipe).unwrap();
     let session = dir.join("session");
-    let run = tlab::recorder::RunRecorder::open(&session, &loaded, false).unwrap();
+    let run = tlab::run::recorder::RunRecorder::open(&session, &loaded, false).unwrap();
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
@@ -231,7 +231,7 @@ fn a_tui_session_leaves_a_run_directory_that_tlab_run_resumes() {
     drop(cmd_tx);
     engine.join().unwrap();
 
-    let state = tlab::checkpoint::read_state(&session).unwrap().expect("a checkpoint from the session");
+    let state = tlab::train::checkpoint::read_state(&session).unwrap().expect("a checkpoint from the session");
     assert_eq!((state.step, state.epochs_done, state.finished), (2, 3, false), "{state:?}");
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(session.join("status.json")).unwrap()).unwrap();
@@ -265,7 +265,7 @@ fn a_notebook_run_leaves_the_same_files_as_tlab_run() {
     let nb = dir.join("notebook");
     let mut lab = tlab::Lab::open(&recipe).unwrap();
     lab.record_to(&nb).unwrap();
-    lab.run_rest(&mut tlab::cells::Progress::new()).unwrap();
+    lab.run_rest(&mut tlab::present::cells::Progress::new()).unwrap();
     lab.save_run(&nb).unwrap();
     assert_eq!(file_set(&nb), file_set(&full));
     assert_same_result(&full, &nb);
@@ -274,10 +274,10 @@ fn a_notebook_run_leaves_the_same_files_as_tlab_run() {
     assert!(std::fs::read_to_string(nb.join("log.txt")).unwrap().contains("[6/6] evaluate"));
     // Resumed from that checkpoint, the fine_tune steps report how they
     // ended (stop, best epoch, parameters trained), not made-up values.
-    let state = tlab::checkpoint::read_state(&nb).unwrap().expect("a checkpoint");
+    let state = tlab::train::checkpoint::read_state(&nb).unwrap().expect("a checkpoint");
     let mut resumed = tlab::Lab::open(&recipe).unwrap();
     resumed
-        .resume_from(tlab::checkpoint::load(&nb, state, resumed.recipe()).unwrap(), &mut tlab::train::Silent)
+        .resume_from(tlab::train::checkpoint::load(&nb, state, resumed.recipe()).unwrap(), &mut tlab::train::Silent)
         .unwrap();
     for step in [2, 4] {
         let outcome = |lab: &tlab::Lab| match lab.result(step).unwrap().output {
@@ -334,7 +334,7 @@ fn random_kills(recipe: &Path, run: &Path, full_run: std::time::Duration) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
-        let at = tlab::checkpoint::read_state(run)
+        let at = tlab::train::checkpoint::read_state(run)
             .unwrap_or_else(|e| panic!("kill {k}: the checkpoint does not read: {e}"))
             .map_or("no checkpoint yet".to_string(), |s| {
                 format!("step {} epoch {}{}", s.step + 1, s.epochs_done, if s.finished { " (step done)" } else { "" })
@@ -405,7 +405,7 @@ fn assert_every_file_parses(dir: &Path) {
             // TensorBoard's log is appended as the run goes: every record up
             // to a possibly cut last one must read back with valid checksums.
             _ if name.starts_with("events.out.tfevents.") => {
-                tlab::tensorboard::read_events(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
+                tlab::run::tensorboard::read_events(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
             }
             _ => panic!("unexpected file {what} in the run directory"),
         }

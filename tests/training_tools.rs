@@ -327,8 +327,8 @@ fn concat_pooling_heads_train_and_predict_from_the_run_directory() {
     // The saved model reloads with the same head and gives the same predictions.
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();
-    let info = tlab::rundir::RunInfo { complete: true, started: 0, seconds: 0.0 };
-    tlab::rundir::write_reports(&lab, &run, info).unwrap();
+    let info = tlab::run::dir::RunInfo { complete: true, started: 0, seconds: 0.0 };
+    tlab::run::dir::write_reports(&lab, &run, info).unwrap();
     let (model, card) = tlab::predict::load_run_model(&run).unwrap();
     assert_eq!(card.head.pooling, "concat");
     let names: Vec<String> = model.named_vars().into_iter().map(|(n, _)| n).collect();

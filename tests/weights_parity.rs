@@ -17,7 +17,7 @@ fn expected_small() -> serde_json::Map<String, serde_json::Value> {
 }
 
 fn check_small(path: &str) {
-    let tensors: HashMap<String, Tensor> = tlab::weights::load(&fixture(path)).unwrap();
+    let tensors: HashMap<String, Tensor> = tlab::formats::weights::load(&fixture(path)).unwrap();
     let expected = expected_small();
     assert_eq!(tensors.len(), expected.len(), "{path}: tensor count");
     for (name, e) in &expected {
@@ -58,10 +58,10 @@ fn zip_pth_with_permuted_strides_and_offsets() {
 #[test]
 fn convert_round_trips_through_safetensors() {
     let out = std::env::temp_dir().join(format!("tlab-convert-{}.safetensors", std::process::id()));
-    let tensors = tlab::weights::load_ordered(&fixture("legacy_small.pth")).unwrap();
-    tlab::weights::save_safetensors(&tensors, DType::F32, &out).unwrap();
-    assert_eq!(tlab::weights::detect(&out).unwrap(), tlab::weights::Format::Safetensors);
-    let back = tlab::weights::load(&out).unwrap();
+    let tensors = tlab::formats::weights::load_ordered(&fixture("legacy_small.pth")).unwrap();
+    tlab::formats::weights::save_safetensors(&tensors, DType::F32, &out).unwrap();
+    assert_eq!(tlab::formats::weights::detect(&out).unwrap(), tlab::formats::weights::Format::Safetensors);
+    let back = tlab::formats::weights::load(&out).unwrap();
     for (name, t) in &tensors {
         let b = &back[name];
         assert_eq!(b.dims(), t.dims());
@@ -79,12 +79,12 @@ fn truncated_and_foreign_files_are_clear_errors() {
     for cut in [20, bytes.len() / 2, bytes.len() - 3] {
         let p = dir.join(format!("cut{cut}.pth"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
-        let err = tlab::weights::load(&p).unwrap_err().to_string();
+        let err = tlab::formats::weights::load(&p).unwrap_err().to_string();
         assert!(err.contains(&p.display().to_string()), "{err}");
     }
     let p = dir.join("notes.pth");
     std::fs::write(&p, "just text").unwrap();
-    let err = tlab::weights::load(&p).unwrap_err().to_string();
+    let err = tlab::formats::weights::load(&p).unwrap_err().to_string();
     assert!(err.contains("not a weights file"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -107,7 +107,7 @@ fn formula_input(n: usize, size: usize) -> Tensor {
 
 fn mobilenet_logits(frozen: bool) -> Vec<Vec<f32>> {
     let weights = tlab::predict::shipped_imagenet_weights();
-    let mut p = ParamLoader::from_tensors("shipped", tlab::weights::load(&weights).unwrap());
+    let mut p = ParamLoader::from_tensors("shipped", tlab::formats::weights::load(&weights).unwrap());
     let mut backbone = tlab::models::build_backbone("mobilenet_v2", &mut p, true).unwrap();
     p.finish(true, None).unwrap();
     if frozen {

@@ -28,8 +28,8 @@ fn safetensors_converts_to_f16_and_still_fits_and_classifies() {
     let (ok, text) = tlab(&[Path::new("convert"), &src, &f16, Path::new("--dtype"), Path::new("f16")]);
     assert!(ok, "{text}");
 
-    let original = tlab::weights::load(&src).unwrap();
-    let half = tlab::weights::load(&f16).unwrap();
+    let original = tlab::formats::weights::load(&src).unwrap();
+    let half = tlab::formats::weights::load(&f16).unwrap();
     assert_eq!(original.len(), half.len());
     for (name, t) in &original {
         let h = &half[name];
@@ -87,7 +87,7 @@ fn inspect_recognises_each_zoo_architecture() {
             }
             let tensors: Vec<_> = vars.into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
             let path = dir.join(format!("{arch}-{with_classifier}.safetensors"));
-            tlab::weights::save_safetensors(&tensors, DType::F16, &path).unwrap();
+            tlab::formats::weights::save_safetensors(&tensors, DType::F16, &path).unwrap();
             let (ok, text) = tlab(&[Path::new("inspect"), &path]);
             let want = if with_classifier { "with ImageNet classifier" } else { "backbone only" };
             assert!(ok && text.contains(&format!("fits: {arch} ({want}, reference names)")), "{text}");

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
+use tlab::formats::weights::hub::{self, FetchOptions};
 use tlab::models::layers::ParamLoader;
-use tlab::weights::hub::{self, FetchOptions};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -133,7 +133,7 @@ fn hub_files_download_once_then_come_from_the_cache() {
     assert_eq!(server.hits(REPO_FILE), first);
 
     // It loads as a backbone.
-    let tensors = tlab::weights::load(&path).unwrap();
+    let tensors = tlab::formats::weights::load(&path).unwrap();
     let mut p = ParamLoader::from_tensors("hub", tensors);
     tlab::models::build_backbone("resnet18", &mut p, true).unwrap();
     p.finish(true, None).unwrap();
@@ -211,7 +211,7 @@ fn checkpoint(arch: &str, dir: &Path) -> Vec<u8> {
     backbone.imagenet_classifier().unwrap().named_vars(&mut fc);
     tensors.extend(fc.into_iter().map(|(n, v)| (n, v.as_detached_tensor())));
     let path = dir.join(format!("{arch}.safetensors"));
-    tlab::weights::save_safetensors(&tensors, candle_core::DType::F32, &path).unwrap();
+    tlab::formats::weights::save_safetensors(&tensors, candle_core::DType::F32, &path).unwrap();
     std::fs::read(path).unwrap()
 }
 

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tlab::weights::pth::read_bytes(data);
+    let _ = tlab::formats::weights::pth::read_bytes(data);
 });

@@ -67,7 +67,7 @@ fn read_rows(csv: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<Row
     };
     let split_col = column("split");
     let base = csv.parent().unwrap_or(Path::new("."));
-    let shown = crate::paths::shown(csv).display().to_string();
+    let shown = crate::util::paths::shown(csv).display().to_string();
     let mut rows = Vec::new();
     for (i, line) in lines {
         let f = fields(line);
@@ -93,7 +93,7 @@ fn read_rows(csv: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<Vec<Row
         if label.is_empty() {
             skipped.push(at("no label".into()));
         } else if !full.is_file() {
-            skipped.push(at(format!("no such file {}", crate::paths::shown(&full).display())));
+            skipped.push(at(format!("no such file {}", crate::util::paths::shown(&full).display())));
         } else if !is_image_file(&full) {
             skipped.push(at("not an image file".into()));
         } else {

@@ -145,7 +145,7 @@ impl Dataset {
             let src = &split.pixels[i];
             match aug {
                 Some((augmenter, seed)) if !augmenter.is_identity() => {
-                    let _t = crate::profile::scope("augment");
+                    let _t = crate::util::profile::scope("augment");
                     let img = Image::from_rgb8(s, s, src);
                     let mut rng = Rng::derive(seed, i as u64);
                     dst.copy_from_slice(&augmenter.apply(&img, &mut rng).data);
@@ -216,7 +216,7 @@ pub(crate) fn labelled_folder(
                 dir.join(&class),
                 format!(
                     "class `{class}` is in the {what} folder but not in the training folder {}",
-                    crate::paths::shown(train).display()
+                    crate::util::paths::shown(train).display()
                 ),
             )
         })?;
@@ -350,7 +350,7 @@ pub(crate) fn scan(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<V
 }
 
 fn decode_all(list: Vec<(PathBuf, usize)>, size: u32, skipped: &mut Vec<(PathBuf, String)>) -> Split {
-    let _t = crate::profile::scope("decode images");
+    let _t = crate::util::profile::scope("decode images");
     let decoded: Vec<(PathBuf, usize, std::result::Result<Vec<u8>, String>)> = list
         .into_par_iter()
         .map(|(path, label)| {

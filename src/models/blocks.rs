@@ -6,8 +6,8 @@ use candle_core::{Tensor, Var};
 
 use super::layers::{Act, Conv, ConvBnAct, ConvSpec, DropPath, Freeze, Mode, ParamLoader};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::Padding;
-use crate::onnx::{Graph, Value};
 
 /// torchvision's `SqueezeExcitation`: `x · gate(fc2(act(fc1(avgpool(x)))))`,
 /// `fc1`/`fc2` 1×1 convolutions with biases under `{prefix}.fc1`/`fc2`.

@@ -20,8 +20,8 @@ use candle_core::{Tensor, Var, D};
 use super::layers::{drop_path_rate, read, Act, Conv, ConvSpec, DropPath, Freeze, Init, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{ConvGeometry, Graph, Value};
 use crate::kernels::{self, Padding};
-use crate::onnx::{ConvGeometry, Graph, Value};
 
 const LN_EPS: f64 = 1e-6;
 

@@ -26,8 +26,8 @@ use super::blocks::{InvertedResidual, SqueezeExcite};
 use super::layers::{Act, ConvBnAct, ConvSpec, DropPath, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::Padding;
-use crate::onnx::{Graph, Value};
 
 /// A stage of the papers' tables: fused (V2's first stages), expand ratio,
 /// kernel, first stride, input and output channels, blocks.

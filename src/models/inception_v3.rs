@@ -27,8 +27,8 @@ use candle_core::{Tensor, Var};
 use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::{maxpool, Padding};
-use crate::onnx::{Graph, Value};
 
 /// torchvision's `BasicConv2d` BatchNorm epsilon (TF's default).
 const BN_EPS: f64 = 1e-3;

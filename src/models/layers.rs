@@ -14,8 +14,8 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::augment::Rng;
 use crate::error::{Error, Result};
+use crate::formats::onnx::{ConvGeometry, Graph, Value};
 use crate::kernels::{self, Padding};
-use crate::onnx::{ConvGeometry, Graph, Value};
 
 /// How a parameter is initialised when no checkpoint provides it.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +168,8 @@ fn closest_names<'a>(name: &str, keys: impl Iterator<Item = &'a str>) -> String 
     if keys.iter().any(|k| k.strip_prefix("module.") == Some(name)) {
         return " (the file has it as `module.…`: saved from DataParallel; strip the prefix)".into();
     }
-    let mut scored: Vec<(usize, &str)> = keys.iter().map(|k| (crate::suggest::levenshtein(name, k), *k)).collect();
+    let mut scored: Vec<(usize, &str)> =
+        keys.iter().map(|k| (crate::util::suggest::levenshtein(name, k), *k)).collect();
     scored.sort();
     let close: Vec<String> =
         scored.iter().take(2).filter(|(d, _)| *d <= name.len() / 2).map(|(_, k)| format!("`{k}`")).collect();

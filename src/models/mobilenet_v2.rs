@@ -14,8 +14,8 @@ use candle_core::{Tensor, Var};
 use super::layers::{Act, ConvBnAct, ConvSpec, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::Padding;
-use crate::onnx::{Graph, Value};
 
 const BN_EPS: f64 = 1e-5;
 

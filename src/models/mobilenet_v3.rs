@@ -19,8 +19,8 @@ use super::blocks::{InvertedResidual, SqueezeExcite};
 use super::layers::{self, Act, ConvBnAct, ConvSpec, DropPath, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::Padding;
-use crate::onnx::{Graph, Value};
 
 const BN_EPS: f64 = 1e-3;
 

@@ -7,6 +7,7 @@
 //! like Keras' `layers[:14]`.
 
 mod blocks;
+pub mod card;
 pub mod convnext;
 pub mod efficientnet;
 pub mod efficientnet_lite;
@@ -60,7 +61,11 @@ pub trait Backbone: Send + Sync {
     fn preprocess(&self) -> Preprocess;
     /// Every block, in inference mode, as ONNX ops from `x` (the input image,
     /// `[3, h, w]`) to the last block's output.
-    fn export_onnx(&self, g: &mut crate::onnx::Graph, x: crate::onnx::Value) -> Result<crate::onnx::Value>;
+    fn export_onnx(
+        &self,
+        g: &mut crate::formats::onnx::Graph,
+        x: crate::formats::onnx::Value,
+    ) -> Result<crate::formats::onnx::Value>;
 
     /// A block's output as an NCHW map for Grad-CAM: the output itself for
     /// a CNN, the patch tokens laid out on their grid for a Vision
@@ -203,11 +208,11 @@ pub fn backbone_from_tensors(
 /// Conv units in a row with an optional identity shortcut around them (an
 /// inverted-residual block), as ONNX ops.
 pub(crate) fn export_chain(
-    g: &mut crate::onnx::Graph,
+    g: &mut crate::formats::onnx::Graph,
     layers: &[layers::ConvBnAct],
     residual: bool,
-    x: crate::onnx::Value,
-) -> Result<crate::onnx::Value> {
+    x: crate::formats::onnx::Value,
+) -> Result<crate::formats::onnx::Value> {
     let mut y = x.clone();
     for layer in layers {
         y = layer.export_onnx(g, &y)?;
@@ -223,7 +228,7 @@ pub fn mean_over_positions(features: Tensor) -> Result<Tensor> {
 }
 
 pub fn unknown_backbone(name: &str) -> Error {
-    let best = crate::suggest::suggest(name, ARCHITECTURES);
+    let best = crate::util::suggest::suggest(name, ARCHITECTURES);
     Error::UnknownBackbone {
         name: name.to_owned(),
         hint: best.map(|b| format!(" (did you mean `{b}`?)")).unwrap_or_default(),
@@ -239,7 +244,8 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
         FreezePoint::Index(i) if *i <= names.len() => Ok(*i),
         FreezePoint::Index(i) => Err(Error::NoSuchBlock { what: "freeze up_to", block: *i, blocks: names.len() }),
         FreezePoint::Block(name) => names.iter().position(|n| n == name).ok_or_else(|| {
-            let close: Vec<&String> = names.iter().filter(|n| crate::suggest::levenshtein(n, name) <= 2).collect();
+            let close: Vec<&String> =
+                names.iter().filter(|n| crate::util::suggest::levenshtein(n, name) <= 2).collect();
             let hint = match close.first() {
                 Some(c) => format!("did you mean `{c}`? "),
                 None => String::new(),
@@ -368,7 +374,11 @@ impl Head {
     /// The head in an ONNX graph, in inference mode (no dropout). Each
     /// BatchNorm is folded into the `Gemm` it feeds, so the graph has the
     /// same ops with or without `batchnorm`.
-    pub fn export_onnx(&self, g: &mut crate::onnx::Graph, features: &crate::onnx::Value) -> Result<crate::onnx::Value> {
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::formats::onnx::Graph,
+        features: &crate::formats::onnx::Value,
+    ) -> Result<crate::formats::onnx::Value> {
         let mut x = match self.config.pooling {
             Pooling::Avg => g.global_avg_pool(features),
             Pooling::Flatten => g.flatten(features),
@@ -445,7 +455,11 @@ impl Classifier {
     }
 
     /// The whole classifier (backbone and head) as ONNX ops: image in, logits out.
-    pub fn export_onnx(&self, g: &mut crate::onnx::Graph, x: crate::onnx::Value) -> Result<crate::onnx::Value> {
+    pub fn export_onnx(
+        &self,
+        g: &mut crate::formats::onnx::Graph,
+        x: crate::formats::onnx::Value,
+    ) -> Result<crate::formats::onnx::Value> {
         let features = self.backbone.export_onnx(g, x)?;
         self.head.export_onnx(g, &features)
     }
@@ -467,25 +481,25 @@ impl Classifier {
     /// Logits for a batch, optionally starting from a cached prefix output.
     pub fn forward_from(&self, x: &Tensor, start_block: usize, mode: Mode, rng: &mut Rng) -> Result<Tensor> {
         let n = self.backbone.num_blocks();
-        let features = if crate::profile::enabled() && mode.training {
+        let features = if crate::util::profile::enabled() && mode.training {
             // One block at a time, so that each block's time is its own.
             let names = self.backbone.block_names();
             let mut x = x.clone();
             for (b, name) in names.iter().enumerate().take(n).skip(start_block) {
-                let _t = crate::profile::scope(&format!("train forward {name}"));
+                let _t = crate::util::profile::scope(&format!("train forward {name}"));
                 x = self.backbone.forward_blocks(&x, b..b + 1, mode)?;
             }
             x
         } else {
             self.backbone.forward_blocks(x, start_block..n, mode)?
         };
-        let _t = mode.training.then(|| crate::profile::scope("train forward head"));
+        let _t = mode.training.then(|| crate::util::profile::scope("train forward head"));
         self.head.forward(&features, mode, rng)
     }
 
     /// Output of the first `blocks` blocks (no graph: they must be frozen).
     pub fn prefix(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
-        let _t = crate::profile::scope("frozen blocks (forward, no graph)");
+        let _t = crate::util::profile::scope("frozen blocks (forward, no graph)");
         Ok(self.backbone.forward_blocks(x, 0..blocks, Mode::EVAL)?.detach())
     }
 

@@ -25,8 +25,8 @@ use candle_core::{Tensor, Var};
 use super::layers::{self, Act, Conv, ConvSpec, Freeze, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::Result;
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::{maxpool, Padding};
-use crate::onnx::{Graph, Value};
 
 /// torchvision's classifier input: 512 channels pooled to 7×7.
 const POOLED: usize = 7;

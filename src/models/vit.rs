@@ -39,8 +39,8 @@ use candle_core::{Device, Tensor, Var, D};
 use super::layers::{drop_path_rate, read, Act, Conv, ConvSpec, DropPath, Freeze, Init, Linear, Mode, ParamLoader};
 use super::{Backbone, Preprocess};
 use crate::error::{Error, Result};
+use crate::formats::onnx::{Graph, Value};
 use crate::kernels::Padding;
-use crate::onnx::{Graph, Value};
 
 const LN_EPS: f64 = 1e-6;
 

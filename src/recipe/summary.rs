@@ -51,7 +51,7 @@ fn num(x: f64) -> String {
 fn backbone(b: &BackboneStep) -> String {
     let mut s = match &b.weights {
         None => format!("{} (random init)", b.arch),
-        Some(WeightsSource::Path(p)) => format!("{} ← {}", b.arch, crate::paths::shown(p).display()),
+        Some(WeightsSource::Path(p)) => format!("{} ← {}", b.arch, crate::util::paths::shown(p).display()),
         Some(WeightsSource::Hub { repo, file: None }) => format!("{} ← hf:{repo}", b.arch),
         Some(WeightsSource::Hub { repo, file: Some(file) }) => format!("{} ← hf:{repo}:{file}", b.arch),
         Some(WeightsSource::Url(url)) => format!("{} ← {url}", b.arch),

@@ -14,8 +14,8 @@ use toml_edit::{ArrayOfTables, Item, Table, TableLike, Value};
 
 use super::error::{line_col, RecipeError};
 #[cfg(test)]
-use crate::suggest::levenshtein;
-pub(super) use crate::suggest::suggest;
+use crate::util::suggest::levenshtein;
+pub(super) use crate::util::suggest::suggest;
 
 /// A byte range in the recipe text; `None` when `toml_edit` has no span (for
 /// example the implicit table behind a dotted key).

@@ -338,7 +338,7 @@ impl<'a> FineTune<'a> {
 
     /// Loss and accuracy on the validation split, as this epoch's record.
     fn validate_epoch(&mut self, stats: &EpochStats, t0: Instant) -> Result<EpochRecord> {
-        let _t = crate::profile::scope("validation");
+        let _t = crate::util::profile::scope("validation");
         let inp = &self.input;
         let valid = &inp.data.valid;
         let cache = inp.valid_cache.as_deref().map(|c| (c, inp.k));
@@ -432,9 +432,9 @@ impl<'a> FineTune<'a> {
                     *stop = Some(Stop::Completed);
                     break;
                 }
-                let mut grads = crate::profile::timed("backward", || loss.backward())?;
+                let mut grads = crate::util::profile::timed("backward", || loss.backward())?;
                 cbs.iter_mut().try_for_each(|c| c.after_backward(&mut ctx, &mut grads))?;
-                crate::profile::timed("optimizer", || opt.step(&grads, ctx.lr))?;
+                crate::util::profile::timed("optimizer", || opt.step(&grads, ctx.lr))?;
                 cbs.iter_mut().try_for_each(|c| c.after_step(&mut ctx))?;
                 stats.add(&logits, y, mixed, ctx.loss, ctx.lr)?;
                 let (loss, acc) = (stats.loss_sum / stats.seen as f64, stats.correct as f64 / stats.seen as f64);
@@ -554,7 +554,7 @@ fn class_weights(data: &Dataset, cfg: &ClassWeights) -> Result<Option<Tensor>> {
             for (name, weight) in list {
                 let Some(i) = data.classes.iter().position(|c| c == name) else {
                     let names: Vec<&str> = data.classes.iter().map(String::as_str).collect();
-                    let hint = crate::suggest::suggest(name, &names).map_or_else(
+                    let hint = crate::util::suggest::suggest(name, &names).map_or_else(
                         || format!("; the classes are: {}", names.join(", ")),
                         |s| format!("; did you mean \"{s}\"?"),
                     );
@@ -711,7 +711,7 @@ mod tests {
 
     #[test]
     fn balanced_class_weights_are_inverse_to_the_counts() {
-        let mut data = crate::preview::tests::tiny_dataset(4, 8);
+        let mut data = crate::present::preview::tests::tiny_dataset(4, 8);
         data.train.labels = vec![0, 0, 0, 1];
         let w = class_weights(&data, &ClassWeights::Balanced).unwrap().unwrap().to_vec1::<f32>().unwrap();
         // scikit-learn's "balanced": n / (classes · count) = 4 / (2·3), 4 / (2·1).

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod callbacks;
+pub mod checkpoint;
 pub mod fit;
 pub mod lr_find;
 pub mod mix;

@@ -158,7 +158,7 @@ pub enum Msg {
     InputChanged(crate::recipe::Input),
     /// The earlier runs of the recipe, and the recipe file's current text.
     RunsLoaded {
-        runs: Vec<crate::runs::RunSummary>,
+        runs: Vec<crate::run::history::RunSummary>,
         current: String,
     },
     /// The data doctor's lines for the backbone step `step`'s Data tab.
@@ -167,7 +167,7 @@ pub enum Msg {
         lines: Vec<String>,
     },
     /// Progress of the running tune.
-    Tune(crate::tune::Progress),
+    Tune(crate::tools::tune::Progress),
     /// The tune ended: the final run's accuracy on valid (or why not), and
     /// the text of best.toml when one was written.
     TuneEnded {
@@ -222,7 +222,7 @@ pub enum Status {
 /// The Runs popup's state: earlier runs (newest first) and the selection.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunsView {
-    pub runs: Vec<crate::runs::RunSummary>,
+    pub runs: Vec<crate::run::history::RunSummary>,
     pub selected: usize,
     /// The recipe file's current text, diffed against each run's.
     pub current: String,
@@ -235,7 +235,7 @@ pub struct TuneView {
     /// Shown (`T` hides and shows it; the tune goes on either way).
     pub open: bool,
     pub keys: Vec<String>,
-    pub rows: Vec<crate::tune::Row>,
+    pub rows: Vec<crate::tools::tune::Row>,
     /// The last progress lines.
     pub lines: Vec<String>,
     pub dir: Option<PathBuf>,
@@ -384,7 +384,7 @@ impl SortBy {
             SortBy::Support => SortBy::Class,
         }
     }
-    /// The column of [`crate::rows::class_table`] this sorts by.
+    /// The column of [`crate::present::rows::class_table`] this sorts by.
     pub fn column(self) -> usize {
         match self {
             SortBy::Class => 0,
@@ -641,7 +641,7 @@ impl App {
 
     /// The earlier runs of this recipe arrived (`runs` from the runs
     /// folder, newest first; `current` the recipe file's text): open the popup.
-    fn on_runs_loaded(&mut self, runs: Vec<crate::runs::RunSummary>, current: String) {
+    fn on_runs_loaded(&mut self, runs: Vec<crate::run::history::RunSummary>, current: String) {
         let name = self.recipe.name.clone();
         let mine: Vec<_> = runs
             .into_iter()
@@ -679,19 +679,19 @@ impl App {
         vec![Effect::Send(CommandKind::Tune), Effect::Log("tune started".into())]
     }
 
-    fn on_tune_progress(&mut self, progress: crate::tune::Progress) {
+    fn on_tune_progress(&mut self, progress: crate::tools::tune::Progress) {
         let Some(view) = &mut self.tune else { return };
         match progress {
-            crate::tune::Progress::Started { keys, dir } => {
+            crate::tools::tune::Progress::Started { keys, dir } => {
                 view.keys = keys;
                 view.dir = Some(dir);
             }
-            crate::tune::Progress::Line(line) => {
+            crate::tools::tune::Progress::Line(line) => {
                 view.lines.push(line);
                 let extra = view.lines.len().saturating_sub(3);
                 view.lines.drain(..extra);
             }
-            crate::tune::Progress::Row(row) => view.rows.push(row),
+            crate::tools::tune::Progress::Row(row) => view.rows.push(row),
         }
     }
 
@@ -762,7 +762,7 @@ impl App {
                 c.progress.accuracy = accuracy;
             }
             Event::Epoch(r) => {
-                c.log.push(crate::rows::epoch_line(&r));
+                c.log.push(crate::present::rows::epoch_line(&r));
                 c.history.push(r);
             }
         }
@@ -816,8 +816,8 @@ impl App {
     fn on_input_changed(&mut self, input: crate::recipe::Input) -> Vec<Effect> {
         let first = self.recipe.first_step_using(&input);
         let what = match &input {
-            crate::recipe::Input::Data(p) => format!("data folder {}", crate::paths::shown(p).display()),
-            crate::recipe::Input::Weights(p) => format!("weights file {}", crate::paths::shown(p).display()),
+            crate::recipe::Input::Data(p) => format!("data folder {}", crate::util::paths::shown(p).display()),
+            crate::recipe::Input::Weights(p) => format!("weights file {}", crate::util::paths::shown(p).display()),
         };
         let mut effects =
             vec![Effect::Log(format!("{what} changed on disk: stale from step {:?}", first.map(|f| f + 1)))];

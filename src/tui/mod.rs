@@ -35,7 +35,7 @@ use ratatui_image::thread::ResizeResponse;
 
 use crate::error::{Error, Result};
 use crate::lab::Lab;
-use crate::recorder::RunRecorder;
+use crate::run::recorder::RunRecorder;
 use app::{Action, App, Command, CommandKind, Effect, Msg};
 use views::images::{ImageKey, Images};
 use worker::FromWorker;
@@ -105,7 +105,8 @@ fn install_panic_hook() {
 /// Runs the TUI on `recipe_path` until the user quits.
 pub fn run(recipe_path: &Path) -> Result<()> {
     let recipe = crate::recipe::load(recipe_path)?;
-    let run_dir = RunRecorder::open(&crate::report::default_run_dir(&format!("{}-tui", recipe.name)), &recipe, false)?;
+    let run_dir =
+        RunRecorder::open(&crate::run::files::default_run_dir(&format!("{}-tui", recipe.name)), &recipe, false)?;
     let log_path = run_dir.path().join("tui.log");
     let mut app = App::new(&recipe, log_path.clone());
 
@@ -350,7 +351,7 @@ impl Shell<'_> {
             Effect::OpenEditor => open_editor(self.terminal, &app.recipe_path, self.paused, self.log)?,
             Effect::LoadRuns => {
                 // A few small files per run; the popup opens at once.
-                let runs = crate::runs::list(std::path::Path::new("runs")).unwrap_or_default();
+                let runs = crate::run::history::list(std::path::Path::new("runs")).unwrap_or_default();
                 let current = std::fs::read_to_string(&app.recipe_path).unwrap_or_default();
                 for effect in app.update(Msg::RunsLoaded { runs, current }) {
                     if self.apply(effect, app, images)? {

@@ -164,7 +164,7 @@ fn canonical(path: &Path, cwd: &Path) -> PathBuf {
                 tail.push(last);
                 head = up;
             }
-            _ => return crate::paths::normalize(&absolute),
+            _ => return crate::util::paths::normalize(&absolute),
         }
     }
 }

@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::app::Command;
 use crate::lab::{Lab, StepOutput, StepResult};
-use crate::recorder::RunRecorder;
+use crate::run::recorder::RunRecorder;
 use crate::train::{Checkpoint, Event, Observer};
 
 /// Messages from the engine thread to the UI.
@@ -22,7 +22,7 @@ pub enum FromWorker {
     /// The current command finished (or was cut short by a reload).
     Idle,
     /// Progress of a tune (`T`).
-    Tune(crate::tune::Progress),
+    Tune(crate::tools::tune::Progress),
     /// The tune ended: the final accuracy on valid or the error, and best.toml's text.
     TuneEnded {
         outcome: Result<Option<f64>, String>,
@@ -125,7 +125,7 @@ impl Worker<'_> {
             }
             Command::InputChanged(input) => {
                 let first = self.lab.input_changed(&input);
-                let shown = crate::paths::shown(input.path()).display().to_string();
+                let shown = crate::util::paths::shown(input.path()).display().to_string();
                 self.log(format_args!("{shown} changed on disk: stale from step {:?}", first.map(|i| i + 1)));
             }
             Command::Preview { step, seed } => send_preview(&self.lab, step, seed, self.tx),
@@ -215,12 +215,12 @@ impl Worker<'_> {
     fn tune(&mut self, recipe: &std::path::Path) {
         self.cancel.store(false, Ordering::Relaxed);
         let name = &self.lab.recipe().name;
-        let dir = crate::report::default_run_dir(&format!("{name}-tune"));
+        let dir = crate::run::files::default_run_dir(&format!("{name}-tune"));
         self.log(format_args!("tune {} → {}", recipe.display(), dir.display()));
         let tx = self.tx;
-        let mut send = |p: crate::tune::Progress| tx(FromWorker::Tune(p));
-        let opts = crate::tune::Options::default();
-        let outcome = crate::tune::run(Some(recipe), &dir, false, &opts, self.cancel.clone(), &mut send);
+        let mut send = |p: crate::tools::tune::Progress| tx(FromWorker::Tune(p));
+        let opts = crate::tools::tune::Options::default();
+        let outcome = crate::tools::tune::run(Some(recipe), &dir, false, &opts, self.cancel.clone(), &mut send);
         let best = std::fs::read_to_string(dir.join("best.toml")).ok();
         let outcome = match outcome {
             Ok(o) if o.interrupted => Err(format!("cancelled: `tlab tune --resume {}` continues", dir.display())),
@@ -247,16 +247,16 @@ fn data_report(data: &crate::recipe::DataConfig) -> Vec<String> {
     if let Some(csv) = &data.csv {
         return vec![format!(
             "the images are listed by {}: `tlab data FOLDER` examines a folder of class folders",
-            crate::paths::shown(csv).display()
+            crate::util::paths::shown(csv).display()
         )];
     }
     let root = data.train.parent().unwrap_or(&data.train);
-    match crate::doctor::diagnose_splits(
+    match crate::tools::doctor::diagnose_splits(
         root,
         &data.train,
         data.valid.as_deref(),
         data.test.as_deref(),
-        crate::doctor::NEAR_BITS,
+        crate::tools::doctor::NEAR_BITS,
     ) {
         Ok(d) => d.lines(),
         Err(e) => vec![format!("cannot examine the data: {e}")],
@@ -266,12 +266,12 @@ fn data_report(data: &crate::recipe::DataConfig) -> Vec<String> {
 fn send_preview(lab: &Lab, step: usize, seed: u64, tx: &dyn Fn(FromWorker)) {
     let Some(data) = lab.data_ref() else { return };
     let aug = lab.augmenter();
-    let mix = crate::preview::mix_after(lab.recipe(), step);
-    let (image, captions) = crate::preview::training_samples(data, aug.as_ref(), mix.as_ref(), seed, 16);
+    let mix = crate::present::preview::mix_after(lab.recipe(), step);
+    let (image, captions) = crate::present::preview::training_samples(data, aug.as_ref(), mix.as_ref(), seed, 16);
     tx(FromWorker::Image { step, kind: ImageKind::Preview, image, captions });
 }
 
-fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction], tx: &dyn Fn(FromWorker)) {
+fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::train::Prediction], tx: &dyn Fn(FromWorker)) {
     let Some(data) = lab.data_ref() else { return };
     let shown: Vec<_> = mistakes.iter().take(12).collect();
     if shown.is_empty() {
@@ -281,11 +281,11 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction],
     let mut captions = Vec::new();
     for p in shown {
         let Some(i) = data.valid.paths.iter().position(|q| *q == p.path) else { continue };
-        let Some(t) = crate::preview::thumbnail(&data.valid, data.size, i) else { continue };
+        let Some(t) = crate::present::preview::thumbnail(&data.valid, data.size, i) else { continue };
         thumbs.push(t);
         captions.push(format!("{} → {} ({:.2})", data.classes[p.truth], data.classes[p.predicted], p.confidence));
     }
-    let grid = crate::preview::tile(&thumbs, thumbs.len().min(4) as u32);
+    let grid = crate::present::preview::tile(&thumbs, thumbs.len().min(4) as u32);
     tx(FromWorker::Image { step, kind: ImageKind::Mistakes, image: grid, captions: captions.clone() });
     // The Grad-CAM overlays of the same images, for the `g` toggle.
     let Some(model) = lab.model() else { return };
@@ -295,7 +295,7 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction],
         .take(12)
         .filter_map(|p| {
             let i = data.valid.paths.iter().position(|q| *q == p.path)?;
-            let thumb = crate::preview::thumbnail(&data.valid, data.size, i)?;
+            let thumb = crate::present::preview::thumbnail(&data.valid, data.size, i)?;
             let px: Vec<f32> = data.valid.pixels[i].iter().map(|&v| f32::from(v)).collect();
             let s = data.size as usize;
             let x = preprocess.to_tensor(&px, 1, s, s).ok()?;
@@ -304,7 +304,7 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::report::Prediction],
         })
         .collect();
     if overlays.len() == thumbs.len() {
-        let grid = crate::preview::tile(&overlays, overlays.len().min(4) as u32);
+        let grid = crate::present::preview::tile(&overlays, overlays.len().min(4) as u32);
         tx(FromWorker::Image { step, kind: ImageKind::MistakesGradCam, image: grid, captions });
     }
 }

@@ -235,7 +235,7 @@ mod tests {
     fn runs_popup_lists_this_recipes_runs_and_diffs_the_selected_one() {
         let mut a = app();
         let name = a.recipe.name.clone();
-        let run = |dir: &str, lr: &str, accuracy: f64| crate::runs::RunSummary {
+        let run = |dir: &str, lr: &str, accuracy: f64| crate::run::history::RunSummary {
             dir: dir.into(),
             name: dir.into(),
             started: Some(1_796_142_154),
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn tune_view_shows_the_leaderboard_live_and_the_best_recipes_diff() {
-        use crate::tune::{Progress, Row};
+        use crate::tools::tune::{Progress, Row};
         let mut a = app();
         assert_eq!(a.update(Action::Tune)[0], Effect::Send(CommandKind::Tune));
         assert!(a.pending, "no step runs while the tune does");

@@ -9,7 +9,7 @@ use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::Frame;
 
 use crate::lab::StepOutput;
-use crate::rows;
+use crate::present::rows;
 use crate::tui::app::{Cell, SortBy};
 
 pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, sort: SortBy) {

@@ -59,7 +59,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
     match &run.recipe {
         None => lines.push(Line::from("(this run saved no recipe.toml)")),
         Some(old) => {
-            let diff = crate::runs::recipe_diff(old, &view.current);
+            let diff = crate::run::history::recipe_diff(old, &view.current);
             if diff.is_empty() {
                 lines.push(Line::from("same recipe"));
             }

@@ -24,7 +24,7 @@ pub fn render(frame: &mut Frame, area: Rect, view: &TuneView) {
     let block = Block::bordered().title(title).title_style(Style::new().add_modifier(Modifier::BOLD));
     let inner = block.inner(popup);
     frame.render_widget(block, popup);
-    let board = crate::tune::leaderboard(&view.rows);
+    let board = crate::tools::tune::leaderboard(&view.rows);
     let table_h = (board.len() as u16 + 1).clamp(2, inner.height.saturating_sub(10).max(2));
     let [head, table_area, best_area] =
         Layout::vertical([Constraint::Length(5), Constraint::Length(table_h), Constraint::Min(1)]).areas(inner);
@@ -67,14 +67,14 @@ pub fn render(frame: &mut Frame, area: Rect, view: &TuneView) {
 
 /// What the tune is doing: trials run, time, its folder, its last lines.
 fn status_lines(view: &TuneView) -> Vec<Line<'static>> {
-    let trials = crate::tune::leaderboard(&view.rows).len();
+    let trials = crate::tools::tune::leaderboard(&view.rows).len();
     let state = match &view.ended {
         None => format!("{:.0}s", view.started.elapsed().as_secs_f64()),
         Some(Ok(Some(a))) => format!("best.toml trained on all of train: accuracy {a:.4} on valid"),
         Some(Ok(None)) => "no trial finished".into(),
         Some(Err(e)) => e.clone(),
     };
-    let dir = view.dir.as_ref().map(|d| crate::paths::shown(d).display().to_string()).unwrap_or_default();
+    let dir = view.dir.as_ref().map(|d| crate::util::paths::shown(d).display().to_string()).unwrap_or_default();
     let mut lines = vec![
         Line::from(format!(
             "{trials} trial(s), {} trial-rung(s), scored on an inner split of train (valid unread) · {dir}",
@@ -88,11 +88,11 @@ fn status_lines(view: &TuneView) -> Vec<Line<'static>> {
 
 /// The best recipe against the starting one: best.toml's key-by-key diff
 /// once written, else the leading trial's values.
-fn best_lines(view: &TuneView, leader: Option<&crate::tune::Row>) -> Vec<Line<'static>> {
+fn best_lines(view: &TuneView, leader: Option<&crate::tools::tune::Row>) -> Vec<Line<'static>> {
     let bold = Style::new().add_modifier(Modifier::BOLD);
     if let Some(best) = &view.best {
         let mut lines = vec![Line::styled("best.toml against the recipe it started from:", bold)];
-        let diff = crate::runs::recipe_diff(&view.original, best);
+        let diff = crate::run::history::recipe_diff(&view.original, best);
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
         lines.extend(
             diff.iter()
