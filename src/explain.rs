@@ -146,23 +146,30 @@ pub struct Explanation {
     pub picture: RgbImage,
     pub predicted: usize,
     pub confidence: f32,
+    /// The true class, when the caller knew it.
+    pub truth: Option<usize>,
     /// The peak of the predicted class's map, at the map's resolution.
     pub peak: (usize, usize),
     pub map: Heatmap,
 }
 
-/// Explains one image given as RGB bytes (`size × size`, as the data set
-/// decodes them): predicts it, and draws Grad-CAM for the predicted class
-/// and, if `truth` is known and differs, for the true class.
+/// Explains one square image given as RGB bytes (as the data set decodes
+/// them): predicts it, and draws Grad-CAM at the output of block `layer`
+/// (`None`: the last with a spatial map) for the predicted class and, if
+/// `truth` is known and differs, for the true class.
 pub fn explain_pixels(
     model: &Classifier,
     preprocess: &crate::models::Preprocess,
     pixels: &[u8],
-    size: u32,
     classes: &[String],
     truth: Option<usize>,
+    layer: Option<usize>,
 ) -> Result<Explanation> {
-    let s = size as usize;
+    let s = ((pixels.len() / 3) as f64).sqrt().round() as usize;
+    if s * s * 3 != pixels.len() {
+        return Err(Error::GradCam("the pixels are not a square RGB image"));
+    }
+    let size = s as u32;
     let as_f32: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
     let x = preprocess.to_tensor(&as_f32, 1, s, s)?;
     let logits = model.forward_from(&x, 0, Mode::EVAL, &mut Rng::new(0))?;
@@ -170,7 +177,7 @@ pub fn explain_pixels(
     let predicted = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let image = RgbImage::from_raw(size, size, pixels.to_vec())
         .ok_or_else(|| Error::GradCam("the pixels do not match the image size"))?;
-    let map = grad_cam(model, &x, predicted, None)?;
+    let map = grad_cam(model, &x, predicted, layer)?;
     let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| format!("#{i}")).replace('_', " ");
     // A map of zeros: nothing in the image speaks for that class (said on a
     // second caption line, so the first keeps the class readable).
@@ -185,12 +192,32 @@ pub fn explain_pixels(
     let head = format!("pred {} {:.2}", name(predicted), probs[predicted]);
     tiles.push((map.overlay(&image), caption(head, RED, &map)));
     if let Some(t) = truth.filter(|&t| t != predicted && t < classes.len()) {
-        let true_map = grad_cam(model, &x, t, None)?;
+        let true_map = grad_cam(model, &x, t, layer)?;
         let head = format!("true {} {:.2}", name(t), probs[t]);
         tiles.push((true_map.overlay(&image), caption(head, DARK, &true_map)));
     }
     let picture = crate::util::draw::gallery(&tiles, tiles.len(), 160);
-    Ok(Explanation { picture, predicted, confidence: probs[predicted], peak: map.peak(), map })
+    Ok(Explanation { picture, predicted, confidence: probs[predicted], truth, peak: map.peak(), map })
+}
+
+/// `tlab explain`: one image file explained by the model of a run
+/// (`Predictor::from_run_dir_for_gradients`), at the block named `layer`
+/// (`None`: the last with a spatial map); the true class from the image's
+/// folder when it names one of the model's classes.
+pub fn explain_file(
+    predictor: &crate::predict::Predictor,
+    path: &std::path::Path,
+    layer: Option<&str>,
+) -> Result<Explanation> {
+    let model = predictor.classifier().ok_or(Error::GradCam("an ONNX model has no gradients; give a run directory"))?;
+    let layer = match layer {
+        Some(name) => Some(crate::models::block_position("--layer", &model.backbone.block_names(), name)? + 1),
+        None => None,
+    };
+    let (size, preprocess) = predictor.input_spec();
+    let pixels = crate::data::decode(path, size).map_err(|e| Error::data(path, e))?;
+    let truth = crate::predict::class_of(path, predictor.classes());
+    explain_pixels(model, preprocess, &pixels, predictor.classes(), truth, layer)
 }
 
 const DARK: Rgb<u8> = Rgb([30, 30, 30]);

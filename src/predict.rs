@@ -28,6 +28,70 @@ pub struct Ranked {
     pub top: Vec<(String, f32)>,
 }
 
+impl Ranked {
+    /// The `top` most likely of `classes` (at least one) under the probabilities `p`.
+    pub fn new(path: &Path, p: &[f32], classes: &[String], top: usize) -> Ranked {
+        let top = ranked(p, top).into_iter().map(|i| (classes[i].clone(), p[i])).collect();
+        Ranked { path: path.to_path_buf(), top }
+    }
+
+    /// `tlab predict --json`'s line: `path` (as the user reads it),
+    /// `predicted`, `confidence` and `top` as `[class, probability]` pairs.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": crate::util::paths::shown(&self.path).display().to_string(),
+            "predicted": self.top[0].0,
+            "confidence": self.top[0].1,
+            "top": self.top,
+        })
+    }
+}
+
+/// Class indices of `p`, most probable first, the first `top` (at least one).
+pub fn ranked(p: &[f32], top: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    order.truncate(top.max(1));
+    order
+}
+
+/// `tlab predict --csv`: `path,predicted,confidence,top_k`, one row per image,
+/// `top_k` as `class:probability` pairs.
+pub fn ranked_csv(rows: &[Ranked]) -> String {
+    use crate::fs::csv_field;
+    let mut text = String::from("path,predicted,confidence,top_k\n");
+    for r in rows {
+        let top: Vec<String> = r.top.iter().map(|(c, p)| format!("{c}:{p:.4}")).collect();
+        let path = crate::util::paths::shown(&r.path).display().to_string();
+        let line = [csv_field(&path), csv_field(&r.top[0].0), format!("{:.6}", r.top[0].1), csv_field(&top.join(" "))];
+        text.push_str(&(line.join(",") + "\n"));
+    }
+    text
+}
+
+/// Labelled images scored as an evaluation scores them: the metrics (top-k
+/// with `top` capped by the class count) and each image's prediction.
+pub fn score(
+    paths: &[PathBuf],
+    probs: &[Vec<f32>],
+    labels: &[usize],
+    classes: &[String],
+    top: usize,
+) -> (crate::metrics::Metrics, Vec<crate::train::Prediction>) {
+    let metrics = crate::metrics::compute(&probs.concat(), labels, classes, top.min(classes.len()).max(1));
+    let predictions = paths
+        .iter()
+        .zip(probs)
+        .zip(labels)
+        .map(|((path, p), &truth)| {
+            let predicted = ranked(p, 1)[0];
+            let loss = crate::metrics::nll(p[truth]) as f32;
+            crate::train::Prediction { path: path.clone(), truth, predicted, confidence: p[predicted], loss }
+        })
+        .collect();
+    (metrics, predictions)
+}
+
 enum Kind {
     Imagenet(Box<dyn Backbone>),
     Trained(Classifier),
@@ -120,6 +184,24 @@ impl Predictor {
         self.preprocess.to_tensor(&pixels, 1, s, s)
     }
 
+    /// `tlab predict --npy PREFIX`: the exact model inputs of `paths`
+    /// (PREFIX-inputs.npy, N×3×S×S, normalised) and their probabilities
+    /// `probs` (PREFIX-probs.npy, N×classes), to check an exported model
+    /// against tlab in Python on the same numbers.
+    pub fn write_npy(&self, prefix: &Path, paths: &[PathBuf], probs: &[Vec<f32>]) -> Result<()> {
+        let tensors: Vec<Tensor> = paths.iter().map(|p| self.input(p)).collect::<Result<_>>()?;
+        let stacked = Tensor::cat(&tensors, 0)?;
+        let values = stacked.flatten_all()?.to_vec1::<f32>()?;
+        let name = |suffix: &str| {
+            let mut p = prefix.to_path_buf().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let npy = crate::formats::npy::f32_array;
+        crate::fs::atomic_write(&name("-inputs.npy"), &npy(stacked.dims(), &values))?;
+        crate::fs::atomic_write(&name("-probs.npy"), &npy(&[paths.len(), self.classes.len()], &probs.concat()))
+    }
+
     pub fn classes(&self) -> &[String] {
         &self.classes
     }
@@ -210,16 +292,7 @@ impl Predictor {
 
     /// The `k` most likely classes for each file.
     pub fn top_k(&self, paths: &[PathBuf], k: usize) -> Result<Vec<Ranked>> {
-        paths
-            .iter()
-            .map(|path| {
-                let probs = self.probabilities(path)?;
-                let mut order: Vec<usize> = (0..probs.len()).collect();
-                order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-                let top = order.into_iter().take(k).map(|i| (self.classes[i].clone(), probs[i])).collect();
-                Ok(Ranked { path: path.clone(), top })
-            })
-            .collect()
+        paths.iter().map(|path| Ok(Ranked::new(path, &self.probabilities(path)?, &self.classes, k))).collect()
     }
 
     /// Decodes and resizes like the model's evaluation: ImageNet models get

@@ -243,22 +243,23 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
         FreezePoint::None => Ok(0),
         FreezePoint::Index(i) if *i <= names.len() => Ok(*i),
         FreezePoint::Index(i) => Err(Error::NoSuchBlock { what: "freeze up_to", block: *i, blocks: names.len() }),
-        FreezePoint::Block(name) => names.iter().position(|n| n == name).ok_or_else(|| {
-            let close: Vec<&String> =
-                names.iter().filter(|n| crate::util::suggest::levenshtein(n, name) <= 2).collect();
-            let hint = match close.first() {
-                Some(c) => format!("did you mean `{c}`? "),
-                None => String::new(),
-            };
-            Error::UnknownBlock {
-                key: "freeze up_to",
-                name: name.clone(),
-                hint,
-                first: names.first().cloned().unwrap_or_default(),
-                last: names.last().cloned().unwrap_or_default(),
-            }
-        }),
+        FreezePoint::Block(name) => block_position("freeze up_to", names, name),
     }
+}
+
+/// Where block `name` is among `names` (0-based), for the recipe key or
+/// option `key` that names it (`freeze up_to`, `--layer`): a misspelt name
+/// gets a "did you mean" and the range of the real names.
+pub fn block_position(key: &'static str, names: &[String], name: &str) -> Result<usize> {
+    names.iter().position(|n| n == name).ok_or_else(|| Error::UnknownBlock {
+        key,
+        name: name.to_owned(),
+        hint: crate::util::suggest::suggest(name, &names.iter().map(String::as_str).collect::<Vec<_>>())
+            .map(|b| format!("did you mean `{b}`? "))
+            .unwrap_or_default(),
+        first: names.first().cloned().unwrap_or_default(),
+        last: names.last().cloned().unwrap_or_default(),
+    })
 }
 
 /// Width of the head's input for `pooling`: the channels (twice for

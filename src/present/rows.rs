@@ -34,11 +34,11 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(columns: &[(&str, Align)]) -> Table {
+    pub fn new(columns: &[(&str, Align)]) -> Table {
         Table { columns: columns.iter().map(|&(t, a)| (t.to_string(), a)).collect(), rows: Vec::new() }
     }
 
-    fn push(&mut self, cells: Vec<String>) {
+    pub fn push(&mut self, cells: Vec<String>) {
         self.rows.push(Row { cells, summary: false });
     }
 

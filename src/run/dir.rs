@@ -388,9 +388,9 @@ pub fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImag
             model,
             &preprocess,
             &data.valid.pixels[i],
-            data.size,
             &data.classes,
             Some(p.truth),
+            None,
         )?;
         rows.push(e.picture);
     }

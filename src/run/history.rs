@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::present::rows::{Align, Table};
 use crate::train::EpochRecord;
 
 /// What a run directory says about its run.
@@ -185,76 +186,82 @@ pub fn metric_rows(runs: &[RunSummary]) -> Vec<(&'static str, usize, Vec<Option<
     ]
 }
 
+/// `tlab runs` and the TUI's runs popup: one row per run.
+pub fn runs_table(runs: &[RunSummary]) -> Table {
+    let mut t = Table::new(&[
+        ("run", Align::Left),
+        ("started (UTC)", Align::Left),
+        ("status", Align::Left),
+        ("accuracy", Align::Right),
+        ("macro F1", Align::Right),
+        ("time", Align::Right),
+        ("recipe", Align::Left),
+    ]);
+    let num = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+    for r in runs {
+        t.push(vec![
+            r.name.clone(),
+            r.started_text(),
+            if r.complete { "complete" } else { "incomplete" }.into(),
+            num(r.metrics.as_ref().map(|m| m.accuracy)),
+            num(r.metrics.as_ref().map(|m| m.macro_avg.f1)),
+            r.seconds.map_or("–".to_string(), |s| format!("{s:.0}s")),
+            r.recipe_hash.clone().unwrap_or_else(|| "–".into()),
+        ]);
+    }
+    t
+}
+
+/// `tlab compare`'s metrics: a column per run, each later run's value with
+/// its difference from the first's.
+pub fn compare_table(runs: &[RunSummary]) -> Table {
+    let columns: Vec<(&str, Align)> =
+        std::iter::once(("", Align::Left)).chain(runs.iter().map(|r| (r.name.as_str(), Align::Right))).collect();
+    let mut t = Table::new(&columns);
+    for (name, p, values) in metric_rows(runs) {
+        let cells = values.iter().enumerate().map(|(k, v)| match (v, values[0]) {
+            (Some(v), Some(base)) if k > 0 => format!("{v:.p$} ({:+.p$})", v - base),
+            (Some(v), _) => format!("{v:.p$}"),
+            (None, _) => "–".into(),
+        });
+        t.push(std::iter::once(name.to_string()).chain(cells).collect());
+    }
+    t
+}
+
+/// Recipe `after` diffed against `before` key by key (`None`: a run saved
+/// no recipe.toml); a table with no rows is the same recipe.
+pub fn diff_table(before: Option<&str>, after: Option<&str>) -> Option<Table> {
+    let mut t = Table::new(&[("key", Align::Left), ("before", Align::Left), ("after", Align::Left)]);
+    let show = |v: Option<String>| v.unwrap_or_else(|| "(absent)".into());
+    for c in recipe_diff(before?, after?) {
+        t.push(vec![c.key, show(c.before), show(c.after)]);
+    }
+    Some(t)
+}
+
+/// What a missing recipe diff says, wherever it is shown.
+pub const NO_RECIPE: &str = "(a run without recipe.toml: made by an older tlab)";
+
 /// `compare.html`: the metrics side by side with differences from the first
 /// run, each later run's recipe diffed against the first, and `chart` (the
 /// overlaid curves) embedded.
 pub fn compare_html(runs: &[RunSummary], chart: &image::RgbImage) -> Result<String> {
-    use crate::present::views::escape;
+    use crate::present::views::{escape, table_html};
     let mut s = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>tlab compare</title>\
-         <style>body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px}\
-         table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
-         th{background:#f3f3f3}.up{color:#080}.down{color:#c00}code{font-size:12px}</style></head><body>\n\
-         <h1>tlab compare</h1>",
+         <style>body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;padding:0 16px}</style>\
+         </head><body>\n<h1>tlab compare</h1>",
     );
-    s.push_str("<table><tr><th></th>");
-    for (k, r) in runs.iter().enumerate() {
-        let c = crate::present::views::CompareChart::colour(k).0;
-        s.push_str(&format!(
-            "<th><span style=\"color:rgb({},{},{})\">■</span> {}</th>",
-            c[0],
-            c[1],
-            c[2],
-            escape(&r.name)
-        ));
-    }
-    s.push_str("</tr>");
-    for (name, p, values) in metric_rows(runs) {
-        s.push_str(&format!("<tr><th>{name}</th>"));
-        for (k, v) in values.iter().enumerate() {
-            let cell = match (v, values[0]) {
-                (Some(v), Some(base)) if k > 0 => {
-                    let d = v - base;
-                    let class = if d > 0.0 {
-                        "up"
-                    } else if d < 0.0 {
-                        "down"
-                    } else {
-                        ""
-                    };
-                    format!("{v:.p$} <span class=\"{class}\">({d:+.p$})</span>")
-                }
-                (Some(v), _) => format!("{v:.p$}"),
-                (None, _) => "–".into(),
-            };
-            s.push_str(&format!("<td>{cell}</td>"));
-        }
-        s.push_str("</tr>");
-    }
-    s.push_str("</table>\n<h2>Curves</h2>");
+    s.push_str(&table_html(&compare_table(runs)));
+    s.push_str("\n<h2>Curves</h2>");
     s.push_str(&crate::present::views::img_tag(chart, "validation loss and accuracy per epoch, one colour per run")?);
     for r in &runs[1..] {
         s.push_str(&format!("<h2>Recipe: {} → {}</h2>", escape(&runs[0].name), escape(&r.name)));
-        match (&runs[0].recipe, &r.recipe) {
-            (Some(a), Some(b)) => {
-                let diff = recipe_diff(a, b);
-                if diff.is_empty() {
-                    s.push_str("<p>same recipe</p>");
-                } else {
-                    s.push_str("<table><tr><th>key</th><th>before</th><th>after</th></tr>");
-                    for c in diff {
-                        let show = |v: &Option<String>| v.as_deref().map_or("(absent)".to_string(), escape);
-                        s.push_str(&format!(
-                            "<tr><td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                            escape(&c.key),
-                            show(&c.before),
-                            show(&c.after)
-                        ));
-                    }
-                    s.push_str("</table>");
-                }
-            }
-            _ => s.push_str("<p>(a run without recipe.toml: made by an older tlab)</p>"),
+        match diff_table(runs[0].recipe.as_deref(), r.recipe.as_deref()) {
+            Some(t) if t.rows.is_empty() => s.push_str("<p>same recipe</p>"),
+            Some(t) => s.push_str(&table_html(&t)),
+            None => s.push_str(&format!("<p>{}</p>", escape(NO_RECIPE))),
         }
     }
     s.push_str("\n</body></html>\n");

@@ -50,15 +50,7 @@ impl Embedder {
         let names = backbone.block_names();
         let blocks = match layer {
             None => names.len(),
-            Some(name) => names.iter().position(|n| n == name).map(|i| i + 1).ok_or_else(|| Error::UnknownBlock {
-                key: "--layer",
-                name: name.to_owned(),
-                hint: crate::util::suggest::suggest(name, &names.iter().map(String::as_str).collect::<Vec<_>>())
-                    .map(|b| format!("did you mean `{b}`? "))
-                    .unwrap_or_default(),
-                first: names.first().cloned().unwrap_or_default(),
-                last: names.last().cloned().unwrap_or_default(),
-            })?,
+            Some(name) => models::block_position("--layer", &names, name)? + 1,
         };
         let layer = names[blocks - 1].clone();
         let preprocess = backbone.preprocess();

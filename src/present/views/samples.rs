@@ -55,14 +55,8 @@ impl Lab {
         };
         let pixels = crate::data::decode(path, data.size).map_err(|e| Error::data(path, e))?;
         let truth = crate::predict::class_of(path, &data.classes);
-        let e = crate::explain::explain_pixels(
-            model,
-            &model.backbone.preprocess(),
-            &pixels,
-            data.size,
-            &data.classes,
-            truth,
-        )?;
+        let e =
+            crate::explain::explain_pixels(model, &model.backbone.preprocess(), &pixels, &data.classes, truth, None)?;
         Ok(Samples {
             image: e.picture,
             caption: format!(

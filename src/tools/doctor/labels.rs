@@ -315,6 +315,14 @@ impl LabelIssues {
         out
     }
 
+    /// Writes label_issues.csv and label_issues.png into `out` (created if missing).
+    pub fn write(&self, out: &Path) -> Result<()> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        crate::fs::atomic_write(&out.join("label_issues.csv"), self.csv().as_bytes())?;
+        let png = crate::present::views::png_bytes(&self.mosaic(48))?;
+        crate::fs::atomic_write(&out.join("label_issues.png"), &png)
+    }
+
     /// `label_issues.csv`: `rank,path,given,suggested,self_confidence,suggested_confidence`.
     pub fn csv(&self) -> String {
         let mut s = String::from("rank,path,given,suggested,self_confidence,suggested_confidence\n");

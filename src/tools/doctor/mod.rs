@@ -533,6 +533,28 @@ impl Diagnosis {
         out
     }
 
+    /// Writes the diagnosis into `out` (created if missing): report.json,
+    /// report.md, issues.csv (one row per image with an issue) and
+    /// mosaic-CLASS.png per class.
+    pub fn write(&self, out: &Path) -> Result<()> {
+        use crate::fs::{atomic_write, csv_field};
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let json = serde_json::to_string_pretty(self).map_err(|source| Error::Json { what: "report.json", source })?;
+        atomic_write(&out.join("report.json"), json.as_bytes())?;
+        atomic_write(&out.join("report.md"), (self.lines().join("\n") + "\n").as_bytes())?;
+        let mut csv = String::from("path,split,class,issues\n");
+        for im in self.images.iter().filter(|i| !i.issues.is_empty()) {
+            let path = csv_field(&im.path.display().to_string());
+            csv += &format!("{path},{},{},{}\n", im.split, csv_field(&im.class), im.issues.join(" "));
+        }
+        atomic_write(&out.join("issues.csv"), csv.as_bytes())?;
+        for c in &self.classes {
+            let png = crate::present::views::png_bytes(&self.mosaic(&c.class, 32))?;
+            atomic_write(&out.join(format!("mosaic-{}.png", c.class)), &png)?;
+        }
+        Ok(())
+    }
+
     /// Issues that flag most of the images (greyscale or tiny for a whole
     /// MNIST-like set): a property of the data set, not of an image, so
     /// mosaics do not caption every tile with them.

@@ -28,22 +28,17 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
     }
     let table_h = (view.runs.len() as u16 + 1).min(inner.height / 2).max(2);
     let [table_area, diff_area] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(1)]).areas(inner);
-    let num = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
-    let rows = view.runs.iter().enumerate().map(|(i, r)| {
-        let row = Row::new(vec![
-            r.name.clone(),
-            r.started_text(),
-            if r.complete { "complete".into() } else { "incomplete".into() },
-            num(r.metrics.as_ref().map(|m| m.accuracy)),
-            num(r.metrics.as_ref().map(|m| m.macro_avg.f1)),
-        ]);
+    // The columns `tlab runs` prints, up to the macro F1 (the popup is narrow).
+    let table = crate::run::history::runs_table(&view.runs);
+    let rows = table.rows.iter().enumerate().map(|(i, r)| {
+        let row = Row::new(r.cells.iter().take(5).cloned());
         if i == view.selected {
             row.style(Style::new().bg(Color::Blue).fg(Color::White))
         } else {
             row
         }
     });
-    let header = Row::new(vec!["run", "started (UTC)", "status", "accuracy", "macro F1"])
+    let header = Row::new(table.columns.iter().take(5).map(|(title, _)| title.clone()))
         .style(Style::new().add_modifier(Modifier::BOLD));
     let widths = [
         Constraint::Min(24),
@@ -56,18 +51,11 @@ pub fn render(frame: &mut Frame, area: Rect, view: &RunsView) {
     let Some(run) = view.runs.get(view.selected) else { return };
     let mut lines =
         vec![Line::styled(format!("recipe now vs {}:", run.name), Style::new().add_modifier(Modifier::BOLD))];
-    match &run.recipe {
+    match crate::run::history::diff_table(run.recipe.as_deref(), Some(&view.current)) {
         None => lines.push(Line::from("(this run saved no recipe.toml)")),
-        Some(old) => {
-            let diff = crate::run::history::recipe_diff(old, &view.current);
-            if diff.is_empty() {
-                lines.push(Line::from("same recipe"));
-            }
-            for c in diff {
-                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
-                lines.push(Line::from(format!("  {}: {} → {}", c.key, show(&c.before), show(&c.after))));
-            }
-        }
+        Some(t) if t.rows.is_empty() => lines.push(Line::from("same recipe")),
+        Some(t) => lines
+            .extend(t.rows.iter().map(|r| Line::from(format!("  {}: {} → {}", r.cells[0], r.cells[1], r.cells[2])))),
     }
     frame.render_widget(Paragraph::new(lines), diff_area);
 }
