@@ -53,7 +53,7 @@ pub enum StepOutput {
 #[derive(Debug, Clone)]
 pub struct StepResult {
     pub index: usize,
-    pub kind: &'static str,
+    pub kind: crate::recipe::StepType,
     pub summary: String,
     pub seconds: f64,
     pub output: StepOutput,
@@ -377,7 +377,7 @@ impl Lab {
                     };
                     self.results[i] = Some(StepResult {
                         index: i,
-                        kind: self.recipe.steps[i].kind.name(),
+                        kind: self.recipe.steps[i].kind.step_type(),
                         summary: self.recipe.steps[i].kind.summary(),
                         seconds: 0.0,
                         output,
@@ -388,7 +388,7 @@ impl Lab {
                     let found = lr_finds.iter().find(|(s, _)| *s == i).map(|(_, r)| r.clone());
                     self.results[i] = found.map(|r| StepResult {
                         index: i,
-                        kind: self.recipe.steps[i].kind.name(),
+                        kind: self.recipe.steps[i].kind.step_type(),
                         summary: self.recipe.steps[i].kind.summary(),
                         seconds: 0.0,
                         output: StepOutput::LrFind(r),
@@ -546,7 +546,7 @@ impl Lab {
         });
         self.results[index] = Some(StepResult {
             index,
-            kind: step.kind.name(),
+            kind: step.kind.step_type(),
             summary: step.kind.summary(),
             seconds: started.elapsed().as_secs_f64(),
             output,

@@ -51,7 +51,7 @@ pub mod prelude {
     pub use crate::metrics::Metrics;
     pub use crate::predict::Predictor;
     pub use crate::present::views::{ClassReport, ConfusionMatrix, HistoryChart, Mistakes, Samples};
-    pub use crate::recipe::{Recipe, RecipeBuilder};
+    pub use crate::recipe::{Recipe, RecipeBuilder, StepType};
     pub use crate::run::dir::RunDir;
     pub use crate::tools::tune::Options as TuneOptions;
     pub use crate::train::{Evaluation, Event, Observer, Silent};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tlab::lab::StepOutput;
 use tlab::present::cells::{Progress, StepStatus};
-use tlab::recipe::RecipeBuilder;
+use tlab::recipe::{RecipeBuilder, StepType};
 use tlab::Lab;
 
 fn make_data(root: &Path) {
@@ -64,7 +64,7 @@ fn step_through_a_built_recipe() {
     let first = lab.run_next(&mut quiet).expect("backbone");
     assert!(matches!(first.output, StepOutput::Backbone { ref classes, .. } if classes.len() == 2));
     let to_augment = lab.run_to(2, &mut quiet).expect("freeze and augment");
-    assert_eq!(to_augment.iter().map(|r| r.kind).collect::<Vec<_>>(), ["freeze", "augment"]);
+    assert_eq!(to_augment.iter().map(|r| r.kind).collect::<Vec<_>>(), [StepType::Freeze, StepType::Augment]);
     assert_eq!(lab.steps().next(), Some(3));
 
     let rest = lab.run_rest(&mut quiet).expect("train and evaluate");
@@ -102,7 +102,7 @@ fn step_through_a_built_recipe() {
     // … while the values kept before it still read as they did.
     assert_eq!(kept.0.metrics.count, 6);
     assert!(std::sync::Arc::ptr_eq(&kept.0, &kept.1), "shared, not copied");
-    assert_eq!(kept.2.kind, "fine_tune");
+    assert_eq!(kept.2.kind, StepType::FineTune);
     assert_eq!(kept.3.len(), 2);
     assert_eq!(kept.4.train.len(), 12);
     assert_eq!(kept.5.next(), None);

@@ -47,7 +47,7 @@ pub enum StepStatus {
 pub struct StepInfo {
     /// 0-based, as [`Lab::run_step`] takes it.
     pub index: usize,
-    pub kind: &'static str,
+    pub kind: crate::recipe::StepType,
     /// The step's settings in one line (`epochs=4 lr=0.001 …`).
     pub summary: String,
     pub status: StepStatus,
@@ -208,7 +208,7 @@ impl Lab {
                 let result = self.result_ref(index);
                 StepInfo {
                     index,
-                    kind: step.kind.name(),
+                    kind: step.kind.step_type(),
                     summary: step.kind.summary(),
                     status: result.map_or(StepStatus::Pending, |r| StepStatus::Done { seconds: r.seconds }),
                     outcome: result.map(outcome_line),

@@ -266,17 +266,54 @@ pub enum StepKind {
     Evaluate(EvaluateConfig),
 }
 
+/// Which kind of step, without its settings: what results, front ends and
+/// the TUI's cells carry and match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepType {
+    Backbone,
+    Freeze,
+    Augment,
+    LrFind,
+    FineTune,
+    Evaluate,
+}
+
+impl StepType {
+    /// The `kind` string that selects this step in a recipe.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepType::Backbone => "backbone",
+            StepType::Freeze => "freeze",
+            StepType::Augment => "augment",
+            StepType::LrFind => "lr_find",
+            StepType::FineTune => "fine_tune",
+            StepType::Evaluate => "evaluate",
+        }
+    }
+}
+
+impl std::fmt::Display for StepType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 impl StepKind {
+    /// Which kind of step this is.
+    pub fn step_type(&self) -> StepType {
+        match self {
+            StepKind::Backbone(_) => StepType::Backbone,
+            StepKind::Freeze(_) => StepType::Freeze,
+            StepKind::Augment(_) => StepType::Augment,
+            StepKind::LrFind(_) => StepType::LrFind,
+            StepKind::FineTune(_) => StepType::FineTune,
+            StepKind::Evaluate(_) => StepType::Evaluate,
+        }
+    }
+
     /// The `kind` string that selects this step in a recipe.
     pub fn name(&self) -> &'static str {
-        match self {
-            StepKind::Backbone(_) => "backbone",
-            StepKind::Freeze(_) => "freeze",
-            StepKind::Augment(_) => "augment",
-            StepKind::LrFind(_) => "lr_find",
-            StepKind::FineTune(_) => "fine_tune",
-            StepKind::Evaluate(_) => "evaluate",
-        }
+        self.step_type().name()
     }
 
     /// A one-line human description, e.g. `adamw lr 1e-3 × 8 epochs, cosine`.

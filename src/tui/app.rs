@@ -11,6 +11,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::lab::{StepOutput, StepResult};
 use crate::recipe::Recipe;
+use crate::recipe::StepType;
 use crate::train::{EpochRecord, Event};
 
 /// What a user can ask for.
@@ -276,7 +277,7 @@ impl LiveProgress {
 /// One recipe step as a notebook cell.
 #[derive(Debug, Clone)]
 pub struct Cell {
-    pub kind: &'static str,
+    pub kind: StepType,
     pub summary: String,
     pub fingerprint: u64,
     pub status: Status,
@@ -293,7 +294,7 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn new(kind: &'static str, summary: String, fingerprint: u64) -> Self {
+    fn new(kind: StepType, summary: String, fingerprint: u64) -> Self {
         Cell {
             kind,
             summary,
@@ -311,10 +312,10 @@ impl Cell {
 
     pub fn tabs(&self) -> &'static [Tab] {
         match self.kind {
-            "backbone" => &[Tab::Data, Tab::Log],
-            "augment" => &[Tab::Preview, Tab::Log],
-            "fine_tune" | "lr_find" => &[Tab::Progress, Tab::Charts, Tab::Log],
-            "evaluate" => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
+            StepType::Backbone => &[Tab::Data, Tab::Log],
+            StepType::Augment => &[Tab::Preview, Tab::Log],
+            StepType::FineTune | StepType::LrFind => &[Tab::Progress, Tab::Charts, Tab::Log],
+            StepType::Evaluate => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
             _ => &[Tab::Log],
         }
     }
@@ -444,7 +445,11 @@ impl App {
             recipe: recipe.clone(),
             recipe_path: recipe.path.clone(),
             log_path,
-            cells: recipe.steps.iter().map(|s| Cell::new(s.kind.name(), s.kind.summary(), s.fingerprint)).collect(),
+            cells: recipe
+                .steps
+                .iter()
+                .map(|s| Cell::new(s.kind.step_type(), s.kind.summary(), s.fingerprint))
+                .collect(),
             selected: 0,
             tab: 0,
             autorun: false,
@@ -706,10 +711,10 @@ impl App {
     /// The augment step whose preview is shown: the selected one, else the
     /// last done augment step.
     fn preview_step(&self) -> Option<usize> {
-        if self.cells.get(self.selected).is_some_and(|c| c.kind == "augment" && c.is_done()) {
+        if self.cells.get(self.selected).is_some_and(|c| c.kind == StepType::Augment && c.is_done()) {
             return Some(self.selected);
         }
-        self.cells.iter().rposition(|c| c.kind == "augment" && c.is_done())
+        self.cells.iter().rposition(|c| c.kind == StepType::Augment && c.is_done())
     }
 
     /// With auto-run on: re-run stale steps (up to the last stale one).
@@ -885,7 +890,7 @@ impl App {
         let Some(first) = first else { return (None, vec![]) };
         let mut cells: Vec<Cell> = Vec::with_capacity(recipe.steps.len());
         for (i, step) in recipe.steps.iter().enumerate() {
-            let fresh = Cell::new(step.kind.name(), step.kind.summary(), step.fingerprint);
+            let fresh = Cell::new(step.kind.step_type(), step.kind.summary(), step.fingerprint);
             match self.cells.get(i) {
                 Some(old) if i < first => cells.push(old.clone()),
                 Some(old) if old.kind == fresh.kind => {

@@ -154,6 +154,7 @@ super::evcxr_display!(StepResults);
 mod tests {
     use super::*;
     use crate::present::cells::StepInfo;
+    use crate::recipe::StepType;
     use crate::train::{EpochRecord, FineTuneOutcome, Stop};
 
     #[test]
@@ -163,19 +164,25 @@ mod tests {
             steps: vec![
                 StepInfo {
                     index: 0,
-                    kind: "backbone",
+                    kind: StepType::Backbone,
                     summary: "mobilenet_v2".into(),
                     status: StepStatus::Done { seconds: 1.25 },
                     outcome: Some("ok".into()),
                 },
                 StepInfo {
                     index: 1,
-                    kind: "freeze",
+                    kind: StepType::Freeze,
                     summary: "all".into(),
                     status: StepStatus::Pending,
                     outcome: None,
                 },
-                StepInfo { index: 2, kind: "evaluate", summary: "".into(), status: StepStatus::Pending, outcome: None },
+                StepInfo {
+                    index: 2,
+                    kind: StepType::Evaluate,
+                    summary: "".into(),
+                    status: StepStatus::Pending,
+                    outcome: None,
+                },
             ],
         };
         let html = steps.to_html();
@@ -198,7 +205,7 @@ mod tests {
         };
         let result = StepResult {
             index: 3,
-            kind: "fine_tune",
+            kind: StepType::FineTune,
             summary: "epochs=1".into(),
             seconds: 2.0,
             output: StepOutput::FineTune(FineTuneOutcome {

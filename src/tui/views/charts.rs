@@ -52,7 +52,7 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell) {
     if let Some(StepOutput::LrFind(found)) = cell.result.as_ref().map(|r| &r.output) {
         return lr_find(frame, area, found, cell.stale);
     }
-    if cell.kind == "lr_find" {
+    if cell.kind == crate::recipe::StepType::LrFind {
         frame.render_widget(Paragraph::new("the loss-vs-lr curve appears when the range test ends"), area);
         return;
     }

@@ -115,6 +115,7 @@ mod tests {
     use super::*;
     use crate::lab::{StepOutput, StepResult};
     use crate::metrics;
+    use crate::recipe::StepType;
     use crate::train::{Evaluation, Event};
     use crate::tui::app::{Action, CommandKind, Effect, Msg};
 
@@ -140,7 +141,7 @@ mod tests {
         let eval = Evaluation { metrics: m, predictions: vec![], mistakes: vec![] };
         StepResult {
             index: 2,
-            kind: "evaluate",
+            kind: StepType::Evaluate,
             summary: "evaluate".into(),
             seconds: 0.5,
             output: StepOutput::Evaluate(std::sync::Arc::new(eval)),
@@ -153,7 +154,7 @@ mod tests {
         a.update(Msg::Started(0));
         a.update(Msg::Done(Box::new(StepResult {
             index: 0,
-            kind: "backbone",
+            kind: StepType::Backbone,
             summary: "mobilenet_v2".into(),
             seconds: 1.25,
             output: StepOutput::Augment { config: Default::default() },
