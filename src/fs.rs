@@ -34,7 +34,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Removes the temp files [`atomic_write`] leaves behind when a process is
 /// killed between writing and renaming (`.NAME.PID.tmp`) in `dir` and its
 /// direct sub-folders. Call it before a new process writes into a run folder.
-pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let own = format!(".{}.tmp", std::process::id());
     let mut folders = vec![dir.to_path_buf()];
@@ -55,7 +55,7 @@ pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A CSV field, quoted where it holds a comma, a quote or a line break.
-pub fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -92,7 +92,7 @@ pub struct Lab {
 /// Something that follows every step a [`Lab`] runs, whoever asks for it:
 /// it sees the step begin, its events and how it ended. A notebook's run
 /// directory is kept this way (`Lab::record_to`).
-pub trait StepRecorder: Observer + Send {
+pub(crate) trait StepRecorder: Observer + Send {
     fn begin_step(&mut self, lab: &Lab, index: usize);
     fn end_step(&mut self, result: std::result::Result<&StepResult, &Error>);
     /// For finding out which recorder is attached.
@@ -162,18 +162,18 @@ impl Lab {
     }
 
     /// Attaches `recorder` to follow every step from now on (replacing any).
-    pub fn set_recorder(&mut self, recorder: Option<Box<dyn StepRecorder>>) {
+    pub(crate) fn set_recorder(&mut self, recorder: Option<Box<dyn StepRecorder>>) {
         self.recorder = recorder;
     }
 
     /// Detaches the recorder, if one is attached.
-    pub fn take_recorder(&mut self) -> Option<Box<dyn StepRecorder>> {
+    pub(crate) fn take_recorder(&mut self) -> Option<Box<dyn StepRecorder>> {
         self.recorder.take()
     }
 
     /// Takes the frozen-feature cache out, leaving an empty one: a tune hands
     /// it from one trial's lab to the next.
-    pub fn take_feature_cache(&mut self) -> train::cache::FeatureCache {
+    pub(crate) fn take_feature_cache(&mut self) -> train::cache::FeatureCache {
         std::mem::take(&mut self.features)
     }
 
@@ -466,7 +466,7 @@ impl Lab {
 
     /// Forgets the results of `index` and later, restoring the state the
     /// step before `index` left behind.
-    pub fn rewind_to(&mut self, index: usize) -> Result<()> {
+    pub(crate) fn rewind_to(&mut self, index: usize) -> Result<()> {
         for r in &mut self.results[index..] {
             *r = None;
         }

@@ -355,7 +355,7 @@ pub fn top_k_accuracy(probs: &[f32], labels: &[usize], n_classes: usize, k: usiz
 /// `p` clamped to `[ε, 1 − ε]` (f64's ε, as scikit-learn's `log_loss`
 /// clips) and NaN counted as 0: the one floor of every loss tlab reports
 /// (metrics, epoch losses, predictions).
-pub fn nll(p: f32) -> f64 {
+pub(crate) fn nll(p: f32) -> f64 {
     let eps = f64::EPSILON;
     let p = f64::from(p);
     // NaN.clamp stays NaN; treat a NaN probability as 0 too.
@@ -363,7 +363,7 @@ pub fn nll(p: f32) -> f64 {
 }
 
 /// `n_classes == 0` returns an empty vector.
-pub fn softmax_rows(logits: &[f32], n_classes: usize) -> Vec<f32> {
+pub(crate) fn softmax_rows(logits: &[f32], n_classes: usize) -> Vec<f32> {
     if n_classes == 0 {
         return Vec::new();
     }

@@ -165,7 +165,7 @@ impl Predictor {
     }
 
     /// The image size and preprocessing the model expects.
-    pub fn input_spec(&self) -> (u32, &Preprocess) {
+    pub(crate) fn input_spec(&self) -> (u32, &Preprocess) {
         (self.size, &self.preprocess)
     }
 
@@ -352,7 +352,7 @@ pub fn load_run_model(dir: &Path) -> Result<(Classifier, ModelCard)> {
 
 /// The class of an image file from its folder (`…/<class>/<file>`), when
 /// that folder is one of `classes`.
-pub fn class_of(path: &Path, classes: &[String]) -> Option<usize> {
+pub(crate) fn class_of(path: &Path, classes: &[String]) -> Option<usize> {
     let folder = path.parent()?.file_name()?;
     classes.iter().position(|c| c.as_str() == folder)
 }
@@ -404,7 +404,7 @@ fn collect_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// Reads the model card back from a tlab `.onnx` file (its metadata), or
 /// says why the file is not one.
-pub fn card_of_onnx(path: &Path) -> Result<ModelCard> {
+pub(crate) fn card_of_onnx(path: &Path) -> Result<ModelCard> {
     use prost::Message;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let model = crate::formats::onnx::ModelProto::decode(bytes.as_slice())

@@ -89,7 +89,7 @@ impl Rng {
     }
 
     /// Next 64 uniformly distributed bits (xoshiro256++).
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
         let t = s[1] << 17;
@@ -184,7 +184,7 @@ impl Image {
     ///
     /// Never panics: if `bytes` is shorter than `width * height * 3` the missing values are 0,
     /// extra bytes are ignored.
-    pub fn from_rgb8(width: u32, height: u32, bytes: &[u8]) -> Self {
+    pub(crate) fn from_rgb8(width: u32, height: u32, bytes: &[u8]) -> Self {
         let len = data_len(width, height).unwrap_or(0);
         let mut data: Vec<f32> = bytes.iter().take(len).map(|&b| f32::from(b)).collect();
         data.resize(len, 0.0);
@@ -192,14 +192,14 @@ impl Image {
     }
 
     /// Converts back to 8-bit RGB, rounding to nearest and clamping to `0..=255` (NaN → 0).
-    pub fn to_rgb8(&self) -> Vec<u8> {
+    pub(crate) fn to_rgb8(&self) -> Vec<u8> {
         // `as u8` saturates and maps NaN to 0, which is exactly the clamp we want.
         self.data.iter().map(|&v| v.round() as u8).collect()
     }
 
     /// Whether `data` has exactly `width * height * 3` values; the processing functions treat
     /// a malformed image as something to return untouched rather than index out of bounds.
-    pub fn is_valid(&self) -> bool {
+    pub(crate) fn is_valid(&self) -> bool {
         data_len(self.width, self.height) == Some(self.data.len())
     }
 }
@@ -209,12 +209,14 @@ impl Image {
 // ---------------------------------------------------------------------------------------------
 
 /// Precomputed taps of one output coordinate of a separable resize.
+#[cfg(test)]
 struct Taps {
     start: usize,
     weights: Vec<f32>,
 }
 
 /// PIL's `precompute_coeffs` for the bilinear (triangle) filter.
+#[cfg(test)]
 ///
 /// For upscaling this is exactly bilinear with `align_corners=false` (source coordinate
 /// `(i + 0.5) * in/out - 0.5`, clamped at the edges). For downscaling the triangle is widened by
@@ -254,11 +256,15 @@ fn resize_taps(in_size: usize, out_size: usize) -> Vec<Taps> {
         .collect()
 }
 
+/// The reference the tests hold `warp`'s crops to (training resizes in
+/// `warp` and in decoding).
+///
 /// Resizes with a bilinear (triangle) filter, matching PIL's `Image.resize(..., BILINEAR)`:
 /// pixel centres aligned as with `align_corners=false`, antialiased when shrinking.
 ///
 /// Malformed or empty input gives a black (all-zero) image of the requested size.
-pub fn resize_bilinear(img: &Image, w: u32, h: u32) -> Image {
+#[cfg(test)]
+fn resize_bilinear(img: &Image, w: u32, h: u32) -> Image {
     if !img.is_valid() || img.width == 0 || img.height == 0 || w == 0 || h == 0 {
         return Image::filled(w, h, 0.0);
     }
@@ -341,7 +347,7 @@ impl Default for AffineParams {
 
 impl AffineParams {
     /// True when the parameters describe the identity map (so warping can be skipped).
-    pub fn is_identity(&self) -> bool {
+    pub(crate) fn is_identity(&self) -> bool {
         *self == AffineParams::default()
     }
 
@@ -574,7 +580,7 @@ impl Sampler<'_> {
 /// ratio is log-uniform in `ratio`; if none fits, a centre crop clamped to `ratio`.
 /// Invalid ranges (non-finite, non-positive ratios) fall back to torchvision's defaults
 /// `scale = (0.08, 1)`, `ratio = (3/4, 4/3)`.
-pub fn random_crop_params(width: u32, height: u32, cfg: &CropConfig, rng: &mut Rng) -> (u32, u32, u32, u32) {
+pub(crate) fn random_crop_params(width: u32, height: u32, cfg: &CropConfig, rng: &mut Rng) -> (u32, u32, u32, u32) {
     let ordered = |(a, b): (f64, f64)| if a <= b { (a, b) } else { (b, a) };
     let scale = if cfg.scale.0.is_finite() && cfg.scale.1.is_finite() { ordered(cfg.scale) } else { (0.08, 1.0) };
     let ratio = if cfg.ratio.0.is_finite() && cfg.ratio.1.is_finite() && cfg.ratio.0 > 0.0 && cfg.ratio.1 > 0.0 {
@@ -794,7 +800,7 @@ impl Augmenter {
 
     /// True when the configuration cannot change any image, so training can skip the work
     /// (and [`apply`](Self::apply) returns an exact copy).
-    pub fn is_identity(&self) -> bool {
+    pub(crate) fn is_identity(&self) -> bool {
         let c = &self.cfg;
         range(c.rotation_range) == 0.0
             && range(c.width_shift_range) == 0.0
@@ -815,7 +821,7 @@ impl Augmenter {
 
     /// Draws the geometric parameters in Keras' order (theta, height shift, width shift, shear,
     /// zx, zy, horizontal flip, vertical flip); disabled parts consume no random numbers.
-    pub fn random_affine(&self, width: u32, height: u32, rng: &mut Rng) -> AffineParams {
+    pub(crate) fn random_affine(&self, width: u32, height: u32, rng: &mut Rng) -> AffineParams {
         let c = &self.cfg;
         let mut p = AffineParams::default();
         let r = range(c.rotation_range);

@@ -9,7 +9,7 @@
 use super::{clamp_pixels, grey, Image, Rng};
 
 /// torchvision's `num_magnitude_bins`.
-pub const BINS: usize = 31;
+pub(crate) const BINS: usize = 31;
 
 /// The ops of TrivialAugmentWide, in torchvision's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +218,7 @@ pub fn rand_augment(img: &Image, num_ops: usize, magnitude: usize, rng: &mut Rng
 }
 
 /// RandAugment's (narrower) ranges at bin `bin` of 31.
-pub fn rand_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
+pub(crate) fn rand_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
     narrow_magnitude(op, bin, BINS, width, height)
 }
 
@@ -241,16 +241,16 @@ fn narrow_magnitude(op: Op, bin: usize, bins: usize, width: u32, height: u32) ->
 }
 
 /// AutoAugment's magnitude bins (torchvision's `num_magnitude_bins` for it).
-pub const AUTO_AUGMENT_BINS: usize = 10;
+pub(crate) const AUTO_AUGMENT_BINS: usize = 10;
 
 /// One step of an AutoAugment sub-policy: the op, its probability and its
 /// magnitude bin (of [`AUTO_AUGMENT_BINS`]; `None` for ops without one).
-pub type PolicyOp = (Op, f64, Option<usize>);
+pub(crate) type PolicyOp = (Op, f64, Option<usize>);
 
 /// AutoAugment's ImageNet policy (Cubuk et al. 2019, "AutoAugment: Learning
 /// Augmentation Strategies from Data"), as torchvision lists it: 25
 /// sub-policies of two ops each.
-pub const IMAGENET_POLICY: [[PolicyOp; 2]; 25] = {
+pub(crate) const IMAGENET_POLICY: [[PolicyOp; 2]; 25] = {
     use Op::*;
     [
         [(Posterize, 0.4, Some(8)), (Rotate, 0.6, Some(9))],
@@ -283,7 +283,7 @@ pub const IMAGENET_POLICY: [[PolicyOp; 2]; 25] = {
 
 /// The magnitude of `op` at AutoAugment bin `bin` for a `width`×`height`
 /// image (torchvision's `_augmentation_space(10, …)`), and whether it is signed.
-pub fn auto_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
+pub(crate) fn auto_augment_magnitude(op: Op, bin: usize, width: u32, height: u32) -> (f64, bool) {
     narrow_magnitude(op, bin, AUTO_AUGMENT_BINS, width, height)
 }
 
@@ -306,7 +306,7 @@ pub fn auto_augment(img: &Image, rng: &mut Rng) -> Image {
 /// torchvision's `RandomErasing`: with probability `p`, one rectangle of
 /// `scale` of the area and an aspect ratio log-uniform in `ratio` (10 tries
 /// to fit it) is filled with `value`, or noise.
-pub fn erase(img: &mut Image, e: &crate::recipe::Erasing, rng: &mut Rng) {
+pub(crate) fn erase(img: &mut Image, e: &crate::recipe::Erasing, rng: &mut Rng) {
     if !rng.bool(e.p) {
         return;
     }

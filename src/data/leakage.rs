@@ -14,7 +14,7 @@ use super::Split;
 /// training images as the run decoded them: `(copy, original)` pairs. The
 /// backbone step warns about them; hashing decoded bytes costs a fraction of
 /// decoding them.
-pub fn copies_of_training(train: &Split, other: &Split) -> Vec<(PathBuf, PathBuf)> {
+pub(crate) fn copies_of_training(train: &Split, other: &Split) -> Vec<(PathBuf, PathBuf)> {
     let hash = |px: &Vec<u8>| content_hash(px);
     let seen: HashMap<u64, usize> =
         train.pixels.par_iter().map(hash).collect::<Vec<_>>().into_iter().zip(0..).collect();
@@ -25,7 +25,7 @@ pub fn copies_of_training(train: &Split, other: &Split) -> Vec<(PathBuf, PathBuf
 /// Files of `other` whose bytes equal a file of `train`: `(copy, original)`.
 /// Only files of a size both lists share are read, so `tlab check` stays
 /// quick on photos.
-pub fn identical_files(train: &[PathBuf], other: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
+pub(crate) fn identical_files(train: &[PathBuf], other: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
     let sized = |files: &[PathBuf]| -> Vec<(u64, PathBuf)> {
         files.par_iter().filter_map(|p| Some((std::fs::metadata(p).ok()?.len(), p.clone()))).collect()
     };

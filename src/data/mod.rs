@@ -20,7 +20,7 @@ const IMAGE_EXTENSIONS: &[&str] =
     &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pnm", "pbm"];
 
 /// Whether `path` has one of the image extensions tlab decodes.
-pub fn is_image_file(path: &Path) -> bool {
+pub(crate) fn is_image_file(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
@@ -137,7 +137,7 @@ impl Dataset {
     /// Pixels (HWC, 0..=255 as f32) of `indices` from `split`, augmented when
     /// `aug` is given. Each image's randomness comes from its own stream
     /// `(seed, index)`, so the result does not depend on thread scheduling.
-    pub fn batch_pixels(&self, split: &Split, indices: &[usize], aug: Option<(&Augmenter, u64)>) -> Vec<f32> {
+    pub(crate) fn batch_pixels(&self, split: &Split, indices: &[usize], aug: Option<(&Augmenter, u64)>) -> Vec<f32> {
         let s = self.size;
         let per = (s * s * 3) as usize;
         let mut out = vec![0f32; indices.len() * per];

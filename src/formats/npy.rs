@@ -3,7 +3,7 @@
 //! exported model can be checked against tlab in Python on the same numbers.
 
 /// An `.npy` file of `values` in C order with the given shape.
-pub fn f32_array(shape: &[usize], values: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_array(shape: &[usize], values: &[f32]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");

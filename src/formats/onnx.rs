@@ -21,10 +21,10 @@ const IR_VERSION: i64 = 8;
 
 /// `TensorProto.DataType` values used here.
 pub mod dtype {
-    pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
-    pub const INT64: i32 = 7;
-    pub const FLOAT16: i32 = 10;
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const UINT8: i32 = 2;
+    pub(crate) const INT64: i32 = 7;
+    pub(crate) const FLOAT16: i32 = 10;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -262,7 +262,7 @@ impl Graph {
     }
 
     /// `clamp(x, lo, hi)`: nothing for (−∞, ∞), `Relu` for [0, ∞), else `Clip`.
-    pub fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Result<Value> {
+    pub(crate) fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Result<Value> {
         if lo == f32::NEG_INFINITY && hi == f32::INFINITY {
             return Ok(x);
         }
@@ -301,7 +301,7 @@ impl Graph {
 
     /// PyTorch's `Hardsigmoid`, `relu6(x + 3) / 6`, from opset-13 ops (the
     /// `HardSigmoid` op's default slope is 0.2, not 1/6).
-    pub fn hard_sigmoid(&mut self, x: &Value) -> Result<Value> {
+    pub(crate) fn hard_sigmoid(&mut self, x: &Value) -> Result<Value> {
         let three = self.scalar(3.0);
         let six = self.scalar(6.0);
         let shifted = Value { name: self.node("Add", vec![x.name.clone(), three], vec![]), shape: x.shape.clone() };
@@ -310,7 +310,7 @@ impl Graph {
     }
 
     /// PyTorch's `Hardswish`, `x · relu6(x + 3) / 6` (`HardSwish` needs opset 14).
-    pub fn hard_swish(&mut self, x: &Value) -> Result<Value> {
+    pub(crate) fn hard_swish(&mut self, x: &Value) -> Result<Value> {
         let gate = self.hard_sigmoid(x)?;
         Ok(self.mul(x, &gate))
     }
@@ -320,7 +320,7 @@ impl Graph {
     }
 
     /// A one-input op that keeps the shape (`Sqrt`, `Erf`, …).
-    pub fn unary(&mut self, op: &str, x: &Value) -> Value {
+    pub(crate) fn unary(&mut self, op: &str, x: &Value) -> Value {
         Value { name: self.node(op, vec![x.name.clone()], vec![]), shape: x.shape.clone() }
     }
 
@@ -330,13 +330,13 @@ impl Graph {
     }
 
     /// A float32 scalar as a value (shared by every use).
-    pub fn scalar_value(&mut self, v: f32) -> Value {
+    pub(crate) fn scalar_value(&mut self, v: f32) -> Value {
         Value { name: self.scalar(v), shape: vec![] }
     }
 
     /// A named constant tensor as a value (a per-channel scale, …); `shape`
     /// without the batch dimension.
-    pub fn tensor_value(&mut self, name: &str, t: &Tensor) -> Result<Value> {
+    pub(crate) fn tensor_value(&mut self, name: &str, t: &Tensor) -> Result<Value> {
         Ok(Value { name: self.constant(name, t)?, shape: t.dims().to_vec() })
     }
 
@@ -346,7 +346,7 @@ impl Graph {
     }
 
     /// Global average pooling that keeps the map's rank: `[c, 1, 1]`.
-    pub fn global_avg_pool_keep(&mut self, x: &Value) -> Value {
+    pub(crate) fn global_avg_pool_keep(&mut self, x: &Value) -> Value {
         Value { name: self.node("GlobalAveragePool", vec![x.name.clone()], vec![]), shape: vec![x.shape[0], 1, 1] }
     }
 
@@ -359,7 +359,7 @@ impl Graph {
     }
 
     /// `MaxPool` (`floor` output size, padding never wins the maximum).
-    pub fn max_pool(&mut self, x: &Value, k: usize, stride: usize, pad: Padding) -> Value {
+    pub(crate) fn max_pool(&mut self, x: &Value, k: usize, stride: usize, pad: Padding) -> Value {
         let out = |n: usize, before: usize, after: usize| (n + before + after - k) / stride + 1;
         let shape = vec![x.shape[0], out(x.shape[1], pad.top, pad.bottom), out(x.shape[2], pad.left, pad.right)];
         let attributes = vec![
@@ -372,7 +372,7 @@ impl Graph {
 
     /// `AveragePool` whose zero padding counts in the mean (PyTorch's
     /// `avg_pool2d` default, `count_include_pad`).
-    pub fn avg_pool(&mut self, x: &Value, k: usize, stride: usize, pad: usize) -> Value {
+    pub(crate) fn avg_pool(&mut self, x: &Value, k: usize, stride: usize, pad: usize) -> Value {
         let out = |n: usize| (n + 2 * pad - k) / stride + 1;
         let shape = vec![x.shape[0], out(x.shape[1]), out(x.shape[2])];
         let attributes = vec![
@@ -385,7 +385,7 @@ impl Graph {
     }
 
     /// Feature maps of the same size joined along the channels.
-    pub fn concat_channels(&mut self, parts: &[Value]) -> Value {
+    pub(crate) fn concat_channels(&mut self, parts: &[Value]) -> Value {
         let channels = parts.iter().map(|p| p.shape[0]).sum();
         let mut shape = parts[0].shape.clone();
         shape[0] = channels;
@@ -394,7 +394,7 @@ impl Graph {
     }
 
     /// `x · scale[c] + shift[c]` per channel (constants named `name.scale`, `name.shift`).
-    pub fn channel_affine(&mut self, x: &Value, name: &str, scale: &[f32], shift: &[f32]) -> Result<Value> {
+    pub(crate) fn channel_affine(&mut self, x: &Value, name: &str, scale: &[f32], shift: &[f32]) -> Result<Value> {
         let c = scale.len() as i64;
         let scale = self.constant_values(&format!("{name}.scale"), &[1, c, 1, 1], scale)?;
         let shift = self.constant_values(&format!("{name}.shift"), &[1, c, 1, 1], shift)?;
@@ -410,7 +410,7 @@ impl Graph {
     }
 
     /// Global max ⊕ global average pooling (fastai's concat pooling).
-    pub fn global_concat_pool(&mut self, x: &Value) -> Value {
+    pub(crate) fn global_concat_pool(&mut self, x: &Value) -> Value {
         let max = self.node("GlobalMaxPool", vec![x.name.clone()], vec![]);
         let avg = self.node("GlobalAveragePool", vec![x.name.clone()], vec![]);
         let both = self.node("Concat", vec![max, avg], vec![int("axis", 1)]);
@@ -461,7 +461,7 @@ impl Graph {
     }
 
     /// `MatMul` of two values (batched over their leading axes).
-    pub fn matmul(&mut self, a: &Value, b: &Value) -> Value {
+    pub(crate) fn matmul(&mut self, a: &Value, b: &Value) -> Value {
         let mut shape = a.shape.clone();
         if let (Some(last), Some(&cols)) = (shape.last_mut(), b.shape.last()) {
             *last = cols;
@@ -481,7 +481,7 @@ impl Graph {
     /// The mean over the last axis, kept as an axis of 1: a `MatMul` by a
     /// column of 1/n (`ReduceMean` moved its axes to an input in opset 18,
     /// and tlab writes opsets 13 to 21).
-    pub fn mean_last(&mut self, x: &Value) -> Result<Value> {
+    pub(crate) fn mean_last(&mut self, x: &Value) -> Result<Value> {
         let n = *x.shape.last().unwrap_or(&1);
         let column = Tensor::full(1.0 / n as f32, (n, 1), &candle_core::Device::Cpu)?;
         self.counter += 1;
@@ -491,14 +491,14 @@ impl Graph {
 
     /// `rows · x` for a constant `rows` `[r, t]` and tokens `x` `[t, d]`:
     /// `[r, d]` per image (a weighted sum over the tokens).
-    pub fn mix_tokens(&mut self, name: &str, rows: &Tensor, x: &Value) -> Result<Value> {
+    pub(crate) fn mix_tokens(&mut self, name: &str, rows: &Tensor, x: &Value) -> Result<Value> {
         let r = self.tensor_value(name, rows)?;
         let shape = vec![rows.dim(0)?, x.shape[1]];
         Ok(Value { name: self.node("MatMul", vec![r.name, x.name.clone()], vec![]), shape })
     }
 
     /// Softmax over the last axis.
-    pub fn softmax_last(&mut self, x: &Value) -> Value {
+    pub(crate) fn softmax_last(&mut self, x: &Value) -> Value {
         Value { name: self.node("Softmax", vec![x.name.clone()], vec![int("axis", -1)]), shape: x.shape.clone() }
     }
 
@@ -575,17 +575,17 @@ pub struct ModelIo {
 }
 
 /// A fixed dimension.
-pub fn dim(n: usize) -> Dimension {
+pub(crate) fn dim(n: usize) -> Dimension {
     Dimension { dim_value: Some(n as i64), dim_param: None }
 }
 
 /// A named dimension chosen at run time.
-pub fn dim_param(name: &str) -> Dimension {
+pub(crate) fn dim_param(name: &str) -> Dimension {
     Dimension { dim_value: None, dim_param: Some(name.into()) }
 }
 
 /// A convolution for [`run_with`]: `(x, weight, geometry)` → output without bias.
-pub type ConvFn<'a> = &'a dyn Fn(&Tensor, &Tensor, ConvGeometry) -> Result<Tensor>;
+pub(crate) type ConvFn<'a> = &'a dyn Fn(&Tensor, &Tensor, ConvGeometry) -> Result<Tensor>;
 
 /// Runs a model tlab exported, so `tlab predict` can check a shipped
 /// `.onnx` without its run directory: convolutions on tlab's CPU kernels,

@@ -475,7 +475,7 @@ multiversion! {
 /// Training-mode batch normalisation of `x` `[N, C, H, W]`. Returns the output
 /// and the batch `(mean, biased variance)` for the running estimates.
 /// `(lo, hi)` clamps the output: the fused activation (`(-∞, ∞)` for none).
-pub fn batch_norm_train(
+pub(crate) fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,

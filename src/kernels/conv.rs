@@ -352,7 +352,7 @@ fn dims(geo: &ConvGeometry, input: &Shape, weight: &Shape) -> Result<Dims> {
 
 /// Dense `conv2d(input, weight)`: input `[N, Cin, H, W]`, weight `[Cout, Cin, kh, kw]`.
 #[derive(Debug, Clone, Copy)]
-pub struct GemmConv(pub ConvGeometry);
+pub(crate) struct GemmConv(pub ConvGeometry);
 
 impl CustomOp2 for GemmConv {
     fn name(&self) -> &'static str {

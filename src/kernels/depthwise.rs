@@ -337,7 +337,7 @@ fn dims(geo: &DwGeometry, input: &Layout, weight: &Layout) -> Result<Dims> {
 
 /// `conv2d(input, weight, groups = C)` with weight `[C, 1, kh, kw]`.
 #[derive(Debug, Clone, Copy)]
-pub struct DepthwiseConv(pub DwGeometry);
+pub(crate) struct DepthwiseConv(pub DwGeometry);
 
 impl CustomOp2 for DepthwiseConv {
     fn name(&self) -> &'static str {
@@ -694,7 +694,7 @@ impl CustomOp2 for DepthwiseWeightGrad {
 }
 
 /// Depthwise convolution of `x` `[N, C, H, W]` with `weight` `[C, 1, kh, kw]`.
-pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, geo: DwGeometry) -> Result<Tensor> {
+pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, geo: DwGeometry) -> Result<Tensor> {
     let x = x.contiguous()?;
     let weight = weight.contiguous()?;
     if x.track_op() || weight.track_op() {

@@ -97,7 +97,7 @@ impl InplaceOp2 for BiasClamp {
 /// `clamp(y + b, lo, hi)` with `b` per channel, for a frozen layer: in place
 /// on `y` (a fresh convolution output nobody else holds) when no gradient
 /// flows through it; the plain ops otherwise.
-pub fn bias_clamp(y: Tensor, b: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
+pub(crate) fn bias_clamp(y: Tensor, b: &Tensor, lo: f32, hi: f32) -> Result<Tensor> {
     if y.track_op() || b.track_op() || y.dtype() != candle_core::DType::F32 || !y.is_contiguous() {
         let c = b.elem_count();
         return y.broadcast_add(&b.reshape((1, c, 1, 1))?)?.clamp(lo, hi);

@@ -175,7 +175,7 @@ impl CustomOp2 for MaxPoolGrad {
 }
 
 /// Max pooling of `x` `[N, C, H, W]` (f32) with a square `kernel`.
-pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: Padding) -> Result<Tensor> {
+pub(crate) fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: Padding) -> Result<Tensor> {
     let x = x.contiguous()?;
     let op = MaxPool(PoolGeometry { kernel, stride, pad });
     if x.track_op() {

@@ -137,7 +137,7 @@ impl Padding {
     /// TensorFlow's "SAME" padding for a `k`×`k` kernel with `stride` on an
     /// `h`×`w` input: the output is `ceil(size / stride)` and any odd total
     /// padding goes after (bottom/right), so it depends on the input size.
-    pub fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Self {
+    pub(crate) fn tf_same(h: usize, w: usize, k: usize, stride: usize) -> Self {
         let side = |n: usize| {
             let out = n.div_ceil(stride.max(1));
             let total = ((out.max(1) - 1) * stride + k).saturating_sub(n);
@@ -380,7 +380,7 @@ fn epilogue_bias<'a>(s: &'a CpuStorage, l: &Layout, channels: usize) -> Result<&
 /// gradient to track, the depthwise and GEMM kernels apply the bias and clamp
 /// to each output as they produce it; otherwise the plain ops.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_bias_clamp(
+pub(crate) fn conv2d_bias_clamp(
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,

@@ -58,7 +58,7 @@ impl CustomOp1 for ChannelNorm {
 
 /// LayerNorm over the channels of the NCHW map `x` for inference (no
 /// gradient is tracked through it).
-pub fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+pub(crate) fn channel_layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     let op = ChannelNorm { weight: weight.to_vec1::<f32>()?, bias: bias.to_vec1::<f32>()?, eps };
     x.contiguous()?.apply_op1_no_bwd(&op)
 }
@@ -97,7 +97,7 @@ impl<F: Fn(f32) -> f32 + Send + Sync> CustomOp1 for Map<F> {
 
 /// Exact GELU, `x · (1 + erf(x / √2)) / 2`, in parallel, for inference; with
 /// a tracked input, candle's differentiable `gelu_erf`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
         return x.gelu_erf();
     }
@@ -108,7 +108,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// SiLU, `x · sigmoid(x)`, in parallel on rayon for inference (candle's own
 /// elementwise pool spun a fifth of an EfficientNet-B0 forward pass); with a
 /// tracked input, candle's differentiable `silu`.
-pub fn silu(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn silu(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
         return x.silu();
     }
@@ -143,7 +143,7 @@ impl candle_core::CustomOp2 for ScalePlanes {
 
 /// `x · s` with `s` `[n, c, 1, 1]` broadcast over each plane: one parallel
 /// pass for inference, candle's `broadcast_mul` when a gradient is tracked.
-pub fn scale_planes(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+pub(crate) fn scale_planes(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     if x.track_op() || s.track_op() || x.rank() != 4 {
         return x.broadcast_mul(s);
     }

@@ -17,7 +17,7 @@ pub(crate) struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    pub(crate) fn load(
+    pub fn load(
         p: &mut ParamLoader,
         prefix: &str,
         (channels, squeeze): (usize, usize),

@@ -46,7 +46,7 @@ impl From<&HeadConfig> for HeadCard {
 }
 
 impl HeadCard {
-    pub fn to_config(&self) -> Result<HeadConfig> {
+    pub(crate) fn to_config(&self) -> Result<HeadConfig> {
         let pooling = match self.pooling.as_str() {
             "avg" => crate::recipe::Pooling::Avg,
             "flatten" => crate::recipe::Pooling::Flatten,

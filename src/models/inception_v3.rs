@@ -122,7 +122,7 @@ impl Block {
     }
 }
 
-pub struct InceptionV3 {
+pub(crate) struct InceptionV3 {
     names: Vec<String>,
     blocks: Vec<Block>,
     fc: Option<Linear>,

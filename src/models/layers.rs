@@ -118,7 +118,7 @@ impl ParamLoader {
 
     /// Marks every tensor under `prefix` as consumed (a classifier that the
     /// new head replaces).
-    pub fn skip_prefix(&mut self, prefix: &str) {
+    pub(crate) fn skip_prefix(&mut self, prefix: &str) {
         let names: Vec<String> = self.tensors.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
         self.used.extend(names);
     }
@@ -284,13 +284,13 @@ impl Mode {
 /// the network, so that every branch draws its own images from the batch's
 /// `mode.noise`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DropPath {
+pub(crate) struct DropPath {
     pub rate: f32,
     pub site: u64,
 }
 
 impl DropPath {
-    pub const NONE: DropPath = DropPath { rate: 0.0, site: 0 };
+    pub(crate) const NONE: DropPath = DropPath { rate: 0.0, site: 0 };
 
     pub fn apply(self, branch: Tensor, mode: Mode) -> Result<Tensor> {
         if !mode.training || self.rate <= 0.0 {
@@ -380,7 +380,13 @@ impl BatchNorm {
 
     /// BatchNorm then `act`; with batch statistics the activation is fused
     /// into the BatchNorm op (one autograd node instead of two).
-    pub fn forward_act(&self, x: &Tensor, use_batch_stats: bool, affine_trainable: bool, act: Act) -> Result<Tensor> {
+    pub(crate) fn forward_act(
+        &self,
+        x: &Tensor,
+        use_batch_stats: bool,
+        affine_trainable: bool,
+        act: Act,
+    ) -> Result<Tensor> {
         let c = x.dim(1)?;
         if !use_batch_stats {
             let (scale, shift) = self.eval_affine(affine_trainable)?;
@@ -408,7 +414,7 @@ impl BatchNorm {
     }
 
     /// The trainable scale and shift (not the running estimates).
-    pub fn affine_vars(&self, out: &mut Vec<Var>) {
+    pub(crate) fn affine_vars(&self, out: &mut Vec<Var>) {
         out.push(self.weight.clone());
         out.push(self.bias.clone());
     }
@@ -427,7 +433,7 @@ impl BatchNorm {
 
 /// Convolution (no bias) → BatchNorm → activation, the unit every
 /// architecture here is built from.
-pub struct ConvBnAct {
+pub(crate) struct ConvBnAct {
     conv_name: String,
     weight: Var,
     pub bn: BatchNorm,
@@ -442,7 +448,7 @@ pub struct ConvBnAct {
     folded: Option<(Tensor, Tensor)>,
 }
 
-/// Shape of a convolution for [`ConvBnAct::load`].
+/// Shape of a convolution for `ConvBnAct::load`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvSpec {
     pub cin: usize,
@@ -482,7 +488,7 @@ impl ConvBnAct {
 
     /// Switches to TensorFlow's "SAME" padding (ported TF models such as
     /// EfficientNet-Lite): asymmetric, and recomputed for every input size.
-    pub fn with_tf_same_padding(mut self) -> Self {
+    pub(crate) fn with_tf_same_padding(mut self) -> Self {
         self.tf_same = true;
         self
     }
@@ -495,7 +501,7 @@ impl ConvBnAct {
         Ok(Padding::tf_same(h, w, self.weight.dim(2)?, self.stride))
     }
 
-    pub fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
+    pub(crate) fn set_freeze(&mut self, freeze: Freeze) -> Result<()> {
         self.freeze = freeze;
         self.folded = if freeze.frozen && !freeze.train_bn {
             let (scale, shift) = self.bn.eval_affine(false)?;
@@ -534,7 +540,7 @@ impl ConvBnAct {
         self.act.export_onnx(g, y)
     }
 
-    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+    pub(crate) fn trainable_vars(&self, out: &mut Vec<Var>) {
         if !self.freeze.frozen {
             out.push(self.weight.clone());
         }
@@ -580,7 +586,7 @@ impl Conv {
         })
     }
 
-    pub fn set_frozen(&mut self, frozen: bool) {
+    pub(crate) fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
     }
 
@@ -607,7 +613,7 @@ impl Conv {
         self.act.apply(&y)
     }
 
-    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+    pub(crate) fn trainable_vars(&self, out: &mut Vec<Var>) {
         if !self.frozen {
             out.push(self.weight.clone());
             out.push(self.bias.clone());
@@ -639,7 +645,7 @@ impl Linear {
 
     /// A layer whose weight and bias are called `names` in the checkpoint
     /// (`prefix` names its ONNX constants).
-    pub fn load_named(
+    pub(crate) fn load_named(
         p: &mut ParamLoader,
         prefix: &str,
         names: (String, String),
@@ -685,7 +691,7 @@ impl Linear {
 
     /// This layer in an ONNX graph with an inference-mode BatchNorm on its
     /// input folded in: `W(x·s + t) + b = (W·diag(s))x + (Wt + b)`, one `Gemm`.
-    pub fn export_onnx_after(&self, g: &mut Graph, x: &Value, bn: Option<&BatchNorm>) -> Result<Value> {
+    pub(crate) fn export_onnx_after(&self, g: &mut Graph, x: &Value, bn: Option<&BatchNorm>) -> Result<Value> {
         let (w, b) = (self.weight.as_detached_tensor(), self.bias.as_detached_tensor());
         let Some(bn) = bn else {
             return g.linear(x, &self.prefix, &w, &b);
@@ -696,11 +702,11 @@ impl Linear {
         g.linear(x, &self.prefix, &folded_w, &folded_b)
     }
 
-    pub fn out_features(&self) -> usize {
+    pub(crate) fn out_features(&self) -> usize {
         self.weight.dims()[0]
     }
 
-    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+    pub(crate) fn trainable_vars(&self, out: &mut Vec<Var>) {
         if !self.frozen {
             out.push(self.weight.clone());
             out.push(self.bias.clone());
@@ -733,7 +739,7 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// PyTorch's `AdaptiveAvgPool2d((oh, ow))`: output cell `i` averages input
 /// rows `floor(i·H/oh) .. ceil((i+1)·H/oh)` (windows overlap or repeat when
 /// the input is smaller than the output).
-pub fn adaptive_avg_pool(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
+pub(crate) fn adaptive_avg_pool(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if (h, w) == (oh, ow) {
         return Ok(x.clone());

@@ -123,7 +123,7 @@ pub struct Preprocess {
 
 impl Preprocess {
     /// torchvision's ImageNet normalisation.
-    pub fn imagenet_torchvision(input_size: u32) -> Self {
+    pub(crate) fn imagenet_torchvision(input_size: u32) -> Self {
         Preprocess {
             input_size,
             resize_size: (input_size as f32 / 0.875).round() as u32,
@@ -135,7 +135,7 @@ impl Preprocess {
     /// TensorFlow's Lite-model normalisation `(pixel − 127) / 128` (mean
     /// 127/255, std 128/255 on [0, 1]) with TF's evaluation crop of
     /// `input / (input + 32)` of the short side.
-    pub fn tf_lite(input_size: u32) -> Self {
+    pub(crate) fn tf_lite(input_size: u32) -> Self {
         let (mean, std) = (127.0 / 255.0, 128.0 / 255.0);
         Preprocess { input_size, resize_size: input_size + 32, mean: [mean; 3], std: [std; 3] }
     }
@@ -191,7 +191,7 @@ pub fn build_backbone(arch: &str, p: &mut ParamLoader, with_classifier: bool) ->
 /// `strict` every other tensor must be used. `source` names the file in
 /// messages. `tlab run` and `tlab check` both load weights through here, so
 /// they report a misfit with the same words.
-pub fn backbone_from_tensors(
+pub(crate) fn backbone_from_tensors(
     arch: &str,
     source: impl Into<String>,
     tensors: std::collections::HashMap<String, Tensor>,
@@ -223,11 +223,11 @@ pub(crate) fn export_chain(
 /// A backbone output averaged over its positions (the spatial map, or a
 /// ViT's tokens): `[batch, channels]`, what `tlab embed` and
 /// [`crate::lab::Lab::embeddings`] give.
-pub fn mean_over_positions(features: Tensor) -> Result<Tensor> {
+pub(crate) fn mean_over_positions(features: Tensor) -> Result<Tensor> {
     Ok(if features.rank() > 2 { features.flatten_from(2)?.mean(2)? } else { features })
 }
 
-pub fn unknown_backbone(name: &str) -> Error {
+pub(crate) fn unknown_backbone(name: &str) -> Error {
     let best = crate::util::suggest::suggest(name, ARCHITECTURES);
     Error::UnknownBackbone {
         name: name.to_owned(),
@@ -237,7 +237,7 @@ pub fn unknown_backbone(name: &str) -> Error {
 }
 
 /// Resolves a freeze point to the number of leading blocks to freeze.
-pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize> {
+pub(crate) fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize> {
     match point {
         FreezePoint::All => Ok(names.len()),
         FreezePoint::None => Ok(0),
@@ -250,7 +250,7 @@ pub fn frozen_block_count(point: &FreezePoint, names: &[String]) -> Result<usize
 /// Where block `name` is among `names` (0-based), for the recipe key or
 /// option `key` that names it (`freeze up_to`, `--layer`): a misspelt name
 /// gets a "did you mean" and the range of the real names.
-pub fn block_position(key: &'static str, names: &[String], name: &str) -> Result<usize> {
+pub(crate) fn block_position(key: &'static str, names: &[String], name: &str) -> Result<usize> {
     names.iter().position(|n| n == name).ok_or_else(|| Error::UnknownBlock {
         key,
         name: name.to_owned(),
@@ -394,7 +394,7 @@ impl Head {
         Ok(x)
     }
 
-    pub fn trainable_vars(&self, out: &mut Vec<Var>) {
+    pub(crate) fn trainable_vars(&self, out: &mut Vec<Var>) {
         for bn in &self.norms {
             bn.affine_vars(out);
         }
@@ -465,13 +465,9 @@ impl Classifier {
         self.head.export_onnx(g, &features)
     }
 
-    pub fn frozen_blocks(&self) -> usize {
-        self.frozen_blocks
-    }
-
     /// The number of leading blocks whose output never changes during
     /// training (frozen, and BN not trainable): their output can be cached.
-    pub fn constant_prefix(&self) -> usize {
+    pub(crate) fn constant_prefix(&self) -> usize {
         if self.train_bn {
             0
         } else {
@@ -504,7 +500,7 @@ impl Classifier {
         Ok(self.backbone.forward_blocks(x, 0..blocks, Mode::EVAL)?.detach())
     }
 
-    pub fn trainable_vars(&self) -> Vec<Var> {
+    pub(crate) fn trainable_vars(&self) -> Vec<Var> {
         let mut vars = Vec::new();
         self.backbone.trainable_vars(&mut vars);
         self.head.trainable_vars(&mut vars);
@@ -587,7 +583,7 @@ impl Classifier {
     /// instead of being copied: the Lab's per-step states then cost only what
     /// each step changed (the trained blocks, the head, BatchNorm statistics),
     /// not a copy of the whole network per step.
-    pub fn snapshot_sharing(&self, previous: Option<&Snapshot>) -> Result<Snapshot> {
+    pub(crate) fn snapshot_sharing(&self, previous: Option<&Snapshot>) -> Result<Snapshot> {
         let Some(previous) = previous else { return self.snapshot() };
         let before: HashMap<&str, &Tensor> = previous.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let tensors = self

@@ -31,7 +31,7 @@ use crate::kernels::{maxpool, Padding};
 /// torchvision's classifier input: 512 channels pooled to 7×7.
 const POOLED: usize = 7;
 
-pub struct Vgg {
+pub(crate) struct Vgg {
     arch: &'static str,
     stages: Vec<Vec<Conv>>,
     classifier: Option<[Linear; 3]>,

@@ -533,7 +533,7 @@ fn resample_matrix(from: usize, to: usize) -> Result<Tensor> {
 }
 
 /// A Vision Transformer backbone.
-pub struct Vit {
+pub(crate) struct Vit {
     config: Config,
     embedding: Embedding,
     layers: Vec<EncoderBlock>,

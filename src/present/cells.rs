@@ -113,13 +113,13 @@ impl StepResults {
 }
 
 /// A one-line headline of a step's result: its [`outcome_lines`] joined.
-pub fn outcome_line(result: &StepResult) -> String {
+pub(crate) fn outcome_line(result: &StepResult) -> String {
     outcome_lines(&result.output).join("; ")
 }
 
 /// What a finished step produced, as the lines `tlab run` logs under it (and
 /// joined, the headline the steps table, notebooks and the TUI show).
-pub fn outcome_lines(output: &StepOutput) -> Vec<String> {
+pub(crate) fn outcome_lines(output: &StepOutput) -> Vec<String> {
     match output {
         StepOutput::Backbone { arch, source, blocks, classes, train_images, valid_images, skipped } => vec![
             format!("{arch} ({blocks} blocks) from {source}"),

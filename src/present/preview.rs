@@ -11,12 +11,12 @@ use crate::augment::{Augmenter, Image, Rng};
 use crate::data::{Dataset, Split};
 
 /// Background between tiles.
-pub const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
+pub(crate) const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
 /// Gap between tiles, in pixels.
 pub const GAP: u32 = 2;
 
 /// Image `index` of `split` as an RGB image, or `None` if out of range or malformed.
-pub fn thumbnail(split: &Split, size: u32, index: usize) -> Option<RgbImage> {
+pub(crate) fn thumbnail(split: &Split, size: u32, index: usize) -> Option<RgbImage> {
     let px = split.pixels.get(index)?;
     RgbImage::from_raw(size, size, px.clone())
 }
@@ -74,7 +74,7 @@ pub fn labelled_grid(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usiz
 }
 
 /// The images of [`labelled_grid`] one by one, each with its tile.
-pub fn labelled_samples(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> Vec<(RgbImage, Tile)> {
+pub(crate) fn labelled_samples(data: &Dataset, aug: Option<&Augmenter>, seed: u64, n: usize) -> Vec<(RgbImage, Tile)> {
     let identity = Augmenter::new(crate::recipe::AugmentConfig::default());
     let aug = aug.unwrap_or(&identity);
     spread(data.train.len(), n)
@@ -153,7 +153,7 @@ pub fn mix_after(recipe: &crate::recipe::Recipe, after: usize) -> Option<crate::
 /// The augmentation preview of the TUI and `tlab preview`: `n` training
 /// images as training sees them, in a near-square grid, with one caption per
 /// tile — the class, or with `mix` both classes and their weights.
-pub fn training_samples(
+pub(crate) fn training_samples(
     data: &Dataset,
     aug: Option<&Augmenter>,
     mix: Option<&crate::recipe::MixConfig>,

@@ -244,7 +244,7 @@ pub fn mistakes_table(mistakes: &[Prediction], classes: &[String]) -> Table {
 }
 
 /// The first `n` most-confused pairs on one line: `a → b (3) · …`, or "none".
-pub fn confused_line(m: &Metrics, n: usize) -> String {
+pub(crate) fn confused_line(m: &Metrics, n: usize) -> String {
     let pairs: Vec<String> =
         m.most_confused.iter().take(n).map(|c| format!("{} → {} ({})", c.truth, c.predicted, c.count)).collect();
     if pairs.is_empty() {
@@ -256,7 +256,7 @@ pub fn confused_line(m: &Metrics, n: usize) -> String {
 
 /// An evaluation in Markdown: the headline numbers, the classification
 /// report, the confusion matrix and the most-confused pairs.
-pub fn evaluation_markdown(m: &Metrics) -> String {
+pub(crate) fn evaluation_markdown(m: &Metrics) -> String {
     let mut s = summary_table(m).markdown();
     s.push_str("\n### Per class\n\n");
     s.push_str(&class_table(m).markdown());

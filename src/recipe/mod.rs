@@ -74,13 +74,13 @@ const PATCH_SIDES: &[(&str, u32)] =
     &[("vit_b_16", 16), ("deit_small_patch16_224", 16), ("vit_small_patch14_dinov2", 14)];
 
 /// The patch side of a Vision Transformer `arch` (`None` for a CNN).
-pub fn patch_size(arch: &str) -> Option<u32> {
+pub(crate) fn patch_size(arch: &str) -> Option<u32> {
     PATCH_SIDES.iter().find(|(a, _)| *a == arch).map(|(_, p)| *p)
 }
 
 /// Whether `arch` has residual branches that stochastic depth drops (its
 /// reference trains with it): EfficientNet B/V2, ConvNeXt, the ViTs.
-pub fn has_drop_path(arch: &str) -> bool {
+pub(crate) fn has_drop_path(arch: &str) -> bool {
     ["efficientnet_b", "efficientnet_v2", "convnext"].iter().any(|f| arch.starts_with(f)) || patch_size(arch).is_some()
 }
 
@@ -94,7 +94,7 @@ pub fn load(path: impl AsRef<Path>) -> Result<Recipe, RecipeError> {
 
 /// Reads and parses the recipe at `path`, or every problem found in it
 /// (what `tlab check` lists).
-pub fn load_all(path: &Path) -> Result<Recipe, Vec<RecipeError>> {
+pub(crate) fn load_all(path: &Path) -> Result<Recipe, Vec<RecipeError>> {
     let text =
         std::fs::read_to_string(path).map_err(|source| vec![RecipeError::Io { path: path.to_path_buf(), source }])?;
     parse_all(&text, path)
@@ -109,13 +109,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
 
 /// [`parse`], reporting every problem. Within a table unknown keys come
 /// first (a misspelt key is the likeliest cause of a later "missing key").
-pub fn parse_all(text: &str, path: &Path) -> Result<Recipe, Vec<RecipeError>> {
+pub(crate) fn parse_all(text: &str, path: &Path) -> Result<Recipe, Vec<RecipeError>> {
     build::build(text, path)
 }
 
 /// What a `weights` value names, with a relative path anchored at `base`
 /// (the recipe's folder). No validation: [`parse`] does that.
-pub fn weights_source(value: &str, base: &Path) -> WeightsSource {
+pub(crate) fn weights_source(value: &str, base: &Path) -> WeightsSource {
     if let Some(rest) = value.strip_prefix("hf:") {
         let (repo, file) = match rest.split_once(':') {
             Some((repo, file)) => (repo, Some(file.to_string())),
@@ -172,7 +172,7 @@ impl Recipe {
     /// The first step whose result depends on `input`: for data, the first
     /// step that reads images (backbone, fine_tune, evaluate); for a weights
     /// file, the first backbone step that loads it. `None` if no step does.
-    pub fn first_step_using(&self, input: &Input) -> Option<usize> {
+    pub(crate) fn first_step_using(&self, input: &Input) -> Option<usize> {
         self.steps.iter().position(|s| match (input, &s.kind) {
             (
                 Input::Data(_),
@@ -190,7 +190,7 @@ impl Recipe {
     /// Otherwise steps are compared by fingerprint in order; a step added or
     /// removed at the end counts as a change at that index. `None` means the
     /// recipes are equivalent (formatting, comments and key order are ignored).
-    pub fn step_index_of_first_change(&self, other: &Recipe) -> Option<usize> {
+    pub(crate) fn step_index_of_first_change(&self, other: &Recipe) -> Option<usize> {
         if self.name != other.name || self.seed != other.seed || self.data != other.data {
             return Some(0);
         }
@@ -300,7 +300,7 @@ impl std::fmt::Display for StepType {
 
 impl StepKind {
     /// Which kind of step this is.
-    pub fn step_type(&self) -> StepType {
+    pub(crate) fn step_type(&self) -> StepType {
         match self {
             StepKind::Backbone(_) => StepType::Backbone,
             StepKind::Freeze(_) => StepType::Freeze,

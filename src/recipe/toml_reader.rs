@@ -34,13 +34,13 @@ pub(super) struct Source<'a> {
 
 impl<'a> Source<'a> {
     /// Builds an `Invalid` error at the start of `span` (1:1 when unknown).
-    pub fn error_at(&self, span: &Span, message: impl Into<String>) -> RecipeError {
+    pub(crate) fn error_at(&self, span: &Span, message: impl Into<String>) -> RecipeError {
         let (line, col) = line_col(self.text, span.as_ref().map_or(0, |s| s.start));
         RecipeError::Invalid { path: self.path.to_path_buf(), line, col, message: message.into() }
     }
 
     /// The 1-based line on which `span` starts (1 when unknown).
-    pub fn line_of(&self, span: &Span) -> usize {
+    pub(crate) fn line_of(&self, span: &Span) -> usize {
         line_col(self.text, span.as_ref().map_or(0, |s| s.start)).0
     }
 
@@ -77,7 +77,7 @@ impl<T: PartialOrd + Display + Copy> Bounds<T> {
         Self { lo: Bound::Unbounded, hi: Bound::Unbounded, as_interval: false }
     }
     /// `v >= lo`.
-    pub fn at_least(lo: T) -> Self {
+    pub(crate) fn at_least(lo: T) -> Self {
         Self { lo: Bound::Inclusive(lo), ..Self::any() }
     }
     /// `v > lo`.
@@ -85,7 +85,7 @@ impl<T: PartialOrd + Display + Copy> Bounds<T> {
         Self { lo: Bound::Exclusive(lo), ..Self::any() }
     }
     /// Adds `v <= hi`, reported separately from the lower bound.
-    pub fn at_most(self, hi: T) -> Self {
+    pub(crate) fn at_most(self, hi: T) -> Self {
         Self { hi: Bound::Inclusive(hi), ..self }
     }
     /// `lo <= v <= hi`, reported as `within lo..=hi`.
@@ -97,17 +97,17 @@ impl<T: PartialOrd + Display + Copy> Bounds<T> {
         Self { lo: Bound::Exclusive(lo), hi: Bound::Exclusive(hi), as_interval: true }
     }
     /// `lo <= v < hi`, reported as `in [lo, hi)`.
-    pub fn closed_open(lo: T, hi: T) -> Self {
+    pub(crate) fn closed_open(lo: T, hi: T) -> Self {
         Self { lo: Bound::Inclusive(lo), hi: Bound::Exclusive(hi), as_interval: true }
     }
     /// `lo < v <= hi`, reported as `in (lo, hi]`.
-    pub fn open_closed(lo: T, hi: T) -> Self {
+    pub(crate) fn open_closed(lo: T, hi: T) -> Self {
         Self { lo: Bound::Exclusive(lo), hi: Bound::Inclusive(hi), as_interval: true }
     }
 
     /// `None` when `v` is allowed, else the requirement it breaks, phrased to
     /// follow "must be". Comparisons are written so that NaN always fails.
-    pub fn violation(&self, v: T) -> Option<String> {
+    pub(crate) fn violation(&self, v: T) -> Option<String> {
         let lo_ok = match self.lo {
             Bound::Unbounded => true,
             Bound::Inclusive(l) => v >= l,
@@ -201,7 +201,7 @@ impl<'a> Field<'a> {
     }
 
     /// An error positioned at the key.
-    pub fn key_error(&self, message: impl Into<String>) -> RecipeError {
+    pub(crate) fn key_error(&self, message: impl Into<String>) -> RecipeError {
         self.src.error_at(&self.key_span, message)
     }
 
@@ -245,7 +245,7 @@ impl<'a> Field<'a> {
     }
 
     /// "`name` must be EXPECTED, found FOUND", at the value.
-    pub fn type_error(&self, expected: &str) -> RecipeError {
+    pub(crate) fn type_error(&self, expected: &str) -> RecipeError {
         self.error(format!("`{}` must be {expected}, found {}", self.name, self.found()))
     }
 
@@ -262,7 +262,7 @@ impl<'a> Field<'a> {
     }
 
     /// The value as a string that is not empty.
-    pub fn non_empty_str(&self) -> Result<&'a str> {
+    pub(crate) fn non_empty_str(&self) -> Result<&'a str> {
         let s = self.str()?;
         if s.is_empty() {
             return Err(self.error(format!("`{}` must not be empty", self.name)));
@@ -276,7 +276,7 @@ impl<'a> Field<'a> {
     }
 
     /// The value as an integer, if it is one (no error otherwise).
-    pub fn as_integer(&self) -> Option<i64> {
+    pub(crate) fn as_integer(&self) -> Option<i64> {
         self.value().and_then(Value::as_integer)
     }
 
@@ -304,7 +304,7 @@ impl<'a> Field<'a> {
     }
 
     /// An integer that must also fit in `T` (callers give bounds >= 0).
-    pub fn int_as<T: TryFrom<i64>>(&self, bounds: Bounds<i64>) -> Result<T> {
+    pub(crate) fn int_as<T: TryFrom<i64>>(&self, bounds: Bounds<i64>) -> Result<T> {
         let v = self.integer(bounds)?;
         T::try_from(v).map_err(|_| self.error(format!("`{}` is too large, found {}", self.name, self.shown(v))))
     }
@@ -332,7 +332,7 @@ impl<'a> Field<'a> {
 
     /// The value as an array, with one `Field` per element (named `name[i]`)
     /// so element errors point at the element.
-    pub fn elements(&self, expected: &str) -> Result<Vec<Field<'a>>> {
+    pub(crate) fn elements(&self, expected: &str) -> Result<Vec<Field<'a>>> {
         let array = self.value().and_then(Value::as_array).ok_or_else(|| self.type_error(expected))?;
         Ok(array
             .iter()
@@ -365,12 +365,12 @@ impl<'a> Field<'a> {
     }
 
     /// Whether the value is an array (of any content).
-    pub fn is_array(&self) -> bool {
+    pub(crate) fn is_array(&self) -> bool {
         matches!(self.node, Node::Value(Value::Array(_)))
     }
 
     /// The value as a table (regular or inline), if it is one.
-    pub fn as_table(&self) -> Option<&'a dyn TableLike> {
+    pub(crate) fn as_table(&self) -> Option<&'a dyn TableLike> {
         match self.node {
             Node::Value(Value::InlineTable(t)) => Some(t),
             Node::Table(t) => Some(t),
@@ -444,14 +444,14 @@ impl<'a> Section<'a> {
     }
 
     /// The key, if present.
-    pub fn field(&self, key: &str) -> Option<Field<'a>> {
+    pub(crate) fn field(&self, key: &str) -> Option<Field<'a>> {
         let item = self.table.get(key)?;
         let key_span = self.table.key(key).and_then(|k| k.span());
         Field::new(self.src, format!("{}{key}", self.prefix), key_span, item)
     }
 
     /// The key, or a "missing key" error at the table's position.
-    pub fn require(&self, key: &str) -> Result<Field<'a>> {
+    pub(crate) fn require(&self, key: &str) -> Result<Field<'a>> {
         self.field(key).ok_or_else(|| {
             self.src.error_at(&self.span, format!("missing key `{}{key}` {}", self.prefix, self.context))
         })
@@ -459,12 +459,12 @@ impl<'a> Section<'a> {
 
     /// Rejects any key not in `allowed`, at the key's position, suggesting the
     /// closest valid key or listing them all (the first such key).
-    pub fn check_keys(&self, allowed: &[&str]) -> Result<()> {
+    pub(crate) fn check_keys(&self, allowed: &[&str]) -> Result<()> {
         self.unknown_keys(allowed).into_iter().next().map_or(Ok(()), Err)
     }
 
     /// Every key not in `allowed`, each as an error at the key's position.
-    pub fn unknown_keys(&self, allowed: &[&str]) -> Vec<RecipeError> {
+    pub(crate) fn unknown_keys(&self, allowed: &[&str]) -> Vec<RecipeError> {
         let mut errors = Vec::new();
         for (key, item) in self.table.iter() {
             if allowed.contains(&key) {
@@ -488,7 +488,7 @@ impl<'a> Section<'a> {
     }
 
     /// An optional non-negative integer within `bounds`, converted to `T`.
-    pub fn int_as<T: TryFrom<i64>>(&self, key: &str, bounds: Bounds<i64>) -> Result<Option<T>> {
+    pub(crate) fn int_as<T: TryFrom<i64>>(&self, key: &str, bounds: Bounds<i64>) -> Result<Option<T>> {
         self.field(key).map(|f| f.int_as(bounds)).transpose()
     }
 

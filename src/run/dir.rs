@@ -218,13 +218,13 @@ pub fn write_reports(lab: &Lab, dir: &Path, info: RunInfo) -> Result<Vec<PathBuf
 
 /// A short, stable fingerprint of a recipe's text (FNV-1a, 64 bits, hex):
 /// runs of the same recipe share it in `tlab runs`.
-pub fn recipe_hash(text: &str) -> String {
+pub(crate) fn recipe_hash(text: &str) -> String {
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{hash:016x}")[..12].to_string()
 }
 
 /// The file names [`pictures`] can produce.
-pub const PICTURES: &[&str] = &[
+pub(crate) const PICTURES: &[&str] = &[
     "curves.png",
     "lr_find.png",
     "confusion.png",
@@ -276,7 +276,7 @@ pub fn pictures(lab: &Lab) -> Vec<(&'static str, image::RgbImage)> {
 /// `report.html`: one self-contained page (pictures embedded as `data:` URIs,
 /// no script, no network) with the recipe, the steps, the history, the
 /// evaluation and `pictures` (as [`pictures`] made them, not drawn again).
-pub fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage)]) -> Result<String> {
+pub(crate) fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::RgbImage)]) -> Result<String> {
     let picture = |name: &str| pictures.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
     let recipe = lab.recipe();
     let esc = views::escape;
@@ -376,7 +376,7 @@ fn evaluation_sections(
 
 /// Grad-CAM of the `n` worst mistakes of the last evaluation, one row each
 /// (image, predicted class's map, true class's map); `None` without any.
-pub fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImage>> {
+pub(crate) fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::RgbImage>> {
     let (Some(eval), Some(model), Some(data)) = (lab.evaluation_ref(), lab.model(), lab.data_ref()) else {
         return Ok(None);
     };

@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::train::{EpochRecord, Prediction};
 
 /// `history.csv`: one row per epoch of every fine_tune step.
-pub fn history_csv(rows: &[(usize, EpochRecord)]) -> String {
+pub(crate) fn history_csv(rows: &[(usize, EpochRecord)]) -> String {
     let mut s = String::from("step,epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,lr,seconds\n");
     for (step, r) in rows {
         s.push_str(&format!(
@@ -41,7 +41,7 @@ pub fn metrics_json(m: &Metrics) -> Result<String> {
 }
 
 /// `report.md`: a human-readable summary of the whole run.
-pub fn report_markdown(
+pub(crate) fn report_markdown(
     name: &str,
     steps: &[String],
     history: &[(usize, EpochRecord)],
@@ -75,7 +75,7 @@ pub fn default_run_dir(name: &str) -> PathBuf {
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC, for tables of runs.
-pub fn utc_date_time(secs: u64) -> String {
+pub(crate) fn utc_date_time(secs: u64) -> String {
     let s = utc_stamp(secs);
     format!("{}-{}-{} {}:{}", &s[0..4], &s[4..6], &s[6..8], &s[9..11], &s[11..13])
 }

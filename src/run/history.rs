@@ -56,7 +56,7 @@ impl RunSummary {
     }
 
     /// The start time as `YYYY-MM-DD HH:MM` UTC.
-    pub fn started_text(&self) -> String {
+    pub(crate) fn started_text(&self) -> String {
         self.started.map(crate::run::files::utc_date_time).unwrap_or_else(|| "?".into())
     }
 }
@@ -103,7 +103,7 @@ fn parse_history(text: &str) -> std::result::Result<Vec<(usize, EpochRecord)>, S
 
 /// One key whose value differs between two recipes (`None`: absent).
 #[derive(Debug, Clone, PartialEq)]
-pub struct KeyChange {
+pub(crate) struct KeyChange {
     /// `data.image_size`, `step 6 (fine_tune).lr`.
     pub key: String,
     pub before: Option<String>,
@@ -113,7 +113,7 @@ pub struct KeyChange {
 /// The recipes `a` and `b` compared key by key (formatting, comments and
 /// key order ignored). Steps are matched by position. Unparsable text
 /// compares as a whole.
-pub fn recipe_diff(a: &str, b: &str) -> Vec<KeyChange> {
+pub(crate) fn recipe_diff(a: &str, b: &str) -> Vec<KeyChange> {
     let (Some(ka), Some(kb)) = (flatten(a), flatten(b)) else {
         return if a == b {
             vec![]
@@ -173,7 +173,7 @@ fn value_text(text: &str, item: &toml_edit::Item) -> String {
 
 /// The rows of a comparison: `(metric, decimals to show, value per run)`,
 /// the first run the baseline the others are measured against.
-pub fn metric_rows(runs: &[RunSummary]) -> Vec<(&'static str, usize, Vec<Option<f64>>)> {
+pub(crate) fn metric_rows(runs: &[RunSummary]) -> Vec<(&'static str, usize, Vec<Option<f64>>)> {
     let m = |f: fn(&Metrics) -> f64| runs.iter().map(|r| r.metrics.as_ref().map(f)).collect::<Vec<_>>();
     vec![
         ("accuracy", 4, m(|m| m.accuracy)),

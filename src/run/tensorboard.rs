@@ -145,7 +145,7 @@ pub fn read_events(path: &Path) -> Result<Vec<EventProto>> {
 }
 
 /// Appends events to one `events.out.tfevents.*` file in a folder.
-pub struct EventWriter {
+pub(crate) struct EventWriter {
     path: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
     /// Epochs logged so far over every fine_tune step: the x axis of the
@@ -172,11 +172,6 @@ impl EventWriter {
         let mut w = EventWriter { path, file: std::io::BufWriter::new(file), epochs: 0, batches: 0 };
         w.write(EventProto { wall_time: now(), step: 0, file_version: Some("brain.Event:2".into()), summary: None })?;
         Ok(w)
-    }
-
-    /// The file being written.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn write(&mut self, event: EventProto) -> Result<()> {
@@ -235,7 +230,7 @@ impl EventWriter {
 
     /// Logs what a training [`Event`] carries: the running loss per batch
     /// (`batch/train_loss`) and every epoch.
-    pub fn observe(&mut self, event: &Event) -> Result<()> {
+    pub(crate) fn observe(&mut self, event: &Event) -> Result<()> {
         match event {
             Event::Batch { loss, lr, .. } => {
                 self.batches += 1;
@@ -249,7 +244,7 @@ impl EventWriter {
 
     /// Continues the epoch numbering after `n` epochs already logged (a
     /// resumed run).
-    pub fn skip_epochs(&mut self, n: usize) {
+    pub(crate) fn skip_epochs(&mut self, n: usize) {
         self.epochs += n as i64;
     }
 
@@ -290,7 +285,7 @@ mod tests {
         w.text("recipe", 0, "name = \"x\"").unwrap();
         w.image("confusion", 1, vec![1, 2, 3], 4, 5).unwrap();
         w.flush().unwrap();
-        let path = w.path().to_path_buf();
+        let path = w.path.to_path_buf();
         drop(w);
         let events = read_events(&path).unwrap();
         assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));

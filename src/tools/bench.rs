@@ -39,7 +39,7 @@ pub struct BenchResult {
 }
 
 /// The first `model name` line of /proc/cpuinfo.
-pub fn cpu_name() -> String {
+pub(crate) fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {

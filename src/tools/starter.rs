@@ -62,7 +62,7 @@ impl Survey {
     }
 
     /// Median training images per class.
-    pub fn median_per_class(&self) -> usize {
+    pub(crate) fn median_per_class(&self) -> usize {
         let mut counts: Vec<usize> = self.classes.iter().map(|c| c.1).collect();
         counts.sort_unstable();
         counts.get(counts.len() / 2).copied().unwrap_or(0)

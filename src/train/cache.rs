@@ -36,7 +36,7 @@ const MAGIC: &[u8; 8] = b"TLABFEAT";
 /// A fast 64-bit hash over words (multiply–rotate), for cache keys: it only
 /// has to tell different inputs apart, not resist an adversary.
 #[derive(Debug, Clone)]
-pub struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Default for KeyHasher {
     fn default() -> Self {
@@ -67,7 +67,7 @@ impl KeyHasher {
         self
     }
 
-    pub fn floats(&mut self, v: &[f32]) -> &mut Self {
+    pub(crate) fn floats(&mut self, v: &[f32]) -> &mut Self {
         self.mix(v.len() as u64);
         for pair in v.chunks(2) {
             let lo = u64::from(pair[0].to_bits());
@@ -98,7 +98,7 @@ fn hash_tensor(h: &mut KeyHasher, t: &Tensor) -> Result<()> {
 /// The part of a key that describes the model: architecture, every weight and
 /// buffer of the first `blocks` blocks (the later ones do not change their
 /// output), the block count and the preprocessing.
-pub fn model_key(model: &Classifier, blocks: usize) -> Result<KeyHasher> {
+pub(crate) fn model_key(model: &Classifier, blocks: usize) -> Result<KeyHasher> {
     let mut h = KeyHasher::default();
     h.bytes(FORMAT).bytes(model.backbone.arch().as_bytes()).u64(blocks as u64);
     h.bytes(format!("{:?}", model.backbone.preprocess()).as_bytes());
@@ -115,7 +115,7 @@ pub fn model_key(model: &Classifier, blocks: usize) -> Result<KeyHasher> {
 
 /// The key of one split's features: `model` from [`model_key`], plus the
 /// split's pixels and, for an augmented view, the augmentation, seed and view.
-pub fn split_key(model: &KeyHasher, split: &Split, size: u32, view: Option<(&Augmenter, u64, usize)>) -> u64 {
+pub(crate) fn split_key(model: &KeyHasher, split: &Split, size: u32, view: Option<(&Augmenter, u64, usize)>) -> u64 {
     let mut h = model.clone();
     h.u64(u64::from(size)).u64(split.len() as u64);
     for (pixels, label) in split.pixels.iter().zip(&split.labels) {
@@ -156,7 +156,7 @@ impl Features {
     }
 
     /// The file holding the values, when they are on disk.
-    pub fn disk_path(&self) -> Option<&Path> {
+    pub(crate) fn disk_path(&self) -> Option<&Path> {
         match &self.store {
             Store::Memory(_) => None,
             Store::Disk { path, .. } => Some(path),
@@ -267,7 +267,7 @@ impl FeatureCache {
     /// The entry for `key`, computing it with `compute` (items `range` →
     /// a batch of prefix outputs) when it is not cached. `log` hears where
     /// it came from.
-    pub fn get_or_compute(
+    pub(crate) fn get_or_compute(
         &mut self,
         key: u64,
         n: usize,

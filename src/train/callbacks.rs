@@ -18,7 +18,7 @@ use crate::models::Snapshot;
 use crate::recipe::{EarlyStopping as EarlyStoppingConfig, Monitor};
 
 /// Progress to the observer: epoch start, batch, epoch record.
-pub struct ProgressEvents;
+pub(crate) struct ProgressEvents;
 
 impl Callback for ProgressEvents {
     fn before_epoch(&mut self, fit: &mut FineTune<'_>) -> Result<()> {
@@ -132,7 +132,7 @@ impl Callback for EarlyStopping {
 }
 
 /// Stops after the epoch in which the time limit passed.
-pub struct TimeLimit {
+pub(crate) struct TimeLimit {
     pub seconds: f64,
 }
 
@@ -148,7 +148,7 @@ impl Callback for TimeLimit {
 
 /// Hands the state after every epoch, and at the end, to the observer's
 /// [`Observer::checkpoint`](super::Observer::checkpoint) (which the front end points at a run directory).
-pub struct Checkpointing;
+pub(crate) struct Checkpointing;
 
 impl Checkpointing {
     fn write(fit: &mut FineTune<'_>, finished: bool) -> Result<()> {
@@ -189,7 +189,7 @@ impl Callback for Checkpointing {
 
 /// Rescales the gradients so their global L2 norm is at most `max_norm`
 /// (PyTorch's `clip_grad_norm_`).
-pub struct ClipGradNorm {
+pub(crate) struct ClipGradNorm {
     pub max_norm: f64,
     pub vars: Vec<Var>,
 }
@@ -224,7 +224,7 @@ impl Callback for ClipGradNorm {
 /// `ModelEmaV3`): `ema = d · ema + (1 - d) · w` after every update, with the
 /// decay warmed up as `min(decay, (1 + n) / (10 + n))`. Validation runs on
 /// the averaged weights, and they are the ones the step ends with.
-pub struct Ema {
+pub(crate) struct Ema {
     pub decay: f64,
     updates: u64,
     vars: Vec<(String, Var)>,

@@ -46,7 +46,7 @@ fn gamma(alpha: f64, rng: &mut Rng) -> f64 {
 }
 
 /// Beta(α, α).
-pub fn beta(alpha: f64, rng: &mut Rng) -> f64 {
+pub(crate) fn beta(alpha: f64, rng: &mut Rng) -> f64 {
     let a = gamma(alpha, rng);
     let b = gamma(alpha, rng);
     if a + b > 0.0 {
@@ -65,7 +65,7 @@ fn reversed(x: &Tensor) -> Result<Tensor> {
 
 /// Mixes the normalised input batch `x` (`[n, c, h, w]`) in place of the
 /// original; `None` when this batch is left alone (`prob`).
-pub fn mix_batch(x: &Tensor, cfg: &MixConfig, rng: &mut Rng) -> Result<(Tensor, Option<Mixed>)> {
+pub(crate) fn mix_batch(x: &Tensor, cfg: &MixConfig, rng: &mut Rng) -> Result<(Tensor, Option<Mixed>)> {
     if !rng.bool(cfg.prob) {
         return Ok((x.clone(), None));
     }
@@ -96,7 +96,7 @@ pub fn mix_batch(x: &Tensor, cfg: &MixConfig, rng: &mut Rng) -> Result<(Tensor, 
 }
 
 /// CutMix's box: area fraction `1 - lam`, centred uniformly, clipped to the image.
-pub fn cut_box(h: usize, w: usize, lam: f64, rng: &mut Rng) -> (usize, usize, usize, usize) {
+pub(crate) fn cut_box(h: usize, w: usize, lam: f64, rng: &mut Rng) -> (usize, usize, usize, usize) {
     let ratio = (1.0 - lam).sqrt();
     let (ch, cw) = ((h as f64 * ratio) as i64, (w as f64 * ratio) as i64);
     let cy = rng.below(h) as i64;

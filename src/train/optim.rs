@@ -22,7 +22,7 @@ struct Slot {
 }
 
 /// Parameters that share a learning-rate multiplier.
-pub struct ParamGroup {
+pub(crate) struct ParamGroup {
     pub vars: Vec<Var>,
     pub lr_scale: f64,
 }
@@ -48,7 +48,7 @@ impl Optimizer {
     /// Parameter groups, each at its own fraction of the step's rate; with
     /// `no_decay_bn_bias`, 1-D parameters (biases, BatchNorm weights) get no
     /// weight decay, as timm does.
-    pub fn with_groups(groups: Vec<ParamGroup>, cfg: &FineTuneConfig) -> Self {
+    pub(crate) fn with_groups(groups: Vec<ParamGroup>, cfg: &FineTuneConfig) -> Self {
         let slots = groups
             .into_iter()
             .flat_map(|g| {
@@ -73,7 +73,7 @@ impl Optimizer {
 
     /// Sets SGD's momentum or Adam's beta1 for the next steps (one-cycle
     /// cycles it against the rate).
-    pub fn set_momentum(&mut self, momentum: f64) {
+    pub(crate) fn set_momentum(&mut self, momentum: f64) {
         match self.kind {
             Kind::Sgd => self.momentum = momentum,
             Kind::Adam | Kind::AdamW => self.beta1 = momentum,
@@ -101,7 +101,7 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state`] saved (same variables, same order).
-    pub fn load_state(&mut self, t: i32, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+    pub(crate) fn load_state(&mut self, t: i32, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         for (k, slot) in self.slots.iter_mut().enumerate() {
             for (name, dst) in [(format!("m.{k}"), &mut slot.m), (format!("v.{k}"), &mut slot.v)] {
                 *dst = match tensors.get(&name) {
@@ -121,7 +121,7 @@ impl Optimizer {
         Ok(())
     }
 
-    pub fn num_params(&self) -> usize {
+    pub(crate) fn num_params(&self) -> usize {
         self.slots.iter().map(|s| s.var.elem_count()).sum()
     }
 

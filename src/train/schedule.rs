@@ -6,7 +6,7 @@ use std::f64::consts::PI;
 use crate::recipe::{FineTuneConfig, OneCycle, Schedule};
 
 #[derive(Debug, Clone)]
-pub struct LrSchedule {
+pub(crate) struct LrSchedule {
     base: f64,
     min_lr: f64,
     kind: Schedule,

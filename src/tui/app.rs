@@ -109,7 +109,7 @@ pub const KEY_MAP: &[Binding] = {
 };
 
 /// The status bar's key hints, from [`KEY_MAP`]: `Enter run · n next · …`.
-pub fn key_hints() -> String {
+pub(crate) fn key_hints() -> String {
     KEY_MAP
         .iter()
         .filter_map(|b| b.bar.map(|word| format!("{} {word}", b.shown.split(" / ").next().unwrap_or(b.shown))))
@@ -320,7 +320,7 @@ impl Cell {
         }
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self.status, Status::Done { .. })
     }
 }
@@ -470,11 +470,11 @@ impl App {
         }
     }
 
-    pub fn selected_cell(&self) -> Option<&Cell> {
+    pub(crate) fn selected_cell(&self) -> Option<&Cell> {
         self.cells.get(self.selected)
     }
 
-    pub fn current_tab(&self) -> Tab {
+    pub(crate) fn current_tab(&self) -> Tab {
         let tabs = self.cells.get(self.selected).map(Cell::tabs).unwrap_or(&[Tab::Log]);
         tabs[self.tab.min(tabs.len() - 1)]
     }
@@ -916,7 +916,7 @@ impl App {
         self.reload = ReloadState::Error(message);
     }
 
-    pub fn record_frame(&mut self, d: Duration) {
+    pub(crate) fn record_frame(&mut self, d: Duration) {
         if self.frame_times.len() >= 10_000 {
             self.frame_times.remove(0);
         }
@@ -924,7 +924,7 @@ impl App {
     }
 
     /// (median, max) redraw time over the session.
-    pub fn frame_stats(&self) -> Option<(Duration, Duration)> {
+    pub(crate) fn frame_stats(&self) -> Option<(Duration, Duration)> {
         if self.frame_times.is_empty() {
             return None;
         }

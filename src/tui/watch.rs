@@ -22,7 +22,7 @@ use crate::recipe::{Input, Recipe};
 
 /// What changed on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Changed {
+pub(crate) enum Changed {
     Recipe,
     Input(Input),
 }
@@ -62,7 +62,7 @@ impl Targets {
 }
 
 /// A live watch; dropping it stops watching.
-pub struct Watch {
+pub(crate) struct Watch {
     watcher: RecommendedWatcher,
     targets: Arc<Mutex<Targets>>,
     watched: Vec<PathBuf>,
@@ -98,7 +98,7 @@ impl Watch {
 
     /// Follows a reloaded recipe: its data folders or weights may have moved.
     /// Paths that do not exist are skipped (the run will say so clearly).
-    pub fn retarget(&mut self, recipe: &Recipe) -> notify::Result<()> {
+    pub(crate) fn retarget(&mut self, recipe: &Recipe) -> notify::Result<()> {
         let mut wanted: Vec<(PathBuf, RecursiveMode)> = vec![(parent(&recipe.path), RecursiveMode::NonRecursive)];
         for input in recipe.inputs() {
             match &input {

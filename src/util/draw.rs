@@ -11,12 +11,12 @@ use ab_glyph::{point, Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
 pub const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
-pub const GREY: Rgb<u8> = Rgb([200, 200, 200]);
-pub const DARK_GREY: Rgb<u8> = Rgb([90, 90, 90]);
+pub(crate) const GREY: Rgb<u8> = Rgb([200, 200, 200]);
+pub(crate) const DARK_GREY: Rgb<u8> = Rgb([90, 90, 90]);
 /// Train series colour (matplotlib's C0).
-pub const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
+pub(crate) const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
 /// Validation series colour (matplotlib's C1).
-pub const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
+pub(crate) const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
 
 /// Sets a pixel if it is inside the image.
 pub fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
@@ -26,7 +26,7 @@ pub fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
 }
 
 /// Filled rectangle `[x, x+w) × [y, y+h)`.
-pub fn rect(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
+pub(crate) fn rect(img: &mut RgbImage, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
     for yy in y..y + h {
         for xx in x..x + w {
             put(img, xx, yy, c);
@@ -58,7 +58,7 @@ pub fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), widt
 }
 
 /// A vertical dashed line.
-pub fn dashed_vline(img: &mut RgbImage, x: i64, y0: i64, y1: i64, c: Rgb<u8>) {
+pub(crate) fn dashed_vline(img: &mut RgbImage, x: i64, y0: i64, y1: i64, c: Rgb<u8>) {
     for y in (y0..=y1).filter(|y| (y - y0) % 6 < 3) {
         put(img, x, y, c);
     }
@@ -80,7 +80,7 @@ fn px(scale: i64) -> PxScale {
 }
 
 /// Width in pixels of `text` at `scale`.
-pub fn text_width(text: &str, scale: i64) -> i64 {
+pub(crate) fn text_width(text: &str, scale: i64) -> i64 {
     let Some(font) = font() else { return 0 };
     let f = font.as_scaled(px(scale));
     let mut width = 0.0f32;
@@ -97,7 +97,7 @@ pub fn text_width(text: &str, scale: i64) -> i64 {
 }
 
 /// Height in pixels of one line at `scale` (ascent to descent).
-pub fn text_height(scale: i64) -> i64 {
+pub(crate) fn text_height(scale: i64) -> i64 {
     font().map_or(0, |font| {
         let f = font.as_scaled(px(scale));
         (f.ascent() - f.descent()).ceil() as i64
@@ -142,7 +142,7 @@ fn blend(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>, alpha: f32) {
 
 /// Draws `text` turned 90° anticlockwise (reading bottom to top), its
 /// bounding box's top-left corner at `(x, y)`: for column labels.
-pub fn text_vertical(img: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) {
+pub(crate) fn text_vertical(img: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) {
     let (w, h) = (text_width(text, scale).max(1), text_height(scale).max(1));
     let background = Rgb([255, 255, 255]);
     let mut strip = RgbImage::from_pixel(w as u32, h as u32, background);
@@ -175,7 +175,7 @@ pub fn fit(text: &str, scale: i64, max_width: i64) -> String {
 /// epochs, in the `w × h` box at `(x, y)`. The history chart and the run
 /// comparison draw their panels through it.
 #[derive(Debug, Clone, Copy)]
-pub struct Axes {
+pub(crate) struct Axes {
     pub x: i64,
     pub y: i64,
     pub w: i64,
@@ -188,11 +188,11 @@ pub struct Axes {
 
 impl Axes {
     /// Epoch `k` (0-based) on the x axis; a single epoch sits in the middle.
-    pub fn x_of(&self, k: usize) -> i64 {
+    pub(crate) fn x_of(&self, k: usize) -> i64 {
         self.x + if self.points <= 1 { self.w / 2 } else { k as i64 * (self.w - 1) / (self.points as i64 - 1) }
     }
 
-    pub fn y_of(&self, v: f64) -> i64 {
+    pub(crate) fn y_of(&self, v: f64) -> i64 {
         self.y + self.h - 1 - (((v - self.lo) / (self.hi - self.lo)).clamp(0.0, 1.0) * (self.h - 1) as f64) as i64
     }
 
@@ -208,7 +208,7 @@ impl Axes {
     }
 
     /// Everything but the x labels: for charts whose x axis is not epochs.
-    pub fn draw_frame(&self, img: &mut RgbImage, title: &str, title_y: i64, scale: i64) {
+    pub(crate) fn draw_frame(&self, img: &mut RgbImage, title: &str, title_y: i64, scale: i64) {
         let mut v = self.lo;
         while v <= self.hi + self.step * 1e-6 {
             let y = self.y_of(v);
@@ -225,7 +225,7 @@ impl Axes {
     }
 
     /// One series: lines between finite points, a dot on each.
-    pub fn series(&self, img: &mut RgbImage, values: &[f64], colour: Rgb<u8>) {
+    pub(crate) fn series(&self, img: &mut RgbImage, values: &[f64], colour: Rgb<u8>) {
         let pts: Vec<Option<(i64, i64)>> =
             values.iter().enumerate().map(|(k, &v)| v.is_finite().then(|| (self.x_of(k), self.y_of(v)))).collect();
         for w in pts.windows(2) {
@@ -272,13 +272,13 @@ pub fn gallery(tiles: &[Captioned], cols: usize, side: u32) -> RgbImage {
 }
 
 /// A number for an axis tick: as few decimals as `step` needs.
-pub fn tick_label(v: f64, step: f64) -> String {
+pub(crate) fn tick_label(v: f64, step: f64) -> String {
     let decimals = if step >= 1.0 { 0 } else { (-step.log10()).ceil().clamp(0.0, 6.0) as usize };
     format!("{v:.decimals$}")
 }
 
 /// "Nice" tick positions covering `[lo, hi]` (1, 2 or 5 × 10^k apart), about `n` of them.
-pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> (f64, f64, f64) {
+pub(crate) fn nice_ticks(lo: f64, hi: f64, n: usize) -> (f64, f64, f64) {
     let (lo, hi) = if lo.is_finite() && hi.is_finite() && hi > lo { (lo, hi) } else { (0.0, lo.max(0.0) + 1.0) };
     let raw = (hi - lo) / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());

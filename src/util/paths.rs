@@ -45,7 +45,7 @@ pub fn absolute(path: &Path) -> PathBuf {
 }
 
 /// [`shown`] against an explicit current directory.
-pub fn shown_from(path: &Path, cwd: &Path) -> PathBuf {
+pub(crate) fn shown_from(path: &Path, cwd: &Path) -> PathBuf {
     let absolute = normalize(&if path.is_absolute() { path.to_path_buf() } else { cwd.join(path) });
     match absolute.strip_prefix(normalize(cwd)) {
         Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),

@@ -65,14 +65,14 @@ fn add(phase: String, d: Duration) {
 
 /// One phase's total.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PhaseTime {
+pub(crate) struct PhaseTime {
     pub phase: String,
     pub seconds: f64,
     pub calls: u64,
 }
 
 /// Every phase timed so far, longest first.
-pub fn totals() -> Vec<PhaseTime> {
+pub(crate) fn totals() -> Vec<PhaseTime> {
     let totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
     let mut out: Vec<PhaseTime> = totals
         .iter()

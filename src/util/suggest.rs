@@ -4,7 +4,7 @@
 
 /// Levenshtein edit distance over characters (insert, delete, substitute all
 /// cost 1). Two rows of memory, O(|a|·|b|) time; keys are short.
-pub fn levenshtein(a: &str, b: &str) -> usize {
+pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     let mut cur = vec![0; b.len() + 1];

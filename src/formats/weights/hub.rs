@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::recipe::WeightsSource;
 
 /// The file a Hub reference names when it names none.
-pub const DEFAULT_HUB_FILE: &str = "model.safetensors";
+pub(crate) const DEFAULT_HUB_FILE: &str = "model.safetensors";
 
 /// Where and how to fetch. [`FetchOptions::from_env`] reads the usual
 /// variables; tests build one explicitly (environment variables are shared
@@ -135,7 +135,7 @@ fn hub_error_message(e: &hf_hub::api::sync::ApiError, endpoint: &str) -> String 
 
 /// Hex sha256 prefix in a torchvision-style name (`resnet18-f37072fd.pth`):
 /// the part after the last `-` of the stem, if it is 8 or more hex digits.
-pub fn sha256_prefix(file_name: &str) -> Option<&str> {
+pub(crate) fn sha256_prefix(file_name: &str) -> Option<&str> {
     let stem = file_name.split('.').next()?;
     let (_, tail) = stem.rsplit_once('-')?;
     (tail.len() >= 8 && tail.len() <= 64 && tail.chars().all(|c| c.is_ascii_hexdigit())).then_some(tail)

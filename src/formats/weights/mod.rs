@@ -61,7 +61,7 @@ pub fn detect(path: &Path) -> Result<Format> {
 
 /// The local file of a weights source: a path as is; `hf:` and URL sources
 /// fetched into their cache first (see [`hub`]).
-pub fn resolve_source(source: &WeightsSource) -> Result<PathBuf> {
+pub(crate) fn resolve_source(source: &WeightsSource) -> Result<PathBuf> {
     #[cfg(feature = "hub")]
     {
         hub::resolve(source, &hub::FetchOptions::from_env())

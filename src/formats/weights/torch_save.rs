@@ -22,18 +22,18 @@ pub enum Value {
 
 /// Pickle opcodes (protocol 2) used here.
 mod op {
-    pub const PROTO: u8 = 0x80;
-    pub const GLOBAL: u8 = b'c';
-    pub const EMPTY_TUPLE: u8 = b')';
-    pub const REDUCE: u8 = b'R';
-    pub const MARK: u8 = b'(';
-    pub const TUPLE: u8 = b't';
-    pub const BINUNICODE: u8 = b'X';
-    pub const BININT: u8 = b'J';
-    pub const NEWFALSE: u8 = 0x89;
-    pub const BINPERSID: u8 = b'Q';
-    pub const SETITEMS: u8 = b'u';
-    pub const STOP: u8 = b'.';
+    pub(crate) const PROTO: u8 = 0x80;
+    pub(crate) const GLOBAL: u8 = b'c';
+    pub(crate) const EMPTY_TUPLE: u8 = b')';
+    pub(crate) const REDUCE: u8 = b'R';
+    pub(crate) const MARK: u8 = b'(';
+    pub(crate) const TUPLE: u8 = b't';
+    pub(crate) const BINUNICODE: u8 = b'X';
+    pub(crate) const BININT: u8 = b'J';
+    pub(crate) const NEWFALSE: u8 = 0x89;
+    pub(crate) const BINPERSID: u8 = b'Q';
+    pub(crate) const SETITEMS: u8 = b'u';
+    pub(crate) const STOP: u8 = b'.';
 }
 
 struct Pickler(Vec<u8>);
@@ -96,7 +96,7 @@ impl Pickler {
 }
 
 /// The `.pth` bytes of `tensors` (in order) as an `OrderedDict` state dict.
-pub fn state_dict_bytes(tensors: &[(String, Value)]) -> Result<Vec<u8>> {
+pub(crate) fn state_dict_bytes(tensors: &[(String, Value)]) -> Result<Vec<u8>> {
     let mut p = Pickler(vec![op::PROTO, 2]);
     p.empty_ordered_dict();
     p.0.push(op::MARK);

@@ -95,7 +95,7 @@ impl HistoryChart {
     }
 
     /// The table as text, for consoles.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         crate::present::rows::history_table(&self.rows).text()
     }
 

@@ -131,7 +131,7 @@ impl ConfusionMatrix {
     }
 
     /// The table alone: class names, counts, cells shaded like the heat-map.
-    pub fn table_html(&self) -> String {
+    pub(crate) fn table_html(&self) -> String {
         let mut s = format!("<table style=\"{TABLE_STYLE}\"><tr><th style=\"{HEAD_STYLE}\">true \\ predicted</th>");
         for (p, c) in self.classes.iter().enumerate() {
             s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{p}: {}</th>", escape(c)));
@@ -165,7 +165,7 @@ impl ConfusionMatrix {
     }
 
     /// Plain-text matrix for consoles: the rows layer's table.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let table = crate::present::rows::confusion_table(&self.classes, &self.counts);
         format!("confusion (rows = true, columns = predicted)\n{}", table.text())
     }

@@ -28,7 +28,7 @@ fn colour(s: LrSuggestion) -> Rgb<u8> {
 
 impl LrFindResult {
     /// `lr,loss` rows, one per batch.
-    pub fn to_csv(&self) -> String {
+    pub(crate) fn to_csv(&self) -> String {
         let mut s = String::from("lr,loss\n");
         for (lr, loss) in self.lrs.iter().zip(&self.losses) {
             s.push_str(&format!("{lr:e},{loss}\n"));
@@ -91,7 +91,7 @@ impl LrFindResult {
         Ok(s)
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let list: Vec<String> = self.suggestions.iter().map(|(s, lr)| format!("{} {lr:.2e}", s.name())).collect();
         let end = if self.diverged { ", stopped at divergence" } else { "" };
         format!("lr_find over {} batches{end}: {}", self.lrs.len(), list.join(", "))

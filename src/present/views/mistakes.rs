@@ -67,7 +67,7 @@ impl Mistakes {
     }
 
     /// Captions only (when the data is not loaded).
-    pub fn without_images(eval: &Evaluation, n: usize) -> Self {
+    pub(crate) fn without_images(eval: &Evaluation, n: usize) -> Self {
         let empty = Dataset {
             classes: vec![],
             size: 0,
@@ -126,7 +126,7 @@ impl Mistakes {
         draw::gallery(&tiles, 6, 112)
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut s = String::from("true → predicted (confidence)  file\n");
         for m in &self.items {
             s.push_str(&format!(

@@ -133,7 +133,7 @@ pub fn png_bytes(img: &RgbImage) -> Result<Vec<u8>> {
 }
 
 /// An `<img>` tag holding `img` as a PNG `data:` URI.
-pub fn img_tag(img: &RgbImage, alt: &str) -> Result<String> {
+pub(crate) fn img_tag(img: &RgbImage, alt: &str) -> Result<String> {
     Ok(format!(
         r#"<img alt="{}" width="{}" height="{}" src="data:image/png;base64,{}"/>"#,
         escape(alt),
@@ -163,7 +163,7 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -186,7 +186,7 @@ pub(crate) const HEAD_STYLE: &str = "border:1px solid #ccc;padding:2px 6px;text-
 
 /// A [`crate::present::rows::Table`] as an HTML table: the first column as row
 /// headings, summary rows in bold.
-pub fn table_html(table: &crate::present::rows::Table) -> String {
+pub(crate) fn table_html(table: &crate::present::rows::Table) -> String {
     let mut s = format!("<table style=\"{TABLE_STYLE}\"><tr>");
     for (title, _) in &table.columns {
         s.push_str(&format!("<th style=\"{HEAD_STYLE}\">{}</th>", escape(title)));

@@ -101,7 +101,7 @@ impl ClassReport {
     }
 
     /// scikit-learn-like text report.
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         rows::class_table(&self.metrics).text()
     }
 

@@ -119,7 +119,7 @@ impl StepResult {
         Ok(s)
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         format!(
             "step {} ({}): {} [{:.1}s]\n{}\n",
             self.index + 1,

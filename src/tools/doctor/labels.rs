@@ -263,7 +263,7 @@ fn argmax(p: &[f32]) -> usize {
 /// Confident learning (see the module docs): `(image, suggested class)` for
 /// every off-diagonal image of the confident joint, lowest probability of
 /// the given label first.
-pub fn confident_learning(probs: &[Vec<f32>], labels: &[usize]) -> Vec<(usize, usize)> {
+pub(crate) fn confident_learning(probs: &[Vec<f32>], labels: &[usize]) -> Vec<(usize, usize)> {
     let classes = probs.first().map_or(0, Vec::len);
     // A class nobody is labelled with gets no threshold (it can never be
     // reached), as in cleanlab.

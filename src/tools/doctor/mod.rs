@@ -111,7 +111,7 @@ pub struct Diagnosis {
 }
 
 /// The issue names, in the order reports list them.
-pub const ISSUES: &[&str] = &[
+pub(crate) const ISSUES: &[&str] = &[
     "exact_duplicates",
     "near_duplicates",
     "dark",
@@ -135,7 +135,7 @@ pub fn diagnose(dir: &Path, near_bits: u32) -> Result<Diagnosis> {
 
 /// The same for split folders given one by one (a recipe's `[data]`);
 /// `root` names the data set in the report.
-pub fn diagnose_splits(
+pub(crate) fn diagnose_splits(
     root: &Path,
     train: &Path,
     valid: Option<&Path>,
@@ -558,7 +558,7 @@ impl Diagnosis {
     /// Issues that flag most of the images (greyscale or tiny for a whole
     /// MNIST-like set): a property of the data set, not of an image, so
     /// mosaics do not caption every tile with them.
-    pub fn data_set_wide(&self) -> Vec<&'static str> {
+    pub(crate) fn data_set_wide(&self) -> Vec<&'static str> {
         let half = self.images.len() / 2;
         self.issue_counts.iter().filter(|(_, n)| *n > half).map(|(k, _)| *k).collect()
     }

@@ -29,7 +29,7 @@ fn score_axes(o: &Outcome, x: i64, y: i64, w: i64, h: i64, points: usize) -> Axe
 }
 
 /// `scores.png`.
-pub fn scores_chart(o: &Outcome, space: &Space) -> RgbImage {
+pub(crate) fn scores_chart(o: &Outcome, space: &Space) -> RgbImage {
     let cols = space.params.len().clamp(1, 2) as i64;
     let rows = (space.params.len().div_ceil(cols as usize).max(1)) as i64;
     let (cell_w, cell_h) = (PANEL_W + 110, PANEL_H + 110);
@@ -61,7 +61,7 @@ pub fn scores_chart(o: &Outcome, space: &Space) -> RgbImage {
 }
 
 /// `trials.png`.
-pub fn trials_chart(o: &Outcome, rungs: usize) -> RgbImage {
+pub(crate) fn trials_chart(o: &Outcome, rungs: usize) -> RgbImage {
     let (w, h) = (PANEL_W + 200, PANEL_H + 60);
     let mut img = RgbImage::from_pixel((w + 140) as u32, (h + 130) as u32, WHITE);
     let axes = score_axes(o, 90, 60, w, h, rungs);

@@ -95,17 +95,17 @@ pub struct Outcome {
 
 impl Outcome {
     /// The leaderboard as Markdown (tune.md's table and verdict).
-    pub fn to_markdown(&self) -> String {
+    pub(crate) fn to_markdown(&self) -> String {
         summary_markdown(self)
     }
 
     /// `scores.png`: the inner-split score against each searched key.
-    pub fn scores_png(&self) -> image::RgbImage {
+    pub(crate) fn scores_png(&self) -> image::RgbImage {
         charts::scores_chart(self, &self.space)
     }
 
     /// `trials.png`: each trial's score rung by rung.
-    pub fn trials_png(&self) -> image::RgbImage {
+    pub(crate) fn trials_png(&self) -> image::RgbImage {
         charts::trials_chart(self, self.rungs)
     }
 
@@ -610,7 +610,7 @@ impl<'a> Tune<'a> {
 }
 
 /// The trial with the best score at the highest rung any trial reached.
-pub fn best_of(rows: &[Row]) -> Option<(usize, f64)> {
+pub(crate) fn best_of(rows: &[Row]) -> Option<(usize, f64)> {
     let top = rows.iter().map(|r| r.rung).max()?;
     rows.iter()
         .filter(|r| r.rung == top)

@@ -316,7 +316,7 @@ fn check_values(text: &str, path: &Path, param: &Param) -> Result<(), String> {
 
 /// The rungs that give each rung more epochs than the one below (at most
 /// 3): 1 + ⌊log_eta(E)⌋ for the longest fine_tune phase's E epochs.
-pub fn default_rungs(recipe: &Recipe, eta: usize) -> usize {
+pub(crate) fn default_rungs(recipe: &Recipe, eta: usize) -> usize {
     let longest = recipe
         .steps
         .iter()

@@ -15,10 +15,10 @@ use ratatui_image::picker::Picker;
 use ratatui_image::thread::{ResizeRequest, ResizeResponse, ThreadProtocol};
 
 /// Identifies an image: the step and the tab it belongs to.
-pub type ImageKey = (usize, ImageKind);
+pub(crate) type ImageKey = (usize, ImageKind);
 
 /// Delivers a finished resize back to the UI loop.
-pub type Deliver = Arc<dyn Fn(ImageKey, ResizeResponse) + Send + Sync>;
+pub(crate) type Deliver = Arc<dyn Fn(ImageKey, ResizeResponse) + Send + Sync>;
 use ratatui_image::{Resize, StatefulImage};
 
 pub use crate::tui::worker::ImageKind;
@@ -40,7 +40,7 @@ impl Images {
         Images { picker, deliver, shown: HashMap::new() }
     }
 
-    pub fn protocol_name(&self) -> String {
+    pub(crate) fn protocol_name(&self) -> String {
         format!("{:?}", self.picker.protocol_type()).to_lowercase()
     }
 
@@ -69,7 +69,7 @@ impl Images {
     }
 
     /// Forgets images of steps from `first` on (after a reload re-runs them).
-    pub fn clear_from(&mut self, first: usize) {
+    pub(crate) fn clear_from(&mut self, first: usize) {
         self.shown.retain(|(s, _), _| *s < first);
     }
 

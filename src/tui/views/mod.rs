@@ -95,7 +95,7 @@ fn render_output(frame: &mut Frame, area: Rect, app: &App, images: &mut Images) 
 }
 
 /// Text style for a cell's outputs: dimmed when stale.
-pub fn output_style(stale: bool) -> Style {
+pub(crate) fn output_style(stale: bool) -> Style {
     if stale {
         Style::new().add_modifier(Modifier::DIM)
     } else {
