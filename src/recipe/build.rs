@@ -855,6 +855,39 @@ mod tests {
     use super::*;
     use crate::recipe::parse;
 
+    /// docs/recipes.md is the reference users read: every key a section's
+    /// tables list must be accepted there, and every accepted key listed.
+    #[test]
+    fn the_recipe_reference_lists_exactly_the_accepted_keys() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/recipes.md")).unwrap();
+        let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                section = match heading.trim_matches('`') {
+                    "Top level" => "top".to_string(),
+                    h if h.starts_with("kind = ") => h.trim_start_matches("kind = ").trim_matches('"').to_string(),
+                    h => h.trim_matches(['[', ']']).to_string(),
+                };
+                listed.entry(section.clone()).or_default();
+            } else if let Some(first) = line.strip_prefix("| `").and_then(|_| line.split('|').nth(1)) {
+                let keys = first.split('`').skip(1).step_by(2).map(str::to_string);
+                listed.entry(section.clone()).or_default().extend(keys);
+            }
+        }
+        let set = |keys: &[&str]| keys.iter().filter(|k| **k != "kind").map(|k| k.to_string()).collect::<BTreeSet<_>>();
+        let mut top = listed["top"].clone();
+        // The tables and the steps are sections of their own.
+        top.extend(["data", "tune", "step"].map(String::from));
+        assert_eq!(top, set(TOP_KEYS), "top level");
+        assert_eq!(listed["data"], set(DATA_KEYS), "[data]");
+        assert!(listed.contains_key("tune"), "docs/recipes.md has no [tune] section");
+        for kind in ["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"] {
+            assert_eq!(listed[kind], set(step_keys(kind)), "kind = \"{kind}\"");
+        }
+    }
+
     const PATH: &str = "/x/y/recipe.toml";
     /// Lines 1-3: a minimal valid preamble.
     const HEAD: &str = "name = \"t\"\n[data]\ntrain = \"d\"\n";
