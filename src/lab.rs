@@ -683,9 +683,10 @@ impl Lab {
     fn run_fine_tune(&mut self, index: usize, cfg: &FineTuneConfig, obs: &mut dyn Observer) -> Result<FineTuneOutcome> {
         let data = self.data_at(cfg.image_size, obs)?;
         let mut cfg = cfg.clone();
-        if let Some(which) = cfg.lr_suggested {
-            cfg.lr = self.suggested_lr(index, which)?;
-            obs.event(train::Event::Log(format!("lr {:.2e} ({} suggestion of lr_find)", cfg.lr, which.name())));
+        if let crate::recipe::Lr::Suggested(which) = cfg.lr {
+            let lr = self.suggested_lr(index, which)?;
+            cfg.lr = crate::recipe::Lr::Fixed(lr);
+            obs.event(train::Event::Log(format!("lr {lr:.2e} ({} suggestion of lr_find)", which.name())));
         }
         let batch_size = cfg.batch_size.unwrap_or(self.recipe.data.batch_size);
         let (aug, seed) = (self.augmenter(), self.step_seed(index));

@@ -12,7 +12,7 @@ use tlab::data::Dataset;
 use tlab::lab::StepOutput;
 use tlab::models::layers::ParamLoader;
 use tlab::models::{build_backbone, Classifier, Head};
-use tlab::recipe::{FineTuneConfig, Recipe, StepKind};
+use tlab::recipe::{FineTuneConfig, Lr, Recipe, StepKind};
 use tlab::train::cache::FeatureCache;
 use tlab::train::{self, BatchCtx, Callback, FineTune, Setup, Silent};
 use tlab::Lab;
@@ -123,7 +123,7 @@ fn discriminative_rates_scale_each_groups_step_and_clipping_bounds_it() {
     );
     let data = Dataset::load(&r.data, r.seed).unwrap();
     let disc = fine_tune_config(&r);
-    let plain = FineTuneConfig { lr_low: None, ..disc.clone() };
+    let plain = FineTuneConfig { lr: Lr::Fixed(1e-2), ..disc.clone() };
     // One batch: every image, so both runs take the same single gradient step.
     let one_batch = |cfg: &FineTuneConfig| {
         let mut model = classifier(16);
@@ -236,7 +236,7 @@ fn freeze_epochs_equals_the_two_phases_written_out() {
 
     // Written out: freeze everything, train; unfreeze from features.17, train at lr/2 spread to lr/200.
     let (frozen, unfrozen) = train::phases::phase_configs(&cfg);
-    assert_eq!((unfrozen.lr, unfrozen.lr_low), (1e-3, Some(1e-5)));
+    assert_eq!(unfrozen.lr, Lr::Range { low: 1e-5, high: 1e-3 });
     let mut by_hand = classifier(0);
     let blocks = by_hand.backbone.num_blocks();
     for (freeze, cfg, seed) in [(blocks, &frozen, 1), (17, &unfrozen, train::phases::second_seed(1))] {

@@ -172,7 +172,7 @@ impl Recipe {
             if let StepKind::FineTune(f) = &mut step.kind {
                 f.epochs = f.epochs.min(epochs.max(1));
                 // Keep the recipe valid: warm-up must stay shorter than training.
-                f.warmup_epochs = f.warmup_epochs.min(f.epochs - 1);
+                f.schedule.warmup_epochs = f.schedule.warmup_epochs.min(f.epochs - 1);
             }
         }
         self

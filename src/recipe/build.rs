@@ -13,9 +13,9 @@ use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
     AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, Erasing, EvalSplit,
-    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, LrFindConfig, LrSuggestion, MixAt,
-    MixConfig, Monitor, OneCycle, Optimizer, Pooling, Recipe, RecipeError, Sampler, Schedule, Step, StepKind,
-    WeightsSource, KNOWN_ARCHS, STEP_KINDS,
+    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, Lr, LrFindConfig, LrSuggestion,
+    MixAt, MixConfig, Monitor, OneCycle, Optimizer, OptimizerParams, Pooling, Recipe, RecipeError, Sampler, Schedule,
+    ScheduleParams, Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
 
 const TOP_KEYS: &[&str] = &["name", "seed", "data", "step", "tune"];
@@ -638,61 +638,75 @@ fn augment_views(s: &Section<'_>) -> Result<Option<usize>> {
 /// The optimizer, the rate and its schedule.
 fn optimizer_and_schedule(s: &Section<'_>) -> Result<FineTuneConfig> {
     let epochs = s.int_as("epochs", Bounds::at_least(1).at_most(100_000))?.unwrap_or(5);
-    let optimizer = s
+    Ok(FineTuneConfig {
+        epochs,
+        optimizer: optimizer(s)?,
+        lr: learning_rate(s)?,
+        batch_size: s.int_as("batch_size", Bounds::at_least(1))?,
+        image_size: s.int_as("image_size", Bounds::within(16, 1024))?,
+        label_smoothing: s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0),
+        schedule: schedule(s, epochs)?,
+        ..FineTuneConfig::default()
+    })
+}
+
+/// The optimizer keys, each defaulting to the chosen optimizer's default.
+fn optimizer(s: &Section<'_>) -> Result<OptimizerParams> {
+    let kind = s
         .choice("optimizer", &[("sgd", Optimizer::Sgd), ("adam", Optimizer::Adam), ("adamw", Optimizer::AdamW)])?
         .unwrap_or(Optimizer::Adam);
-    let (lr, lr_low, lr_suggested) = learning_rate(s)?;
-    let default_decay = if optimizer == Optimizer::AdamW { 0.01 } else { 0.0 };
-    let schedules = [
+    let d = OptimizerParams::defaults(kind);
+    Ok(OptimizerParams {
+        kind,
+        momentum: s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.momentum),
+        nesterov: s.bool("nesterov")?.unwrap_or(d.nesterov),
+        weight_decay: s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(d.weight_decay),
+        beta1: s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.beta1),
+        beta2: s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.beta2),
+        no_decay_bn_bias: s.bool("no_decay_bn_bias")?.unwrap_or(d.no_decay_bn_bias),
+    })
+}
+
+/// The schedule keys, defaulting as [`ScheduleParams::defaults`] for `epochs`.
+fn schedule(s: &Section<'_>, epochs: usize) -> Result<ScheduleParams> {
+    let d = ScheduleParams::defaults(epochs);
+    let kinds = [
         ("constant", Schedule::Constant),
         ("step", Schedule::Step),
         ("cosine", Schedule::Cosine),
         ("one_cycle", Schedule::OneCycle),
         ("cosine_restarts", Schedule::CosineRestarts),
     ];
-    Ok(FineTuneConfig {
-        epochs,
-        optimizer,
-        lr,
-        lr_low,
-        lr_suggested,
-        momentum: s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9),
-        nesterov: s.bool("nesterov")?.unwrap_or(false),
-        weight_decay: s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(default_decay),
-        no_decay_bn_bias: s.bool("no_decay_bn_bias")?.unwrap_or(optimizer == Optimizer::AdamW),
-        beta1: s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.9),
-        beta2: s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.999),
-        batch_size: s.int_as("batch_size", Bounds::at_least(1))?,
-        image_size: s.int_as("image_size", Bounds::within(16, 1024))?,
-        label_smoothing: s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0),
-        schedule: s.choice("schedule", &schedules)?.unwrap_or(Schedule::Constant),
-        warmup_epochs: s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(0),
-        step_size: s.int_as("step_size", Bounds::at_least(1))?.unwrap_or((epochs / 3).max(1)),
-        gamma: s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(0.1),
-        min_lr: s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(0.0),
+    Ok(ScheduleParams {
+        kind: s.choice("schedule", &kinds)?.unwrap_or(d.kind),
+        warmup_epochs: s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(d.warmup_epochs),
+        step_size: s.int_as("step_size", Bounds::at_least(1))?.unwrap_or(d.step_size),
+        gamma: s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(d.gamma),
+        min_lr: s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(d.min_lr),
         one_cycle: one_cycle(s)?,
-        restart_epochs: s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(epochs.max(1)),
-        restart_mult: s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(1),
-        ..FineTuneConfig::default()
+        restart_epochs: s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(d.restart_epochs),
+        restart_mult: s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(d.restart_mult),
     })
 }
 
 /// Rules that relate several settings, reported at the setting that would
 /// most likely be edited to fix them.
 fn check_relations(s: &Section<'_>, c: &FineTuneConfig) -> Result<()> {
-    if let Some(f) = s.field("nesterov").filter(|_| c.nesterov) {
-        if c.optimizer != Optimizer::Sgd {
+    if let Some(f) = s.field("nesterov").filter(|_| c.optimizer.nesterov) {
+        if c.optimizer.kind != Optimizer::Sgd {
             return Err(f.error("`nesterov = true` requires optimizer = \"sgd\""));
         }
-        if c.momentum == 0.0 {
+        if c.optimizer.momentum == 0.0 {
             return Err(f.error("`nesterov = true` requires momentum > 0"));
         }
     }
-    if let Some(f) = s.field("warmup_epochs").filter(|_| c.warmup_epochs >= c.epochs) {
-        return Err(f.error(format!("`warmup_epochs` must be < epochs ({}), found {}", c.epochs, c.warmup_epochs)));
+    let warmup = c.schedule.warmup_epochs;
+    if let Some(f) = s.field("warmup_epochs").filter(|_| warmup >= c.epochs) {
+        return Err(f.error(format!("`warmup_epochs` must be < epochs ({}), found {warmup}", c.epochs)));
     }
-    if let Some(f) = s.field("min_lr").filter(|_| c.min_lr >= c.lr && c.lr_suggested.is_none()) {
-        return Err(f.error(format!("`min_lr` must be < lr ({:e}), found {:e}", c.lr, c.min_lr)));
+    let min_lr = c.schedule.min_lr;
+    if let (Some(f), Some(lr)) = (s.field("min_lr"), c.lr.peak().filter(|&lr| min_lr >= lr)) {
+        return Err(f.error(format!("`min_lr` must be < lr ({lr:e}), found {min_lr:e}")));
     }
     Ok(())
 }
@@ -720,7 +734,7 @@ fn early_stopping(s: &Section<'_>) -> Result<Option<EarlyStopping>> {
 /// Discriminative rates, clipping, EMA, mixing, phases, class balance.
 fn training_tools(s: &Section<'_>, cfg: &mut FineTuneConfig) -> Result<()> {
     cfg.layer_decay = s.number("layer_decay", Bounds::open_closed(0.0, 1.0))?;
-    if let (Some(f), Some(_)) = (s.field("layer_decay"), cfg.lr_low) {
+    if let (Some(f), Lr::Range { .. }) = (s.field("layer_decay"), cfg.lr) {
         return Err(f.key_error("`layer_decay` and `lr = [low, high]` both spread the rate; use one"));
     }
     cfg.clip_grad_norm = s.number("clip_grad_norm", Bounds::above(0.0))?;
@@ -741,24 +755,23 @@ fn training_tools(s: &Section<'_>, cfg: &mut FineTuneConfig) -> Result<()> {
 }
 
 /// `lr`: a number, `[low, high]` (discriminative), or the name of an
-/// `lr_find` suggestion. Returns `(lr, low, suggestion)`; a suggestion's `lr`
-/// is a placeholder replaced when the step runs.
-fn learning_rate(s: &Section<'_>) -> Result<(f64, Option<f64>, Option<LrSuggestion>)> {
+/// `lr_find` suggestion.
+fn learning_rate(s: &Section<'_>) -> Result<Lr> {
     let bounds = Bounds::above(0.0).at_most(10.0);
-    let Some(f) = s.field("lr") else { return Ok((1e-3, None, None)) };
+    let Some(f) = s.field("lr") else { return Ok(Lr::Fixed(1e-3)) };
     if f.is_array() {
         let (low, high) = f.pair(bounds)?;
         if low > high {
             return Err(f.error(format!("`lr = [low, high]` needs low <= high, found [{low:e}, {high:e}]")));
         }
-        return Ok((high, Some(low), None));
+        return Ok(Lr::Range { low, high });
     }
     if f.is_number() {
-        return Ok((f.number(bounds)?, None, None));
+        return Ok(Lr::Fixed(f.number(bounds)?));
     }
     let expected = "a number, [low, high], or \"suggested\" (after an lr_find step)";
     match f.str().ok().and_then(|name| LrSuggestion::ALL.iter().find(|(n, _)| *n == name)) {
-        Some((_, suggestion)) => Ok((1e-3, None, Some(*suggestion))),
+        Some((_, suggestion)) => Ok(Lr::Suggested(*suggestion)),
         None => Err(f.type_error(expected)),
     }
 }
@@ -1141,25 +1154,32 @@ kind = "evaluate"
             r.steps[3].kind,
             StepKind::FineTune(FineTuneConfig {
                 epochs: 8,
-                optimizer: Optimizer::Adam,
-                lr: 1e-3,
-                momentum: 0.9,
-                nesterov: false,
-                weight_decay: 0.0,
-                beta1: 0.9,
-                beta2: 0.999,
+                optimizer: OptimizerParams {
+                    kind: Optimizer::Adam,
+                    momentum: 0.9,
+                    nesterov: false,
+                    weight_decay: 0.0,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    no_decay_bn_bias: false,
+                },
+                lr: Lr::Fixed(1e-3),
                 batch_size: None,
                 image_size: None,
                 label_smoothing: 0.0,
-                schedule: Schedule::Constant,
-                warmup_epochs: 0,
-                step_size: 2,
-                gamma: 0.1,
-                min_lr: 0.0,
+                schedule: ScheduleParams {
+                    kind: Schedule::Constant,
+                    warmup_epochs: 0,
+                    step_size: 2,
+                    gamma: 0.1,
+                    min_lr: 0.0,
+                    one_cycle: OneCycle::default(),
+                    restart_epochs: 8,
+                    restart_mult: 1,
+                },
                 early_stopping: None,
                 time_limit_secs: None,
                 augment_views: None,
-                restart_epochs: 8,
                 ..FineTuneConfig::default()
             })
         );
@@ -1519,17 +1539,18 @@ kind = "evaluate"
     #[test]
     fn fine_tune_settings_and_defaults() {
         let t = tune("optimizer = \"adamw\"\nepochs = 12\nschedule = \"cosine\"\nmin_lr = 1e-6\nwarmup_epochs = 2\n");
-        assert_eq!(t.optimizer, Optimizer::AdamW);
-        assert_eq!(t.weight_decay, 0.01);
-        assert_eq!(t.schedule, Schedule::Cosine);
-        assert_eq!(t.step_size, 4);
-        assert_eq!(t.min_lr, 1e-6);
-        assert_eq!(t.warmup_epochs, 2);
+        assert_eq!(t.optimizer.kind, Optimizer::AdamW);
+        assert_eq!(t.optimizer.weight_decay, 0.01);
+        assert_eq!(t.schedule.kind, Schedule::Cosine);
+        assert_eq!(t.schedule.step_size, 4);
+        assert_eq!(t.schedule.min_lr, 1e-6);
+        assert_eq!(t.schedule.warmup_epochs, 2);
         let t = tune("optimizer = \"sgd\"\nmomentum = 0.8\nnesterov = true\nweight_decay = 5e-4\nbatch_size = 16\n");
-        assert_eq!((t.optimizer, t.momentum, t.nesterov, t.weight_decay), (Optimizer::Sgd, 0.8, true, 5e-4));
+        let o = t.optimizer;
+        assert_eq!((o.kind, o.momentum, o.nesterov, o.weight_decay), (Optimizer::Sgd, 0.8, true, 5e-4));
         assert_eq!(t.batch_size, Some(16));
         let t = tune("epochs = 1\nschedule = \"step\"\ngamma = 0.5\n");
-        assert_eq!((t.step_size, t.gamma), (1, 0.5));
+        assert_eq!((t.schedule.step_size, t.schedule.gamma), (1, 0.5));
         let t = tune("patience = 3\n");
         assert_eq!(
             t.early_stopping,

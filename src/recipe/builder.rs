@@ -408,6 +408,7 @@ impl RecipeBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recipe::Lr;
     use crate::recipe::{FreezePoint, StepKind};
 
     fn quickstart_like() -> RecipeBuilder {
@@ -435,7 +436,7 @@ mod tests {
         assert_eq!(r.steps.len(), 7);
         match &r.steps[3].kind {
             StepKind::FineTune(f) => {
-                assert_eq!((f.epochs, f.lr, f.time_limit_secs), (2, 1e-3, Some(30.0)));
+                assert_eq!((f.epochs, f.lr, f.time_limit_secs), (2, Lr::Fixed(1e-3), Some(30.0)));
             }
             other => panic!("step 4 is {other:?}"),
         }

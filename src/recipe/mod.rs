@@ -511,27 +511,15 @@ pub struct ColorJitter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FineTuneConfig {
     pub epochs: usize,
-    pub optimizer: Optimizer,
-    pub lr: f64,
-    pub momentum: f64,
-    pub nesterov: bool,
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
+    pub optimizer: OptimizerParams,
+    pub lr: Lr,
     /// Overrides `data.batch_size` for this step.
     pub batch_size: Option<usize>,
     /// Trains and validates this step at this size, at most `data.image_size`
     /// (fastai's progressive resizing: small first, then full size).
     pub image_size: Option<u32>,
     pub label_smoothing: f64,
-    pub schedule: Schedule,
-    pub warmup_epochs: usize,
-    /// Epochs between decays for `Schedule::Step`.
-    pub step_size: usize,
-    /// Decay factor for `Schedule::Step`.
-    pub gamma: f64,
-    /// Floor for `Schedule::Cosine`.
-    pub min_lr: f64,
+    pub schedule: ScheduleParams,
     pub early_stopping: Option<EarlyStopping>,
     /// Stop after the epoch in which this many seconds have passed.
     pub time_limit_secs: Option<f64>,
@@ -541,23 +529,9 @@ pub struct FineTuneConfig {
     /// (`"auto"`, the default) one view per epoch where they fit in memory
     /// (see `train::fit`).
     pub augment_views: Option<usize>,
-    /// `lr = [low, high]`: `lr` is the head's rate and `low` the earliest
-    /// trainable block's, spread geometrically between (fastai's `slice`).
-    pub lr_low: Option<f64>,
-    /// `lr = "suggested"` (or a named suggestion): taken from the last
-    /// `lr_find` step when the step runs; `lr` holds a placeholder until then.
-    pub lr_suggested: Option<LrSuggestion>,
     /// timm's layer-wise decay: block group `g` of `G` trains at
     /// `lr · layer_decay^(G-1-g)` (the head at `lr`).
     pub layer_decay: Option<f64>,
-    /// No weight decay on biases and normalisation weights (1-D parameters).
-    pub no_decay_bn_bias: bool,
-    /// One-cycle settings (used when `schedule = "one_cycle"`).
-    pub one_cycle: OneCycle,
-    /// SGDR: the first cycle's length in epochs and each next one's factor
-    /// (used when `schedule = "cosine_restarts"`).
-    pub restart_epochs: usize,
-    pub restart_mult: usize,
     /// Rescale the gradients when their global L2 norm exceeds this.
     pub clip_grad_norm: Option<f64>,
     /// Exponential moving average of the weights (timm `--model-ema`): the
@@ -573,6 +547,107 @@ pub struct FineTuneConfig {
     /// Per-class loss weights.
     pub class_weights: ClassWeights,
     pub sampler: Sampler,
+}
+
+/// A fine_tune step's learning rate (`lr`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lr {
+    /// One rate (`lr = 1e-3`).
+    Fixed(f64),
+    /// Discriminative rates (`lr = [low, high]`, fastai's `slice`): the head
+    /// at `high`, the earliest trainable block at `low`, geometric between.
+    Range { low: f64, high: f64 },
+    /// A suggestion of the latest `lr_find` step (`lr = "suggested"`),
+    /// resolved to a `Fixed` rate when the step runs.
+    Suggested(LrSuggestion),
+}
+
+impl Lr {
+    /// The head's (highest) rate; `None` until a suggestion is resolved.
+    pub fn peak(self) -> Option<f64> {
+        match self {
+            Lr::Fixed(lr) | Lr::Range { high: lr, .. } => Some(lr),
+            Lr::Suggested(_) => None,
+        }
+    }
+}
+
+/// The optimizer and its settings, with PyTorch's update rules and
+/// defaults: what the optimizer is built from (as candle's `ParamsAdamW`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerParams {
+    pub kind: Optimizer,
+    /// SGD's momentum.
+    pub momentum: f64,
+    /// Nesterov momentum (SGD only).
+    pub nesterov: bool,
+    /// L2 for SGD and Adam, decoupled for AdamW.
+    pub weight_decay: f64,
+    /// Adam's moment decays.
+    pub beta1: f64,
+    pub beta2: f64,
+    /// No weight decay on biases and normalisation weights (1-D parameters).
+    pub no_decay_bn_bias: bool,
+}
+
+impl OptimizerParams {
+    /// The defaults of `kind`: AdamW decays weights by 0.01 and not 1-D
+    /// parameters (timm's), the others not at all.
+    pub fn defaults(kind: Optimizer) -> Self {
+        let adamw = kind == Optimizer::AdamW;
+        OptimizerParams {
+            kind,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: if adamw { 0.01 } else { 0.0 },
+            beta1: 0.9,
+            beta2: 0.999,
+            no_decay_bn_bias: adamw,
+        }
+    }
+}
+
+impl Default for OptimizerParams {
+    fn default() -> Self {
+        OptimizerParams::defaults(Optimizer::Adam)
+    }
+}
+
+/// The learning-rate schedule of a fine_tune step and its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleParams {
+    pub kind: Schedule,
+    /// Linear warm-up, per batch, over this many epochs.
+    pub warmup_epochs: usize,
+    /// Epochs between decays for `Schedule::Step`.
+    pub step_size: usize,
+    /// Decay factor for `Schedule::Step`.
+    pub gamma: f64,
+    /// Floor for `Schedule::Cosine`.
+    pub min_lr: f64,
+    /// One-cycle settings (used when `kind` is `Schedule::OneCycle`).
+    pub one_cycle: OneCycle,
+    /// SGDR: the first cycle's length in epochs and each next one's factor
+    /// (used when `kind` is `Schedule::CosineRestarts`).
+    pub restart_epochs: usize,
+    pub restart_mult: usize,
+}
+
+impl ScheduleParams {
+    /// The defaults for a step of `epochs` epochs: constant; a step decay
+    /// every third of them; one restart cycle as long as the step.
+    pub fn defaults(epochs: usize) -> Self {
+        ScheduleParams {
+            kind: Schedule::Constant,
+            warmup_epochs: 0,
+            step_size: (epochs / 3).max(1),
+            gamma: 0.1,
+            min_lr: 0.0,
+            one_cycle: OneCycle::default(),
+            restart_epochs: epochs.max(1),
+            restart_mult: 1,
+        }
+    }
 }
 
 /// The split an evaluate step reports on.
@@ -703,33 +778,19 @@ pub enum Sampler {
 impl Default for FineTuneConfig {
     /// The settings a `fine_tune` step with no keys gets.
     fn default() -> Self {
+        let epochs = 5;
         FineTuneConfig {
-            epochs: 5,
-            optimizer: Optimizer::Adam,
-            lr: 1e-3,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.0,
-            beta1: 0.9,
-            beta2: 0.999,
+            epochs,
+            optimizer: OptimizerParams::default(),
+            lr: Lr::Fixed(1e-3),
             batch_size: None,
             image_size: None,
             label_smoothing: 0.0,
-            schedule: Schedule::Constant,
-            warmup_epochs: 0,
-            step_size: 1,
-            gamma: 0.1,
-            min_lr: 0.0,
+            schedule: ScheduleParams::defaults(epochs),
             early_stopping: None,
             time_limit_secs: None,
             augment_views: None,
-            lr_low: None,
-            lr_suggested: None,
             layer_decay: None,
-            no_decay_bn_bias: false,
-            one_cycle: OneCycle::default(),
-            restart_epochs: 5,
-            restart_mult: 1,
             clip_grad_norm: None,
             ema: None,
             mix: None,

@@ -2,8 +2,8 @@
 //! fingerprints for hot reload.
 
 use super::{
-    AugmentConfig, BackboneStep, ClassWeights, FillMode, FineTuneConfig, FreezePoint, FreezeStep, Monitor, Optimizer,
-    Pooling, Sampler, Schedule, StepKind, WeightsSource,
+    AugmentConfig, BackboneStep, ClassWeights, FillMode, FineTuneConfig, FreezePoint, FreezeStep, Lr, Monitor,
+    Optimizer, Pooling, Sampler, Schedule, StepKind, WeightsSource,
 };
 
 /// FNV-1a 64 of the step's `Debug` form. `Debug` covers every effective
@@ -162,28 +162,29 @@ pub fn augment_settings(a: &AugmentConfig) -> Vec<(&'static str, String)> {
 }
 
 fn fine_tune(t: &FineTuneConfig) -> String {
-    let optimizer = match t.optimizer {
-        Optimizer::Sgd if t.nesterov => "sgd+nesterov",
+    let optimizer = match t.optimizer.kind {
+        Optimizer::Sgd if t.optimizer.nesterov => "sgd+nesterov",
         Optimizer::Sgd => "sgd",
         Optimizer::Adam => "adam",
         Optimizer::AdamW => "adamw",
     };
     let unit = if t.epochs == 1 { "epoch" } else { "epochs" };
-    let lr = match (t.lr_suggested, t.lr_low) {
-        (Some(sug), _) => format!("lr_find {}", sug.name()),
-        (None, Some(low)) => format!("{low:e}…{:e}", t.lr),
-        (None, None) => format!("{:e}", t.lr),
+    let lr = match t.lr {
+        Lr::Suggested(sug) => format!("lr_find {}", sug.name()),
+        Lr::Range { low, high } => format!("{low:e}…{high:e}"),
+        Lr::Fixed(lr) => format!("{lr:e}"),
     };
     let mut s = format!("{optimizer} lr {lr} × {} {unit}", t.epochs);
     if t.freeze_epochs > 0 {
         s = format!("{optimizer} lr {lr} × {} frozen + {} {unit}", t.freeze_epochs, t.epochs);
     }
-    match t.schedule {
+    let sched = &t.schedule;
+    match sched.kind {
         Schedule::Constant => {}
-        Schedule::Step => s.push_str(&format!(", step ×{} every {}", num(t.gamma), t.step_size)),
+        Schedule::Step => s.push_str(&format!(", step ×{} every {}", num(sched.gamma), sched.step_size)),
         Schedule::Cosine => s.push_str(", cosine"),
         Schedule::OneCycle => s.push_str(", one-cycle"),
-        Schedule::CosineRestarts => s.push_str(&format!(", cosine restarts every {}", t.restart_epochs)),
+        Schedule::CosineRestarts => s.push_str(&format!(", cosine restarts every {}", sched.restart_epochs)),
     }
     if let Some(px) = t.image_size {
         s.push_str(&format!(", at {px}px"));
@@ -214,8 +215,8 @@ fn fine_tune(t: &FineTuneConfig) -> String {
     if t.sampler == Sampler::Balanced {
         s.push_str(", balanced sampler");
     }
-    if t.warmup_epochs > 0 {
-        s.push_str(&format!(", warmup {}", t.warmup_epochs));
+    if sched.warmup_epochs > 0 {
+        s.push_str(&format!(", warmup {}", sched.warmup_epochs));
     }
     if let Some(es) = &t.early_stopping {
         let monitor = match es.monitor {
@@ -239,6 +240,7 @@ fn fine_tune(t: &FineTuneConfig) -> String {
 mod tests {
     use super::*;
     use crate::recipe::{ColorJitter, CropConfig, EarlyStopping, EvaluateConfig, HeadConfig};
+    use crate::recipe::{OptimizerParams, ScheduleParams};
     use std::path::PathBuf;
 
     #[test]
@@ -251,21 +253,12 @@ mod tests {
     fn tune() -> FineTuneConfig {
         FineTuneConfig {
             epochs: 8,
-            optimizer: Optimizer::AdamW,
-            lr: 1e-3,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
+            optimizer: OptimizerParams { no_decay_bn_bias: false, ..OptimizerParams::defaults(Optimizer::AdamW) },
+            lr: Lr::Fixed(1e-3),
             batch_size: None,
             image_size: None,
             label_smoothing: 0.0,
-            schedule: Schedule::Cosine,
-            warmup_epochs: 0,
-            step_size: 2,
-            gamma: 0.1,
-            min_lr: 0.0,
+            schedule: ScheduleParams { kind: Schedule::Cosine, step_size: 2, ..ScheduleParams::defaults(8) },
             early_stopping: None,
             time_limit_secs: None,
             augment_views: None,
@@ -349,12 +342,10 @@ mod tests {
             "flip v, shift 0.1×0, shear 5°, brightness 0.8–1.2, crop 0.08–1, jitter 0.2/0/0/0, fill 128"
         );
         let sgd = FineTuneConfig {
-            optimizer: Optimizer::Sgd,
-            nesterov: true,
+            optimizer: OptimizerParams { nesterov: true, ..OptimizerParams::defaults(Optimizer::Sgd) },
             epochs: 1,
-            lr: 0.01,
-            schedule: Schedule::Step,
-            warmup_epochs: 0,
+            lr: Lr::Fixed(0.01),
+            schedule: ScheduleParams { kind: Schedule::Step, step_size: 2, ..ScheduleParams::defaults(8) },
             early_stopping: Some(EarlyStopping { patience: 3, monitor: Monitor::ValidAccuracy, restore_best: true }),
             time_limit_secs: Some(60.0),
             augment_views: None,

@@ -152,7 +152,7 @@ pub fn train_step(
     let k = models::frozen_block_count(&point, &model.backbone.block_names())?;
     model.freeze(k, false)?;
     let cfg = default_fine_tune("")?;
-    let mut opt = crate::train::optim::Optimizer::new(model.trainable_vars(), &cfg);
+    let mut opt = crate::train::optim::Optimizer::new(model.trainable_vars(), &cfg.optimizer);
     let x = input(batch, size)?;
     let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(), batch, &Device::Cpu)?;
     let mut rng = Rng::new(0);
@@ -197,7 +197,7 @@ pub fn optimizer_step(arch: &str, optimizer: &str, iters: usize, warmup: usize) 
         loss = (loss + (v.as_tensor() * v.as_tensor().randn_like(0.0, 1.0)?)?.sum_all()?)?;
     }
     let grads = loss.backward()?;
-    let mut opt = crate::train::optim::Optimizer::new(vars, &cfg);
+    let mut opt = crate::train::optim::Optimizer::new(vars, &cfg.optimizer);
     let m = median_seconds(warmup, iters, || opt.step(&grads, 1e-4))?;
     Ok(BenchResult {
         case: "optimizer-step".into(),

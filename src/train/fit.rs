@@ -21,7 +21,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::layers::Mode;
 use crate::models::{Classifier, Snapshot};
-use crate::recipe::{ClassWeights, FineTuneConfig, MixAt, Sampler};
+use crate::recipe::{ClassWeights, FineTuneConfig, Lr, MixAt, Sampler};
 
 /// One training batch, as the batch-level events see it.
 pub struct BatchCtx<'b> {
@@ -233,7 +233,9 @@ impl<'a> FineTune<'a> {
         if groups.iter().all(|g| g.vars.is_empty()) {
             return Err(Error::NothingToTrain);
         }
-        let mut opt = Optimizer::with_groups(groups, cfg);
+        let mut opt = Optimizer::with_groups(groups, &cfg.optimizer);
+        // The lab resolves an lr_find suggestion before the step trains.
+        let peak = cfg.lr.peak().ok_or(Error::NoLrFind)?;
         let class_weights = class_weights(data, &cfg.class_weights)?;
         let input = Inputs {
             data,
@@ -243,7 +245,7 @@ impl<'a> FineTune<'a> {
             k,
             valid_cache,
             train_cache,
-            schedule: LrSchedule::new(cfg),
+            schedule: LrSchedule::new(peak, cfg.epochs, &cfg.schedule),
             class_weights,
         };
         let (first_epoch, history, best, since_best) = match resume {
@@ -529,8 +531,8 @@ fn param_groups(model: &Classifier, cfg: &FineTuneConfig) -> Vec<ParamGroup> {
     let g = groups.len();
     let scale = |i: usize| -> f64 {
         let from_head = (g - 1 - i) as f64;
-        match (cfg.lr_low, cfg.layer_decay) {
-            (Some(low), _) if g > 1 => (low / cfg.lr).powf(from_head / (g - 1) as f64),
+        match (cfg.lr, cfg.layer_decay) {
+            (Lr::Range { low, high }, _) if g > 1 => (low / high).powf(from_head / (g - 1) as f64),
             (_, Some(decay)) => decay.powf(from_head),
             _ => 1.0,
         }

@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::recipe::{FineTuneConfig, Optimizer as Kind};
+use crate::recipe::{Optimizer as Kind, OptimizerParams};
 
 struct Slot {
     var: Var,
@@ -41,14 +41,14 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// One group at the full rate, weight decay on every parameter.
-    pub fn new(vars: Vec<Var>, cfg: &FineTuneConfig) -> Self {
+    pub fn new(vars: Vec<Var>, cfg: &OptimizerParams) -> Self {
         Self::with_groups(vec![ParamGroup { vars, lr_scale: 1.0 }], cfg)
     }
 
     /// Parameter groups, each at its own fraction of the step's rate; with
     /// `no_decay_bn_bias`, 1-D parameters (biases, BatchNorm weights) get no
     /// weight decay, as timm does.
-    pub(crate) fn with_groups(groups: Vec<ParamGroup>, cfg: &FineTuneConfig) -> Self {
+    pub(crate) fn with_groups(groups: Vec<ParamGroup>, cfg: &OptimizerParams) -> Self {
         let slots = groups
             .into_iter()
             .flat_map(|g| {
@@ -59,7 +59,7 @@ impl Optimizer {
             })
             .collect();
         Optimizer {
-            kind: cfg.optimizer,
+            kind: cfg.kind,
             momentum: cfg.momentum,
             nesterov: cfg.nesterov,
             weight_decay: cfg.weight_decay,
@@ -300,14 +300,14 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn config(extra: &str) -> FineTuneConfig {
-        crate::recipe::fine_tune_for_test(extra)
+    fn config(extra: &str) -> OptimizerParams {
+        crate::recipe::fine_tune_for_test(extra).optimizer
     }
 
     /// PyTorch's formulas written as plain tensor code (what the optimiser
     /// did before it was fused): `(param, m, v)` after one step.
     fn reference(
-        cfg: &FineTuneConfig,
+        cfg: &OptimizerParams,
         t: i32,
         p: &Tensor,
         g: &Tensor,
@@ -316,7 +316,7 @@ mod tests {
     ) -> (Tensor, Option<Tensor>, Option<Tensor>) {
         // timm's rule: no decay on 1-D parameters (biases, norm weights) when asked.
         let wd = if cfg.no_decay_bn_bias && p.rank() <= 1 { 0.0 } else { cfg.weight_decay };
-        match cfg.optimizer {
+        match cfg.kind {
             Kind::Sgd => {
                 let g = (g + (p * wd).unwrap()).unwrap();
                 if cfg.momentum > 0.0 {
@@ -331,7 +331,7 @@ mod tests {
                 }
             }
             Kind::Adam | Kind::AdamW => {
-                let g = if cfg.optimizer == Kind::Adam { (g + (p * wd).unwrap()).unwrap() } else { g.clone() };
+                let g = if cfg.kind == Kind::Adam { (g + (p * wd).unwrap()).unwrap() } else { g.clone() };
                 let zeros = g.zeros_like().unwrap();
                 let m = ((m.unwrap_or(&zeros) * cfg.beta1).unwrap() + (&g * (1.0 - cfg.beta1)).unwrap()).unwrap();
                 let v = ((v.unwrap_or(&zeros) * cfg.beta2).unwrap() + (g.sqr().unwrap() * (1.0 - cfg.beta2)).unwrap())
@@ -339,7 +339,7 @@ mod tests {
                 let bc1 = 1.0 - cfg.beta1.powi(t);
                 let bc2 = 1.0 - cfg.beta2.powi(t);
                 let d = ((&m / bc1).unwrap() / ((&v / bc2).unwrap().sqrt().unwrap() + 1e-8).unwrap()).unwrap();
-                let p = if cfg.optimizer == Kind::AdamW { (p * (1.0 - lr * wd)).unwrap() } else { p.clone() };
+                let p = if cfg.kind == Kind::AdamW { (p * (1.0 - lr * wd)).unwrap() } else { p.clone() };
                 ((p - (d * lr).unwrap()).unwrap(), Some(m), Some(v))
             }
         }

@@ -8,20 +8,26 @@ use super::fit::Setup;
 use super::{fine_tune, Checkpoint, EpochRecord, Event, FineTuneOutcome, Observer, Resume};
 use crate::error::Result;
 use crate::models::{self, Classifier};
-use crate::recipe::{FineTuneConfig, FreezePoint};
+use crate::recipe::{FineTuneConfig, FreezePoint, Lr};
 
 /// The two phases' settings: `(frozen, unfrozen)`.
 pub fn phase_configs(cfg: &FineTuneConfig) -> (FineTuneConfig, FineTuneConfig) {
     let base = FineTuneConfig { freeze_epochs: 0, unfreeze_to: FreezePoint::None, ..cfg.clone() };
-    let frozen = FineTuneConfig { epochs: cfg.freeze_epochs, lr_low: None, layer_decay: None, ..base.clone() };
-    let lr = cfg.lr / 2.0;
-    let lr_low = match (cfg.layer_decay, cfg.lr_low) {
-        (Some(_), _) => None,
-        (None, Some(low)) => Some(low / 2.0),
-        (None, None) => Some(lr / 100.0),
+    // The head alone trains at the peak rate; a suggestion stays one until
+    // the lab resolves it.
+    let frozen_lr = cfg.lr.peak().map_or(cfg.lr, Lr::Fixed);
+    let frozen = FineTuneConfig { epochs: cfg.freeze_epochs, lr: frozen_lr, layer_decay: None, ..base.clone() };
+    let lr = match (cfg.lr, cfg.layer_decay) {
+        (Lr::Range { low, high }, _) => Lr::Range { low: low / 2.0, high: high / 2.0 },
+        (Lr::Fixed(lr), Some(_)) => Lr::Fixed(lr / 2.0),
+        (Lr::Fixed(lr), None) => Lr::Range { low: lr / 200.0, high: lr / 2.0 },
+        (suggested, _) => suggested,
     };
-    let min_lr = cfg.min_lr.min(lr / 10.0);
-    let unfrozen = FineTuneConfig { lr, lr_low, min_lr, ..base };
+    let mut schedule = cfg.schedule;
+    if let Some(peak) = lr.peak() {
+        schedule.min_lr = schedule.min_lr.min(peak / 10.0);
+    }
+    let unfrozen = FineTuneConfig { lr, schedule, ..base };
     (frozen, unfrozen)
 }
 
@@ -80,7 +86,7 @@ pub fn freeze_then_unfreeze(
     obs.event(Event::Log(format!(
         "phase 2: unfrozen from block {} at lr {:.2e}",
         names.get(to).map_or("-", String::as_str),
-        unfrozen_cfg.lr
+        unfrozen_cfg.lr.peak().unwrap_or(f64::NAN)
     )));
     let seed = second_seed(setup.seed);
     let s = Setup { cfg: &unfrozen_cfg, seed, ..setup };

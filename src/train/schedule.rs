@@ -3,7 +3,7 @@
 
 use std::f64::consts::PI;
 
-use crate::recipe::{FineTuneConfig, OneCycle, Schedule};
+use crate::recipe::{OneCycle, Schedule, ScheduleParams};
 
 #[derive(Debug, Clone)]
 pub(crate) struct LrSchedule {
@@ -25,13 +25,14 @@ fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
 }
 
 impl LrSchedule {
-    pub fn new(cfg: &FineTuneConfig) -> Self {
+    /// The schedule of `cfg` over `epochs` epochs peaking at `base`.
+    pub fn new(base: f64, epochs: usize, cfg: &ScheduleParams) -> Self {
         LrSchedule {
-            base: cfg.lr,
+            base,
             min_lr: cfg.min_lr,
-            kind: cfg.schedule,
+            kind: cfg.kind,
             warmup_epochs: cfg.warmup_epochs,
-            epochs: cfg.epochs,
+            epochs,
             step_size: cfg.step_size.max(1),
             gamma: cfg.gamma,
             one_cycle: cfg.one_cycle,
@@ -104,7 +105,8 @@ mod tests {
     use super::*;
 
     fn schedule(extra: &str) -> LrSchedule {
-        LrSchedule::new(&crate::recipe::fine_tune_for_test(extra))
+        let cfg = crate::recipe::fine_tune_for_test(extra);
+        LrSchedule::new(cfg.lr.peak().unwrap(), cfg.epochs, &cfg.schedule)
     }
 
     /// `tests/fixtures/schedules.json`, written by `scripts/schedule-fixture.py`

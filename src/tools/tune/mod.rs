@@ -486,8 +486,8 @@ impl<'a> Tune<'a> {
             if c.freeze_epochs > 0 {
                 t.insert("freeze_epochs", Item::Value(Value::from(scale(c.freeze_epochs))));
             }
-            if c.warmup_epochs > 0 {
-                let warmup = ((c.warmup_epochs as f64 / divisor).floor() as i64).min(epochs - 1).max(0);
+            if c.schedule.warmup_epochs > 0 {
+                let warmup = ((c.schedule.warmup_epochs as f64 / divisor).floor() as i64).min(epochs - 1).max(0);
                 t.insert("warmup_epochs", Item::Value(Value::from(warmup)));
             }
         }

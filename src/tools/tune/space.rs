@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use toml_edit::{DocumentMut, ImDocument, Item, TableLike, Value};
 
-use crate::recipe::{self, Recipe, RecipeError, StepKind};
+use crate::recipe::{self, FineTuneConfig, Lr, Recipe, RecipeError, StepKind};
 
 /// The search's own settings, which a `[tune]` table may set besides keys.
 const SETTINGS: &[&str] = &["budget", "trials", "rungs", "eta", "inner_split"];
@@ -342,10 +342,10 @@ fn default_space(recipe: &Recipe) -> Vec<Param> {
         (0..recipe.steps.len()).filter(|&i| matches!(recipe.steps[i].kind, StepKind::FineTune(_))).collect();
     for (index, step) in recipe.steps.iter().enumerate() {
         match &step.kind {
-            StepKind::FineTune(c) if c.lr_suggested.is_none() && c.lr_low.is_none() => out.push(Param {
+            StepKind::FineTune(FineTuneConfig { lr: Lr::Fixed(lr), .. }) => out.push(Param {
                 name: format!("step{}.lr", index + 1),
                 target: Target::Step { index, key: "lr".into() },
-                domain: Domain::Log { lo: c.lr / 4.0, hi: c.lr * 4.0 },
+                domain: Domain::Log { lo: lr / 4.0, hi: lr * 4.0 },
             }),
             StepKind::Backbone(_) => out.push(Param {
                 name: format!("step{}.dropout", index + 1),
