@@ -222,9 +222,9 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
         csv,
         test,
         valid,
-        valid_split: valid_split.unwrap_or(0.2),
-        image_size: s.int_as("image_size", Bounds::within(16, 1024))?.unwrap_or(224),
-        batch_size: s.int_as("batch_size", Bounds::within(1, 4096))?.unwrap_or(32),
+        valid_split: valid_split.unwrap_or(DataConfig::VALID_SPLIT),
+        image_size: s.int_as("image_size", Bounds::within(16, 1024))?.unwrap_or(DataConfig::IMAGE_SIZE),
+        batch_size: s.int_as("batch_size", Bounds::within(1, 4096))?.unwrap_or(DataConfig::BATCH_SIZE),
         max_per_class: s.int_as("max_per_class", Bounds::at_least(1))?,
         workers: s.int_as("workers", Bounds::at_least(1))?,
     })

@@ -244,6 +244,28 @@ pub struct DataConfig {
     pub workers: Option<usize>,
 }
 
+impl DataConfig {
+    /// The `[data]` defaults, in one place for the reader and `tlab check`.
+    pub const VALID_SPLIT: f64 = 0.2;
+    pub const IMAGE_SIZE: u32 = 224;
+    pub const BATCH_SIZE: usize = 32;
+
+    /// Images from `train` with every other key at its default.
+    pub fn defaults(train: PathBuf) -> Self {
+        DataConfig {
+            train,
+            csv: None,
+            test: None,
+            valid: None,
+            valid_split: Self::VALID_SPLIT,
+            image_size: Self::IMAGE_SIZE,
+            batch_size: Self::BATCH_SIZE,
+            max_per_class: None,
+            workers: None,
+        }
+    }
+}
+
 /// One `[[step]]` of the recipe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {

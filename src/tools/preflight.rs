@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use toml_edit::{ImDocument, Item, TableLike};
 
-use crate::recipe::RecipeError;
+use crate::recipe::{DataConfig, RecipeError};
 
 /// How bad a finding is: errors make `check` fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -202,16 +202,13 @@ impl Disk<'_> {
         valid: Option<PathBuf>,
         report: &mut Preflight,
     ) {
-        let cfg = crate::recipe::DataConfig {
-            train: csv.parent().map(Path::to_path_buf).unwrap_or_default(),
+        let defaults = DataConfig::defaults(csv.parent().map(Path::to_path_buf).unwrap_or_default());
+        let cfg = DataConfig {
             csv: Some(csv.clone()),
-            test: None,
             valid,
-            valid_split: data.get("valid_split").and_then(Item::as_float).unwrap_or(0.2),
-            image_size: 224,
-            batch_size: 32,
+            valid_split: data.get("valid_split").and_then(Item::as_float).unwrap_or(DataConfig::VALID_SPLIT),
             max_per_class: data.get("max_per_class").and_then(Item::as_integer).map(|m| m.max(1) as usize),
-            workers: None,
+            ..defaults
         };
         let mut skipped = Vec::new();
         match crate::data::csv::list(&csv, &cfg, 0, &mut skipped) {
@@ -295,7 +292,7 @@ impl Disk<'_> {
                     .collect();
             }
             None => {
-                let split = data.get("valid_split").and_then(Item::as_float).unwrap_or(0.2);
+                let split = data.get("valid_split").and_then(Item::as_float).unwrap_or(DataConfig::VALID_SPLIT);
                 report.classes = train
                     .iter()
                     .map(|(class, files)| {
@@ -339,7 +336,8 @@ impl Disk<'_> {
 
     /// The decoded size of the images counted so far, against the memory budget.
     fn memory(&self, data: &dyn TableLike, train_item: &Item, report: &mut Preflight) {
-        let size = data.get("image_size").and_then(Item::as_integer).unwrap_or(224).max(1) as u64;
+        let size =
+            data.get("image_size").and_then(Item::as_integer).unwrap_or(DataConfig::IMAGE_SIZE.into()).max(1) as u64;
         let images: usize = report.classes.iter().map(|c| c.train + c.valid).sum();
         let bytes = crate::data::decoded_bytes(images, size as u32);
         report.decoded_mib = Some(bytes as f64 / (1024.0 * 1024.0));
