@@ -15,13 +15,14 @@
 //!   (folder-per-class and CSV images), [`augment`] (seeded augmentation),
 //!   [`models`] (architectures, the head, freezing, the model card),
 //!   [`train`] (the fit loop, callbacks, optimisers, schedules, epoch
-//!   checkpoints), [`metrics`], [`lab`] (the [`Lab`] every front end drives),
-//!   [`predict`] and [`explain`] (classifying, Grad-CAM);
+//!   checkpoints), [`metrics`], [`predict`] and [`explain`] (classifying,
+//!   Grad-CAM);
 //! - [`formats`]: weights (safetensors, PyTorch checkpoints, the Hub) and ONNX;
 //! - [`present`]: results as rows, pictures and HTML, once for every front
-//!   end, and the step-by-step notebook API ([`present::cells`]); with
-//!   feature `notebook` the views also display in Jupyter's evcxr kernel, as
-//!   `tlab::notebook`;
+//!   end, as functions of results; with feature `notebook` the views also
+//!   display in Jupyter's evcxr kernel, as `tlab::notebook`;
+//! - [`lab`]: the [`Lab`] every front end drives, its views for notebooks
+//!   and the step-by-step notebook API ([`lab::cells`]);
 //! - [`run`]: the run directory — the one recorder every front end uses, the
 //!   reports it writes, TensorBoard files, reading runs back;
 //! - [`tools`]: `tlab tune`, the data doctor, export, embed, `tlab new`;
@@ -44,7 +45,7 @@
 /// # Ok::<(), tlab::Error>(())
 /// ```
 pub mod prelude {
-    pub use crate::present::cells::{Progress, StepStatus};
+    pub use crate::lab::cells::{Progress, StepStatus};
     // Not `Result`: a glob import of it would shadow std's two-parameter one.
     pub use crate::error::Error;
     pub use crate::lab::{Lab, StepOutput, StepResult};

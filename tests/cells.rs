@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tlab::lab::cells::{Progress, StepStatus};
 use tlab::lab::StepOutput;
-use tlab::present::cells::{Progress, StepStatus};
 use tlab::recipe::{RecipeBuilder, StepType};
 use tlab::Lab;
 

@@ -265,7 +265,7 @@ fn a_notebook_run_leaves_the_same_files_as_tlab_run() {
     let nb = dir.join("notebook");
     let mut lab = tlab::Lab::open(&recipe).unwrap();
     lab.record_to(&nb).unwrap();
-    lab.run_rest(&mut tlab::present::cells::Progress::new()).unwrap();
+    lab.run_rest(&mut tlab::lab::cells::Progress::new()).unwrap();
     lab.save_run(&nb).unwrap();
     assert_eq!(file_set(&nb), file_set(&full));
     assert_same_result(&full, &nb);

@@ -1,8 +1,7 @@
 //! The presentation layer: results become rows once ([`rows`]) and pictures
-//! and HTML ([`views`], [`preview`]); [`cells`] is the step-by-step API over a
-//! [`Lab`](crate::lab::Lab) that notebooks and other front ends render.
+//! and HTML ([`views`], [`preview`]), as functions of results (evaluations,
+//! histories, data), below the lab that produces them.
 
-pub mod cells;
 pub mod preview;
 pub mod rows;
 pub mod views;

@@ -192,7 +192,7 @@ pub fn step_lines(result: std::result::Result<&StepResult, &Error>) -> Vec<Strin
     match result {
         Ok(r) => {
             let mut lines: Vec<String> =
-                crate::present::cells::outcome_lines(&r.output).into_iter().map(|l| format!("  {l}")).collect();
+                crate::lab::cells::outcome_lines(&r.output).into_iter().map(|l| format!("  {l}")).collect();
             lines.push(format!("  ✓ {:.1}s", r.seconds));
             lines
         }

@@ -7,7 +7,6 @@ use image::{Rgb, RgbImage};
 
 use super::{img_tag, Block};
 use crate::error::Result;
-use crate::lab::Lab;
 use crate::train::EpochRecord;
 use crate::util::draw::{self, BLUE, DARK_GREY, ORANGE};
 
@@ -20,17 +19,10 @@ const BOTTOM: i64 = 30;
 const RIGHT: i64 = 12;
 const SCALE: i64 = 2;
 
-/// Epoch records with the (0-based) step each came from, as [`Lab::history`] holds them.
+/// Epoch records with the (0-based) step each came from, as [`crate::lab::Lab::history`] holds them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryChart {
     pub rows: Vec<(usize, EpochRecord)>,
-}
-
-impl Lab {
-    /// The training history so far as a chart.
-    pub fn history_chart(&self) -> HistoryChart {
-        HistoryChart { rows: self.history() }
-    }
 }
 
 impl HistoryChart {

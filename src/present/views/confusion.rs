@@ -7,7 +7,6 @@ use image::{Rgb, RgbImage};
 
 use super::{escape, img_tag, Block, HEAD_STYLE, TABLE_STYLE};
 use crate::error::Result;
-use crate::lab::Lab;
 use crate::metrics::Metrics;
 use crate::util::draw::{self, BLACK, DARK_GREY};
 
@@ -29,13 +28,6 @@ fn label(class: &str) -> String {
 pub struct ConfusionMatrix {
     pub classes: Vec<String>,
     pub counts: Vec<Vec<usize>>,
-}
-
-impl Lab {
-    /// The confusion matrix of the last evaluation.
-    pub fn confusion(&self) -> Result<ConfusionMatrix> {
-        Ok(ConfusionMatrix::from(&self.evaluation()?.metrics))
-    }
 }
 
 impl From<&Metrics> for ConfusionMatrix {

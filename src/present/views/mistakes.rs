@@ -6,7 +6,6 @@ use image::RgbImage;
 use super::{escape, img_tag, Block};
 use crate::data::Dataset;
 use crate::error::Result;
-use crate::lab::Lab;
 use crate::present::preview;
 use crate::train::Evaluation;
 use crate::util::draw;
@@ -27,14 +26,6 @@ pub struct Mistake {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mistakes {
     pub items: Vec<Mistake>,
-}
-
-impl Lab {
-    /// Up to `n` of the last evaluation's mistakes (worst first), with thumbnails.
-    pub fn mistakes(&self, n: usize) -> Result<Mistakes> {
-        let eval = self.evaluation()?;
-        Ok(self.data_ref().map_or_else(|| Mistakes::without_images(&eval, n), |d| Mistakes::new(&eval, d, n)))
-    }
 }
 
 fn class(classes: &[String], i: usize) -> String {

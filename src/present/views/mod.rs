@@ -19,9 +19,11 @@
 //! `text/plain` fallback for consoles ([`Block::png`] makes an `image/png`
 //! block for views that want one).
 //!
-//! Views (one file each): [`Steps`](crate::present::cells::Steps) and
-//! [`StepResult`](crate::lab::StepResult) (step summaries), [`HistoryChart`],
-//! [`ConfusionMatrix`], [`ClassReport`], [`Mistakes`] and [`Samples`].
+//! Views (one file each): [`HistoryChart`], [`ConfusionMatrix`],
+//! [`ClassReport`], [`Mistakes`], [`Samples`], [`ReliabilityDiagram`],
+//! [`CompareChart`] and the lr_find plot. They are functions of results
+//! (an evaluation, a history, the data), not of a lab: `Lab`'s own views
+//! (`lab.confusion()`, …) and the step list (`Steps`) live in `crate::lab`.
 //! Charts are drawn directly onto an [`image::RgbImage`] with a built-in
 //! bitmap font, so nothing depends on system fonts or network access.
 //!
@@ -36,7 +38,6 @@ mod lr_find;
 mod mistakes;
 mod report;
 mod samples;
-mod steps;
 
 use std::io::Write as _;
 

@@ -5,7 +5,6 @@ use image::{Rgb, RgbImage};
 
 use super::{escape, Block};
 use crate::error::Result;
-use crate::lab::Lab;
 use crate::metrics::Metrics;
 use crate::present::rows;
 use crate::util::draw;
@@ -14,13 +13,6 @@ use crate::util::draw;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassReport {
     pub metrics: Metrics,
-}
-
-impl Lab {
-    /// The classification report of the last evaluation.
-    pub fn class_report(&self) -> Result<ClassReport> {
-        Ok(ClassReport { metrics: self.evaluation()?.metrics.clone() })
-    }
 }
 
 impl From<&Metrics> for ClassReport {

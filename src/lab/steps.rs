@@ -2,10 +2,12 @@
 //! step's result (a fine_tune step shows its history chart, an evaluate step
 //! its report and confusion matrix).
 
-use super::{escape, Block, ClassReport, ConfusionMatrix, HistoryChart, CELL_STYLE, HEAD_STYLE, TABLE_STYLE};
 use crate::error::Result;
+use crate::lab::cells::{outcome_line, StepResults, StepStatus, Steps};
 use crate::lab::{StepOutput, StepResult};
-use crate::present::cells::{outcome_line, StepResults, StepStatus, Steps};
+use crate::present::views::{
+    escape, Block, ClassReport, ConfusionMatrix, HistoryChart, CELL_STYLE, HEAD_STYLE, TABLE_STYLE,
+};
 use crate::train::Evaluation;
 
 impl Steps {
@@ -53,7 +55,7 @@ impl Evaluation {
     pub fn to_html(&self) -> Result<String> {
         let mut s = ClassReport::from(&self.metrics).to_html();
         s.push_str(&ConfusionMatrix::from(&self.metrics).to_html()?);
-        s.push_str(&super::Mistakes::without_images(self, 10).to_html()?);
+        s.push_str(&crate::present::views::Mistakes::without_images(self, 10).to_html()?);
         Ok(s)
     }
 
@@ -135,7 +137,7 @@ impl StepResult {
     }
 }
 
-super::evcxr_display!(Steps, StepResult, Evaluation);
+crate::present::views::evcxr_display!(Steps, StepResult, Evaluation);
 
 impl StepResults {
     pub fn to_html(&self) -> Result<String> {
@@ -148,12 +150,12 @@ impl StepResults {
     }
 }
 
-super::evcxr_display!(StepResults);
+crate::present::views::evcxr_display!(StepResults);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::present::cells::StepInfo;
+    use crate::lab::cells::StepInfo;
     use crate::recipe::StepType;
     use crate::train::{EpochRecord, FineTuneOutcome, Stop};
 

@@ -3,6 +3,10 @@
 //! a time, and keeps each step's result. `tlab run`, the TUI and notebooks all
 //! drive this same type.
 
+pub mod cells;
+mod steps;
+mod views;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
