@@ -93,10 +93,7 @@ fn score(
     classes: &[String],
 ) -> anyhow::Result<()> {
     let (metrics, predictions) = tlab::predict::score(paths, probs, labels, classes, args.top);
-    let line = format!(
-        "accuracy {:.4} on {} images (top-{} {:.4})",
-        metrics.accuracy, metrics.count, metrics.top_k, metrics.top_k_accuracy
-    );
+    let line = tlab::present::rows::headline(&metrics);
     // With --json, stdout holds only the JSON lines.
     if args.json {
         eprintln!("{line}");

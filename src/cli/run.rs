@@ -131,10 +131,7 @@ pub fn run(recipe_path: Option<PathBuf>, out: Option<PathBuf>, resume: Option<Pa
         Some(e) => Err(e.into()),
         None => {
             if let Ok(eval) = lab.evaluation() {
-                println!(
-                    "accuracy {:.4}  top-{} {:.4}",
-                    eval.metrics.accuracy, eval.metrics.top_k, eval.metrics.top_k_accuracy
-                );
+                println!("{}", tlab::present::rows::headline(&eval.metrics));
             }
             Ok(ExitCode::SUCCESS)
         }

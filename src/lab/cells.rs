@@ -150,13 +150,9 @@ pub(crate) fn outcome_lines(output: &StepOutput) -> Vec<String> {
             let tta = m.accuracy_without_tta.map(|a| format!("with TTA ({a:.4} without)"));
             tta.into_iter()
                 .chain([format!(
-                    "accuracy {:.4}, top-{} {:.4}, macro F1 {:.4}, {} mistakes of {}",
-                    m.accuracy,
-                    m.top_k,
-                    m.top_k_accuracy,
-                    m.macro_avg.f1,
-                    e.predictions.iter().filter(|p| p.truth != p.predicted).count(),
-                    m.count
+                    "{}, {} mistakes",
+                    crate::present::rows::headline(m),
+                    e.predictions.iter().filter(|p| p.truth != p.predicted).count()
                 )])
                 .collect()
         }

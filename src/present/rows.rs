@@ -1,7 +1,7 @@
 //! The presentation layer: results become lines and tables here, once.
 //!
 //! The CLI log, notebook progress and the TUI's cell log print
-//! [`epoch_line`]; report.md, the notebook HTML, the console text and the
+//! [`epoch_line`]; every front end heads an evaluation with [`headline`]; report.md, the notebook HTML, the console text and the
 //! TUI's Report tab render the same [`Table`]s ([`class_table`],
 //! [`history_table`], [`summary_table`], [`confusion_table`],
 //! [`confused_table`], [`mistakes_table`]). Renderers only lay cells out: Markdown and aligned
@@ -118,6 +118,15 @@ impl Table {
         }
         s
     }
+}
+
+/// An evaluation in one line, as every front end heads it: `accuracy
+/// 0.8633 on 300 images · top-5 0.9967 · macro F1 0.8632`.
+pub fn headline(m: &Metrics) -> String {
+    format!(
+        "accuracy {:.4} on {} images · top-{} {:.4} · macro F1 {:.4}",
+        m.accuracy, m.count, m.top_k, m.top_k_accuracy, m.macro_avg.f1
+    )
 }
 
 /// One finished epoch as the logs print it.

@@ -282,10 +282,7 @@ pub(crate) fn report_html(lab: &Lab, complete: bool, pictures: &[(&str, image::R
     let esc = views::escape;
     let mut body = String::new();
     let headline = match lab.evaluation_ref() {
-        Some(e) => format!(
-            "accuracy <b>{:.4}</b> · top-{} {:.4} · macro F1 {:.4} on {} validation images",
-            e.metrics.accuracy, e.metrics.top_k, e.metrics.top_k_accuracy, e.metrics.macro_avg.f1, e.metrics.count
-        ),
+        Some(e) => esc(&crate::present::rows::headline(&e.metrics)),
         None => "no evaluation yet".into(),
     };
     let state = if complete { "complete" } else { "<span class=\"bad\">incomplete</span>" };

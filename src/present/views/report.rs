@@ -25,9 +25,10 @@ impl ClassReport {
     pub fn to_html(&self) -> String {
         let m = &self.metrics;
         let mut s = format!(
-            "<div><b>Evaluation</b> on {} images: accuracy <b>{:.4}</b>, top-{} accuracy {:.4}, loss {:.4}, \
-             ECE {:.4}",
-            m.count, m.accuracy, m.top_k, m.top_k_accuracy, m.loss, m.calibration.ece
+            "<div><b>Evaluation</b>: {} · loss {:.4} · ECE {:.4}",
+            escape(&rows::headline(m)),
+            m.loss,
+            m.calibration.ece
         );
         s.push_str(&super::table_html(&rows::class_table(m)));
         if !m.most_confused.is_empty() {
@@ -117,7 +118,7 @@ mod tests {
         let m = compute(&probs, &[0, 0, 1], &classes, 1);
         let r = ClassReport::from(&m);
         let html = r.to_html();
-        assert!(html.contains("accuracy <b>0.6667</b>"), "{html}");
+        assert!(html.contains("accuracy 0.6667 on 3 images"), "{html}");
         // Class a: precision 1, recall 0.5; class b: precision 0.5, recall 1.
         assert!(html.contains("<th style=\"border:1px solid #ccc;padding:2px 6px;text-align:left;background:#f3f3f3\">a</th><td style=\"border:1px solid #ccc;padding:2px 6px;text-align:right\">1.0000</td><td style=\"border:1px solid #ccc;padding:2px 6px;text-align:right\">0.5000</td>"), "{html}");
         assert!(html.contains("b&amp;c") && html.contains("macro avg"));

@@ -50,13 +50,8 @@ pub fn render(frame: &mut Frame, area: Rect, cell: &Cell, normalised: bool) {
     });
     let widths: Vec<Constraint> =
         std::iter::once(Constraint::Length(name_w.max(11))).chain((0..n).map(|_| Constraint::Length(col_w))).collect();
-    let title = format!(
-        " accuracy {:.4} · top-{} {:.4} · {} (v toggles) ",
-        m.accuracy,
-        m.top_k,
-        m.top_k_accuracy,
-        if normalised { "row-normalised" } else { "counts" }
-    );
+    let shown = if normalised { "row-normalised" } else { "counts" };
+    let title = format!(" {} · {shown} (v toggles) ", crate::present::rows::headline(m));
     let table = Table::new(rows, widths)
         .header(header)
         .block(ratatui::widgets::Block::default().title(Line::from(title)))
