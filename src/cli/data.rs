@@ -113,8 +113,8 @@ pub fn embed(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads the data, applies every augment step up to the first fine_tune, and
-/// shows a grid of samples: in the terminal (half-blocks via viuer) and/or as PNG.
+/// `tlab preview RECIPE`: the recipe's training samples in the terminal
+/// (half-blocks via viuer) and/or as PNG.
 pub fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Option<u64>) -> anyhow::Result<ExitCode> {
     let recipe = match tlab::recipe::load(recipe_path) {
         Ok(r) => r,
@@ -124,42 +124,9 @@ pub fn preview(recipe_path: &Path, png: Option<PathBuf>, count: usize, seed: Opt
         }
     };
     let seed = seed.unwrap_or(recipe.seed);
-    let augment = recipe
-        .steps
-        .iter()
-        .take_while(|s| !matches!(s.kind, tlab::recipe::StepKind::FineTune(_)))
-        .filter_map(|s| match &s.kind {
-            tlab::recipe::StepKind::Augment(a) => Some(a.clone()),
-            _ => None,
-        })
-        .last();
-    let data = tlab::data::Dataset::load(&recipe.data, recipe.seed)?;
-    let aug = augment.map(tlab::augment::Augmenter::new);
-    // With mixup/CutMix in the first fine_tune, show what it trains on: mixed images.
-    let (grid, names) = match tlab::present::preview::mix_after(&recipe, 0) {
-        Some(mix) => {
-            let samples = tlab::present::preview::mixed_samples(&data, aug.as_ref(), &mix, seed, count);
-            let captions: Vec<String> = samples.iter().map(|(_, c)| c.clone()).collect();
-            // Two lines per tile: the weight and class of each image.
-            let tiles: Vec<tlab::util::draw::Captioned> = samples
-                .into_iter()
-                .map(|(img, c)| {
-                    let lines = c.split(" + ").map(|l| (l.to_string(), tlab::util::draw::BLACK)).collect();
-                    (img, lines)
-                })
-                .collect();
-            let cols = (tiles.len() as f64).sqrt().ceil() as usize;
-            (tlab::util::draw::gallery(&tiles, cols.max(1), 128), captions)
-        }
-        None => {
-            let (grid, tiles) = tlab::present::preview::labelled_grid(&data, aug.as_ref(), seed, count);
-            (grid, tiles.into_iter().map(|t| t.class).collect())
-        }
-    };
+    let (grid, names) = tlab::present::preview::recipe_preview(&recipe, count, seed)?;
     if let Some(p) = &png {
-        let mut bytes = Vec::new();
-        grid.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-        tlab::fs::atomic_write(p, &bytes)?;
+        tlab::fs::atomic_write(p, &tlab::present::views::png_bytes(&grid)?)?;
         println!("wrote {} ({}×{}, {} samples)", p.display(), grid.width(), grid.height(), names.len());
     }
     if png.is_none() || std::io::stdout().is_terminal() {

@@ -150,6 +150,47 @@ pub fn mix_after(recipe: &crate::recipe::Recipe, after: usize) -> Option<crate::
         .filter(|m| m.at == crate::recipe::MixAt::Input)
 }
 
+/// `tlab preview RECIPE`: `count` training images of the recipe's data as
+/// its training sees them (the last augment step before the first
+/// fine_tune; with mixup or CutMix there, mixed pairs), each captioned in
+/// its tile, and the captions as text.
+pub fn recipe_preview(
+    recipe: &crate::recipe::Recipe,
+    count: usize,
+    seed: u64,
+) -> crate::error::Result<(RgbImage, Vec<String>)> {
+    use crate::recipe::StepKind;
+    use crate::util::draw;
+    let augment = recipe
+        .steps
+        .iter()
+        .take_while(|s| !matches!(s.kind, StepKind::FineTune(_)))
+        .filter_map(|s| match &s.kind {
+            StepKind::Augment(a) => Some(a.clone()),
+            _ => None,
+        })
+        .last();
+    let data = Dataset::load(&recipe.data, recipe.seed)?;
+    let aug = augment.map(Augmenter::new);
+    Ok(match mix_after(recipe, 0) {
+        Some(mix) => {
+            let samples = mixed_samples(&data, aug.as_ref(), &mix, seed, count);
+            let captions: Vec<String> = samples.iter().map(|(_, c)| c.clone()).collect();
+            // Two lines per tile: the weight and class of each image.
+            let tiles: Vec<draw::Captioned> = samples
+                .into_iter()
+                .map(|(img, c)| (img, c.split(" + ").map(|l| (l.to_string(), draw::BLACK)).collect()))
+                .collect();
+            let cols = (tiles.len() as f64).sqrt().ceil() as usize;
+            (draw::gallery(&tiles, cols.max(1), 128), captions)
+        }
+        None => {
+            let (grid, tiles) = labelled_grid(&data, aug.as_ref(), seed, count);
+            (grid, tiles.into_iter().map(|t| t.class).collect())
+        }
+    })
+}
+
 /// The augmentation preview of the TUI and `tlab preview`: `n` training
 /// images as training sees them, in a near-square grid, with one caption per
 /// tile — the class, or with `mix` both classes and their weights.
