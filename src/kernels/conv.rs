@@ -34,8 +34,10 @@
 //! the images' NCHW planes (forward; input gradient through col2im), or the
 //! group's output gradient gathered `[Cout, nb·P]` (gradients).
 
-use super::gemm::{matmul, Mat};
+use super::gemm::{matmul, matmul_into, Mat};
 use super::{winograd, Epilogue, Padding};
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -285,6 +287,30 @@ fn gather(src: &[f32], stride: usize, rows: usize, p: usize, m: usize, dst: &mut
 }
 
 /// The inverse of [`gather`]: `dst[i·stride + r·p + j] = src[r, i·p + j]`.
+/// [`scatter`] into memory nothing has written yet: `m` images of `rows`
+/// planes fill `dst` (`m · stride` values, `stride = rows · p`) whole, which
+/// is then handed back as floats.
+fn scatter_into<'a>(
+    src: &[f32],
+    stride: usize,
+    rows: usize,
+    p: usize,
+    m: usize,
+    dst: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
+    assert_eq!((stride, dst.len()), (rows * p, m * stride), "conv: scatter must fill its destination");
+    for (r, srow) in src[..rows * m * p].chunks_exact(m * p).enumerate() {
+        for (i, blk) in srow.chunks_exact(p).enumerate() {
+            for (d, &v) in dst[i * stride + r * p..][..p].iter_mut().zip(blk) {
+                d.write(v);
+            }
+        }
+    }
+    // SAFETY: rows × m blocks of p values at i·stride + r·p, for every r <
+    // rows and i < m, cover all m · rows · p elements (asserted above).
+    unsafe { super::assume_init(dst) }
+}
+
 fn scatter(src: &[f32], stride: usize, rows: usize, p: usize, m: usize, dst: &mut [f32]) {
     for (r, srow) in src[..rows * m * p].chunks_exact(m * p).enumerate() {
         for (i, blk) in srow.chunks_exact(p).enumerate() {
@@ -456,8 +482,9 @@ fn forward(
         return Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))));
     }
     let rows = block_rows(&geo, &d);
-    // y[img][:, block] = W · col(block), straight into the NCHW output.
-    let one = |img: usize, o: &mut [f32], col: &mut Vec<f32>, par: Option<Parallelism>| {
+    // y[img][:, block] = W · col(block), straight into the NCHW output,
+    // which nothing clears first: the GEMMs write every element of it.
+    let one = |img: usize, o: &mut [MaybeUninit<f32>], col: &mut Vec<f32>, par: Option<Parallelism>| {
         let xin = &x[img * d.image()..(img + 1) * d.image()];
         let mode = par.unwrap_or(Parallelism::None);
         // The epilogue runs on each block of columns as soon as its GEMM is
@@ -475,9 +502,10 @@ fn forward(
             for c0 in (0..p).step_by(cols) {
                 let nb = cols.min(p - c0);
                 let rhs = Mat { data: &xin[c0..], rs: p, cs: 1 };
-                matmul(&mut o[c0..], p, d.cout, nb, k, Mat::rows(wt, k), rhs, false, mode);
+                matmul_into(&mut o[c0..], p, d.cout, nb, k, Mat::rows(wt, k), rhs, mode);
                 if let Some(epi) = &epi {
-                    epi.columns(o, p, c0..c0 + nb);
+                    // SAFETY: the GEMM just wrote these columns of every plane.
+                    unsafe { epi.columns_uninit(o, p, c0..c0 + nb) };
                 }
             }
         } else {
@@ -487,9 +515,10 @@ fn forward(
                 let col = &mut col[..k * pb];
                 im2col(&geo, &d, xin, oy0, col, par.is_some());
                 let (lhs, rhs) = (Mat::rows(wt, k), Mat::rows(col, pb));
-                matmul(&mut o[oy0 * d.ow..], p, d.cout, pb, k, lhs, rhs, false, mode);
+                matmul_into(&mut o[oy0 * d.ow..], p, d.cout, pb, k, lhs, rhs, mode);
                 if let Some(epi) = &epi {
-                    epi.columns(o, p, oy0 * d.ow..oy0 * d.ow + pb);
+                    // SAFETY: the GEMM just wrote these columns of every plane.
+                    unsafe { epi.columns_uninit(o, p, oy0 * d.ow..oy0 * d.ow + pb) };
                 }
             }
         }
@@ -500,13 +529,17 @@ fn forward(
         out.chunks(1, |_, _| {})
     } else {
         match sched {
-            Schedule::Serial(par) => {
+            // SAFETY: `one` writes every column block of the image (`blocks`
+            // and the direct path's steps cover 0..p).
+            Schedule::Serial(par) => unsafe {
                 let mut col = Vec::new();
-                out.chunks(per_image, |img, o| one(img, o, &mut col, Some(par)))
-            }
-            Schedule::Chunks(per) => {
+                out.chunks_uninit(per_image, |img, o| one(img, o, &mut col, Some(par)))
+            },
+            // SAFETY: each image of the chunk is written by `one`, or by
+            // `scatter_into` from a GEMM over the whole group.
+            Schedule::Chunks(per) => unsafe {
                 let nb = group_images(&d, per);
-                out.par_chunks(per * per_image, |c, chunk| {
+                out.par_chunks_uninit(per * per_image, |c, chunk| {
                     let mut col = Vec::new();
                     if nb == 1 {
                         for (j, o) in chunk.chunks_exact_mut(per_image).enumerate() {
@@ -525,13 +558,13 @@ fn forward(
                         group_cols(&geo, &d, &x[img * d.image()..], m, &mut col);
                         let none = Parallelism::None;
                         matmul(&mut y, cols, d.cout, cols, k, Mat::rows(wt, k), Mat::rows(&col, cols), false, none);
-                        scatter(&y, per_image, d.cout, p, m, o);
+                        let o = scatter_into(&y, per_image, d.cout, p, m, o);
                         if let Some(epi) = &epi {
                             o.chunks_exact_mut(per_image).for_each(|img| epi.image(img, p));
                         }
                     }
                 })
-            }
+            },
         }
     };
     Ok((CpuStorage::F32(out), Shape::from((d.n, d.cout, d.oh, d.ow))))

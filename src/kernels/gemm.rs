@@ -29,6 +29,63 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` into memory nothing has written yet:
+/// every element of the `m × n` block (rows `dst_rs` apart) is written, and
+/// none is read, so a kernel's output needs no clearing first.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_into(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    dst_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat,
+    rhs: Mat,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
+    lhs.check(m, k, "left");
+    rhs.check(k, n, "right");
+    if k == 0 {
+        // An empty sum: gemm would leave the block as it found it.
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            row[..n].iter_mut().for_each(|v| {
+                v.write(0.0);
+            });
+        }
+        return;
+    }
+    // SAFETY: as in `matmul`; with `read_dst` false gemm stores every
+    // element of the block through the pointer and loads none, so the
+    // destination may be uninitialised (it is never viewed as `f32` here).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `+=` with `accumulate`; `dst` is
 /// row-major with row stride `dst_rs`.
 #[allow(clippy::too_many_arguments)]

@@ -199,9 +199,27 @@ impl Epilogue<'_> {
         epilogue_columns(self, out, p, 0, p)
     }
 
-    /// Columns `cols` of every plane of one image's output `[C, p]`.
-    fn columns(&self, out: &mut [f32], p: usize, cols: std::ops::Range<usize>) {
-        epilogue_columns(self, out, p, cols.start, cols.end)
+    /// As [`Epilogue::columns`] on an output whose other columns may not be
+    /// written yet.
+    ///
+    /// # Safety
+    /// Columns `cols` of every plane of `out` must have been written.
+    unsafe fn columns_uninit(&self, out: &mut [MaybeUninit<f32>], p: usize, cols: std::ops::Range<usize>) {
+        let mut planes: Vec<&mut [f32]> = out
+            .chunks_exact_mut(p.max(1))
+            // SAFETY: the caller wrote these columns.
+            .map(|plane| unsafe { assume_init(&mut plane[cols.clone()]) })
+            .collect();
+        epilogue_planes(self, &mut planes);
+    }
+}
+
+multiversion! {
+    /// Plane `c` of `planes` is channel `c`'s.
+    fn epilogue_planes(epi: &Epilogue, planes: &mut [&mut [f32]]) {
+        for (c, plane) in planes.iter_mut().enumerate() {
+            epi.plane(c, plane);
+        }
     }
 }
 
@@ -281,6 +299,40 @@ impl Output {
         self.finish()
     }
 
+    /// `f(chunk index, chunk)` on every `size`-element chunk in order, on
+    /// this thread, without clearing it first (debug builds fill it with NaN,
+    /// so a forgotten element fails every comparison with a reference).
+    ///
+    /// # Safety
+    /// `f` must write every element of every chunk it is given.
+    pub(super) unsafe fn chunks_uninit(
+        mut self,
+        size: usize,
+        mut f: impl FnMut(usize, &mut [MaybeUninit<f32>]),
+    ) -> Vec<f32> {
+        for (i, chunk) in self.buf.chunks_mut(size.max(1)).enumerate() {
+            poison(chunk);
+            f(i, chunk);
+        }
+        self.finish()
+    }
+
+    /// As [`Output::chunks_uninit`], the chunks in parallel.
+    ///
+    /// # Safety
+    /// `f` must write every element of every chunk it is given.
+    pub(super) unsafe fn par_chunks_uninit(
+        mut self,
+        size: usize,
+        f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+    ) -> Vec<f32> {
+        self.buf.par_chunks_mut(size.max(1)).enumerate().for_each(|(i, chunk)| {
+            poison(chunk);
+            f(i, chunk);
+        });
+        self.finish()
+    }
+
     /// Every chunk was initialised by the loop that ran over all of them.
     fn finish(self) -> Vec<f32> {
         let mut buf = std::mem::ManuallyDrop::new(self.buf);
@@ -291,6 +343,25 @@ impl Output {
         // by the callers above before they call this).
         unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
     }
+}
+
+/// NaN over `chunk` in debug builds (the tests), nothing in release ones.
+fn poison(chunk: &mut [MaybeUninit<f32>]) {
+    if cfg!(debug_assertions) {
+        chunk.iter_mut().for_each(|x| {
+            x.write(f32::NAN);
+        });
+    }
+}
+
+/// Views `chunk` as floats.
+///
+/// # Safety
+/// Every element of `chunk` must have been written.
+unsafe fn assume_init(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: the caller wrote every element; `MaybeUninit<f32>` has the
+    // layout of `f32`.
+    unsafe { &mut *(std::ptr::from_mut::<[MaybeUninit<f32>]>(chunk) as *mut [f32]) }
 }
 
 /// Clears `chunk` (NaN in debug builds) and views it as initialised floats.
