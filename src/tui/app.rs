@@ -33,6 +33,7 @@ pub enum Action {
     ToggleGradCam,
     Runs,
     Tune,
+    LabelIssues,
     CycleSort,
     Help,
     Quit,
@@ -96,6 +97,13 @@ pub const KEY_MAP: &[Binding] = {
             None,
         ),
         bind(
+            &[Char('L')],
+            "L",
+            LabelIssues,
+            "backbone step: rank the training images whose label a k-fold probe doubts (Labels tab)",
+            None,
+        ),
+        bind(
             &[Char('T')],
             "T",
             Tune,
@@ -131,6 +139,8 @@ pub enum Command {
     },
     /// Tune the recipe file (`tlab tune` with its `[tune]` settings).
     Tune(std::path::PathBuf),
+    /// `tlab data --label-issues` on the recipe, for backbone step `step`'s Labels tab.
+    LabelIssues(usize),
     Cancel,
 }
 
@@ -166,6 +176,11 @@ pub enum Msg {
     DataReport {
         step: usize,
         lines: Vec<String>,
+    },
+    /// What the label-issue probe of backbone step `step` found (or why not).
+    LabelIssues {
+        step: usize,
+        status: String,
     },
     /// Progress of the running tune.
     Tune(crate::tools::tune::Progress),
@@ -209,6 +224,7 @@ pub enum CommandKind {
     SetRecipe,
     InputChanged(crate::recipe::Input),
     Tune,
+    LabelIssues(usize),
     Cancel,
 }
 
@@ -291,6 +307,8 @@ pub struct Cell {
     pub previous: Option<Box<Cell>>,
     /// A backbone step's data doctor report (its Data tab), once examined.
     pub data_report: Option<Vec<String>>,
+    /// The label-issue probe's state or summary (its Labels tab), once asked for.
+    pub labels: Option<String>,
 }
 
 impl Cell {
@@ -307,12 +325,13 @@ impl Cell {
             result: None,
             previous: None,
             data_report: None,
+            labels: None,
         }
     }
 
     pub fn tabs(&self) -> &'static [Tab] {
         match self.kind {
-            StepType::Backbone => &[Tab::Data, Tab::Log],
+            StepType::Backbone => &[Tab::Data, Tab::Labels, Tab::Log],
             StepType::Augment => &[Tab::Preview, Tab::Log],
             StepType::FineTune | StepType::LrFind => &[Tab::Progress, Tab::Charts, Tab::Log],
             StepType::Evaluate => &[Tab::Confusion, Tab::Report, Tab::Mistakes, Tab::Log],
@@ -335,9 +354,15 @@ pub enum Tab {
     Report,
     Mistakes,
     Data,
+    Labels,
 }
 
 impl Tab {
+    /// Where this tab is among `tabs` (0 when absent).
+    fn index_in(self, tabs: &[Tab]) -> usize {
+        tabs.iter().position(|t| *t == self).unwrap_or(0)
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Tab::Log => "Log",
@@ -348,6 +373,7 @@ impl Tab {
             Tab::Report => "Report",
             Tab::Mistakes => "Mistakes",
             Tab::Data => "Data",
+            Tab::Labels => "Labels",
         }
     }
 }
@@ -507,6 +533,11 @@ impl App {
             Msg::InputChanged(input) => return self.on_input_changed(input),
             Msg::RunsLoaded { runs, current } => self.on_runs_loaded(runs, current),
             Msg::Tune(progress) => self.on_tune_progress(progress),
+            Msg::LabelIssues { step, status } => {
+                if let Some(cell) = self.cells.get_mut(step) {
+                    cell.labels = Some(status);
+                }
+            }
             Msg::DataReport { step, lines } => {
                 if let Some(cell) = self.cells.get_mut(step) {
                     cell.data_report = Some(lines);
@@ -568,6 +599,7 @@ impl App {
             Action::ToggleGradCam => self.gradcam = !self.gradcam,
             Action::Runs => return vec![Effect::LoadRuns],
             Action::Tune => return self.start_tune(),
+            Action::LabelIssues => return self.start_label_issues(),
             Action::CycleSort => self.sort = self.sort.next(),
             Action::Help => self.help = true,
             Action::Quit => {
@@ -682,6 +714,26 @@ impl App {
             best: None,
         });
         vec![Effect::Send(CommandKind::Tune), Effect::Log("tune started".into())]
+    }
+
+    /// `L` on a backbone step that has run: the label-issue probe, shown
+    /// in its Labels tab; refused while a step or tune runs.
+    fn start_label_issues(&mut self) -> Vec<Effect> {
+        let step = self.selected;
+        let ready = self.cells.get(step).is_some_and(|c| c.kind == StepType::Backbone && c.is_done());
+        if !ready {
+            self.notice = Some("L: select a backbone step that has run".into());
+            return vec![];
+        }
+        if self.running.is_some() || self.pending {
+            self.notice = Some("a step is running: look for label issues once it ends (or c cancels it)".into());
+            return vec![];
+        }
+        self.pending = true;
+        let folds = crate::tools::doctor::labels::ProbeConfig::default().folds;
+        self.cells[step].labels = Some(format!("probing: a {folds}-fold linear probe on the frozen features…"));
+        self.tab = Tab::Labels.index_in(self.cells[step].tabs());
+        vec![Effect::Send(CommandKind::LabelIssues(step)), Effect::Log("label issues started".into())]
     }
 
     fn on_tune_progress(&mut self, progress: crate::tools::tune::Progress) {
@@ -964,6 +1016,7 @@ mod tests {
             Action::ToggleGradCam,
             Action::Runs,
             Action::Tune,
+            Action::LabelIssues,
             Action::CycleSort,
             Action::Help,
             Action::Quit,
@@ -974,7 +1027,8 @@ mod tests {
                 Action::Up | Action::Down | Action::RunToSelected | Action::RunNext | Action::RunAll => {}
                 Action::Rerun | Action::Cancel | Action::NextTab | Action::PrevTab | Action::Edit => {}
                 Action::Resample | Action::ToggleAutorun | Action::ToggleNormalised | Action::ToggleGradCam => {}
-                Action::Runs | Action::Tune | Action::CycleSort | Action::Help | Action::Quit => {}
+                Action::Runs | Action::Tune | Action::LabelIssues | Action::CycleSort | Action::Help => {}
+                Action::Quit => {}
             }
             assert!(KEY_MAP.iter().any(|b| b.action == a), "{a:?} has no key");
         }
@@ -1023,6 +1077,27 @@ kind = "evaluate"
         let kind = app.cells[i].kind;
         let output = crate::lab::StepOutput::Augment { config: Default::default() };
         app.update(Msg::Done(Box::new(StepResult { index: i, kind, summary: "s".into(), seconds: 1.0, output })));
+    }
+
+    #[test]
+    fn label_issues_wait_for_the_backbone_step_and_show_in_its_labels_tab() {
+        let mut app = App::new(&recipe(RECIPE), "/tmp/log".into());
+        assert!(app.update(key('L')).is_empty(), "the backbone step has not run");
+        assert!(app.notice.as_deref().is_some_and(|n| n.contains("backbone step that has run")));
+        done(&mut app, 0);
+        app.update(Msg::Idle);
+        assert_eq!(
+            app.update(key('L')),
+            vec![Effect::Send(CommandKind::LabelIssues(0)), Effect::Log("label issues started".into())]
+        );
+        let cell = &app.cells[0];
+        assert_eq!(cell.tabs()[app.tab], Tab::Labels);
+        assert!(cell.labels.as_deref().is_some_and(|l| l.starts_with("probing")));
+        assert!(app.update(key('n')).is_empty(), "no step runs while the probe does");
+        app.update(Msg::LabelIssues { step: 0, status: "3 of 500 training images doubted".into() });
+        app.update(Msg::Idle);
+        assert_eq!(app.cells[0].labels.as_deref(), Some("3 of 500 training images doubted"));
+        assert_eq!(app.update(key('n')), vec![Effect::Send(CommandKind::Run(vec![1]))]);
     }
 
     #[test]

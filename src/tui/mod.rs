@@ -291,6 +291,7 @@ impl Shell<'_> {
                 FromWorker::Tune(p) => Msg::Tune(p),
                 FromWorker::TuneEnded { outcome, best } => Msg::TuneEnded { outcome, best },
                 FromWorker::Data { step, lines } => Msg::DataReport { step, lines },
+                FromWorker::LabelIssues { step, status } => Msg::LabelIssues { step, status },
                 FromWorker::Image { step, kind, image, captions } => return images.set(step, kind, image, captions),
             },
             AppEvent::FileChanged(c) => {
@@ -346,6 +347,9 @@ impl Shell<'_> {
             Effect::Send(CommandKind::Tune) => {
                 let _ = writeln!(self.log, "tune {}", app.recipe_path.display());
                 let _ = self.cmd_tx.send(Command::Tune(app.recipe_path.clone()));
+            }
+            Effect::Send(CommandKind::LabelIssues(step)) => {
+                let _ = self.cmd_tx.send(Command::LabelIssues(step));
             }
             Effect::Send(CommandKind::Cancel) => self.cancel.store(true, Ordering::Relaxed),
             Effect::OpenEditor => open_editor(self.terminal, &app.recipe_path, self.paused, self.log)?,

@@ -33,7 +33,12 @@ pub enum FromWorker {
         step: usize,
         lines: Vec<String>,
     },
-    /// An image for a step's Preview or Mistakes tab.
+    /// The label-issue probe's outcome for backbone step `step`'s Labels tab.
+    LabelIssues {
+        step: usize,
+        status: String,
+    },
+    /// An image for a step's Preview, Mistakes or Labels tab.
     Image {
         step: usize,
         kind: ImageKind,
@@ -48,6 +53,8 @@ pub enum ImageKind {
     Mistakes,
     /// The same mistakes with their Grad-CAM overlay (`g` toggles).
     MistakesGradCam,
+    /// The training images whose label the probe doubts most.
+    LabelIssues,
 }
 
 /// Forwards training events to the UI and to the session's run recorder
@@ -131,6 +138,10 @@ impl Worker<'_> {
             Command::Preview { step, seed } => send_preview(&self.lab, step, seed, self.tx),
             Command::Tune(recipe) => {
                 self.tune(&recipe);
+                (self.tx)(FromWorker::Idle);
+            }
+            Command::LabelIssues(step) => {
+                self.label_issues(step);
                 (self.tx)(FromWorker::Idle);
             }
             Command::Run(steps) => {
@@ -229,6 +240,46 @@ impl Worker<'_> {
         };
         self.log(format_args!("tune ended: {outcome:?}"));
         (self.tx)(FromWorker::TuneEnded { outcome, best });
+    }
+
+    /// `tlab data --label-issues` on the recipe (a fresh lab: the probe
+    /// needs the pretrained backbone, not one fine-tuned on these labels),
+    /// written into the session's run directory and sent to the Labels tab.
+    fn label_issues(&mut self, step: usize) {
+        use crate::tools::doctor::labels;
+        let recipe = self.lab.recipe().clone();
+        let cfg = labels::ProbeConfig { seed: recipe.seed, ..Default::default() };
+        let tx = self.tx;
+        let mut log = |line: String| tx(FromWorker::LabelIssues { step, status: format!("probing: {line}") });
+        let status = match labels::find(recipe, &cfg, &mut log) {
+            Ok(found) => {
+                let dir = self.run.path().to_path_buf();
+                let written = match found.write(&dir) {
+                    Ok(()) => format!("label_issues.csv and .png in {}", crate::util::paths::shown(&dir).display()),
+                    Err(e) => format!("not written: {e}"),
+                };
+                let shown = 40;
+                let captions = found
+                    .issues
+                    .iter()
+                    .take(shown)
+                    .map(|i| {
+                        let file = i.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                        format!("{file}: {} → {}", i.given, i.suggested)
+                    })
+                    .collect();
+                tx(FromWorker::Image { step, kind: ImageKind::LabelIssues, image: found.mosaic(shown), captions });
+                format!(
+                    "{} of {} training images doubted (probe agrees with {:.1} % of the labels); {written}",
+                    found.issues.len(),
+                    found.examined,
+                    100.0 * found.probe_accuracy
+                )
+            }
+            Err(e) => format!("cannot look for label issues: {e}"),
+        };
+        self.log(format_args!("label issues: {status}"));
+        tx(FromWorker::LabelIssues { step, status });
     }
 
     /// The reports of the steps run so far, as `tlab run` writes them

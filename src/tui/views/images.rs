@@ -44,6 +44,11 @@ impl Images {
         format!("{:?}", self.picker.protocol_type()).to_lowercase()
     }
 
+    /// Whether an image is held for `(step, kind)`.
+    pub fn has(&self, step: usize, kind: ImageKind) -> bool {
+        self.shown.contains_key(&(step, kind))
+    }
+
     /// Shows `image` for `(step, kind)`. Each image gets its own encoder
     /// thread, which ends when the image is replaced (its channel closes).
     pub fn set(&mut self, step: usize, kind: ImageKind, image: RgbImage, captions: Vec<String>) {
@@ -79,6 +84,9 @@ impl Images {
                 ImageKind::Preview => "run the augment step to see augmented samples (p re-samples)",
                 ImageKind::Mistakes => "run the evaluate step to see the misclassified images",
                 ImageKind::MistakesGradCam => "run the evaluate step to see Grad-CAM of the misclassified images",
+                ImageKind::LabelIssues => {
+                    "L (on a backbone step that has run) ranks the training images whose label a k-fold probe doubts"
+                }
             };
             frame.render_widget(Paragraph::new(msg), area);
             return;

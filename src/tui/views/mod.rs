@@ -17,7 +17,7 @@ pub mod tune;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph, Tabs};
+use ratatui::widgets::{Block, Paragraph, Tabs, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, Tab};
@@ -82,6 +82,13 @@ fn render_output(frame: &mut Frame, area: Rect, app: &App, images: &mut Images) 
     match current {
         Tab::Log => log::render(frame, body, cell),
         Tab::Data => data::render(frame, body, cell),
+        Tab::Labels => {
+            // The probe's state or summary above the doubted images.
+            let status = cell.labels.as_deref().unwrap_or("");
+            let [line, rest] = Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(body);
+            frame.render_widget(Paragraph::new(status).wrap(Wrap { trim: true }), line);
+            images.render(frame, rest, app.selected, images::ImageKind::LabelIssues, dim)
+        }
         Tab::Progress => progress::render(frame, body, cell),
         Tab::Charts => charts::render(frame, body, cell),
         Tab::Preview => images.render(frame, body, app.selected, images::ImageKind::Preview, dim),
