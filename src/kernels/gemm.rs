@@ -46,9 +46,7 @@ pub(super) fn matmul_into(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
-    lhs.check(m, k, "left");
-    rhs.check(k, n, "right");
+    check(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     if k == 0 {
         // An empty sum: gemm would leave the block as it found it.
         for row in dst.chunks_mut(dst_rs).take(m) {
@@ -61,29 +59,7 @@ pub(super) fn matmul_into(
     // SAFETY: as in `matmul`; with `read_dst` false gemm stores every
     // element of the block through the pointer and loads none, so the
     // destination may be uninitialised (it is never viewed as `f32` here).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr().cast::<f32>(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    unsafe { gemm_raw(dst.as_mut_ptr().cast::<f32>(), dst_rs, (m, n, k), lhs, rhs, false, par) }
 }
 
 /// `dst[m×n] = lhs[m×k] · rhs[k×n]`, or `+=` with `accumulate`; `dst` is
@@ -103,22 +79,46 @@ pub(super) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(n <= dst_rs && dst.len() >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
-    lhs.check(m, k, "left");
-    rhs.check(k, n, "right");
+    check(dst.len(), dst_rs, (m, n, k), lhs, rhs);
     // SAFETY: the asserts above keep every element the strides reach inside
     // its slice, and the rows of `dst` (n ≤ dst_rs) do not overlap; `dst` is
-    // borrowed mutably, so it aliases neither operand. gemm computes
-    // dst = alpha·dst + beta·lhs·rhs, reading dst only if asked.
+    // borrowed mutably, so it aliases neither operand.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, (m, n, k), lhs, rhs, accumulate, par) }
+}
+
+/// Every element the strides of the destination (`dst_len` values, rows
+/// `dst_rs` apart) and of both operands reach lies inside its slice.
+fn check(dst_len: usize, dst_rs: usize, (m, n, k): (usize, usize, usize), lhs: Mat, rhs: Mat) {
+    assert!(n <= dst_rs && dst_len >= (m - 1) * dst_rs + n, "conv gemm: destination too small");
+    lhs.check(m, k, "left");
+    rhs.check(k, n, "right");
+}
+
+/// The one call into `gemm`: dst = dst (if `read_dst`) + lhs · rhs.
+///
+/// # Safety
+/// `dst` must be valid for writes (and for reads with `read_dst`) of the
+/// `m × n` block with row stride `dst_rs`, and alias neither operand; the
+/// operands must hold every element their strides reach (`Mat::check`).
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    read_dst: bool,
+    par: Parallelism,
+) {
+    // SAFETY: the caller's contract above.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
-            accumulate,
+            read_dst,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
