@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, TomlError};
 
+use super::schema::{self, augment as aug, backbone as bb, fine_tune as ft, names};
 use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
@@ -18,107 +19,9 @@ use super::{
     ScheduleParams, Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
 
-const TOP_KEYS: &[&str] = &["name", "seed", "data", "step", "tune"];
-pub(crate) const DATA_KEYS: &[&str] =
-    &["train", "valid", "valid_split", "image_size", "batch_size", "max_per_class", "workers", "csv", "test"];
-const BACKBONE_KEYS: &[&str] =
-    &["kind", "arch", "weights", "strict", "drop_path", "pooling", "hidden", "dropout", "batchnorm", "head"];
-const HEAD_KEYS: &[&str] = &["pooling", "hidden", "dropout", "batchnorm"];
-const FREEZE_KEYS: &[&str] = &["kind", "up_to", "train_bn"];
-const AUGMENT_KEYS: &[&str] = &[
-    "kind",
-    "rotation_range",
-    "width_shift_range",
-    "height_shift_range",
-    "shear_range",
-    "zoom_range",
-    "horizontal_flip",
-    "vertical_flip",
-    "dihedral",
-    "trivial_augment",
-    "rand_augment",
-    "auto_augment",
-    "random_erasing",
-    "fill_mode",
-    "cval",
-    "brightness_range",
-    "random_resized_crop",
-    "color_jitter",
-];
-const CROP_KEYS: &[&str] = &["scale", "ratio"];
-const JITTER_KEYS: &[&str] = &["brightness", "contrast", "saturation", "hue"];
-const FINE_TUNE_KEYS: &[&str] = &[
-    "kind",
-    "epochs",
-    "optimizer",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "beta1",
-    "beta2",
-    "batch_size",
-    "image_size",
-    "label_smoothing",
-    "schedule",
-    "warmup_epochs",
-    "step_size",
-    "gamma",
-    "min_lr",
-    "patience",
-    "monitor",
-    "restore_best",
-    "time_limit",
-    "augment_views",
-    "layer_decay",
-    "no_decay_bn_bias",
-    "pct_start",
-    "div_factor",
-    "final_div_factor",
-    "cycle_momentum",
-    "base_momentum",
-    "max_momentum",
-    "restart_epochs",
-    "restart_mult",
-    "clip_grad_norm",
-    "ema",
-    "mixup",
-    "cutmix",
-    "mix_prob",
-    "mix_switch_prob",
-    "mix_at",
-    "freeze_epochs",
-    "unfreeze_to",
-    "class_weights",
-    "sampler",
-];
-const EVALUATE_KEYS: &[&str] = &["kind", "top_k", "mistakes", "tta", "tta_views", "split"];
-const LR_FIND_KEYS: &[&str] = &[
-    "kind",
-    "start_lr",
-    "end_lr",
-    "num_it",
-    "stop_div",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "beta1",
-    "beta2",
-    "batch_size",
-    "label_smoothing",
-];
-
-/// The keys a step of `kind` accepts (none for an unknown kind).
-pub(crate) fn step_keys(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "backbone" => BACKBONE_KEYS,
-        "freeze" => FREEZE_KEYS,
-        "augment" => AUGMENT_KEYS,
-        "lr_find" => LR_FIND_KEYS,
-        "fine_tune" => FINE_TUNE_KEYS,
-        "evaluate" => EVALUATE_KEYS,
-        _ => &[],
-    }
+/// The names a step of a kind with `keys` accepts: those and `kind`.
+fn step_names(keys: &[&dyn schema::Describe]) -> Vec<&'static str> {
+    std::iter::once("kind").chain(names(keys)).collect()
 }
 
 /// The document start: where errors about the document as a whole point.
@@ -132,26 +35,26 @@ pub(super) fn build(text: &str, path: &Path) -> std::result::Result<Recipe, Vec<
     let src = Source { text, path };
     let doc = ImDocument::parse(text).map_err(|e| vec![syntax_error(src, &e)])?;
     let root = Section::new(src, doc.as_table(), DOC_START, "at top level");
-    let mut errors = root.unknown_keys(TOP_KEYS);
+    let mut errors = root.unknown_keys(&names(schema::top::KEYS));
 
     // A top-level key that is missing is most likely one of the misspelt
     // ones: say only the latter then.
     let misspelt = !errors.is_empty();
-    let name = match root.field("name") {
+    let name = match root.key(&schema::top::NAME) {
         None if misspelt => None,
-        _ => keep(&mut errors, root.require("name").and_then(|f| run_name(&f))),
+        _ => keep(&mut errors, root.require(schema::top::NAME.name).and_then(|f| run_name(&f))),
     };
-    let seed = keep(&mut errors, root.int_as::<u64>("seed", Bounds::at_least(0))).map(|s| s.unwrap_or(0));
+    let seed = keep(&mut errors, root.int::<u64>(&schema::top::SEED));
     // Relative paths are anchored at the recipe's folder, as Cargo does.
     let base = path.parent().unwrap_or(Path::new(""));
-    let data = match root.field("data") {
+    let data = match root.key(&schema::top::DATA) {
         None if misspelt => None,
         None => {
             keep(&mut errors, Err(src.error_at(&DOC_START, "missing table `[data]` (it must set at least `train`)")))
         }
         Some(f) => keep(&mut errors, data(src, &f, base)),
     };
-    let steps = match root.field("step") {
+    let steps = match root.key(&schema::top::STEP) {
         None if misspelt => None,
         None => keep(&mut errors, Err(src.error_at(&DOC_START, "recipe has no [[step]]"))),
         Some(f) => steps(src, &f, base, data.as_ref()).map_err(|e| errors.extend(e)).ok(),
@@ -201,18 +104,18 @@ fn run_name(f: &Field<'_>) -> Result<String> {
 fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
     let table = f.as_table().ok_or_else(|| f.type_error("a table ([data])"))?;
     let s = Section::new(src, table, f.span().clone(), "in [data]");
-    s.check_keys(DATA_KEYS)?;
-    let csv = s.field("csv").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
-    let train = match (&csv, s.field("train")) {
+    s.check_keys(&names(schema::data::KEYS))?;
+    let csv = s.key(&schema::data::CSV).map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
+    let train = match (&csv, s.key(&schema::data::TRAIN)) {
         (_, Some(f)) => resolve(base, f.non_empty_str()?),
         // The images a CSV names live beside it.
         (Some(csv), None) => csv.parent().map(Path::to_path_buf).unwrap_or_default(),
-        (None, None) => resolve(base, s.require("train")?.non_empty_str()?),
+        (None, None) => resolve(base, s.require(schema::data::TRAIN.name)?.non_empty_str()?),
     };
-    let test = s.field("test").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
-    let valid = s.field("valid").map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
-    let valid_split = s.number("valid_split", Bounds::open(0.0, 1.0))?;
-    if let (Some(_), Some(split)) = (&valid, s.field("valid_split")) {
+    let test = s.key(&schema::data::TEST).map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
+    let valid = s.key(&schema::data::VALID).map(|f| f.non_empty_str()).transpose()?.map(|v| resolve(base, v));
+    let valid_split = s.num(&schema::data::VALID_SPLIT)?;
+    if let (Some(_), Some(split)) = (&valid, s.key(&schema::data::VALID_SPLIT)) {
         return Err(split.key_error(
             "`valid_split` cannot be combined with `valid`: the split only applies when there is no validation folder; remove one",
         ));
@@ -222,11 +125,11 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
         csv,
         test,
         valid,
-        valid_split: valid_split.unwrap_or(DataConfig::VALID_SPLIT),
-        image_size: s.int_as("image_size", Bounds::within(16, 1024))?.unwrap_or(DataConfig::IMAGE_SIZE),
-        batch_size: s.int_as("batch_size", Bounds::within(1, 4096))?.unwrap_or(DataConfig::BATCH_SIZE),
-        max_per_class: s.int_as("max_per_class", Bounds::at_least(1))?,
-        workers: s.int_as("workers", Bounds::at_least(1))?,
+        valid_split,
+        image_size: s.int(&schema::data::IMAGE_SIZE)?,
+        batch_size: s.int(&schema::data::BATCH_SIZE)?,
+        max_per_class: s.opt_int(&schema::data::MAX_PER_CLASS)?,
+        workers: s.opt_int(&schema::data::WORKERS)?,
     })
 }
 
@@ -348,15 +251,7 @@ fn step(s: Section<'_>, base: &Path, seen_backbone: &mut bool) -> std::result::R
         return Err(vec![kind_field.error(format!("{kind_name} step needs a backbone step before it"))]);
     }
     let s = s.with_context(format!("in {kind_name} step"));
-    let allowed = match kind_name {
-        "backbone" => BACKBONE_KEYS,
-        "freeze" => FREEZE_KEYS,
-        "augment" => AUGMENT_KEYS,
-        "fine_tune" => FINE_TUNE_KEYS,
-        "lr_find" => LR_FIND_KEYS,
-        _ => EVALUATE_KEYS,
-    };
-    let unknown = s.unknown_keys(allowed);
+    let unknown = s.unknown_keys(&step_names(schema::step_keys(kind_name)));
     if !unknown.is_empty() {
         return Err(unknown);
     }
@@ -372,8 +267,8 @@ fn step(s: Section<'_>, base: &Path, seen_backbone: &mut bool) -> std::result::R
 }
 
 fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
-    s.check_keys(BACKBONE_KEYS)?;
-    let arch_field = s.require("arch")?;
+    s.check_keys(&step_names(bb::KEYS))?;
+    let arch_field = s.require(bb::ARCH.name)?;
     let arch = arch_field.non_empty_str()?;
     if !KNOWN_ARCHS.contains(&arch) {
         let hint = suggest(arch, KNOWN_ARCHS).map(|a| format!(" did you mean `{a}`?")).unwrap_or_default();
@@ -381,15 +276,15 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
             arch_field.error(format!("unknown arch `{arch}`;{hint} expected one of: {}", KNOWN_ARCHS.join(", ")))
         );
     }
-    let weights = s.field("weights").map(|f| weights(&f, base)).transpose()?;
-    let strict = s.bool("strict")?.unwrap_or(true);
+    let weights = s.key(&bb::WEIGHTS).map(|f| weights(&f, base)).transpose()?;
+    let strict = s.flag(&bb::STRICT)?;
 
     // Head settings may sit flat on the step (the natural form inside
     // [[step]]) or in a `head` table; saying the same thing twice is an error
     // rather than a silent precedence rule.
-    let head = s.field("head").map(|f| f.section(s.context())).transpose()?;
+    let head = s.key(&bb::HEAD).map(|f| f.section(s.context())).transpose()?;
     if let Some(head) = &head {
-        head.check_keys(HEAD_KEYS)?;
+        head.check_keys(&names(schema::HEAD_KEYS))?;
     }
     let pick = |key: &str| -> Result<Option<Field<'_>>> {
         match (s.field(key), head.as_ref().and_then(|h| h.field(key))) {
@@ -400,11 +295,8 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
             (flat, nested) => Ok(flat.or(nested)),
         }
     };
-    let pooling = match pick("pooling")? {
-        Some(f) => f.choice(&[("avg", Pooling::Avg), ("flatten", Pooling::Flatten), ("concat", Pooling::Concat)])?,
-        None => Pooling::Avg,
-    };
-    let hidden = match pick("hidden")? {
+    let pooling = bb::POOLING.read(pick(bb::POOLING.name)?, [Pooling::Avg, Pooling::Flatten, Pooling::Concat])?;
+    let hidden = match pick(bb::HIDDEN.name)? {
         Some(f) => f
             .elements("an array of positive integers")?
             .iter()
@@ -412,14 +304,14 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
             .collect::<Result<Vec<_>>>()?,
         None => Vec::new(),
     };
-    let dropout = match pick("dropout")? {
-        Some(f) => f.number(Bounds::closed_open(0.0, 1.0))?,
-        None => 0.2,
+    let dropout = match pick(bb::DROPOUT.name)? {
+        Some(f) => f.number(bb::DROPOUT.spec.bounds)?,
+        None => bb::DROPOUT.spec.default,
     };
-    let batchnorm = pick("batchnorm")?.map(|f| f.bool()).transpose()?.unwrap_or(false);
-    let drop_path = match s.field("drop_path") {
+    let batchnorm = pick(bb::BATCHNORM.name)?.map(|f| f.bool()).transpose()?.unwrap_or(bb::BATCHNORM.spec.default);
+    let drop_path = match s.key(&bb::DROP_PATH) {
         Some(f) => {
-            let rate = f.number(Bounds::closed_open(0.0, 1.0))?;
+            let rate = f.number(bb::DROP_PATH.spec.bounds)?;
             if rate > 0.0 && !super::has_drop_path(arch) {
                 return Err(f.key_error(format!(
                     "`drop_path` (stochastic depth) drops residual branches of EfficientNet B/V2, ConvNeXt and the Vision Transformers, which {arch} is not"
@@ -427,7 +319,7 @@ fn backbone(s: &Section<'_>, base: &Path) -> Result<BackboneStep> {
             }
             rate
         }
-        None => 0.0,
+        None => bb::DROP_PATH.spec.default,
     };
     Ok(BackboneStep {
         arch: arch.to_string(),
@@ -471,12 +363,12 @@ fn weights(f: &Field<'_>, base: &Path) -> Result<WeightsSource> {
 }
 
 fn freeze(s: &Section<'_>) -> Result<FreezeStep> {
-    s.check_keys(FREEZE_KEYS)?;
-    let up_to = match s.field("up_to") {
+    s.check_keys(&step_names(schema::freeze::KEYS))?;
+    let up_to = match s.key(&schema::freeze::UP_TO) {
         None => FreezePoint::All,
         Some(f) => freeze_point(&f)?,
     };
-    Ok(FreezeStep { up_to, train_bn: s.bool("train_bn")?.unwrap_or(false) })
+    Ok(FreezeStep { up_to, train_bn: s.flag(&schema::freeze::TRAIN_BN)? })
 }
 
 fn freeze_point(f: &Field<'_>) -> Result<FreezePoint> {
@@ -495,9 +387,9 @@ fn freeze_point(f: &Field<'_>) -> Result<FreezePoint> {
 }
 
 fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
-    s.check_keys(AUGMENT_KEYS)?;
+    s.check_keys(&step_names(aug::KEYS))?;
     let d = AugmentConfig::default();
-    let zoom_range = match s.field("zoom_range") {
+    let zoom_range = match s.key(&aug::ZOOM_RANGE) {
         None => d.zoom_range,
         Some(f) if f.is_array() => f.pair(Bounds::above(0.0))?,
         Some(f) if f.is_number() => {
@@ -506,30 +398,25 @@ fn augment(s: &Section<'_>) -> Result<AugmentConfig> {
         }
         Some(f) => return Err(f.type_error("a number z (zoom 1-z..1+z) or a 2-element array [lo, hi]")),
     };
-    let fill_modes = [
-        ("nearest", FillMode::Nearest),
-        ("reflect", FillMode::Reflect),
-        ("wrap", FillMode::Wrap),
-        ("constant", FillMode::Constant),
-    ];
     Ok(AugmentConfig {
-        rotation_range: s.number("rotation_range", Bounds::within(0.0, 360.0))?.unwrap_or(d.rotation_range),
-        width_shift_range: s.number("width_shift_range", Bounds::within(0.0, 1.0))?.unwrap_or(d.width_shift_range),
-        height_shift_range: s.number("height_shift_range", Bounds::within(0.0, 1.0))?.unwrap_or(d.height_shift_range),
-        shear_range: s.number("shear_range", Bounds::within(0.0, 90.0))?.unwrap_or(d.shear_range),
+        rotation_range: s.num(&aug::ROTATION_RANGE)?,
+        width_shift_range: s.num(&aug::WIDTH_SHIFT_RANGE)?,
+        height_shift_range: s.num(&aug::HEIGHT_SHIFT_RANGE)?,
+        shear_range: s.num(&aug::SHEAR_RANGE)?,
         zoom_range,
-        horizontal_flip: s.bool("horizontal_flip")?.unwrap_or(d.horizontal_flip),
-        vertical_flip: s.bool("vertical_flip")?.unwrap_or(d.vertical_flip),
-        dihedral: s.bool("dihedral")?.unwrap_or(d.dihedral),
-        trivial_augment: s.bool("trivial_augment")?.unwrap_or(d.trivial_augment),
+        horizontal_flip: s.flag(&aug::HORIZONTAL_FLIP)?,
+        vertical_flip: s.flag(&aug::VERTICAL_FLIP)?,
+        dihedral: s.flag(&aug::DIHEDRAL)?,
+        trivial_augment: s.flag(&aug::TRIVIAL_AUGMENT)?,
         rand_augment: rand_augment(s)?,
-        auto_augment: s.choice("auto_augment", &[("imagenet", true), ("none", false)])?.unwrap_or(d.auto_augment),
-        random_erasing: s.field("random_erasing").map(|f| erasing(s, &f)).transpose()?.flatten(),
-        fill_mode: s.choice("fill_mode", &fill_modes)?.unwrap_or(d.fill_mode),
-        cval: s.number("cval", Bounds::within(0.0, 255.0))?.unwrap_or(d.cval),
-        brightness_range: s.pair("brightness_range", Bounds::at_least(0.0))?,
-        random_resized_crop: s.field("random_resized_crop").map(|f| crop(s, &f)).transpose()?.flatten(),
-        color_jitter: s.field("color_jitter").map(|f| color_jitter(s, &f)).transpose()?,
+        auto_augment: s.pick(&aug::AUTO_AUGMENT, [true, false])?,
+        random_erasing: s.key(&aug::RANDOM_ERASING).map(|f| erasing(s, &f)).transpose()?.flatten(),
+        fill_mode: s
+            .pick(&aug::FILL_MODE, [FillMode::Nearest, FillMode::Reflect, FillMode::Wrap, FillMode::Constant])?,
+        cval: s.num(&aug::CVAL)?,
+        brightness_range: s.opt_pair(&aug::BRIGHTNESS_RANGE)?,
+        random_resized_crop: s.key(&aug::RANDOM_RESIZED_CROP).map(|f| crop(s, &f)).transpose()?.flatten(),
+        color_jitter: s.key(&aug::COLOR_JITTER).map(|f| color_jitter(s, &f)).transpose()?,
     })
 }
 
@@ -542,12 +429,8 @@ fn crop(parent: &Section<'_>, f: &Field<'_>) -> Result<Option<CropConfig>> {
             .map_err(|_| f.type_error("true, false or a table { scale = [lo, hi], ratio = [lo, hi] }"));
     }
     let s = f.section(parent.context())?;
-    s.check_keys(CROP_KEYS)?;
-    let d = CropConfig::default();
-    Ok(Some(CropConfig {
-        scale: s.pair("scale", Bounds::open_closed(0.0, 1.0))?.unwrap_or(d.scale),
-        ratio: s.pair("ratio", Bounds::above(0.0))?.unwrap_or(d.ratio),
-    }))
+    s.check_keys(&names(schema::crop::KEYS))?;
+    Ok(Some(CropConfig { scale: s.pair_of(&schema::crop::SCALE)?, ratio: s.pair_of(&schema::crop::RATIO)? }))
 }
 
 /// `random_erasing = true | false | { p, scale = [..], ratio = [..], value = 0..255 | "random" }`.
@@ -560,20 +443,19 @@ fn erasing(parent: &Section<'_>, f: &Field<'_>) -> Result<Option<Erasing>> {
         });
     }
     let s = f.section(parent.context())?;
-    s.check_keys(&["p", "scale", "ratio", "value"])?;
-    let d = Erasing::default();
-    let value = match s.field("value") {
-        None => d.value,
-        Some(v) if v.is_number() => Some(v.number(Bounds::within(0.0, 255.0))?),
+    s.check_keys(&names(schema::erasing::KEYS))?;
+    let value = match s.key(&schema::erasing::VALUE) {
+        None => Erasing::default().value,
+        Some(v) if v.is_number() => Some(v.number(schema::augment::CVAL.spec.bounds)?),
         Some(v) => match v.str() {
             Ok("random") => None,
             _ => return Err(v.type_error("a level 0..255 or \"random\"")),
         },
     };
     Ok(Some(Erasing {
-        p: s.number("p", Bounds::within(0.0, 1.0))?.unwrap_or(d.p),
-        scale: s.pair("scale", Bounds::open(0.0, 1.0))?.unwrap_or(d.scale),
-        ratio: s.pair("ratio", Bounds::above(0.0))?.unwrap_or(d.ratio),
+        p: s.num(&schema::erasing::P)?,
+        scale: s.pair_of(&schema::erasing::SCALE)?,
+        ratio: s.pair_of(&schema::erasing::RATIO)?,
         value,
     }))
 }
@@ -584,32 +466,30 @@ fn color_jitter(parent: &Section<'_>, f: &Field<'_>) -> Result<ColorJitter> {
         return Err(f.type_error("a table such as { brightness = 0.2, contrast = 0.2, saturation = 0.2, hue = 0.05 }"));
     }
     let s = f.section(parent.context())?;
-    s.check_keys(JITTER_KEYS)?;
-    let strength = |key| s.number(key, Bounds::at_least(0.0)).map(Option::unwrap_or_default);
+    s.check_keys(&names(schema::jitter::KEYS))?;
     Ok(ColorJitter {
-        brightness: strength("brightness")?,
-        contrast: strength("contrast")?,
-        saturation: strength("saturation")?,
-        hue: s.number("hue", Bounds::within(0.0, 0.5))?.unwrap_or_default(),
+        brightness: s.num(&schema::jitter::BRIGHTNESS)?,
+        contrast: s.num(&schema::jitter::CONTRAST)?,
+        saturation: s.num(&schema::jitter::SATURATION)?,
+        hue: s.num(&schema::jitter::HUE)?,
     })
 }
 
 /// `rand_augment = true` (torchvision's defaults: 2 ops at magnitude 9) or
 /// `{ num_ops = N, magnitude = M }` (M of 0..=30).
 fn rand_augment(s: &Section<'_>) -> Result<Option<(usize, usize)>> {
-    let Some(f) = s.field("rand_augment") else { return Ok(None) };
+    use schema::rand_augment::{MAGNITUDE, NUM_OPS};
+    let Some(f) = s.key(&aug::RAND_AUGMENT) else { return Ok(None) };
     if let Ok(on) = f.bool() {
-        return Ok(on.then_some((2, 9)));
+        return Ok(on.then_some((NUM_OPS.spec.default as usize, MAGNITUDE.spec.default as usize)));
     }
     let t = f.section("in rand_augment").map_err(|_| f.type_error("true, false or { num_ops = N, magnitude = M }"))?;
-    t.check_keys(&["num_ops", "magnitude"])?;
-    let num_ops = t.int_as("num_ops", Bounds::within(1, 10))?.unwrap_or(2);
-    let magnitude = t.int_as("magnitude", Bounds::within(0, 30))?.unwrap_or(9);
-    Ok(Some((num_ops, magnitude)))
+    t.check_keys(&names(schema::rand_augment::KEYS))?;
+    Ok(Some((t.int(&NUM_OPS)?, t.int(&MAGNITUDE)?)))
 }
 
 fn fine_tune(s: &Section<'_>) -> Result<FineTuneConfig> {
-    s.check_keys(FINE_TUNE_KEYS)?;
+    s.check_keys(&step_names(ft::KEYS))?;
     fine_tune_settings(s)
 }
 
@@ -618,7 +498,7 @@ fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
     let mut cfg = optimizer_and_schedule(s)?;
     check_relations(s, &cfg)?;
     cfg.early_stopping = early_stopping(s)?;
-    cfg.time_limit_secs = s.number("time_limit", Bounds::above(0.0))?;
+    cfg.time_limit_secs = s.opt_num(&ft::TIME_LIMIT)?;
     cfg.augment_views = augment_views(s)?;
     training_tools(s, &mut cfg)?;
     Ok(cfg)
@@ -626,25 +506,25 @@ fn fine_tune_settings(s: &Section<'_>) -> Result<FineTuneConfig> {
 
 /// `augment_views = K` (0: live) or `"auto"` (`None`, also the default).
 fn augment_views(s: &Section<'_>) -> Result<Option<usize>> {
-    match s.field("augment_views") {
+    match s.key(&ft::AUGMENT_VIEWS) {
         Some(f) if !f.is_number() => match f.str() {
             Ok("auto") => Ok(None),
             _ => Err(f.type_error("a number of views (0: augment live) or \"auto\"")),
         },
-        _ => s.int_as("augment_views", Bounds::at_least(0).at_most(64)),
+        _ => s.opt_int(&ft::AUGMENT_VIEWS),
     }
 }
 
 /// The optimizer, the rate and its schedule.
 fn optimizer_and_schedule(s: &Section<'_>) -> Result<FineTuneConfig> {
-    let epochs = s.int_as("epochs", Bounds::at_least(1).at_most(100_000))?.unwrap_or(5);
+    let epochs = s.int(&ft::EPOCHS)?;
     Ok(FineTuneConfig {
         epochs,
         optimizer: optimizer(s)?,
         lr: learning_rate(s)?,
-        batch_size: s.int_as("batch_size", Bounds::at_least(1))?,
-        image_size: s.int_as("image_size", Bounds::within(16, 1024))?,
-        label_smoothing: s.number("label_smoothing", Bounds::closed_open(0.0, 1.0))?.unwrap_or(0.0),
+        batch_size: s.opt_int(&ft::BATCH_SIZE)?,
+        image_size: s.opt_int(&ft::IMAGE_SIZE)?,
+        label_smoothing: s.num(&ft::LABEL_SMOOTHING)?,
         schedule: schedule(s, epochs)?,
         ..FineTuneConfig::default()
     })
@@ -652,47 +532,41 @@ fn optimizer_and_schedule(s: &Section<'_>) -> Result<FineTuneConfig> {
 
 /// The optimizer keys, each defaulting to the chosen optimizer's default.
 fn optimizer(s: &Section<'_>) -> Result<OptimizerParams> {
-    let kind = s
-        .choice("optimizer", &[("sgd", Optimizer::Sgd), ("adam", Optimizer::Adam), ("adamw", Optimizer::AdamW)])?
-        .unwrap_or(Optimizer::Adam);
+    let kind = s.pick(&ft::OPTIMIZER, [Optimizer::Sgd, Optimizer::Adam, Optimizer::AdamW])?;
     let d = OptimizerParams::defaults(kind);
+    // AdamW's weight decay differs from the table's default (see `defaults`).
+    let weight_decay = s.key(&ft::WEIGHT_DECAY).map(|f| f.number(ft::WEIGHT_DECAY.spec.bounds)).transpose()?;
     Ok(OptimizerParams {
         kind,
-        momentum: s.number("momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.momentum),
-        nesterov: s.bool("nesterov")?.unwrap_or(d.nesterov),
-        weight_decay: s.number("weight_decay", Bounds::at_least(0.0))?.unwrap_or(d.weight_decay),
-        beta1: s.number("beta1", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.beta1),
-        beta2: s.number("beta2", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.beta2),
-        no_decay_bn_bias: s.bool("no_decay_bn_bias")?.unwrap_or(d.no_decay_bn_bias),
+        momentum: s.num(&ft::MOMENTUM)?,
+        nesterov: s.flag(&ft::NESTEROV)?,
+        weight_decay: weight_decay.unwrap_or(d.weight_decay),
+        beta1: s.num(&ft::BETA1)?,
+        beta2: s.num(&ft::BETA2)?,
+        no_decay_bn_bias: s.opt_flag(&ft::NO_DECAY_BN_BIAS)?.unwrap_or(d.no_decay_bn_bias),
     })
 }
 
 /// The schedule keys, defaulting as [`ScheduleParams::defaults`] for `epochs`.
 fn schedule(s: &Section<'_>, epochs: usize) -> Result<ScheduleParams> {
     let d = ScheduleParams::defaults(epochs);
-    let kinds = [
-        ("constant", Schedule::Constant),
-        ("step", Schedule::Step),
-        ("cosine", Schedule::Cosine),
-        ("one_cycle", Schedule::OneCycle),
-        ("cosine_restarts", Schedule::CosineRestarts),
-    ];
+    let kinds = [Schedule::Constant, Schedule::Step, Schedule::Cosine, Schedule::OneCycle, Schedule::CosineRestarts];
     Ok(ScheduleParams {
-        kind: s.choice("schedule", &kinds)?.unwrap_or(d.kind),
-        warmup_epochs: s.int_as("warmup_epochs", Bounds::at_least(0))?.unwrap_or(d.warmup_epochs),
-        step_size: s.int_as("step_size", Bounds::at_least(1))?.unwrap_or(d.step_size),
-        gamma: s.number("gamma", Bounds::open_closed(0.0, 1.0))?.unwrap_or(d.gamma),
-        min_lr: s.number("min_lr", Bounds::at_least(0.0))?.unwrap_or(d.min_lr),
+        kind: s.pick(&ft::SCHEDULE, kinds)?,
+        warmup_epochs: s.int(&ft::WARMUP_EPOCHS)?,
+        step_size: s.opt_int(&ft::STEP_SIZE)?.unwrap_or(d.step_size),
+        gamma: s.num(&ft::GAMMA)?,
+        min_lr: s.num(&ft::MIN_LR)?,
         one_cycle: one_cycle(s)?,
-        restart_epochs: s.int_as("restart_epochs", Bounds::at_least(1))?.unwrap_or(d.restart_epochs),
-        restart_mult: s.int_as("restart_mult", Bounds::at_least(1).at_most(10))?.unwrap_or(d.restart_mult),
+        restart_epochs: s.opt_int(&ft::RESTART_EPOCHS)?.unwrap_or(d.restart_epochs),
+        restart_mult: s.int(&ft::RESTART_MULT)?,
     })
 }
 
 /// Rules that relate several settings, reported at the setting that would
 /// most likely be edited to fix them.
 fn check_relations(s: &Section<'_>, c: &FineTuneConfig) -> Result<()> {
-    if let Some(f) = s.field("nesterov").filter(|_| c.optimizer.nesterov) {
+    if let Some(f) = s.key(&ft::NESTEROV).filter(|_| c.optimizer.nesterov) {
         if c.optimizer.kind != Optimizer::Sgd {
             return Err(f.error("`nesterov = true` requires optimizer = \"sgd\""));
         }
@@ -701,11 +575,11 @@ fn check_relations(s: &Section<'_>, c: &FineTuneConfig) -> Result<()> {
         }
     }
     let warmup = c.schedule.warmup_epochs;
-    if let Some(f) = s.field("warmup_epochs").filter(|_| warmup >= c.epochs) {
+    if let Some(f) = s.key(&ft::WARMUP_EPOCHS).filter(|_| warmup >= c.epochs) {
         return Err(f.error(format!("`warmup_epochs` must be < epochs ({}), found {warmup}", c.epochs)));
     }
     let min_lr = c.schedule.min_lr;
-    if let (Some(f), Some(lr)) = (s.field("min_lr"), c.lr.peak().filter(|&lr| min_lr >= lr)) {
+    if let (Some(f), Some(lr)) = (s.key(&ft::MIN_LR), c.lr.peak().filter(|&lr| min_lr >= lr)) {
         return Err(f.error(format!("`min_lr` must be < lr ({lr:e}), found {min_lr:e}")));
     }
     Ok(())
@@ -713,35 +587,30 @@ fn check_relations(s: &Section<'_>, c: &FineTuneConfig) -> Result<()> {
 
 /// `patience` (with `monitor`, `restore_best`) enables early stopping.
 fn early_stopping(s: &Section<'_>) -> Result<Option<EarlyStopping>> {
-    let patience = s.int_as("patience", Bounds::at_least(1))?;
-    let monitor =
-        s.choice("monitor", &[("valid_loss", Monitor::ValidLoss), ("valid_accuracy", Monitor::ValidAccuracy)])?;
-    let restore_best = s.bool("restore_best")?;
+    let patience = s.opt_int(&ft::PATIENCE)?;
+    let monitor = s.pick(&ft::MONITOR, [Monitor::ValidLoss, Monitor::ValidAccuracy])?;
+    let restore_best = s.flag(&ft::RESTORE_BEST)?;
     if patience.is_none() {
-        if let Some(f) = s.field("monitor").or_else(|| s.field("restore_best")) {
+        if let Some(f) = s.key(&ft::MONITOR).or_else(|| s.key(&ft::RESTORE_BEST)) {
             return Err(
                 f.key_error(format!("`{}` only applies to early stopping; add `patience = N` to enable it", f.name()))
             );
         }
     }
-    Ok(patience.map(|patience| EarlyStopping {
-        patience,
-        monitor: monitor.unwrap_or(Monitor::ValidLoss),
-        restore_best: restore_best.unwrap_or(true),
-    }))
+    Ok(patience.map(|patience| EarlyStopping { patience, monitor, restore_best }))
 }
 
 /// Discriminative rates, clipping, EMA, mixing, phases, class balance.
 fn training_tools(s: &Section<'_>, cfg: &mut FineTuneConfig) -> Result<()> {
-    cfg.layer_decay = s.number("layer_decay", Bounds::open_closed(0.0, 1.0))?;
-    if let (Some(f), Lr::Range { .. }) = (s.field("layer_decay"), cfg.lr) {
+    cfg.layer_decay = s.opt_num(&ft::LAYER_DECAY)?;
+    if let (Some(f), Lr::Range { .. }) = (s.key(&ft::LAYER_DECAY), cfg.lr) {
         return Err(f.key_error("`layer_decay` and `lr = [low, high]` both spread the rate; use one"));
     }
-    cfg.clip_grad_norm = s.number("clip_grad_norm", Bounds::above(0.0))?;
-    cfg.ema = s.number("ema", Bounds::open(0.0, 1.0))?;
+    cfg.clip_grad_norm = s.opt_num(&ft::CLIP_GRAD_NORM)?;
+    cfg.ema = s.opt_num(&ft::EMA)?;
     cfg.mix = mix(s)?;
-    cfg.freeze_epochs = s.int_as("freeze_epochs", Bounds::at_least(0).at_most(100_000))?.unwrap_or(0);
-    cfg.unfreeze_to = match s.field("unfreeze_to") {
+    cfg.freeze_epochs = s.int(&ft::FREEZE_EPOCHS)?;
+    cfg.unfreeze_to = match s.key(&ft::UNFREEZE_TO) {
         None => FreezePoint::None,
         Some(f) if cfg.freeze_epochs == 0 => {
             return Err(f.key_error("`unfreeze_to` only applies with `freeze_epochs = N`"))
@@ -749,16 +618,15 @@ fn training_tools(s: &Section<'_>, cfg: &mut FineTuneConfig) -> Result<()> {
         Some(f) => freeze_point(&f)?,
     };
     cfg.class_weights = class_weights(s)?;
-    cfg.sampler =
-        s.choice("sampler", &[("shuffle", Sampler::Shuffle), ("balanced", Sampler::Balanced)])?.unwrap_or_default();
+    cfg.sampler = s.pick(&ft::SAMPLER, [Sampler::Shuffle, Sampler::Balanced])?;
     Ok(())
 }
 
 /// `lr`: a number, `[low, high]` (discriminative), or the name of an
 /// `lr_find` suggestion.
 fn learning_rate(s: &Section<'_>) -> Result<Lr> {
-    let bounds = Bounds::above(0.0).at_most(10.0);
-    let Some(f) = s.field("lr") else { return Ok(Lr::Fixed(1e-3)) };
+    let bounds = ft::LR.spec.bounds;
+    let Some(f) = s.key(&ft::LR) else { return Ok(Lr::Fixed(ft::LR.spec.default)) };
     if f.is_array() {
         let (low, high) = f.pair(bounds)?;
         if low > high {
@@ -777,29 +645,29 @@ fn learning_rate(s: &Section<'_>) -> Result<Lr> {
 }
 
 fn one_cycle(s: &Section<'_>) -> Result<OneCycle> {
-    let d = OneCycle::default();
     let c = OneCycle {
-        pct_start: s.number("pct_start", Bounds::open(0.0, 1.0))?.unwrap_or(d.pct_start),
-        div_factor: s.number("div_factor", Bounds::at_least(1.0))?.unwrap_or(d.div_factor),
-        final_div_factor: s.number("final_div_factor", Bounds::at_least(1.0))?.unwrap_or(d.final_div_factor),
-        cycle_momentum: s.bool("cycle_momentum")?.unwrap_or(d.cycle_momentum),
-        base_momentum: s.number("base_momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.base_momentum),
-        max_momentum: s.number("max_momentum", Bounds::closed_open(0.0, 1.0))?.unwrap_or(d.max_momentum),
+        pct_start: s.num(&ft::PCT_START)?,
+        div_factor: s.num(&ft::DIV_FACTOR)?,
+        final_div_factor: s.num(&ft::FINAL_DIV_FACTOR)?,
+        cycle_momentum: s.flag(&ft::CYCLE_MOMENTUM)?,
+        base_momentum: s.num(&ft::BASE_MOMENTUM)?,
+        max_momentum: s.num(&ft::MAX_MOMENTUM)?,
     };
-    if let Some(f) = s.field("base_momentum").filter(|_| c.base_momentum > c.max_momentum) {
+    if let Some(f) = s.key(&ft::BASE_MOMENTUM).filter(|_| c.base_momentum > c.max_momentum) {
         return Err(f.error(format!("`base_momentum` must be <= max_momentum ({})", c.max_momentum)));
     }
     Ok(c)
 }
 
 fn mix(s: &Section<'_>) -> Result<Option<MixConfig>> {
-    let mixup_alpha = s.number("mixup", Bounds::at_least(0.0).at_most(10.0))?.unwrap_or(0.0);
-    let cutmix_alpha = s.number("cutmix", Bounds::at_least(0.0).at_most(10.0))?.unwrap_or(0.0);
-    let prob = s.number("mix_prob", Bounds::within(0.0, 1.0))?.unwrap_or(1.0);
-    let switch_prob = s.number("mix_switch_prob", Bounds::within(0.0, 1.0))?.unwrap_or(0.5);
-    let at = s.choice("mix_at", &[("input", MixAt::Input), ("features", MixAt::Features)])?.unwrap_or_default();
+    let mixup_alpha = s.num(&ft::MIXUP)?;
+    let cutmix_alpha = s.num(&ft::CUTMIX)?;
+    let prob = s.num(&ft::MIX_PROB)?;
+    let switch_prob = s.num(&ft::MIX_SWITCH_PROB)?;
+    let at = s.pick(&ft::MIX_AT, [MixAt::Input, MixAt::Features])?;
     if mixup_alpha == 0.0 && cutmix_alpha == 0.0 {
-        if let Some(f) = s.field("mix_prob").or_else(|| s.field("mix_switch_prob")).or_else(|| s.field("mix_at")) {
+        let needs_mix = s.key(&ft::MIX_PROB).or_else(|| s.key(&ft::MIX_SWITCH_PROB)).or_else(|| s.key(&ft::MIX_AT));
+        if let Some(f) = needs_mix {
             return Err(f.key_error(format!("`{}` needs `mixup = α` or `cutmix = α`", f.name())));
         }
         return Ok(None);
@@ -808,7 +676,7 @@ fn mix(s: &Section<'_>) -> Result<Option<MixConfig>> {
 }
 
 fn class_weights(s: &Section<'_>) -> Result<ClassWeights> {
-    let Some(f) = s.field("class_weights") else { return Ok(ClassWeights::None) };
+    let Some(f) = s.key(&ft::CLASS_WEIGHTS) else { return Ok(ClassWeights::None) };
     if let Some(table) = f.as_table() {
         let mut out = Vec::new();
         for (name, item) in table.iter() {
@@ -828,36 +696,38 @@ fn class_weights(s: &Section<'_>) -> Result<ClassWeights> {
 }
 
 fn evaluate(s: &Section<'_>) -> Result<EvaluateConfig> {
-    s.check_keys(EVALUATE_KEYS)?;
-    let tta_views = s.int_as("tta_views", Bounds::at_least(0))?.unwrap_or(0);
+    use schema::evaluate as ev;
+    s.check_keys(&step_names(ev::KEYS))?;
+    let tta_views = s.int(&ev::TTA_VIEWS)?;
     // Views without TTA would be computed for nothing; say so rather than
     // silently turning TTA on or ignoring them.
-    let tta = match s.bool("tta")? {
-        Some(false) if tta_views > 0 => match s.field("tta_views") {
+    let tta = match s.bool(ev::TTA.name)? {
+        Some(false) if tta_views > 0 => match s.key(&ev::TTA_VIEWS) {
             Some(f) => return Err(f.key_error("`tta_views` needs `tta = true`, but this step sets `tta = false`")),
             None => false,
         },
         Some(t) => t,
-        None => tta_views > 0,
+        None => ev::TTA.spec.default || tta_views > 0,
     };
     Ok(EvaluateConfig {
-        top_k: s.int_as("top_k", Bounds::at_least(1))?,
-        mistakes: s.int_as("mistakes", Bounds::at_least(0))?.unwrap_or(25),
+        top_k: s.opt_int(&ev::TOP_K)?,
+        mistakes: s.int(&ev::MISTAKES)?,
         tta,
         tta_views,
-        split: s.choice("split", &[("valid", EvalSplit::Valid), ("test", EvalSplit::Test)])?.unwrap_or_default(),
+        split: s.pick(&ev::SPLIT, [EvalSplit::Valid, EvalSplit::Test])?,
     })
 }
 
 fn lr_find(s: &Section<'_>) -> Result<LrFindConfig> {
-    s.check_keys(LR_FIND_KEYS)?;
-    let start_lr = s.number("start_lr", Bounds::above(0.0).at_most(10.0))?.unwrap_or(1e-7);
-    let end_lr = s.number("end_lr", Bounds::above(0.0).at_most(100.0))?.unwrap_or(10.0);
-    if let Some(f) = s.field("end_lr").or_else(|| s.field("start_lr")).filter(|_| end_lr <= start_lr) {
+    use schema::lr_find as lf;
+    s.check_keys(&step_names(lf::KEYS))?;
+    let start_lr = s.num(&lf::START_LR)?;
+    let end_lr = s.num(&lf::END_LR)?;
+    if let Some(f) = s.key(&lf::END_LR).or_else(|| s.key(&lf::START_LR)).filter(|_| end_lr <= start_lr) {
         return Err(f.error(format!("`end_lr` ({end_lr:e}) must be above `start_lr` ({start_lr:e})")));
     }
-    let num_it = s.int_as("num_it", Bounds::at_least(5).at_most(100_000))?.unwrap_or(100);
-    let stop_div = s.bool("stop_div")?.unwrap_or(true);
+    let num_it = s.int(&lf::NUM_IT)?;
+    let stop_div = s.flag(&lf::STOP_DIV)?;
     // The optimizer keys mean what they mean in fine_tune.
     let train = fine_tune_settings(s)?;
     Ok(LrFindConfig { start_lr, end_lr, num_it, stop_div, train })
@@ -867,39 +737,6 @@ fn lr_find(s: &Section<'_>) -> Result<LrFindConfig> {
 mod tests {
     use super::*;
     use crate::recipe::parse;
-
-    /// docs/recipes.md is the reference users read: every key a section's
-    /// tables list must be accepted there, and every accepted key listed.
-    #[test]
-    fn the_recipe_reference_lists_exactly_the_accepted_keys() {
-        use std::collections::{BTreeMap, BTreeSet};
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/recipes.md")).unwrap();
-        let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut section = String::new();
-        for line in text.lines() {
-            if let Some(heading) = line.strip_prefix("## ") {
-                section = match heading.trim_matches('`') {
-                    "Top level" => "top".to_string(),
-                    h if h.starts_with("kind = ") => h.trim_start_matches("kind = ").trim_matches('"').to_string(),
-                    h => h.trim_matches(['[', ']']).to_string(),
-                };
-                listed.entry(section.clone()).or_default();
-            } else if let Some(first) = line.strip_prefix("| `").and_then(|_| line.split('|').nth(1)) {
-                let keys = first.split('`').skip(1).step_by(2).map(str::to_string);
-                listed.entry(section.clone()).or_default().extend(keys);
-            }
-        }
-        let set = |keys: &[&str]| keys.iter().filter(|k| **k != "kind").map(|k| k.to_string()).collect::<BTreeSet<_>>();
-        let mut top = listed["top"].clone();
-        // The tables and the steps are sections of their own.
-        top.extend(["data", "tune", "step"].map(String::from));
-        assert_eq!(top, set(TOP_KEYS), "top level");
-        assert_eq!(listed["data"], set(DATA_KEYS), "[data]");
-        assert!(listed.contains_key("tune"), "docs/recipes.md has no [tune] section");
-        for kind in ["backbone", "freeze", "augment", "lr_find", "fine_tune", "evaluate"] {
-            assert_eq!(listed[kind], set(step_keys(kind)), "kind = \"{kind}\"");
-        }
-    }
 
     const PATH: &str = "/x/y/recipe.toml";
     /// Lines 1-3: a minimal valid preamble.
@@ -1247,7 +1084,7 @@ kind = "evaluate"
         assert_eq!((line, col), (9, 3));
         assert_eq!(
             msg,
-            "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes, tta, tta_views, split"
+            "unknown key `bogus` in evaluate step; expected one of: kind, top_k, mistakes, split, tta, tta_views"
         );
         let (line, col, msg) = err(&format!("nmae = \"x\"\n{HEAD}"));
         assert_eq!((line, col), (1, 1));

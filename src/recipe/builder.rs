@@ -47,7 +47,7 @@ setting_from! {
 pub struct Keys(Table);
 
 impl Keys {
-    fn put(mut self, key: &str, v: impl Into<Setting>) -> Self {
+    pub(super) fn put(mut self, key: &str, v: impl Into<Setting>) -> Self {
         self.0.insert(key, Item::Value(v.into().0));
         self
     }
@@ -59,64 +59,29 @@ impl Keys {
     }
 }
 
-macro_rules! keys {
-    ($builder:ident { $($(#[$m:meta])* $name:ident : $t:ty),* $(,)? }) => {
-        impl $builder {
-            $($(#[$m])* pub fn $name(self, v: $t) -> Self { $builder(self.0.put(stringify!($name), v)) })*
+/// `set` for each builder; its typed setters are generated from the
+/// schema's tables (schema.rs).
+macro_rules! any_key {
+    ($($builder:ident),*) => {
+        $(impl $builder {
             /// Sets any key of this table (same validation as in a file).
             pub fn set(self, key: &str, v: impl Into<Setting>) -> Self { $builder(self.0.set(key, v)) }
-        }
+        })*
     };
 }
+any_key!(DataBuilder, BackboneBuilder, AugmentBuilder, FineTuneBuilder, LrFindBuilder, EvaluateBuilder);
 
 /// The `[data]` table.
 #[derive(Debug, Clone, Default)]
-pub struct DataBuilder(Keys);
-keys!(DataBuilder {
-    /// Training folder (relative: against the builder's base dir).
-    train: impl Into<Setting>,
-    /// Validation folder.
-    valid: impl Into<Setting>,
-    valid_split: f64,
-    image_size: u32,
-    batch_size: usize,
-    max_per_class: usize,
-    workers: usize,
-    /// `path,label[,split]` CSV (relative: against the builder's base dir).
-    csv: impl Into<Setting>,
-    /// Test folder.
-    test: impl Into<Setting>,
-});
+pub struct DataBuilder(pub(super) Keys);
 
 /// A `kind = "backbone"` step's extra keys.
 #[derive(Debug, Clone, Default)]
-pub struct BackboneBuilder(Keys);
-keys!(BackboneBuilder { strict: bool, drop_path: f64, pooling: &str, hidden: Vec<usize>, dropout: f64, batchnorm: bool });
+pub struct BackboneBuilder(pub(super) Keys);
 
 /// A `kind = "augment"` step.
 #[derive(Debug, Clone, Default)]
-pub struct AugmentBuilder(Keys);
-keys!(AugmentBuilder {
-    rotation_range: f64,
-    width_shift_range: f64,
-    height_shift_range: f64,
-    shear_range: f64,
-    /// `z` → zoom in [1−z, 1+z]; use [`AugmentBuilder::zoom_between`] for explicit bounds.
-    zoom_range: f64,
-    horizontal_flip: bool,
-    vertical_flip: bool,
-    fill_mode: &str,
-    cval: f64,
-    brightness_range: (f64, f64),
-    /// `true`: torchvision's default scale and ratio.
-    random_resized_crop: bool,
-    /// The 8 flips and quarter turns.
-    dihedral: bool,
-    /// TrivialAugmentWide.
-    trivial_augment: bool,
-    /// `"imagenet"`: AutoAugment's ImageNet policy.
-    auto_augment: &str,
-});
+pub struct AugmentBuilder(pub(super) Keys);
 
 impl AugmentBuilder {
     /// `zoom_range = [lo, hi]`.
@@ -149,50 +114,7 @@ fn insert(mut t: Table, key: &str, v: Value) -> Table {
 
 /// A `kind = "fine_tune"` step.
 #[derive(Debug, Clone, Default)]
-pub struct FineTuneBuilder(Keys);
-keys!(FineTuneBuilder {
-    epochs: usize,
-    /// `"sgd"`, `"adam"` or `"adamw"`.
-    optimizer: &str,
-    lr: f64,
-    momentum: f64,
-    nesterov: bool,
-    weight_decay: f64,
-    beta1: f64,
-    beta2: f64,
-    batch_size: usize,
-    label_smoothing: f64,
-    /// `"constant"`, `"step"` or `"cosine"`.
-    schedule: &str,
-    warmup_epochs: usize,
-    step_size: usize,
-    gamma: f64,
-    min_lr: f64,
-    patience: usize,
-    /// `"valid_loss"` or `"valid_accuracy"`.
-    monitor: &str,
-    restore_best: bool,
-    /// Seconds; the step stops after the epoch that exceeds it.
-    time_limit: f64,
-    /// Augmented views per image precomputed through the frozen blocks (0: live, or `"auto"`).
-    augment_views: impl Into<Setting>,
-    /// timm's layer-wise rate decay, in (0, 1].
-    layer_decay: f64,
-    no_decay_bn_bias: bool,
-    pct_start: f64,
-    restart_epochs: usize,
-    clip_grad_norm: f64,
-    /// Decay of the weights' moving average.
-    ema: f64,
-    /// Beta(α, α) of mixup; 0 disables it.
-    mixup: f64,
-    cutmix: f64,
-    /// fastai's fine_tune: epochs with the backbone frozen first.
-    freeze_epochs: usize,
-    unfreeze_to: &str,
-    /// `"shuffle"` or `"balanced"`.
-    sampler: &str,
-});
+pub struct FineTuneBuilder(pub(super) Keys);
 
 impl FineTuneBuilder {
     /// `lr = "suggested"` (or `"valley"`, `"steep"`, `"minimum"`): from the last lr_find step.
@@ -203,22 +125,23 @@ impl FineTuneBuilder {
 
 /// A `kind = "lr_find"` step.
 #[derive(Debug, Clone, Default)]
-pub struct LrFindBuilder(Keys);
-keys!(LrFindBuilder { start_lr: f64, end_lr: f64, num_it: usize, stop_div: bool, optimizer: &str, weight_decay: f64 });
+pub struct LrFindBuilder(pub(super) Keys);
+
+impl LrFindBuilder {
+    /// The optimizer the test trains with (fine_tune's key).
+    pub fn optimizer(self, v: &str) -> Self {
+        Self(self.0.put("optimizer", v))
+    }
+
+    /// Its weight decay (fine_tune's key).
+    pub fn weight_decay(self, v: f64) -> Self {
+        Self(self.0.put("weight_decay", v))
+    }
+}
 
 /// A `kind = "evaluate"` step.
 #[derive(Debug, Clone, Default)]
-pub struct EvaluateBuilder(Keys);
-keys!(EvaluateBuilder {
-    top_k: usize,
-    mistakes: usize,
-    /// Average over the image and its mirror.
-    tta: bool,
-    /// Augmented views averaged in as well (implies `tta`).
-    tta_views: usize,
-    /// `"valid"` or `"test"`.
-    split: &str,
-});
+pub struct EvaluateBuilder(pub(super) Keys);
 
 /// Builds a recipe in code. Its methods mirror the TOML keys; [`build`](Self::build)
 /// validates the generated text exactly as a file, and [`to_toml`](Self::to_toml)

@@ -24,17 +24,18 @@
 mod build;
 mod builder;
 mod error;
+mod schema;
 mod summary;
 mod toml_reader;
 
 use std::path::{Path, PathBuf};
 
-pub(crate) use build::{step_keys, DATA_KEYS};
 pub use builder::{
     AugmentBuilder, BackboneBuilder, DataBuilder, EvaluateBuilder, FineTuneBuilder, RecipeBuilder, Setting,
 };
 pub(crate) use error::line_col;
 pub use error::RecipeError;
+pub(crate) use schema::{data::KEYS as DATA_KEYS, has as has_key, step_keys};
 pub use summary::augment_settings;
 
 /// Architectures a backbone step may name. Checked at parse time so a typo is
@@ -246,9 +247,9 @@ pub struct DataConfig {
 
 impl DataConfig {
     /// The `[data]` defaults, in one place for the reader and `tlab check`.
-    pub const VALID_SPLIT: f64 = 0.2;
-    pub const IMAGE_SIZE: u32 = 224;
-    pub const BATCH_SIZE: usize = 32;
+    pub const VALID_SPLIT: f64 = schema::data::VALID_SPLIT.spec.default;
+    pub const IMAGE_SIZE: u32 = schema::data::IMAGE_SIZE.spec.default as u32;
+    pub const BATCH_SIZE: usize = schema::data::BATCH_SIZE.spec.default as usize;
 
     /// Images from `train` with every other key at its default.
     pub fn defaults(train: PathBuf) -> Self {
@@ -451,21 +452,27 @@ impl Default for AugmentConfig {
     /// No augmentation: what an augment step without keys means. Written by
     /// hand because a derived default would zoom by 0, not 1.
     fn default() -> Self {
+        use schema::augment as a;
         Self {
-            rotation_range: 0.0,
-            width_shift_range: 0.0,
-            height_shift_range: 0.0,
-            shear_range: 0.0,
+            rotation_range: a::ROTATION_RANGE.spec.default,
+            width_shift_range: a::WIDTH_SHIFT_RANGE.spec.default,
+            height_shift_range: a::HEIGHT_SHIFT_RANGE.spec.default,
+            shear_range: a::SHEAR_RANGE.spec.default,
             zoom_range: (1.0, 1.0),
-            horizontal_flip: false,
-            vertical_flip: false,
-            dihedral: false,
-            trivial_augment: false,
+            horizontal_flip: a::HORIZONTAL_FLIP.spec.default,
+            vertical_flip: a::VERTICAL_FLIP.spec.default,
+            dihedral: a::DIHEDRAL.spec.default,
+            trivial_augment: a::TRIVIAL_AUGMENT.spec.default,
             rand_augment: None,
-            auto_augment: false,
+            auto_augment: a::AUTO_AUGMENT.default_of([true, false]),
             random_erasing: None,
-            fill_mode: FillMode::Nearest,
-            cval: 0.0,
+            fill_mode: a::FILL_MODE.default_of([
+                FillMode::Nearest,
+                FillMode::Reflect,
+                FillMode::Wrap,
+                FillMode::Constant,
+            ]),
+            cval: a::CVAL.spec.default,
             brightness_range: None,
             random_resized_crop: None,
             color_jitter: None,
@@ -499,7 +506,8 @@ pub struct Erasing {
 impl Default for Erasing {
     /// torchvision's defaults, with noise rather than black.
     fn default() -> Self {
-        Self { p: 0.5, scale: (0.02, 0.33), ratio: (0.3, 3.3), value: None }
+        use schema::erasing as e;
+        Self { p: e::P.spec.default, scale: e::SCALE.spec.default, ratio: e::RATIO.spec.default, value: None }
     }
 }
 
@@ -515,7 +523,7 @@ pub struct CropConfig {
 impl Default for CropConfig {
     /// torchvision's defaults.
     fn default() -> Self {
-        Self { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
+        Self { scale: schema::crop::SCALE.spec.default, ratio: schema::crop::RATIO.spec.default }
     }
 }
 
@@ -614,24 +622,30 @@ pub struct OptimizerParams {
 
 impl OptimizerParams {
     /// The defaults of `kind`: AdamW decays weights by 0.01 and not 1-D
-    /// parameters (timm's), the others not at all.
+    /// parameters (timm's), the others not at all; the rest are the schema's.
     pub fn defaults(kind: Optimizer) -> Self {
+        use schema::fine_tune as ft;
         let adamw = kind == Optimizer::AdamW;
         OptimizerParams {
             kind,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: if adamw { 0.01 } else { 0.0 },
-            beta1: 0.9,
-            beta2: 0.999,
+            momentum: ft::MOMENTUM.spec.default,
+            nesterov: ft::NESTEROV.spec.default,
+            weight_decay: if adamw { 0.01 } else { ft::WEIGHT_DECAY.spec.default },
+            beta1: ft::BETA1.spec.default,
+            beta2: ft::BETA2.spec.default,
             no_decay_bn_bias: adamw,
         }
+    }
+
+    /// The optimizer a step without `optimizer` trains with.
+    fn default_kind() -> Optimizer {
+        schema::fine_tune::OPTIMIZER.default_of([Optimizer::Sgd, Optimizer::Adam, Optimizer::AdamW])
     }
 }
 
 impl Default for OptimizerParams {
     fn default() -> Self {
-        OptimizerParams::defaults(Optimizer::Adam)
+        OptimizerParams::defaults(OptimizerParams::default_kind())
     }
 }
 
@@ -659,15 +673,18 @@ impl ScheduleParams {
     /// The defaults for a step of `epochs` epochs: constant; a step decay
     /// every third of them; one restart cycle as long as the step.
     pub fn defaults(epochs: usize) -> Self {
+        use schema::fine_tune as ft;
+        let kinds =
+            [Schedule::Constant, Schedule::Step, Schedule::Cosine, Schedule::OneCycle, Schedule::CosineRestarts];
         ScheduleParams {
-            kind: Schedule::Constant,
-            warmup_epochs: 0,
+            kind: ft::SCHEDULE.default_of(kinds),
+            warmup_epochs: ft::WARMUP_EPOCHS.spec.default as usize,
             step_size: (epochs / 3).max(1),
-            gamma: 0.1,
-            min_lr: 0.0,
+            gamma: ft::GAMMA.spec.default,
+            min_lr: ft::MIN_LR.spec.default,
             one_cycle: OneCycle::default(),
             restart_epochs: epochs.max(1),
-            restart_mult: 1,
+            restart_mult: ft::RESTART_MULT.spec.default as usize,
         }
     }
 }
@@ -738,13 +755,14 @@ pub struct OneCycle {
 
 impl Default for OneCycle {
     fn default() -> Self {
+        use schema::fine_tune as ft;
         OneCycle {
-            pct_start: 0.25,
-            div_factor: 25.0,
-            final_div_factor: 1e5,
-            cycle_momentum: true,
-            base_momentum: 0.85,
-            max_momentum: 0.95,
+            pct_start: ft::PCT_START.spec.default,
+            div_factor: ft::DIV_FACTOR.spec.default,
+            final_div_factor: ft::FINAL_DIV_FACTOR.spec.default,
+            cycle_momentum: ft::CYCLE_MOMENTUM.spec.default,
+            base_momentum: ft::BASE_MOMENTUM.spec.default,
+            max_momentum: ft::MAX_MOMENTUM.spec.default,
         }
     }
 }
@@ -800,14 +818,15 @@ pub enum Sampler {
 impl Default for FineTuneConfig {
     /// The settings a `fine_tune` step with no keys gets.
     fn default() -> Self {
-        let epochs = 5;
+        use schema::fine_tune as ft;
+        let epochs = ft::EPOCHS.spec.default as usize;
         FineTuneConfig {
             epochs,
             optimizer: OptimizerParams::default(),
-            lr: Lr::Fixed(1e-3),
+            lr: Lr::Fixed(ft::LR.spec.default),
             batch_size: None,
             image_size: None,
-            label_smoothing: 0.0,
+            label_smoothing: ft::LABEL_SMOOTHING.spec.default,
             schedule: ScheduleParams::defaults(epochs),
             early_stopping: None,
             time_limit_secs: None,
@@ -816,10 +835,10 @@ impl Default for FineTuneConfig {
             clip_grad_norm: None,
             ema: None,
             mix: None,
-            freeze_epochs: 0,
+            freeze_epochs: ft::FREEZE_EPOCHS.spec.default as usize,
             unfreeze_to: FreezePoint::None,
             class_weights: ClassWeights::None,
-            sampler: Sampler::Shuffle,
+            sampler: ft::SAMPLER.default_of([Sampler::Shuffle, Sampler::Balanced]),
         }
     }
 }

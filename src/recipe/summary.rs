@@ -74,7 +74,7 @@ fn backbone(b: &BackboneStep) -> String {
         let sizes: Vec<String> = b.head.hidden.iter().map(usize::to_string).collect();
         s.push_str(&format!(", head {}", sizes.join("→")));
     }
-    if b.head.dropout != 0.2 {
+    if b.head.dropout != super::schema::backbone::DROPOUT.spec.default {
         s.push_str(&format!(", dropout {}", num(b.head.dropout)));
     }
     s

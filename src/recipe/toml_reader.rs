@@ -72,36 +72,39 @@ pub(super) struct Bounds<T> {
 }
 
 impl<T: PartialOrd + Display + Copy> Bounds<T> {
+    // The constructors are `const` so that the schema's tables (schema.rs)
+    // can hold every key's bounds as constants.
+
     /// No restriction at all.
-    pub fn any() -> Self {
+    pub const fn any() -> Self {
         Self { lo: Bound::Unbounded, hi: Bound::Unbounded, as_interval: false }
     }
     /// `v >= lo`.
-    pub(crate) fn at_least(lo: T) -> Self {
-        Self { lo: Bound::Inclusive(lo), ..Self::any() }
+    pub(crate) const fn at_least(lo: T) -> Self {
+        Self { lo: Bound::Inclusive(lo), hi: Bound::Unbounded, as_interval: false }
     }
     /// `v > lo`.
-    pub fn above(lo: T) -> Self {
-        Self { lo: Bound::Exclusive(lo), ..Self::any() }
+    pub const fn above(lo: T) -> Self {
+        Self { lo: Bound::Exclusive(lo), hi: Bound::Unbounded, as_interval: false }
     }
     /// Adds `v <= hi`, reported separately from the lower bound.
-    pub(crate) fn at_most(self, hi: T) -> Self {
-        Self { hi: Bound::Inclusive(hi), ..self }
+    pub(crate) const fn at_most(self, hi: T) -> Self {
+        Self { lo: self.lo, hi: Bound::Inclusive(hi), as_interval: self.as_interval }
     }
     /// `lo <= v <= hi`, reported as `within lo..=hi`.
-    pub fn within(lo: T, hi: T) -> Self {
+    pub const fn within(lo: T, hi: T) -> Self {
         Self { lo: Bound::Inclusive(lo), hi: Bound::Inclusive(hi), as_interval: true }
     }
     /// `lo < v < hi`, reported as `in (lo, hi)`.
-    pub fn open(lo: T, hi: T) -> Self {
+    pub const fn open(lo: T, hi: T) -> Self {
         Self { lo: Bound::Exclusive(lo), hi: Bound::Exclusive(hi), as_interval: true }
     }
     /// `lo <= v < hi`, reported as `in [lo, hi)`.
-    pub(crate) fn closed_open(lo: T, hi: T) -> Self {
+    pub(crate) const fn closed_open(lo: T, hi: T) -> Self {
         Self { lo: Bound::Inclusive(lo), hi: Bound::Exclusive(hi), as_interval: true }
     }
     /// `lo < v <= hi`, reported as `in (lo, hi]`.
-    pub(crate) fn open_closed(lo: T, hi: T) -> Self {
+    pub(crate) const fn open_closed(lo: T, hi: T) -> Self {
         Self { lo: Bound::Exclusive(lo), hi: Bound::Inclusive(hi), as_interval: true }
     }
 
@@ -482,24 +485,9 @@ impl<'a> Section<'a> {
         errors
     }
 
-    /// An optional number within `bounds`.
-    pub fn number(&self, key: &str, bounds: Bounds<f64>) -> Result<Option<f64>> {
-        self.field(key).map(|f| f.number(bounds)).transpose()
-    }
-
-    /// An optional non-negative integer within `bounds`, converted to `T`.
-    pub(crate) fn int_as<T: TryFrom<i64>>(&self, key: &str, bounds: Bounds<i64>) -> Result<Option<T>> {
-        self.field(key).map(|f| f.int_as(bounds)).transpose()
-    }
-
     /// An optional boolean.
     pub fn bool(&self, key: &str) -> Result<Option<bool>> {
         self.field(key).map(|f| f.bool()).transpose()
-    }
-
-    /// An optional choice among fixed strings.
-    pub fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>> {
-        self.field(key).map(|f| f.choice(options)).transpose()
     }
 
     /// An optional `[lo, hi]` pair.

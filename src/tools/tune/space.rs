@@ -248,16 +248,15 @@ fn resolve(name: &str, kinds: &[String]) -> Result<Target, String> {
             .and_then(|n| n.parse().ok())
             .ok_or(format!("expected `stepN.key` (N counts the [[step]]s from 1), found `{name}`"))?;
         let kind = n.checked_sub(1).and_then(|i| kinds.get(i)).ok_or(format!("the recipe has no step {n}"))?;
-        return match recipe::step_keys(kind).contains(&key) && key != "kind" {
+        return match recipe::has_key(recipe::step_keys(kind), key) {
             true => Ok(Target::Step { index: n - 1, key: key.to_string() }),
             false => Err(format!("step {n} ({kind}) has no key `{key}`")),
         };
     }
-    if recipe::DATA_KEYS.contains(&name) {
+    if recipe::has_key(recipe::DATA_KEYS, name) {
         return Ok(Target::Data(name.to_string()));
     }
-    let steps: Vec<usize> =
-        (0..kinds.len()).filter(|&i| name != "kind" && recipe::step_keys(&kinds[i]).contains(&name)).collect();
+    let steps: Vec<usize> = (0..kinds.len()).filter(|&i| recipe::has_key(recipe::step_keys(&kinds[i]), name)).collect();
     match steps.as_slice() {
         [i] => Ok(Target::Step { index: *i, key: name.to_string() }),
         [] => Err(format!("`{name}` is not a key of [data] or of any step in this recipe")),
