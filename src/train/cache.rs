@@ -278,14 +278,12 @@ impl FeatureCache {
         if let Some(f) = self.get(key, n, log) {
             return Ok(f);
         }
-        self.computed += 1;
         let path = self.dir.join(format!("{key:016x}.features"));
         let batch = batch.max(1);
         let first = compute(0..batch.min(n))?;
         let item_dims = first.dims()[1..].to_vec();
         let bytes = (n * item_dims.iter().product::<usize>() * 4) as u64;
-        let to_disk = self.placement == Placement::Disk || bytes > self.budget;
-        let f = if to_disk {
+        if self.placement == Placement::Disk || bytes > self.budget {
             log(format!(
                 "frozen features: {} MiB {}, streaming them to {}",
                 bytes.div_ceil(1 << 20),
@@ -296,24 +294,35 @@ impl FeatureCache {
                 },
                 path.display()
             ));
-            write_file(&path, n, &item_dims, first, batch, &mut compute)?
-        } else {
-            // Make room: least recently used first.
-            while self.memory_used() + bytes > self.budget {
-                let Some(pos) = self.entries.iter().position(|(_, f)| f.disk_path().is_none()) else { break };
-                self.entries.remove(pos);
+            match disk_entry(&path, n, &item_dims, first.clone(), batch, &mut compute) {
+                Ok((f, computed)) => {
+                    self.computed += usize::from(computed);
+                    self.hits += usize::from(!computed);
+                    return Ok(self.insert(key, f));
+                }
+                // A full disk or an unwritable folder costs memory, not the run.
+                Err(Error::Io { path, source }) => log(format!(
+                    "warning: could not write the feature cache file {} ({source}); keeping the features in memory instead",
+                    path.display()
+                )),
+                Err(e) => return Err(e),
             }
-            let mut parts = vec![first];
-            let mut start = batch.min(n);
-            while start < n {
-                let end = (start + batch).min(n);
-                parts.push(compute(start..end)?);
-                start = end;
-            }
-            let t = Tensor::cat(&parts, 0)?;
-            Features { n, item_dims, store: Store::Memory(t) }
-        };
-        Ok(self.insert(key, f))
+        }
+        self.computed += 1;
+        // Make room: least recently used first.
+        while self.memory_used() + bytes > self.budget {
+            let Some(pos) = self.entries.iter().position(|(_, f)| f.disk_path().is_none()) else { break };
+            self.entries.remove(pos);
+        }
+        let mut parts = vec![first];
+        let mut start = batch.min(n);
+        while start < n {
+            let end = (start + batch).min(n);
+            parts.push(compute(start..end)?);
+            start = end;
+        }
+        let t = Tensor::cat(&parts, 0)?;
+        Ok(self.insert(key, Features { n, item_dims, store: Store::Memory(t) }))
     }
 
     /// The entry for `key` when it is ready, in memory or in a cache file
@@ -375,6 +384,39 @@ fn open_file(path: &Path, n: usize) -> Option<Features> {
         item_dims,
         store: Store::Disk { file, path: path.to_path_buf(), offset },
     })
+}
+
+/// The cache file at `path`, written unless another run wrote it first;
+/// `true` when this call computed it.
+///
+/// Two runs that share the cache folder and need the same entry take turns
+/// through an exclusive lock on `path` + `.lock` (held while writing): the
+/// second waits, then finds the first one's complete file and reads it
+/// instead of computing it again. The lock is advisory and released when
+/// the file closes, so a killed run never leaves it held.
+fn disk_entry(
+    path: &Path,
+    n: usize,
+    item_dims: &[usize],
+    first: Tensor,
+    batch: usize,
+    compute: &mut dyn FnMut(std::ops::Range<usize>) -> Result<Tensor>,
+) -> Result<(Features, bool)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lock_path = path.with_extension("features.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    // A truncated file, or one of another layout, does not open: rebuilt.
+    if let Some(f) = open_file(path, n) {
+        return Ok((f, false));
+    }
+    write_file(path, n, item_dims, first, batch, compute).map(|f| (f, true))
 }
 
 /// Streams the features to `path` batch by batch (temp file, fsync, rename:
@@ -464,6 +506,79 @@ mod tests {
         assert_eq!(again.hits(), 0);
         assert_eq!(c.rows(&[22]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2200., 2201., 2202.]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two runs sharing the cache folder and needing the same entry at once:
+    /// one computes and writes it while the other waits on the lock, then
+    /// reads the complete file; neither sees a partial one.
+    #[test]
+    fn two_runs_sharing_a_folder_compute_an_entry_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("tlab-featshare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let batches_computed = Arc::new(AtomicUsize::new(0));
+        let run = |dir: PathBuf, counter: Arc<AtomicUsize>| {
+            std::thread::spawn(move || {
+                let mut cache = FeatureCache::new(u64::MAX, Placement::Disk, dir);
+                let mut inner = batches(40, 3);
+                let slow = move |r: std::ops::Range<usize>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    inner(r)
+                };
+                let f = cache.get_or_compute(11, 40, 4, slow, &mut |_| {}).unwrap();
+                let rows = f.rows(&[0, 39]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (cache.computed(), cache.hits(), rows)
+            })
+        };
+        let a = run(dir.clone(), batches_computed.clone());
+        let b = run(dir.clone(), batches_computed.clone());
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        assert_eq!(a.0 + b.0, 1, "computed by exactly one run");
+        assert_eq!(a.1 + b.1, 1, "read from the file by the other");
+        assert_eq!(a.2, vec![0., 1., 2., 3900., 3901., 3902.]);
+        assert_eq!(a.2, b.2);
+        // Each run computes the first batch before it knows where the entry
+        // goes; the rest (9 batches) only the writer computes.
+        assert_eq!(batches_computed.load(Ordering::SeqCst), 2 + 9);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file under the entry's name that is not a cache file of this
+    /// layout (another version, or garbage) is rebuilt, not read.
+    #[test]
+    fn a_file_of_another_layout_is_rebuilt() {
+        let dir = std::env::temp_dir().join(format!("tlab-featversion-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:016x}.features", 5u64));
+        let mut old = b"TLABFEAX".to_vec();
+        old.extend(vec![0u8; 200]);
+        std::fs::write(&path, old).unwrap();
+        let mut cache = FeatureCache::new(u64::MAX, Placement::Disk, dir.clone());
+        let f = cache.get_or_compute(5, 10, 4, batches(10, 2), &mut |_| {}).unwrap();
+        assert_eq!((cache.computed(), cache.hits()), (1, 0));
+        assert_eq!(f.rows(&[9]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![900., 901.]);
+        assert_eq!(&std::fs::read(&path).unwrap()[..8], MAGIC);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A cache folder that cannot be written (a full disk, a read-only
+    /// mount, a file in the way) costs memory, with a warning, not the run.
+    #[test]
+    fn an_unwritable_cache_folder_falls_back_to_memory() {
+        let blocker = std::env::temp_dir().join(format!("tlab-featblocked-{}", std::process::id()));
+        std::fs::write(&blocker, b"a file where the folder should be").unwrap();
+        let mut cache = FeatureCache::new(100, Placement::Auto, blocker.join("features"));
+        let mut said = Vec::new();
+        let f = cache.get_or_compute(3, 30, 4, batches(30, 4), &mut |m| said.push(m)).unwrap();
+        assert!(f.disk_path().is_none(), "kept in memory");
+        assert_eq!(
+            f.rows(&[29]).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![2900., 2901., 2902., 2903.]
+        );
+        assert!(said.iter().any(|m| m.starts_with("warning: could not write the feature cache file")), "{said:?}");
+        std::fs::remove_file(&blocker).unwrap();
     }
 
     #[test]
