@@ -296,6 +296,9 @@ impl FeatureCache {
             ));
             match disk_entry(&path, n, &item_dims, first.clone(), batch, &mut compute) {
                 Ok((f, computed)) => {
+                    if !computed {
+                        log(format!("reusing cached features {} (another run wrote them meanwhile)", path.display()));
+                    }
                     self.computed += usize::from(computed);
                     self.hits += usize::from(!computed);
                     return Ok(self.insert(key, f));
