@@ -205,8 +205,9 @@ fn data_over_the_memory_budget_is_refused_before_decoding() {
     let dir: PathBuf = std::env::temp_dir().join(format!("tlab-budget-{}", std::process::id()));
     data(&dir.join("data"));
     let weights = tlab::predict::shipped_imagenet_weights();
-    let recipe =
-        BASE.replace("WEIGHTS", &weights.display().to_string()).replace("image_size = 32", "image_size = 1024");
+    let recipe = BASE
+        .replace("WEIGHTS", &weights.display().to_string())
+        .replace("image_size = 32", "image_size = 1024\ncache = \"memory\"");
     std::fs::write(dir.join("big.toml"), recipe).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tlab"))
         .args(["run", dir.join("big.toml").to_str().unwrap(), "--out", dir.join("run").to_str().unwrap()])
@@ -219,6 +220,53 @@ fn data_over_the_memory_budget_is_refused_before_decoding() {
         err.contains("over the memory budget of 10 MiB (TLAB_MEMORY_BUDGET_MB)") && err.contains("48 MiB"),
         "{err}"
     );
+    assert!(err.contains("stream the images with `cache = \"auto\"`"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Over the memory budget, the default `cache = "auto"` streams the images
+/// and trains to the same numbers as in memory: same batches, same
+/// augmentation draws (live, through the whole network), same weights.
+#[test]
+fn data_over_the_memory_budget_streams_to_the_same_result() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tlab-stream-{}", std::process::id()));
+    // Textured images of odd sizes, so decoding and resizing show in the pixels.
+    for split in ["train", "valid"] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            for i in 0..4u32 {
+                let path = dir.join("data").join(split).join(class).join(format!("{i}.png"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let img = image::RgbImage::from_fn(40 + 3 * i, 29 + 5 * i, |x, y| {
+                    image::Rgb([(x * 13 + y * 3 + i) as u8, (y * 9 + c as u32 * 90) as u8, ((x ^ y) * 5) as u8])
+                });
+                img.save(&path).unwrap();
+            }
+        }
+    }
+    let weights = tlab::predict::shipped_imagenet_weights();
+    let recipe = BASE
+        .replace("WEIGHTS", &weights.display().to_string())
+        .replace("[[step]]\nkind = \"fine_tune\"\nepochs = 1", "[[step]]\nkind = \"augment\"\nhorizontal_flip = true\nrotation_range = 10\n[[step]]\nkind = \"fine_tune\"\nepochs = 2\naugment_views = 0");
+    std::fs::write(dir.join("ok.toml"), recipe).unwrap();
+    let run = |name: &str, budget: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlab"));
+        cmd.args(["run", dir.join("ok.toml").to_str().unwrap(), "--out", dir.join(name).to_str().unwrap()]);
+        cmd.env("TLAB_FEATURE_CACHE_DIR", dir.join("features"));
+        if let Some(mb) = budget {
+            cmd.env("TLAB_MEMORY_BUDGET_MB", mb);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        let metrics = std::fs::read_to_string(dir.join(name).join("metrics.json")).unwrap();
+        (text, metrics)
+    };
+    let (memory_log, memory) = run("memory", None);
+    let (stream_log, streamed) = run("stream", Some("0"));
+    assert!(memory_log.contains("decoded 8 train + 8 valid images"), "{memory_log}");
+    assert!(stream_log.contains("listed 8 train + 8 valid images"), "{stream_log}");
+    assert!(stream_log.contains("streaming them from disk (over the memory budget of 0 MiB"), "{stream_log}");
+    assert_eq!(memory, streamed, "streaming changed the result");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

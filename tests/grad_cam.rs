@@ -60,8 +60,15 @@ fn peaks_in_the_square(arch: &str, weights: Option<&Path>, tag: &str) {
     let preprocess = model.backbone.preprocess();
     let mut hits = 0;
     for (i, path) in data.valid.paths.iter().enumerate() {
-        let e = tlab::explain::explain_pixels(model, &preprocess, &data.valid.pixels[i], &data.classes, None, None)
-            .unwrap();
+        let e = tlab::explain::explain_pixels(
+            model,
+            &preprocess,
+            &data.valid.pixels.get(i).unwrap(),
+            &data.classes,
+            None,
+            None,
+        )
+        .unwrap();
         let cell: usize = path.file_stem().unwrap().to_string_lossy().rsplit("cell").next().unwrap().parse().unwrap();
         // The square covers this range of map cells in each direction.
         let (w, h) = (e.map.width, e.map.height);

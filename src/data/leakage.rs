@@ -8,17 +8,21 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use super::Split;
+use super::{Pixels, Split};
 
 /// Images of `other` (valid or test) that are pixel for pixel copies of
 /// training images as the run decoded them: `(copy, original)` pairs. The
 /// backbone step warns about them; hashing decoded bytes costs a fraction of
 /// decoding them.
 pub(crate) fn copies_of_training(train: &Split, other: &Split) -> Vec<(PathBuf, PathBuf)> {
+    // Streamed images are not all decoded: compare their files instead.
+    let (Pixels::Memory(train_pixels), Pixels::Memory(other_pixels)) = (&train.pixels, &other.pixels) else {
+        return identical_files(&train.paths, &other.paths);
+    };
     let hash = |px: &Vec<u8>| content_hash(px);
     let seen: HashMap<u64, usize> =
-        train.pixels.par_iter().map(hash).collect::<Vec<_>>().into_iter().zip(0..).collect();
-    let copies: Vec<Option<usize>> = other.pixels.par_iter().map(|px| seen.get(&hash(px)).copied()).collect();
+        train_pixels.par_iter().map(hash).collect::<Vec<_>>().into_iter().zip(0..).collect();
+    let copies: Vec<Option<usize>> = other_pixels.par_iter().map(|px| seen.get(&hash(px)).copied()).collect();
     copies.into_iter().zip(&other.paths).filter_map(|(t, p)| Some((p.clone(), train.paths[t?].clone()))).collect()
 }
 
@@ -60,7 +64,7 @@ mod tests {
         let split = |names: &[&str], pixels: Vec<Vec<u8>>| super::Split {
             paths: names.iter().map(PathBuf::from).collect(),
             labels: vec![0; names.len()],
-            pixels,
+            pixels: super::Pixels::Memory(pixels),
         };
         let train = split(&["t0", "t1"], vec![vec![1, 2, 3], vec![4, 5, 6]]);
         let valid = split(&["v0", "v1", "v2"], vec![vec![4, 5, 6], vec![7, 8, 9], vec![1, 2, 4]]);

@@ -6,6 +6,9 @@
 
 pub mod csv;
 pub mod leakage;
+pub mod pixels;
+
+pub use pixels::Pixels;
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::augment::{Augmenter, Image, Rng};
 use crate::error::{Error, Result};
-use crate::recipe::DataConfig;
+use crate::recipe::{DataConfig, ImageCache};
 
 /// File extensions handed to the decoder; anything else is skipped and counted.
 const IMAGE_EXTENSIONS: &[&str] =
@@ -26,26 +29,29 @@ pub(crate) fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Decoded images of one split.
+/// The images of one split.
 #[derive(Debug, Clone, Default)]
 pub struct Split {
     pub paths: Vec<PathBuf>,
     pub labels: Vec<usize>,
-    /// RGB bytes, `size × size × 3` per image.
-    pub pixels: Vec<Vec<u8>>,
+    /// RGB bytes, `size × size × 3` per image, in memory or streamed.
+    pub pixels: Pixels,
 }
 
 impl Split {
     /// The same images at `from` → `to` pixels square (bilinear, as decoding).
     fn resized(&self, from: u32, to: u32) -> Split {
-        let pixels = self
-            .pixels
-            .par_iter()
-            .map(|px| match image::RgbImage::from_raw(from, from, px.clone()) {
-                Some(img) => image::imageops::resize(&img, to, to, image::imageops::FilterType::Triangle).into_raw(),
-                None => vec![0; (to * to * 3) as usize],
-            })
-            .collect();
+        let pixels = match &self.pixels {
+            Pixels::Memory(v) => Pixels::Memory(
+                v.par_iter()
+                    .map(|px| match image::RgbImage::from_raw(from, from, px.clone()) {
+                        Some(img) => resize(&img, to),
+                        None => vec![0; (to * to * 3) as usize],
+                    })
+                    .collect(),
+            ),
+            Pixels::Stream(s) => Pixels::Stream(std::sync::Arc::new(s.resized(to))),
+        };
         Split { paths: self.paths.clone(), labels: self.labels.clone(), pixels }
     }
 
@@ -110,15 +116,27 @@ impl Dataset {
         };
         let (classes, test_list) = (list.classes, list.test);
         let origin = cfg.csv.as_ref().unwrap_or(&cfg.train);
-        check_memory_budget(list.train.len() + list.valid.len() + test_list.len(), cfg.image_size, origin)?;
+        let images = list.train.len() + list.valid.len() + test_list.len();
+        let stream = match (cfg.cache, check_memory_budget(images, cfg.image_size, origin)) {
+            (ImageCache::Memory, Err(e)) => return Err(e),
+            (ImageCache::None, _) => Some(0),
+            // Over the budget: stream, with half of it for decoded images
+            // (the frozen-feature cache has the other half).
+            (ImageCache::Auto, Err(_)) => Some(memory_budget().map_or(0, |(b, _)| b / 2)),
+            _ => None,
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.workers.unwrap_or(0))
             .build()
             .map_err(|e| Error::Threads { what: "decode", source: Box::new(e) })?;
-        let train = pool.install(|| decode_all(list.train, cfg.image_size, &mut skipped));
-        let valid = pool.install(|| decode_all(list.valid, cfg.image_size, &mut skipped));
-        let test =
-            (!test_list.is_empty()).then(|| pool.install(|| decode_all(test_list, cfg.image_size, &mut skipped)));
+        let size = cfg.image_size;
+        let mut read = |list: Labelled| match stream {
+            None => pool.install(|| decode_all(list, size, &mut skipped)),
+            Some(budget) => pool.install(|| stream_all(list, size, budget, &mut skipped)),
+        };
+        let train = read(list.train);
+        let valid = read(list.valid);
+        let test = (!test_list.is_empty()).then(|| read(test_list));
         for (label, class) in classes.iter().enumerate() {
             if !train.labels.contains(&label) {
                 return Err(Error::data(
@@ -142,7 +160,8 @@ impl Dataset {
         let per = (s * s * 3) as usize;
         let mut out = vec![0f32; indices.len() * per];
         out.par_chunks_mut(per).zip(indices.par_iter()).for_each(|(dst, &i)| {
-            let src = &split.pixels[i];
+            let Some(src) = split.pixels.get(i) else { return };
+            let src = &src[..];
             match aug {
                 Some((augmenter, seed)) if !augmenter.is_identity() => {
                     let _t = crate::util::profile::scope("augment");
@@ -257,7 +276,7 @@ fn check_memory_budget(images: usize, size: u32, dir: &Path) -> Result<()> {
             dir,
             format!(
                 "{images} images at {size}×{size} need {} MiB decoded, over the memory budget of {} MiB ({source}); \
-                 lower image_size or set max_per_class",
+                 lower image_size, set max_per_class, or stream the images with `cache = \"auto\"` in [data]",
                 needed.div_ceil(1024 * 1024),
                 budget / (1024 * 1024)
             ),
@@ -359,17 +378,55 @@ fn decode_all(list: Vec<(PathBuf, usize)>, size: u32, skipped: &mut Vec<(PathBuf
         })
         .collect();
     let mut split = Split::default();
+    let mut pixels = Vec::with_capacity(decoded.len());
     for (path, label, r) in decoded {
         match r {
             Ok(px) => {
                 split.paths.push(path);
                 split.labels.push(label);
-                split.pixels.push(px);
+                pixels.push(px);
             }
             Err(e) => skipped.push((path, e)),
         }
     }
+    split.pixels = Pixels::Memory(pixels);
     split
+}
+
+/// The split's files, checked but not decoded: each file's header must
+/// name a format and a size (a corrupt or non-image file is skipped now,
+/// as in memory mode); the pixels are decoded when batches ask for them.
+fn stream_all(list: Vec<(PathBuf, usize)>, size: u32, budget: u64, skipped: &mut Vec<(PathBuf, String)>) -> Split {
+    let checked: Vec<(PathBuf, usize, std::result::Result<pixels::File, String>)> = list
+        .into_par_iter()
+        .map(|(path, label)| {
+            let header = image::ImageReader::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+                .and_then(|r| r.into_dimensions().map_err(|e| format!("cannot decode: {e}")));
+            let r = header.map(|_| pixels::File::stat(&path));
+            (path, label, r)
+        })
+        .collect();
+    let mut split = Split::default();
+    let mut files = Vec::with_capacity(checked.len());
+    for (path, label, r) in checked {
+        match r {
+            Ok(file) => {
+                split.paths.push(path);
+                split.labels.push(label);
+                files.push(file);
+            }
+            Err(e) => skipped.push((path, e)),
+        }
+    }
+    split.pixels = Pixels::Stream(std::sync::Arc::new(pixels::Stream::new(files, size, size, budget)));
+    split
+}
+
+/// `img` resized to `size × size` (bilinear), as RGB bytes.
+fn resize(img: &image::RgbImage, size: u32) -> Vec<u8> {
+    image::imageops::resize(img, size, size, image::imageops::FilterType::Triangle).into_raw()
 }
 
 /// Decodes any format `image` supports, converts grey/alpha to RGB and
@@ -382,12 +439,7 @@ pub fn decode(path: &Path, size: u32) -> std::result::Result<Vec<u8>, String> {
         .decode()
         .map_err(|e| format!("cannot decode: {e}"))?;
     let rgb = img.to_rgb8();
-    let rgb = if rgb.width() == size && rgb.height() == size {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, size, size, image::imageops::FilterType::Triangle)
-    };
-    Ok(rgb.into_raw())
+    Ok(if rgb.width() == size && rgb.height() == size { rgb.into_raw() } else { resize(&rgb, size) })
 }
 
 #[cfg(test)]
@@ -410,6 +462,7 @@ mod tests {
             batch_size: 4,
             max_per_class: None,
             workers: Some(1),
+            cache: ImageCache::Auto,
         }
     }
 
@@ -426,7 +479,7 @@ mod tests {
         assert_eq!(ds.classes, vec!["a", "b"]);
         assert_eq!(ds.valid.len(), 4);
         assert_eq!(ds.valid.labels.iter().filter(|&&l| l == 0).count(), 2, "stratified");
-        assert_eq!(ds.train.pixels[0].len(), 16 * 16 * 3);
+        assert_eq!(ds.train.pixels.get(0).unwrap().len(), 16 * 16 * 3);
         assert_eq!(ds.skipped.len(), 1);
         // Same seed, same split.
         let again = Dataset::load(&cfg(dir.clone()), 1).unwrap();
@@ -444,6 +497,70 @@ mod tests {
         std::fs::write(dir.join("b/0.png"), b"not a png").unwrap();
         let err = Dataset::load(&cfg(dir.clone()), 1).unwrap_err().to_string();
         assert!(err.contains("class `b` has no readable training images"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Streaming decodes the same bytes as memory mode, plain, augmented
+    /// and resized (progressive resizing), so a seed gives the same batches.
+    #[test]
+    fn streamed_images_equal_the_images_in_memory() {
+        let dir = tempdir("stream");
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            for i in 0..6u32 {
+                let path = dir.join(class).join(format!("{i}.png"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let img = image::RgbImage::from_fn(20 + i, 13 + 2 * i, |x, y| {
+                    image::Rgb([(x * 11 + y) as u8, (y * 7 + c as u32 * 50) as u8, (x * y) as u8])
+                });
+                img.save(&path).unwrap();
+            }
+        }
+        let memory = Dataset::load(&cfg(dir.clone()), 3).unwrap();
+        let streamed = Dataset::load(&DataConfig { cache: ImageCache::None, ..cfg(dir.clone()) }, 3).unwrap();
+        assert!(memory.train.pixels.stream().is_none() && streamed.train.pixels.stream().is_some());
+        assert_eq!(memory.train.paths, streamed.train.paths);
+        let aug = Augmenter::new(crate::recipe::AugmentConfig {
+            rotation_range: 20.0,
+            horizontal_flip: true,
+            ..Default::default()
+        });
+        let idx = [3, 0, 7, 1];
+        for a in [None, Some((&aug, 9))] {
+            assert_eq!(memory.batch_pixels(&memory.train, &idx, a), streamed.batch_pixels(&streamed.train, &idx, a));
+        }
+        let (small_m, small_s) = (memory.resized(12), streamed.resized(12));
+        assert_eq!(
+            small_m.batch_pixels(&small_m.valid, &[0, 1], None),
+            small_s.batch_pixels(&small_s.valid, &[0, 1], None)
+        );
+        assert_eq!(streamed.train.pixels.stream().unwrap().new_failures(), vec![]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A file that vanishes or changes into garbage after listing is served
+    /// black, named once, and the batch goes on; the cache stays in budget.
+    #[test]
+    fn a_streamed_file_that_vanishes_is_named_and_served_black() {
+        let dir = tempdir("vanish");
+        for c in ["a", "b"] {
+            for i in 0..4 {
+                write_png(&dir.join(c).join(format!("{i}.png")), 200);
+            }
+        }
+        let ds = Dataset::load(&DataConfig { cache: ImageCache::None, ..cfg(dir.clone()) }, 1).unwrap();
+        let gone = ds.train.paths[1].clone();
+        std::fs::remove_file(&gone).unwrap();
+        std::fs::write(&ds.train.paths[2], b"no longer a png").unwrap();
+        let px = ds.batch_pixels(&ds.train, &[0, 1, 2], None);
+        let per = 16 * 16 * 3;
+        assert!(px[..per].iter().all(|&v| v == 200.0));
+        assert!(px[per..].iter().all(|&v| v == 0.0), "both unreadable images are black");
+        let stream = ds.train.pixels.stream().unwrap();
+        let named: Vec<PathBuf> = stream.new_failures().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(named, vec![gone, ds.train.paths[2].clone()]);
+        ds.batch_pixels(&ds.train, &[1, 2], None);
+        assert!(stream.new_failures().is_empty(), "named once");
+        assert_eq!(stream.cached_bytes(), 0, "cache = \"none\" keeps nothing");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

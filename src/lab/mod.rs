@@ -726,8 +726,12 @@ impl Lab {
         let t = Instant::now();
         let data = Arc::new(Dataset::load(&self.recipe.data, self.recipe.seed)?);
         let test = data.test.as_ref().map(|t| format!(" + {} test", t.len())).unwrap_or_default();
+        let (verb, how) = match data.train.pixels.stream() {
+            None => ("decoded", String::new()),
+            Some(_) => ("listed", streaming_note(self.recipe.data.cache)),
+        };
         obs.event(train::Event::Log(format!(
-            "decoded {} train + {} valid{test} images of {} classes at {}px in {:.1}s ({} skipped)",
+            "{verb} {} train + {} valid{test} images of {} classes at {}px in {:.1}s ({} skipped){how}",
             data.train.len(),
             data.valid.len(),
             data.classes.len(),
@@ -795,6 +799,18 @@ fn leakage_warnings(data: &Dataset, obs: &mut dyn Observer) {
             )));
         }
     }
+}
+
+/// Why and how a run streams its images, for the load line of the log.
+fn streaming_note(cache: crate::recipe::ImageCache) -> String {
+    let why = match cache {
+        crate::recipe::ImageCache::None => "[data] cache = \"none\"".to_string(),
+        _ => match crate::data::memory_budget() {
+            Some((budget, source)) => format!("over the memory budget of {} MiB, {source}", budget >> 20),
+            None => "over the memory budget".to_string(),
+        },
+    };
+    format!("; streaming them from disk ({why}): decoded batch by batch, ahead of training")
 }
 
 /// `class train/valid[/test]` for every class, for the log.

@@ -18,7 +18,7 @@ pub const GAP: u32 = 2;
 /// Image `index` of `split` as an RGB image, or `None` if out of range or malformed.
 pub(crate) fn thumbnail(split: &Split, size: u32, index: usize) -> Option<RgbImage> {
     let px = split.pixels.get(index)?;
-    RgbImage::from_raw(size, size, px.clone())
+    RgbImage::from_raw(size, size, px.into_owned())
 }
 
 /// `n` training images spread over the whole split (hence over the classes,
@@ -53,7 +53,7 @@ fn augmented(data: &Dataset, aug: &Augmenter, seed: u64, index: usize) -> Option
     if src.len() != (s * s * 3) as usize {
         return None;
     }
-    let out = aug.apply(&Image::from_rgb8(s, s, src), &mut Rng::derive(seed, index as u64));
+    let out = aug.apply(&Image::from_rgb8(s, s, &src), &mut Rng::derive(seed, index as u64));
     RgbImage::from_raw(out.width, out.height, out.to_rgb8())
 }
 
@@ -244,14 +244,16 @@ pub(crate) mod tests {
     /// A dataset of `n` solid-colour `size`² images per class (2 classes).
     pub(crate) fn tiny_dataset(n: usize, size: u32) -> Dataset {
         let mut split = Split::default();
+        let mut pixels = Vec::new();
         for label in 0..2 {
             for i in 0..n {
                 let v = (label * 100 + i * 10) as u8;
                 split.paths.push(format!("/d/{label}/{i}.png").into());
                 split.labels.push(label);
-                split.pixels.push(vec![v; (size * size * 3) as usize]);
+                pixels.push(vec![v; (size * size * 3) as usize]);
             }
         }
+        split.pixels = crate::data::Pixels::Memory(pixels);
         Dataset {
             classes: vec!["a".into(), "b".into()],
             size,
@@ -307,7 +309,8 @@ pub(crate) mod tests {
     fn augmentation_is_seeded() {
         let mut data = tiny_dataset(2, 16);
         // A gradient so flips and shifts change pixels.
-        for px in &mut data.train.pixels {
+        let crate::data::Pixels::Memory(pixels) = &mut data.train.pixels else { unreachable!("built in memory") };
+        for px in pixels {
             for (k, v) in px.iter_mut().enumerate() {
                 *v = (k % 251) as u8;
             }

@@ -14,9 +14,9 @@ use super::summary::fingerprint;
 use super::toml_reader::{suggest, Bounds, Field, Result, Section, Source};
 use super::{
     AugmentConfig, BackboneStep, ClassWeights, ColorJitter, CropConfig, DataConfig, EarlyStopping, Erasing, EvalSplit,
-    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, Lr, LrFindConfig, LrSuggestion,
-    MixAt, MixConfig, Monitor, OneCycle, Optimizer, OptimizerParams, Pooling, Recipe, RecipeError, Sampler, Schedule,
-    ScheduleParams, Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
+    EvaluateConfig, FillMode, FineTuneConfig, FreezePoint, FreezeStep, HeadConfig, ImageCache, Lr, LrFindConfig,
+    LrSuggestion, MixAt, MixConfig, Monitor, OneCycle, Optimizer, OptimizerParams, Pooling, Recipe, RecipeError,
+    Sampler, Schedule, ScheduleParams, Step, StepKind, WeightsSource, KNOWN_ARCHS, STEP_KINDS,
 };
 
 /// The names a step of a kind with `keys` accepts: those and `kind`.
@@ -130,6 +130,7 @@ fn data(src: Source<'_>, f: &Field<'_>, base: &Path) -> Result<DataConfig> {
         batch_size: s.int(&schema::data::BATCH_SIZE)?,
         max_per_class: s.opt_int(&schema::data::MAX_PER_CLASS)?,
         workers: s.opt_int(&schema::data::WORKERS)?,
+        cache: s.pick(&schema::data::CACHE, ImageCache::ALL)?,
     })
 }
 
@@ -962,6 +963,7 @@ kind = "evaluate"
                 batch_size: 32,
                 max_per_class: None,
                 workers: None,
+                cache: ImageCache::Auto,
             }
         );
         let kinds: Vec<_> = r.steps.iter().map(|s| s.kind.name()).collect();

@@ -243,6 +243,24 @@ pub struct DataConfig {
     pub max_per_class: Option<usize>,
     /// Optional number of decode threads (>= 1).
     pub workers: Option<usize>,
+    /// Whether decoded images are kept in memory or streamed from disk.
+    pub cache: ImageCache,
+}
+
+/// Where decoded images live (`[data] cache`; see `data::pixels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageCache {
+    /// In memory while the decoded set fits the memory budget, else streamed.
+    Auto,
+    /// Always in memory: a set over the budget is an error.
+    Memory,
+    /// Always streamed, decoding every image each time a batch needs it.
+    None,
+}
+
+impl ImageCache {
+    /// The values in the schema's order.
+    pub(crate) const ALL: [ImageCache; 3] = [ImageCache::Auto, ImageCache::Memory, ImageCache::None];
 }
 
 impl DataConfig {
@@ -263,6 +281,7 @@ impl DataConfig {
             batch_size: Self::BATCH_SIZE,
             max_per_class: None,
             workers: None,
+            cache: schema::data::CACHE.default_of(ImageCache::ALL),
         }
     }
 }

@@ -381,14 +381,8 @@ pub(crate) fn grad_cam_of_mistakes(lab: &Lab, n: usize) -> Result<Option<image::
     let mut rows = Vec::new();
     for p in eval.mistakes.iter().take(n) {
         let Some(i) = data.valid.paths.iter().position(|q| *q == p.path) else { continue };
-        let e = crate::explain::explain_pixels(
-            model,
-            &preprocess,
-            &data.valid.pixels[i],
-            &data.classes,
-            Some(p.truth),
-            None,
-        )?;
+        let Some(pixels) = data.valid.pixels.get(i) else { continue };
+        let e = crate::explain::explain_pixels(model, &preprocess, &pixels, &data.classes, Some(p.truth), None)?;
         rows.push(e.picture);
     }
     if rows.is_empty() {

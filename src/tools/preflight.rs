@@ -343,17 +343,28 @@ impl Disk<'_> {
         report.decoded_mib = Some(bytes as f64 / (1024.0 * 1024.0));
         if let Some((budget, source)) = crate::data::memory_budget() {
             report.budget_mib = Some(budget as f64 / (1024.0 * 1024.0));
-            if bytes > budget {
+            // Over the budget, `cache = "auto"` (the default) streams the
+            // images from disk; only `"memory"` cannot run.
+            let cache = data.get("cache").and_then(Item::as_str).unwrap_or("auto");
+            if bytes > budget && cache != "none" {
                 let item = data.get("image_size").unwrap_or(train_item);
-                report.findings.push(self.at(
-                    item,
-                    Severity::Error,
-                    format!(
-                        "{images} images at {size}×{size} need {} MiB decoded, over the memory budget of {} MiB ({source}); lower image_size or set max_per_class",
-                        bytes.div_ceil(1024 * 1024),
-                        budget / (1024 * 1024)
+                let need = format!(
+                    "{images} images at {size}×{size} need {} MiB decoded, over the memory budget of {} MiB ({source})",
+                    bytes.div_ceil(1024 * 1024),
+                    budget / (1024 * 1024)
+                );
+                report.findings.push(match cache {
+                    "memory" => self.at(
+                        item,
+                        Severity::Error,
+                        format!("{need}; with `cache = \"memory\"` they must fit: use `cache = \"auto\"` to stream them, lower image_size or set max_per_class"),
                     ),
-                ));
+                    _ => self.at(
+                        item,
+                        Severity::Warning,
+                        format!("{need}: they will be streamed from disk, decoded batch by batch (slower epochs; set max_per_class or lower image_size to keep them in memory)"),
+                    ),
+                });
             }
         }
     }

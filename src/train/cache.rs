@@ -25,7 +25,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::augment::Augmenter;
-use crate::data::Split;
+use crate::data::{Pixels, Split};
 use crate::error::{Error, Result};
 use crate::models::Classifier;
 
@@ -114,12 +114,28 @@ pub(crate) fn model_key(model: &Classifier, blocks: usize) -> Result<KeyHasher> 
 }
 
 /// The key of one split's features: `model` from [`model_key`], plus the
-/// split's pixels and, for an augmented view, the augmentation, seed and view.
+/// split's images and, for an augmented view, the augmentation, seed and view.
+/// Images in memory count by their decoded pixels; streamed ones by what
+/// identifies their files (path, modification time, length) and the sizes
+/// they are decoded and served at, so a changed file gives a new key
+/// without decoding the whole split to find out.
 pub(crate) fn split_key(model: &KeyHasher, split: &Split, size: u32, view: Option<(&Augmenter, u64, usize)>) -> u64 {
     let mut h = model.clone();
     h.u64(u64::from(size)).u64(split.len() as u64);
-    for (pixels, label) in split.pixels.iter().zip(&split.labels) {
-        h.bytes(pixels).u64(*label as u64);
+    match &split.pixels {
+        Pixels::Memory(pixels) => {
+            for (pixels, label) in pixels.iter().zip(&split.labels) {
+                h.bytes(pixels).u64(*label as u64);
+            }
+        }
+        Pixels::Stream(stream) => {
+            h.u64(u64::from(stream.decoded_at())).u64(u64::from(stream.size()));
+            for (file, label) in stream.files().iter().zip(&split.labels) {
+                let path = file.path.as_os_str().as_encoded_bytes();
+                h.bytes(path).u64(file.modified as u64).u64((file.modified >> 64) as u64).u64(file.len);
+                h.u64(*label as u64);
+            }
+        }
     }
     match view {
         None => h.u64(0),
@@ -604,8 +620,8 @@ mod tests {
 
     #[test]
     fn keys_follow_pixels_labels_and_views() {
-        let split = Split { paths: vec!["a".into()], labels: vec![0], pixels: vec![vec![1, 2, 3]] };
-        let mut other = Split { pixels: vec![vec![1, 2, 4]], ..split.clone() };
+        let split = Split { paths: vec!["a".into()], labels: vec![0], pixels: Pixels::Memory(vec![vec![1, 2, 3]]) };
+        let mut other = Split { pixels: Pixels::Memory(vec![vec![1, 2, 4]]), ..split.clone() };
         let m = KeyHasher::default();
         let k = split_key(&m, &split, 1, None);
         assert_eq!(k, split_key(&m, &split.clone(), 1, None));

@@ -329,6 +329,7 @@ impl<'a> FineTune<'a> {
                 self.history.push(record.clone());
                 cbs.iter_mut().try_for_each(|c| c.after_validate(self, &record))?;
             }
+            self.name_unreadable_images();
             self.extra_state = gather(cbs)?;
             cbs.iter_mut().try_for_each(|c| c.after_epoch(self))?;
             if self.stop.is_some() {
@@ -336,6 +337,23 @@ impl<'a> FineTune<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Streamed images whose files changed into something undecodable or
+    /// vanished after the data was listed, named once each: they were
+    /// served black and the epoch went on.
+    fn name_unreadable_images(&mut self) {
+        let data = self.input.data;
+        for stream in [&data.train, &data.valid].into_iter().filter_map(|s| s.pixels.stream()) {
+            for (path, why) in stream.new_failures() {
+                let path = crate::util::paths::shown(&path);
+                self.obs.event(Event::Log(format!(
+                    "warning: {} could not be read during epoch {} ({why}); it changed or vanished after the data was listed, and was used as a black image",
+                    path.display(),
+                    self.epoch + 1
+                )));
+            }
+        }
     }
 
     /// Loss and accuracy on the validation split, as this epoch's record.

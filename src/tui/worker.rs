@@ -347,7 +347,7 @@ fn send_mistakes(lab: &Lab, step: usize, mistakes: &[crate::train::Prediction], 
         .filter_map(|p| {
             let i = data.valid.paths.iter().position(|q| *q == p.path)?;
             let thumb = crate::present::preview::thumbnail(&data.valid, data.size, i)?;
-            let px: Vec<f32> = data.valid.pixels[i].iter().map(|&v| f32::from(v)).collect();
+            let px: Vec<f32> = data.valid.pixels.get(i)?.iter().map(|&v| f32::from(v)).collect();
             let s = data.size as usize;
             let x = preprocess.to_tensor(&px, 1, s, s).ok()?;
             let map = crate::explain::grad_cam(model, &x, p.predicted, None).ok()?;
