@@ -251,7 +251,7 @@ fn data_over_the_memory_budget_streams_to_the_same_result() {
     let run = |name: &str, budget: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tlab"));
         cmd.args(["run", dir.join("ok.toml").to_str().unwrap(), "--out", dir.join(name).to_str().unwrap()]);
-        cmd.env("TLAB_FEATURE_CACHE_DIR", dir.join("features"));
+        cmd.env("TLAB_FEATURE_CACHE_DIR", dir.join("features")).env("TLAB_IMAGE_CACHE_DIR", dir.join("images"));
         if let Some(mb) = budget {
             cmd.env("TLAB_MEMORY_BUDGET_MB", mb);
         }
@@ -267,6 +267,15 @@ fn data_over_the_memory_budget_streams_to_the_same_result() {
     assert!(stream_log.contains("listed 8 train + 8 valid images"), "{stream_log}");
     assert!(stream_log.contains("streaming them from disk (over the memory budget of 0 MiB"), "{stream_log}");
     assert_eq!(memory, streamed, "streaming changed the result");
+    // `cache = "disk"`: decoded once into a file per split, same result.
+    let text = std::fs::read_to_string(dir.join("ok.toml")).unwrap();
+    std::fs::write(dir.join("ok.toml"), text.replace("image_size = 32", "image_size = 32\ncache = \"disk\"")).unwrap();
+    let (disk_log, from_disk) = run("disk", None);
+    assert!(disk_log.contains("reading them from the image cache in"), "{disk_log}");
+    let files = std::fs::read_dir(dir.join("images")).unwrap().filter_map(|e| e.ok());
+    let images = files.filter(|e| e.path().extension().is_some_and(|x| x == "images")).count();
+    assert_eq!(images, 2, "one file per split");
+    assert_eq!(memory, from_disk, "the image cache changed the result");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -120,6 +120,7 @@ impl Dataset {
         let stream = match (cfg.cache, check_memory_budget(images, cfg.image_size, origin)) {
             (ImageCache::Memory, Err(e)) => return Err(e),
             (ImageCache::None, _) => Some(0),
+            (ImageCache::Disk, _) => Some(memory_budget().map_or(0, |(b, _)| b / 2)),
             // Over the budget: stream, with half of it for decoded images
             // (the frozen-feature cache has the other half).
             (ImageCache::Auto, Err(_)) => Some(memory_budget().map_or(0, |(b, _)| b / 2)),
@@ -132,7 +133,7 @@ impl Dataset {
         let size = cfg.image_size;
         let mut read = |list: Labelled| match stream {
             None => pool.install(|| decode_all(list, size, &mut skipped)),
-            Some(budget) => pool.install(|| stream_all(list, size, budget, &mut skipped)),
+            Some(budget) => pool.install(|| stream_all(list, size, budget, cfg.cache, &mut skipped)),
         };
         let train = read(list.train);
         let valid = read(list.valid);
@@ -396,7 +397,13 @@ fn decode_all(list: Vec<(PathBuf, usize)>, size: u32, skipped: &mut Vec<(PathBuf
 /// The split's files, checked but not decoded: each file's header must
 /// name a format and a size (a corrupt or non-image file is skipped now,
 /// as in memory mode); the pixels are decoded when batches ask for them.
-fn stream_all(list: Vec<(PathBuf, usize)>, size: u32, budget: u64, skipped: &mut Vec<(PathBuf, String)>) -> Split {
+fn stream_all(
+    list: Vec<(PathBuf, usize)>,
+    size: u32,
+    budget: u64,
+    cache: ImageCache,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Split {
     let checked: Vec<(PathBuf, usize, std::result::Result<pixels::File, String>)> = list
         .into_par_iter()
         .map(|(path, label)| {
@@ -420,8 +427,22 @@ fn stream_all(list: Vec<(PathBuf, usize)>, size: u32, budget: u64, skipped: &mut
             Err(e) => skipped.push((path, e)),
         }
     }
-    split.pixels = Pixels::Stream(std::sync::Arc::new(pixels::Stream::new(files, size, size, budget)));
+    let mut stream = pixels::Stream::new(files, size, size, budget);
+    if cache == ImageCache::Disk {
+        let dir = image_cache_dir();
+        let disk = pixels::DiskImages::open_or_build(&dir, stream.files(), size);
+        stream = stream.with_disk(disk, &dir);
+    }
+    split.pixels = Pixels::Stream(std::sync::Arc::new(stream));
     split
+}
+
+/// Where `cache = "disk"` keeps decoded images: `$TLAB_IMAGE_CACHE_DIR`,
+/// default `~/.cache/tlab/images`.
+fn image_cache_dir() -> PathBuf {
+    std::env::var_os("TLAB_IMAGE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache/tlab/images")
+    })
 }
 
 /// `img` resized to `size × size` (bilinear), as RGB bytes.

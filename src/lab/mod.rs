@@ -728,7 +728,7 @@ impl Lab {
         let test = data.test.as_ref().map(|t| format!(" + {} test", t.len())).unwrap_or_default();
         let (verb, how) = match data.train.pixels.stream() {
             None => ("decoded", String::new()),
-            Some(_) => ("listed", streaming_note(self.recipe.data.cache)),
+            Some(s) => ("listed", streaming_note(self.recipe.data.cache, s)),
         };
         obs.event(train::Event::Log(format!(
             "{verb} {} train + {} valid{test} images of {} classes at {}px in {:.1}s ({} skipped){how}",
@@ -739,6 +739,9 @@ impl Lab {
             t.elapsed().as_secs_f64(),
             data.skipped.len()
         )));
+        if let Some(warning) = data.train.pixels.stream().and_then(|s| s.disk_warning()) {
+            obs.event(train::Event::Log(warning.to_string()));
+        }
         obs.event(train::Event::Log(format!(
             "images per class (train/valid{}): {}",
             if test.is_empty() { "" } else { "/test" },
@@ -802,7 +805,11 @@ fn leakage_warnings(data: &Dataset, obs: &mut dyn Observer) {
 }
 
 /// Why and how a run streams its images, for the load line of the log.
-fn streaming_note(cache: crate::recipe::ImageCache) -> String {
+fn streaming_note(cache: crate::recipe::ImageCache, stream: &crate::data::pixels::Stream) -> String {
+    if let Some(file) = stream.disk_path() {
+        let dir = file.parent().unwrap_or(file);
+        return format!("; reading them from the image cache in {} ([data] cache = \"disk\")", dir.display());
+    }
     let why = match cache {
         crate::recipe::ImageCache::None => "[data] cache = \"none\"".to_string(),
         _ => match crate::data::memory_budget() {

@@ -254,13 +254,16 @@ pub enum ImageCache {
     Auto,
     /// Always in memory: a set over the budget is an error.
     Memory,
+    /// Streamed from one file per split of images decoded once (kept for
+    /// later runs), instead of decoding them every epoch.
+    Disk,
     /// Always streamed, decoding every image each time a batch needs it.
     None,
 }
 
 impl ImageCache {
     /// The values in the schema's order.
-    pub(crate) const ALL: [ImageCache; 3] = [ImageCache::Auto, ImageCache::Memory, ImageCache::None];
+    pub(crate) const ALL: [ImageCache; 4] = [ImageCache::Auto, ImageCache::Memory, ImageCache::Disk, ImageCache::None];
 }
 
 impl DataConfig {

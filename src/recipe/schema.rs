@@ -276,8 +276,8 @@ table! {
         MAX_PER_CLASS max_per_class: OptInt { bounds: B::at_least(1), shown: "none" } => usize;
         /// Decoding threads.
         WORKERS workers: OptInt { bounds: B::at_least(1), shown: "all cores" } => usize;
-        /// `"auto"`, `"memory"` or `"none"`: where decoded images live.
-        CACHE cache: Choice3 { names: ["auto", "memory", "none"], default: "auto" } => &str;
+        /// `"auto"`, `"memory"`, `"disk"` or `"none"`: where decoded images live.
+        CACHE cache: Choice4 { names: ["auto", "memory", "disk", "none"], default: "auto" } => &str;
     }
 }
 

@@ -346,7 +346,7 @@ impl Disk<'_> {
             // Over the budget, `cache = "auto"` (the default) streams the
             // images from disk; only `"memory"` cannot run.
             let cache = data.get("cache").and_then(Item::as_str).unwrap_or("auto");
-            if bytes > budget && cache != "none" {
+            if bytes > budget && !matches!(cache, "none" | "disk") {
                 let item = data.get("image_size").unwrap_or(train_item);
                 let need = format!(
                     "{images} images at {size}×{size} need {} MiB decoded, over the memory budget of {} MiB ({source})",
