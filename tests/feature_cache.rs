@@ -74,7 +74,11 @@ fn augmented_views_are_cached_reused_and_equal_on_disk() {
     let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Disk, disk.clone()));
     assert!(logs.0.iter().any(|l| l.contains("streaming them to")), "{:?}", logs.0);
     assert_eq!((weights(&lab), lab.evaluation().ok().unwrap().metrics.accuracy), in_memory);
-    assert_eq!(std::fs::read_dir(&disk).unwrap().count(), 3, "valid + 2 views, no temp files");
+    let names: Vec<String> =
+        std::fs::read_dir(&disk).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".features")).count(), 3, "valid + 2 views: {names:?}");
+    // Beside each file only its lock (see train::cache), no temporary file.
+    assert!(names.iter().all(|n| n.ends_with(".features") || n.ends_with(".features.lock")), "{names:?}");
 
     // Another process (a fresh cache object) reuses the files.
     let (lab, logs) = run(&dir, FeatureCache::new(u64::MAX, Placement::Auto, disk));
