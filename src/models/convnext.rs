@@ -139,7 +139,7 @@ impl CnBlock {
         let y = self.norm.forward(&self.dwconv.forward(x)?)?;
         // The MLP acts on every position's channels: NHWC rows.
         let rows = y.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
-        let rows = self.fc2.forward(&self.fc1.forward(&rows)?.gelu_erf()?)?;
+        let rows = self.fc2.forward(&kernels::norm::gelu(&self.fc1.forward(&rows)?)?)?;
         let y = rows.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?;
         let scale = read(&self.layer_scale, !self.norm.frozen);
         Ok((self.drop.apply(y.broadcast_mul(&scale.unsqueeze(0)?)?, mode)? + x)?)
