@@ -371,27 +371,38 @@ pub(crate) fn scan(dir: &Path, skipped: &mut Vec<(PathBuf, String)>) -> Result<V
 
 fn decode_all(list: Vec<(PathBuf, usize)>, size: u32, skipped: &mut Vec<(PathBuf, String)>) -> Split {
     let _t = crate::util::profile::scope("decode images");
-    let decoded: Vec<(PathBuf, usize, std::result::Result<Vec<u8>, String>)> = list
+    let (mut split, pixels) = read_each(list, |path| decode(path, size), skipped);
+    split.pixels = Pixels::Memory(pixels);
+    split
+}
+
+/// `read` on every file in parallel: the split of those it read, with what
+/// it gave for each; the others skipped with the reason.
+fn read_each<T: Send>(
+    list: Vec<(PathBuf, usize)>,
+    read: impl Fn(&Path) -> std::result::Result<T, String> + Sync + Send,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> (Split, Vec<T>) {
+    let results: Vec<(PathBuf, usize, std::result::Result<T, String>)> = list
         .into_par_iter()
         .map(|(path, label)| {
-            let r = decode(&path, size);
+            let r = read(&path);
             (path, label, r)
         })
         .collect();
     let mut split = Split::default();
-    let mut pixels = Vec::with_capacity(decoded.len());
-    for (path, label, r) in decoded {
+    let mut values = Vec::with_capacity(results.len());
+    for (path, label, r) in results {
         match r {
-            Ok(px) => {
+            Ok(v) => {
                 split.paths.push(path);
                 split.labels.push(label);
-                pixels.push(px);
+                values.push(v);
             }
             Err(e) => skipped.push((path, e)),
         }
     }
-    split.pixels = Pixels::Memory(pixels);
-    split
+    (split, values)
 }
 
 /// The split's files, checked but not decoded: each file's header must
@@ -404,29 +415,14 @@ fn stream_all(
     cache: ImageCache,
     skipped: &mut Vec<(PathBuf, String)>,
 ) -> Split {
-    let checked: Vec<(PathBuf, usize, std::result::Result<pixels::File, String>)> = list
-        .into_par_iter()
-        .map(|(path, label)| {
-            let header = image::ImageReader::open(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
-                .and_then(|r| r.into_dimensions().map_err(|e| format!("cannot decode: {e}")));
-            let r = header.map(|_| pixels::File::stat(&path));
-            (path, label, r)
-        })
-        .collect();
-    let mut split = Split::default();
-    let mut files = Vec::with_capacity(checked.len());
-    for (path, label, r) in checked {
-        match r {
-            Ok(file) => {
-                split.paths.push(path);
-                split.labels.push(label);
-                files.push(file);
-            }
-            Err(e) => skipped.push((path, e)),
-        }
-    }
+    let header = |path: &Path| {
+        image::ImageReader::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+            .and_then(|r| r.into_dimensions().map_err(|e| format!("cannot decode: {e}")))
+            .map(|_| pixels::File::stat(path))
+    };
+    let (mut split, files) = read_each(list, header, skipped);
     let mut stream = pixels::Stream::new(files, size, size, budget);
     if cache == ImageCache::Disk {
         let dir = image_cache_dir();

@@ -448,8 +448,8 @@ fn write_file(
     batch: usize,
     compute: &mut dyn FnMut(std::ops::Range<usize>) -> Result<Tensor>,
 ) -> Result<Features> {
+    // `disk_entry` made the folder before taking the lock.
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tmp =
         dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     let result = (|| -> Result<()> {
