@@ -15,7 +15,6 @@
 //! is shown as a black image for that batch and named once in the log
 //! ([`Stream::new_failures`]); the epoch goes on.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,10 +35,10 @@ impl Default for Pixels {
 
 impl Pixels {
     /// Image `i`'s RGB bytes (`size × size × 3`), if there is an image `i`.
-    pub fn get(&self, i: usize) -> Option<Cow<'_, [u8]>> {
+    pub fn get(&self, i: usize) -> Option<Image<'_>> {
         match self {
-            Pixels::Memory(v) => v.get(i).map(|px| Cow::Borrowed(&px[..])),
-            Pixels::Stream(s) => (i < s.files.len()).then(|| Cow::Owned(s.get(i).to_vec())),
+            Pixels::Memory(v) => v.get(i).map(|px| Image::Borrowed(px)),
+            Pixels::Stream(s) => (i < s.files.len()).then(|| Image::Shared(s.get(i))),
         }
     }
 
@@ -59,6 +58,25 @@ impl Pixels {
         match self {
             Pixels::Memory(_) => None,
             Pixels::Stream(s) => Some(s),
+        }
+    }
+}
+
+/// One image's RGB bytes: borrowed from memory, or shared with the
+/// streaming cache (no copy either way).
+#[derive(Debug, Clone)]
+pub enum Image<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl std::ops::Deref for Image<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Image::Borrowed(px) => px,
+            Image::Shared(px) => px,
         }
     }
 }

@@ -18,7 +18,7 @@ pub const GAP: u32 = 2;
 /// Image `index` of `split` as an RGB image, or `None` if out of range or malformed.
 pub(crate) fn thumbnail(split: &Split, size: u32, index: usize) -> Option<RgbImage> {
     let px = split.pixels.get(index)?;
-    RgbImage::from_raw(size, size, px.into_owned())
+    RgbImage::from_raw(size, size, px.to_vec())
 }
 
 /// `n` training images spread over the whole split (hence over the classes,
