@@ -240,7 +240,7 @@ mod tests {
         // Every block frozen (BatchNorm folded), as a run's model is after a
         // head-only recipe: gradients must still reach the chosen block.
         model.freeze(16, false).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 3, 96, 96), &candle_core::Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (1, 3, 96, 96)).unwrap();
         let map = grad_cam(&model, &x, 1, None).unwrap();
         assert_eq!((map.width, map.height), (4, 4));
         let last = grad_cam(&model, &x, 1, Some(16)).unwrap();
@@ -257,7 +257,7 @@ mod tests {
         let head = crate::models::Head::new(&cfg, backbone.feature_channels(), 3, 0).unwrap();
         let mut model = Classifier::new(backbone, head);
         model.freeze(14, false).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &candle_core::Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (1, 3, 64, 64)).unwrap();
         // The default: the 4 × 4 patch grid out of blocks.10, which the last
         // block's attention reads, so the map has evidence somewhere.
         let map = grad_cam(&model, &x, 1, None).unwrap();

@@ -76,13 +76,13 @@ pub fn self_attention(qkv: &Tensor, heads: usize, scale: f32) -> Result<Tensor> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
+    use candle_core::D;
 
     #[test]
     fn attention_equals_the_generic_ops() {
         let (n, t, heads, hd) = (3, 7, 2, 5);
         let d = heads * hd;
-        let qkv = Tensor::randn(0f32, 1.0, (n, t, 3 * d), &Device::Cpu).unwrap();
+        let qkv = crate::kernels::testing::randn(0f32, 1.0, (n, t, 3 * d)).unwrap();
         let scale = 1.0 / (hd as f32).sqrt();
         let parts = qkv.reshape((n, t, 3, heads, hd)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
         let part = |i: usize| parts.get(i).unwrap().contiguous().unwrap();

@@ -506,7 +506,7 @@ pub(crate) fn batch_norm_train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -529,14 +529,14 @@ mod tests {
 
     #[test]
     fn matches_broadcast_reference_with_gradients() {
-        let dev = Device::Cpu;
         // No activation, ReLU and ReLU6 fused in; the reference clamps after.
         for (lo, hi) in [(f32::NEG_INFINITY, f32::INFINITY), (0.0, f32::INFINITY), (0.0, 6.0)] {
             for &(n, c, h, w) in &[(4, 3, 5, 5), (2, 6, 3, 4), (8, 2, 1, 1)] {
                 let x =
-                    Var::from_tensor(&(Tensor::randn(0f32, 2., (n, c, h, w), &dev).unwrap() + 1.0).unwrap()).unwrap();
-                let g = Var::from_tensor(&Tensor::randn(1f32, 3.0, c, &dev).unwrap()).unwrap();
-                let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, c, &dev).unwrap()).unwrap();
+                    Var::from_tensor(&(crate::kernels::testing::randn(0f32, 2., (n, c, h, w)).unwrap() + 1.0).unwrap())
+                        .unwrap();
+                let g = Var::from_tensor(&crate::kernels::testing::randn(1f32, 3.0, c).unwrap()).unwrap();
+                let b = Var::from_tensor(&crate::kernels::testing::randn(0f32, 0.3, c).unwrap()).unwrap();
                 let (ours, _, _) =
                     batch_norm_train(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5, (lo, hi)).unwrap();
                 let theirs = reference(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
@@ -546,7 +546,7 @@ mod tests {
                     _ => crate::kernels::elementwise::relu6(&theirs).unwrap(),
                 };
                 assert!(max_diff(&ours, &theirs) < 1e-4);
-                let r = Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap();
+                let r = crate::kernels::testing::randn(0f32, 1., (n, c, h, w)).unwrap();
                 let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 for v in [&x, &g, &b] {

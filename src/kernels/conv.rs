@@ -811,10 +811,9 @@ mod tests {
 
     #[allow(clippy::too_many_arguments)]
     fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, pad: Padding) {
-        let dev = Device::Cpu;
         let what = format!("n{n} {cin}->{cout} {h}x{w} k{kh}x{kw} s{stride} {pad:?}");
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, cin, h, w), &dev).unwrap()).unwrap();
-        let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (cout, cin, kh, kw), &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (n, cin, h, w)).unwrap()).unwrap();
+        let wt = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (cout, cin, kh, kw)).unwrap()).unwrap();
         let geo = ConvGeometry { stride, pad };
         let ours = conv2d_gemm(x.as_tensor(), wt.as_tensor(), geo).unwrap();
         let theirs = reference(x.as_tensor(), wt.as_tensor(), geo);
@@ -823,7 +822,7 @@ mod tests {
         assert!(d < 1e-4, "{what}: forward differs by {d}");
 
         // The same upstream gradient through both: loss = sum(y * r).
-        let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+        let r = crate::kernels::testing::randn(0f32, 1., ours.dims()).unwrap();
         let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for (v, name) in [(&x, "x"), (&wt, "w")] {
@@ -912,9 +911,8 @@ mod tests {
 
     #[test]
     fn grouping_is_deterministic() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (11, 6, 4, 4), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (5, 6, 3, 3), &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (11, 6, 4, 4)).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (5, 6, 3, 3)).unwrap()).unwrap();
         let geo = ConvGeometry { stride: 1, pad: Padding::same(1) };
         let run = || {
             let y = conv2d_gemm(x.as_tensor(), w.as_tensor(), geo).unwrap();
@@ -930,9 +928,8 @@ mod tests {
 
     #[test]
     fn only_the_weight_gradient_when_the_input_is_frozen() {
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (2, 3, 6, 6), &dev).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 3, 3, 3), &dev).unwrap()).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1., (2, 3, 6, 6)).unwrap();
+        let w = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (4, 3, 3, 3)).unwrap()).unwrap();
         let geo = ConvGeometry { stride: 1, pad: Padding::same(1) };
         let y = conv2d_gemm(&x, w.as_tensor(), geo).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();

@@ -720,7 +720,6 @@ mod tests {
 
     #[test]
     fn matches_candle_conv2d_forward_and_gradients() {
-        let dev = Device::Cpu;
         for &(n, c, h, w, k, stride, pad) in &[
             (2, 3, 7, 9, 3, 1, 1),
             (1, 4, 8, 8, 3, 2, 1),
@@ -748,8 +747,8 @@ mod tests {
             (1, 2, 6, 50, 5, 2, 2),
             (1, 2, 5, 37, 3, 1, 1),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (n, c, h, w), &dev).unwrap()).unwrap();
-            let wt = Var::from_tensor(&Tensor::randn(0f32, 1., (c, 1, k, k), &dev).unwrap()).unwrap();
+            let x = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (n, c, h, w)).unwrap()).unwrap();
+            let wt = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (c, 1, k, k)).unwrap()).unwrap();
             let geo = DwGeometry { stride, pad_top: pad, pad_left: pad, pad_bottom: pad, pad_right: pad };
             let ours = depthwise_conv2d(x.as_tensor(), wt.as_tensor(), geo).unwrap();
             let theirs = reference(x.as_tensor(), wt.as_tensor(), stride, pad);
@@ -757,7 +756,7 @@ mod tests {
             assert!(max_diff(&ours, &theirs) < 1e-4, "forward {n} {c} {h} {w} k{k} s{stride} p{pad}");
 
             // Same upstream gradient through both: loss = sum(out * r).
-            let r = Tensor::randn(0f32, 1., ours.dims(), &dev).unwrap();
+            let r = crate::kernels::testing::randn(0f32, 1., ours.dims()).unwrap();
             let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
             for v in [&x, &wt] {
@@ -771,9 +770,8 @@ mod tests {
     #[test]
     fn asymmetric_same_padding() {
         // TF SAME for a stride-2 3×3 on an even size pads 0 before and 1 after.
-        let dev = Device::Cpu;
-        let x = Tensor::randn(0f32, 1., (1, 2, 6, 6), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1., (2, 1, 3, 3), &dev).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1., (1, 2, 6, 6)).unwrap();
+        let w = crate::kernels::testing::randn(0f32, 1., (2, 1, 3, 3)).unwrap();
         let geo = DwGeometry { stride: 2, pad_top: 0, pad_left: 0, pad_bottom: 1, pad_right: 1 };
         let ours = depthwise_conv2d(&x, &w, geo).unwrap();
         let padded = x.pad_with_zeros(2, 0, 1).unwrap().pad_with_zeros(3, 0, 1).unwrap();

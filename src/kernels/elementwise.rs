@@ -113,9 +113,8 @@ mod tests {
 
     #[test]
     fn bias_clamp_matches_the_plain_ops() {
-        let dev = candle_core::Device::Cpu;
-        let y = Tensor::randn(0f32, 3., (2, 3, 4, 5), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1., 3, &dev).unwrap();
+        let y = crate::kernels::testing::randn(0f32, 3., (2, 3, 4, 5)).unwrap();
+        let b = crate::kernels::testing::randn(0f32, 1., 3).unwrap();
         let expected = y.broadcast_add(&b.reshape((1, 3, 1, 1)).unwrap()).unwrap().clamp(0f32, 6f32).unwrap();
         let ours = bias_clamp(y.copy().unwrap(), &b, 0.0, 6.0).unwrap();
         let d = (ours - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();

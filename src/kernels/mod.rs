@@ -111,6 +111,8 @@ pub mod elementwise;
 mod gemm;
 pub mod maxpool;
 pub mod norm;
+#[cfg(test)]
+pub(crate) mod testing;
 mod winograd;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -552,7 +554,6 @@ mod tests {
 
     #[test]
     fn fused_bias_clamp_equals_the_separate_ops() {
-        let dev = Device::Cpu;
         // (n, cin, cout, size, kernel, stride, pad, groups): 3×3 with
         // im2col, 1×1 direct (in one GEMM, and in column blocks of 64, 64
         // and 16), small maps through the grouped GEMM path, depthwise
@@ -566,9 +567,9 @@ mod tests {
             (3, 32, 32, 4, 3, 1, Padding::same(1), 32),
         ];
         for (n, cin, cout, size, k, stride, pad, groups) in cases {
-            let x = Tensor::randn(0f32, 1., (n, cin, size, size), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1., (cout, cin / groups, k, k), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1., (1, cout, 1, 1), &dev).unwrap();
+            let x = crate::kernels::testing::randn(0f32, 1., (n, cin, size, size)).unwrap();
+            let w = crate::kernels::testing::randn(0f32, 1., (cout, cin / groups, k, k)).unwrap();
+            let b = crate::kernels::testing::randn(0f32, 1., (1, cout, 1, 1)).unwrap();
             for (lo, hi) in [(0.0, 6.0), (f32::NEG_INFINITY, f32::INFINITY)] {
                 let fused = conv2d_bias_clamp(&x, &w, &b, stride, pad, groups, lo, hi).unwrap();
                 let plain = conv2d(&x, &w, stride, pad, groups).unwrap().broadcast_add(&b).unwrap();
@@ -626,9 +627,8 @@ mod tests {
 
     #[test]
     fn pointwise_matches_candle_with_gradients() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 5, 4, 6), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (7, 5, 1, 1), &dev).unwrap()).unwrap();
+        let x = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (3, 5, 4, 6)).unwrap()).unwrap();
+        let w = Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., (7, 5, 1, 1)).unwrap()).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), 1, Padding::default(), 1).unwrap();
         let theirs = x.as_tensor().conv2d(w.as_tensor(), 0, 1, 1, 1).unwrap();
         let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

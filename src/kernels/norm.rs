@@ -258,7 +258,6 @@ pub(crate) fn scale_planes(x: &Tensor, s: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -266,9 +265,9 @@ mod tests {
 
     #[test]
     fn the_channel_norm_equals_the_generic_ops() {
-        let x = Tensor::randn(0.5f32, 2.0, (3, 7, 5, 6), &Device::Cpu).unwrap();
-        let w = Tensor::randn(1f32, 0.3, 7, &Device::Cpu).unwrap();
-        let b = Tensor::randn(0f32, 0.3, 7, &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0.5f32, 2.0, (3, 7, 5, 6)).unwrap();
+        let w = crate::kernels::testing::randn(1f32, 0.3, 7).unwrap();
+        let b = crate::kernels::testing::randn(0f32, 0.3, 7).unwrap();
         let centred = x.broadcast_sub(&x.mean_keepdim(1).unwrap()).unwrap();
         let var = centred.sqr().unwrap().mean_keepdim(1).unwrap();
         let want = centred
@@ -283,9 +282,9 @@ mod tests {
 
     #[test]
     fn silu_and_plane_scaling_equal_candles_ops() {
-        let x = Tensor::randn(0f32, 3.0, (2, 5, 40, 50), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 3.0, (2, 5, 40, 50)).unwrap();
         assert!(max_diff(&silu(&x).unwrap(), &x.silu().unwrap()) < 1e-5);
-        let s = Tensor::randn(0f32, 1.0, (2, 5, 1, 1), &Device::Cpu).unwrap();
+        let s = crate::kernels::testing::randn(0f32, 1.0, (2, 5, 1, 1)).unwrap();
         assert_eq!(max_diff(&scale_planes(&x, &s).unwrap(), &x.broadcast_mul(&s).unwrap()), 0.0);
     }
 
@@ -294,8 +293,8 @@ mod tests {
     #[test]
     fn fused_activation_gradients_equal_candles() {
         use candle_core::Var;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 2.5, (3, 4, 30, 20), &Device::Cpu).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (3, 4, 30, 20), &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&crate::kernels::testing::randn(0f32, 2.5, (3, 4, 30, 20)).unwrap()).unwrap();
+        let w = crate::kernels::testing::randn(0f32, 1.0, (3, 4, 30, 20)).unwrap();
         type Act = fn(&Tensor) -> Result<Tensor>;
         let cases: [(Act, Act); 2] = [(gelu, |t| t.gelu_erf()), (silu, |t| t.silu())];
         for (fused, generic) in cases {
@@ -327,7 +326,7 @@ mod tests {
 
     #[test]
     fn gelu_equals_candles_exact_gelu() {
-        let x = Tensor::randn(0f32, 3.0, 40_000, &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 3.0, 40_000).unwrap();
         assert!(max_diff(&gelu(&x).unwrap(), &x.gelu_erf().unwrap()) < 3e-6);
     }
 }

@@ -411,13 +411,12 @@ impl Backbone for ConvNeXt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn the_channel_norm_normalises_each_position_over_its_channels() {
         let mut p = ParamLoader::random(0);
         let norm = ChannelNorm::load(&mut p, "n", 5).unwrap();
-        let x = Tensor::randn(0f32, 3.0, (2, 5, 3, 4), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 3.0, (2, 5, 3, 4)).unwrap();
         let y = norm.forward(&x).unwrap();
         let mean = y.mean_keepdim(1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let var = y.sqr().unwrap().mean_keepdim(1).unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -431,7 +430,7 @@ mod tests {
         for b in 0..8 {
             net.set_block_freeze(b, Freeze { frozen: b < 5, train_bn: false }).unwrap();
         }
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (2, 3, 32, 32)).unwrap();
         let y = net.forward_blocks(&x, 0..8, Mode::train(0)).unwrap();
         assert_eq!(y.dims(), [2, 768, 1, 1]);
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();

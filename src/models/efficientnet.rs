@@ -354,7 +354,6 @@ impl Backbone for EfficientNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn widths_and_depths_scale_as_torchvision_does() {
@@ -372,7 +371,7 @@ mod tests {
             for b in 0..n {
                 net.set_block_freeze(b, Freeze { frozen: b + 2 < n, train_bn: false }).unwrap();
             }
-            let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+            let x = crate::kernels::testing::randn(0f32, 1.0, (2, 3, 32, 32)).unwrap();
             let y = net.forward_blocks(&x, 0..n, Mode::train(0)).unwrap();
             assert_eq!(y.dim(1).unwrap(), net.feature_channels(), "{}", variant.arch);
             let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();

@@ -424,11 +424,11 @@ impl Backbone for InceptionV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::DType;
 
     #[test]
     fn the_padded_average_counts_the_padding_as_pytorch_does() {
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 6), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (2, 3, 5, 6)).unwrap();
         let ours = avg_pool_3x3_same(&x).unwrap();
         let padded = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
         let candle = padded.avg_pool2d_with_stride(3, 1).unwrap();
@@ -445,7 +445,7 @@ mod tests {
             net.set_block_freeze(b, Freeze { frozen: false, train_bn: false }).unwrap();
         }
         // 75 px is torchvision's minimum: the last map is 1 × 1.
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 75, 75), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (2, 3, 75, 75)).unwrap();
         let y = net.forward_blocks(&x, 0..16, Mode::train(0)).unwrap();
         assert_eq!(y.dims(), [2, 2048, 1, 1]);
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();

@@ -794,7 +794,7 @@ mod tests {
         // Give BN non-trivial statistics.
         layer.bn.running_mean.set(&Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 0.5, -1.0], &Device::Cpu).unwrap()).unwrap();
         layer.bn.running_var.set(&Tensor::new(&[1.5f32, 0.2, 0.9, 2.0, 0.7, 1.1], &Device::Cpu).unwrap()).unwrap();
-        let x = Tensor::randn(0f32, 1., (2, 4, 9, 9), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1., (2, 4, 9, 9)).unwrap();
         let eval = layer.forward(&x, Mode::EVAL).unwrap();
         layer.set_freeze(Freeze { frozen: true, train_bn: false }).unwrap();
         let folded = layer.forward(&x, Mode::train(0)).unwrap();
@@ -823,7 +823,7 @@ mod tests {
     fn train_mode_bn_updates_running_stats() {
         let mut p = ParamLoader::random(1);
         let bn = BatchNorm::load(&mut p, "bn", 3, 1e-5).unwrap();
-        let x = (Tensor::randn(0f32, 1., (4, 3, 5, 5), &Device::Cpu).unwrap() + 2.0).unwrap();
+        let x = (crate::kernels::testing::randn(0f32, 1., (4, 3, 5, 5)).unwrap() + 2.0).unwrap();
         let y = bn.forward(&x, true, true).unwrap();
         let mean = y.mean_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(mean.abs() < 1e-4);

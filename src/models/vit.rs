@@ -721,7 +721,7 @@ mod tests {
         for b in 0..names.len() {
             net.set_block_freeze(b, Freeze { frozen: b < 12, train_bn: false }).unwrap();
         }
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (2, 3, 32, 32)).unwrap();
         let tokens = net.forward_blocks(&x, 0..12, Mode::train(0)).unwrap();
         assert_eq!(tokens.dims(), [2, 5, 384]);
         assert_eq!(net.spatial_map(&tokens).unwrap().unwrap().dims(), [2, 384, 2, 2]);
@@ -737,7 +737,7 @@ mod tests {
     #[test]
     fn drop_path_changes_training_passes_only() {
         let mut net = Vit::load("deit_small_patch16_224", &mut ParamLoader::random(3), false).unwrap().unwrap();
-        let x = Tensor::randn(0f32, 1.0, (8, 3, 32, 32), &Device::Cpu).unwrap();
+        let x = crate::kernels::testing::randn(0f32, 1.0, (8, 3, 32, 32)).unwrap();
         let run = |net: &Vit, mode| net.forward_blocks(&x, 0..14, mode).unwrap().flatten_all().unwrap();
         let (eval, plain) = (run(&net, Mode::EVAL), run(&net, Mode::train(5)));
         net.set_drop_path(0.5);

@@ -361,9 +361,8 @@ mod tests {
 
     #[test]
     fn the_in_place_ema_update_gives_the_tensor_expressions_values() {
-        let dev = Device::Cpu;
-        let shadow = Tensor::randn(0f32, 1., (7, 33), &dev).unwrap();
-        let weight = Tensor::randn(0f32, 1., (7, 33), &dev).unwrap();
+        let shadow = crate::kernels::testing::randn(0f32, 1., (7, 33)).unwrap();
+        let weight = crate::kernels::testing::randn(0f32, 1., (7, 33)).unwrap();
         let d = 0.9f64;
         let want = ((&shadow * d).unwrap() + (&weight * (1.0 - d)).unwrap()).unwrap();
         let updated = shadow.copy().unwrap();

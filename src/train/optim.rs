@@ -298,7 +298,6 @@ impl InplaceOp2 for FusedStep<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn config(extra: &str) -> OptimizerParams {
         crate::recipe::fine_tune_for_test(extra).optimizer
@@ -347,7 +346,6 @@ mod tests {
 
     #[test]
     fn fused_step_matches_the_tensor_formulas() {
-        let dev = Device::Cpu;
         for extra in [
             "optimizer = \"sgd\"\nmomentum = 0.0\nweight_decay = 0.01",
             "optimizer = \"sgd\"\nmomentum = 0.9",
@@ -360,8 +358,10 @@ mod tests {
             let cfg = config(extra);
             // Sizes below and above one parallel chunk, and a ragged last chunk.
             let shapes: [&[usize]; 3] = [&[7], &[3, 5, 2, 2], &[CHUNK * 2 + 123]];
-            let vars: Vec<Var> =
-                shapes.iter().map(|s| Var::from_tensor(&Tensor::randn(0f32, 1., *s, &dev).unwrap()).unwrap()).collect();
+            let vars: Vec<Var> = shapes
+                .iter()
+                .map(|s| Var::from_tensor(&crate::kernels::testing::randn(0f32, 1., *s).unwrap()).unwrap())
+                .collect();
             let mut expected: Vec<(Tensor, Option<Tensor>, Option<Tensor>)> =
                 vars.iter().map(|v| (v.as_tensor().copy().unwrap(), None, None)).collect();
             let mut opt = Optimizer::new(vars.clone(), &cfg);
@@ -369,7 +369,7 @@ mod tests {
                 let lr = 0.01 / t as f64;
                 // Gradients from a real backward pass, so the GradStore is the genuine article.
                 let targets: Vec<Tensor> =
-                    vars.iter().map(|v| Tensor::randn(0f32, 1., v.shape(), &dev).unwrap()).collect();
+                    vars.iter().map(|v| crate::kernels::testing::randn(0f32, 1., v.shape()).unwrap()).collect();
                 let loss = vars
                     .iter()
                     .zip(&targets)
