@@ -85,31 +85,49 @@ fn a_killed_tune_resumes_without_running_a_trial_twice() {
     child.wait().unwrap();
     assert_eq!(rows(&out).len(), 1, "one finished trial before the kill");
     let first = std::fs::read(out.join("trials/t001-r0/status.json")).unwrap();
+    // The recipe as written ran first, at full epochs, on the same inner split.
+    let recipe_run = std::fs::read(out.join("trials/recipe/status.json")).unwrap();
+    assert!(out.join("baseline.json").is_file());
 
     let resumed = tlab().args(["tune", "--resume", out.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&resumed.stdout);
     assert!(resumed.status.success(), "{text}{}", String::from_utf8_lossy(&resumed.stderr));
     assert!(text.contains("t001 rung 0") && text.contains("(done before)"), "{text}");
     assert_eq!(text.matches("(done before)").count(), 1, "{text}");
-    // The finished trial was not run again: its run directory is untouched.
+    assert!(text.contains("the recipe as written (all the epochs): inner accuracy"), "{text}");
+    // Neither the finished trial nor the recipe as written ran again: their
+    // run directories are untouched.
     assert_eq!(std::fs::read(out.join("trials/t001-r0/status.json")).unwrap(), first);
+    assert_eq!(std::fs::read(out.join("trials/recipe/status.json")).unwrap(), recipe_run);
     // Three trials at rung 0, the best one at rung 1: four rows, none twice.
     let all = rows(&out);
     let mut keys: Vec<String> = all.iter().map(|r| r.split(',').take(2).collect::<Vec<_>>().join(",")).collect();
     keys.sort();
     keys.dedup();
     assert_eq!((all.len(), keys.len()), (4, 4), "{all:?}");
-    // best.toml is a recipe that passes `tlab check`, with the winner's values.
+    // best.toml is a recipe that passes `tlab check`: the winner's values
+    // when the winner beat the recipe as written beyond chance, else the
+    // recipe as written, and its header and tune.md say which and why.
     let best = out.join("best.toml");
     let check = tlab().args(["check", best.to_str().unwrap()]).output().unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert!(std::fs::read_to_string(&best).unwrap().contains("# tuned (was 0.001)"));
+    let best_text = std::fs::read_to_string(&best).unwrap();
+    let md = std::fs::read_to_string(out.join("tune.md")).unwrap();
+    assert!(text.contains("against the recipe as written on the inner split:"), "{text}");
+    if best_text.contains("beyond chance") {
+        assert!(best_text.contains("# tuned (was 0.001)"), "{best_text}");
+        assert!(md.contains("trained on all the training data") && md.contains("'s values"), "{md}");
+    } else {
+        assert!(best_text.contains("best.toml keeps the recipe as written"), "{best_text}");
+        assert!(!best_text.contains("# tuned"), "{best_text}");
+        assert!(md.contains("`best.toml` (the recipe as written)"), "{md}");
+    }
     for f in ["tune.md", "scores.png", "trials.png", "final/metrics.json", "final/report.html"] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // Every trial is a run directory `tlab runs` lists.
     let runs = tlab().args(["runs", out.join("trials").to_str().unwrap()]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&runs.stdout).matches("complete").count(), 4);
+    assert_eq!(String::from_utf8_lossy(&runs.stdout).matches("complete").count(), 5);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -132,9 +150,9 @@ fn the_search_never_reads_valid() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
-    // Both trials scored on the inner split ...
+    // Both trials and the recipe as written scored on the inner split ...
     assert_eq!(rows(&out).len(), 2, "{stderr}");
-    for t in ["t001-r0", "t002-r0"] {
+    for t in ["recipe", "t001-r0", "t002-r0"] {
         let text = std::fs::read_to_string(out.join("trials").join(t).join("recipe.toml")).unwrap();
         assert!(!text.contains(valid.to_str().unwrap()), "a trial names valid:\n{text}");
     }

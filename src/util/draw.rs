@@ -64,6 +64,14 @@ pub(crate) fn dashed_vline(img: &mut RgbImage, x: i64, y0: i64, y1: i64, c: Rgb<
     }
 }
 
+/// A horizontal dashed line.
+pub(crate) fn dashed_hline(img: &mut RgbImage, y: i64, x0: i64, x1: i64, c: Rgb<u8>) {
+    for x in (x0..=x1).filter(|x| (x - x0) % 8 < 5) {
+        put(img, x, y, c);
+        put(img, x, y + 1, c);
+    }
+}
+
 /// DejaVu Sans (Bitstream Vera licence; see assets/fonts/NOTICE.md),
 /// embedded so pictures look the same on every machine, offline.
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");

@@ -1,6 +1,7 @@
 //! The tune's pictures: `scores.png` (the inner-split score against each
 //! searched key, one panel per key, a dot per trial and rung) and
 //! `trials.png` (each trial's score rung by rung: who was stopped early).
+//! Both draw the recipe as written as a dashed line: the score to beat.
 
 use image::{Rgb, RgbImage};
 
@@ -20,10 +21,12 @@ fn rung_colour(rung: usize, rungs: usize) -> Rgb<u8> {
     RUNG[(RUNG.len() - rungs.min(RUNG.len()) + rung).min(RUNG.len() - 1)]
 }
 
-/// The y axis shared by both pictures: the scores' range, padded.
+/// The y axis shared by both pictures: the scores' range (the recipe as
+/// written's included), padded.
 fn score_axes(o: &Outcome, x: i64, y: i64, w: i64, h: i64, points: usize) -> Axes {
-    let lo = o.rows.iter().map(|r| r.score).fold(f64::INFINITY, f64::min);
-    let hi = o.rows.iter().map(|r| r.score).fold(f64::NEG_INFINITY, f64::max);
+    let scores = || o.rows.iter().map(|r| r.score).chain(o.baseline.map(|b| b.score));
+    let lo = scores().fold(f64::INFINITY, f64::min);
+    let hi = scores().fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi, step) = draw::nice_ticks((lo - 0.02).max(0.0), (hi + 0.02).min(1.0), 4);
     Axes { x, y, w, h, lo, hi, step, points }
 }
@@ -42,6 +45,7 @@ pub(crate) fn scores_chart(o: &Outcome, space: &Space) -> RgbImage {
         let (px, py) = (90 + (k as i64 % cols) * cell_w, 100 + (k as i64 / cols) * cell_h);
         let axes = score_axes(o, px, py, PANEL_W, PANEL_H, 2);
         axes.draw_frame(&mut img, &draw::fit(&p.name, SCALE, PANEL_W), py - 26, SCALE);
+        baseline_line(&mut img, o, &axes);
         let (ticks, to_x) = x_scale(&p.domain);
         for (v, label) in ticks {
             let x = px + (to_x(v) * (PANEL_W - 1) as f64) as i64;
@@ -63,9 +67,10 @@ pub(crate) fn scores_chart(o: &Outcome, space: &Space) -> RgbImage {
 /// `trials.png`.
 pub(crate) fn trials_chart(o: &Outcome, rungs: usize) -> RgbImage {
     let (w, h) = (PANEL_W + 200, PANEL_H + 60);
-    let mut img = RgbImage::from_pixel((w + 140) as u32, (h + 130) as u32, WHITE);
+    let mut img = RgbImage::from_pixel((w + 140) as u32, (h + 150) as u32, WHITE);
     let axes = score_axes(o, 90, 60, w, h, rungs);
     axes.draw_frame(&mut img, "inner-split accuracy of each trial, rung by rung", 16, SCALE);
+    baseline_line(&mut img, o, &axes);
     for k in 0..rungs {
         let label = format!("rung {k}");
         draw::text(&mut img, axes.x_of(k) - draw::text_width(&label, SCALE) / 2, 60 + h + 6, &label, SCALE, DARK_GREY);
@@ -90,7 +95,17 @@ pub(crate) fn trials_chart(o: &Outcome, rungs: usize) -> RgbImage {
         axes.series(&mut img, &values, ORANGE);
         draw::text(&mut img, 90, 60 + h + 34, &format!("orange: the best, trial {}", t + 1), SCALE, BLACK);
     }
+    if o.baseline.is_some() {
+        draw::text(&mut img, 90, 60 + h + 58, "dashed: the recipe as written, all its epochs", SCALE, BLACK);
+    }
     img
+}
+
+/// The recipe as written's inner score across a panel, dashed.
+fn baseline_line(img: &mut RgbImage, o: &Outcome, axes: &Axes) {
+    if let Some(b) = o.baseline {
+        draw::dashed_hline(img, axes.y_of(b.score), axes.x, axes.x + axes.w - 1, DARK_GREY);
+    }
 }
 
 fn legend(img: &mut RgbImage, x: i64, y: i64, rungs: usize) {
@@ -103,6 +118,9 @@ fn legend(img: &mut RgbImage, x: i64, y: i64, rungs: usize) {
     }
     ring(img, at + 6, y + 10, ORANGE);
     draw::text(img, at + 18, y, "best", SCALE, BLACK);
+    at += 60 + draw::text_width("best", SCALE);
+    draw::dashed_hline(img, y + 9, at, at + 24, DARK_GREY);
+    draw::text(img, at + 32, y, "the recipe as written", SCALE, BLACK);
 }
 
 fn ring(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {

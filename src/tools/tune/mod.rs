@@ -13,6 +13,10 @@
 //!   the recipe's own epochs. Brackets repeat until the budget or the trial
 //!   count is spent. The first trials are drawn at random, later ones by
 //!   TPE ([`sampler`]).
+//! - **Against the recipe as written.** The recipe itself is trained on the
+//!   same inner split at full epochs first, and `best.toml` takes the best
+//!   trial's values only when that trial beats it on the same images beyond
+//!   chance ([`baseline`]); otherwise it keeps the recipe as written.
 //! - **Every trial is a run directory** (`trials/t003-r1/`, made by the same
 //!   [`RunRecorder`](crate::run::recorder::RunRecorder) as `tlab run`'s), and trials hand the frozen-feature
 //!   cache on, so trials that share a frozen prefix and image size compute
@@ -21,6 +25,7 @@
 //!   (written atomically); `tlab tune --resume DIR` replays the seeded search,
 //!   taking finished rows from the file instead of training them again.
 
+pub mod baseline;
 mod charts;
 pub mod sampler;
 pub mod space;
@@ -37,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::lab::Lab;
 use crate::recipe::{self, StepKind};
 use crate::run::files;
+use baseline::{Baseline, Comparison};
 use sampler::Sampler;
 use space::{Coord, Space, Target};
 
@@ -84,6 +90,10 @@ pub struct Outcome {
     pub keys: Vec<String>,
     /// The winning trial and its inner-split score at its highest rung.
     pub best: Option<(usize, f64)>,
+    /// The recipe as written, scored on the inner split at full epochs.
+    pub baseline: Option<Baseline>,
+    /// The best trial against the recipe as written, image by image.
+    pub comparison: Option<Comparison>,
     /// `best.toml`'s accuracy on `valid`, trained on all the training data.
     pub final_accuracy: Option<f64>,
     /// Interrupted (Ctrl-C): `--resume` continues.
@@ -94,6 +104,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The trial whose values `best.toml` holds: the best one, when it beat
+    /// the recipe as written beyond chance (or `against_recipe = false`);
+    /// `None` keeps the recipe as written.
+    pub fn chosen(&self) -> Option<usize> {
+        match self.space.settings.against_recipe {
+            true => self.comparison.filter(Comparison::convincing).map(|c| c.trial),
+            false => self.best.map(|(trial, _)| trial),
+        }
+    }
+
     /// The leaderboard as Markdown (tune.md's table and verdict).
     pub(crate) fn to_markdown(&self) -> String {
         summary_markdown(self)
@@ -185,6 +205,7 @@ struct Tune<'a> {
     points: Vec<Vec<Coord>>,
     /// Seconds spent in trials, earlier processes' included.
     spent: f64,
+    baseline: Option<Baseline>,
     features: crate::train::cache::FeatureCache,
     cancel: Arc<AtomicBool>,
     say: &'a mut dyn FnMut(Progress),
@@ -205,9 +226,10 @@ pub fn run(
     let keys = tune.space.params.iter().map(|p| p.name.clone()).collect();
     (tune.say)(Progress::Started { keys, dir: dir.to_path_buf() });
     tune.write_inner_split()?;
-    let interrupted = !tune.search()?;
+    let interrupted = !(tune.run_baseline()? && tune.search()?);
     let mut outcome = tune.outcome(interrupted);
     if !interrupted {
+        outcome.comparison = tune.comparison(&outcome)?;
         outcome.final_accuracy = tune.final_run(&outcome)?;
     }
     tune.write_summary(&outcome)?;
@@ -258,7 +280,12 @@ impl<'a> Tune<'a> {
         let json = serde_json::to_string_pretty(&record).map_err(|source| Error::Json { what: "tune.json", source })?;
         crate::fs::atomic_write(&dir.join("tune.json"), json.as_bytes())?;
         let done = if resume { read_rows(&dir.join("tune.csv"))? } else { HashMap::new() };
-        let spent = done.values().map(|r| r.seconds).sum();
+        let baseline_file = dir.join("baseline.json");
+        let baseline: Option<Baseline> = match resume && baseline_file.exists() {
+            true => Some(read_json(&baseline_file)?),
+            false => None,
+        };
+        let spent = done.values().map(|r| r.seconds).sum::<f64>() + baseline.map_or(0.0, |b| b.seconds);
         Ok(Tune {
             dir: dir.to_path_buf(),
             recipe_path,
@@ -271,6 +298,7 @@ impl<'a> Tune<'a> {
             done,
             points: Vec::new(),
             spent,
+            baseline,
             features: crate::train::cache::FeatureCache::from_env(),
             cancel,
             say,
@@ -377,30 +405,9 @@ impl<'a> Tune<'a> {
             (self.say)(Progress::Row(row));
             return Ok(true);
         }
-        let name = format!("t{:03}-r{rung}", trial + 1);
-        let run_dir = self.dir.join("trials").join(&name);
-        // A trial cut short by a crash starts again from scratch.
-        let _ = std::fs::remove_dir_all(&run_dir);
-        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-        let text = self.trial_text(trial, rung, &run_dir)?;
-        let path = run_dir.join("recipe.toml");
-        crate::fs::atomic_write(&path, text.as_bytes())?;
-        let recipe = recipe::parse(&text, &path)?;
-        let started = Instant::now();
-        let mut lab = Lab::new(recipe.clone());
-        lab.set_feature_cache(std::mem::take(&mut self.features));
-        lab.record_to(&run_dir)?;
-        let outcome = lab.run_rest(&mut Quiet(&self.cancel));
-        self.features = lab.take_feature_cache();
-        let cancelled = self.cancel.load(Ordering::Relaxed);
-        lab.save_run(&run_dir)?;
-        if cancelled {
-            return Ok(false);
-        }
-        outcome?;
-        let score = lab.evaluation()?.metrics.accuracy;
-        let seconds = started.elapsed().as_secs_f64();
-        self.spent += seconds;
+        let run_dir = self.trial_dir(trial, rung);
+        let doc = self.with_values(trial)?;
+        let Some((score, seconds)) = self.train(doc, rung, &run_dir)? else { return Ok(false) };
         let values = self.space.params.iter().zip(&self.points[trial]).map(|(p, c)| p.shown(c)).collect();
         let row = Row { trial, rung, share: self.share(rung), score, seconds, values };
         // The row is on disk before it is shown: a kill after the line
@@ -411,6 +418,75 @@ impl<'a> Tune<'a> {
         (self.say)(Progress::Line(line));
         (self.say)(Progress::Row(row));
         Ok(true)
+    }
+
+    fn trial_dir(&self, trial: usize, rung: usize) -> PathBuf {
+        self.dir.join("trials").join(format!("t{:03}-r{rung}", trial + 1))
+    }
+
+    /// Trains `doc` as an inner-split run at `rung` in `run_dir` (from
+    /// scratch: a run cut short by a crash starts again): its inner score
+    /// and seconds, `None` when cancelled.
+    fn train(&mut self, doc: DocumentMut, rung: usize, run_dir: &Path) -> Result<Option<(f64, f64)>> {
+        let _ = std::fs::remove_dir_all(run_dir);
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let text = self.inner_text(doc, rung, run_dir)?;
+        let path = run_dir.join("recipe.toml");
+        crate::fs::atomic_write(&path, text.as_bytes())?;
+        let recipe = recipe::parse(&text, &path)?;
+        let started = Instant::now();
+        let mut lab = Lab::new(recipe);
+        lab.set_feature_cache(std::mem::take(&mut self.features));
+        lab.record_to(run_dir)?;
+        let outcome = lab.run_rest(&mut Quiet(&self.cancel));
+        self.features = lab.take_feature_cache();
+        let cancelled = self.cancel.load(Ordering::Relaxed);
+        lab.save_run(run_dir)?;
+        if cancelled {
+            return Ok(None);
+        }
+        outcome?;
+        let score = lab.evaluation()?.metrics.accuracy;
+        let seconds = started.elapsed().as_secs_f64();
+        self.spent += seconds;
+        Ok(Some((score, seconds)))
+    }
+
+    /// Trains the recipe as written on the inner split at full epochs into
+    /// `trials/recipe/` (or takes `baseline.json` from an earlier process);
+    /// `false` when cancelled.
+    fn run_baseline(&mut self) -> Result<bool> {
+        if !self.space.settings.against_recipe {
+            return Ok(true);
+        }
+        let b = match self.baseline {
+            Some(b) => b,
+            None => {
+                let run_dir = self.dir.join("trials").join("recipe");
+                let rung = self.rungs - 1;
+                let Some((score, seconds)) = self.train(self.document()?, rung, &run_dir)? else { return Ok(false) };
+                let b = Baseline { score, seconds };
+                let json =
+                    serde_json::to_string_pretty(&b).map_err(|source| Error::Json { what: "baseline.json", source })?;
+                crate::fs::atomic_write(&self.dir.join("baseline.json"), json.as_bytes())?;
+                self.baseline = Some(b);
+                b
+            }
+        };
+        (self.say)(Progress::Line(format!(
+            "the recipe as written (all the epochs): inner accuracy {:.4}  {:>5.1}s",
+            b.score, b.seconds
+        )));
+        Ok(true)
+    }
+
+    /// The best trial against the recipe as written, image by image.
+    fn comparison(&mut self, outcome: &Outcome) -> Result<Option<Comparison>> {
+        let (Some((trial, _)), Some(_)) = (outcome.best, self.baseline) else { return Ok(None) };
+        let top = outcome.rows.iter().filter(|r| r.trial == trial).map(|r| r.rung).max().unwrap_or(0);
+        let c = baseline::compare(&self.dir.join("trials").join("recipe"), &self.trial_dir(trial, top), trial)?;
+        (self.say)(Progress::Line(c.describe()));
+        Ok(Some(c))
     }
 
     /// `1/9`, `1/3`, `1`: the share of the recipe's epochs at `rung`.
@@ -435,15 +511,15 @@ impl<'a> Tune<'a> {
         )
     }
 
-    /// The recipe a trial runs: the searched values set, the data replaced
-    /// by the inner split, evaluation on it, epochs scaled to the rung, and
-    /// paths rebased into `run_dir`.
-    fn trial_text(&self, trial: usize, rung: usize, run_dir: &Path) -> Result<String> {
-        let mut doc = self.with_values(trial)?;
+    /// The recipe an inner-split run trains: `doc` (the searched values
+    /// set) with the data replaced by the inner split, evaluation on it,
+    /// epochs scaled to the rung, and paths rebased into `run_dir`.
+    fn inner_text(&self, mut doc: DocumentMut, rung: usize, run_dir: &Path) -> Result<String> {
+        let label = run_dir.file_name().map_or("trial".into(), |n| n.to_string_lossy().into_owned());
         let base = self.recipe_path.parent().unwrap_or(Path::new(""));
         space::rebase_paths(&mut doc, base, run_dir);
         let name = doc.get("name").and_then(Item::as_str).unwrap_or("tune").to_string();
-        doc["name"] = toml_edit::value(format!("{name}-t{:03}-r{rung}", trial + 1));
+        doc["name"] = toml_edit::value(format!("{name}-{label}"));
         let data = doc.get_mut("data").and_then(Item::as_table_like_mut).ok_or_else(|| self.bad("no [data] table"))?;
         for key in ["train", "valid", "valid_split", "test", "csv", "max_per_class"] {
             data.remove(key);
@@ -496,10 +572,16 @@ impl<'a> Tune<'a> {
         Ok(out)
     }
 
-    /// The recipe's document with `trial`'s values set, `[tune]` removed.
-    fn with_values(&self, trial: usize) -> Result<DocumentMut> {
+    /// The recipe's document as written, `[tune]` removed.
+    fn document(&self) -> Result<DocumentMut> {
         let mut doc: DocumentMut = self.text.parse().map_err(|e| self.bad(&format!("{e}")))?;
         doc.remove("tune");
+        Ok(doc)
+    }
+
+    /// The recipe's document with `trial`'s values set, `[tune]` removed.
+    fn with_values(&self, trial: usize) -> Result<DocumentMut> {
+        let mut doc = self.document()?;
         for (p, c) in self.space.params.iter().zip(&self.points[trial]) {
             space::set(&mut doc, &p.target, p.value(c)).map_err(|m| self.bad(&m))?;
         }
@@ -540,6 +622,8 @@ impl<'a> Tune<'a> {
             rows,
             keys: self.space.params.iter().map(|p| p.name.clone()).collect(),
             best,
+            baseline: self.baseline,
+            comparison: None,
             final_accuracy: None,
             interrupted,
             space,
@@ -551,30 +635,50 @@ impl<'a> Tune<'a> {
     /// paths rebased) and runs it on all the training data into `final/`:
     /// its accuracy on `valid`.
     fn final_run(&mut self, outcome: &Outcome) -> Result<Option<f64>> {
-        let Some((trial, score)) = outcome.best else { return Ok(None) };
-        let mut doc = self.with_values(trial)?;
-        let original: DocumentMut = self.text.parse().map_err(|e| self.bad(&format!("{e}")))?;
-        for p in &self.space.params {
-            let was = lookup(&original, &p.target).map_or("unset".to_string(), |v| space::shown(&v));
-            if let Some(v) = lookup_mut(&mut doc, &p.target) {
-                v.decor_mut().set_suffix(format!("  # tuned (was {was})"));
+        let recipe_shown = crate::util::paths::shown(&self.recipe_path).display().to_string();
+        let (mut doc, header) = match (outcome.chosen(), outcome.best, outcome.baseline) {
+            (Some(trial), Some((_, score)), _) => {
+                let mut doc = self.with_values(trial)?;
+                let original = self.document()?;
+                for p in &self.space.params {
+                    let was = lookup(&original, &p.target).map_or("unset".to_string(), |v| space::shown(&v));
+                    if let Some(v) = lookup_mut(&mut doc, &p.target) {
+                        v.decor_mut().set_suffix(format!("  # tuned (was {was})"));
+                    }
+                }
+                let checked = match outcome.comparison {
+                    Some(c) => format!("# {}.\n", c.describe()),
+                    None => "# (`against_recipe = false`: not checked against the recipe as written.)\n".into(),
+                };
+                let header = format!(
+                    "# Written by `tlab tune` from {recipe_shown}: trial {} scored {score:.4} on the inner split\n# (never on valid).\n{checked}# `final/` is this recipe trained on all the training data.\n",
+                    trial + 1
+                );
+                (doc, header)
             }
-        }
+            (None, _, Some(b)) => {
+                let why = match outcome.comparison {
+                    Some(c) => format!("# {}.\n", c.describe()),
+                    None => "# No trial finished.\n".into(),
+                };
+                let header = format!(
+                    "# Written by `tlab tune` from {recipe_shown}: the recipe as written (inner accuracy {:.4}).\n{why}# `final/` is this recipe trained on all the training data.\n",
+                    b.score
+                );
+                (self.document()?, header)
+            }
+            _ => return Ok(None),
+        };
         let base = self.recipe_path.parent().unwrap_or(Path::new(""));
         space::rebase_paths(&mut doc, base, &self.dir);
-        let header = format!(
-            "# Written by `tlab tune` from {}: trial {} scored {score:.4} on the inner split\n# (never on valid); `final/` is this recipe trained on all the training data.\n",
-            crate::util::paths::shown(&self.recipe_path).display(),
-            trial + 1
-        );
         let text = header + &doc.to_string();
         let best = self.dir.join("best.toml");
         crate::fs::atomic_write(&best, text.as_bytes())?;
-        (self.say)(Progress::Line(format!(
-            "best: trial {} ({score:.4} on the inner split) → {}",
-            trial + 1,
-            best.display()
-        )));
+        let what = match outcome.chosen() {
+            Some(t) => format!("trial {}'s values", t + 1),
+            None => "the recipe as written".into(),
+        };
+        (self.say)(Progress::Line(format!("best.toml: {what} → {}", best.display())));
         let recipe = recipe::parse(&text, &best)?;
         let mut lab = Lab::new(recipe);
         lab.set_feature_cache(std::mem::take(&mut self.features));
@@ -665,14 +769,28 @@ fn summary_markdown(o: &Outcome) -> String {
 /// Which numbers were tuned on what: the best trial's inner-split score and
 /// the final run's accuracy on valid.
 fn verdict(o: &Outcome) -> String {
-    match (o.best, o.final_accuracy) {
-        (Some((t, s)), Some(a)) => format!(
-            "\nBest: trial {} ({s:.4} on the inner split). `best.toml` trained on all the training data (`final/`): **accuracy {a:.4} on valid**.\n",
-            t + 1
-        ),
-        _ if o.interrupted => "\nInterrupted: `tlab tune --resume DIR` continues.\n".into(),
-        _ => String::new(),
+    let mut md = String::new();
+    if let Some(b) = o.baseline {
+        md += &format!("\nThe recipe as written, on the same inner split with all its epochs: {:.4}.\n", b.score);
     }
+    match (o.best, o.final_accuracy) {
+        (Some((t, s)), Some(a)) => {
+            md += &format!("\nBest: trial {} ({s:.4} on the inner split).", t + 1);
+            if let Some(c) = o.comparison {
+                md += &format!(" Against the recipe as written, image by image: {}.", c.details());
+            }
+            let what = match o.chosen() {
+                Some(t) => format!("trial {}'s values", t + 1),
+                None => "the recipe as written".into(),
+            };
+            md += &format!(
+                " `best.toml` ({what}) trained on all the training data (`final/`): **accuracy {a:.4} on valid**.\n"
+            );
+        }
+        _ if o.interrupted => md += "\nInterrupted: `tlab tune --resume DIR` continues.\n",
+        _ => {}
+    }
+    md
 }
 
 /// Passes cancellation to a trial; prints nothing.

@@ -25,7 +25,7 @@ use toml_edit::{DocumentMut, ImDocument, Item, TableLike, Value};
 use crate::recipe::{self, FineTuneConfig, Lr, Recipe, RecipeError, StepKind};
 
 /// The search's own settings, which a `[tune]` table may set besides keys.
-const SETTINGS: &[&str] = &["budget", "trials", "rungs", "eta", "inner_split"];
+const SETTINGS: &[&str] = &["budget", "trials", "rungs", "eta", "inner_split", "against_recipe"];
 
 /// How a searched value is drawn.
 #[derive(Debug, Clone)]
@@ -127,11 +127,15 @@ pub struct Settings {
     pub eta: usize,
     /// The share of the training data held out to score trials.
     pub inner_split: f64,
+    /// Train the recipe as written on the inner split too, and keep it
+    /// unless the best trial beats it beyond chance (`false`: `best.toml`
+    /// takes the best trial's values, as most tuners do).
+    pub against_recipe: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { budget: None, trials: None, rungs: None, eta: 3, inner_split: 0.2 }
+        Settings { budget: None, trials: None, rungs: None, eta: 3, inner_split: 0.2, against_recipe: true }
     }
 }
 
@@ -193,6 +197,7 @@ fn setting(s: &mut Settings, key: &str, item: &Item) -> Result<(), String> {
         "trials" => s.trials = Some(int(1)?),
         "rungs" => s.rungs = Some(int(1)?),
         "eta" => s.eta = int(2)?,
+        "against_recipe" => s.against_recipe = item.as_bool().ok_or("expected true or false")?,
         _ => {
             s.inner_split = item
                 .as_float()
@@ -456,6 +461,7 @@ mod tests {
             ("\"step9.lr\" = [0.1]", "the recipe has no step 9"),
             ("budget = \"soon\"", "not a duration"),
             ("dropout = 0.2", "expected a list of values"),
+            ("against_recipe = 1", "expected true or false"),
         ] {
             let e = space(tune).unwrap_err();
             assert!(e.contains(expected) && e.starts_with(&format!("r.toml:{line}:1: `[tune] ")), "{tune}: {e}");
@@ -470,6 +476,8 @@ mod tests {
         assert_eq!(names, ["step1.dropout", "step2.lr", "step4.lr", "step4.label_smoothing"]);
         assert_eq!(s.settings.budget, Some(Duration::from_secs(120)));
         assert_eq!(s.settings.trials, Some(4));
+        assert!(s.settings.against_recipe, "checked against the recipe as written unless told");
+        assert!(!space("against_recipe = false").unwrap().settings.against_recipe);
     }
 
     #[test]

@@ -308,6 +308,8 @@ mod tests {
         a.update(Msg::Idle);
         let screen = render(&a, 130, 32);
         assert!(screen.contains("accuracy 0.8633 on valid") && screen.contains("best.toml against"), "{screen}");
+        // best.toml is the recipe as written (no trial beat it): said so.
+        assert!(screen.contains("nothing changed: no trial beat the recipe"), "{screen}");
         // Ended: T closes it, and a second T starts a new tune.
         a.update(Action::Tune);
         assert!(!a.tune.as_ref().unwrap().open);

@@ -94,11 +94,15 @@ fn best_lines(view: &TuneView, leader: Option<&crate::tools::tune::Row>) -> Vec<
         let mut lines = vec![Line::styled("best.toml against the recipe it started from:", bold)];
         let diff = crate::run::history::recipe_diff(&view.original, best);
         let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
-        lines.extend(
-            diff.iter()
-                .filter(|c| !c.key.starts_with("tune.") && c.key != "tune")
-                .map(|c| Line::from(format!("  {}: {} → {}", c.key, show(&c.before), show(&c.after)))),
-        );
+        let changed: Vec<Line<'static>> = diff
+            .iter()
+            .filter(|c| !c.key.starts_with("tune.") && c.key != "tune")
+            .map(|c| Line::from(format!("  {}: {} → {}", c.key, show(&c.before), show(&c.after))))
+            .collect();
+        if changed.is_empty() {
+            lines.push(Line::from("  nothing changed: no trial beat the recipe as written beyond chance"));
+        }
+        lines.extend(changed);
         return lines;
     }
     let Some(r) = leader else { return vec![Line::from("waiting for the first trial…")] };
