@@ -6,8 +6,10 @@ ONNX Runtime example of docs/export.md on the export with preprocessing.
 
 Usage: check_onnx.py TLAB_BINARY RUN_DIR VALID_DIR"""
 
+import atexit
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,9 @@ import tlab_reference  # .ci/, beside this script
 
 tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 work = Path(tempfile.mkdtemp(prefix="tlab-onnx-"))
+# Exported models and tiny runs: gigabytes that every CI run on the same
+# machine would otherwise leave in /tmp.
+atexit.register(shutil.rmtree, work, ignore_errors=True)
 images = sorted(str(p) for p in valid.rglob("*.png"))
 assert len(images) >= 100, f"only {len(images)} validation images under {valid}"
 

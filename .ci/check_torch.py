@@ -8,7 +8,9 @@ VGG-16 with a hidden head layer and a MobileNetV2 with fastai's BatchNorm head
 
 Usage: check_torch.py TLAB_BINARY RUN_DIR VALID_DIR"""
 
+import atexit
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,9 @@ import tlab_reference  # .ci/, beside this script
 torch.set_num_threads(2)
 tlab, run, valid = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 work = Path(tempfile.mkdtemp(prefix="tlab-torch-"))
+# Exported models and tiny runs: gigabytes that every CI run on the same
+# machine would otherwise leave in /tmp.
+atexit.register(shutil.rmtree, work, ignore_errors=True)
 images = sorted(str(p) for p in valid.rglob("*.png"))
 assert len(images) >= 100, f"only {len(images)} validation images under {valid}"
 

@@ -99,6 +99,9 @@ fn a_killed_tune_resumes_without_running_a_trial_twice() {
     // run directories are untouched.
     assert_eq!(std::fs::read(out.join("trials/t001-r0/status.json")).unwrap(), first);
     assert_eq!(std::fs::read(out.join("trials/recipe/status.json")).unwrap(), recipe_run);
+    // Finished trials keep their reports but not their resume checkpoints.
+    assert!(out.join("trials/t001-r0/model.safetensors").is_file());
+    assert!(!out.join("trials/t001-r0/checkpoint").exists());
     // Three trials at rung 0, the best one at rung 1: four rows, none twice.
     let all = rows(&out);
     let mut keys: Vec<String> = all.iter().map(|r| r.split(',').take(2).collect::<Vec<_>>().join(",")).collect();

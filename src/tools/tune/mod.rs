@@ -446,6 +446,10 @@ impl<'a> Tune<'a> {
             return Ok(None);
         }
         outcome?;
+        // A finished trial is never resumed (a cut-short one starts over), so
+        // its per-epoch checkpoint (weights and optimizer state, about 35 MB
+        // for MobileNetV2) only filled the disk: 1.6 GB of a 45-trial tune.
+        let _ = std::fs::remove_dir_all(run_dir.join("checkpoint"));
         let score = lab.evaluation()?.metrics.accuracy;
         let seconds = started.elapsed().as_secs_f64();
         self.spent += seconds;
