@@ -420,6 +420,11 @@ impl<'a> Tune<'a> {
         Ok(true)
     }
 
+    /// The run directory of the recipe as written.
+    fn recipe_dir(&self) -> PathBuf {
+        self.dir.join("trials").join("recipe")
+    }
+
     fn trial_dir(&self, trial: usize, rung: usize) -> PathBuf {
         self.dir.join("trials").join(format!("t{:03}-r{rung}", trial + 1))
     }
@@ -466,7 +471,7 @@ impl<'a> Tune<'a> {
         let b = match self.baseline {
             Some(b) => b,
             None => {
-                let run_dir = self.dir.join("trials").join("recipe");
+                let run_dir = self.recipe_dir();
                 let rung = self.rungs - 1;
                 let Some((score, seconds)) = self.train(self.document()?, rung, &run_dir)? else { return Ok(false) };
                 let b = Baseline { score, seconds };
@@ -488,7 +493,7 @@ impl<'a> Tune<'a> {
     fn comparison(&mut self, outcome: &Outcome) -> Result<Option<Comparison>> {
         let (Some((trial, _)), Some(_)) = (outcome.best, self.baseline) else { return Ok(None) };
         let top = outcome.rows.iter().filter(|r| r.trial == trial).map(|r| r.rung).max().unwrap_or(0);
-        let c = baseline::compare(&self.dir.join("trials").join("recipe"), &self.trial_dir(trial, top), trial)?;
+        let c = baseline::compare(&self.recipe_dir(), &self.trial_dir(trial, top), trial)?;
         (self.say)(Progress::Line(c.describe()));
         Ok(Some(c))
     }
